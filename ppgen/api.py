@@ -1,0 +1,55 @@
+"""The top-level calls: ``ppgen.fit`` and ``ppgen.load``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ppgen.data import Dataset, from_tensor
+from ppgen.inference import Fit
+from ppgen.inference import fit as backend_fit
+
+
+def validation_callback(data: Dataset, seed: int = 0):
+    """Held-out ELBO per example on the validation split, after every epoch (one seeded draw)."""
+    from ppgen.evaluation import elbo
+
+    def callback(fit: Fit) -> dict:
+        if len(data.val) == 0:
+            return {}
+        fit.pair.eval()
+        device = next(fit.pair.parameters()).device
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            value = float(elbo(fit.pair, data.val.to(device)).mean())
+        fit.pair.train()
+        return {"val_elbo": value}
+
+    return callback
+
+
+def fit(pair, data: Any, backend: str = "svi", **options) -> Fit:
+    """Train or sample ``pair`` on ``data`` with ``backend`` ("svi" and, where installed, "nuts", "adversarial").
+
+    For SVI on a :class:`~ppgen.data.Dataset` with a validation split, the validation
+    ELBO is recorded every epoch (``history[i]["val_elbo"]``); pass
+    ``monitor="val_elbo"`` to keep and restore the best epoch's weights.
+    """
+    if not isinstance(data, Dataset):
+        data = from_tensor(torch.as_tensor(data))
+    if backend == "svi" and "callback" not in options and len(data.val):
+        options["callback"] = validation_callback(data, options.get("seed", 0))
+    result = backend_fit(pair, data, backend=backend, **options)
+    if backend == "svi" and options.get("monitor") and result.state.get("best") is not None:
+        from ppgen.inference.svi import restore_best
+
+        restore_best(result)
+    return result
+
+
+def load(run_dir) -> Any:
+    """The trained pair of a run directory written by ``ppgen train``."""
+    from ppgen.runs import load_pair
+
+    return load_pair(run_dir)

@@ -1,0 +1,238 @@
+"""The ``ppgen`` command: train, evaluate and sample deep generative models.
+
+Every subcommand has ``--help``. A user mistake (a missing file, data of the
+wrong shape, NaNs, non-binary data under a Bernoulli likelihood, an unknown
+model) ends with one line on stderr and exit code 2; nothing half-written is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ppgen.errors import UserError
+
+EPILOG = """examples:
+  ppgen train vae --data mnist --z-dim 50 --epochs 30 --out runs/vae
+  ppgen evaluate runs/vae --iwae 1000
+  ppgen sample runs/vae -n 64 --out samples.png
+  ppgen train vae --resume runs/vae --epochs 40
+  ppgen models ; ppgen data"""
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 400 or 512,256, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("sizes must be positive")
+    return values
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model by SVI and write a run directory",
+                       description="Train a model/guide pair by SVI (Pyro) and write a run directory: config.json, "
+                                   "checkpoint.pt, model.pt, metrics.json, history.csv and pictures.")
+    p.add_argument("model", help="model family (see `ppgen models`), e.g. vae")
+    p.add_argument("--data", default="mnist", help="bundled name (see `ppgen data`) or a path: IDX folder/file, .npz, .npy")
+    p.add_argument("--out", type=Path, help="run directory to create (default runs/<model>)")
+    p.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in RUN (its config is reused; "
+                   "--epochs sets the new total)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    m = p.add_argument_group("model")
+    m.add_argument("--z-dim", type=int, help="latent dimensions (default 50)")
+    m.add_argument("--hidden", type=_ints, help="hidden layer sizes, comma separated (default 400)")
+    m.add_argument("--net", choices=["mlp", "conv"], help="encoder/decoder networks (default mlp)")
+    m.add_argument("--likelihood", choices=["bernoulli", "cbernoulli", "gaussian"], help="p(x|z) (default bernoulli)")
+    m.add_argument("--skip", action="store_true", default=None, help="Skip-VAE decoder: z enters every layer")
+    d = p.add_argument_group("data")
+    d.add_argument("--binarize", choices=["dynamic", "static", "threshold", "none"],
+                   help="binarization for Bernoulli likelihoods (default: dynamic for mnist/digits, none otherwise)")
+    d.add_argument("--split-seed", type=int, default=0, help="seed of the stratified train/val/test split")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, help="number of epochs (default 30)")
+    t.add_argument("--batch-size", type=int, help="examples per step (default 256)")
+    t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--elbo", choices=["trace", "analytic", "iwae"], help="objective (default trace)")
+    t.add_argument("--particles", type=int, dest="num_particles", help="samples of q per example (IWAE K)")
+    t.add_argument("--beta", type=float, help="KL weight (beta-VAE; default 1)")
+    t.add_argument("--anneal-epochs", type=float, help="linear KL warm-up from 0 to beta over this many epochs")
+    t.add_argument("--free-bits", type=float, help="free-bits floor per latent dimension (nats)")
+    t.add_argument("--seed", type=int, help="random seed (default 0)")
+    t.add_argument("--device", help="cpu or cuda (default cpu)")
+    t.add_argument("--select", choices=["best", "last"], help="keep the best-validation epoch (default) or the last")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+
+MODEL_KEYS = ("z_dim", "hidden", "net", "likelihood", "skip")
+TRAIN_KEYS = ("epochs", "batch_size", "lr", "elbo", "num_particles", "beta", "anneal_epochs", "free_bits", "seed",
+              "device", "select")
+
+
+def _train(args) -> int:
+    from ppgen import workflows
+
+    progress = False if args.no_progress else None
+    if args.resume is not None:
+        from ppgen import runs
+
+        config = runs.read_config(args.resume)
+        if config["model"] != args.model.lower():
+            raise UserError(f"{args.resume} holds a {config['model']} run, not {args.model}; name the same model")
+        config["train"].update({k: getattr(args, k) for k in ("epochs",) if getattr(args, k) is not None})
+        metrics = workflows.train_run(config, args.resume, resume=True, progress=progress)
+        out = args.resume
+    else:
+        model_options = {k: getattr(args, k) for k in MODEL_KEYS if getattr(args, k) is not None}
+        from ppgen import models
+
+        fields = set(models.get(args.model).Config.__dataclass_fields__)
+        unsupported = sorted(set(model_options) - fields)
+        if unsupported:
+            raise UserError(f"{args.model} has no option(s) {', '.join('--' + k.replace('_', '-') for k in unsupported)}")
+        binarize = {"none": None, None: "default"}.get(args.binarize, args.binarize)
+        data_options = {"name": args.data, "binarize": binarize, "seed": args.seed or 0, "split_seed": args.split_seed}
+        train_options = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k) is not None}
+        config = workflows.make_config(args.model, model_options, data_options, train_options)
+        out = args.out or Path("runs") / args.model.lower()
+        metrics = workflows.train_run(config, out, overwrite=args.overwrite, progress=progress)
+    print(f"wrote {out}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith("_elbo")))
+    return 1 if metrics.get("stopped") else 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="held-out ELBO, IWAE log-likelihood, KL per dimension, active units",
+                       description="Evaluate a trained run on held-out data: ELBO, the IWAE-K estimate of log p(x) "
+                                   "(and bits/dim), KL per latent dimension, active units and I(x; z).")
+    p.add_argument("run", type=Path, help="run directory written by `ppgen train`")
+    p.add_argument("--iwae", type=int, default=1000, metavar="K", help="importance samples per example (default 1000)")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    p.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(args) -> int:
+    from ppgen import runs, workflows
+
+    result = workflows.evaluate_run(args.run, iwae_k=args.iwae, split=args.split, limit=args.limit, seed=args.seed)
+    runs.write_json(Path(args.run) / f"evaluation_{args.split}.json", result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    k = args.iwae
+    print(f"{args.run} on {result['n']} {args.split} examples ({result['seconds']} s)")
+    print(f"  ELBO                {result['elbo']:10.2f} ± {result['elbo_se']:.2f} nats")
+    if f"iwae_{k}" in result:
+        print(f"  IWAE-{k:<14d}{result[f'iwae_{k}']:10.2f} ± {result[f'iwae_{k}_se']:.2f} nats"
+              f"   ({result['bits_per_dim']:.4f} bits/dim)")
+    if "active_units" in result:
+        print(f"  KL(q‖p) total       {result['kl_total']:10.2f} nats; active units {result['active_units']}"
+              f"/{len(result['kl_per_dim'])}; I(x;z) {result['mutual_information']:.2f} nats")
+        print("  KL per dimension    " + " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
+    return 0
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="draw from a trained model into a picture or .npy file",
+                       description="Draw x from p(z) p(x|z) of a trained run (the likelihood's mean at each z).")
+    p.add_argument("run", type=Path, help="run directory written by `ppgen train`")
+    p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--out", type=Path, default=Path("samples.png"), help=".png (a grid) or .npy (the array)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_sample)
+
+
+def _sample(args) -> int:
+    import numpy as np
+    import torch
+
+    from ppgen import plots, runs
+
+    if args.n < 1:
+        raise UserError("-n must be at least 1")
+    if args.out.suffix not in (".png", ".npy"):
+        raise UserError(f"--out {args.out}: use a .png (picture) or .npy (array) file name")
+    if not args.out.parent.exists():
+        raise UserError(f"folder {args.out.parent} does not exist; create it first")
+    pair = runs.load_pair(args.run)
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        x = pair.generate(args.n)
+    if args.out.suffix == ".npy":
+        runs.atomic_write_bytes(args.out, _npy_bytes(np, x.numpy()))
+    else:
+        plots.sample_grid(x, args.out, f"{args.n} samples from {args.run}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _npy_bytes(np, array) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _add_listings(sub) -> None:
+    sub.add_parser("models", help="list the model families", description="List the model families, one per line."
+                   ).set_defaults(func=_models)
+    sub.add_parser("data", help="list the bundled data sets", description="List the bundled data sets, one per line; "
+                   "any path to IDX files, .npz or .npy also works as --data.").set_defaults(func=_data)
+
+
+def _models(args) -> int:
+    from ppgen import models
+
+    for name, line in models.describe().items():
+        print(f"{name:14s} {line}")
+    return 0
+
+
+def _data(args) -> int:
+    from ppgen import data
+
+    for name, line in data.describe().items():
+        print(f"{name:14s} {line}")
+    print(f"{'<path>':14s} your own data: a folder of MNIST IDX files, an IDX file, .npz (x, y) or .npy")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ppgen", description="Deep generative models as probabilistic programs: "
+                                     "Pyro model/guide pairs trained by SVI and checked by NUTS.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+#: each adds one subcommand; other modules append theirs here
+COMMANDS = [_add_train, _add_evaluate, _add_sample, _add_listings]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except UserError as err:
+        print(f"ppgen: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ppgen: interrupted; resume with `ppgen train MODEL --resume RUN`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

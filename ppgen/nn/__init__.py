@@ -1,0 +1,14 @@
+"""Networks the models use; each can be lowered to a pure JAX function."""
+
+from ppgen.nn.lower import NotLowerable, jax_params, lower
+from ppgen.nn.networks import (
+    ConvDecoder,
+    ConvEncoder,
+    DeterministicMLP,
+    GaussianMLP,
+    MLPDecoder,
+    MLPEncoder,
+    Network,
+)
+
+__all__ = ["ConvDecoder", "ConvEncoder", "DeterministicMLP", "GaussianMLP", "MLPDecoder", "MLPEncoder", "Network", "NotLowerable", "jax_params", "lower"]

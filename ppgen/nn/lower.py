@@ -1,0 +1,258 @@
+"""Lowering torch networks to pure JAX functions.
+
+A network is traced once with ``torch.fx`` into a graph of layer calls, torch
+functions and tensor methods; :func:`lower` interprets that graph with
+``jax.numpy`` / ``jax.lax`` so that ``fn(params, x)`` computes exactly what the
+torch module computes, with ``params`` a dict of JAX arrays keyed like the
+module's ``state_dict``. Nothing here copies a model: the weights come from the
+torch module each time :func:`jax_params` is called.
+
+Written by hand because no library converts torch modules to JAX functions
+offline (torch's exporters target ONNX/StableHLO files, not a callable with
+swappable weights). The supported vocabulary is what ``ppgen.nn`` networks use;
+an unsupported op raises ``NotLowerable`` with its name, and NUTS falls back to
+Pyro.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+
+class NotLowerable(Exception):
+    """The network uses an operation with no JAX rule."""
+
+
+def jax_params(module: nn.Module) -> dict[str, Any]:
+    """The module's current weights (parameters and buffers) as JAX arrays."""
+    import jax.numpy as jnp
+
+    return {name: jnp.asarray(t.detach().cpu().numpy()) for name, t in module.state_dict().items()}
+
+
+def _jnp():
+    import jax
+    import jax.numpy as jnp
+
+    return jax, jnp
+
+
+def _linear(mod: nn.Linear, p: Callable, x):
+    y = x @ p("weight").T
+    return y + p("bias") if mod.bias is not None else y
+
+
+def _conv2d(mod: nn.Conv2d, p: Callable, x):
+    jax, jnp = _jnp()
+    if isinstance(mod.padding, str):
+        raise NotLowerable("Conv2d with string padding")
+    y = jax.lax.conv_general_dilated(
+        x,
+        p("weight"),
+        window_strides=mod.stride,
+        padding=[(q, q) for q in mod.padding],
+        rhs_dilation=mod.dilation,
+        feature_group_count=mod.groups,
+        dimension_numbers=("NCHW", "OIHW", "NCHW"),
+    )
+    return y + p("bias")[None, :, None, None] if mod.bias is not None else y
+
+
+def _conv_transpose2d(mod: nn.ConvTranspose2d, p: Callable, x):
+    # A transposed convolution is a convolution of the stride-dilated input with the
+    # spatially flipped, in/out-swapped kernel.
+    jax, jnp = _jnp()
+    if mod.groups != 1:
+        raise NotLowerable("grouped ConvTranspose2d")
+    w = jnp.flip(p("weight"), axis=(2, 3)).transpose(1, 0, 2, 3)
+    pads = []
+    for k, q, op, d in zip(mod.kernel_size, mod.padding, mod.output_padding, mod.dilation):
+        edge = d * (k - 1) - q
+        pads.append((edge, edge + op))
+    y = jax.lax.conv_general_dilated(
+        x,
+        w,
+        window_strides=(1, 1),
+        padding=pads,
+        lhs_dilation=mod.stride,
+        rhs_dilation=mod.dilation,
+        dimension_numbers=("NCHW", "OIHW", "NCHW"),
+    )
+    return y + p("bias")[None, :, None, None] if mod.bias is not None else y
+
+
+def _flatten(start: int, end: int, x):
+    shape = x.shape
+    start %= len(shape)
+    end %= len(shape)
+    return x.reshape(shape[:start] + (-1,) + shape[end + 1 :])
+
+
+def _module_rule(mod: nn.Module) -> Callable:
+    jax, jnp = _jnp()
+    simple = {
+        nn.ReLU: jax.nn.relu,
+        nn.Tanh: jnp.tanh,
+        nn.Sigmoid: jax.nn.sigmoid,
+        nn.Identity: lambda x: x,
+        nn.Dropout: lambda x: x,  # networks are lowered for inference: dropout is off
+        nn.SiLU: jax.nn.silu,
+        nn.GELU: lambda x: jax.nn.gelu(x, approximate=False),
+    }
+    for cls, fn in simple.items():
+        if type(mod) is cls:
+            return lambda p, x, fn=fn: fn(x)
+    if isinstance(mod, nn.Softplus):
+        if mod.beta != 1:
+            raise NotLowerable("Softplus with beta != 1")
+        return lambda p, x: jnp.where(x > mod.threshold, x, jax.nn.softplus(x))
+    if isinstance(mod, nn.LeakyReLU):
+        return lambda p, x: jax.nn.leaky_relu(x, mod.negative_slope)
+    if isinstance(mod, nn.ELU):
+        return lambda p, x: jax.nn.elu(x, mod.alpha)
+    if isinstance(mod, nn.Linear):
+        return lambda p, x: _linear(mod, p, x)
+    if isinstance(mod, nn.Conv2d):
+        return lambda p, x: _conv2d(mod, p, x)
+    if isinstance(mod, nn.ConvTranspose2d):
+        return lambda p, x: _conv_transpose2d(mod, p, x)
+    if isinstance(mod, nn.Flatten):
+        return lambda p, x: _flatten(mod.start_dim, mod.end_dim, x)
+    if isinstance(mod, nn.Unflatten):
+        return lambda p, x: x.reshape(
+            x.shape[: mod.dim % x.ndim] + tuple(mod.unflattened_size) + x.shape[mod.dim % x.ndim + 1 :]
+        )
+    raise NotLowerable(f"layer {type(mod).__name__}")
+
+
+def _softplus_fn(x, beta=1, threshold=20):
+    jax, jnp = _jnp()
+    return jnp.where(x * beta > threshold, x, jax.nn.softplus(x * beta) / beta)
+
+
+def _function_rules() -> dict[Any, Callable]:
+    jax, jnp = _jnp()
+    F = torch.nn.functional
+
+    def cat(tensors, dim=0):
+        return jnp.concatenate(tensors, axis=dim)
+
+    return {
+        operator.add: operator.add,
+        operator.sub: operator.sub,
+        operator.mul: operator.mul,
+        operator.truediv: operator.truediv,
+        operator.neg: operator.neg,
+        operator.getitem: operator.getitem,
+        operator.pow: operator.pow,
+        getattr: getattr,
+        torch.exp: jnp.exp,
+        torch.log: jnp.log,
+        torch.tanh: jnp.tanh,
+        torch.sigmoid: jax.nn.sigmoid,
+        torch.cat: cat,
+        torch.concat: cat,
+        torch.flatten: lambda x, start_dim=0, end_dim=-1: _flatten(start_dim, end_dim, x),
+        torch.clamp: lambda x, min=None, max=None: jnp.clip(x, min, max),
+        torch.sqrt: jnp.sqrt,
+        torch.tril: lambda x, diagonal=0: jnp.tril(x, diagonal),
+        torch.diag_embed: lambda x: x[..., None] * jnp.eye(x.shape[-1], dtype=x.dtype),
+        torch.diagonal: lambda x, offset=0, dim1=0, dim2=1: jnp.diagonal(x, offset, dim1, dim2),
+        torch.zeros_like: jnp.zeros_like,
+        torch.ones_like: jnp.ones_like,
+        F.softplus: _softplus_fn,
+        F.relu: lambda x, inplace=False: jax.nn.relu(x),
+        F.leaky_relu: lambda x, negative_slope=0.01, inplace=False: jax.nn.leaky_relu(x, negative_slope),
+        F.elu: lambda x, alpha=1.0, inplace=False: jax.nn.elu(x, alpha),
+        F.silu: lambda x, inplace=False: jax.nn.silu(x),
+        torch.relu: jax.nn.relu,
+    }
+
+
+def _call_method(name: str, obj, *args, **kwargs):
+    jax, jnp = _jnp()
+    if name in ("reshape", "view"):
+        shape = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+        return jnp.reshape(obj, tuple(shape))
+    if name == "flatten":
+        start = args[0] if args else kwargs.get("start_dim", 0)
+        end = args[1] if len(args) > 1 else kwargs.get("end_dim", -1)
+        return _flatten(start, end, obj)
+    if name == "size":
+        return obj.shape if not args else obj.shape[args[0]]
+    if name == "unsqueeze":
+        return jnp.expand_dims(obj, args[0])
+    if name == "chunk":
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        return tuple(jnp.split(obj, args[0], axis=dim))
+    if name == "expand":
+        shape = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+        shape = tuple(o if s == -1 else s for s, o in zip(shape, (1,) * (len(shape) - obj.ndim) + obj.shape))
+        return jnp.broadcast_to(obj, shape)
+    elementwise = {"exp": jnp.exp, "log": jnp.log, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "sqrt": jnp.sqrt}
+    if name in elementwise:
+        return elementwise[name](obj)
+    if name == "contiguous":
+        return obj
+    raise NotLowerable(f"tensor method .{name}()")
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return len(list(m.children())) == 0
+
+
+def lower(module: nn.Module) -> Callable:
+    """Trace ``module`` once and return ``fn(params, *inputs)`` built from JAX ops.
+
+    ``params`` is what :func:`jax_params` returns for the module. Raises
+    :class:`NotLowerable` naming the first operation JAX has no rule for.
+    """
+    try:
+        graph = _Tracer().trace(module)
+    except Exception as err:  # fx cannot trace data-dependent control flow
+        raise NotLowerable(f"{type(module).__name__} cannot be traced by torch.fx: {err}") from None
+    modules = dict(module.named_modules())
+    functions = _function_rules()
+    nodes = list(graph.nodes)
+    rules: dict[str, Callable] = {}
+    for node in nodes:
+        if node.op == "call_module":
+            rules[node.name] = _module_rule(modules[node.target])
+        elif node.op == "call_function" and node.target not in functions:
+            raise NotLowerable(f"function {getattr(node.target, '__name__', node.target)}")
+
+    def fn(params: dict[str, Any], *inputs):
+        env: dict[str, Any] = {}
+        args_iter = iter(inputs)
+
+        def load(a):
+            return fx.node.map_arg(a, lambda n: env[n.name])
+
+        for node in nodes:
+            if node.op == "placeholder":
+                env[node.name] = next(args_iter)
+            elif node.op == "get_attr":
+                env[node.name] = params[node.target]
+            elif node.op == "call_module":
+                prefix = node.target
+
+                def p(name, prefix=prefix):
+                    return params[f"{prefix}.{name}"]
+
+                env[node.name] = rules[node.name](p, *load(node.args))
+            elif node.op == "call_function":
+                env[node.name] = functions[node.target](*load(node.args), **load(node.kwargs))
+            elif node.op == "call_method":
+                obj, *rest = load(node.args)
+                env[node.name] = _call_method(node.target, obj, *rest, **load(node.kwargs))
+            elif node.op == "output":
+                return load(node.args[0])
+        raise NotLowerable("graph has no output")
+
+    return fn

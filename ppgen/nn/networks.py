@@ -1,0 +1,196 @@
+"""Encoders and decoders used by the model families.
+
+Every network here is a :class:`Network`: a torch module that, called on a JAX
+array, runs the same computation lowered to JAX (:mod:`ppgen.nn.lower`) with
+its current weights. All accept any number of leading batch dimensions
+(particles, chains, data), which the vectorized estimators rely on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ppgen.ppl import is_jax
+
+
+class Network(nn.Module):
+    """A torch module callable on torch tensors *and* on JAX arrays."""
+
+    _lowered = None
+
+    def __call__(self, *inputs: Any) -> Any:
+        if inputs and is_jax(inputs[0]):
+            return self.jax_function()(self.jax_params(), *inputs)
+        return super().__call__(*inputs)
+
+    def jax_function(self):
+        """``fn(params, *inputs)``: this network as a pure JAX function (traced once)."""
+        if self._lowered is None:
+            from ppgen.nn.lower import lower
+
+            object.__setattr__(self, "_lowered", lower(self))
+        return self._lowered
+
+    def jax_params(self) -> dict[str, Any]:
+        """The current weights as JAX arrays, keyed like ``state_dict``."""
+        from ppgen.nn.lower import jax_params
+
+        return jax_params(self)
+
+
+def _mlp(sizes: Sequence[int]) -> nn.ModuleList:
+    return nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+class MLPEncoder(Network):
+    """x -> (loc, scale) of a diagonal Gaussian q(z|x); hidden layers use softplus."""
+
+    def __init__(self, x_shape: Sequence[int], z_dim: int, hidden: Sequence[int] = (400,)):
+        super().__init__()
+        self.x_ndim = len(x_shape)
+        self.layers = _mlp([math.prod(x_shape), *hidden])
+        self.loc = nn.Linear(hidden[-1], z_dim)
+        self.raw_scale = nn.Linear(hidden[-1], z_dim)
+
+    def forward(self, x: torch.Tensor):
+        h = x.flatten(-self.x_ndim)
+        for layer in self.layers:
+            h = F.softplus(layer(h))
+        return self.loc(h), F.softplus(self.raw_scale(h)) + 1e-4
+
+
+class MLPDecoder(Network):
+    """z -> distribution parameters of p(x|z), each shaped like x.
+
+    ``skip=True`` is the Skip-VAE decoder (Dieng et al., 2019): z is concatenated
+    to the input of every layer, so the decoder cannot ignore it as easily.
+    ``n_params`` outputs: 1 for Bernoulli logits, 2 for Gaussian (loc, scale with
+    a learned per-pixel log-scale).
+    """
+
+    def __init__(self, z_dim: int, x_shape: Sequence[int], hidden: Sequence[int] = (400,), skip: bool = False,
+                 n_params: int = 1):
+        super().__init__()
+        self.x_shape = tuple(x_shape)
+        self.skip = skip
+        d = math.prod(x_shape)
+        ins = [z_dim] + [h + (z_dim if skip else 0) for h in hidden]
+        outs = [*hidden, d]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(ins, outs))
+        self.log_scale = nn.Parameter(torch.zeros(d)) if n_params == 2 else None
+
+    def forward(self, z: torch.Tensor):
+        h = z
+        for i, layer in enumerate(self.layers):
+            if i > 0 and self.skip:
+                h = torch.cat([h, z], -1)
+            h = layer(h)
+            if i < len(self.layers) - 1:
+                h = F.softplus(h)
+        out = h.reshape(h.shape[:-1] + self.x_shape)
+        if self.log_scale is None:
+            return out
+        return out, torch.exp(self.log_scale).reshape(self.x_shape) + 0 * out
+
+
+class ConvEncoder(Network):
+    """Two stride-2 convolutions then a dense layer: x (C,H,W) -> (loc, scale)."""
+
+    def __init__(self, x_shape: Sequence[int], z_dim: int, hidden: Sequence[int] = (256,), channels: int = 32):
+        super().__init__()
+        c, h, w = x_shape
+        if h % 4 or w % 4:
+            raise ValueError(f"conv networks need height and width divisible by 4, got {h}x{w}; use net='mlp'")
+        self.x_shape = tuple(x_shape)
+        self.conv1 = nn.Conv2d(c, channels, 4, 2, 1)
+        self.conv2 = nn.Conv2d(channels, 2 * channels, 4, 2, 1)
+        self.dense = nn.Linear(2 * channels * (h // 4) * (w // 4), hidden[-1])
+        self.loc = nn.Linear(hidden[-1], z_dim)
+        self.raw_scale = nn.Linear(hidden[-1], z_dim)
+
+    def forward(self, x: torch.Tensor):
+        lead = x.shape[:-3]
+        h = x.reshape((-1,) + self.x_shape)
+        h = F.relu(self.conv1(h))
+        h = F.relu(self.conv2(h))
+        h = F.relu(self.dense(h.flatten(1)))
+        h = h.reshape(lead + (-1,))
+        return self.loc(h), F.softplus(self.raw_scale(h)) + 1e-4
+
+
+class ConvDecoder(Network):
+    """z -> dense -> two stride-2 transposed convolutions -> parameters shaped like x."""
+
+    def __init__(self, z_dim: int, x_shape: Sequence[int], hidden: Sequence[int] = (256,), channels: int = 32,
+                 skip: bool = False, n_params: int = 1):
+        super().__init__()
+        c, h, w = x_shape
+        if h % 4 or w % 4:
+            raise ValueError(f"conv networks need height and width divisible by 4, got {h}x{w}; use net='mlp'")
+        self.x_shape = tuple(x_shape)
+        self.z_dim = z_dim
+        self.skip = skip
+        self.small = (2 * channels, h // 4, w // 4)
+        self.dense1 = nn.Linear(z_dim, hidden[-1])
+        self.dense2 = nn.Linear(hidden[-1] + (z_dim if skip else 0), math.prod(self.small))
+        self.deconv1 = nn.ConvTranspose2d(2 * channels, channels, 4, 2, 1)
+        self.deconv2 = nn.ConvTranspose2d(channels, c, 4, 2, 1)
+        self.log_scale = nn.Parameter(torch.zeros(self.x_shape)) if n_params == 2 else None
+
+    def forward(self, z: torch.Tensor):
+        lead = z.shape[:-1]
+        z = z.reshape(-1, self.z_dim)
+        h = F.relu(self.dense1(z))
+        if self.skip:
+            h = torch.cat([h, z], -1)
+        h = F.relu(self.dense2(h)).reshape((-1,) + self.small)
+        h = F.relu(self.deconv1(h))
+        out = self.deconv2(h).reshape(lead + self.x_shape)
+        if self.log_scale is None:
+            return out
+        return out, torch.exp(self.log_scale) + 0 * out
+
+
+class GaussianMLP(Network):
+    """Input (any trailing ``in_shape``) -> softplus hidden layers -> (loc, scale) of a diagonal Gaussian.
+
+    With ``hidden=()`` the map is affine: loc = A u + a, scale = softplus(B u + b) + 1e-4.
+    Used by the multi-layer families for p(z_l | z_{l+1}) and q(z_{l+1} | z_l).
+    """
+
+    def __init__(self, in_shape: Sequence[int] | int, out_dim: int, hidden: Sequence[int] = ()):
+        super().__init__()
+        in_shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
+        self.in_ndim = len(in_shape)
+        sizes = [math.prod(in_shape), *hidden]
+        self.layers = _mlp(sizes)
+        self.loc = nn.Linear(sizes[-1], out_dim)
+        self.raw_scale = nn.Linear(sizes[-1], out_dim)
+
+    def forward(self, u: torch.Tensor):
+        h = u.flatten(-self.in_ndim)
+        for layer in self.layers:
+            h = F.softplus(layer(h))
+        return self.loc(h), F.softplus(self.raw_scale(h)) + 1e-4
+
+
+class DeterministicMLP(Network):
+    """Input (any trailing ``in_shape``) -> softplus layers of sizes ``hidden``: a deterministic feature map."""
+
+    def __init__(self, in_shape: Sequence[int] | int, hidden: Sequence[int]):
+        super().__init__()
+        in_shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
+        self.in_ndim = len(in_shape)
+        self.layers = _mlp([math.prod(in_shape), *hidden])
+
+    def forward(self, u: torch.Tensor):
+        h = u.flatten(-self.in_ndim)
+        for layer in self.layers:
+            h = F.softplus(layer(h))
+        return h

@@ -1,0 +1,109 @@
+"""Pictures: sample grids, reconstructions beside inputs, loss curves, latent scatter plots."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    import io
+
+    from ppgen.runs import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+def tile(images: torch.Tensor, ncol: int | None = None, pad: int = 1) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] -> one (rows*H, cols*W[, C]) array."""
+    x = images.detach().cpu().float().clamp(0, 1).numpy()
+    n, c, h, w = x.shape
+    ncol = ncol or math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    canvas = np.ones((c, nrow * (h + pad) + pad, ncol * (w + pad) + pad), dtype=np.float32)
+    for i in range(n):
+        r, col = divmod(i, ncol)
+        canvas[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = x[i]
+    return canvas[0] if c == 1 else canvas.transpose(1, 2, 0)
+
+
+def sample_grid(samples: torch.Tensor, path: Path, title: str = "samples") -> Path:
+    """Images as a grid, or 2-D points as a scatter plot."""
+    plt = _plt()
+    if samples.ndim == 2:
+        fig, ax = plt.subplots(figsize=(4, 4))
+        pts = samples.detach().cpu().numpy()
+        ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5)
+        ax.set_aspect("equal")
+    else:
+        fig, ax = plt.subplots(figsize=(6, 6))
+        ax.imshow(tile(samples), cmap="gray", vmin=0, vmax=1)
+        ax.axis("off")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def reconstructions(x: torch.Tensor, recon: torch.Tensor, path: Path, n: int = 16) -> Path:
+    """Inputs (top row of each pair) above their reconstructions."""
+    plt = _plt()
+    x, recon = x[:n], recon[:n]
+    pairs = torch.stack([x, recon], 1).reshape(-1, *x.shape[1:])  # x0, r0, x1, r1, ...
+    rows = torch.cat([pairs[0::2], pairs[1::2]], 0) if x.ndim == 4 else pairs
+    fig, ax = plt.subplots(figsize=(8, 1.4))
+    ax.imshow(tile(rows, ncol=len(x)), cmap="gray", vmin=0, vmax=1)
+    ax.set_title("inputs (top) and reconstructions E[x | z = mean of q(z|x)] (bottom)")
+    ax.axis("off")
+    return _save(fig, path)
+
+
+def loss_curve(history: list[dict], path: Path) -> Path:
+    """Training objective and validation ELBO per epoch."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    epochs = [row["epoch"] for row in history]
+    ax.plot(epochs, [row["elbo"] for row in history], label="train objective (ELBO)")
+    if any("val_elbo" in row for row in history):
+        ax.plot([r["epoch"] for r in history if "val_elbo" in r], [r["val_elbo"] for r in history if "val_elbo" in r],
+                label="validation ELBO")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per example")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, path: Path) -> Path:
+    """Posterior means in 2-D (first two principal components when z has more than two dimensions)."""
+    plt = _plt()
+    pts = z.detach().cpu().numpy()
+    title = "posterior means"
+    if pts.shape[1] > 2:
+        from sklearn.decomposition import PCA
+
+        pts = PCA(2, random_state=0).fit_transform(pts)
+        title += " (PCA)"
+    elif pts.shape[1] == 1:
+        pts = np.concatenate([pts, np.zeros_like(pts)], 1)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    colours = None if labels is None else labels.cpu().numpy()
+    sc = ax.scatter(pts[:, 0], pts[:, 1], c=colours, s=4, cmap="tab10")
+    if labels is not None:
+        fig.colorbar(sc, ax=ax, label="label")
+    ax.set_title(title)
+    return _save(fig, path)

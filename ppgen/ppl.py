@@ -1,0 +1,167 @@
+"""Backend dispatch: one model source runs on Pyro (torch) or on NumPyro (JAX).
+
+A model is written against two proxies::
+
+    from ppgen.ppl import pyro, dist
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([k]).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
+
+``pyro.sample`` resolves to ``pyro.sample`` or ``numpyro.sample`` depending on the
+backend that is active (``with backend("numpyro"): ...``); ``dist.Normal`` likewise.
+The idea is pyro-api's ``pyro_backend``; ppgen keeps its own small version because
+``numpyro.compat`` lacks ``deterministic``/``factor`` and its SVI recompiles every
+step. Networks from :mod:`ppgen.nn` are torch modules that run a lowered JAX
+function when called on a JAX array, so the same model body works on both sides.
+
+Only what both libraries spell the same way is routed; where NumPyro lacks a
+distribution that Pyro has (``ContinuousBernoulli``) ppgen supplies it here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Iterator
+from typing import Any
+
+_BACKENDS = {
+    "pyro": {"pyro": "pyro", "dist": "pyro.distributions"},
+    "numpyro": {"pyro": "numpyro", "dist": "numpyro.distributions"},
+}
+_active = ["pyro"]
+
+
+def get_backend() -> str:
+    """Name of the backend model code currently dispatches to."""
+    return _active[-1]
+
+
+@contextlib.contextmanager
+def backend(name: str) -> Iterator[None]:
+    """Run the enclosed model code on ``name`` ("pyro" or "numpyro")."""
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(_BACKENDS)}")
+    _active.append(name)
+    try:
+        yield
+    finally:
+        _active.pop()
+
+
+def _module_noop(name: str, module: Any, update_module_params: bool = False) -> Any:
+    # Under NumPyro the networks are fixed: their weights enter as constants of the
+    # lowered JAX function, so registering them is a no-op.
+    return module
+
+
+class _Proxy:
+    """Attribute access forwarded to the active backend's module."""
+
+    def __init__(self, role: str, overrides: dict[str, dict[str, Any]]):
+        self._role = role
+        self._overrides = overrides
+
+    def __getattr__(self, name: str) -> Any:
+        backend_name = get_backend()
+        extra = self._overrides.get(backend_name, {})
+        if name in extra:
+            return extra[name]
+        module = importlib.import_module(_BACKENDS[backend_name][self._role])
+        try:
+            return getattr(module, name)
+        except AttributeError:
+            raise AttributeError(f"{self._role}.{name} is not available on the {backend_name} backend") from None
+
+    def __dir__(self) -> list[str]:
+        return dir(importlib.import_module(_BACKENDS[get_backend()][self._role]))
+
+
+def _numpyro_continuous_bernoulli() -> type:
+    import jax.numpy as jnp
+    import numpyro.distributions as nd
+    from jax.nn import log_sigmoid, sigmoid
+    from numpyro.distributions import constraints
+    from numpyro.distributions.util import promote_shapes
+
+    class ContinuousBernoulli(nd.Distribution):
+        """Continuous Bernoulli (Loaiza-Ganem & Cunningham, 2019) for NumPyro.
+
+        log p(x | λ) = x log λ + (1 − x) log(1 − λ) + log C(λ),
+        C(λ) = 2 artanh(1 − 2λ) / (1 − 2λ), with C(1/2) = 2. Mirrors torch's
+        formula (Taylor expansion near λ = 1/2) so both backends agree to float32.
+        """
+
+        arg_constraints = {"logits": constraints.real}
+        support = constraints.unit_interval
+        _lims = (0.499, 0.501)
+
+        def __init__(self, logits=None, probs=None, validate_args=None):
+            if (logits is None) == (probs is None):
+                raise ValueError("give exactly one of logits or probs")
+            if logits is None:
+                logits = jnp.log(probs) - jnp.log1p(-probs)
+            (self.logits,) = promote_shapes(logits)
+            super().__init__(batch_shape=jnp.shape(self.logits), validate_args=validate_args)
+
+        @property
+        def probs(self):
+            return sigmoid(self.logits)
+
+        def _log_normalizer(self):
+            p = self.probs
+            outside = (p < self._lims[0]) | (p > self._lims[1])
+            safe = jnp.where(outside, p, self._lims[0] * jnp.ones_like(p))
+            far = jnp.log(jnp.abs(2.0 * jnp.arctanh(1.0 - 2.0 * safe))) - jnp.log(jnp.abs(1.0 - 2.0 * safe))
+            x = (p - 0.5) ** 2
+            near = jnp.log(2.0) + (4.0 / 3.0 + 104.0 / 45.0 * x) * x
+            return jnp.where(outside, far, near)
+
+        def log_prob(self, value):
+            return value * log_sigmoid(self.logits) + (1 - value) * log_sigmoid(-self.logits) + self._log_normalizer()
+
+        def sample(self, key, sample_shape=()):
+            import jax
+
+            u = jax.random.uniform(key, sample_shape + self.batch_shape, minval=1e-6, maxval=1 - 1e-6)
+            p = jnp.clip(self.probs, 1e-6, 1 - 1e-6)
+            regular = (jnp.log1p(-p + u * (2 * p - 1)) - jnp.log1p(-p)) / (jnp.log(p) - jnp.log1p(-p))
+            return jnp.where(jnp.abs(p - 0.5) < 1e-3, u, regular)
+
+        @property
+        def mean(self):
+            p = jnp.clip(self.probs, 1e-6, 1 - 1e-6)
+            regular = p / (2 * p - 1) + 1 / (2 * jnp.arctanh(1 - 2 * p))
+            return jnp.where(jnp.abs(p - 0.5) < 1e-3, 0.5, regular)
+
+    return ContinuousBernoulli
+
+
+class _LazyClass:
+    """Builds the NumPyro-only additions on first use (keeps JAX out of plain imports)."""
+
+    def __init__(self, factory):
+        self._factory = factory
+        self._cls = None
+
+    def __call__(self, *args, **kwargs):
+        if self._cls is None:
+            self._cls = self._factory()
+        return self._cls(*args, **kwargs)
+
+
+pyro = _Proxy("pyro", {"numpyro": {"module": _module_noop}})
+dist = _Proxy("dist", {"numpyro": {"ContinuousBernoulli": _LazyClass(_numpyro_continuous_bernoulli)}})
+
+
+def is_jax(x: Any) -> bool:
+    """True for a JAX array or tracer (without importing JAX when it is not loaded)."""
+    import sys
+
+    if "jax" not in sys.modules:
+        return False
+    import jax
+
+    return isinstance(x, jax.Array)
