@@ -37,6 +37,7 @@ from pyro.distributions import Independent, Normal
 from pyro.distributions.kl import kl_divergence
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 
 from ppgen.errors import UserError
 from ppgen.inference.fit import Fit, register
@@ -79,7 +80,7 @@ class FreeBitsELBO:
         model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
         loss = 0.0
         for name, site in model_tr.nodes.items():
-            if site["type"] != "sample":
+            if site["type"] != "sample" or site_is_subsample(site):  # a plate's subsample site is no latent
                 continue
             if site["is_observed"]:
                 loss = loss - site["fn"].log_prob(site["value"]).sum() * site["scale"]
@@ -135,12 +136,26 @@ def beta_at(epoch: int, step: int, steps_per_epoch: int, beta: float, anneal_epo
     return beta * min(1.0, progress)
 
 
+def make_adam(params, lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel where torch has one for the device (CPU and CUDA in torch >= 2.4).
+
+    Same update rule as the default implementation; one kernel for all parameters costs
+    a third of the multi-tensor (``foreach``) version per step on CPU, which for a
+    784-400-50 VAE at batch 256 is ~10% of the step (benchmarks/svi_vae.py).
+    """
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**62)
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, leave=False, disable=not enabled, mininterval=0.5, file=sys.stderr)
 
@@ -183,7 +198,7 @@ def fit_svi(
                    anneal_epochs=anneal_epochs, free_bits=free_bits, seed=seed, monitor=monitor)
     loss_fn = make_elbo(elbo, num_particles, pair.max_plate_nesting, free_bits)
     pair.to(device)
-    optimizer = torch.optim.Adam(pair.parameters(), lr=lr, foreach=True)
+    optimizer = make_adam(pair.parameters(), lr)
     fit = Fit(pair=pair, backend="svi", options=options, state={"epoch": 0})
     if resume is not None:
         pair.load_state_dict(resume["model"])
