@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -66,8 +67,8 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with _open(path) as f:
             raw = f.read()
-    except OSError as err:
-        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
+    except (OSError, EOFError) as err:  # EOFError: a gzipped file cut short
+        raise UserError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in dtypes:
         raise UserError(f"{path} is not an IDX file (bad magic number); give MNIST-format files or .npz/.npy")
     ndim = raw[3]
@@ -116,7 +117,7 @@ def array_file(path: Path):
     """``.npy`` (examples only) or ``.npz`` (``x``/``y`` or ``x_train``/``y_train``/``x_test``/``y_test``)."""
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # empty or truncated files too
         raise UserError(f"cannot read {path} as a numpy file: {err}") from None
     if isinstance(loaded, np.ndarray):
         return _as_images(loaded, path), None

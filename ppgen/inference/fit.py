@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,9 +30,12 @@ class Fit:
     stopped: str | None = None
 
     def checkpoint(self) -> dict:
-        """Everything needed to resume, as tensors and plain Python values (``weights_only``-loadable)."""
-        return {"model": self.pair.state_dict(), "backend": self.backend, "history": self.history,
-                "state": self.state, "options": self.options}
+        """Everything needed to resume, as tensors and plain Python values (``weights_only``-loadable).
+
+        A snapshot: deep-copied, so training on does not change a checkpoint kept in memory.
+        """
+        return copy.deepcopy({"model": self.pair.state_dict(), "backend": self.backend, "history": self.history,
+                              "state": self.state, "options": self.options})
 
     def to_inference_data(self, **kwargs):
         """Posterior draws as ArviZ ``InferenceData`` (see :mod:`ppgen.diagnostics`)."""

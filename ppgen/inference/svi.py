@@ -237,6 +237,11 @@ def fit_svi(
                 if show and step % 10 == 0:
                     bar.set_postfix(elbo=f"{-total / ((step + 1) * batch_size):.2f}")
             bar.close()
+            if not all(torch.isfinite(p).all() for p in pair.parameters()):
+                pair.load_state_dict(last_good)
+                fit.stopped = (f"weights became NaN or infinite in epoch {epoch + 1}; restored the weights of epoch "
+                               f"{epoch}. Lower the learning rate (--lr) or check the data")
+                return fit
             seconds = time.perf_counter() - start
             wall += seconds
             row = {"epoch": epoch + 1, "elbo": -total / (steps * batch_size), "beta": b, "seconds": seconds,
