@@ -26,7 +26,7 @@ test-all: install
 	$(PY) -m pytest -q tests
 
 bench: install
-	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	for b in benchmarks/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lint: install
 	$(VENV)/bin/ruff check ppgen tests benchmarks

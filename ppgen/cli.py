@@ -18,6 +18,7 @@ EPILOG = """examples:
   ppgen train vae --data mnist --z-dim 50 --epochs 30 --out runs/vae
   ppgen evaluate runs/vae --iwae 1000
   ppgen sample runs/vae -n 64 --out samples.png
+  ppgen compare runs/vae --points 16 --chains 4
   ppgen train vae --resume runs/vae --epochs 40
   ppgen models ; ppgen data"""
 
@@ -45,6 +46,8 @@ def _add_train(sub) -> None:
     m = p.add_argument_group("model")
     m.add_argument("--z-dim", type=int, help="latent dimensions (default 50)")
     m.add_argument("--hidden", type=_ints, help="hidden layer sizes, comma separated (default 400)")
+    m.add_argument("--z-dims", type=_ints, help="dlgm/hvae/lvae: latent sizes per layer, bottom first, e.g. 50,20 "
+                   "(with --hidden giving one hidden size per layer, e.g. 400,200)")
     m.add_argument("--net", choices=["mlp", "conv"], help="encoder/decoder networks (default mlp)")
     m.add_argument("--likelihood", choices=["bernoulli", "cbernoulli", "gaussian"], help="p(x|z) (default bernoulli)")
     m.add_argument("--skip", action="store_true", default=None, help="Skip-VAE decoder: z enters every layer")
@@ -68,7 +71,7 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_train)
 
 
-MODEL_KEYS = ("z_dim", "hidden", "net", "likelihood", "skip")
+MODEL_KEYS = ("z_dim", "z_dims", "hidden", "net", "likelihood", "skip")
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "elbo", "num_particles", "beta", "anneal_epochs", "free_bits", "seed",
               "device", "select")
 
@@ -110,9 +113,19 @@ def _add_evaluate(sub) -> None:
                                    "(and bits/dim), KL per latent dimension, active units and I(x; z).")
     p.add_argument("run", type=Path, help="run directory written by `ppgen train`")
     p.add_argument("--iwae", type=int, default=1000, metavar="K", help="importance samples per example (default 1000)")
+    p.add_argument("--ais", type=int, metavar="N", help="also AIS with N intermediate distributions (e.g. 1000)")
+    p.add_argument("--ais-chains", type=int, default=16, metavar="C", help="AIS chains per example (default 16)")
+    p.add_argument("--bdmc", type=int, default=0, metavar="M",
+                   help="with --ais: BDMC bounds on M examples simulated from the model (default off)")
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
     p.add_argument("--limit", type=int, help="evaluate only the first N examples")
     p.add_argument("--seed", type=int, default=0)
+    q = p.add_argument_group("sample quality (features of a classifier ppgen trains on the data set and caches)")
+    q.add_argument("--fid", action="store_true", help="Fréchet distance of generated vs test examples")
+    q.add_argument("--kid", action="store_true", help="kernel (MMD) distance, unbiased")
+    q.add_argument("--is", dest="inception", action="store_true", help="Inception Score of the classifier's labels")
+    q.add_argument("--pr", action="store_true", help="precision and recall (Kynkäänniemi et al., 2019)")
+    q.add_argument("--samples", type=int, metavar="N", help="generated examples to score (default: as many as test)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.set_defaults(func=_evaluate)
 
@@ -120,7 +133,13 @@ def _add_evaluate(sub) -> None:
 def _evaluate(args) -> int:
     from ppgen import runs, workflows
 
-    result = workflows.evaluate_run(args.run, iwae_k=args.iwae, split=args.split, limit=args.limit, seed=args.seed)
+    result = workflows.evaluate_run(args.run, iwae_k=args.iwae, split=args.split, limit=args.limit, seed=args.seed,
+                                    ais_steps=args.ais, ais_chains=args.ais_chains, bdmc_points=args.bdmc)
+    wanted = [m for m, on in (("fid", args.fid), ("kid", args.kid), ("is", args.inception), ("pr", args.pr)) if on]
+    if wanted:
+        from ppgen.evaluation.samples import evaluate_run_samples
+
+        result["sample_quality"] = evaluate_run_samples(args.run, wanted, n=args.samples, seed=args.seed)
     runs.write_json(Path(args.run) / f"evaluation_{args.split}.json", result)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -131,10 +150,25 @@ def _evaluate(args) -> int:
     if f"iwae_{k}" in result:
         print(f"  IWAE-{k:<14d}{result[f'iwae_{k}']:10.2f} ± {result[f'iwae_{k}_se']:.2f} nats"
               f"   ({result['bits_per_dim']:.4f} bits/dim)")
+    if f"ais_{args.ais}" in result:
+        a = args.ais
+        print(f"  AIS-{a:<15d}{result[f'ais_{a}']:10.2f} ± {result[f'ais_{a}_se']:.2f} nats"
+              f"   ({result['ais_bits_per_dim']:.4f} bits/dim; {args.ais_chains} chains, {result['ais_seconds']} s)")
+    if "bdmc_gap" in result:
+        print(f"  BDMC ({result['bdmc_points']} simulated) lower {result['bdmc_lower']:.2f}  upper "
+              f"{result['bdmc_upper']:.2f}  gap {result['bdmc_gap']:.2f} nats")
+    if "ais_note" in result:
+        print(f"  AIS: {result['ais_note']}")
     if "active_units" in result:
         print(f"  KL(q‖p) total       {result['kl_total']:10.2f} nats; active units {result['active_units']}"
               f"/{len(result['kl_per_dim'])}; I(x;z) {result['mutual_information']:.2f} nats")
         print("  KL per dimension    " + " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
+    if "sample_quality" in result:
+        q = result["sample_quality"]
+        shown = [f"{label} {q[key]:.4g}" for key, label in (("fid", "FID"), ("kid", "KID"), ("is", "IS"),
+                                                            ("precision", "precision"), ("recall", "recall")) if key in q]
+        print(f"  samples ({q['n_fake']} vs {q['n_real']} test; classifier accuracy "
+              f"{q.get('classifier_accuracy', float('nan')):.3f}): " + ", ".join(shown))
     return 0
 
 
@@ -204,6 +238,35 @@ def _data(args) -> int:
     return 0
 
 
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="NUTS on p(z|x) beside the encoder's q(z|x): distances and the inference gap",
+                       description="Sample p(z | x, θ) with NUTS (NumPyro; the trained decoder fixed) for test "
+                                   "points, compare it with the encoder's q(z | x) (KL, W2, interval coverage, PSIS "
+                                   "k-hat) and split log p(x) - ELBO into approximation and amortization gaps "
+                                   "(Cremer et al., 2018). Writes compare.nc (ArviZ), compare.json and pictures.")
+    p.add_argument("run", type=Path, help="run directory written by `ppgen train`")
+    p.add_argument("--points", type=int, default=16, help="the first N points of the split (default 16)")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    p.add_argument("--chains", type=int, default=4, help="NUTS chains per point (default 4)")
+    p.add_argument("--warmup", type=int, default=500, help="NUTS warmup iterations (default 500)")
+    p.add_argument("--samples", type=int, default=1000, help="NUTS draws per chain (default 1000)")
+    p.add_argument("--steps", type=int, default=1000, help="Adam steps of the per-point Gaussian q* (default 1000)")
+    p.add_argument("--iwae", type=int, default=5000, metavar="K", help="importance samples for log p(x) (default 5000)")
+    p.add_argument("--out", type=Path, help="output directory (default RUN/compare)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_compare)
+
+
+def _compare(args) -> int:
+    from ppgen.evaluation.amortization import compare_run
+
+    if args.chains < 1 or args.samples < 1 or args.warmup < 0 or args.steps < 0 or args.iwae < 1:
+        raise UserError("--chains, --samples and --iwae must be at least 1, --warmup and --steps at least 0")
+    compare_run(args.run, args.out, points=args.points, chains=args.chains, warmup=args.warmup,
+                samples=args.samples, split=args.split, steps=args.steps, iwae_k=args.iwae, seed=args.seed)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ppgen", description="Deep generative models as probabilistic programs: "
                                      "Pyro model/guide pairs trained by SVI and checked by NUTS.",
@@ -215,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: each adds one subcommand; other modules append theirs here
-COMMANDS = [_add_train, _add_evaluate, _add_sample, _add_listings]
+COMMANDS = [_add_train, _add_evaluate, _add_sample, _add_listings, _add_compare]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,9 @@
 
 Runs offline in a few minutes on 2 cores: 30 epochs of SVI (784-400-50, batch 256,
 Adam 1e-3, dynamic binarization, best validation epoch kept), then the test ELBO,
-the IWAE-1000 log-likelihood, KL per latent dimension and active units.
+the IWAE-1000 log-likelihood, KL per latent dimension and active units, then NUTS
+on NumPyro over p(z | x, θ) of a few test digits beside the encoder, with the
+approximation / amortization gap table (Cremer et al., 2018).
 """
 
 from __future__ import annotations
@@ -15,8 +17,17 @@ from pathlib import Path
 from ppgen import workflows
 from ppgen.errors import UserError
 
-#: later steps of the demo (e.g. NUTS comparison) append functions taking (run_dir, args)
-STEPS: list = []
+
+def compare_step(run_dir: Path, args) -> None:
+    """NUTS on p(z | x, θ) for a few test digits beside the encoder: the inference-gap table."""
+    from ppgen.evaluation.amortization import compare_run
+
+    print(f"== NUTS (NumPyro) on p(z | x, θ) of {args.points} test digits vs the encoder q(z | x)")
+    compare_run(run_dir, points=args.points, chains=2, warmup=300, samples=500, steps=300, iwae_k=1000)
+
+
+#: the steps after training and evaluation; each takes (run_dir, args)
+STEPS: list = [compare_step]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (replaced if present)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--iwae", type=int, default=1000)
+    parser.add_argument("--points", type=int, default=4, help="test digits for the NUTS comparison")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
@@ -48,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ppgen: error: {err}", file=sys.stderr)
         return 2
     print(f"== done in {time.perf_counter() - start:.0f} s; pictures: {args.out}/samples.png, reconstructions.png, "
-          "loss.png, latents.png")
+          f"loss.png, latents.png, compare/forest.png, compare/gaps.png; ArviZ: {args.out}/posterior.nc")
     return 0
 
 

@@ -72,6 +72,7 @@ def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = F
                        train_seconds=round(time.perf_counter() - start, 2), stopped=fit.stopped)
         runs.write_json(run_dir / runs.METRICS, metrics)
         pictures(pair, data, fit.history, run_dir)
+        write_posterior(fit, data, run_dir)
         return metrics
 
     if resume:
@@ -79,6 +80,20 @@ def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = F
         return body(out)
     with runs.new_run(out, config, overwrite=overwrite) as run_dir:
         return body(run_dir)
+
+
+def write_posterior(fit, data: datasets.Dataset, run_dir: Path, points: int = 16, seed: int = 0) -> None:
+    """posterior.nc: ArviZ draws of q(z | x) (4 chains x 250) for the first test examples."""
+    import os
+
+    from ppgen.diagnostics import to_inference_data
+
+    x = (data.test if len(data.test) else data.train)[:points].to(_device(fit.pair))
+    with torch.random.fork_rng(devices=[]):
+        idata = to_inference_data(fit, x=x, num_samples=1000, chains=4, seed=seed)
+    tmp = run_dir / ".posterior.nc.tmp"
+    idata.to_netcdf(str(tmp))
+    os.replace(tmp, run_dir / "posterior.nc")
 
 
 def _log_epoch(fit, log) -> None:
@@ -123,8 +138,17 @@ def pictures(pair, data: datasets.Dataset, history: list[dict], run_dir: Path, s
 
 
 def evaluate_run(run_dir: Path, iwae_k: int = 1000, split: str = "test", limit: int | None = None, seed: int = 0,
-                 elbo_samples: int = 10) -> dict:
-    """Held-out ELBO, IWAE-K log-likelihood, KL per latent dimension, active units and I(x; z)."""
+                 elbo_samples: int = 10, ais_steps: int | None = None, ais_chains: int = 16,
+                 bdmc_points: int = 0) -> dict:
+    """Held-out ELBO, IWAE-K log-likelihood, KL per latent dimension, active units and I(x; z).
+
+    With ``ais_steps`` also AIS with that many intermediate distributions (and, with
+    ``bdmc_points``, BDMC's lower/upper bounds on as many points simulated from the model).
+    """
+    if ais_steps is not None:
+        from ppgen.evaluation.ais import check_steps
+
+        check_steps(ais_steps)
     config = runs.read_config(run_dir)
     pair = runs.load_pair(run_dir)
     data = _load_data(config["data"])
@@ -150,6 +174,12 @@ def evaluate_run(run_dir: Path, iwae_k: int = 1000, split: str = "test", limit: 
             result["nll"] = -float(ll.mean())
             result["bits_per_dim"] = float(evaluation.bits_per_dim(ll, pair.x_shape).mean())
         result["seconds"] = round(time.perf_counter() - t, 2)
+    if ais_steps is not None:
+        from ppgen.evaluation.ais import summary
+
+        t = time.perf_counter()
+        result.update(summary(pair, x, ais_steps, chains=ais_chains, bdmc_points=bdmc_points, seed=seed))
+        result["ais_seconds"] = round(time.perf_counter() - t, 2)
     if hasattr(pair, "encode"):
         result.update(evaluation.report(pair, x))
     return result

@@ -27,8 +27,12 @@ def test_train_evaluate_sample_and_load(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli("train", "vae", *FAST, "--epochs", "3", "--out", out) == 0
     for name in ("config.json", "checkpoint.pt", "model.pt", "metrics.json", "history.csv", "samples.png",
-                 "reconstructions.png", "loss.png", "latents.png"):
+                 "reconstructions.png", "loss.png", "latents.png", "posterior.nc"):
         assert (out / name).exists(), name
+    import arviz as az
+
+    posterior = az.from_netcdf(str(out / "posterior.nc"))
+    assert posterior.posterior["z"].shape == (4, 250, 16, 4)  # chains, draws, data, z_dim
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 3 and metrics["test_elbo"] < 0
     capsys.readouterr()

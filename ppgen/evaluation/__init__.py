@@ -1,6 +1,11 @@
-"""Evaluation: log-likelihood estimates and posterior-collapse diagnostics."""
+"""Evaluation: log-likelihood estimates, posterior-collapse diagnostics, sample quality and mode coverage."""
 
-from ppgen.evaluation.collapse import active_units, kl_per_dim, mutual_information, report
+from ppgen.evaluation.ais import AISResult, BDMCResult, ais, bdmc
+from ppgen.evaluation.collapse import active_units, kl_per_dim, layer_report, mutual_information, report
 from ppgen.evaluation.likelihood import bits_per_dim, elbo, iwae, log_weights
+from ppgen.evaluation.modes import mode_report
+from ppgen.evaluation.samples import fid, inception_score, kid, precision_recall, sample_quality
 
-__all__ = ["active_units", "bits_per_dim", "elbo", "iwae", "kl_per_dim", "log_weights", "mutual_information", "report"]
+__all__ = ["AISResult", "BDMCResult", "active_units", "ais", "bdmc", "bits_per_dim", "elbo", "iwae", "kl_per_dim",
+           "layer_report", "log_weights", "mutual_information", "report",
+           "fid", "inception_score", "kid", "mode_report", "precision_recall", "sample_quality"]

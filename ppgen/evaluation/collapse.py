@@ -6,14 +6,26 @@ r"""Posterior-collapse diagnostics for a pair with a Gaussian-like guide.
 * Mutual information I(x; z) under q(x, z) = p_data(x) q(z|x) (Hoffman & Johnson,
   2016; estimator of He et al., 2019): I = E_x E_q[log q(z|x)] − E_q(z)[log q(z)],
   with the aggregate posterior q(z) ≈ (1/N) Σ_n q(z|x_n) over the evaluated examples.
+
+For pairs with several latent layers (DLGM, hierarchical and Ladder VAEs) :func:`layer_report`
+gives the same three numbers per layer from the pair's own sample sites: the guide is
+traced with S draws and the model replayed on them, so layer l's KL is
+E_x E_q KL(q(z_l | ·) ‖ p(z_l | z_{l+1})) (closed form per dimension given the sampled
+parents, as Sønderby et al. report it), activity is Cov_x of E_q[z_l] (the guide mean
+averaged over the S draws of the layers it depends on), and I is the mutual information
+between z_l and the guide's inputs to it (x and the drawn parent layers), by the same
+estimator. :func:`report` uses it whenever a pair has more than one latent site.
 """
 
 from __future__ import annotations
 
 import math
 
+import pyro
 import torch
-from torch.distributions import Normal, kl_divergence
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+from torch.distributions import Independent, Normal, kl_divergence
 
 
 def _gaussian_q(pair, x: torch.Tensor) -> Normal:
@@ -47,8 +59,55 @@ def mutual_information(pair, x: torch.Tensor, seed: int = 0) -> float:
     return float(neg_entropy - log_qz.mean())
 
 
+def _base_normal(fn):
+    while isinstance(fn, Independent) or hasattr(fn, "base_dist") and not isinstance(fn, Normal):
+        fn = fn.base_dist
+    return fn if isinstance(fn, Normal) else None
+
+
+def layer_report(pair, x: torch.Tensor, samples: int = 10, seed: int = 0, threshold: float = 0.01) -> dict[str, dict]:
+    """Per latent site, outermost first (the pair's ``latent_sites`` order): KL per dimension, active units, I."""
+    with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), torch.no_grad():
+        torch.manual_seed(seed)
+        with pyro.validation_enabled(False), pyro.plate("particles", samples, dim=-(pair.max_plate_nesting + 1)):
+            guide_tr = poutine.trace(pair.guide).get_trace(x)
+            model_tr = poutine.trace(poutine.replay(pair.model, trace=guide_tr)).get_trace(x)
+    out = {}
+    for name, site in guide_tr.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+            continue
+        q, p, z = _base_normal(site["fn"]), _base_normal(model_tr.nodes[name]["fn"]), site["value"]
+        if q is None or p is None or z.dim() != 3:
+            continue  # only Gaussian layers of vectors have per-dimension diagnostics
+        q = Normal(q.loc.expand_as(z), q.scale.expand_as(z))
+        kl = kl_divergence(q, Normal(p.loc.expand_as(z), p.scale.expand_as(z))).mean((0, 1))
+        activity = q.loc.mean(0).var(0, unbiased=True)
+        loc, scale, draw = q.loc[0], q.scale[0], z[0]
+        cross = Normal(loc[None], scale[None]).log_prob(draw[:, None]).sum(-1)
+        mi = q.log_prob(z)[0].sum(-1).mean() - (torch.logsumexp(cross, 1) - math.log(x.shape[0])).mean()
+        out[name] = {"kl_total": float(kl.sum()), "kl_per_dim": [round(float(v), 4) for v in kl],
+                     "active_units": int((activity > threshold).sum()), "activity": [round(float(v), 4) for v in activity],
+                     "mutual_information": float(mi)}
+    order = [name for name in getattr(pair, "latent_sites", ()) if name in out]
+    return {name: out[name] for name in order + [n for n in out if n not in order]}  # outermost first
+
+
 def report(pair, x: torch.Tensor) -> dict:
-    """KL per dimension, active units and mutual information, as plain numbers."""
+    """KL per dimension, active units and mutual information, as plain numbers.
+
+    With several latent layers the totals add over layers, ``kl_per_dim`` lists every
+    layer's dimensions (bottom layer first), ``mutual_information`` is the bottom layer's,
+    and ``layers`` holds :func:`layer_report`.
+    """
+    if len(getattr(pair, "latent_sites", ("z",))) > 1:
+        layers = layer_report(pair, x)
+        bottom_first = list(layers.values())[::-1]
+        return {"kl_total": sum(v["kl_total"] for v in bottom_first),
+                "kl_per_dim": [d for v in bottom_first for d in v["kl_per_dim"]],
+                "active_units": sum(v["active_units"] for v in bottom_first),
+                "activity": [d for v in bottom_first for d in v["activity"]],
+                "mutual_information": bottom_first[0]["mutual_information"] if bottom_first else 0.0,
+                "layers": layers}
     kl = kl_per_dim(pair, x)
     au, activity = active_units(pair, x)
     return {

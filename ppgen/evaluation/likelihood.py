@@ -31,7 +31,8 @@ def log_weights(pair, x: torch.Tensor, k: int) -> torch.Tensor:
     for tr, sign in ((model_tr, 1.0), (guide_tr, -1.0)):
         for site in tr.nodes.values():
             if site["type"] == "sample":
-                lp = site["fn"].log_prob(site["value"]) * site["scale"]
+                with torch.no_grad():  # a distribution may compute lazily (NADE): keep it out of autograd
+                    lp = site["fn"].log_prob(site["value"]) * site["scale"]
                 while lp.dim() > 2:  # plates other than particles and data (rightmost) are summed out
                     lp = lp.sum(1)
                 total = total + sign * lp

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from ppgen.errors import UserError
 from ppgen.models.base import GenerativeModel
+from ppgen.models.dlgm import DLGM
+from ppgen.models.factor_analysis import FactorAnalysis
+from ppgen.models.gan import GAN
+from ppgen.models.hierarchical import HierarchicalVAE
+from ppgen.models.ladder import LadderVAE
+from ppgen.models.nade import NADE
 from ppgen.models.ppca import PPCA
 from ppgen.models.vae import VAE
 
 #: name -> pair class; ``ppgen models`` lists it
-REGISTRY: dict[str, type[GenerativeModel]] = {cls.name: cls for cls in (VAE, PPCA)}
+REGISTRY: dict[str, type[GenerativeModel]] = {cls.name: cls for cls in (VAE, PPCA, GAN, DLGM, HierarchicalVAE, LadderVAE, NADE, FactorAnalysis)}
 
 
 def get(name: str) -> type[GenerativeModel]:
@@ -30,4 +36,4 @@ def describe() -> dict[str, str]:
     return out
 
 
-__all__ = ["GenerativeModel", "PPCA", "REGISTRY", "VAE", "describe", "get"]
+__all__ = ["DLGM", "FactorAnalysis", "GAN", "GenerativeModel", "HierarchicalVAE", "LadderVAE", "NADE", "PPCA", "REGISTRY", "VAE", "describe", "get"]

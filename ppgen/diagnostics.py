@@ -1,0 +1,362 @@
+r"""ArviZ ``InferenceData`` for every backend's posterior, summaries and comparison plots.
+
+* :func:`to_inference_data` — a NUTS fit (its draws and per-draw statistics) or
+  an SVI fit (draws from the guide q(z | x) at the given examples) as ArviZ
+  groups ``posterior``, ``sample_stats`` (NUTS), ``observed_data`` and
+  ``log_likelihood`` (log p(x_n | z) per example and draw). Dimension names come
+  from the plates and event shapes: ``data`` for the examples, ``z_dim`` for
+  the latent's coordinates.
+* :func:`combine` — several of those (e.g. SVI and NUTS at the same points) in
+  one object with a method coordinate (dimension ``inference``: svi / nuts), so ``az.summary`` / ``az.plot_forest``
+  / ``az.plot_trace`` see both side by side.
+* :func:`summary` — ``az.summary`` (r_hat, ess_bulk, ess_tail, mcse).
+
+ArviZ 1.x has no ``from_pyro`` and 0.x's needs an ``MCMC`` object, so everything
+is built with ``az.from_dict``, which both have. ``az.plot_energy`` wants
+(chain, draw) statistics: select one point first, ``idata.isel(data=i)``
+(:func:`point`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ppgen.errors import UserError
+
+#: the dimension that tells the methods apart in a combined object. Not "method": xarray's
+#: ``.sel(method=...)`` takes that keyword as its fill method, and ``az.summary`` selects with ``sel(**coords)``.
+METHOD_DIM = "inference"
+
+
+def _az():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz as az
+    return az
+
+
+# -- log-likelihood and guide draws with Pyro (every backend's draws go through the same code) --------
+def _draws_plate(pair, n: int):
+    import pyro
+
+    return pyro.plate("draws", n, dim=-(pair.max_plate_nesting + 1))
+
+
+def log_likelihood(pair, x: torch.Tensor, latents: dict[str, torch.Tensor], dims: dict[str, list[str]],
+                   budget: int = 4_000_000) -> dict[str, np.ndarray]:
+    """log p(x_n | latents) of every observed site, per draw and example: {site: (draws, data)}.
+
+    ``latents[site]`` is shaped (draws, *site shape) with the ``data`` plate, if
+    any, first; global sites get a size-1 axis for the data plate inserted.
+    """
+    import pyro
+    from pyro import poutine
+    from pyro.poutine.util import site_is_subsample
+
+    n = next(iter(latents.values())).shape[0]
+    chunk = max(1, budget // max(1, x.numel()))
+    parts: dict[str, list] = {}
+    with pyro.validation_enabled(False), torch.no_grad():
+        for start in range(0, n, chunk):
+            sl = slice(start, min(n, start + chunk))
+            values = {k: v[sl] if "data" in dims.get(k, []) else v[sl].unsqueeze(1) for k, v in latents.items()}
+            with _draws_plate(pair, sl.stop - sl.start), poutine.condition(data=values):
+                tr = poutine.trace(pair.model).get_trace(x)
+            for name, site in tr.nodes.items():
+                if site["type"] == "sample" and site["is_observed"] and name not in values \
+                        and not site_is_subsample(site):
+                    lp = site["fn"].log_prob(site["value"])
+                    parts.setdefault(name, []).append(lp.expand(sl.stop - sl.start, x.shape[0]).cpu().numpy())
+    return {k: np.concatenate(v, 0) for k, v in parts.items()}
+
+
+def guide_draws(pair, x: torch.Tensor, n: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """``n`` draws of every latent site from the guide at ``x``: {site: (n, *site shape)} and their dims."""
+    import pyro
+    from pyro import poutine
+    from pyro.poutine.util import site_is_subsample
+
+    from ppgen.inference.mcmc import site_dims
+
+    pyro.set_rng_seed(seed)
+    with pyro.validation_enabled(False), torch.no_grad(), _draws_plate(pair, n):
+        tr = poutine.trace(pair.guide).get_trace(x)
+    sites = {k: s for k, s in tr.nodes.items()
+             if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
+    out = {}
+    for name, site in sites.items():
+        v = site["value"]
+        in_data = any(f.name == "data" for f in site["cond_indep_stack"])
+        event = len(site["fn"].event_shape)
+        v = v.expand((n,) + v.shape[1:]) if v.shape[0] == 1 else v
+        if not in_data:  # drop the size-1 data-plate axis of a global site
+            v = v.reshape((n,) + tuple(v.shape[v.dim() - event:]))
+        out[name] = v
+    return out, site_dims(sites, list(sites))
+
+
+# -- InferenceData ------------------------------------------------------------------------------------
+def to_inference_data(fit, x: torch.Tensor | None = None, *, num_samples: int = 1000, chains: int = 4,
+                      seed: int = 0, log_lik: bool = True):
+    """ArviZ ``InferenceData`` of a fit's posterior (see module docs).
+
+    For an SVI fit the guide is amortized: ``x`` are the examples whose q(z | x)
+    is drawn (``num_samples`` draws, arranged as ``chains`` chains). A NUTS fit
+    knows its examples.
+    """
+    if fit.backend == "nuts":
+        return _from_nuts(fit, log_lik)
+    if x is None:
+        raise UserError("an SVI fit's guide is amortized: give the examples, e.g. "
+                        "fit.to_inference_data(x=data.test[:16])")
+    if chains < 1 or num_samples < chains:
+        raise UserError(f"need chains >= 1 and num_samples >= chains, got {chains} and {num_samples}")
+    return _from_guide(fit.pair, x, num_samples=num_samples, chains=chains, seed=seed, log_lik=log_lik)
+
+
+def _chain_draw(a: np.ndarray, chains: int) -> np.ndarray:
+    draws = a.shape[0] // chains
+    return a[: chains * draws].reshape((chains, draws) + a.shape[1:])
+
+
+def _coords(dims: dict[str, list[str]], arrays: dict[str, np.ndarray], data_coords: Sequence[int]) -> dict:
+    coords: dict[str, Any] = {"data": list(data_coords)}
+    for name, ds in dims.items():
+        if name not in arrays:
+            continue
+        for axis, d in enumerate(ds):
+            if d != "data":
+                coords.setdefault(d, list(range(arrays[name].shape[2 + axis])))
+    return coords
+
+
+def _from_guide(pair, x: torch.Tensor, *, num_samples: int, chains: int, seed: int, log_lik: bool,
+                data_coords: Sequence[int] | None = None):
+    az = _az()
+    pair.eval()
+    latents, dims = guide_draws(pair, x, num_samples, seed)
+    posterior = {k: _chain_draw(v.cpu().numpy(), chains) for k, v in latents.items()}
+    data_coords = list(range(len(x))) if data_coords is None else list(data_coords)
+    groups: dict[str, Any] = {"posterior": posterior}
+    obs_dims = _observed_dims(pair, x)
+    dims = {**dims, **obs_dims}
+    groups["observed_data"] = {k: x.detach().cpu().numpy() for k in obs_dims}
+    if log_lik:
+        groups["log_likelihood"] = {k: _chain_draw(v, chains) for k, v in log_likelihood(pair, x, latents, dims).items()}
+    coords = _coords(dims, posterior, data_coords)
+    for ds in obs_dims.values():
+        for axis, d in enumerate(ds[1:]):
+            coords.setdefault(d, list(range(x.shape[1 + axis])))
+    return az.from_dict(**groups, coords=coords, dims=dims, attrs={"method": "svi"})
+
+
+def _observed_dims(pair, x: torch.Tensor) -> dict[str, list[str]]:
+    import pyro
+    from pyro import poutine
+    from pyro.poutine.util import site_is_subsample
+
+    with pyro.validation_enabled(False), torch.no_grad():
+        tr = poutine.trace(pair.model).get_trace(x[:1])
+    return {k: ["data"] + [f"{k}_dim_{i}" for i in range(x.dim() - 1)]
+            for k, s in tr.nodes.items() if s["type"] == "sample" and s["is_observed"] and not site_is_subsample(s)}
+
+
+def _from_nuts(fit, log_lik: bool):
+    az = _az()
+    x = fit.state["x"]
+    dims = {k: v for k, v in fit.state["dims"].items() if k in fit.samples}
+    posterior = {k: np.asarray(v) for k, v in fit.samples.items()}
+    chains, draws = next(iter(posterior.values())).shape[:2]
+    stats = {k: np.asarray(v) for k, v in fit.state["sample_stats"].items()}
+    per_point = fit.options.get("points") is not None
+    stat_dims = {k: ["data"] for k in stats} if per_point else {}
+    obs_dims = _observed_dims(fit.pair, x)
+    groups: dict[str, Any] = {"posterior": posterior, "sample_stats": stats,
+                              "observed_data": {k: x.numpy() for k in obs_dims}}
+    if log_lik:
+        flat = {k: torch.tensor(v.reshape((chains * draws,) + v.shape[2:])) for k, v in posterior.items()}
+        ll = log_likelihood(fit.pair, x, flat, dims)
+        groups["log_likelihood"] = {k: v.reshape(chains, draws, -1) for k, v in ll.items()}
+    data_coords = fit.state.get("coords", {}).get("data", list(range(len(x))))
+    coords = _coords(dims, posterior, data_coords)
+    for ds in obs_dims.values():
+        for axis, d in enumerate(ds[1:]):
+            coords.setdefault(d, list(range(x.shape[1 + axis])))
+    return az.from_dict(**groups, coords=coords, dims={**dims, **obs_dims, **stat_dims},
+                        attrs={"method": "nuts", "engine": fit.state.get("engine", "numpyro")})
+
+
+def compare_inference_data(pair, nuts_fit, seed: int = 0, log_lik: bool = True):
+    """The encoder's q(z | x) and NUTS at the same points, combined along ``inference`` (svi / nuts)."""
+    nuts = _from_nuts(nuts_fit, log_lik)
+    chains, draws = nuts.posterior.sizes["chain"], nuts.posterior.sizes["draw"]
+    data_coords = nuts.posterior.coords["data"].values.tolist()
+    svi = _from_guide(pair, nuts_fit.state["x"], num_samples=chains * draws, chains=chains, seed=seed,
+                      log_lik=log_lik, data_coords=data_coords)
+    return combine({"svi": svi, "nuts": nuts})
+
+
+def combine(parts: dict[str, Any]):
+    """One ``InferenceData`` with a method coordinate (dimension ``inference``) from several on the same points.
+
+    Posterior variables present in every part are stacked along ``inference``
+    (chains and draws cut to the shortest); ``sample_stats`` is taken from the
+    parts that have it, with the method's name as a prefix when more than one
+    does; ``observed_data`` from the first. ``log_likelihood`` stays in the
+    parts: ``az.from_dict`` names its dimensions after the observed variable's,
+    which carry no ``inference`` dimension.
+    """
+    az = _az()
+    names = list(parts)
+    if not names:
+        raise UserError("nothing to combine")
+    posts = [parts[n].posterior for n in names]
+    chains = min(p.sizes["chain"] for p in posts)
+    draws = min(p.sizes["draw"] for p in posts)
+    groups: dict[str, dict] = {}
+    dims: dict[str, list[str]] = {}
+    coords: dict[str, Any] = {METHOD_DIM: names}
+    for group in ("posterior",):
+        if not all(hasattr(parts[n], group) for n in names):
+            continue
+        sets = [getattr(parts[n], group) for n in names]
+        shared = [v for v in sets[0].data_vars if all(v in s.data_vars for s in sets)]
+        groups[group] = {}
+        for v in shared:
+            arrays = [s[v].isel(chain=slice(chains), draw=slice(draws)) for s in sets]
+            other = list(arrays[0].dims[2:])
+            groups[group][v] = np.stack([a.transpose("chain", "draw", *other).values for a in arrays], 2)
+            dims[v] = [METHOD_DIM, *other]
+            coords.update({d: arrays[0].coords[d].values.tolist() for d in other})
+    with_stats = [n for n in names if hasattr(parts[n], "sample_stats")]
+    if with_stats:
+        groups["sample_stats"] = {}
+        for n in with_stats:
+            ss = parts[n].sample_stats.isel(chain=slice(chains), draw=slice(draws))
+            for v in ss.data_vars:
+                key = v if len(with_stats) == 1 else f"{n}_{v}"
+                groups["sample_stats"][key] = ss[v].values
+                dims[key] = list(ss[v].dims[2:])
+                coords.update({d: ss[v].coords[d].values.tolist() for d in ss[v].dims[2:]})
+    first = parts[names[0]]
+    if hasattr(first, "observed_data"):
+        groups["observed_data"] = {v: first.observed_data[v].values for v in first.observed_data.data_vars}
+        for v in first.observed_data.data_vars:
+            dims[v] = list(first.observed_data[v].dims)
+            coords.update({d: first.observed_data[v].coords[d].values.tolist() for d in first.observed_data[v].dims})
+    return az.from_dict(**groups, coords=coords, dims=dims, attrs={"methods": ",".join(names)})
+
+
+def point(idata, i: int = 0):
+    """The ``InferenceData`` of the i-th point alone (what ``az.plot_energy`` needs)."""
+    return idata.isel(data=i)
+
+
+def summary(idata, var_names: Sequence[str] | None = None, **kwargs):
+    """``az.summary``: mean, sd, HDI, mcse, ess_bulk, ess_tail and r_hat per coordinate."""
+    return _az().summary(idata, var_names=var_names, **kwargs)
+
+
+def nuts_report(fit) -> dict[str, Any]:
+    """Worst r_hat, smallest bulk/tail ESS and divergences of a NUTS fit, overall and per point."""
+    az = _az()
+    stats = fit.state["sample_stats"]
+    div = np.asarray(stats["diverging"])
+    report: dict[str, Any] = {"divergences": int(div.sum()), "engine": fit.state.get("engine")}
+    per_point = fit.options.get("points") is not None
+    rows = []
+    n_points = len(fit.state["x"]) if per_point else 1
+    for i in range(n_points):
+        sel = {k: (v[:, :, i] if per_point else v) for k, v in fit.samples.items()}
+        ds = az.convert_to_dataset({k: np.asarray(v) for k, v in sel.items()})
+        rhat = float(max(float(az.rhat(ds)[k].max()) for k in sel))
+        bulk = float(min(float(az.ess(ds, method="bulk")[k].min()) for k in sel))
+        tail = float(min(float(az.ess(ds, method="tail")[k].min()) for k in sel))
+        d = int(div[:, :, i].sum()) if per_point else int(div.sum())
+        rows.append({"r_hat_max": rhat, "ess_bulk_min": bulk, "ess_tail_min": tail, "divergences": d})
+    report["per_point"] = rows
+    report["r_hat_max"] = max(r["r_hat_max"] for r in rows)
+    report["ess_bulk_min"] = min(r["ess_bulk_min"] for r in rows)
+    report["ess_tail_min"] = min(r["ess_tail_min"] for r in rows)
+    return report
+
+
+# -- pictures ----------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_forest(combined, path: Path, point_index: int = 0, var: str = "z", max_dims: int = 16) -> Path:
+    """Encoder (svi) beside NUTS per latent dimension for one point: ArviZ's forest plot."""
+    az = _az()
+    methods = combined.posterior.coords[METHOD_DIM].values.tolist()
+    one = combined.posterior[var].isel(data=point_index)
+    other = [d for d in one.dims if d not in ("chain", "draw", METHOD_DIM)]
+    if other:
+        one = one.isel({other[0]: slice(max_dims)})
+    parts = [az.convert_to_dataset({var: one.sel({METHOD_DIM: m}).transpose("chain", "draw", *other).values},
+                                   dims={var: other}) for m in methods]
+    axes = az.plot_forest(parts, model_names=methods, var_names=[var], combined=True, hdi_prob=0.9,
+                          figsize=(6, 1 + 0.45 * one.shape[-1] if other else 3))
+    fig = np.asarray(axes).ravel()[0].figure
+    fig.suptitle(f"{var} of point {combined.posterior.coords['data'].values[point_index]}: 90% intervals")
+    return _save(fig, path)
+
+
+def plot_pair(combined, path: Path, point_index: int = 0, dims: tuple[int, int] = (0, 1), var: str = "z",
+              max_draws: int = 1000) -> Path:
+    """Two latent dimensions of one point: draws of each method over each other."""
+    plt = _plt()
+    post = combined.posterior[var].isel(data=point_index)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for m, color in zip(post.coords[METHOD_DIM].values, ("tab:orange", "tab:blue", "tab:green")):
+        v = post.sel({METHOD_DIM: m}).values.reshape(-1, post.shape[-1])[:max_draws]
+        ax.scatter(v[:, dims[0]], v[:, dims[1]], s=4, alpha=0.35, color=color, label=str(m))
+    ax.set_xlabel(f"{var}[{dims[0]}]")
+    ax.set_ylabel(f"{var}[{dims[1]}]")
+    ax.legend(markerscale=4)
+    ax.set_title(f"point {combined.posterior.coords['data'].values[point_index]}")
+    return _save(fig, path)
+
+
+def plot_gaps(table: Sequence[dict], path: Path) -> Path:
+    """Approximation and amortization gap per point (stacked bars), from :func:`ppgen.evaluation.amortization.gaps`."""
+    plt = _plt()
+    labels = [str(r["point"]) for r in table]
+    approx = np.array([r["approximation_gap"] for r in table])
+    amort = np.array([r["amortization_gap"] for r in table])
+    fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(table) + 2), 3.5))
+    pos = np.arange(len(table))
+    ax.bar(pos, approx, label="approximation gap", color="tab:blue")
+    ax.bar(pos, amort, bottom=np.clip(approx, 0, None), label="amortization gap", color="tab:orange")
+    ax.set_xticks(pos, labels, rotation=90 if len(table) > 20 else 0)
+    ax.set_xlabel("test point")
+    ax.set_ylabel("nats")
+    ax.legend()
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    plt = _plt()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["combine", "compare_inference_data", "guide_draws", "log_likelihood", "nuts_report", "plot_forest",
+           "plot_gaps", "plot_pair", "point", "summary", "to_inference_data"]

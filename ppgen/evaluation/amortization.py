@@ -1,0 +1,405 @@
+r"""The encoder against the exact posterior: distances, calibration and the inference gap.
+
+Per data point x, with q(z | x) the encoder's Gaussian and draws of p(z | x, θ)
+from NUTS (:mod:`ppgen.inference.mcmc`):
+
+* ``kl`` — KL(q ‖ p̂) and ``w2`` — the 2-Wasserstein distance between q and p̂,
+  the Gaussian fitted to the NUTS draws (mean and full covariance):
+  W₂² = ‖m_q − m_p‖² + tr(Σ_q + Σ_p − 2 (Σ_p^{½} Σ_q Σ_p^{½})^{½}).
+* ``coverage50`` / ``coverage90`` — the share of NUTS draws inside q's central
+  50% / 90% marginal intervals, averaged over dimensions (0.5 / 0.9 if q is right;
+  below: q too narrow).
+* ``khat`` — the Pareto k̂ of the importance weights p(x, z)/q(z | x), z ~ q
+  (PSIS, Vehtari et al. 2015, via ``az.psislw``): above 0.7 q is an unreliable
+  proposal.
+
+The inference gap of Cremer, Li & Duvenaud (2018)::
+
+    log p(x) − ELBO[q_encoder] = (log p(x) − ELBO[q*])  +  (ELBO[q*] − ELBO[q_encoder])
+                                   approximation gap          amortization gap
+
+with q* the best Gaussian of the encoder's family for this x alone (diagonal for
+a diagonal encoder, full covariance for a full one), found by stochastic
+gradient ascent on its ELBO warm-started at the encoder. ELBO[q] = E_q[log p(x,
+z)] + H[q], the entropy in closed form; ELBO[q*] and ELBO[q_encoder] use the same
+standard-normal draws (common random numbers), so their difference — the
+amortization gap — has a small Monte Carlo error. log p(x) is the larger of the
+IWAE-K estimates with q* and with the encoder as proposals (both stochastic
+lower bounds; Cremer et al. likewise take the best of their estimators), or
+AIS if asked.
+
+Written by hand: no library optimizes a per-point Gaussian against a Pyro model's
+joint density or splits the gap; the Gaussian KL is torch's, the W2 formula uses
+``scipy.linalg.sqrtm`` (POT's Bures-Wasserstein is not a dependency), k̂ is ArviZ's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.distributions import MultivariateNormal, kl_divergence
+
+from ppgen.errors import UserError
+
+
+# -- Gaussians ---------------------------------------------------------------------------------------
+def gaussian_fit(draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance of draws shaped (..., S, k) (float64)."""
+    d = draws.double()
+    m = d.mean(-2)
+    c = d - m.unsqueeze(-2)
+    return m, c.transpose(-1, -2) @ c / (d.shape[-2] - 1)
+
+
+def gaussian_kl(m0, S0, m1, S1) -> torch.Tensor:
+    """KL(N(m0, S0) ‖ N(m1, S1)), batched."""
+    return kl_divergence(MultivariateNormal(m0.double(), covariance_matrix=S0.double()),
+                         MultivariateNormal(m1.double(), covariance_matrix=S1.double()))
+
+
+def gaussian_w2(m0, S0, m1, S1) -> torch.Tensor:
+    """2-Wasserstein distance between N(m0, S0) and N(m1, S1), batched over leading dims."""
+    from scipy.linalg import sqrtm
+
+    m0, S0, m1, S1 = (torch.as_tensor(a).double().cpu().numpy() for a in (m0, S0, m1, S1))
+    lead = m0.shape[:-1]
+    m0, m1 = m0.reshape(-1, m0.shape[-1]), m1.reshape(-1, m1.shape[-1])
+    S0, S1 = S0.reshape((-1,) + S0.shape[-2:]), S1.reshape((-1,) + S1.shape[-2:])
+    out = []
+    for a, A, b, B in zip(m0, S0, m1, S1):
+        rb = np.real(sqrtm(B))
+        cross = np.real(sqrtm(rb @ A @ rb))
+        out.append(np.sum((a - b) ** 2) + np.trace(A + B - 2 * cross))
+    return torch.as_tensor(np.sqrt(np.clip(np.array(out), 0, None))).reshape(lead)
+
+
+def coverage(loc: torch.Tensor, scale: torch.Tensor, draws: torch.Tensor, level: float) -> torch.Tensor:
+    """Share of ``draws`` (P, S, k) inside q's central ``level`` marginal intervals, averaged over k: (P,)."""
+    half = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + level / 2)).item()
+    inside = (draws - loc[:, None]).abs() <= half * scale[:, None]
+    return inside.double().mean((1, 2))
+
+
+def psis_khat(log_w: torch.Tensor) -> torch.Tensor:
+    """Pareto k̂ per point of log importance weights shaped (S, P) (``az.psislw``)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import arviz as az
+
+        _, k = az.psislw(log_w.double().T.cpu().numpy())
+    return torch.as_tensor(np.atleast_1d(k))
+
+
+# -- the encoder's Gaussian and the model's joint density ----------------------------------------------
+@dataclass
+class Gaussian:
+    """One Gaussian per point: loc (P, k) and lower-triangular scale_tril (P, k, k); ``diagonal`` family?"""
+
+    loc: torch.Tensor
+    tril: torch.Tensor
+    diagonal: bool
+
+    @property
+    def cov(self) -> torch.Tensor:
+        return self.tril @ self.tril.transpose(-1, -2)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.cov.diagonal(dim1=-2, dim2=-1).sqrt()
+
+    def dist(self) -> MultivariateNormal:
+        return MultivariateNormal(self.loc, scale_tril=self.tril)
+
+    def entropy(self) -> torch.Tensor:
+        k = self.loc.shape[-1]
+        return 0.5 * k * (1 + math.log(2 * math.pi)) + self.tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+    def sample(self, eps: torch.Tensor) -> torch.Tensor:
+        """z = loc + L ε for ε shaped (S, P, k)."""
+        return self.loc + (self.tril @ eps.unsqueeze(-1)).squeeze(-1)
+
+
+def _latent_site(pair) -> str:
+    sites = getattr(pair, "latent_sites", ("z",))
+    if len(sites) != 1:
+        raise UserError(f"the amortization gap needs a pair with one latent site; {pair.name} has {sites}")
+    return sites[0]
+
+
+def encoder_gaussian(pair, x: torch.Tensor) -> Gaussian:
+    """The guide's q(z | x) at each point as a Gaussian (Normal(loc, scale).to_event(1) or MultivariateNormal)."""
+    import pyro
+    from pyro import poutine
+
+    site = _latent_site(pair)
+    with pyro.validation_enabled(False), torch.no_grad():
+        tr = poutine.trace(pair.guide).get_trace(x)
+    fn = tr.nodes[site]["fn"]
+    base = fn
+    while isinstance(base, torch.distributions.Independent):
+        base = base.base_dist
+    if isinstance(base, torch.distributions.Normal):
+        loc, scale = base.loc.expand(base.batch_shape), base.scale.expand(base.batch_shape)
+        return Gaussian(loc.detach(), torch.diag_embed(scale).detach(), True)
+    if isinstance(base, torch.distributions.MultivariateNormal):
+        tril = base.scale_tril.expand(base.batch_shape + base.event_shape * 2)
+        return Gaussian(base.loc.expand(base.batch_shape + base.event_shape).detach(), tril.detach(), False)
+    raise UserError(f"the guide's {site!r} is {type(base).__name__}; the gap needs a Gaussian encoder")
+
+
+def log_joint(pair, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """log p(x, z) per draw and point for z shaped (S, P, k): (S, P)."""
+    import pyro
+    from pyro import poutine
+    from pyro.poutine.util import site_is_subsample
+
+    site = _latent_site(pair)
+    with pyro.validation_enabled(False), pyro.plate("draws", z.shape[0], dim=-(pair.max_plate_nesting + 1)):
+        tr = poutine.trace(poutine.condition(pair.model, data={site: z})).get_trace(x)
+    total = torch.zeros(z.shape[:2], dtype=z.dtype, device=z.device)
+    for s in tr.nodes.values():
+        if s["type"] == "sample" and not site_is_subsample(s):
+            lp = s["fn"].log_prob(s["value"])
+            while lp.dim() > 2:
+                lp = lp.sum(-1)
+            total = total + lp
+    return total
+
+
+def _chunked_log_joint(pair, x, z, budget: int = 4_000_000) -> torch.Tensor:
+    per = max(1, budget // max(1, x.numel()))
+    return torch.cat([log_joint(pair, x, z[i : i + per]) for i in range(0, z.shape[0], per)], 0)
+
+
+# -- per-point optimization of q* --------------------------------------------------------------------------
+class _Frozen:
+    """Turn off gradients of the pair's parameters while q* is optimized (restored afterwards)."""
+
+    def __init__(self, pair):
+        self.params = [p for p in pair.parameters() if p.requires_grad]
+
+    def __enter__(self):
+        for p in self.params:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc):
+        for p in self.params:
+            p.requires_grad_(True)
+
+
+def optimize_gaussian(pair, x: torch.Tensor, start: Gaussian | None = None, steps: int = 1000, lr: float = 0.02,
+                      samples: int = 16, seed: int = 0) -> Gaussian:
+    """q* per point: Adam on ELBO = E_q[log p(x, z)] + H[q], warm-started at ``start`` (the encoder).
+
+    The points are optimized together but independently (the objective is a sum
+    over points of functions of each point's own parameters). The learning rate
+    decays linearly to a tenth, so the last iterates average out the gradient noise.
+    """
+    start = start or encoder_gaussian(pair, x)
+    loc = start.loc.clone().double().requires_grad_(True)
+    diag = start.tril.diagonal(dim1=-2, dim2=-1).double()
+    raw_diag = diag.log().clone().requires_grad_(True)
+    off = torch.tril(start.tril.double(), -1).clone().requires_grad_(not start.diagonal)
+    params = [loc, raw_diag] + ([] if start.diagonal else [off])
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - 0.9 * i / max(1, steps))
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    k = loc.shape[-1]
+    xd = x.double() if x.is_floating_point() else x
+    with _Frozen(pair):
+        pair_dtype = next(pair.parameters()).dtype
+        for _ in range(steps):
+            tril = torch.diag_embed(raw_diag.exp()) + (torch.tril(off, -1) if not start.diagonal else 0)
+            q = Gaussian(loc, tril, start.diagonal)
+            eps = torch.randn((samples,) + loc.shape, generator=g, device=x.device, dtype=loc.dtype)
+            z = q.sample(eps)
+            lj = log_joint(pair, xd.to(pair_dtype), z.to(pair_dtype)).double()
+            loss = -(lj.mean(0) + q.entropy()).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    tril = torch.diag_embed(raw_diag.exp()) + (torch.tril(off, -1) if not start.diagonal else torch.zeros(k, k))
+    return Gaussian(loc.detach().float(), tril.detach().float(), start.diagonal)
+
+
+def elbo_of(pair, x: torch.Tensor, q: Gaussian, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ELBO per point at the draws z = q.loc + L ε, and the per-draw values E_q part (for standard errors)."""
+    with torch.no_grad():
+        lj = _chunked_log_joint(pair, x, q.sample(eps))
+    return lj.mean(0) + q.entropy(), lj
+
+
+def iwae_of(pair, x: torch.Tensor, q: Gaussian, eps: torch.Tensor) -> torch.Tensor:
+    """IWAE-K with q as proposal, K = eps.shape[0]: log (1/K) Σ p(x, z_k)/q(z_k)."""
+    with torch.no_grad():
+        z = q.sample(eps)
+        log_w = _chunked_log_joint(pair, x, z).double() - q.dist().log_prob(z).double()
+    return torch.logsumexp(log_w, 0) - math.log(eps.shape[0])
+
+
+def gaps(pair, x: torch.Tensor, *, steps: int = 1000, lr: float = 0.02, elbo_samples: int = 2000,
+         iwae_k: int = 5000, ais_steps: int = 0, seed: int = 0, q_star: Gaussian | None = None) -> dict[str, Any]:
+    """The Cremer et al. (2018) decomposition per point (see module docs), with standard errors.
+
+    Returns ``log_px``, ``elbo_encoder``, ``elbo_qstar``, ``approximation_gap``,
+    ``amortization_gap`` (tensors (P,)), their standard errors and ``q_star``.
+    """
+    pair.eval()
+    enc = encoder_gaussian(pair, x)
+    q_star = q_star or optimize_gaussian(pair, x, enc, steps=steps, lr=lr, seed=seed)
+    g = torch.Generator(device=x.device).manual_seed(seed + 1)
+    eps = torch.randn((elbo_samples,) + enc.loc.shape, generator=g, device=x.device)
+    elbo_enc, lj_enc = elbo_of(pair, x, enc, eps)
+    elbo_star, lj_star = elbo_of(pair, x, q_star, eps)  # same ε: common random numbers
+    n = elbo_samples
+    se_enc = lj_enc.double().std(0) / math.sqrt(n)
+    se_star = lj_star.double().std(0) / math.sqrt(n)
+    se_amort = (lj_star.double() - lj_enc.double()).std(0) / math.sqrt(n)
+    eps_k = torch.randn((iwae_k,) + enc.loc.shape, generator=g, device=x.device)
+    estimates = {"iwae_encoder": iwae_of(pair, x, enc, eps_k), "iwae_qstar": iwae_of(pair, x, q_star, eps_k)}
+    if ais_steps:
+        from ppgen.evaluation.ais import ais
+
+        estimates["ais"] = ais(pair, x, steps=ais_steps, seed=seed).log_px.double()
+    log_px = torch.stack(list(estimates.values())).max(0).values
+    return {
+        "log_px": log_px, "log_px_estimates": estimates,
+        "elbo_encoder": elbo_enc.double(), "elbo_encoder_se": se_enc,
+        "elbo_qstar": elbo_star.double(), "elbo_qstar_se": se_star,
+        "approximation_gap": log_px - elbo_star.double(), "approximation_gap_se": se_star,
+        "amortization_gap": elbo_star.double() - elbo_enc.double(), "amortization_gap_se": se_amort,
+        "q_star": q_star, "encoder": enc,
+    }
+
+
+# -- the encoder against NUTS ----------------------------------------------------------------------------
+def nuts_draws(nuts_fit, site: str = "z") -> torch.Tensor:
+    """NUTS draws of one latent site per point, (P, chains·draws, k)."""
+    a = np.asarray(nuts_fit.samples[site])  # (chain, draw, P, k)
+    a = np.moveaxis(a, 2, 0)
+    return torch.as_tensor(a.reshape(a.shape[0], -1, a.shape[-1]).copy())
+
+
+def against_nuts(pair, x: torch.Tensor, draws: torch.Tensor, q: Gaussian | None = None, psis_samples: int = 2000,
+                 seed: int = 0) -> dict[str, torch.Tensor]:
+    """KL(q ‖ p̂), W2(q, p̂), coverage of q's 50/90% intervals and PSIS k̂ per point."""
+    q = q or encoder_gaussian(pair, x)
+    m, S = gaussian_fit(draws)
+    out = {"kl": gaussian_kl(q.loc, q.cov, m, S), "w2": gaussian_w2(q.loc, q.cov, m, S),
+           "coverage50": coverage(q.loc, q.scale, draws, 0.5), "coverage90": coverage(q.loc, q.scale, draws, 0.9)}
+    g = torch.Generator(device=x.device).manual_seed(seed + 2)
+    eps = torch.randn((psis_samples,) + q.loc.shape, generator=g, device=x.device)
+    with torch.no_grad():
+        z = q.sample(eps)
+        log_w = _chunked_log_joint(pair, x, z).double() - q.dist().log_prob(z).double()
+    out["khat"] = psis_khat(log_w)
+    return out
+
+
+def compare(pair, nuts_fit, *, steps: int = 1000, lr: float = 0.02, elbo_samples: int = 2000, iwae_k: int = 5000,
+            ais_steps: int = 0, seed: int = 0) -> dict[str, Any]:
+    """Everything ``ppgen compare`` reports: a row per point and the overall means.
+
+    Columns: KL, W2, coverage50/90, k̂ of the encoder against NUTS; the same KL for q*;
+    log p(x), ELBOs, both gaps (with standard errors); r_hat, ESS and divergences of NUTS.
+    """
+    from ppgen.diagnostics import nuts_report
+
+    if nuts_fit.options.get("points") is None:
+        raise UserError("compare needs a NUTS fit over chosen points (ppgen.fit(..., backend='nuts', points=...))")
+    x = nuts_fit.state["x"]
+    draws = nuts_draws(nuts_fit, _latent_site(pair))
+    g = gaps(pair, x, steps=steps, lr=lr, elbo_samples=elbo_samples, iwae_k=iwae_k, ais_steps=ais_steps, seed=seed)
+    enc = against_nuts(pair, x, draws, g["encoder"], seed=seed)
+    star = against_nuts(pair, x, draws, g["q_star"], seed=seed)
+    report = nuts_report(nuts_fit)
+    rows = []
+    for i, p in enumerate(nuts_fit.options["points"]):
+        row = {"point": int(p)}
+        row.update({k: float(v[i]) for k, v in enc.items()})
+        row["kl_qstar"] = float(star["kl"][i])
+        row["w2_qstar"] = float(star["w2"][i])
+        for k in ("log_px", "elbo_encoder", "elbo_qstar", "approximation_gap", "amortization_gap",
+                  "elbo_encoder_se", "amortization_gap_se", "approximation_gap_se"):
+            row[k] = float(g[k][i])
+        row.update(report["per_point"][i])
+        rows.append(row)
+    keys = [k for k in rows[0] if k != "point"]
+    overall = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    overall["divergences"] = int(sum(r["divergences"] for r in rows))
+    overall["r_hat_max"] = max(r["r_hat_max"] for r in rows)
+    overall["ess_bulk_min"] = min(r["ess_bulk_min"] for r in rows)
+    return {"points": rows, "overall": overall, "engine": report["engine"]}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The per-point and overall table ``ppgen compare`` prints."""
+    cols = [("point", "{:>6}"), ("kl", "{:8.2f}"), ("w2", "{:7.2f}"), ("coverage50", "{:6.2f}"),
+            ("coverage90", "{:6.2f}"), ("khat", "{:6.2f}"), ("log_px", "{:9.2f}"), ("elbo_encoder", "{:9.2f}"),
+            ("approximation_gap", "{:7.2f}"), ("amortization_gap", "{:7.2f}"), ("r_hat_max", "{:6.3f}"),
+            ("ess_bulk_min", "{:7.0f}"), ("divergences", "{:5d}")]
+    heads = ["point", "KL", "W2", "cov50", "cov90", "k̂", "log p(x)", "ELBO", "approx", "amort", "r_hat", "ESS", "div"]
+    widths = [len(f.format(1)) if "d" not in f else 5 for _, f in cols]
+    lines = ["  ".join(h.rjust(max(w, len(h))) for h, w in zip(heads, widths))]
+    for row in result["points"] + [{**result["overall"], "point": "mean"}]:
+        cells = []
+        for (key, fmt), h, w in zip(cols, heads, widths):
+            v = row[key]
+            text = str(v) if isinstance(v, str) else fmt.format(int(v) if fmt.endswith("d}") else v)
+            cells.append(text.strip().rjust(max(w, len(h))))
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+# -- a trained run against NUTS: what `ppgen compare` does ------------------------------------------------------
+def compare_run(run_dir, out=None, *, points: int = 16, chains: int = 4, warmup: int = 500, samples: int = 1000,
+                split: str = "test", steps: int = 1000, iwae_k: int = 5000, seed: int = 0, log=print) -> dict[str, Any]:
+    """NUTS on p(z | x, θ) for the first ``points`` examples of ``split`` beside the run's encoder.
+
+    Writes ``compare.nc`` (ArviZ: svi and nuts along ``inference``), ``nuts.nc``,
+    ``compare.json`` (the table) and ``forest.png``, ``pair.png``, ``gaps.png`` into
+    ``out`` (default RUN/compare); returns the table.
+    """
+    import time
+    from pathlib import Path
+
+    from ppgen import data as datasets
+    from ppgen import diagnostics, runs
+    from ppgen.inference import fit as backend_fit
+
+    if points < 1:
+        raise UserError(f"--points must be at least 1, got {points}")
+    run_dir = Path(run_dir)
+    config = runs.read_config(run_dir)
+    pair = runs.load_pair(run_dir)
+    _latent_site(pair)
+    options = config.get("data", {})
+    data = datasets.load(options.get("name", "mnist"), binarize=options.get("binarize", "default"),
+                         seed=options.get("seed", 0), split_seed=options.get("split_seed", 0))
+    start = time.perf_counter()
+    fit = backend_fit(pair, data, backend="nuts", points=points, split=split, chains=chains, warmup=warmup,
+                      samples=samples, seed=seed)
+    log(f"NUTS ({fit.state['engine']}): {points} {split} points x {chains} chains, {warmup} warmup + {samples} draws "
+        f"in {time.perf_counter() - start:.1f} s")
+    result = compare(pair, fit, steps=steps, iwae_k=iwae_k, seed=seed)
+    result.update(run=str(run_dir), split=split, chains=chains, warmup=warmup, samples=samples,
+                  seconds=round(time.perf_counter() - start, 1))
+    out = Path(out) if out is not None else run_dir / "compare"
+    out.mkdir(parents=True, exist_ok=True)
+    combined = diagnostics.compare_inference_data(pair, fit, seed=seed, log_lik=False)
+    combined.to_netcdf(str(out / "compare.nc"))
+    fit.to_inference_data().to_netcdf(str(out / "nuts.nc"))
+    runs.write_json(out / "compare.json", result)
+    diagnostics.plot_forest(combined, out / "forest.png", 0)
+    diagnostics.plot_pair(combined, out / "pair.png", 0)
+    diagnostics.plot_gaps(result["points"], out / "gaps.png")
+    log(format_table(result))
+    log(f"wrote {out}/compare.nc, nuts.nc, compare.json, forest.png, pair.png, gaps.png")
+    return result

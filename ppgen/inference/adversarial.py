@@ -1,0 +1,348 @@
+r"""Adversarial training of a pair's generator against a critic: NS-GAN, minimax, WGAN-GP, LSGAN, ALI/BiGAN.
+
+The generator is the pair's own x site. Each step traces ``pair.model`` with its
+observation removed (Pyro's ``uncondition``), so x is *drawn* from the site with z ~ p(z):
+the reparameterized draw ``rsample`` (``x_draw="rsample"``, the default: G(z) for an implicit
+generator's Delta site, μ(z) + σ(z)ε for a Gaussian VAE, the continuous-Bernoulli draw for a
+``cbernoulli`` VAE) or the site's mean E[x|z] (``x_draw="mean"``, which also works for a
+Bernoulli VAE, whose draws are discrete). A site with neither is refused with a message
+naming the backend that fits (SVI).
+
+With critic output D (a logit for the GAN losses) on real x and generated x̃:
+
+* ``"minimax"`` (Goodfellow et al., 2014): L_D = softplus(−D(x)) + softplus(D(x̃)),
+  L_G = −softplus(D(x̃)) = E log(1 − σ(D(x̃))).
+* ``"ns"``, non-saturating: same L_D, L_G = softplus(−D(x̃)) = −E log σ(D(x̃)).
+* ``"lsgan"`` (Mao et al., 2017; a=0, b=c=1): L_D = ½(D(x) − 1)² + ½D(x̃)², L_G = ½(D(x̃) − 1)².
+* ``"wgan-gp"`` (Gulrajani et al., 2017): L_D = D(x̃) − D(x) + λ(‖∇D(x̂)‖₂ − 1)² at
+  x̂ = εx + (1 − ε)x̃, ε ~ U(0, 1) per example; L_G = −D(x̃). The history's ``w_distance`` is
+  the critic's estimate E D(x) − E D(x̃).
+* ``"ali"`` (Dumoulin et al., 2017; Donahue et al., 2017): the critic sees pairs,
+  (x, ẑ) with ẑ ~ q(z|x) from the guide against (x̃, z) from the model joint p(z)p(x|z);
+  L_D = softplus(−D(x, ẑ)) + softplus(D(x̃, z)); generator *and* encoder minimize the
+  non-saturating swap L_G = softplus(D(x, ẑ)) + softplus(−D(x̃, z)).
+
+``n_critic`` critic steps per generator step (5 is WGAN-GP's default); each player has
+its own optimizer (``optimizer_g``/``optimizer_d`` ∈ adam, rmsprop, sgd; ``lr_g``/``lr_d``;
+Adam ``betas``); ``lr_decay=True`` lowers both learning rates linearly to 0 over the run
+(per epoch), which lets the generator settle on narrow modes instead of orbiting them. ``pack=m`` is PacGAN (Lin et al., 2018): the critic scores m examples
+at once. The critic comes from :func:`ppgen.nn.critics.critic_for`, chosen by data shape
+(``critic_net="mlp"`` forces an MLP on images), unless one is passed. An epoch is one pass of the critic over the training data.
+
+The loop follows the SVI backend: data in memory, an epoch-seeded shuffle and RNG, one
+history row per epoch (epoch, seconds, wall, images_per_s, loss_d, loss_g), a
+``callback`` for held-out metrics, ``on_epoch_end`` for checkpoints, ``resume``, and a
+NaN/inf loss restores the last good epoch and says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable
+
+import pyro
+import torch
+from pyro import poutine
+from torch.nn import functional as F
+
+from ppgen.errors import UserError
+from ppgen.inference.fit import Fit, register
+from ppgen.inference.svi import _epoch_seed, _progress_bar
+from ppgen.nn.critics import critic_for
+
+LOSSES = ("ns", "minimax", "wgan-gp", "lsgan", "ali")
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+X_DRAWS = ("rsample", "mean")
+
+
+# -- drawing from the pair's own sites ------------------------------------------------------------
+def _observed_site(trace, pair) -> dict:
+    sites = [s for s in trace.nodes.values() if s["type"] == "sample" and s["infer"].get("was_observed")]
+    if len(sites) != 1:
+        names = [s["name"] for s in sites]
+        raise UserError(f"{pair.name or type(pair).__name__}: the adversarial backend needs exactly one observed "
+                        f"site in the model, found {names or 'none'}; use backend='svi'")
+    return sites[0]
+
+
+def _latents(trace, pair) -> torch.Tensor:
+    """The model's (or guide's) latent draws, flattened per example and concatenated."""
+    batch_dims = pair.max_plate_nesting
+    parts = []
+    for name in pair.latent_sites:
+        if name not in trace.nodes:
+            raise UserError(f"the guide of {pair.name!r} has no latent site {name!r}; ALI needs q(z|x) for every "
+                            "latent of the model")
+        v = trace.nodes[name]["value"]
+        parts.append(v.reshape(v.shape[:batch_dims] + (-1,)))
+    return torch.cat(parts, -1)
+
+
+def model_draw(pair, x_like: torch.Tensor, x_draw: str = "rsample", with_z: bool = False):
+    """Draw x (and the model's latents) from ``pair.model``'s own sites with z ~ p(z); differentiable.
+
+    ``x_like`` only fixes the batch size and device (the model's observation is removed).
+    """
+    tr = poutine.trace(poutine.uncondition(pair.model)).get_trace(x_like)
+    site = _observed_site(tr, pair)
+    if x_draw == "mean":
+        x = site["fn"].mean
+    else:
+        x = site["value"]
+    return (x, _latents(tr, pair)) if with_z else x
+
+
+def guide_draw(pair, x: torch.Tensor) -> torch.Tensor:
+    """ẑ ~ q(z|x) from ``pair.guide``, reparameterized, flattened per example."""
+    return _latents(poutine.trace(pair.guide).get_trace(x), pair)
+
+
+def check_pair(pair, x: torch.Tensor, loss: str, x_draw: str) -> None:
+    """Raise :class:`UserError` if the pair cannot be trained with ``loss`` (one line saying what fits)."""
+    who = pair.name or type(pair).__name__
+    with torch.no_grad(), pyro.validation_enabled(False):
+        tr = poutine.trace(poutine.uncondition(pair.model)).get_trace(x[:2])
+        site = _observed_site(tr, pair)
+        fn = site["fn"]
+        if x_draw == "rsample" and not fn.has_rsample:
+            base = getattr(fn, "base_dist", fn)
+            raise UserError(f"{who}: its x site ({type(base).__name__}) has no reparameterized draw, so no generator "
+                            "gradient; train it with backend='svi', or pass x_draw='mean' to use E[x|z] "
+                            "(or build it with likelihood='gaussian' / 'cbernoulli')")
+        if x_draw == "mean":
+            try:
+                _ = fn.mean
+            except NotImplementedError:
+                raise UserError(f"{who}: its x site has no mean; train it with backend='svi'") from None
+        if loss == "ali":
+            try:
+                guide_draw(pair, x[:2])
+            except NotImplementedError:
+                raise UserError(f"{who}: loss='ali' needs a guide q(z|x) (an encoder) and this pair has none; build "
+                                "it with an encoder (gan: encoder=True) or use loss='ns', 'wgan-gp' or 'lsgan'") from None
+
+
+# -- losses ---------------------------------------------------------------------------------------
+def critic_loss(loss: str, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """L_D without the gradient penalty (see module docs)."""
+    if loss in ("ns", "minimax", "ali"):
+        return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+    if loss == "lsgan":
+        return 0.5 * ((d_real - 1) ** 2).mean() + 0.5 * (d_fake**2).mean()
+    return d_fake.mean() - d_real.mean()  # wgan-gp
+
+
+def generator_loss(loss: str, d_fake: torch.Tensor, d_real: torch.Tensor | None = None) -> torch.Tensor:
+    """L_G; for ALI ``d_real`` is D(x, ẑ), whose encoder side the generator player also moves."""
+    if loss == "ns":
+        return F.softplus(-d_fake).mean()
+    if loss == "minimax":
+        return -F.softplus(d_fake).mean()
+    if loss == "lsgan":
+        return 0.5 * ((d_fake - 1) ** 2).mean()
+    if loss == "ali":
+        return F.softplus(-d_fake).mean() + F.softplus(d_real).mean()
+    return -d_fake.mean()  # wgan-gp
+
+
+def gradient_penalty(critic, x_real: torch.Tensor, x_fake: torch.Tensor, pack: int = 1) -> torch.Tensor:
+    """E (‖∇_x̂ D(x̂)‖₂ − 1)² on random interpolates, one ε per critic input (per pack)."""
+    n = x_real.shape[0] // pack
+    eps = torch.rand((n, 1) + (1,) * (x_real.dim() - 1), device=x_real.device)
+    eps = eps.expand((n, pack) + x_real.shape[1:]).reshape(x_real.shape)
+    x_hat = (eps * x_real + (1 - eps) * x_fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    norms = grad.reshape(n, -1).norm(dim=1)
+    return ((norms - 1) ** 2).mean()
+
+
+def make_optimizer(name: str, params, lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=betas)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    raise UserError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def _check_options(loss, x_draw, epochs, batch_size, n_critic, lr_g, lr_d, pack) -> None:
+    if loss not in LOSSES:
+        raise UserError(f"unknown adversarial loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    if x_draw not in X_DRAWS:
+        raise UserError(f"unknown x_draw {x_draw!r}; choose 'rsample' or 'mean'")
+    if epochs < 1 or batch_size < 1 or n_critic < 1 or pack < 1 or lr_g <= 0 or lr_d <= 0:
+        raise UserError("epochs, batch size, n_critic and pack must be positive integers and learning rates positive")
+    if batch_size % pack:
+        raise UserError(f"batch size {batch_size} is not a multiple of pack={pack}; choose a multiple")
+
+
+@register("adversarial")
+def fit_adversarial(
+    pair,
+    data,
+    *,
+    loss: str = "ns",
+    epochs: int = 10,
+    batch_size: int = 256,
+    n_critic: int = 1,
+    lr_g: float = 2e-4,
+    lr_d: float = 2e-4,
+    betas: tuple[float, float] = (0.5, 0.999),
+    optimizer_g: str = "adam",
+    optimizer_d: str = "adam",
+    gp_weight: float = 10.0,
+    pack: int = 1,
+    lr_decay: bool = False,
+    x_draw: str = "rsample",
+    critic: torch.nn.Module | None = None,
+    critic_hidden: tuple[int, ...] | None = None,
+    critic_net: str = "auto",
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool | None = None,
+    callback: Callable[[Fit], dict | None] | None = None,
+    on_epoch_end: Callable[[Fit], None] | None = None,
+    resume: dict | None = None,
+) -> Fit:
+    """Train ``pair``'s generator adversarially; returns a :class:`Fit` with one history row per epoch.
+
+    The critic is ``fit.critic`` (its weights also in ``fit.state["critic"]``).
+    """
+    _check_options(loss, x_draw, epochs, batch_size, n_critic, lr_g, lr_d, pack)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for but no CUDA GPU is visible; use --device cpu")
+    x0 = data.train_epoch(0)
+    pair.check_data(x0, "training data")
+    if len(x0) < batch_size:
+        raise UserError(f"only {len(x0)} training examples for a batch of {batch_size}; lower --batch-size")
+    torch.manual_seed(seed)
+    check_pair(pair, x0, loss, x_draw)
+    z_dim = 0
+    if loss == "ali":
+        with torch.no_grad():
+            z_dim = guide_draw(pair, x0[:2]).shape[-1]
+    if critic is None:
+        try:
+            critic = critic_for(pair.x_shape, z_dim=z_dim, pack=pack, hidden=critic_hidden, net=critic_net)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+    options = dict(loss=loss, epochs=epochs, batch_size=batch_size, n_critic=n_critic, lr_g=lr_g, lr_d=lr_d,
+                   betas=list(betas), optimizer_g=optimizer_g, optimizer_d=optimizer_d, gp_weight=gp_weight,
+                   pack=pack, lr_decay=lr_decay, x_draw=x_draw, seed=seed)
+    pair.to(device)
+    critic.to(device)
+    opt_g = make_optimizer(optimizer_g, pair.parameters(), lr_g, tuple(betas))
+    opt_d = make_optimizer(optimizer_d, critic.parameters(), lr_d, tuple(betas))
+    fit = Fit(pair=pair, backend="adversarial", options=options, state={"epoch": 0})
+    fit.critic = critic
+    if resume is not None:
+        pair.load_state_dict(resume["model"])
+        critic.load_state_dict(resume["state"]["critic"])
+        opt_g.load_state_dict(resume["state"]["optimizer_g"])
+        opt_d.load_state_dict(resume["state"]["optimizer_d"])
+        fit.history, fit.state = list(resume["history"]), dict(resume["state"])
+    _train(fit, data, critic, opt_g, opt_d, device, progress, callback, on_epoch_end)
+    return fit
+
+
+def _step_critic(fit, critic, opt_d, xb) -> tuple[float, float]:
+    o = fit.options
+    pair, loss = fit.pair, o["loss"]
+    with torch.no_grad():
+        if loss == "ali":
+            x_fake, z_fake = model_draw(pair, xb, o["x_draw"], with_z=True)
+            z_real = guide_draw(pair, xb)
+        else:
+            x_fake, z_fake, z_real = model_draw(pair, xb, o["x_draw"]), None, None
+    d_real = critic(xb) if z_real is None else critic(xb, z_real)
+    d_fake = critic(x_fake) if z_fake is None else critic(x_fake, z_fake)
+    value = critic_loss(loss, d_real, d_fake)
+    total = value
+    if loss == "wgan-gp":
+        total = value + o["gp_weight"] * gradient_penalty(critic, xb, x_fake, o["pack"])
+    opt_d.zero_grad(set_to_none=True)
+    total.backward()
+    opt_d.step()
+    return float(total.detach()), float(-value.detach()) if loss == "wgan-gp" else float("nan")
+
+
+def _step_generator(fit, critic, opt_g, xb) -> float:
+    o = fit.options
+    pair, loss = fit.pair, o["loss"]
+    critic.requires_grad_(False)
+    try:
+        if loss == "ali":
+            x_fake, z_fake = model_draw(pair, xb, o["x_draw"], with_z=True)
+            value = generator_loss(loss, critic(x_fake, z_fake), critic(xb, guide_draw(pair, xb)))
+        else:
+            value = generator_loss(loss, critic(model_draw(pair, xb, o["x_draw"])))
+        opt_g.zero_grad(set_to_none=True)
+        value.backward()
+        opt_g.step()
+    finally:
+        critic.requires_grad_(True)
+    return float(value.detach())
+
+
+def _train(fit, data, critic, opt_g, opt_d, device, progress, callback, on_epoch_end) -> None:
+    o = fit.options
+    pair, batch_size, n_critic, seed = fit.pair, o["batch_size"], o["n_critic"], o["seed"]
+    n = len(data.train)
+    steps = max(1, n // batch_size)
+    show = sys.stderr.isatty() if progress is None else progress
+    wall = fit.history[-1]["wall"] if fit.history else 0.0
+    last_good = (copy.deepcopy(pair.state_dict()), copy.deepcopy(critic.state_dict()))
+    with pyro.validation_enabled(False):
+        for epoch in range(fit.state["epoch"], o["epochs"]):
+            torch.manual_seed(_epoch_seed(seed, epoch))
+            if o["lr_decay"]:
+                for opt, lr in ((opt_g, o["lr_g"]), (opt_d, o["lr_d"])):
+                    for group in opt.param_groups:
+                        group["lr"] = lr * (1 - epoch / o["epochs"])
+            g = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+            x_epoch = data.train_epoch(epoch).to(device)
+            order = torch.randperm(n, generator=g).to(device)
+            sums = {"loss_d": 0.0, "loss_g": 0.0, "w_distance": 0.0}
+            counts = {"d": 0, "g": 0}
+            start = time.perf_counter()
+            bar = _progress_bar(steps, f"epoch {epoch + 1}/{o['epochs']}", show)
+            for step in range(steps):
+                xb = x_epoch[order[step * batch_size : (step + 1) * batch_size]]
+                loss_d, w = _step_critic(fit, critic, opt_d, xb)
+                sums["loss_d"] += loss_d
+                sums["w_distance"] += w
+                counts["d"] += 1
+                values = [loss_d]
+                if (epoch * steps + step + 1) % n_critic == 0:  # counted across epochs
+                    loss_g = _step_generator(fit, critic, opt_g, xb)
+                    sums["loss_g"] += loss_g
+                    counts["g"] += 1
+                    values.append(loss_g)
+                if not all(math.isfinite(v) for v in values):
+                    pair.load_state_dict(last_good[0])
+                    critic.load_state_dict(last_good[1])
+                    bar.close()
+                    fit.stopped = (f"loss became {values} at epoch {epoch + 1}, step {step + 1}; restored the weights "
+                                   f"of epoch {epoch}. Lower the learning rates (lr_g, lr_d) or try loss='wgan-gp'")
+                    return
+                bar.update(1)
+            bar.close()
+            seconds = time.perf_counter() - start
+            wall += seconds
+            row = {"epoch": epoch + 1, "loss_d": sums["loss_d"] / counts["d"],
+                   "loss_g": sums["loss_g"] / max(1, counts["g"]), "generator_steps": counts["g"],
+                   "seconds": seconds, "wall": wall, "images_per_s": steps * batch_size / seconds}
+            if o["loss"] == "wgan-gp":
+                row["w_distance"] = sums["w_distance"] / counts["d"]
+            fit.state = {**fit.state, "epoch": epoch + 1, "critic": critic.state_dict(),
+                         "optimizer_g": opt_g.state_dict(), "optimizer_d": opt_d.state_dict()}
+            fit.history.append(row)
+            if callback is not None:
+                row.update(callback(fit) or {})
+            last_good = (copy.deepcopy(pair.state_dict()), copy.deepcopy(critic.state_dict()))
+            if on_epoch_end is not None:
+                on_epoch_end(fit)

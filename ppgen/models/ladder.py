@@ -1,0 +1,115 @@
+r"""Ladder VAE (Sønderby, Raiko, Maaløe, Sønderby & Winther, 2016).
+
+The generative model is the top-down chain of ``HierarchicalVAE``::
+
+    p(z_L) = N(0, I),   p(z_l | z_{l+1}) = N(μ_{p,l}(z_{l+1}), σ²_{p,l}(z_{l+1})),   p(x | z_1).
+
+The guide first makes a deterministic bottom-up pass d_1 = f_1(x), d_l = f_l(d_{l−1}), each
+giving a Gaussian "likelihood" N(μ̂_l, σ̂_l²) = heads_l(d_l); then it samples top-down, merging
+that bottom-up Gaussian with the generative prior of the same layer by precision weighting::
+
+    q(z_L | x)          = N(μ̂_L, σ̂_L²),
+    q(z_l | z_{l+1}, x) = N(μ_{q,l}, σ²_{q,l}),     σ_{q,l}⁻² = σ̂_l⁻² + σ_{p,l}⁻²,
+                          μ_{q,l} = (μ̂_l σ̂_l⁻² + μ_{p,l} σ_{p,l}⁻²) σ²_{q,l},
+
+i.e. q is the normalized product of the two Gaussians, and the top-down networks are
+shared by model and guide. Sønderby et al. train with KL warm-up: β rises linearly from 0
+to 1 over the first epochs; in ppgen that is the SVI backend's ``anneal_epochs`` (the
+leaderboard, ``benchmarks/likelihood_table.py``, warms up over the first quarter of the
+epochs). Batch normalization of the paper is left out so the networks lower to JAX.
+Layers are given bottom-up as for ``HierarchicalVAE``: stage l's hidden sizes are the deterministic layers of f_l (and, mirrored, of the prior network).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ppgen.models.hierarchical import LayeredModel, check_likelihood, layer_spec
+from ppgen.nn import DeterministicMLP, GaussianMLP
+from ppgen.ppl import dist, pyro
+
+
+@dataclass(frozen=True)
+class LadderVAEConfig:
+    x_shape: tuple[int, ...] = (1, 28, 28)
+    z_dims: tuple[int, ...] = (50, 20)
+    hidden: tuple = ((400,), (200,))
+    likelihood: str = "bernoulli"
+    skip: bool = False
+
+
+def precision_weighted(loc_a, scale_a, loc_b, scale_b):
+    """Normalized product of N(loc_a, scale_a²) and N(loc_b, scale_b²): (loc, scale).
+
+    Written with arithmetic operators only, so it runs on torch tensors and JAX arrays.
+    """
+    prec_a, prec_b = scale_a**-2, scale_b**-2
+    var = 1.0 / (prec_a + prec_b)
+    return (loc_a * prec_a + loc_b * prec_b) * var, var**0.5
+
+
+class LadderVAE(LayeredModel):
+    """Top-down generative chain; guide = bottom-up pass + precision-weighted top-down merge."""
+
+    name = "lvae"
+    Config = LadderVAEConfig
+
+    def __init__(self, x_shape: Sequence[int] = (1, 28, 28), z_dims: Sequence[int] = (50, 20),
+                 hidden: Any = ((400,), (200,)), likelihood: str = "bernoulli", skip: bool = False):
+        check_likelihood(likelihood)
+        z_dims, stages = layer_spec(z_dims, hidden, "LadderVAE", min_layers=2)
+        super().__init__(LadderVAEConfig(tuple(x_shape), z_dims, stages, likelihood, bool(skip)))
+        self._set_layers(z_dims)
+        self.decoder = self._make_decoder(x_shape, stages[0], skip)
+        self.prior_nets = self._make_prior_nets(stages)
+        ups, heads, width = [], [], math.prod(x_shape)
+        for i, stage in enumerate(stages):
+            ups.append(DeterministicMLP(tuple(x_shape) if i == 0 else (width,), stage))
+            width = stage[-1] if stage else width
+            heads.append(GaussianMLP(width, z_dims[i]))
+        self.up = nn.ModuleList(ups)
+        self.heads = nn.ModuleList(heads)
+
+    def model(self, x: torch.Tensor) -> None:
+        pyro.module("decoder", self.decoder)
+        pyro.module("prior_nets", self.prior_nets)
+        self.top_down_model(x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        pyro.module("up", self.up)
+        pyro.module("heads", self.heads)
+        pyro.module("prior_nets", self.prior_nets)
+        top = self.n_layers
+        with pyro.plate("data", x.shape[0]):
+            bottom_up = self._bottom_up(x)
+            loc, scale = bottom_up[-1]
+            z = pyro.sample(f"z{top}", dist.Normal(loc, scale).to_event(1))
+            for layer in range(top - 1, 0, -1):
+                loc_p, scale_p = self.prior_nets[layer - 1](z)
+                loc, scale = precision_weighted(*bottom_up[layer - 1], loc_p, scale_p)
+                z = pyro.sample(f"z{layer}", dist.Normal(loc, scale).to_event(1))
+
+    def _bottom_up(self, x) -> list:
+        """[(μ̂_1, σ̂_1), ..., (μ̂_L, σ̂_L)] from the deterministic pass."""
+        out, d = [], x
+        for up, head in zip(self.up, self.heads):
+            d = up(d)
+            out.append(head(d))
+        return out
+
+    def encode_layers(self, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        bottom_up = self._bottom_up(x)
+        top = self.n_layers
+        loc, scale = bottom_up[-1]
+        out = {f"z{top}": (loc, scale)}
+        for layer in range(top - 1, 0, -1):
+            loc_p, scale_p = self.prior_nets[layer - 1](loc)
+            loc, scale = precision_weighted(*bottom_up[layer - 1], loc_p, scale_p)
+            out[f"z{layer}"] = (loc, scale)
+        return dict(sorted(out.items(), key=lambda item: int(item[0][1:])))
