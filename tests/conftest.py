@@ -19,9 +19,9 @@ def _seed_everything():
     pyro.clear_param_store()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def single_thread():
-    """Run torch on one thread: the tiny models of these tests gain nothing from more, and on a
+    """Run torch on one thread (every test: autouse): the tiny models of these tests gain nothing from more, and on a
     loaded 2-core machine intra-op threads spinning against each other made a 3 ms SVI step 100 ms."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)

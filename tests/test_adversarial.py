@@ -22,14 +22,6 @@ from ppgen.models import GAN, REGISTRY, VAE
 from ppgen.nn.critics import ConvCritic, MLPCritic, critic_for
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_gan_pair_is_registered_and_round_trips_its_config():
     pair = GAN(x_shape=(2,), z_dim=3, hidden=(16,), encoder=True)
     assert REGISTRY["gan"] is GAN

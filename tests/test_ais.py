@@ -13,16 +13,6 @@ from ppgen.evaluation import ais, bdmc
 from ppgen.evaluation.ais import schedule, simulate
 from ppgen.models import DLGM, NADE, PPCA
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: on a shared 2-core machine BLAS threads only wait on each other (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # Short schedules keep these fast; MC tolerances come from the estimators' own standard errors.
 FAST = dict(chains=8, leapfrog=5)
 

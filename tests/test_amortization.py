@@ -6,21 +6,11 @@ import math
 
 import pytest
 import torch
+from support import NUTS_OPTIONS, POINTS, known_ppca
 
 import ppgen
 from ppgen.evaluation import amortization as am
 from ppgen.models import PPCA
-
-POINTS = [1, 3, 5, 6]
-#: the same NUTS configuration as tests/test_diagnostics.py: the compiled sampler is shared
-NUTS_OPTIONS = dict(points=POINTS, chains=4, warmup=200, samples=500, seed=0)
-
-
-def known_ppca() -> PPCA:
-    g = torch.Generator().manual_seed(1234)
-    pair = PPCA(x_shape=(5,), z_dim=2)
-    pair.set_params(torch.randn(5, 2, generator=g) * 1.5, torch.randn(5, generator=g), 0.5)
-    return pair.set_guide_to_posterior()
 
 
 def points(pair) -> torch.Tensor:

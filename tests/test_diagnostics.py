@@ -12,22 +12,12 @@ import ppgen
 from ppgen import diagnostics
 from ppgen.errors import UserError
 from ppgen.inference import Fit
-from ppgen.models import PPCA
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import arviz as az
 
-POINTS = [1, 3, 5, 6]
-#: the same NUTS configuration as tests/test_amortization.py: the compiled sampler is shared
-NUTS_OPTIONS = dict(points=POINTS, chains=4, warmup=200, samples=500, seed=0)
-
-
-def known_ppca() -> PPCA:
-    g = torch.Generator().manual_seed(1234)
-    pair = PPCA(x_shape=(5,), z_dim=2)
-    pair.set_params(torch.randn(5, 2, generator=g) * 1.5, torch.randn(5, generator=g), 0.5)
-    return pair.set_guide_to_posterior()
+from support import NUTS_OPTIONS, POINTS, known_ppca
 
 
 @pytest.fixture(scope="module")

@@ -18,16 +18,6 @@ from ppgen.evaluation import elbo, iwae, layer_report, log_weights, report
 from ppgen.models import DLGM, NADE, REGISTRY, VAE, HierarchicalVAE, LadderVAE
 from ppgen.models.ladder import precision_weighted
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: on a shared 2-core machine BLAS threads only wait on each other (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 X_SHAPE = (1, 6, 6)
 LAYERED = [
     (DLGM, dict(z_dims=(6, 3), hidden=((24,), (12,)))),

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from support import known_ppca
 
 import ppgen
 from ppgen.errors import UserError
@@ -25,16 +26,12 @@ with warnings.catch_warnings():
 N_SIM, CHAINS, WARMUP, SAMPLES = 100, 4, 300, 700
 
 
-def known_ppca() -> PPCA:
-    g = torch.Generator().manual_seed(1234)
-    pair = PPCA(x_shape=(5,), z_dim=2)
-    return pair.set_params(torch.randn(5, 2, generator=g) * 1.5, torch.randn(5, generator=g), 0.5)
 
 
 @pytest.fixture(scope="module")
 def simulated():
     """(z, x) ~ p(z) p(x | z) for N_SIM points, and NUTS on every p(z | x_i) in one vectorized run."""
-    pair = known_ppca()
+    pair = known_ppca(guide_at_posterior=False)
     g = torch.Generator().manual_seed(7)
     z = torch.randn(N_SIM, 2, generator=g)
     with torch.no_grad():
@@ -108,7 +105,7 @@ class AbsDecoder(LinearGaussianDecoder):
 
 
 def test_unlowerable_pair_falls_back_to_pyro_nuts(capsys):
-    pair = known_ppca()
+    pair = known_ppca(guide_at_posterior=False)
     odd = AbsDecoder(2, 5)
     odd.load_state_dict(pair.decoder.state_dict())
     pair.decoder = odd

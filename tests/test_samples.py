@@ -14,14 +14,6 @@ from ppgen.errors import UserError
 from ppgen.evaluation.samples import fid, inception_score, kid, precision_recall, sample_quality
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def frechet(m1, s1, m2, s2) -> float:
     """The closed form ‖m1 − m2‖² + tr(S1 + S2 − 2 (S1 S2)^{1/2}), by scipy's sqrtm."""
     covmean = scipy.linalg.sqrtm(s1 @ s2).real
