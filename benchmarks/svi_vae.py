@@ -6,6 +6,9 @@ likelihood), batch 256, Adam 1e-3, on the bundled MNIST training split binarized
 
   ppgen            ppgen.fit(pair, data, backend="svi") — default Trace_ELBO, progress off
   ppgen-analytic   the same with elbo="analytic" (closed-form KL)
+  ppgen (engine=jax)  ppgen.fit(..., engine="jax"): the same call on ppgen's JAX engine (NumPyro SVI,
+                   networks lowered to JAX, each epoch one compiled lax.scan); each call compiles
+                   in its first, untimed epoch
   pyro-tutorial    Pyro's VAE tutorial loop: DataLoader + SVI + Trace_ELBO + pyro.optim.Adam,
                    distribution validation off and Pyro's inference validation at its default (on),
                    as the tutorial has them
@@ -17,7 +20,8 @@ likelihood), batch 256, Adam 1e-3, on the bundled MNIST training split binarized
   torch-compile    that step (forward + backward + Adam) under one torch.compile      [--compile]
   numpyro-jit      NumPyro SVI, the whole epoch under jax.jit (lax.scan over batches)
   ppgen-jax        ppgen's own model/guide source run by NumPyro SVI on the JAX side, the
-                   networks through ppgen's torch.fx lowering (``jax_function``), whole epoch jitted
+                   networks through ppgen's torch.fx lowering (``jax_function``), whole epoch jitted:
+                   the loop of the JAX engine without ppgen.fit around it (ppgen.inference.svi_jax)
 
 Steady state only: every method is warmed up first (ppgen: each round is a
 ``ppgen.fit`` call that resumes the run and whose first epoch is not timed; JAX:
@@ -51,6 +55,7 @@ import _baselines as B  # noqa: E402
 import ppgen  # noqa: E402
 
 BATCH, LR, Z, HIDDEN = 256, 1e-3, 50, 400
+JAX_FIT = "ppgen (engine=jax)"
 
 
 # --------------------------------------------------------------------------- runners
@@ -58,7 +63,7 @@ BATCH, LR, Z, HIDDEN = 256, 1e-3, 50, 400
 # steady-state epochs. CPU seconds (``time.process_time``, all threads of this process) are
 # less sensitive to other jobs on a shared machine than wall time.
 
-def ppgen_runner(data, elbo: str):
+def ppgen_runner(data, elbo: str, engine: str = "torch"):
     """Each round continues one run (``resume=`` the last checkpoint) for 1 + ``epochs`` epochs
     and times the last ``epochs``, from the end of the first to the end of the last."""
     torch.manual_seed(0)
@@ -69,7 +74,7 @@ def ppgen_runner(data, elbo: str):
         stamps: list[tuple[float, float]] = []
         done = holder["checkpoint"]["state"]["epoch"] if holder["checkpoint"] else 0
         fit = ppgen.fit(pair, data, backend="svi", epochs=done + epochs + 1, batch_size=BATCH, lr=LR, elbo=elbo,
-                        progress=False, callback=None, resume=holder["checkpoint"],
+                        engine=engine, progress=False, callback=None, resume=holder["checkpoint"],
                         on_epoch_end=lambda f: stamps.append((time.perf_counter(), time.process_time())))
         holder["checkpoint"] = fit.checkpoint()
         rows = fit.history[done + 1 :]
@@ -141,32 +146,6 @@ def jax_runner(epoch_fn, state, n: int, context=contextlib.nullcontext):
     return run
 
 
-@contextlib.contextmanager
-def trainable_on_numpyro(pair):
-    """Make the pair's networks read their weights from ``numpyro.param`` sites.
-
-    Under the NumPyro backend ``pyro.module`` is a no-op and a ppgen network called on a
-    JAX array runs ``jax_function()(self.jax_params(), x)`` with its torch weights as
-    constants. Training on the JAX side needs those weights to be parameters instead:
-    here ``jax_params`` is pointed at a ``numpyro.param`` site per network, for the
-    duration of the block.
-    """
-    import numpyro
-
-    from ppgen.ppl import backend
-
-    nets = {name: net for name, net in pair.named_children() if hasattr(net, "jax_params")}
-    inits = {name: net.jax_params() for name, net in nets.items()}
-    for name, net in nets.items():
-        object.__setattr__(net, "jax_params", lambda name=name: numpyro.param(name, inits[name]))
-    try:
-        with backend("numpyro"):
-            yield
-    finally:
-        for net in nets.values():
-            object.__delattr__(net, "jax_params")
-
-
 def ppgen_jax_epoch_fn(x_train, seed: int = 0):
     """ppgen's VAE ``model``/``guide`` trained by NumPyro SVI, the epoch under jit (see module docs)."""
     import jax
@@ -174,12 +153,14 @@ def ppgen_jax_epoch_fn(x_train, seed: int = 0):
     import numpyro
     from numpyro.infer import SVI, Trace_ELBO
 
+    from ppgen.inference.svi_jax import networks_read_numpyro_params
+
     torch.manual_seed(seed)
     pair = ppgen.models.VAE(x_shape=tuple(x_train.shape[1:]), z_dim=Z, hidden=(HIDDEN,))
     x = jnp.asarray(x_train.numpy())
     steps = len(x) // BATCH
     svi = SVI(pair.model, pair.guide, numpyro.optim.Adam(LR), Trace_ELBO())
-    with trainable_on_numpyro(pair):
+    with networks_read_numpyro_params(pair):
         state = svi.init(jax.random.PRNGKey(seed), x[:BATCH])
 
     @jax.jit
@@ -192,7 +173,7 @@ def ppgen_jax_epoch_fn(x_train, seed: int = 0):
         state, losses = jax.lax.scan(body, state, idx)
         return state, losses.sum()
 
-    return epoch, state, lambda: trainable_on_numpyro(pair)
+    return epoch, state, lambda: networks_read_numpyro_params(pair)
 
 
 # --------------------------------------------------------------------------- main
@@ -258,6 +239,7 @@ def main(argv=None) -> dict:
         runners["numpyro-jit"] = jax_runner(epoch, state, len(x_flat))
         epoch, state, ctx = ppgen_jax_epoch_fn(data.train)
         runners["ppgen-jax"] = jax_runner(epoch, state, len(x_flat), ctx)
+        runners[JAX_FIT] = ppgen_runner(data, "trace", engine="jax")
         warmups.update({k: runners[k].warmup for k in ("numpyro-jit", "ppgen-jax")})
     for name, seconds in warmups.items():
         print(f"warm-up/compile {name}: {seconds:.1f} s")
@@ -283,29 +265,33 @@ def ratios(summary: dict) -> dict:
            "ppgen/pyro-noval": summary["ppgen"] / summary["pyro-noval"],
            "ppgen/torch": summary["ppgen"] / summary["torch"],
            "ppgen/torch-fused": summary["ppgen"] / summary["torch-fused"]}
-    for name in ("torch-compile", "numpyro-jit", "ppgen-jax"):
+    for name in ("torch-compile", "numpyro-jit", "ppgen-jax", JAX_FIT):
         if name in summary:
             out[f"{name}/ppgen"] = summary[name] / summary["ppgen"]
+    if JAX_FIT in summary:
+        out[f"{JAX_FIT}/torch"] = summary[JAX_FIT] / summary["torch"]
+        out[f"{JAX_FIT}/pyro-tutorial"] = summary[JAX_FIT] / summary["pyro-tutorial"]
     return out
 
 
 def report_table(results: dict, summary: dict) -> None:
     best = {name: max(r["images_per_s"] for r in rows) for name, rows in results.items()}
     base = summary["pyro-tutorial"]
-    print(f"\n{'method':<16}{'images/s':>10}{'min':>9}{'best':>9}{'x pyro-tut':>12}{'img/CPU-s':>11}{'loss/img':>10}")
+    print(f"\n{'method':<19}{'images/s':>10}{'min':>9}{'best':>9}{'x pyro-tut':>12}{'img/CPU-s':>11}{'loss/img':>10}")
     for name, rows in results.items():
         speeds = [r["images_per_s"] for r in rows]
         per_cpu = statistics.median(r["images_per_cpu_s"] for r in rows)
-        print(f"{name:<16}{summary[name]:>10,.0f}{min(speeds):>9,.0f}{best[name]:>9,.0f}"
+        print(f"{name:<19}{summary[name]:>10,.0f}{min(speeds):>9,.0f}{best[name]:>9,.0f}"
               f"{summary[name] / base:>12.2f}{per_cpu:>11,.0f}{rows[-1]['loss_per_image']:>10.1f}")
     r, rb = ratios(summary), ratios(best)
-    print(f"\n{'':<22}{'median':>7}{'best':>7}")
+    print(f"\n{'':<33}{'median':>7}{'best':>7}")
     for key, target in (("ppgen/pyro-tutorial", 1.3), ("ppgen/torch", 0.9)):
         verdict = "meets" if r[key] >= target else "MISSES"
-        print(f"{key:<22}{r[key]:>7.2f}{rb[key]:>7.2f}   target >= {target}: {verdict} (median)")
-    for key in ("ppgen/pyro-noval", "ppgen/torch-fused", "torch-compile/ppgen", "numpyro-jit/ppgen", "ppgen-jax/ppgen"):
+        print(f"{key:<33}{r[key]:>7.2f}{rb[key]:>7.2f}   target >= {target}: {verdict} (median)")
+    for key in ("ppgen/pyro-noval", "ppgen/torch-fused", "torch-compile/ppgen", "numpyro-jit/ppgen", "ppgen-jax/ppgen",
+                f"{JAX_FIT}/ppgen", f"{JAX_FIT}/torch", f"{JAX_FIT}/pyro-tutorial"):
         if key in r:
-            print(f"{key:<22}{r[key]:>7.2f}{rb[key]:>7.2f}")
+            print(f"{key:<33}{r[key]:>7.2f}{rb[key]:>7.2f}")
     print("images/s: median over rounds of wall-clock throughput; best: the fastest round (the one least disturbed by "
           "other jobs); img/CPU-s: median per CPU-second of this process")
     print("loss/img: the last round's training loss per image (−ELBO, nats) — a check that all train the same model")

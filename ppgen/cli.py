@@ -66,6 +66,8 @@ def _add_train(sub) -> None:
     t.add_argument("--free-bits", type=float, help="free-bits floor per latent dimension (nats)")
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     t.add_argument("--device", help="cpu or cuda (default cpu)")
+    t.add_argument("--engine", choices=["torch", "jax"], help="SVI engine: torch (Pyro, default) or jax (NumPyro, "
+                   "each epoch compiled; faster on CPU; no free bits)")
     t.add_argument("--select", choices=["best", "last"], help="keep the best-validation epoch (default) or the last")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
@@ -73,7 +75,7 @@ def _add_train(sub) -> None:
 
 MODEL_KEYS = ("z_dim", "z_dims", "hidden", "net", "likelihood", "skip")
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "elbo", "num_particles", "beta", "anneal_epochs", "free_bits", "seed",
-              "device", "select")
+              "device", "engine", "select")
 
 
 def _train(args) -> int:
@@ -292,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"ppgen: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("ppgen: interrupted; resume with `ppgen train MODEL --resume RUN`", file=sys.stderr)
         return 130

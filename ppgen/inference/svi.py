@@ -154,6 +154,46 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**62)
 
 
+def check_options(epochs: int, batch_size: int, lr: float) -> None:
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise UserError("epochs and batch size must be positive integers and the learning rate positive")
+
+
+def loss_stop_message(value: float, epoch: int, step: int) -> str:
+    """``fit.stopped`` when the loss of step ``step`` (0-based) of epoch ``epoch`` (0-based) is not finite."""
+    return (f"loss became {value} at epoch {epoch + 1}, step {step + 1}; restored the weights "
+            f"of epoch {epoch}. Lower the learning rate (--lr) or check the data")
+
+
+def weights_stop_message(epoch: int) -> str:
+    return (f"weights became NaN or infinite in epoch {epoch + 1}; restored the weights of epoch "
+            f"{epoch}. Lower the learning rate (--lr) or check the data")
+
+
+def resume_into(fit: Fit, resume: dict) -> None:
+    """Take the history and backend state of checkpoint ``resume`` (the caller loads weights and optimizer)."""
+    fit.history = list(resume["history"])
+    fit.state = dict(resume["state"])
+
+
+def end_epoch(fit: Fit, row: dict, optimizer_state: Any, callback: Callable[[Fit], dict | None] | None,
+              monitor: str | None) -> None:
+    """Record epoch ``row["epoch"]``: state, history row, held-out metrics, best-epoch weights.
+
+    Shared by both SVI engines; the caller keeps its last good weights and calls ``on_epoch_end``.
+    """
+    fit.state = {**fit.state, "epoch": row["epoch"], "optimizer": optimizer_state}
+    fit.history.append(row)
+    if callback is not None:
+        row.update(callback(fit) or {})
+    if monitor is not None and monitor in row:
+        best = fit.state.get("best_score")
+        if best is None or row[monitor] > best:
+            fit.state["best_score"] = row[monitor]
+            fit.state["best_epoch"] = row["epoch"]
+            fit.state["best"] = copy.deepcopy(fit.pair.state_dict())
+
+
 def _progress_bar(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
@@ -180,6 +220,7 @@ def fit_svi(
     monitor: str | None = None,
     on_epoch_end: Callable[[Fit], None] | None = None,
     resume: dict | None = None,
+    engine: str = "torch",
 ) -> Fit:
     """Train ``pair`` by SVI; returns a :class:`Fit` whose ``history`` has one row per epoch.
 
@@ -188,9 +229,20 @@ def fit_svi(
     by that metric are kept in ``fit.state["best"]`` and restored at the end (early
     stopping by selection). ``on_epoch_end(fit)`` is where a run writes its
     checkpoint; ``resume`` is such a checkpoint (see :meth:`Fit.checkpoint`).
+
+    ``engine="jax"`` trains the same model/guide with NumPyro SVI, the networks lowered
+    to JAX and each epoch compiled whole (:mod:`ppgen.inference.svi_jax`).
     """
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise UserError("epochs and batch size must be positive integers and the learning rate positive")
+    if engine == "jax":
+        from ppgen.inference.svi_jax import fit_svi_jax
+
+        return fit_svi_jax(pair, data, epochs=epochs, batch_size=batch_size, lr=lr, elbo=elbo,
+                           num_particles=num_particles, beta=beta, anneal_epochs=anneal_epochs, free_bits=free_bits,
+                           seed=seed, device=device, progress=progress, callback=callback, monitor=monitor,
+                           on_epoch_end=on_epoch_end, resume=resume)
+    if engine != "torch":
+        raise UserError(f"unknown SVI engine {engine!r}; choose 'torch' (Pyro) or 'jax' (NumPyro)")
+    check_options(epochs, batch_size, lr)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device} asked for but no CUDA GPU is visible; use --device cpu")
     pair.check_data(data.train_epoch(0), "training data")
@@ -201,10 +253,11 @@ def fit_svi(
     optimizer = make_adam(pair.parameters(), lr)
     fit = Fit(pair=pair, backend="svi", options=options, state={"epoch": 0})
     if resume is not None:
+        if isinstance(resume["state"].get("optimizer"), list):
+            raise UserError("this checkpoint was written by engine='jax'; resume it with engine='jax'")
         pair.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["state"]["optimizer"])
-        fit.history = list(resume["history"])
-        fit.state = dict(resume["state"])
+        resume_into(fit, resume)
     n = len(data.train)
     steps = max(1, n // batch_size)  # drop the last partial batch: fixed shapes, as the baselines do
     show = sys.stderr.isatty() if progress is None else progress
@@ -228,8 +281,7 @@ def fit_svi(
                 if not math.isfinite(value):
                     pair.load_state_dict(last_good)
                     bar.close()
-                    fit.stopped = (f"loss became {value} at epoch {epoch + 1}, step {step + 1}; restored the weights "
-                                   f"of epoch {epoch}. Lower the learning rate (--lr) or check the data")
+                    fit.stopped = loss_stop_message(value, epoch, step)
                     return fit
                 optimizer.step()
                 total += value
@@ -239,23 +291,13 @@ def fit_svi(
             bar.close()
             if not all(torch.isfinite(p).all() for p in pair.parameters()):
                 pair.load_state_dict(last_good)
-                fit.stopped = (f"weights became NaN or infinite in epoch {epoch + 1}; restored the weights of epoch "
-                               f"{epoch}. Lower the learning rate (--lr) or check the data")
+                fit.stopped = weights_stop_message(epoch)
                 return fit
             seconds = time.perf_counter() - start
             wall += seconds
             row = {"epoch": epoch + 1, "elbo": -total / (steps * batch_size), "beta": b, "seconds": seconds,
                    "wall": wall, "images_per_s": steps * batch_size / seconds}
-            fit.state = {**fit.state, "epoch": epoch + 1, "optimizer": optimizer.state_dict()}
-            fit.history.append(row)
-            if callback is not None:
-                row.update(callback(fit) or {})
-            if monitor is not None and monitor in row:
-                best = fit.state.get("best_score")
-                if best is None or row[monitor] > best:
-                    fit.state["best_score"] = row[monitor]
-                    fit.state["best_epoch"] = epoch + 1
-                    fit.state["best"] = copy.deepcopy(pair.state_dict())
+            end_epoch(fit, row, optimizer.state_dict(), callback, monitor)
             last_good = copy.deepcopy(pair.state_dict())
             if on_epoch_end is not None:
                 on_epoch_end(fit)
