@@ -20,6 +20,7 @@ EPILOG = """examples:
   ppgen sample runs/vae -n 64 --out samples.png
   ppgen compare runs/vae --points 16 --chains 4
   ppgen train vae --resume runs/vae --epochs 40
+  ppgen train gan --data ring8 --loss ns --epochs 50 --out runs/gan ; ppgen evaluate runs/gan --fid
   ppgen models ; ppgen data"""
 
 
@@ -34,9 +35,10 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model by SVI and write a run directory",
-                       description="Train a model/guide pair by SVI (Pyro) and write a run directory: config.json, "
-                                   "checkpoint.pt, model.pt, metrics.json, history.csv and pictures.")
+    p = sub.add_parser("train", help="train a model (SVI, or adversarially) and write a run directory",
+                       description="Train a model/guide pair by SVI (Pyro), or adversarially against a critic "
+                                   "(--backend adversarial, the default for gan), and write a run directory: "
+                                   "config.json, checkpoint.pt, model.pt, metrics.json, history.csv and pictures.")
     p.add_argument("model", help="model family (see `ppgen models`), e.g. vae")
     p.add_argument("--data", default="mnist", help="bundled name (see `ppgen data`) or a path: IDX folder/file, .npz, .npy")
     p.add_argument("--out", type=Path, help="run directory to create (default runs/<model>)")
@@ -51,6 +53,7 @@ def _add_train(sub) -> None:
     m.add_argument("--net", choices=["mlp", "conv"], help="encoder/decoder networks (default mlp)")
     m.add_argument("--likelihood", choices=["bernoulli", "cbernoulli", "gaussian"], help="p(x|z) (default bernoulli)")
     m.add_argument("--skip", action="store_true", default=None, help="Skip-VAE decoder: z enters every layer")
+    m.add_argument("--encoder", action="store_true", default=None, help="gan: add an encoder q(z|x) (BiGAN/ALI)")
     d = p.add_argument_group("data")
     d.add_argument("--binarize", choices=["dynamic", "static", "threshold", "none"],
                    help="binarization for Bernoulli likelihoods (default: dynamic for mnist/digits, none otherwise)")
@@ -69,11 +72,20 @@ def _add_train(sub) -> None:
     t.add_argument("--engine", choices=["torch", "jax"], help="SVI engine: torch (Pyro, default) or jax (NumPyro, "
                    "each epoch compiled; faster on CPU; no free bits)")
     t.add_argument("--select", choices=["best", "last"], help="keep the best-validation epoch (default) or the last")
+    a = p.add_argument_group("adversarial (--backend adversarial; --lr sets both players' rates, default 2e-4)")
+    a.add_argument("--backend", choices=["svi", "adversarial"],
+                   help="training backend (default: adversarial for gan, svi for the other families)")
+    a.add_argument("--loss", choices=["ns", "minimax", "wgan-gp", "lsgan", "ali"], help="adversarial loss (default ns)")
+    a.add_argument("--n-critic", type=int, help="critic steps per generator step (default 1; WGAN-GP usually 5)")
+    a.add_argument("--pack", type=int, help="PacGAN: the critic scores this many examples at once (default 1)")
+    a.add_argument("--lr-decay", action="store_true", default=None, help="learning rates decay linearly to 0")
+    a.add_argument("--critic-hidden", type=_ints, help="critic MLP hidden sizes (default 128,128,128)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
 
-MODEL_KEYS = ("z_dim", "z_dims", "hidden", "net", "likelihood", "skip")
+MODEL_KEYS = ("z_dim", "z_dims", "hidden", "net", "likelihood", "skip", "encoder")
+ADVERSARIAL_KEYS = ("backend", "loss", "n_critic", "pack", "lr_decay", "critic_hidden")
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "elbo", "num_particles", "beta", "anneal_epochs", "free_bits", "seed",
               "device", "engine", "select")
 
@@ -101,12 +113,22 @@ def _train(args) -> int:
             raise UserError(f"{args.model} has no option(s) {', '.join('--' + k.replace('_', '-') for k in unsupported)}")
         binarize = {"none": None, None: "default"}.get(args.binarize, args.binarize)
         data_options = {"name": args.data, "binarize": binarize, "seed": args.seed or 0, "split_seed": args.split_seed}
-        train_options = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k) is not None}
+        train_options = {k: getattr(args, k) for k in TRAIN_KEYS + ADVERSARIAL_KEYS if getattr(args, k) is not None}
         config = workflows.make_config(args.model, model_options, data_options, train_options)
         out = args.out or Path("runs") / args.model.lower()
         metrics = workflows.train_run(config, out, overwrite=args.overwrite, progress=progress)
-    print(f"wrote {out}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith("_elbo")))
+    shown = [f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith("_elbo")]
+    if "modes" in metrics:
+        shown.append(_modes_line(metrics))
+    shown += [f"{label} {metrics[k]:.4f}" for k, label in (("loss_d", "critic loss"), ("loss_g", "generator loss"))
+              if k in metrics and not shown]
+    print(f"wrote {out}: " + ", ".join(shown))
     return 1 if metrics.get("stopped") else 0
+
+
+def _modes_line(m: dict) -> str:
+    return (f"modes {m['modes']}/{m['n_modes']}, high quality {100 * m['high_quality']:.1f}%, "
+            f"reverse KL {m['reverse_kl']:.3f}")
 
 
 def _add_evaluate(sub) -> None:
@@ -148,7 +170,12 @@ def _evaluate(args) -> int:
         return 0
     k = args.iwae
     print(f"{args.run} on {result['n']} {args.split} examples ({result['seconds']} s)")
-    print(f"  ELBO                {result['elbo']:10.2f} ± {result['elbo_se']:.2f} nats")
+    if "modes" in result:
+        print("  mode coverage       " + _modes_line(result) + " (2,500 samples)")
+    if "note" in result:
+        print(f"  {result['note']}")
+    if "elbo" in result:
+        print(f"  ELBO                {result['elbo']:10.2f} ± {result['elbo_se']:.2f} nats")
     if f"iwae_{k}" in result:
         print(f"  IWAE-{k:<14d}{result[f'iwae_{k}']:10.2f} ± {result[f'iwae_{k}_se']:.2f} nats"
               f"   ({result['bits_per_dim']:.4f} bits/dim)")

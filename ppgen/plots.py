@@ -73,10 +73,18 @@ def reconstructions(x: torch.Tensor, recon: torch.Tensor, path: Path, n: int = 1
 
 
 def loss_curve(history: list[dict], path: Path) -> Path:
-    """Training objective and validation ELBO per epoch."""
+    """Training objective and validation ELBO per epoch (critic and generator losses for adversarial runs)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     epochs = [row["epoch"] for row in history]
+    if "loss_d" in history[0]:
+        ax.plot(epochs, [row["loss_d"] for row in history], label="critic loss")
+        ax.plot(epochs, [row["loss_g"] for row in history], label="generator loss")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss per example")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        return _save(fig, path)
     ax.plot(epochs, [row["elbo"] for row in history], label="train objective (ELBO)")
     if any("val_elbo" in row for row in history):
         ax.plot([r["epoch"] for r in history if "val_elbo" in r], [r["val_elbo"] for r in history if "val_elbo" in r],

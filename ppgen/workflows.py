@@ -19,10 +19,32 @@ TRAIN_DEFAULTS = dict(epochs=30, batch_size=256, lr=1e-3, elbo="trace", num_part
                       anneal_epochs=0.0, free_bits=0.0, seed=0, device="cpu", select="best")
 
 
+#: the adversarial backend's defaults (``lr`` sets both players' learning rates)
+ADVERSARIAL_DEFAULTS = dict(epochs=30, batch_size=256, lr=2e-4, loss="ns", n_critic=1, seed=0, device="cpu")
+SVI_ONLY = ("elbo", "num_particles", "beta", "anneal_epochs", "free_bits", "engine", "select")
+ADVERSARIAL_ONLY = ("loss", "n_critic", "pack", "lr_decay", "critic_hidden")
+BACKENDS = ("svi", "adversarial")
+
+
 def make_config(model: str, model_options: dict, data_options: dict, train_options: dict) -> dict:
+    """The run's config; ``train_options["backend"]`` defaults to the family's ``default_backend`` (SVI)."""
     cls = models.get(model)
+    train_options = dict(train_options)
+    backend = train_options.pop("backend", None) or getattr(cls, "default_backend", "svi")
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    adversarial = backend == "adversarial"
+    wrong = sorted(k for k in (SVI_ONLY if adversarial else ADVERSARIAL_ONLY) if k in train_options)
+    if wrong:
+        other = "svi" if adversarial else "adversarial"
+        raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in wrong)}: only for --backend {other}, "
+                        f"not {backend}; drop them or choose --backend {other}")
+    defaults = ADVERSARIAL_DEFAULTS if adversarial else TRAIN_DEFAULTS
+    likelihood = model_options.get("likelihood", getattr(cls.Config, "likelihood", None))
+    if adversarial and likelihood != "bernoulli" and data_options.get("binarize", "default") == "default":
+        data_options = {**data_options, "binarize": None}  # a generator learns grey levels, not binarized digits
     return {"model": cls.name, "model_options": model_options, "data": data_options,
-            "train": {**TRAIN_DEFAULTS, **train_options}}
+            "train": {**defaults, **train_options, "backend": backend}}
 
 
 def _load_data(options: dict) -> datasets.Dataset:
@@ -49,15 +71,21 @@ def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = F
     torch.manual_seed(config["train"].get("seed", 0))  # the networks' initial weights
     pair = _build(config, data)
     train = dict(config["train"])
+    backend = train.pop("backend", "svi")
     select = train.pop("select", "best")
     pair.check_data(data.train_epoch(0), f"{data.name} training data")
     checkpoint = runs.load_torch(out / runs.CHECKPOINT) if resume else None
+    if checkpoint is not None and checkpoint.get("backend", backend) != backend:
+        raise UserError(f"{out} was trained with the {checkpoint['backend']} backend, not {backend}; resume it with "
+                        "its own backend")
     if checkpoint is not None and checkpoint["state"].get("epoch", 0) >= train["epochs"]:
         log(f"{out} already trained {checkpoint['state']['epoch']} epochs; nothing to resume (raise --epochs)")
     log(data.describe())
     start = time.perf_counter()
 
     def body(run_dir: Path) -> dict:
+        if backend == "adversarial":
+            return _train_adversarial(pair, data, train, checkpoint, run_dir, progress, log, start)
         fit = backend_fit(pair, data, backend="svi", progress=progress, resume=checkpoint,
                           callback=validation_callback(data, train["seed"]),
                           monitor="val_elbo" if select == "best" else None,
@@ -80,6 +108,65 @@ def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = F
         return body(out)
     with runs.new_run(out, config, overwrite=overwrite) as run_dir:
         return body(run_dir)
+
+
+def _train_adversarial(pair, data: datasets.Dataset, train: dict, checkpoint: dict | None, run_dir: Path,
+                       progress, log, start: float) -> dict:
+    """The adversarial backend's run: checkpoint per epoch, last weights kept, metrics that apply to the pair."""
+    options = dict(train)
+    lr = options.pop("lr", ADVERSARIAL_DEFAULTS["lr"])
+    options.setdefault("lr_g", lr)
+    options.setdefault("lr_d", lr)
+    if options.get("critic_hidden") is not None:
+        options["critic_hidden"] = tuple(options["critic_hidden"])
+    fit = backend_fit(pair, data, backend="adversarial", progress=progress, resume=checkpoint,
+                      on_epoch_end=lambda f: (runs.save_checkpoint(run_dir, f), _log_adversarial_epoch(f, log)),
+                      **options)
+    if fit.stopped:
+        log(f"training stopped: {fit.stopped}")
+    runs.save_torch(run_dir / runs.MODEL, pair.state_dict())
+    metrics: dict[str, Any] = quick_metrics(pair, data) if has_density(pair, data.train[:2]) else {}
+    metrics.update(mode_metrics(pair, data.name))
+    last = fit.history[-1] if fit.history else {}
+    metrics.update({k: last[k] for k in ("loss_d", "loss_g", "w_distance") if k in last})
+    metrics.update(epochs=fit.state.get("epoch"), train_seconds=round(time.perf_counter() - start, 2),
+                   stopped=fit.stopped)
+    runs.write_json(run_dir / runs.METRICS, metrics)
+    pictures(pair, data, fit.history, run_dir)
+    return metrics
+
+
+def _log_adversarial_epoch(fit, log) -> None:
+    row = fit.history[-1]
+    w = f"  W estimate {row['w_distance']:8.4f}" if "w_distance" in row else ""
+    log(f"epoch {row['epoch']:3d}  loss D {row['loss_d']:8.4f}  loss G {row['loss_g']:8.4f}{w}  "
+        f"{row['images_per_s']:7.0f} img/s")
+
+
+def has_density(pair, x: torch.Tensor) -> bool:
+    """Whether ELBO/IWAE apply: the pair has a guide and its observed site is not a Delta (an implicit generator)."""
+    from pyro import poutine
+    from pyro.distributions import Delta
+
+    if not getattr(pair, "has_guide", True):
+        return False
+    with torch.no_grad():
+        trace = poutine.trace(pair.model).get_trace(x)
+    observed = [s for s in trace.nodes.values() if s["type"] == "sample" and s["is_observed"]]
+    return not any(isinstance(getattr(s["fn"], "base_dist", s["fn"]), Delta) for s in observed)
+
+
+def mode_metrics(pair, data_name: str, seed: int = 0) -> dict:
+    """Mode coverage (modes captured, share of high-quality samples, reverse KL) on ring8/grid25; else {}."""
+    from ppgen.data.sources import MIXTURES
+    from ppgen.evaluation.modes import evaluate_pair
+
+    if data_name not in MIXTURES:
+        return {}
+    pair.eval()
+    report = evaluate_pair(pair, data_name, seed=seed)
+    return {"modes": report["modes"], "n_modes": report["n_modes"], "high_quality": report["high_quality"],
+            "reverse_kl": report["reverse_kl"]}
 
 
 def write_posterior(fit, data: datasets.Dataset, run_dir: Path, points: int = 16, seed: int = 0) -> None:
@@ -127,9 +214,10 @@ def pictures(pair, data: datasets.Dataset, history: list[dict], run_dir: Path, s
         plots.sample_grid(pair.generate(64 if data.is_images else 2500).cpu(), run_dir / "samples.png",
                           f"{pair.name} samples (means of p(x|z), z ~ p(z))")
         test = (data.test if len(data.test) else data.train)[:1000].to(_device(pair))
-        if hasattr(pair, "reconstruct") and data.is_images:
+        has_guide = getattr(pair, "has_guide", True)
+        if hasattr(pair, "reconstruct") and data.is_images and has_guide:
             plots.reconstructions(test[:16].cpu(), pair.reconstruct(test[:16]).cpu(), run_dir / "reconstructions.png")
-        if hasattr(pair, "encode"):
+        if hasattr(pair, "encode") and has_guide:
             labels = data.test_labels if len(data.test) else data.train_labels
             plots.latent_scatter(pair.encode(test)[0].cpu(), None if labels is None else labels[:1000],
                                  run_dir / "latents.png")
@@ -161,6 +249,12 @@ def evaluate_run(run_dir: Path, iwae_k: int = 1000, split: str = "test", limit: 
     if iwae_k < 1:
         raise UserError("--iwae needs K >= 1")
     result: dict[str, Any] = {"run": str(run_dir), "split": split, "n": len(x)}
+    result.update(mode_metrics(pair, data.name, seed=seed))
+    if not has_density(pair, x[:2]):  # an implicit generator: no likelihood, so no ELBO/IWAE/AIS
+        result["seconds"] = 0.0
+        result["note"] = (f"{pair.name} has no density p(x|z) or no guide q(z|x): no ELBO or log-likelihood "
+                          "(score its samples with --fid, --kid, --is, --pr)")
+        return result
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         t = time.perf_counter()

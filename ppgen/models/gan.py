@@ -49,6 +49,8 @@ class GAN(GenerativeModel):
 
     name = "gan"
     Config = GANConfig
+    #: ``ppgen train gan`` trains it adversarially unless told otherwise
+    default_backend = "adversarial"
 
     def __init__(self, x_shape: Sequence[int] = (2,), z_dim: int = 2, hidden: Sequence[int] = (128, 128, 128),
                  net: str = "mlp", output: str | None = None, encoder: bool = False, noise: float = 0.0):
