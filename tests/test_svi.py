@@ -11,10 +11,10 @@ import torch
 from conftest import mean_se
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from support import binary, grey_dataset, tiny_vae  # noqa: E402
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 import ppgen
-from ppgen.data import Dataset
 from ppgen.errors import UserError
 from ppgen.evaluation import elbo, iwae
 from ppgen.inference.svi import FreeBitsELBO, ScaleLatents, beta_at, make_elbo
@@ -22,21 +22,6 @@ from ppgen.inference.svi import FreeBitsELBO, ScaleLatents, beta_at, make_elbo
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def tiny_vae(seed: int = 0, **kw) -> ppgen.models.VAE:
-    torch.manual_seed(seed)
-    return ppgen.models.VAE(x_shape=(12,), z_dim=3, hidden=(16,), **kw)
-
-
-def binary(n: int, d: int = 12, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.bernoulli(torch.rand(n, d, generator=g) ** 2, generator=g)
-
-
-def grey_dataset(n: int = 256, seed: int = 0) -> Dataset:
-    """Grey levels with correlated pixels, dynamically binarized, with a validation split."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.sigmoid(torch.randn(n + 64, 2, generator=g) @ torch.randn(2, 12, generator=g) * 2)
-    return Dataset(name="grey", train=x[:n], val=(x[n:] > 0.5).float(), test=x[:0], binarize="dynamic", seed=seed)
 
 
 # -- β / KL annealing ---------------------------------------------------------------------------
