@@ -10,9 +10,9 @@ the ratio (the cost of drawing x from the pair's own Pyro sites).
     .venv/bin/python benchmarks/modes.py                      # 5 seeds, 8000 steps: hours on a loaded 2-core CPU
     .venv/bin/python benchmarks/modes.py --seeds 3 --steps 1200 --z-dim 8      # the all-losses table, ~40 min
     .venv/bin/python benchmarks/modes.py --losses ns ns-pack4 --seeds 3         # the longer NS-GAN runs
-    .venv/bin/python benchmarks/modes.py --losses ns-pack4 --batch 500 --steps 16000 --seeds 3 --data ring8
-        # PacGAN4 critic, batch 500, 16k steps (~95 s/run): 8/8 modes, 90.5 ± 0.4% high quality, reverse KL
-        # 0.002 (seeds 0-2); the same on grid25 does not reach the goal (see the issue 5 notes)
+    .venv/bin/python benchmarks/modes.py --losses ns-pack4 --batch 500 --steps 16000 --rejection 10000
+        # the goal configuration: PacGAN4 critic, batch 500, 16k steps (~95 s/run), each generator also
+        # corrected by density-ratio rejection sampling (ppgen.inference.rejection; ~50 s/run)
 
 Learning rates decay linearly to 0 (``lr_decay``) unless ``--no-decay``.
 """
@@ -29,6 +29,7 @@ import torch
 import ppgen
 from ppgen.data import from_tensor, load
 from ppgen.evaluation.modes import evaluate_pair, summarize
+from ppgen.inference.rejection import fit_ratio_sampler
 from ppgen.models import GAN
 
 #: published figures (modes, % high quality): VEEGAN (Srivastava et al., 2017, Table 1) and
@@ -49,7 +50,8 @@ CONFIGS = {
 
 
 def run_one(name: str, data_name: str, seed: int, steps: int, batch: int, lr: float, z_dim: int,
-            hidden: tuple[int, ...], data, decay: bool, critic_hidden: tuple[int, ...] | None = None) -> dict:
+            hidden: tuple[int, ...], data, decay: bool, critic_hidden: tuple[int, ...] | None = None,
+            rejection_steps: int = 0) -> dict:
     options = dict(CONFIGS[name])
     options.setdefault("lr_g", lr)
     options.setdefault("lr_d", lr)
@@ -65,7 +67,21 @@ def run_one(name: str, data_name: str, seed: int, steps: int, batch: int, lr: fl
     report = evaluate_pair(pair, data_name, seed=10_000 + seed)
     report.update(seconds=seconds, generator_steps=sum(r["generator_steps"] for r in fit.history),
                   stopped=fit.stopped)
+    if rejection_steps:
+        start = time.perf_counter()
+        sampler = fit_ratio_sampler(pair, data, steps=rejection_steps, seed=seed, progress=False)
+        corrected = evaluate_pair(sampler, data_name, seed=10_000 + seed)
+        corrected.update(sampler.report, seconds=time.perf_counter() - start)
+        report["rejection"] = corrected
     return report
+
+
+def print_row(name: str, reports: list[dict]) -> None:
+    m = summarize(reports)
+    secs = sum(r["seconds"] for r in reports) / len(reports)
+    print(f"{name:<12} {m['modes']:>7.2f} ± {m['modes_se']:<4.2f} {100 * m['high_quality']:>8.1f} ± "
+          f"{100 * m['high_quality_se']:<4.1f} {m['reverse_kl']:>7.3f} ± {m['reverse_kl_se']:<5.3f}"
+          f" {secs:>6.1f}", flush=True)
 
 
 def plain_torch_gan(data, steps: int, batch: int, z_dim: int, hidden) -> float:
@@ -108,11 +124,43 @@ def speed(data, steps: int, batch: int, z_dim: int, hidden) -> None:
     plain = plain_torch_gan(data, steps, batch, z_dim, hidden)
     print(f"\nspeed, NS-GAN step on ring8 ({steps} steps, batch {batch}): ppgen {ours:,.0f} ex/s, "
           f"plain PyTorch {plain:,.0f} ex/s, ratio ppgen/plain = {ours / plain:.2f}")
+    start = time.perf_counter()
+    fit_ratio_sampler(pair, data, steps=steps, batch_size=2 * batch, seed=0, calibration=1_000, progress=False)
+    ours = steps * 2 * batch / (time.perf_counter() - start)
+    plain = plain_ratio_classifier(pair, data, steps, batch)
+    print(f"speed, density-ratio classifier ({steps} steps, {batch} data + {batch} samples): ppgen {ours:,.0f} ex/s,"
+          f" plain PyTorch {plain:,.0f} ex/s, ratio ppgen/plain = {ours / plain:.2f}")
+
+
+def plain_ratio_classifier(pair, data, steps: int, batch: int) -> float:
+    """The same classifier loop in plain PyTorch (generator called directly): examples per second."""
+    from torch.nn import functional as F
+
+    from ppgen.nn.critics import MLPCritic
+
+    torch.manual_seed(0)
+    clf = MLPCritic((2,))
+    opt = torch.optim.Adam(clf.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    x_all = data.train
+    start = time.perf_counter()
+    for _ in range(steps):
+        xb = x_all[torch.randint(len(x_all), (batch,))]
+        with torch.no_grad():
+            fake = pair.generator(torch.randn(batch, pair.config.z_dim))
+        loss = F.softplus(-clf(xb)).mean() + F.softplus(clf(fake)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return steps * 2 * batch / (time.perf_counter() - start)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run from here (to split a table across jobs)")
+    p.add_argument("--rejection", type=int, default=0, metavar="STEPS",
+                   help="also score each generator corrected by density-ratio rejection sampling with a classifier "
+                        "trained this many steps (ppgen.inference.rejection; 10000 in the README table)")
     p.add_argument("--steps", type=int, default=8000, help="generator steps per run")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -138,13 +186,16 @@ def main() -> None:
         print(f"{'method':<12} {'modes':>14} {'high quality %':>16} {'reverse KL':>14} {'s/run':>7}")
         for name in args.losses:
             reports = [run_one(name, data_name, s, args.steps, args.batch, args.lr, args.z_dim, hidden, data,
-                               not args.no_decay, critic_hidden) for s in range(args.seeds)]
+                               not args.no_decay, critic_hidden, args.rejection) for s in range(args.first_seed,
+                                                                                        args.first_seed + args.seeds)]
             runs[f"{data_name}/{name}"] = reports
-            m = summarize(reports)
-            secs = sum(r["seconds"] for r in reports) / len(reports)
-            print(f"{name:<12} {m['modes']:>7.2f} ± {m['modes_se']:<4.2f} {100 * m['high_quality']:>8.1f} ± "
-                  f"{100 * m['high_quality_se']:<4.1f} {m['reverse_kl']:>7.3f} ± {m['reverse_kl_se']:<5.3f}"
-                  f" {secs:>6.1f}", flush=True)
+            print_row(name, reports)
+            if args.rejection:
+                corrected = [r["rejection"] for r in reports]
+                print_row("  +rejection", corrected)
+                rate = sum(r["accept_rate"] for r in corrected) / len(corrected)
+                acc = sum(r["classifier_accuracy"] for r in corrected) / len(corrected)
+                print(f"{'':14}(ratio classifier held-out accuracy {acc:.3f}, acceptance {100 * rate:.1f}%)")
         for name, (modes, hq) in PUBLISHED[data_name].items():
             print(f"{name + ' (pub.)':<12} {modes:>7.1f}{'':7} {'—' if hq is None else f'{hq:.1f}':>10}")
     if args.speed_steps:

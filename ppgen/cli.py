@@ -150,6 +150,7 @@ def _add_evaluate(sub) -> None:
     q.add_argument("--is", dest="inception", action="store_true", help="Inception Score of the classifier's labels")
     q.add_argument("--pr", action="store_true", help="precision and recall (Kynkäänniemi et al., 2019)")
     q.add_argument("--samples", type=int, metavar="N", help="generated examples to score (default: as many as test)")
+    _add_rejection(p)
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.set_defaults(func=_evaluate)
 
@@ -164,6 +165,10 @@ def _evaluate(args) -> int:
         from ppgen.evaluation.samples import evaluate_run_samples
 
         result["sample_quality"] = evaluate_run_samples(args.run, wanted, n=args.samples, seed=args.seed)
+    if args.rejection:
+        _check_rejection(args)
+        result["rejection"] = workflows.evaluate_rejection(args.run, wanted, steps=args.rejection_steps,
+                                                           quantile=args.quantile, n=args.samples, seed=args.seed)
     runs.write_json(Path(args.run) / f"evaluation_{args.split}.json", result)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -193,12 +198,40 @@ def _evaluate(args) -> int:
               f"/{len(result['kl_per_dim'])}; I(x;z) {result['mutual_information']:.2f} nats")
         print("  KL per dimension    " + " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
     if "sample_quality" in result:
-        q = result["sample_quality"]
-        shown = [f"{label} {q[key]:.4g}" for key, label in (("fid", "FID"), ("kid", "KID"), ("is", "IS"),
-                                                            ("precision", "precision"), ("recall", "recall")) if key in q]
-        print(f"  samples ({q['n_fake']} vs {q['n_real']} test; classifier accuracy "
-              f"{q.get('classifier_accuracy', float('nan')):.3f}): " + ", ".join(shown))
+        print("  " + _quality_line(result["sample_quality"]))
+    if "rejection" in result:
+        r = result["rejection"]
+        print(f"  with rejection sampling (ratio classifier: held-out accuracy {r.get('classifier_accuracy', 0):.3f},"
+              f" log loss {r.get('classifier_log_loss', float('nan')):.3f}; accepts {100 * r['accept_rate']:.1f}%)")
+        if "modes" in r:
+            print("    mode coverage     " + _modes_line(r) + " (2,500 samples)")
+        if "sample_quality" in r:
+            print("    " + _quality_line(r["sample_quality"]))
     return 0
+
+
+def _quality_line(q: dict) -> str:
+    shown = [f"{label} {q[key]:.4g}" for key, label in (("fid", "FID"), ("kid", "KID"), ("is", "IS"),
+                                                        ("precision", "precision"), ("recall", "recall")) if key in q]
+    return (f"samples ({q['n_fake']} vs {q['n_real']} test; classifier accuracy "
+            f"{q.get('classifier_accuracy', float('nan')):.3f}): " + ", ".join(shown))
+
+
+def _add_rejection(p) -> None:
+    r = p.add_argument_group("density-ratio rejection sampling (Azadi et al., 2019): a classifier of data vs "
+                             "samples estimates log p_data/p_model; samples are kept with probability exp(D - M)")
+    r.add_argument("--rejection", action="store_true", help="correct the samples by rejection (classifier cached "
+                   "in the run directory as rejection.pt)")
+    r.add_argument("--rejection-steps", type=int, default=10_000, metavar="N",
+                   help="training steps of the ratio classifier (default 10000)")
+    r.add_argument("--quantile", type=float, default=1.0, metavar="Q",
+                   help="bound M = this quantile of the classifier's logits on samples: 1 (default) is exact "
+                        "rejection for the estimated ratio; lower accepts more")
+
+
+def _check_rejection(args) -> None:
+    if args.rejection_steps < 1 or not 0 < args.quantile <= 1:
+        raise UserError("--rejection-steps must be at least 1 and --quantile in (0, 1]")
 
 
 def _add_sample(sub) -> None:
@@ -208,6 +241,7 @@ def _add_sample(sub) -> None:
     p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--out", type=Path, default=Path("samples.png"), help=".png (a grid) or .npy (the array)")
     p.add_argument("--seed", type=int, default=0)
+    _add_rejection(p)
     p.set_defaults(func=_sample)
 
 
@@ -223,7 +257,13 @@ def _sample(args) -> int:
         raise UserError(f"--out {args.out}: use a .png (picture) or .npy (array) file name")
     if not args.out.parent.exists():
         raise UserError(f"folder {args.out.parent} does not exist; create it first")
-    pair = runs.load_pair(args.run)
+    if args.rejection:
+        from ppgen.workflows import ratio_sampler
+
+        _check_rejection(args)
+        pair = ratio_sampler(args.run, steps=args.rejection_steps, quantile=args.quantile, seed=args.seed)
+    else:
+        pair = runs.load_pair(args.run)
     torch.manual_seed(args.seed)
     with torch.no_grad():
         x = pair.generate(args.n)

@@ -277,3 +277,58 @@ def evaluate_run(run_dir: Path, iwae_k: int = 1000, split: str = "test", limit: 
     if hasattr(pair, "encode"):
         result.update(evaluation.report(pair, x))
     return result
+
+
+REJECTION = "rejection.pt"
+
+
+def ratio_sampler(run_dir: Path, steps: int = 10_000, quantile: float = 1.0, seed: int = 0,
+                  progress: bool | None = None):
+    """The run's pair corrected by density-ratio rejection sampling (:mod:`ppgen.inference.rejection`).
+
+    The classifier is trained against the run's grey-level training data and cached in
+    ``rejection.pt`` (keyed by the model weights' digest, ``steps`` and ``seed``); the bound
+    M is recomputed for ``quantile`` on every call.
+    """
+    import hashlib
+
+    from ppgen.evaluation.samples import reference_data
+    from ppgen.inference.rejection import fit_ratio_sampler
+    from ppgen.nn.critics import critic_for
+
+    run_dir = Path(run_dir)
+    pair = runs.load_pair(run_dir)
+    data = reference_data(runs.read_config(run_dir))
+    digest = hashlib.sha256((run_dir / runs.MODEL).read_bytes()).hexdigest()
+    key = {"model_sha256": digest, "steps": steps, "seed": seed}
+    classifier = None
+    cache = run_dir / REJECTION
+    if cache.exists():
+        saved = runs.load_torch(cache)
+        if saved.get("key") == key:
+            classifier = critic_for(pair.x_shape)
+            classifier.load_state_dict(saved["classifier"])
+    sampler = fit_ratio_sampler(pair, data, steps=steps, quantile=quantile, seed=seed, progress=progress,
+                                classifier=classifier)
+    if classifier is None:
+        runs.save_torch(cache, {"key": key, "classifier": sampler.classifier.state_dict()})
+    return sampler
+
+
+def evaluate_rejection(run_dir: Path, metrics: list[str], steps: int = 10_000, quantile: float = 1.0,
+                       n: int | None = None, seed: int = 0, progress: bool | None = None) -> dict:
+    """The classifier's held-out report, acceptance rate, mode coverage (ring8/grid25) and ``metrics``
+    (fid/kid/is/pr) of the run's pair corrected by density-ratio rejection."""
+    from ppgen.data.sources import MIXTURES
+    from ppgen.evaluation.modes import evaluate_pair
+    from ppgen.evaluation.samples import evaluate_run_samples
+
+    sampler = ratio_sampler(run_dir, steps=steps, quantile=quantile, seed=seed, progress=progress)
+    out = dict(sampler.report)
+    name = runs.read_config(run_dir).get("data", {}).get("name")
+    if name in MIXTURES:
+        report = evaluate_pair(sampler, name, seed=seed)
+        out.update({k: report[k] for k in ("modes", "n_modes", "high_quality", "reverse_kl")})
+    if metrics:
+        out["sample_quality"] = evaluate_run_samples(run_dir, metrics, n=n, seed=seed, sampler=sampler)
+    return out

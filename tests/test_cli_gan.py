@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,6 +63,19 @@ def test_train_gan_on_ring8_writes_a_run_resumes_and_evaluates(tmp_path, capsys,
     assert run_cli("evaluate", straight) == 0
     text = capsys.readouterr().out
     assert "mode coverage" in text and "/8" in text and "reverse KL" in text and "IWAE" not in text
+
+    # density-ratio rejection: the classifier is trained once, cached in the run, and reused
+    assert run_cli("evaluate", straight, "--rejection", "--rejection-steps", "150", "--json") == 0
+    first = json.loads(capsys.readouterr().out)["rejection"]
+    assert (straight / "rejection.pt").exists() and 0 < first["accept_rate"] <= 1
+    assert first["n_modes"] == 8 and 0.5 <= first["classifier_accuracy"] <= 1
+    assert run_cli("evaluate", straight, "--rejection", "--rejection-steps", "150", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["rejection"]["log_bound"] == first["log_bound"]
+    points = tmp_path / "points.npy"
+    assert run_cli("sample", straight, "--rejection", "--rejection-steps", "150", "-n", "300", "--out", points) == 0
+    assert np.load(points).shape == (300, 2)
+    assert run_cli("sample", straight, "--rejection", "--quantile", "0", "--out", points) == 2
+    assert "--quantile" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, needle", [

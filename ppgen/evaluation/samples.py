@@ -253,20 +253,27 @@ def sample_quality(samples, data, metrics: Sequence[str] = METRICS, *, n: int | 
     return out
 
 
-def evaluate_run_samples(run_dir, metrics: Sequence[str] = METRICS, n: int | None = None, seed: int = 0,
-                         cache_dir=None) -> dict:
-    """:func:`sample_quality` of a run directory's pair against its data set's grey-level test split.
-
-    The reference and the feature classifier use the run's data with the same split but no
-    binarization (a Bernoulli VAE's samples are its pixel probabilities, E[x|z]).
-    """
-    from ppgen import runs
+def reference_data(config: dict):
+    """A run's data set with its split but no binarization (what generated examples are compared with)."""
     from ppgen.data import load
 
-    config = runs.read_config(run_dir)
     options = config.get("data", {})
-    data = load(options.get("name", "mnist"), binarize=None, seed=options.get("seed", 0),
+    return load(options.get("name", "mnist"), binarize=None, seed=options.get("seed", 0),
                 split_seed=options.get("split_seed", 0))
-    pair = runs.load_pair(run_dir)
-    pair.eval()
-    return sample_quality(pair, data, metrics, n=n, seed=seed, cache_dir=cache_dir)
+
+
+def evaluate_run_samples(run_dir, metrics: Sequence[str] = METRICS, n: int | None = None, seed: int = 0,
+                         cache_dir=None, sampler=None) -> dict:
+    """:func:`sample_quality` of a run directory's pair (or of ``sampler``) against its data set's grey-level test split.
+
+    The reference and the feature classifier use the run's data with the same split but no
+    binarization (a Bernoulli VAE's samples are its pixel probabilities, E[x|z]). ``sampler``
+    is anything with ``generate(n)``, e.g. the run's pair corrected by rejection sampling.
+    """
+    from ppgen import runs
+
+    data = reference_data(runs.read_config(run_dir))
+    if sampler is None:
+        sampler = runs.load_pair(run_dir)
+        sampler.eval()
+    return sample_quality(sampler, data, metrics, n=n, seed=seed, cache_dir=cache_dir)
