@@ -30,6 +30,7 @@ import ppgen
 from ppgen import plots
 from ppgen.data import load
 from ppgen.evaluation.samples import feature_classifier, sample_quality
+from ppgen.inference.rejection import fit_ratio_sampler
 from ppgen.models import GAN, VAE
 
 
@@ -102,6 +103,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--gan-lr", type=float, default=GAN_OPTIONS["lr_g"], help="both players' Adam learning rate")
     p.add_argument("--gan-time", type=float, default=1.0, help="GAN wall time as a multiple of the VAE's")
+    p.add_argument("--pack", type=int, default=1, help="PacGAN: the critic scores this many digits at once")
+    p.add_argument("--rejection", type=int, default=0, metavar="STEPS",
+                   help="also score both models corrected by density-ratio rejection sampling (MLP classifier "
+                        "trained this many steps; ppgen.inference.rejection)")
     p.add_argument("--out", type=Path, default=Path("runs/gan_mnist"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -115,9 +120,9 @@ def main() -> None:
 
     vae, vae_seconds = train_vae(args.epochs, args.seed)
     print(f"VAE: {args.epochs} epochs of SVI in {vae_seconds:.0f} s")
-    options = {**GAN_OPTIONS, "lr_g": args.gan_lr, "lr_d": args.gan_lr}
+    options = {**GAN_OPTIONS, "lr_g": args.gan_lr, "lr_d": args.gan_lr, "pack": args.pack}
     gan, gan_seconds, gan_epochs = train_gan(grey, args.gan_time * vae_seconds, args.seed, options)
-    print(f"GAN: {gan_epochs} epochs of NS-GAN (lr {args.gan_lr:g}) in {gan_seconds:.0f} s")
+    print(f"GAN: {gan_epochs} epochs of NS-GAN (lr {args.gan_lr:g}, pack {args.pack}) in {gan_seconds:.0f} s")
 
     rows = {}
     rows["real (val)"] = sample_quality(grey.val, grey, classifier=classifier)
@@ -127,6 +132,19 @@ def main() -> None:
         with torch.no_grad():
             torch.manual_seed(args.seed)
             plots.sample_grid(pair.generate(64), args.out / f"samples_{name.lower()}.png", f"{name} samples")
+        if args.rejection:
+            start = time.perf_counter()
+            sampler = fit_ratio_sampler(pair, grey, steps=args.rejection, batch_size=256, net="mlp",
+                                        hidden=(512, 256), seed=args.seed, progress=False)
+            label = f"{name}+rej"
+            rows[label] = sample_quality(sampler, grey, n=args.n, classifier=classifier, seed=args.seed)
+            rows[label].update(sampler.report)
+            print(f"{label}: ratio classifier held-out accuracy {sampler.report['classifier_accuracy']:.3f}, "
+                  f"acceptance {100 * sampler.report['accept_rate']:.1f}% ({time.perf_counter() - start:.0f} s)")
+            with torch.no_grad():
+                torch.manual_seed(args.seed)
+                plots.sample_grid(sampler.generate(64), args.out / f"samples_{name.lower()}_rejection.png",
+                                  f"{name} samples after rejection sampling")
     print(f"\n{'':<11} {'FID':>9} {'KID×1e3':>9} {'IS':>6} {'precision':>10} {'recall':>7}   (vs {len(grey.test)} "
           f"test digits; feature classifier accuracy {acc:.3f})")
     for name, r in rows.items():

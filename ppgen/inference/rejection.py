@@ -136,12 +136,13 @@ def _held_out(pair, clf, x_val: torch.Tensor) -> dict:
 
 
 def fit_ratio_sampler(pair, data, *, steps: int = 10_000, batch_size: int = 1_000, lr: float = 1e-3,
-                      hidden: Sequence[int] | None = None, quantile: float = 1.0, calibration: int = 20_000,
+                      hidden: Sequence[int] | None = None, net: str = "auto", quantile: float = 1.0, calibration: int = 20_000,
                       seed: int = 0, progress: bool | None = None,
                       classifier: nn.Module | None = None) -> RatioSampler:
     """Train the density-ratio classifier of ``pair``'s samples against ``data.train``; return the sampler.
 
-    ``hidden`` sizes the classifier (:func:`ppgen.nn.critics.critic_for`, chosen by data shape);
+    ``hidden`` sizes the classifier (:func:`ppgen.nn.critics.critic_for`, chosen by data shape, or
+    ``net="mlp"`` to force an MLP on images);
     half of each batch is data, half fresh samples. ``quantile`` sets the bound M (module docs).
     A ``classifier`` already trained for this pair is used as it is (only M and the report are computed).
     """
@@ -152,7 +153,10 @@ def fit_ratio_sampler(pair, data, *, steps: int = 10_000, batch_size: int = 1_00
         torch.manual_seed(seed)
         clf = classifier
         if clf is None:
-            clf = critic_for(pair.x_shape, hidden=hidden).to(_device(pair))
+            try:
+                clf = critic_for(pair.x_shape, hidden=hidden, net=net).to(_device(pair))
+            except ValueError as err:
+                raise UserError(str(err)) from None
             _train_classifier(pair, clf, x, steps, batch_size, lr, seed, progress)
         clf.eval().requires_grad_(False)
         torch.manual_seed(seed + 1)  # the bound does not depend on whether the classifier was trained here
