@@ -28,6 +28,7 @@ import torch
 
 import ppgen
 from ppgen.data import from_tensor, load
+from ppgen.errors import UserError
 from ppgen.evaluation.modes import evaluate_pair, summarize
 from ppgen.inference.rejection import fit_ratio_sampler
 from ppgen.models import GAN
@@ -70,7 +71,11 @@ def run_one(name: str, data_name: str, seed: int, steps: int, batch: int, lr: fl
     if rejection_steps:
         start = time.perf_counter()
         sampler = fit_ratio_sampler(pair, data, steps=rejection_steps, seed=seed, progress=False)
-        corrected = evaluate_pair(sampler, data_name, seed=10_000 + seed)
+        try:
+            corrected = evaluate_pair(sampler, data_name, seed=10_000 + seed)
+        except UserError as err:  # acceptance too low to draw 2,500 points: reported, left out of the mean
+            print(f"{name} seed {seed}: {err}", flush=True)
+            return report
         corrected.update(sampler.report, seconds=time.perf_counter() - start)
         report["rejection"] = corrected
     return report
@@ -191,8 +196,9 @@ def main() -> None:
             runs[f"{data_name}/{name}"] = reports
             print_row(name, reports)
             if args.rejection:
-                corrected = [r["rejection"] for r in reports]
-                print_row("  +rejection", corrected)
+                corrected = [r["rejection"] for r in reports if "rejection" in r]
+                print_row("  +rejection" + ("" if len(corrected) == len(reports) else f" ({len(corrected)})"),
+                          corrected)
                 rate = sum(r["accept_rate"] for r in corrected) / len(corrected)
                 acc = sum(r["classifier_accuracy"] for r in corrected) / len(corrected)
                 print(f"{'':14}(ratio classifier held-out accuracy {acc:.3f}, acceptance {100 * rate:.1f}%)")

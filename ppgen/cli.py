@@ -224,9 +224,9 @@ def _add_rejection(p) -> None:
                    "in the run directory as rejection.pt)")
     r.add_argument("--rejection-steps", type=int, default=10_000, metavar="N",
                    help="training steps of the ratio classifier (default 10000)")
-    r.add_argument("--quantile", type=float, default=1.0, metavar="Q",
-                   help="bound M = this quantile of the classifier's logits on samples: 1 (default) is exact "
-                        "rejection for the estimated ratio; lower accepts more")
+    r.add_argument("--quantile", type=float, default=0.999, metavar="Q",
+                   help="bound M = this quantile of the classifier's logits on samples (default 0.999): 1 is "
+                        "exact rejection for the estimated ratio but may accept almost nothing; lower accepts more")
 
 
 def _check_rejection(args) -> None:

@@ -282,7 +282,7 @@ def evaluate_run(run_dir: Path, iwae_k: int = 1000, split: str = "test", limit: 
 REJECTION = "rejection.pt"
 
 
-def ratio_sampler(run_dir: Path, steps: int = 10_000, quantile: float = 1.0, seed: int = 0,
+def ratio_sampler(run_dir: Path, steps: int = 10_000, quantile: float = 0.999, seed: int = 0,
                   progress: bool | None = None):
     """The run's pair corrected by density-ratio rejection sampling (:mod:`ppgen.inference.rejection`).
 
@@ -315,7 +315,7 @@ def ratio_sampler(run_dir: Path, steps: int = 10_000, quantile: float = 1.0, see
     return sampler
 
 
-def evaluate_rejection(run_dir: Path, metrics: list[str], steps: int = 10_000, quantile: float = 1.0,
+def evaluate_rejection(run_dir: Path, metrics: list[str], steps: int = 10_000, quantile: float = 0.999,
                        n: int | None = None, seed: int = 0, progress: bool | None = None) -> dict:
     """The classifier's held-out report, acceptance rate, mode coverage (ring8/grid25) and ``metrics``
     (fid/kid/is/pr) of the run's pair corrected by density-ratio rejection."""

@@ -77,7 +77,8 @@ def test_learned_ratio_matches_truth_and_corrects_samples():
 
 def test_quantile_bound_accepts_more():
     pair, data = WideGaussian(), standard_normal_data()
-    exact = fit_ratio_sampler(pair, data, steps=300, batch_size=200, hidden=(16,), seed=0, progress=False)
+    exact = fit_ratio_sampler(pair, data, steps=300, batch_size=200, hidden=(16,), seed=0, quantile=1.0,
+                              progress=False)
     clipped = fit_ratio_sampler(pair, data, steps=300, batch_size=200, hidden=(16,), seed=0, quantile=0.5,
                                 progress=False)
     assert clipped.log_bound < exact.log_bound
