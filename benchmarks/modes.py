@@ -7,12 +7,15 @@ prints mean ± standard error beside the published figures. It also times the ba
 against a plain PyTorch GAN loop with the same networks, in the same process, and prints
 the ratio (the cost of drawing x from the pair's own Pyro sites).
 
-    .venv/bin/python benchmarks/modes.py                      # 5 seeds, 8000 steps: hours on a loaded 2-core CPU
-    .venv/bin/python benchmarks/modes.py --seeds 3 --steps 1200 --z-dim 8      # the all-losses table, ~40 min
-    .venv/bin/python benchmarks/modes.py --losses ns ns-pack4 --seeds 3         # the longer NS-GAN runs
-    .venv/bin/python benchmarks/modes.py --losses ns-pack4 --batch 500 --steps 16000 --rejection 10000
-        # the goal configuration: PacGAN4 critic, batch 500, 16k steps (~95 s/run), each generator also
-        # corrected by density-ratio rejection sampling (ppgen.inference.rejection; ~50 s/run)
+Each generator is also scored after density-ratio rejection sampling
+(:mod:`ppgen.inference.rejection`, ``--rejection STEPS`` of classifier training; 0 skips it).
+
+    .venv/bin/python benchmarks/modes.py --losses ns wgan-gp lsgan ali
+        # the all-losses table (defaults: 5 seeds, 4000 steps, batch 500, z-dim 2, rejection 10000
+        # steps): ~80 min of one core
+    .venv/bin/python benchmarks/modes.py --losses ns-pack4 --steps 16000 --rejection 20000
+        # the goal configuration: PacGAN4 critic, 16k steps (~95 s/run) + rejection (~100 s/run)
+    .venv/bin/python benchmarks/modes.py --seeds 2 --steps 300 --rejection 300 --speed-steps 50   # smoke run
 
 Learning rates decay linearly to 0 (``lr_decay``) unless ``--no-decay``.
 """
@@ -163,11 +166,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--first-seed", type=int, default=0, help="seeds run from here (to split a table across jobs)")
-    p.add_argument("--rejection", type=int, default=0, metavar="STEPS",
+    p.add_argument("--rejection", type=int, default=10_000, metavar="STEPS",
                    help="also score each generator corrected by density-ratio rejection sampling with a classifier "
-                        "trained this many steps (ppgen.inference.rejection; 10000 in the README table)")
-    p.add_argument("--steps", type=int, default=8000, help="generator steps per run")
-    p.add_argument("--batch", type=int, default=256)
+                        "trained this many steps (ppgen.inference.rejection; 0 skips it)")
+    p.add_argument("--steps", type=int, default=4000, help="generator steps per run")
+    p.add_argument("--batch", type=int, default=500)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--z-dim", type=int, default=2, help="latent size (2 gave far more high-quality samples than 8)")
     p.add_argument("--hidden", type=int, nargs="+", default=[128, 128, 128], help="generator MLP hidden sizes")
