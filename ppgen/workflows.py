@@ -304,8 +304,11 @@ def ratio_sampler(run_dir: Path, steps: int = 10_000, quantile: float = 0.999, s
     classifier = None
     cache = run_dir / REJECTION
     if cache.exists():
-        saved = runs.load_torch(cache)
-        if saved.get("key") == key:
+        try:
+            saved = runs.load_torch(cache)
+        except UserError:  # a damaged cache is only a cache: train the classifier again
+            saved = {}
+        if isinstance(saved, dict) and saved.get("key") == key:
             classifier = critic_for(pair.x_shape)
             classifier.load_state_dict(saved["classifier"])
     sampler = fit_ratio_sampler(pair, data, steps=steps, quantile=quantile, seed=seed, progress=progress,

@@ -72,6 +72,9 @@ def test_train_gan_on_ring8_writes_a_run_resumes_and_evaluates(tmp_path, capsys,
     assert run_cli("evaluate", straight, "--rejection", "--rejection-steps", "150", "--fid", "--json") == 0
     again = json.loads(capsys.readouterr().out)["rejection"]
     assert again["log_bound"] == first["log_bound"] and again["sample_quality"]["fid"] >= 0
+    (straight / "rejection.pt").write_bytes(b"not a checkpoint")  # a damaged cache is retrained, not fatal
+    assert run_cli("evaluate", straight, "--rejection", "--rejection-steps", "150", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["rejection"]["log_bound"] == first["log_bound"]
     points = tmp_path / "points.npy"
     assert run_cli("sample", straight, "--rejection", "--rejection-steps", "150", "-n", "300", "--out", points) == 0
     assert np.load(points).shape == (300, 2)
