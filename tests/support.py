@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
 import torch
 
+import ppgen
 from ppgen.data import Dataset
 from ppgen.models import PPCA, VAE
 
@@ -37,3 +40,35 @@ def grey_dataset(n: int = 256, seed: int = 0) -> Dataset:
     g = torch.Generator().manual_seed(seed)
     x = torch.sigmoid(torch.randn(n + 64, 2, generator=g) @ torch.randn(2, 12, generator=g) * 2)
     return Dataset(name="grey", train=x[:n], val=(x[n:] > 0.5).float(), test=x[:0], binarize="dynamic", seed=seed)
+
+
+def resume_at_epoch_two(data: Dataset, options: dict):
+    """An uninterrupted run of ``tiny_vae(seed=0)`` and a fresh pair resumed from its epoch-2 checkpoint,
+    saved the way a run directory does (serialized, loaded back weights-only).
+
+    Returns (whole, resumed, resumed_pair, checkpoint).
+    """
+    saved = {}
+
+    def keep_epoch_two(fit):
+        if fit.state["epoch"] == 2:
+            buffer = io.BytesIO()
+            torch.save(fit.checkpoint(), buffer)
+            saved["bytes"] = buffer.getvalue()
+
+    whole = ppgen.fit(tiny_vae(seed=0), data, on_epoch_end=keep_epoch_two, **options)
+    checkpoint = torch.load(io.BytesIO(saved["bytes"]), weights_only=True)
+    resumed_pair = tiny_vae(seed=99)  # a fresh process would build the pair with other weights
+    resumed = ppgen.fit(resumed_pair, data, resume=checkpoint, **options)
+    return whole, resumed, resumed_pair, checkpoint
+
+
+def assert_same_run(whole, resumed, resumed_pair, checkpoint, compared) -> None:
+    """The resumed run's history (``compared`` columns) and final weights equal the uninterrupted run's,
+    and it really trained: its weights left the checkpoint's."""
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+    for a, b in zip(whole.history, resumed.history):
+        assert {k: a[k] for k in compared} == {k: b[k] for k in compared}
+    for name, value in whole.pair.state_dict().items():
+        assert torch.equal(value, resumed_pair.state_dict()[name]), name
+    assert any(not torch.equal(v, checkpoint["model"][k]) for k, v in resumed_pair.state_dict().items())

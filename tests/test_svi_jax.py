@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import io
 import math
 
 import jax
@@ -16,7 +15,7 @@ from conftest import mean_se
 from numpyro.infer import SVI
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
-from support import binary, grey_dataset, tiny_vae  # noqa: E402
+from support import assert_same_run, binary, grey_dataset, resume_at_epoch_two, tiny_vae  # noqa: E402
 
 import ppgen
 from ppgen.errors import UserError
@@ -112,28 +111,11 @@ COMPARED = ("epoch", "elbo", "beta")
 
 
 def test_resume_from_a_checkpoint_reproduces_an_uninterrupted_run():
-    data = grey_dataset()
     options = dict(epochs=4, batch_size=32, lr=3e-3, anneal_epochs=3, seed=11, engine="jax", progress=False)
-    saved = {}
-
-    def keep_epoch_two(fit):
-        if fit.state["epoch"] == 2:  # what a run directory writes: serialized, loaded back weights-only
-            buffer = io.BytesIO()
-            torch.save(fit.checkpoint(), buffer)
-            saved["bytes"] = buffer.getvalue()
-
-    whole = ppgen.fit(tiny_vae(seed=0), data, on_epoch_end=keep_epoch_two, **options)
-    checkpoint = torch.load(io.BytesIO(saved["bytes"]), weights_only=True)
+    whole, resumed, resumed_pair, checkpoint = resume_at_epoch_two(grey_dataset(), options)
     assert checkpoint["state"]["epoch"] == 2 and all(torch.is_tensor(t) for t in checkpoint["state"]["optimizer"])
-    resumed_pair = tiny_vae(seed=99)
-    resumed = ppgen.fit(resumed_pair, data, resume=checkpoint, **options)
-    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
     assert [r["beta"] for r in whole.history] == pytest.approx([0.875 / 3, 1.875 / 3, 2.875 / 3, 1.0])
-    for a, b in zip(whole.history, resumed.history):
-        assert {k: a[k] for k in COMPARED} == {k: b[k] for k in COMPARED}
-    for name, value in whole.pair.state_dict().items():
-        assert torch.equal(value, resumed_pair.state_dict()[name]), name
-    assert any(not torch.equal(v, checkpoint["model"][k]) for k, v in resumed_pair.state_dict().items())
+    assert_same_run(whole, resumed, resumed_pair, checkpoint, COMPARED)
 
 
 def test_a_checkpoint_of_the_other_engine_is_refused():
