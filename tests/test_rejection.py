@@ -81,6 +81,9 @@ def test_quantile_bound_accepts_more():
                               progress=False)
     clipped = fit_ratio_sampler(pair, data, steps=300, batch_size=200, hidden=(16,), seed=0, quantile=0.5,
                                 progress=False)
+    state = torch.get_rng_state()
+    fit_ratio_sampler(pair, data, steps=5, batch_size=200, hidden=(16,), seed=0, progress=False)
+    assert torch.equal(state, torch.get_rng_state())  # the caller's random stream is left as it was
     assert clipped.log_bound < exact.log_bound
     assert clipped.report["accept_rate"] > exact.report["accept_rate"]
 
@@ -89,9 +92,11 @@ def test_bad_input_is_refused():
     data = standard_normal_data(100)
     with pytest.raises(UserError, match="quantile"):
         fit_ratio_sampler(WideGaussian(), data, quantile=0.0)
+    pair = WideGaussian().train()
     with pytest.raises(UserError, match="generates"):
-        fit_ratio_sampler(WideGaussian(), Dataset(name="d", train=torch.zeros(100, 3), val=torch.zeros(0, 3),
+        fit_ratio_sampler(pair, Dataset(name="d", train=torch.zeros(100, 3), val=torch.zeros(0, 3),
                                                   test=torch.zeros(0, 3)), steps=1, batch_size=10)
+    assert pair.training  # a refused call leaves the pair's mode as it was
     with pytest.raises(UserError, match="cannot generate"):
         fit_ratio_sampler(nn.Linear(1, 1), data)
     hopeless = RatioSampler(WideGaussian(), TrueLogRatio(), log_bound=50.0)

@@ -107,11 +107,12 @@ def _train_classifier(pair, clf, x, steps, batch_size, lr, seed, progress) -> No
     opt = torch.optim.Adam(clf.parameters(), lr=lr, betas=(0.5, 0.999))
     g = torch.Generator().manual_seed(seed)
     half = batch_size // 2
+    x = x.to(_device(pair))  # once, not per step
     bar = _progress_bar(steps, "density-ratio classifier", sys.stderr.isatty() if progress is None else progress)
     for step in range(steps):
         for group in opt.param_groups:  # linear decay to 0: the ratio must be sharp at the modes' edges
             group["lr"] = lr * (1 - step / steps)
-        real = x[torch.randint(len(x), (half,), generator=g)].to(_device(pair))
+        real = x[torch.randint(len(x), (half,), generator=g).to(x.device)]
         fake = _generated(pair, half)
         loss = F.softplus(-clf(real)).mean() + F.softplus(clf(fake)).mean()
         opt.zero_grad(set_to_none=True)
@@ -138,8 +139,8 @@ def _held_out(pair, clf, x_val: torch.Tensor) -> dict:
 
 
 def fit_ratio_sampler(pair, data, *, steps: int = 10_000, batch_size: int = 1_000, lr: float = 1e-3,
-                      hidden: Sequence[int] | None = None, net: str = "auto", quantile: float = 0.999, calibration: int = 20_000,
-                      seed: int = 0, progress: bool | None = None,
+                      hidden: Sequence[int] | None = None, net: str = "auto", quantile: float = 0.999,
+                      calibration: int = 20_000, seed: int = 0, progress: bool | None = None,
                       classifier: nn.Module | None = None) -> RatioSampler:
     """Train the density-ratio classifier of ``pair``'s samples against ``data.train``; return the sampler.
 
@@ -148,10 +149,17 @@ def fit_ratio_sampler(pair, data, *, steps: int = 10_000, batch_size: int = 1_00
     half of each batch is data, half fresh samples. ``quantile`` sets the bound M (module docs).
     A ``classifier`` already trained for this pair is used as it is (only M and the report are computed).
     """
-    x = _check(pair, data, steps, batch_size, quantile, calibration)
     was_training = pair.training
     pair.eval()
-    with torch.random.fork_rng(devices=[]):
+    try:
+        return _fit(pair, data, steps, batch_size, lr, hidden, net, quantile, calibration, seed, progress, classifier)
+    finally:
+        pair.train(was_training)
+
+
+def _fit(pair, data, steps, batch_size, lr, hidden, net, quantile, calibration, seed, progress, classifier):
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG is left as it was
+        x = _check(pair, data, steps, batch_size, quantile, calibration)
         torch.manual_seed(seed)
         clf = classifier
         if clf is None:
@@ -167,7 +175,6 @@ def fit_ratio_sampler(pair, data, *, steps: int = 10_000, batch_size: int = 1_00
         accept = float((logits.double() - bound).clamp(max=0).exp().mean())
         report = {"steps": steps, "quantile": quantile, "log_bound": bound, "accept_rate": accept,
                   **_held_out(pair, clf, data.val)}
-    pair.train(was_training)
     if not math.isfinite(bound):
         raise UserError("the density-ratio classifier diverged (non-finite logits); lower lr")
     return RatioSampler(pair, clf, bound, report)
