@@ -165,3 +165,22 @@ def is_jax(x: Any) -> bool:
     import jax
 
     return isinstance(x, jax.Array)
+
+
+def uniform(shape: tuple[int, ...], like: Any = None) -> Any:
+    """Draws of U(0, 1) on the active backend, for a family's own ``objective`` (see ``GenerativeModel``).
+
+    On Pyro from torch's generator (on ``like``'s device); on NumPyro from the key the
+    enclosing ``seed`` handler gives (``numpyro.prng_key()``), so SVI's seeding covers it.
+    """
+    if get_backend() == "numpyro":
+        import jax
+        import numpyro
+
+        key = numpyro.prng_key()
+        if key is None:
+            raise RuntimeError("ppgen.ppl.uniform on NumPyro needs a seed handler (numpyro.handlers.seed)")
+        return jax.random.uniform(key, tuple(shape))
+    import torch
+
+    return torch.rand(tuple(shape), device=None if like is None else like.device)

@@ -30,7 +30,7 @@ def make_config(model: str, model_options: dict, data_options: dict, train_optio
     """The run's config; ``train_options["backend"]`` defaults to the family's ``default_backend`` (SVI)."""
     cls = models.get(model)
     train_options = dict(train_options)
-    backend = train_options.pop("backend", None) or getattr(cls, "default_backend", "svi")
+    backend = train_options.pop("backend", None) or cls.default_backend
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     adversarial = backend == "adversarial"
@@ -148,7 +148,7 @@ def has_density(pair, x: torch.Tensor) -> bool:
     from pyro import poutine
     from pyro.distributions import Delta
 
-    if not getattr(pair, "has_guide", True):
+    if not pair.has_guide:
         return False
     with torch.no_grad():
         trace = poutine.trace(pair.model).get_trace(x)
@@ -214,10 +214,9 @@ def pictures(pair, data: datasets.Dataset, history: list[dict], run_dir: Path, s
         plots.sample_grid(pair.generate(64 if data.is_images else 2500).cpu(), run_dir / "samples.png",
                           f"{pair.name} samples (means of p(x|z), z ~ p(z))")
         test = (data.test if len(data.test) else data.train)[:1000].to(_device(pair))
-        has_guide = getattr(pair, "has_guide", True)
-        if hasattr(pair, "reconstruct") and data.is_images and has_guide:
+        if pair.can_reconstruct and data.is_images:
             plots.reconstructions(test[:16].cpu(), pair.reconstruct(test[:16]).cpu(), run_dir / "reconstructions.png")
-        if hasattr(pair, "encode") and has_guide:
+        if pair.has_encoder:
             labels = data.test_labels if len(data.test) else data.train_labels
             plots.latent_scatter(pair.encode(test)[0].cpu(), None if labels is None else labels[:1000],
                                  run_dir / "latents.png")
@@ -274,7 +273,7 @@ def evaluate_run(run_dir: Path, iwae_k: int = 1000, split: str = "test", limit: 
         t = time.perf_counter()
         result.update(summary(pair, x, ais_steps, chains=ais_chains, bdmc_points=bdmc_points, seed=seed))
         result["ais_seconds"] = round(time.perf_counter() - t, 2)
-    if hasattr(pair, "encode"):
+    if pair.has_encoder:
         result.update(evaluation.report(pair, x))
     return result
 

@@ -203,7 +203,7 @@ def _devices(chain_method: str) -> int:
 def _structure(pair) -> tuple:
     import json
 
-    config = json.dumps(pair.config_dict(), sort_keys=True) if hasattr(pair, "config_dict") else id(pair)
+    config = json.dumps(pair.config_dict(), sort_keys=True)
     return (type(pair).__module__, type(pair).__qualname__, config)
 
 

@@ -40,6 +40,7 @@ from torch.nn import functional as F
 
 from ppgen.errors import UserError
 from ppgen.inference.svi import _progress_bar
+from ppgen.models.base import samples_from
 from ppgen.nn.critics import critic_for
 
 
@@ -85,7 +86,7 @@ def _generated(pair, n: int) -> torch.Tensor:
 
 
 def _check(pair, data, steps: int, batch_size: int, quantile: float, calibration: int) -> torch.Tensor:
-    if not hasattr(pair, "generate"):
+    if not samples_from(pair):
         raise UserError(f"{type(pair).__name__} cannot generate samples; rejection sampling corrects a sampler")
     if steps < 1 or batch_size < 2 or calibration < 1:
         raise UserError("steps and calibration must be positive and the batch size at least 2")

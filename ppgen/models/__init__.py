@@ -1,20 +1,20 @@
-"""Model families: one file per family, each a model/guide pair."""
+"""Model families: one file per family, each a model/guide pair.
+
+Every module of this package is imported here, and defining a family's class
+registers it (:data:`ppgen.models.base.REGISTRY`): a new family is one new file.
+"""
 
 from __future__ import annotations
 
-from ppgen.errors import UserError
-from ppgen.models.base import GenerativeModel
-from ppgen.models.dlgm import DLGM
-from ppgen.models.factor_analysis import FactorAnalysis
-from ppgen.models.gan import GAN
-from ppgen.models.hierarchical import HierarchicalVAE
-from ppgen.models.ladder import LadderVAE
-from ppgen.models.nade import NADE
-from ppgen.models.ppca import PPCA
-from ppgen.models.vae import VAE
+import importlib
+import pkgutil
+import sys
 
-#: name -> pair class; ``ppgen models`` lists it
-REGISTRY: dict[str, type[GenerativeModel]] = {cls.name: cls for cls in (VAE, PPCA, GAN, DLGM, HierarchicalVAE, LadderVAE, NADE, FactorAnalysis)}
+from ppgen.errors import UserError
+from ppgen.models.base import REGISTRY, GenerativeModel
+
+for _info in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_info.name}")
 
 
 def get(name: str) -> type[GenerativeModel]:
@@ -27,8 +27,6 @@ def get(name: str) -> type[GenerativeModel]:
 
 def describe() -> dict[str, str]:
     """One line per family: the first line of its module docstring."""
-    import sys
-
     out = {}
     for name, cls in sorted(REGISTRY.items()):
         doc = sys.modules[cls.__module__].__doc__ or cls.__doc__ or ""
@@ -36,4 +34,16 @@ def describe() -> dict[str, str]:
     return out
 
 
-__all__ = ["DLGM", "FactorAnalysis", "GAN", "GenerativeModel", "HierarchicalVAE", "LadderVAE", "NADE", "PPCA", "REGISTRY", "VAE", "describe", "get"]
+def __getattr__(name: str) -> type[GenerativeModel]:
+    # ``from ppgen.models import VAE``: every registered family by its class name
+    for cls in REGISTRY.values():
+        if cls.__name__ == name:
+            return cls
+    raise AttributeError(f"module 'ppgen.models' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + [cls.__name__ for cls in REGISTRY.values()])
+
+
+__all__ = ["GenerativeModel", "REGISTRY", "describe", "get"]

@@ -1,8 +1,41 @@
-"""What every pair has: ``model``, ``guide``, a JSON-able config and a few helpers.
+"""The pair protocol: what every backend, estimator and workflow may ask of a model/guide pair.
 
-A backend works only from these: the sample sites of ``model``/``guide`` and
-the attributes below. A family subclasses :class:`GenerativeModel`, sets
-``name`` and ``Config``, and writes ``model`` and ``guide`` side by side.
+A family subclasses :class:`GenerativeModel`, sets ``name`` and ``Config`` (a frozen
+dataclass that round-trips through JSON) and writes ``model`` and ``guide`` side by
+side. Defining the class registers it under ``name`` (``ppgen models`` lists it); no
+other file needs to know it. Nothing outside this module probes a pair with
+``getattr``/``hasattr``: everything a caller may ask is declared here, with a default.
+
+The protocol
+------------
+``model(x)`` / ``guide(x)``
+    The generative program and the amortized posterior, written against
+    :mod:`ppgen.ppl` so they run on Pyro and NumPyro. Examples sit in the plate named
+    ``data_plate``; plates nested inside it (words of a document, pixels) are summed
+    per example by :mod:`ppgen.sites`, the one place where log densities become
+    per-example numbers.
+``has_guide``
+    False for an implicit generator without an encoder: no ELBO, no q(z|x).
+``latent_sites``
+    Names of the latent sample sites, outermost first; their priors are the model's
+    sites (read them from a trace, never assume N(0, I)).
+``max_plate_nesting``
+    Plates around the sample sites (the data plate and any nested plate); estimators
+    add their particle plate outside them.
+``default_backend``
+    The backend ``ppgen train`` uses unless told otherwise ("svi" or "adversarial").
+``generate(n)`` / ``can_generate``
+    n draws of E[x | z] at z ~ p(z) (or of the generator).
+``encode(x)`` / ``has_encoder``; ``reconstruct(x)`` / ``can_reconstruct``
+    Mean and scale of the bottom latent under q(z | x); E[x | mean of q(z | x)].
+``objective(x)`` / ``has_objective``
+    A family's own unbiased estimator of the per-example negative ELBO (DDPM's
+    uniformly sampled timestep), written against :mod:`ppgen.ppl` so both SVI engines
+    train it; draw its randomness with :func:`ppgen.ppl.uniform`. Without it the
+    engines use their ELBO on ``model``/``guide``.
+``check_data(x)``
+    Raises :class:`~ppgen.errors.UserError` (one line, what to do) when ``x`` cannot
+    be observed.
 """
 
 from __future__ import annotations
@@ -18,9 +51,12 @@ from ppgen.errors import UserError
 
 LIKELIHOODS = ("bernoulli", "cbernoulli", "gaussian")
 
+#: name -> pair class, filled when a family's class is defined (see ``__init_subclass__``)
+REGISTRY: dict[str, type[GenerativeModel]] = {}
+
 
 class GenerativeModel(nn.Module):
-    """Base of every model/guide pair. Holds the networks; defines no loss."""
+    """Base of every model/guide pair. Holds the networks; defines no loss (see the module docs)."""
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = object
@@ -28,6 +64,22 @@ class GenerativeModel(nn.Module):
     max_plate_nesting: ClassVar[int] = 1
     #: names of the latent sample sites, outermost first
     latent_sites: ClassVar[tuple[str, ...]] = ("z",)
+    #: the plate over examples
+    data_plate: ClassVar[str] = "data"
+    #: the backend ``ppgen train`` picks for this family
+    default_backend: ClassVar[str] = "svi"
+    #: whether ``guide`` is a q(z|x) (an implicit generator without an encoder has none)
+    has_guide: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if name:
+            known = REGISTRY.get(name)
+            if known is not None and known.__qualname__ != cls.__qualname__:
+                raise TypeError(f"two families named {name!r}: {known.__module__}.{known.__qualname__} and "
+                                f"{cls.__module__}.{cls.__qualname__}")
+            REGISTRY[name] = cls
 
     def __init__(self, config: Any):
         super().__init__()
@@ -39,6 +91,47 @@ class GenerativeModel(nn.Module):
 
     def guide(self, x: torch.Tensor) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def generate(self, n: int) -> torch.Tensor:  # pragma: no cover - abstract
+        """``n`` draws of the likelihood's mean at z from the prior."""
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - optional
+        """(loc, scale) of q(z | x) for the bottom latent, where the family has an encoder."""
+        raise NotImplementedError(f"{self.name or type(self).__name__} has no encoder")
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - optional
+        """E[x | z] at the mean of q(z | x)."""
+        raise NotImplementedError(f"{self.name or type(self).__name__} cannot reconstruct")
+
+    def objective(self, x: Any) -> Any:  # pragma: no cover - optional
+        """The family's own per-example negative-ELBO estimate (see the module docs)."""
+        raise NotImplementedError
+
+    # -- what a caller may ask ------------------------------------------------------
+    def _overrides(self, method: str) -> bool:
+        return getattr(type(self), method) is not getattr(GenerativeModel, method)
+
+    @property
+    def can_generate(self) -> bool:
+        return self._overrides("generate")
+
+    @property
+    def has_encoder(self) -> bool:
+        return self.has_guide and self._overrides("encode")
+
+    @property
+    def can_reconstruct(self) -> bool:
+        return self.has_encoder and self._overrides("reconstruct")
+
+    @property
+    def has_objective(self) -> bool:
+        return self._overrides("objective")
+
+    @property
+    def who(self) -> str:
+        """The family's name for messages."""
+        return self.name or type(self).__name__
 
     # -- shared helpers -------------------------------------------------------------
     @property
@@ -54,6 +147,8 @@ class GenerativeModel(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> GenerativeModel:
+        if not isinstance(config, dict):
+            raise UserError(f"{cls.name}: the model options must be a JSON object, got {type(config).__name__}")
         fields = {f.name for f in dataclasses.fields(cls.Config)}
         unknown = set(config) - fields
         if unknown:
@@ -64,10 +159,6 @@ class GenerativeModel(nn.Module):
     def check_data(self, x: torch.Tensor, what: str = "data") -> None:
         """Raise :class:`UserError` if ``x`` cannot be observed by this pair."""
         check_observations(x, self.x_shape, self.likelihood, what)
-
-    def generate(self, n: int) -> torch.Tensor:  # pragma: no cover - abstract
-        """``n`` draws of the likelihood's mean at z from the prior."""
-        raise NotImplementedError
 
 
 def check_observations(x: torch.Tensor, x_shape: tuple[int, ...], likelihood: str, what: str = "data") -> None:
@@ -114,3 +205,11 @@ def observation_mean(likelihood: str, params: Any) -> torch.Tensor:
     if likelihood == "cbernoulli":
         return torch.distributions.ContinuousBernoulli(logits=params).mean
     return params[0]
+
+
+def samples_from(obj: Any) -> bool:
+    """Whether ``obj`` draws samples: a pair that can generate, or any sampler with a ``generate(n)`` method
+    (a rejection-corrected sampler, a user's object)."""
+    if isinstance(obj, GenerativeModel):
+        return obj.can_generate
+    return callable(getattr(obj, "generate", None))
