@@ -9,6 +9,7 @@ import torch
 from ppgen.data import Dataset, from_tensor
 from ppgen.inference import Fit
 from ppgen.inference import fit as backend_fit
+from ppgen.inference.loop import restore_best
 
 
 def validation_callback(data: Dataset, seed: int = 0):
@@ -41,9 +42,7 @@ def fit(pair, data: Any, backend: str = "svi", **options) -> Fit:
     if backend == "svi" and "callback" not in options and len(data.val):
         options["callback"] = validation_callback(data, options.get("seed", 0))
     result = backend_fit(pair, data, backend=backend, **options)
-    if backend == "svi" and options.get("monitor") and result.state.get("best") is not None:
-        from ppgen.inference.svi import restore_best
-
+    if options.get("monitor"):
         restore_best(result)
     return result
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ppgen.errors import UserError
+from ppgen.inference.options import AdversarialOptions, OptionError, SVIOptions, cli_flags, flag_of
 
 EPILOG = """examples:
   ppgen train vae --data mnist --z-dim 50 --epochs 30 --out runs/vae
@@ -58,36 +59,40 @@ def _add_train(sub) -> None:
     d.add_argument("--binarize", choices=["dynamic", "static", "threshold", "none"],
                    help="binarization for Bernoulli likelihoods (default: dynamic for mnist/digits, none otherwise)")
     d.add_argument("--split-seed", type=int, default=0, help="seed of the stratified train/val/test split")
-    t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, help="number of epochs (default 30)")
-    t.add_argument("--batch-size", type=int, help="examples per step (default 256)")
-    t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
-    t.add_argument("--elbo", choices=["trace", "analytic", "iwae"], help="objective (default trace)")
-    t.add_argument("--particles", type=int, dest="num_particles", help="samples of q per example (IWAE K)")
-    t.add_argument("--beta", type=float, help="KL weight (beta-VAE; default 1)")
-    t.add_argument("--anneal-epochs", type=float, help="linear KL warm-up from 0 to beta over this many epochs")
-    t.add_argument("--free-bits", type=float, help="free-bits floor per latent dimension (nats)")
-    t.add_argument("--seed", type=int, help="random seed (default 0)")
-    t.add_argument("--device", help="cpu or cuda (default cpu)")
-    t.add_argument("--engine", choices=["torch", "jax"], help="SVI engine: torch (Pyro, default) or jax (NumPyro, "
-                   "each epoch compiled; faster on CPU; no free bits)")
+    t = p.add_argument_group("training (SVI; the flags come from ppgen.inference.options.SVIOptions)")
+    _add_option_flags(t, SVIOptions, skip=())
     t.add_argument("--select", choices=["best", "last"], help="keep the best-validation epoch (default) or the last")
     a = p.add_argument_group("adversarial (--backend adversarial; --lr sets both players' rates, default 2e-4)")
     a.add_argument("--backend", choices=["svi", "adversarial"],
                    help="training backend (default: adversarial for gan, svi for the other families)")
-    a.add_argument("--loss", choices=["ns", "minimax", "wgan-gp", "lsgan", "ali"], help="adversarial loss (default ns)")
-    a.add_argument("--n-critic", type=int, help="critic steps per generator step (default 1; WGAN-GP usually 5)")
-    a.add_argument("--pack", type=int, help="PacGAN: the critic scores this many examples at once (default 1)")
-    a.add_argument("--lr-decay", action="store_true", default=None, help="learning rates decay linearly to 0")
-    a.add_argument("--critic-hidden", type=_ints, help="critic MLP hidden sizes (default 128,128,128)")
+    _add_option_flags(a, AdversarialOptions, skip={f.name for _, f in cli_flags(SVIOptions)})
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
 
 MODEL_KEYS = ("z_dim", "z_dims", "hidden", "net", "likelihood", "skip", "encoder")
-ADVERSARIAL_KEYS = ("backend", "loss", "n_critic", "pack", "lr_decay", "critic_hidden")
-TRAIN_KEYS = ("epochs", "batch_size", "lr", "elbo", "num_particles", "beta", "anneal_epochs", "free_bits", "seed",
-              "device", "engine", "select")
+TRAIN_KEYS = tuple(dict.fromkeys([f.name for _, f in cli_flags(SVIOptions) + cli_flags(AdversarialOptions)]
+                                 + ["select", "backend"]))
+
+
+def _add_option_flags(group, cls, skip) -> None:
+    """One flag per option the dataclass exposes: its type, choices and help come from the declaration."""
+    from ppgen.workflows import CLI_DEFAULTS
+
+    for flag, f in cli_flags(cls):
+        if f.name in skip:
+            continue
+        default = CLI_DEFAULTS.get(f.name, f.default)
+        help_text = f.metadata["help"] if default is None or default is False else f"{f.metadata['help']} (default {default})"
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
+        choices = getattr(f.metadata["check"], "choices", None)
+        if kind == "bool":
+            group.add_argument(f"--{flag}", dest=f.name, action="store_true", default=None, help=help_text)
+        elif kind.startswith("tuple"):
+            group.add_argument(f"--{flag}", dest=f.name, type=_ints, help=help_text)
+        else:
+            parse = {"int": int, "float": float}.get(kind, str)
+            group.add_argument(f"--{flag}", dest=f.name, type=parse, choices=choices, help=help_text)
 
 
 def _train(args) -> int:
@@ -113,7 +118,7 @@ def _train(args) -> int:
             raise UserError(f"{args.model} has no option(s) {', '.join('--' + k.replace('_', '-') for k in unsupported)}")
         binarize = {"none": None, None: "default"}.get(args.binarize, args.binarize)
         data_options = {"name": args.data, "binarize": binarize, "seed": args.seed or 0, "split_seed": args.split_seed}
-        train_options = {k: getattr(args, k) for k in TRAIN_KEYS + ADVERSARIAL_KEYS if getattr(args, k) is not None}
+        train_options = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k, None) is not None}
         config = workflows.make_config(args.model, model_options, data_options, train_options)
         out = args.out or Path("runs") / args.model.lower()
         metrics = workflows.train_run(config, out, overwrite=args.overwrite, progress=progress)
@@ -336,6 +341,10 @@ def _compare(args) -> int:
     return 0
 
 
+def _shown(value) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, tuple | list) else str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ppgen", description="Deep generative models as probabilistic programs: "
                                      "Pyro model/guide pairs trained by SVI and checked by NUTS.",
@@ -358,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
+    except OptionError as err:  # the library names the option; the command names its flag
+        print(f"ppgen: error: {flag_of(err.option)} {_shown(err.value)}: {err.problem}", file=sys.stderr)
+        return 2
     except UserError as err:
         print(f"ppgen: error: {err}", file=sys.stderr)
         return 2

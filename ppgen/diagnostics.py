@@ -115,7 +115,7 @@ def to_inference_data(fit, x: torch.Tensor | None = None, *, num_samples: int = 
         return _from_nuts(fit, log_lik)
     if x is None:
         raise UserError("an SVI fit's guide is amortized: give the examples, e.g. "
-                        "fit.to_inference_data(x=data.test[:16])")
+                        "ppgen.diagnostics.to_inference_data(fit, x=data.test[:16])")
     if chains < 1 or num_samples < chains:
         raise UserError(f"need chains >= 1 and num_samples >= chains, got {chains} and {num_samples}")
     return _from_guide(fit.pair, x, num_samples=num_samples, chains=chains, seed=seed, log_lik=log_lik)

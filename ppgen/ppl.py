@@ -31,29 +31,69 @@ _BACKENDS = {
     "pyro": {"pyro": "pyro", "dist": "pyro.distributions"},
     "numpyro": {"pyro": "numpyro", "dist": "numpyro.distributions"},
 }
-_active = ["pyro"]
+#: the active backends, innermost last, each with the network weights bound in its scope
+_active: list[tuple[str, dict[int, Any]]] = [("pyro", {})]
 
 
 def get_backend() -> str:
     """Name of the backend model code currently dispatches to."""
-    return _active[-1]
+    return _active[-1][0]
 
 
 @contextlib.contextmanager
 def backend(name: str) -> Iterator[None]:
-    """Run the enclosed model code on ``name`` ("pyro" or "numpyro")."""
+    """Run the enclosed model code on ``name`` ("pyro" or "numpyro").
+
+    Each entry is a fresh scope for the weights that ``pyro.module`` binds on NumPyro, so
+    values traced in one model run never leak into another.
+    """
     if name not in _BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {sorted(_BACKENDS)}")
-    _active.append(name)
+    _active.append((name, {}))
     try:
         yield
     finally:
         _active.pop()
 
 
-def _module_noop(name: str, module: Any, update_module_params: bool = False) -> Any:
-    # Under NumPyro the networks are fixed: their weights enter as constants of the
-    # lowered JAX function, so registering them is a no-op.
+def bind_weights(module: Any, weights: Any) -> None:
+    """Within the innermost backend scope, ``module`` computes with ``weights`` (see :func:`bound_weights`)."""
+    _active[-1][1][id(module)] = weights
+
+
+def bound_weights(module: Any) -> Any:
+    """The weights bound to ``module`` by ``pyro.module`` in the enclosing scopes (innermost first), or None."""
+    for _, bound in reversed(_active):
+        if id(module) in bound:
+            return bound[id(module)]
+    return None
+
+
+_module_recorders: list[dict[str, Any]] = []
+
+
+@contextlib.contextmanager
+def recording_modules() -> Iterator[dict[str, Any]]:
+    """Collects ``{site name: torch module}`` of every ``pyro.module`` call on NumPyro within the block."""
+    seen: dict[str, Any] = {}
+    _module_recorders.append(seen)
+    try:
+        yield seen
+    finally:
+        _module_recorders.remove(seen)
+
+
+#: how ``pyro.module`` registers a torch module's weights on NumPyro; installed by :mod:`ppgen.nn`
+_numpyro_module_rule: list[Any] = []
+
+
+def _numpyro_module(name: str, module: Any, update_module_params: bool = False) -> Any:
+    # NumPyro's own mechanism: the weights become one ``numpyro.param`` site named like Pyro's
+    # module site, so SVI trains them and ``handlers.substitute`` sets them (NUTS, evaluation)
+    for seen in _module_recorders:
+        seen[name] = module
+    if _numpyro_module_rule:
+        _numpyro_module_rule[0](name, module)
     return module
 
 
@@ -152,7 +192,7 @@ class _LazyClass:
         return self._cls(*args, **kwargs)
 
 
-pyro = _Proxy("pyro", {"numpyro": {"module": _module_noop}})
+pyro = _Proxy("pyro", {"numpyro": {"module": _numpyro_module}})
 dist = _Proxy("dist", {"numpyro": {"ContinuousBernoulli": _LazyClass(_numpyro_continuous_bernoulli)}})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -13,38 +14,60 @@ from ppgen import evaluation, models, plots, runs
 from ppgen.api import validation_callback
 from ppgen.errors import UserError
 from ppgen.inference import fit as backend_fit
-from ppgen.inference.svi import restore_best
+from ppgen.inference.loop import restore_best
+from ppgen.inference.options import AdversarialOptions, SVIOptions, as_dict, flag_of
+from ppgen.inference.options import make as make_options
 
-TRAIN_DEFAULTS = dict(epochs=30, batch_size=256, lr=1e-3, elbo="trace", num_particles=1, beta=1.0,
-                      anneal_epochs=0.0, free_bits=0.0, seed=0, device="cpu", select="best")
-
-
-#: the adversarial backend's defaults (``lr`` sets both players' learning rates)
-ADVERSARIAL_DEFAULTS = dict(epochs=30, batch_size=256, lr=2e-4, loss="ns", n_critic=1, seed=0, device="cpu")
-SVI_ONLY = ("elbo", "num_particles", "beta", "anneal_epochs", "free_bits", "engine", "select")
-ADVERSARIAL_ONLY = ("loss", "n_critic", "pack", "lr_decay", "critic_hidden")
+#: what ``ppgen train`` sets differently from the library's defaults (a run trains longer than a quick fit)
+CLI_DEFAULTS = {"epochs": 30}
+#: the adversarial backend's learning rate for both players (``--lr`` sets both)
+ADVERSARIAL_LR = 2e-4
+#: options of the run, not of an engine
+RUN_OPTIONS = {"select": "best"}
 BACKENDS = ("svi", "adversarial")
 
 
+def _option_names(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def backend_options(backend: str, train: dict) -> Any:
+    """The validated options dataclass of ``backend`` for a run's ``train`` section (without run options)."""
+    values = {k: v for k, v in train.items() if k not in RUN_OPTIONS and k != "backend"}
+    if backend == "adversarial":
+        lr = values.pop("lr", ADVERSARIAL_LR)
+        values.setdefault("lr_g", lr)
+        values.setdefault("lr_d", lr)
+        return make_options(AdversarialOptions, values)
+    return make_options(SVIOptions, values)
+
+
 def make_config(model: str, model_options: dict, data_options: dict, train_options: dict) -> dict:
-    """The run's config; ``train_options["backend"]`` defaults to the family's ``default_backend`` (SVI)."""
+    """The run's config; ``train_options["backend"]`` defaults to the family's ``default_backend`` (SVI).
+
+    Every training option is validated here (:mod:`ppgen.inference.options`), before anything is written.
+    """
     cls = models.get(model)
     train_options = dict(train_options)
     backend = train_options.pop("backend", None) or cls.default_backend
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     adversarial = backend == "adversarial"
-    wrong = sorted(k for k in (SVI_ONLY if adversarial else ADVERSARIAL_ONLY) if k in train_options)
+    own = _option_names(AdversarialOptions) | {"lr"} if adversarial else _option_names(SVIOptions) | set(RUN_OPTIONS)
+    wrong = sorted(k for k in train_options if k not in own)
     if wrong:
         other = "svi" if adversarial else "adversarial"
-        raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in wrong)}: only for --backend {other}, "
+        raise UserError(f"{', '.join(flag_of(k) for k in wrong)}: only for --backend {other}, "
                         f"not {backend}; drop them or choose --backend {other}")
-    defaults = ADVERSARIAL_DEFAULTS if adversarial else TRAIN_DEFAULTS
+    train = {**CLI_DEFAULTS, **({} if adversarial else RUN_OPTIONS), **train_options}
+    options = backend_options(backend, train)  # validates; the config records every value
+    train = {**as_dict(options), **{k: train[k] for k in RUN_OPTIONS if k in train}}
+    train.pop("monitor", None)  # set by --select
     likelihood = model_options.get("likelihood", getattr(cls.Config, "likelihood", None))
     if adversarial and likelihood != "bernoulli" and data_options.get("binarize", "default") == "default":
         data_options = {**data_options, "binarize": None}  # a generator learns grey levels, not binarized digits
     return {"model": cls.name, "model_options": model_options, "data": data_options,
-            "train": {**defaults, **train_options, "backend": backend}}
+            "train": {**train, "backend": backend}}
 
 
 def _load_data(options: dict) -> datasets.Dataset:
@@ -71,8 +94,8 @@ def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = F
     torch.manual_seed(config["train"].get("seed", 0))  # the networks' initial weights
     pair = _build(config, data)
     train = dict(config["train"])
-    backend = train.pop("backend", "svi")
-    select = train.pop("select", "best")
+    backend = train.get("backend", "svi")
+    select = train.get("select", "best" if backend == "svi" else "last")
     pair.check_data(data.train_epoch(0), f"{data.name} training data")
     checkpoint = runs.load_torch(out / runs.CHECKPOINT) if resume else None
     if checkpoint is not None and checkpoint.get("backend", backend) != backend:
@@ -84,24 +107,7 @@ def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = F
     start = time.perf_counter()
 
     def body(run_dir: Path) -> dict:
-        if backend == "adversarial":
-            return _train_adversarial(pair, data, train, checkpoint, run_dir, progress, log, start)
-        fit = backend_fit(pair, data, backend="svi", progress=progress, resume=checkpoint,
-                          callback=validation_callback(data, train["seed"]),
-                          monitor="val_elbo" if select == "best" else None,
-                          on_epoch_end=lambda f: (runs.save_checkpoint(run_dir, f), _log_epoch(f, log)), **train)
-        if fit.stopped:
-            log(f"training stopped: {fit.stopped}")
-        if select == "best":
-            restore_best(fit)
-        runs.save_torch(run_dir / runs.MODEL, pair.state_dict())
-        metrics = quick_metrics(pair, data)
-        metrics.update(epochs=fit.state.get("epoch"), best_epoch=fit.state.get("best_epoch"),
-                       train_seconds=round(time.perf_counter() - start, 2), stopped=fit.stopped)
-        runs.write_json(run_dir / runs.METRICS, metrics)
-        pictures(pair, data, fit.history, run_dir)
-        write_posterior(fit, data, run_dir)
-        return metrics
+        return _train(pair, data, config, backend, select, checkpoint, run_dir, progress, log, start)
 
     if resume:
         runs.write_json(out / runs.CONFIG, config)
@@ -110,37 +116,43 @@ def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = F
         return body(run_dir)
 
 
-def _train_adversarial(pair, data: datasets.Dataset, train: dict, checkpoint: dict | None, run_dir: Path,
-                       progress, log, start: float) -> dict:
-    """The adversarial backend's run: checkpoint per epoch, last weights kept, metrics that apply to the pair."""
-    options = dict(train)
-    lr = options.pop("lr", ADVERSARIAL_DEFAULTS["lr"])
-    options.setdefault("lr_g", lr)
-    options.setdefault("lr_d", lr)
-    if options.get("critic_hidden") is not None:
-        options["critic_hidden"] = tuple(options["critic_hidden"])
-    fit = backend_fit(pair, data, backend="adversarial", progress=progress, resume=checkpoint,
-                      on_epoch_end=lambda f: (runs.save_checkpoint(run_dir, f), _log_adversarial_epoch(f, log)),
-                      **options)
+def _train(pair, data: datasets.Dataset, config: dict, backend: str, select: str, checkpoint: dict | None,
+           run_dir: Path, progress, log, start: float) -> dict:
+    """Train on either backend with a checkpoint per epoch; then the selected weights, metrics and pictures."""
+    options = backend_options(backend, config["train"])
+    kwargs = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    callback = None
+    if backend == "svi":
+        kwargs["monitor"] = "val_elbo" if select == "best" else None
+        callback = validation_callback(data, options.seed)
+
+    def on_epoch_end(fit) -> None:
+        if config["train"].get("engine") != fit.options.get("engine") and backend == "svi":
+            config["train"]["engine"] = fit.options["engine"]  # what `auto` chose: a resume uses the same
+            runs.write_json(run_dir / runs.CONFIG, config)
+        runs.save_checkpoint(run_dir, fit)
+        _log_epoch(fit, log)
+
+    fit = backend_fit(pair, data, backend=backend, progress=progress, resume=checkpoint, callback=callback,
+                      on_epoch_end=on_epoch_end, **kwargs)
     if fit.stopped:
         log(f"training stopped: {fit.stopped}")
+    if select == "best":
+        restore_best(fit)
     runs.save_torch(run_dir / runs.MODEL, pair.state_dict())
-    metrics: dict[str, Any] = quick_metrics(pair, data) if has_density(pair, data.train[:2]) else {}
+    density = has_density(pair, data.train[:2])
+    metrics: dict[str, Any] = quick_metrics(pair, data) if density else {}
     metrics.update(mode_metrics(pair, data.name))
     last = fit.history[-1] if fit.history else {}
     metrics.update({k: last[k] for k in ("loss_d", "loss_g", "w_distance") if k in last})
-    metrics.update(epochs=fit.state.get("epoch"), train_seconds=round(time.perf_counter() - start, 2),
-                   stopped=fit.stopped)
+    metrics.update(epochs=fit.state.epoch, train_seconds=round(time.perf_counter() - start, 2), stopped=fit.stopped)
+    if backend == "svi":
+        metrics.update(best_epoch=fit.state.best_epoch, engine=fit.options.get("engine"))
     runs.write_json(run_dir / runs.METRICS, metrics)
     pictures(pair, data, fit.history, run_dir)
+    if density and backend == "svi":
+        write_posterior(fit, data, run_dir)
     return metrics
-
-
-def _log_adversarial_epoch(fit, log) -> None:
-    row = fit.history[-1]
-    w = f"  W estimate {row['w_distance']:8.4f}" if "w_distance" in row else ""
-    log(f"epoch {row['epoch']:3d}  loss D {row['loss_d']:8.4f}  loss G {row['loss_g']:8.4f}{w}  "
-        f"{row['images_per_s']:7.0f} img/s")
 
 
 def has_density(pair, x: torch.Tensor) -> bool:
@@ -185,8 +197,12 @@ def write_posterior(fit, data: datasets.Dataset, run_dir: Path, points: int = 16
 
 def _log_epoch(fit, log) -> None:
     row = fit.history[-1]
-    val = f"  val ELBO {row['val_elbo']:8.2f}" if "val_elbo" in row else ""
-    log(f"epoch {row['epoch']:3d}  train ELBO {row['elbo']:8.2f}{val}  {row['images_per_s']:7.0f} img/s")
+    if "elbo" in row:
+        text = f"train ELBO {row['elbo']:8.2f}" + (f"  val ELBO {row['val_elbo']:8.2f}" if "val_elbo" in row else "")
+    else:
+        text = f"loss D {row['loss_d']:8.4f}  loss G {row['loss_g']:8.4f}" + (
+            f"  W estimate {row['w_distance']:8.4f}" if "w_distance" in row else "")
+    log(f"epoch {row['epoch']:3d}  {text}  {row['images_per_s']:7.0f} img/s")
 
 
 def quick_metrics(pair, data: datasets.Dataset, seed: int = 0) -> dict:

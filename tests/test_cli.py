@@ -70,7 +70,7 @@ def test_sigkill_mid_epoch_then_resume_matches(tmp_path):
     """A run killed with SIGKILL part-way and resumed ends exactly where an uninterrupted one does."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     args = ["train", "vae", "--data", "digits", "--z-dim", "4", "--hidden", "32", "--batch-size", "16",
-            "--epochs", "6", "--select", "last", "--no-progress"]
+            "--epochs", "6", "--select", "last", "--no-progress", "--engine", "torch"]
     assert run_cli(*args, "--out", straight) == 0
     proc = subprocess.Popen([sys.executable, "-m", "ppgen.cli", *args, "--out", str(killed)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "MPLBACKEND": "Agg"})

@@ -33,7 +33,7 @@ def _points(pair) -> torch.Tensor:
 
 
 def test_nuts_inference_data_has_groups_dims_and_exact_log_likelihood(nuts_fit):
-    idata = nuts_fit.to_inference_data()
+    idata = diagnostics.to_inference_data(nuts_fit)
     for group in ("posterior", "sample_stats", "observed_data", "log_likelihood"):
         assert hasattr(idata, group), group
     z = idata.posterior["z"]
@@ -50,7 +50,7 @@ def test_nuts_inference_data_has_groups_dims_and_exact_log_likelihood(nuts_fit):
 
 
 def test_netcdf_round_trip(nuts_fit, tmp_path):
-    idata = nuts_fit.to_inference_data()
+    idata = diagnostics.to_inference_data(nuts_fit)
     idata.to_netcdf(tmp_path / "nuts.nc")
     back = az.from_netcdf(tmp_path / "nuts.nc")
     for group in ("posterior", "sample_stats", "observed_data", "log_likelihood"):
@@ -87,8 +87,8 @@ def test_svi_fit_draws_from_the_guide(nuts_fit):
     pair, x = nuts_fit.pair, nuts_fit.state["x"]
     fit = Fit(pair=pair, backend="svi")
     with pytest.raises(UserError, match="amortized"):
-        fit.to_inference_data()
-    idata = fit.to_inference_data(x=x, num_samples=4000, chains=4)
+        diagnostics.to_inference_data(fit)
+    idata = diagnostics.to_inference_data(fit, x=x, num_samples=4000, chains=4)
     z = idata.posterior["z"].values.reshape(-1, len(x), 2)
     post = pair.posterior(x)
     se = post.variance.detach().sqrt().numpy() / np.sqrt(z.shape[0])

@@ -21,6 +21,11 @@ from ppgen.inference.svi import FreeBitsELBO, ScaleLatents, beta_at, make_elbo
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
+def fit_torch(*args, **options):
+    """``ppgen.fit`` on the torch engine: this module tests Pyro's side (test_svi_jax.py the JAX side)."""
+    return ppgen.fit(*args, **{"engine": "torch", **options})
+
+
 
 
 # -- β / KL annealing ---------------------------------------------------------------------------
@@ -62,7 +67,7 @@ def test_scale_latents_multiplies_only_the_latent_terms(beta):
 
 def test_annealed_fit_records_the_schedule():
     data = grey_dataset()
-    fit = ppgen.fit(tiny_vae(), data, epochs=3, batch_size=64, anneal_epochs=2, beta=1.0, progress=False)
+    fit = fit_torch(tiny_vae(), data, epochs=3, batch_size=64, anneal_epochs=2, beta=1.0, progress=False)
     steps = 256 // 64
     for row in fit.history:  # each row records β at the epoch's last step
         assert row["beta"] == pytest.approx(beta_at(row["epoch"] - 1, steps - 1, steps, 1.0, 2))
@@ -160,7 +165,7 @@ def test_nan_loss_stops_training_and_restores_the_last_good_epoch():
             trigger["armed"] = True
 
     pair.decoder.register_forward_hook(poison)
-    fit = ppgen.fit(pair, data, epochs=5, batch_size=32, on_epoch_end=on_epoch_end, progress=False)
+    fit = fit_torch(pair, data, epochs=5, batch_size=32, on_epoch_end=on_epoch_end, progress=False)
     assert fit.stopped is not None and "nan" in fit.stopped.lower()
     assert "epoch 3, step 3" in fit.stopped and "--lr" in fit.stopped
     assert [row["epoch"] for row in fit.history] == [1, 2]
@@ -175,7 +180,7 @@ def test_huge_learning_rate_stops_cleanly():
     """lr = 1e30 sends the weights to inf within a step or two; training stops and keeps the last good weights."""
     pair, x = tiny_vae(), binary(64)
     good = {"weights": copy.deepcopy(pair.state_dict())}
-    fit = ppgen.fit(pair, x, epochs=3, batch_size=16, lr=1e30, progress=False,
+    fit = fit_torch(pair, x, epochs=3, batch_size=16, lr=1e30, progress=False,
                     on_epoch_end=lambda f: good.update(weights=copy.deepcopy(pair.state_dict())))
     assert fit.stopped is not None and "loss became" in fit.stopped
     assert len(fit.history) < 3
@@ -189,7 +194,7 @@ COMPARED = ("epoch", "elbo", "beta", "val_elbo")
 
 
 def test_resume_from_a_checkpoint_reproduces_an_uninterrupted_run():
-    options = dict(epochs=4, batch_size=32, lr=3e-3, anneal_epochs=3, seed=11, progress=False)
+    options = dict(epochs=4, batch_size=32, lr=3e-3, anneal_epochs=3, seed=11, progress=False, engine="torch")
     whole, resumed, resumed_pair, checkpoint = resume_at_epoch_two(grey_dataset(), options)
     assert checkpoint["state"]["epoch"] == 2 and len(checkpoint["history"]) == 2
     assert_same_run(whole, resumed, resumed_pair, checkpoint, COMPARED)
@@ -206,27 +211,27 @@ def test_a_checkpoint_kept_in_memory_is_a_snapshot():
             kept["checkpoint"] = fit.checkpoint()
             kept["weights"] = copy.deepcopy(fit.pair.state_dict())
 
-    whole = ppgen.fit(tiny_vae(), data, on_epoch_end=keep, **options)
+    whole = fit_torch(tiny_vae(), data, on_epoch_end=keep, **options)
     checkpoint = kept["checkpoint"]
     assert len(checkpoint["history"]) == 1 and checkpoint["state"]["epoch"] == 1
     assert all(torch.equal(v, kept["weights"][k]) for k, v in checkpoint["model"].items())
-    resumed = ppgen.fit(tiny_vae(seed=7), data, resume=checkpoint, **options)
+    resumed = fit_torch(tiny_vae(seed=7), data, resume=checkpoint, **options)
     assert [r["elbo"] for r in resumed.history] == [r["elbo"] for r in whole.history]
     assert all(torch.equal(v, resumed.pair.state_dict()[k]) for k, v in whole.pair.state_dict().items())
 
 
 def test_same_seed_same_run_other_seed_other_run():
     data = grey_dataset()
-    a = ppgen.fit(tiny_vae(), data, epochs=2, batch_size=64, seed=1, progress=False)
-    b = ppgen.fit(tiny_vae(), data, epochs=2, batch_size=64, seed=1, progress=False)
-    c = ppgen.fit(tiny_vae(), data, epochs=2, batch_size=64, seed=2, progress=False)
+    a = fit_torch(tiny_vae(), data, epochs=2, batch_size=64, seed=1, progress=False)
+    b = fit_torch(tiny_vae(), data, epochs=2, batch_size=64, seed=1, progress=False)
+    c = fit_torch(tiny_vae(), data, epochs=2, batch_size=64, seed=2, progress=False)
     assert [r["elbo"] for r in a.history] == [r["elbo"] for r in b.history]
     assert [r["elbo"] for r in a.history] != [r["elbo"] for r in c.history]
 
 
 def test_monitor_restores_the_best_validation_epoch():
     data = grey_dataset()
-    fit = ppgen.fit(tiny_vae(), data, epochs=4, batch_size=32, lr=3e-3, monitor="val_elbo", progress=False)
+    fit = fit_torch(tiny_vae(), data, epochs=4, batch_size=32, lr=3e-3, monitor="val_elbo", progress=False)
     scores = [row["val_elbo"] for row in fit.history]
     assert fit.state["best_epoch"] == 1 + max(range(len(scores)), key=scores.__getitem__)
     for name, value in fit.pair.state_dict().items():
@@ -240,7 +245,7 @@ def test_training_learns_the_correlations():
     training frequencies; its mean must exceed 4 standard errors (a lower bound beating an exact likelihood).
     """
     data = grey_dataset(n=512)
-    fit = ppgen.fit(tiny_vae(), data, epochs=20, batch_size=32, lr=1e-2, progress=False)
+    fit = fit_torch(tiny_vae(), data, epochs=20, batch_size=32, lr=1e-2, progress=False)
     assert fit.stopped is None and len(fit.history) == 20
     assert all(row["images_per_s"] > 0 and row["wall"] >= row["seconds"] for row in fit.history)
     p = data.train_epoch(0).mean(0).clamp(1e-3, 1 - 1e-3)
@@ -268,14 +273,14 @@ def test_training_learns_the_correlations():
 )
 def test_bad_training_data_raises_user_error(make, message):
     with pytest.raises(UserError, match=message):
-        ppgen.fit(tiny_vae(), make(), epochs=1, progress=False)
+        fit_torch(tiny_vae(), make(), epochs=1, progress=False)
 
 
 def test_continuous_bernoulli_needs_the_unit_interval():
     pair = tiny_vae(likelihood="cbernoulli")
-    ppgen.fit(pair, torch.rand(32, 12), epochs=1, batch_size=16, progress=False)  # grey levels are fine
+    fit_torch(pair, torch.rand(32, 12), epochs=1, batch_size=16, progress=False)  # grey levels are fine
     with pytest.raises(UserError, match=r"outside \[0, 1\]"):
-        ppgen.fit(pair, torch.rand(32, 12) * 2, epochs=1, progress=False)
+        fit_torch(pair, torch.rand(32, 12) * 2, epochs=1, progress=False)
 
 
 @pytest.mark.parametrize(
@@ -285,13 +290,13 @@ def test_continuous_bernoulli_needs_the_unit_interval():
 )
 def test_bad_options_raise_user_error(options, message):
     with pytest.raises(UserError, match=message):
-        ppgen.fit(tiny_vae(), binary(32), progress=False, **options)
+        fit_torch(tiny_vae(), binary(32), progress=False, **options)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when there is no GPU")
 def test_cuda_without_a_gpu_raises_user_error():
     with pytest.raises(UserError, match="no CUDA GPU"):
-        ppgen.fit(tiny_vae(), binary(32), device="cuda", progress=False)
+        fit_torch(tiny_vae(), binary(32), device="cuda", progress=False)
 
 
 def test_observation_log_prob_matches_torch():

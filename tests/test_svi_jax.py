@@ -113,19 +113,19 @@ COMPARED = ("epoch", "elbo", "beta")
 def test_resume_from_a_checkpoint_reproduces_an_uninterrupted_run():
     options = dict(epochs=4, batch_size=32, lr=3e-3, anneal_epochs=3, seed=11, engine="jax", progress=False)
     whole, resumed, resumed_pair, checkpoint = resume_at_epoch_two(grey_dataset(), options)
-    assert checkpoint["state"]["epoch"] == 2 and all(torch.is_tensor(t) for t in checkpoint["state"]["optimizer"])
+    assert checkpoint["state"]["epoch"] == 2 and all(torch.is_tensor(t) for t in checkpoint["state"]["engine"]["optimizer"])
     assert [r["beta"] for r in whole.history] == pytest.approx([0.875 / 3, 1.875 / 3, 2.875 / 3, 1.0])
     assert_same_run(whole, resumed, resumed_pair, checkpoint, COMPARED)
 
 
 def test_a_checkpoint_of_the_other_engine_is_refused():
     data = grey_dataset()
-    fit = ppgen.fit(tiny_vae(), data, epochs=1, batch_size=64, progress=False)
+    fit = ppgen.fit(tiny_vae(), data, epochs=1, batch_size=64, engine="torch", progress=False)
     with pytest.raises(UserError, match="engine"):
         ppgen.fit(tiny_vae(), data, epochs=2, batch_size=64, engine="jax", resume=fit.checkpoint())
     fit = ppgen.fit(tiny_vae(), data, epochs=1, batch_size=64, engine="jax", progress=False)
     with pytest.raises(UserError, match="engine='jax'"):
-        ppgen.fit(tiny_vae(), data, epochs=2, batch_size=64, resume=fit.checkpoint())
+        ppgen.fit(tiny_vae(), data, epochs=2, batch_size=64, engine="torch", resume=fit.checkpoint())
 
 
 def test_monitor_keeps_the_best_epoch():

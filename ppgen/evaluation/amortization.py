@@ -395,7 +395,7 @@ def compare_run(run_dir, out=None, *, points: int = 16, chains: int = 4, warmup:
     out.mkdir(parents=True, exist_ok=True)
     combined = diagnostics.compare_inference_data(pair, fit, seed=seed, log_lik=False)
     combined.to_netcdf(str(out / "compare.nc"))
-    fit.to_inference_data().to_netcdf(str(out / "nuts.nc"))
+    diagnostics.to_inference_data(fit).to_netcdf(str(out / "nuts.nc"))
     runs.write_json(out / "compare.json", result)
     diagnostics.plot_forest(combined, out / "forest.png", 0)
     diagnostics.plot_pair(combined, out / "pair.png", 0)

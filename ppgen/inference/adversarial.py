@@ -29,19 +29,21 @@ Adam ``betas``); ``lr_decay=True`` lowers both learning rates linearly to 0 over
 at once. The critic comes from :func:`ppgen.nn.critics.critic_for`, chosen by data shape
 (``critic_net="mlp"`` forces an MLP on images), unless one is passed. An epoch is one pass of the critic over the training data.
 
-The loop follows the SVI backend: data in memory, an epoch-seeded shuffle and RNG, one
-history row per epoch (epoch, seconds, wall, images_per_s, loss_d, loss_g), a
+An engine of the one training loop (:mod:`ppgen.inference.loop`), as the SVI engines are:
+data in memory, an epoch-seeded shuffle and RNG, one history row per epoch (epoch,
+loss_d, loss_g, generator_steps, [w_distance,] seconds, wall, images_per_s), a
 ``callback`` for held-out metrics, ``on_epoch_end`` for checkpoints, ``resume``, and a
-NaN/inf loss restores the last good epoch and says so.
+NaN/inf loss restores the last good epoch (generator and critic) and says so.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-import sys
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import pyro
 import torch
@@ -49,13 +51,13 @@ from pyro import poutine
 from torch.nn import functional as F
 
 from ppgen.errors import UserError
+from ppgen.inference import loop
 from ppgen.inference.fit import Fit, register
-from ppgen.inference.svi import _epoch_seed, _progress_bar
+from ppgen.inference.options import LOSSES, OPTIMIZERS, X_DRAWS, AdversarialOptions, make
 from ppgen.nn.critics import critic_for
 
-LOSSES = ("ns", "minimax", "wgan-gp", "lsgan", "ali")
-OPTIMIZERS = ("adam", "rmsprop", "sgd")
-X_DRAWS = ("rsample", "mean")
+__all__ = ["LOSSES", "OPTIMIZERS", "X_DRAWS", "critic_loss", "fit_adversarial", "generator_loss", "gradient_penalty",
+           "guide_draw", "model_draw"]
 
 
 # -- drawing from the pair's own sites ------------------------------------------------------------
@@ -102,7 +104,7 @@ def guide_draw(pair, x: torch.Tensor) -> torch.Tensor:
 
 def check_pair(pair, x: torch.Tensor, loss: str, x_draw: str) -> None:
     """Raise :class:`UserError` if the pair cannot be trained with ``loss`` (one line saying what fits)."""
-    who = pair.name or type(pair).__name__
+    who = pair.who
     with torch.no_grad(), pyro.validation_enabled(False):
         tr = poutine.trace(poutine.uncondition(pair.model)).get_trace(x[:2])
         site = _observed_site(tr, pair)
@@ -169,180 +171,167 @@ def make_optimizer(name: str, params, lr: float, betas: tuple[float, float]) -> 
     raise UserError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
-def _check_options(loss, x_draw, epochs, batch_size, n_critic, lr_g, lr_d, pack) -> None:
-    if loss not in LOSSES:
-        raise UserError(f"unknown adversarial loss {loss!r}; choose one of {', '.join(LOSSES)}")
-    if x_draw not in X_DRAWS:
-        raise UserError(f"unknown x_draw {x_draw!r}; choose 'rsample' or 'mean'")
-    if epochs < 1 or batch_size < 1 or n_critic < 1 or pack < 1 or lr_g <= 0 or lr_d <= 0:
-        raise UserError("epochs, batch size, n_critic and pack must be positive integers and learning rates positive")
-    if batch_size % pack:
-        raise UserError(f"batch size {batch_size} is not a multiple of pack={pack}; choose a multiple")
+# -- the engine -----------------------------------------------------------------------------------
+@dataclass
+class AdversarialState:
+    """The two players: the pair (generator, and encoder for ALI) and the critic, each with its optimizer."""
+
+    pair: Any
+    critic: torch.nn.Module
+    options: AdversarialOptions
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
 
 
-@register("adversarial")
-def fit_adversarial(
-    pair,
-    data,
-    *,
-    loss: str = "ns",
-    epochs: int = 10,
-    batch_size: int = 256,
-    n_critic: int = 1,
-    lr_g: float = 2e-4,
-    lr_d: float = 2e-4,
-    betas: tuple[float, float] = (0.5, 0.999),
-    optimizer_g: str = "adam",
-    optimizer_d: str = "adam",
-    gp_weight: float = 10.0,
-    pack: int = 1,
-    lr_decay: bool = False,
-    x_draw: str = "rsample",
-    critic: torch.nn.Module | None = None,
-    critic_hidden: tuple[int, ...] | None = None,
-    critic_net: str = "auto",
-    seed: int = 0,
-    device: str = "cpu",
-    progress: bool | None = None,
-    callback: Callable[[Fit], dict | None] | None = None,
-    on_epoch_end: Callable[[Fit], None] | None = None,
-    resume: dict | None = None,
-) -> Fit:
-    """Train ``pair``'s generator adversarially; returns a :class:`Fit` with one history row per epoch.
-
-    The critic is ``fit.critic`` (its weights also in ``fit.state["critic"]``).
-    """
-    _check_options(loss, x_draw, epochs, batch_size, n_critic, lr_g, lr_d, pack)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for but no CUDA GPU is visible; use --device cpu")
-    x0 = data.train_epoch(0)
-    pair.check_data(x0, "training data")
-    if len(x0) < batch_size:
-        raise UserError(f"only {len(x0)} training examples for a batch of {batch_size}; lower --batch-size")
-    torch.manual_seed(seed)
-    check_pair(pair, x0, loss, x_draw)
+def _make_critic(pair, x0: torch.Tensor, o: AdversarialOptions) -> torch.nn.Module:
     z_dim = 0
-    if loss == "ali":
+    if o.loss == "ali":
         with torch.no_grad():
             z_dim = guide_draw(pair, x0[:2]).shape[-1]
-    if critic is None:
-        try:
-            critic = critic_for(pair.x_shape, z_dim=z_dim, pack=pack, hidden=critic_hidden, net=critic_net)
-        except ValueError as err:
-            raise UserError(str(err)) from None
-    options = dict(loss=loss, epochs=epochs, batch_size=batch_size, n_critic=n_critic, lr_g=lr_g, lr_d=lr_d,
-                   betas=list(betas), optimizer_g=optimizer_g, optimizer_d=optimizer_d, gp_weight=gp_weight,
-                   pack=pack, lr_decay=lr_decay, x_draw=x_draw, seed=seed)
-    pair.to(device)
-    critic.to(device)
-    opt_g = make_optimizer(optimizer_g, pair.parameters(), lr_g, tuple(betas))
-    opt_d = make_optimizer(optimizer_d, critic.parameters(), lr_d, tuple(betas))
-    fit = Fit(pair=pair, backend="adversarial", options=options, state={"epoch": 0})
-    fit.critic = critic
-    if resume is not None:
-        pair.load_state_dict(resume["model"])
-        critic.load_state_dict(resume["state"]["critic"])
-        opt_g.load_state_dict(resume["state"]["optimizer_g"])
-        opt_d.load_state_dict(resume["state"]["optimizer_d"])
-        fit.history, fit.state = list(resume["history"]), dict(resume["state"])
-    _train(fit, data, critic, opt_g, opt_d, device, progress, callback, on_epoch_end)
-    return fit
+    try:
+        return critic_for(pair.x_shape, z_dim=z_dim, pack=o.pack, hidden=o.critic_hidden, net=o.critic_net)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
-def _step_critic(fit, critic, opt_d, xb) -> tuple[float, float]:
-    o = fit.options
-    pair, loss = fit.pair, o["loss"]
+def _init_with(critic: torch.nn.Module | None):
+    def init(pair, data, o: AdversarialOptions, resume: dict | None) -> AdversarialState:
+        device = loop.check_torch_device(o.device)
+        x0 = data.train_epoch(0)
+        if len(x0) < o.batch_size:
+            raise UserError(f"only {len(x0)} training examples for a batch of {o.batch_size}; lower --batch-size")
+        torch.manual_seed(o.seed)
+        check_pair(pair, x0, o.loss, o.x_draw)
+        net = critic if critic is not None else _make_critic(pair, x0, o)
+        pair.to(device)
+        net.to(device)
+        opt_g = make_optimizer(o.optimizer_g, pair.parameters(), o.lr_g, tuple(o.betas))
+        opt_d = make_optimizer(o.optimizer_d, net.parameters(), o.lr_d, tuple(o.betas))
+        if resume is not None:
+            saved = loop.state_from_checkpoint(resume).engine
+            try:
+                pair.load_state_dict(resume["model"])
+                net.load_state_dict(saved["critic"])
+                opt_g.load_state_dict(saved["optimizer_g"])
+                opt_d.load_state_dict(saved["optimizer_d"])
+            except (KeyError, RuntimeError, ValueError, TypeError) as err:
+                raise UserError(f"the checkpoint does not fit this {pair.who} and critic "
+                                f"({str(err).splitlines()[0][:160]}); resume with the options it was written with"
+                                ) from None
+        return AdversarialState(pair, net, o, opt_g, opt_d)
+
+    return init
+
+
+def _step_critic(state: AdversarialState, xb) -> tuple[float, float]:
+    o, pair, critic = state.options, state.pair, state.critic
     with torch.no_grad():
-        if loss == "ali":
-            x_fake, z_fake = model_draw(pair, xb, o["x_draw"], with_z=True)
+        if o.loss == "ali":
+            x_fake, z_fake = model_draw(pair, xb, o.x_draw, with_z=True)
             z_real = guide_draw(pair, xb)
         else:
-            x_fake, z_fake, z_real = model_draw(pair, xb, o["x_draw"]), None, None
+            x_fake, z_fake, z_real = model_draw(pair, xb, o.x_draw), None, None
     d_real = critic(xb) if z_real is None else critic(xb, z_real)
     d_fake = critic(x_fake) if z_fake is None else critic(x_fake, z_fake)
-    value = critic_loss(loss, d_real, d_fake)
+    value = critic_loss(o.loss, d_real, d_fake)
     total = value
-    if loss == "wgan-gp":
-        total = value + o["gp_weight"] * gradient_penalty(critic, xb, x_fake, o["pack"])
-    opt_d.zero_grad(set_to_none=True)
+    if o.loss == "wgan-gp":
+        total = value + o.gp_weight * gradient_penalty(critic, xb, x_fake, o.pack)
+    state.opt_d.zero_grad(set_to_none=True)
     total.backward()
-    opt_d.step()
-    return float(total.detach()), float(-value.detach()) if loss == "wgan-gp" else float("nan")
+    state.opt_d.step()
+    return float(total.detach()), float(-value.detach()) if o.loss == "wgan-gp" else float("nan")
 
 
-def _step_generator(fit, critic, opt_g, xb) -> float:
-    o = fit.options
-    pair, loss = fit.pair, o["loss"]
+def _step_generator(state: AdversarialState, xb) -> float:
+    o, pair, critic = state.options, state.pair, state.critic
     critic.requires_grad_(False)
     try:
-        if loss == "ali":
-            x_fake, z_fake = model_draw(pair, xb, o["x_draw"], with_z=True)
-            value = generator_loss(loss, critic(x_fake, z_fake), critic(xb, guide_draw(pair, xb)))
+        if o.loss == "ali":
+            x_fake, z_fake = model_draw(pair, xb, o.x_draw, with_z=True)
+            value = generator_loss(o.loss, critic(x_fake, z_fake), critic(xb, guide_draw(pair, xb)))
         else:
-            value = generator_loss(loss, critic(model_draw(pair, xb, o["x_draw"])))
-        opt_g.zero_grad(set_to_none=True)
+            value = generator_loss(o.loss, critic(model_draw(pair, xb, o.x_draw)))
+        state.opt_g.zero_grad(set_to_none=True)
         value.backward()
-        opt_g.step()
+        state.opt_g.step()
     finally:
         critic.requires_grad_(True)
     return float(value.detach())
 
 
-def _train(fit, data, critic, opt_g, opt_d, device, progress, callback, on_epoch_end) -> None:
-    o = fit.options
-    pair, batch_size, n_critic, seed = fit.pair, o["batch_size"], o["n_critic"], o["seed"]
-    n = len(data.train)
-    steps = max(1, n // batch_size)
-    show = sys.stderr.isatty() if progress is None else progress
-    wall = fit.history[-1]["wall"] if fit.history else 0.0
-    last_good = (copy.deepcopy(pair.state_dict()), copy.deepcopy(critic.state_dict()))
-    with pyro.validation_enabled(False):
-        for epoch in range(fit.state["epoch"], o["epochs"]):
-            torch.manual_seed(_epoch_seed(seed, epoch))
-            if o["lr_decay"]:
-                for opt, lr in ((opt_g, o["lr_g"]), (opt_d, o["lr_d"])):
-                    for group in opt.param_groups:
-                        group["lr"] = lr * (1 - epoch / o["epochs"])
-            g = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
-            x_epoch = data.train_epoch(epoch).to(device)
-            order = torch.randperm(n, generator=g).to(device)
-            sums = {"loss_d": 0.0, "loss_g": 0.0, "w_distance": 0.0}
-            counts = {"d": 0, "g": 0}
-            start = time.perf_counter()
-            bar = _progress_bar(steps, f"epoch {epoch + 1}/{o['epochs']}", show)
-            for step in range(steps):
-                xb = x_epoch[order[step * batch_size : (step + 1) * batch_size]]
-                loss_d, w = _step_critic(fit, critic, opt_d, xb)
-                sums["loss_d"] += loss_d
-                sums["w_distance"] += w
-                counts["d"] += 1
-                values = [loss_d]
-                if (epoch * steps + step + 1) % n_critic == 0:  # counted across epochs
-                    loss_g = _step_generator(fit, critic, opt_g, xb)
-                    sums["loss_g"] += loss_g
-                    counts["g"] += 1
-                    values.append(loss_g)
-                if not all(math.isfinite(v) for v in values):
-                    pair.load_state_dict(last_good[0])
-                    critic.load_state_dict(last_good[1])
-                    bar.close()
-                    fit.stopped = (f"loss became {values} at epoch {epoch + 1}, step {step + 1}; restored the weights "
-                                   f"of epoch {epoch}. Lower the learning rates (lr_g, lr_d) or try loss='wgan-gp'")
-                    return
-                bar.update(1)
-            bar.close()
-            seconds = time.perf_counter() - start
-            wall += seconds
-            row = {"epoch": epoch + 1, "loss_d": sums["loss_d"] / counts["d"],
-                   "loss_g": sums["loss_g"] / max(1, counts["g"]), "generator_steps": counts["g"],
-                   "seconds": seconds, "wall": wall, "images_per_s": steps * batch_size / seconds}
-            if o["loss"] == "wgan-gp":
-                row["w_distance"] = sums["w_distance"] / counts["d"]
-            fit.state = {**fit.state, "epoch": epoch + 1, "critic": critic.state_dict(),
-                         "optimizer_g": opt_g.state_dict(), "optimizer_d": opt_d.state_dict()}
-            fit.history.append(row)
-            if callback is not None:
-                row.update(callback(fit) or {})
-            last_good = (copy.deepcopy(pair.state_dict()), copy.deepcopy(critic.state_dict()))
-            if on_epoch_end is not None:
-                on_epoch_end(fit)
+def _epoch(state: AdversarialState, plan: loop.EpochPlan) -> tuple[AdversarialState, loop.EpochResult]:
+    o = state.options
+    if o.lr_decay:
+        for opt, lr in ((state.opt_g, o.lr_g), (state.opt_d, o.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr * (1 - plan.index / plan.epochs)
+    g = torch.Generator().manual_seed(plan.seed)
+    order = torch.randperm(len(plan.x), generator=g).to(plan.x.device)
+    sums = {"loss_d": 0.0, "loss_g": 0.0, "w_distance": 0.0}
+    counts = {"d": 0, "g": 0}
+    for step in range(plan.steps):
+        xb = plan.x[order[step * plan.batch : (step + 1) * plan.batch]]
+        loss_d, w = _step_critic(state, xb)
+        sums["loss_d"] += loss_d
+        sums["w_distance"] += w
+        counts["d"] += 1
+        values = [loss_d]
+        if (plan.index * plan.steps + step + 1) % o.n_critic == 0:  # counted across epochs
+            loss_g = _step_generator(state, xb)
+            sums["loss_g"] += loss_g
+            counts["g"] += 1
+            values.append(loss_g)
+        if not all(math.isfinite(v) for v in values):
+            return state, loop.EpochResult(stop=f"loss became {values}", stop_step=step)
+        plan.tick(1)
+    row = {"loss_d": sums["loss_d"] / counts["d"], "loss_g": sums["loss_g"] / max(1, counts["g"]),
+           "generator_steps": counts["g"]}
+    if o.loss == "wgan-gp":
+        row["w_distance"] = sums["w_distance"] / counts["d"]
+    return state, loop.EpochResult(row)
+
+
+def _snapshot(state: AdversarialState) -> tuple[dict, dict]:
+    return copy.deepcopy(state.pair.state_dict()), copy.deepcopy(state.critic.state_dict())
+
+
+def _restore(state: AdversarialState, weights: tuple[dict, dict]) -> AdversarialState:
+    state.pair.load_state_dict(weights[0])
+    state.critic.load_state_dict(weights[1])
+    return state
+
+
+def engine(critic: torch.nn.Module | None = None) -> loop.Engine:
+    """The adversarial engine (with the given critic, else one chosen by data shape)."""
+    return loop.Engine(
+        name="adversarial", init=_init_with(critic), epoch=_epoch, snapshot=_snapshot, restore=_restore,
+        sync=lambda s: None,
+        checkpoint=lambda s: {"critic": s.critic.state_dict(), "optimizer_g": s.opt_g.state_dict(),
+                              "optimizer_d": s.opt_d.state_dict()},
+        advice="Lower the learning rates (lr_g, lr_d) or try loss='wgan-gp'")
+
+
+@register("adversarial")
+def fit_adversarial(pair, data, *, critic: torch.nn.Module | None = None, progress: bool | None = None,
+                    callback: Callable[[Fit], dict | None] | None = None,
+                    on_epoch_end: Callable[[Fit], None] | None = None, resume: dict | None = None,
+                    **options) -> Fit:
+    """Train ``pair``'s generator adversarially; returns a :class:`Fit` with one history row per epoch.
+
+    ``options`` are :class:`~ppgen.inference.options.AdversarialOptions`. The critic is
+    ``fit.critic`` (its weights also in ``fit.state.engine["critic"]``).
+    """
+    opts = make(AdversarialOptions, options)
+    pair.check_data(data.train_epoch(0), "training data")
+    eng = engine(critic)
+    holder: dict[str, AdversarialState] = {}
+
+    def init(*args):
+        holder["state"] = eng.init(*args)
+        return holder["state"]
+
+    fit = loop.run(dataclasses.replace(eng, init=init), pair, data, opts, backend="adversarial", resume=resume,
+                   progress=progress, callback=callback, on_epoch_end=on_epoch_end)
+    fit.critic = holder["state"].critic
+    return fit

@@ -1,8 +1,9 @@
-"""The result every backend returns, and the backend registry."""
+"""The result every backend returns, its training state, and the backend registry."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,18 +14,45 @@ from ppgen.errors import UserError
 
 
 @dataclass
+class TrainState:
+    """Where a training run stands: what a checkpoint stores beside the weights and the history.
+
+    ``engine`` is the engine's own resumable state (optimizer states, a critic's weights), as
+    tensors and plain values; ``best*`` are kept when the loop monitors a history column.
+    Item access (``state["epoch"]``) reads the fields, for code written against the earlier dict.
+    """
+
+    epoch: int = 0
+    engine: dict = field(default_factory=dict)
+    best_epoch: int | None = None
+    best_score: float | None = None
+    best: dict | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.__dataclass_fields__:
+            return getattr(self, key)
+        return self.engine[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
+@dataclass
 class Fit:
     """A trained (or sampled) pair with its backend's state and history.
 
     ``history`` holds one dict per epoch (SVI/adversarial) or per chain summary
-    (MCMC); ``state`` is what the backend needs to continue (optimizer state,
-    epoch, RNG seed) and is what a checkpoint stores.
+    (MCMC); ``state`` is a :class:`TrainState` for training backends (what a checkpoint
+    stores) and the sampler's draws' statistics for NUTS.
     """
 
     pair: Any
     backend: str
     history: list[dict] = field(default_factory=list)
-    state: dict = field(default_factory=dict)
+    state: Any = field(default_factory=TrainState)
     options: dict = field(default_factory=dict)
     samples: dict | None = None
     stopped: str | None = None
@@ -34,14 +62,9 @@ class Fit:
 
         A snapshot: deep-copied, so training on does not change a checkpoint kept in memory.
         """
+        state = dataclasses.asdict(self.state) if isinstance(self.state, TrainState) else self.state
         return copy.deepcopy({"model": self.pair.state_dict(), "backend": self.backend, "history": self.history,
-                              "state": self.state, "options": self.options})
-
-    def to_inference_data(self, **kwargs):
-        """Posterior draws as ArviZ ``InferenceData`` (see :mod:`ppgen.diagnostics`)."""
-        from ppgen.diagnostics import to_inference_data  # imported lazily: diagnostics sits above inference
-
-        return to_inference_data(self, **kwargs)
+                              "state": state, "options": self.options})
 
     @property
     def last(self) -> dict:

@@ -38,6 +38,7 @@ import contextlib
 import sys
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -48,44 +49,36 @@ from ppgen.errors import UserError
 from ppgen.inference.fit import Fit, register
 
 CHAIN_METHODS = ("auto", "vectorized", "parallel")
-_CACHE: dict[tuple, Any] = {}
+#: compiled samplers, most recently used last; at most CACHE_SIZE are kept
+_CACHE: OrderedDict[tuple, Any] = OrderedDict()
+CACHE_SIZE = 8
 
 
 # -- the pair's model on NumPyro with the weights as arguments ------------------------------
-def _networks(pair) -> dict[str, Any]:
-    from ppgen.nn import Network
-
-    return {name: m for name, m in pair.named_modules() if isinstance(m, Network) and name}
-
-
-def network_params(pair) -> dict[str, dict[str, Any]]:
-    """The current weights of every ``ppgen.nn`` network in ``pair``, as JAX arrays."""
-    return {name: net.jax_params() for name, net in _networks(pair).items()}
-
-
-@contextlib.contextmanager
-def _bound(nets: dict[str, Any], params: dict[str, Any]) -> Iterator[None]:
-    """Make each network read its JAX weights from ``params`` (possibly tracers) while tracing."""
-    try:
-        for name, net in nets.items():
-            object.__setattr__(net, "jax_params", lambda p=params[name]: p)
-        yield
-    finally:
-        for net in nets.values():
-            net.__dict__.pop("jax_params", None)
-
-
 def numpyro_model(pair):
-    """``model(x, params)``: the pair's model on NumPyro, networks reading ``params``."""
+    """``model(x, params)``: the pair's model on NumPyro, its ``pyro.module`` param sites set to ``params``
+    by ``handlers.substitute`` (NumPyro's own mechanism; ``params`` may be tracers)."""
+    from numpyro import handlers
+
     from ppgen.ppl import backend
 
-    nets = _networks(pair)
-
     def model(x, params):
-        with backend("numpyro"), _bound(nets, params):
+        with backend("numpyro"), handlers.substitute(data=params):
             pair.model(x)
 
     return model
+
+
+def network_params(pair, x: torch.Tensor) -> dict[str, Any]:
+    """The current weights of the model's ``pyro.module`` sites, as JAX arrays keyed by site name."""
+    from numpyro import handlers
+
+    from ppgen.ppl import backend
+
+    xj = _to_jax(x)
+    with backend("numpyro"):
+        trace = handlers.trace(handlers.seed(pair.model, 0)).get_trace(xj)
+    return {name: site["value"] for name, site in trace.items() if site["type"] == "param"}
 
 
 def _to_jax(x: torch.Tensor):
@@ -214,8 +207,12 @@ def sampler(pair, x_example, params, **options) -> _Sampler:
     so a freshly trained or reloaded pair of the same architecture reuses the code.
     """
     key = _structure(pair) + tuple(sorted(options.items())) + (tuple(x_example.shape),)
-    if key not in _CACHE:
-        _CACHE[key] = _Sampler(pair, x_example, params, **options)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    _CACHE[key] = _Sampler(pair, x_example, params, **options)
+    while len(_CACHE) > CACHE_SIZE:
+        _CACHE.popitem(last=False)
     return _CACHE[key]
 
 
@@ -332,7 +329,7 @@ def _numpyro_nuts(pair, x: torch.Tensor, per_point: bool, *, chains, warmup, sam
     import jax
     import jax.numpy as jnp
 
-    params = network_params(pair)
+    params = network_params(pair, x[:1])
     xj = _to_jax(x)
     units = xj[:, None] if per_point else xj[None]  # one independent posterior per unit
     devices = _devices(chain_method)

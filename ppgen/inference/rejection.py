@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ppgen.errors import UserError
-from ppgen.inference.svi import _progress_bar
+from ppgen.inference.loop import progress_bar as _progress_bar
 from ppgen.models.base import samples_from
 from ppgen.nn.critics import critic_for
 

@@ -1,4 +1,12 @@
-r"""SVI in Pyro: maximize an ELBO over the pair's networks with Adam.
+r"""The SVI backend: maximize an ELBO over the pair's networks with Adam, on the torch or the JAX engine.
+
+``ppgen.fit(pair, data, backend="svi", **options)`` with :class:`~ppgen.inference.options.SVIOptions`.
+Engines (``engine=``): ``"torch"`` (Pyro SVI, below), ``"jax"`` (NumPyro SVI on the lowered
+pair, each epoch one compiled call: :mod:`ppgen.inference.svi_jax`) and ``"auto"`` (the
+default): the JAX engine wherever the pair lowers and every chosen option is supported
+there (free bits is torch-only), the torch engine otherwise; the choice is printed once on
+stderr and recorded in ``fit.options["engine"]``. Both run inside the one training loop
+(:mod:`ppgen.inference.loop`).
 
 Objectives (``elbo=``):
 
@@ -10,27 +18,24 @@ Objectives (``elbo=``):
 * ``free_bits=λ`` (any of the above) — Kingma et al. (2016): per latent dimension,
   the KL term is max(λ, KL_j averaged over the batch), so no unit is pushed all the
   way to the prior. Pyro has no such estimator; ``FreeBitsELBO`` is ppgen's.
+* a family's own estimator: a pair whose class defines ``objective(x)`` (the protocol's
+  hook, e.g. DDPM's sampled timestep) is trained on it by both engines.
 
 KL weight: ``beta`` scales every latent site (β-VAE), and ``anneal_epochs`` warms β up
 linearly from 0 (Bowman et al., 2016; Sønderby et al., 2016), applied as a Pyro
 ``scale`` handler on latent sites only.
-
-The loop keeps all data in memory (no DataLoader), reshuffles each epoch with a
-generator seeded by (seed, epoch) and reseeds torch's RNG at the start of every
-epoch, so resuming from an epoch checkpoint reproduces an uninterrupted run.
-A NaN or infinite loss stops training, restores the last good epoch, and says so.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import sys
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import pyro
 import torch
 from pyro import poutine
 from pyro.distributions import Independent, Normal
@@ -40,9 +45,11 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from ppgen.errors import UserError
+from ppgen.inference import loop
 from ppgen.inference.fit import Fit, register
+from ppgen.inference.options import ELBOS, OptionError, SVIOptions, beta_at, make
 
-ELBOS = ("trace", "analytic", "iwae")
+__all__ = ["ELBOS", "FreeBitsELBO", "ScaleLatents", "beta_at", "choose_engine", "fit_svi", "make_adam", "make_elbo"]
 
 
 class ScaleLatents(Messenger):
@@ -101,6 +108,16 @@ class FreeBitsELBO:
         return loss
 
 
+class ObjectiveLoss:
+    """The pair's own estimator (the protocol's ``objective`` hook) as a loss: Σ over the batch."""
+
+    def __init__(self, pair):
+        self.pair = pair
+
+    def differentiable_loss(self, model: Callable, guide: Callable, x: torch.Tensor) -> torch.Tensor:
+        return self.pair.objective(x).sum()
+
+
 def make_elbo(name: str, num_particles: int, max_plate_nesting: int, free_bits: float = 0.0):
     """The Pyro ELBO object for ``name`` (see module docs)."""
     if free_bits > 0:
@@ -121,19 +138,11 @@ def make_elbo(name: str, num_particles: int, max_plate_nesting: int, free_bits: 
 
 def _loss_and_grads(loss_fn, model, guide, x) -> float:
     """Backpropagate the negative ELBO into the networks' ``.grad``; return its value."""
-    if hasattr(loss_fn, "differentiable_loss"):
-        loss = loss_fn.differentiable_loss(model, guide, x)
-        loss.backward()
-        return loss.item()
-    return float(loss_fn.loss_and_grads(model, guide, x))  # RenyiELBO: backward happens inside
-
-
-def beta_at(epoch: int, step: int, steps_per_epoch: int, beta: float, anneal_epochs: float) -> float:
-    """Linear KL warm-up from 0 to ``beta`` over ``anneal_epochs`` epochs."""
-    if anneal_epochs <= 0:
-        return beta
-    progress = (epoch + step / steps_per_epoch) / anneal_epochs
-    return beta * min(1.0, progress)
+    if isinstance(loss_fn, RenyiELBO):
+        return float(loss_fn.loss_and_grads(model, guide, x))  # RenyiELBO: backward happens inside
+    loss = loss_fn.differentiable_loss(model, guide, x)
+    loss.backward()
+    return loss.item()
 
 
 def make_adam(params, lr: float) -> torch.optim.Adam:
@@ -150,162 +159,158 @@ def make_adam(params, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**62)
+def check_objective_options(pair, options: SVIOptions) -> None:
+    """A pair with its own objective is trained on it: the ELBO options do not apply."""
+    if not pair.has_objective:
+        return
+    for name, default in (("elbo", "trace"), ("num_particles", 1), ("beta", 1.0), ("anneal_epochs", 0.0),
+                          ("free_bits", 0.0)):
+        if getattr(options, name) != default:
+            raise OptionError(name, getattr(options, name), f"{pair.who} is trained on its own objective; "
+                              "leave this option at its default")
 
 
-def check_options(epochs: int, batch_size: int, lr: float) -> None:
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise UserError("epochs and batch size must be positive integers and the learning rate positive")
+# -- the torch engine -----------------------------------------------------------------------------
+@dataclass
+class TorchState:
+    """The torch engine's state: the pair (trained in place), its optimizer and loss."""
+
+    pair: Any
+    options: SVIOptions
+    optimizer: torch.optim.Optimizer
+    loss_fn: Any
 
 
-def loss_stop_message(value: float, epoch: int, step: int) -> str:
-    """``fit.stopped`` when the loss of step ``step`` (0-based) of epoch ``epoch`` (0-based) is not finite."""
-    return (f"loss became {value} at epoch {epoch + 1}, step {step + 1}; restored the weights "
-            f"of epoch {epoch}. Lower the learning rate (--lr) or check the data")
+def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchState:
+    device = loop.check_torch_device(options.device)
+    pair.to(device)
+    loss_fn = (ObjectiveLoss(pair) if pair.has_objective
+               else make_elbo(options.elbo, options.num_particles, pair.max_plate_nesting, options.free_bits))
+    optimizer = make_adam(pair.parameters(), options.lr)
+    if resume is not None:
+        engine_state = loop.state_from_checkpoint(resume).engine
+        if isinstance(engine_state.get("optimizer"), list):
+            raise UserError("this checkpoint was written by engine='jax'; resume it with engine='jax'")
+        _load_weights(pair, resume["model"])
+        try:
+            optimizer.load_state_dict(engine_state["optimizer"])
+        except (KeyError, ValueError) as err:
+            raise UserError(f"the checkpoint's optimizer state does not fit this model ({err}); resume it with the "
+                            "model options it was written with") from None
+    return TorchState(pair, options, optimizer, loss_fn)
 
 
-def weights_stop_message(epoch: int) -> str:
-    return (f"weights became NaN or infinite in epoch {epoch + 1}; restored the weights of epoch "
-            f"{epoch}. Lower the learning rate (--lr) or check the data")
+def _load_weights(pair, weights: dict) -> None:
+    try:
+        pair.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise UserError(f"the checkpoint's weights do not fit this {pair.who} ({str(err).splitlines()[0][:160]}); "
+                        "resume with the model options it was written with") from None
 
 
-def resume_into(fit: Fit, resume: dict) -> None:
-    """Take the history and backend state of checkpoint ``resume`` (the caller loads weights and optimizer)."""
-    fit.history = list(resume["history"])
-    fit.state = dict(resume["state"])
+def _torch_epoch(state: TorchState, plan: loop.EpochPlan) -> tuple[TorchState, loop.EpochResult]:
+    o, pair = state.options, state.pair
+    g = torch.Generator().manual_seed(plan.seed)
+    order = torch.randperm(len(plan.x), generator=g).to(plan.x.device)
+    total, b = 0.0, o.beta
+    for step in range(plan.steps):
+        xb = plan.x[order[step * plan.batch : (step + 1) * plan.batch]]
+        b = beta_at(plan.index, step, plan.steps, o.beta, o.anneal_epochs)
+        scale = ScaleLatents(b) if b != 1.0 else None
+        state.optimizer.zero_grad(set_to_none=True)
+        model, guide = (pair.model, pair.guide) if scale is None else (scale(pair.model), scale(pair.guide))
+        value = _loss_and_grads(state.loss_fn, model, guide, xb)
+        if not math.isfinite(value):
+            return state, loop.EpochResult(stop=f"loss became {value}", stop_step=step)
+        state.optimizer.step()
+        total += value
+        if step % 10 == 0:
+            plan.tick(1, elbo=f"{-total / ((step + 1) * plan.batch):.2f}")
+        else:
+            plan.tick(1)
+    if not all(torch.isfinite(p).all() for p in pair.parameters()):
+        return state, loop.EpochResult(stop="weights became NaN or infinite")
+    return state, loop.EpochResult({"elbo": -total / (plan.steps * plan.batch), "beta": b})
 
 
-def end_epoch(fit: Fit, row: dict, optimizer_state: Any, callback: Callable[[Fit], dict | None] | None,
-              monitor: str | None) -> None:
-    """Record epoch ``row["epoch"]``: state, history row, held-out metrics, best-epoch weights.
+def _torch_restore(state: TorchState, weights: dict) -> TorchState:
+    state.pair.load_state_dict(weights)
+    return state
 
-    Shared by both SVI engines; the caller keeps its last good weights and calls ``on_epoch_end``.
+
+TORCH_ENGINE = loop.Engine(
+    name="torch", init=_torch_init, epoch=_torch_epoch,
+    snapshot=lambda s: copy.deepcopy(s.pair.state_dict()), restore=_torch_restore, sync=lambda s: None,
+    checkpoint=lambda s: {"optimizer": s.optimizer.state_dict()})
+
+
+# -- the backend ----------------------------------------------------------------------------------
+def choose_engine(pair, options: SVIOptions) -> tuple[str, str]:
+    """(engine, why) for ``options.engine``; "auto" picks jax unless an option or the pair rules it out.
+
+    Whether the pair lowers is found when the JAX engine initializes (:func:`fit_svi` falls back then).
     """
-    fit.state = {**fit.state, "epoch": row["epoch"], "optimizer": optimizer_state}
-    fit.history.append(row)
-    if callback is not None:
-        row.update(callback(fit) or {})
-    if monitor is not None and monitor in row:
-        best = fit.state.get("best_score")
-        if best is None or row[monitor] > best:
-            fit.state["best_score"] = row[monitor]
-            fit.state["best_epoch"] = row["epoch"]
-            fit.state["best"] = copy.deepcopy(fit.pair.state_dict())
+    if options.engine != "auto":
+        return options.engine, "asked for"
+    if options.free_bits > 0:
+        return "torch", "free bits is torch-only"
+    if options.device.startswith("cuda"):
+        import jax
 
-
-def _progress_bar(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, disable=not enabled, mininterval=0.5, file=sys.stderr)
+        if jax.default_backend() != "gpu":
+            return "torch", "JAX sees no GPU"
+    return "jax", "the pair lowers to JAX"
 
 
 @register("svi")
-def fit_svi(
-    pair,
-    data,
-    *,
-    epochs: int = 10,
-    batch_size: int = 256,
-    lr: float = 1e-3,
-    elbo: str = "trace",
-    num_particles: int = 1,
-    beta: float = 1.0,
-    anneal_epochs: float = 0.0,
-    free_bits: float = 0.0,
-    seed: int = 0,
-    device: str = "cpu",
-    progress: bool | None = None,
-    callback: Callable[[Fit], dict | None] | None = None,
-    monitor: str | None = None,
-    on_epoch_end: Callable[[Fit], None] | None = None,
-    resume: dict | None = None,
-    engine: str = "torch",
-) -> Fit:
+def fit_svi(pair, data, *, progress: bool | None = None, callback: Callable[[Fit], dict | None] | None = None,
+            on_epoch_end: Callable[[Fit], None] | None = None, resume: dict | None = None, **options) -> Fit:
     """Train ``pair`` by SVI; returns a :class:`Fit` whose ``history`` has one row per epoch.
 
-    ``callback(fit)`` runs after every epoch and may return held-out metrics to add
-    to that epoch's row; with ``monitor="val_elbo"`` the weights of the best epoch
-    by that metric are kept in ``fit.state["best"]`` and restored at the end (early
-    stopping by selection). ``on_epoch_end(fit)`` is where a run writes its
-    checkpoint; ``resume`` is such a checkpoint (see :meth:`Fit.checkpoint`).
-
-    ``engine="jax"`` trains the same model/guide with NumPyro SVI, the networks lowered
-    to JAX and each epoch compiled whole (:mod:`ppgen.inference.svi_jax`).
+    ``options`` are :class:`~ppgen.inference.options.SVIOptions`. ``callback(fit)`` runs after
+    every epoch and may return held-out metrics to add to that epoch's row; with
+    ``monitor="val_elbo"`` the weights of the best epoch by that metric are kept in
+    ``fit.state.best`` (:func:`ppgen.inference.loop.restore_best` restores them).
+    ``on_epoch_end(fit)`` is where a run writes its checkpoint; ``resume`` is such a
+    checkpoint (see :meth:`Fit.checkpoint`). A checkpoint fixes the engine: it resumes on
+    the engine that wrote it.
     """
-    if engine == "jax":
-        from ppgen.inference.svi_jax import fit_svi_jax
-
-        return fit_svi_jax(pair, data, epochs=epochs, batch_size=batch_size, lr=lr, elbo=elbo,
-                           num_particles=num_particles, beta=beta, anneal_epochs=anneal_epochs, free_bits=free_bits,
-                           seed=seed, device=device, progress=progress, callback=callback, monitor=monitor,
-                           on_epoch_end=on_epoch_end, resume=resume)
-    if engine != "torch":
-        raise UserError(f"unknown SVI engine {engine!r}; choose 'torch' (Pyro) or 'jax' (NumPyro)")
-    check_options(epochs, batch_size, lr)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for but no CUDA GPU is visible; use --device cpu")
+    opts = make(SVIOptions, options)
+    check_objective_options(pair, opts)
     pair.check_data(data.train_epoch(0), "training data")
-    options = dict(epochs=epochs, batch_size=batch_size, lr=lr, elbo=elbo, num_particles=num_particles, beta=beta,
-                   anneal_epochs=anneal_epochs, free_bits=free_bits, seed=seed, monitor=monitor)
-    loss_fn = make_elbo(elbo, num_particles, pair.max_plate_nesting, free_bits)
-    pair.to(device)
-    optimizer = make_adam(pair.parameters(), lr)
-    fit = Fit(pair=pair, backend="svi", options=options, state={"epoch": 0})
     if resume is not None:
-        if isinstance(resume["state"].get("optimizer"), list):
-            raise UserError("this checkpoint was written by engine='jax'; resume it with engine='jax'")
-        pair.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["state"]["optimizer"])
-        resume_into(fit, resume)
-    n = len(data.train)
-    steps = max(1, n // batch_size)  # drop the last partial batch: fixed shapes, as the baselines do
-    show = sys.stderr.isatty() if progress is None else progress
-    wall = fit.history[-1]["wall"] if fit.history else 0.0
-    last_good = copy.deepcopy(pair.state_dict())
-    with pyro.validation_enabled(False):
-        for epoch in range(fit.state["epoch"], epochs):
-            torch.manual_seed(_epoch_seed(seed, epoch))
-            g = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
-            x_epoch = data.train_epoch(epoch).to(device)
-            order = torch.randperm(n, generator=g).to(device)
-            total, start = 0.0, time.perf_counter()
-            bar = _progress_bar(steps, f"epoch {epoch + 1}/{epochs}", show)
-            for step in range(steps):
-                xb = x_epoch[order[step * batch_size : (step + 1) * batch_size]]
-                b = beta_at(epoch, step, steps, beta, anneal_epochs)
-                scale = ScaleLatents(b) if b != 1.0 else None
-                optimizer.zero_grad(set_to_none=True)
-                model, guide = (pair.model, pair.guide) if scale is None else (scale(pair.model), scale(pair.guide))
-                value = _loss_and_grads(loss_fn, model, guide, xb)
-                if not math.isfinite(value):
-                    pair.load_state_dict(last_good)
-                    bar.close()
-                    fit.stopped = loss_stop_message(value, epoch, step)
-                    return fit
-                optimizer.step()
-                total += value
-                bar.update(1)
-                if show and step % 10 == 0:
-                    bar.set_postfix(elbo=f"{-total / ((step + 1) * batch_size):.2f}")
-            bar.close()
-            if not all(torch.isfinite(p).all() for p in pair.parameters()):
-                pair.load_state_dict(last_good)
-                fit.stopped = weights_stop_message(epoch)
-                return fit
-            seconds = time.perf_counter() - start
-            wall += seconds
-            row = {"epoch": epoch + 1, "elbo": -total / (steps * batch_size), "beta": b, "seconds": seconds,
-                   "wall": wall, "images_per_s": steps * batch_size / seconds}
-            end_epoch(fit, row, optimizer.state_dict(), callback, monitor)
-            last_good = copy.deepcopy(pair.state_dict())
-            if on_epoch_end is not None:
-                on_epoch_end(fit)
-    return fit
+        written_by = resume.get("options", {}).get("engine", "torch") if isinstance(resume, dict) else "torch"
+        written_by = written_by if written_by in ("torch", "jax") else "torch"
+        if opts.engine == "auto":
+            opts = dataclasses.replace(opts, engine=written_by)
+        elif opts.engine != written_by:
+            raise UserError(f"this checkpoint was written by engine='{written_by}'; resume it with "
+                            f"engine='{written_by}' (or 'auto')")
+    name, why = choose_engine(pair, opts)
+    if name == "jax":
+        from ppgen.inference import svi_jax
+
+        try:
+            state0 = svi_jax.JAX_ENGINE.init(pair, data, opts, resume)
+        except svi_jax.CannotLower as err:
+            if opts.engine == "jax":
+                raise UserError(f"engine='jax' {err}; use engine='torch'") from None
+            name, why = "torch", str(err)
+        else:
+            _announce(opts, "jax", why)
+            engine = dataclasses.replace(svi_jax.JAX_ENGINE, init=lambda *_: state0)
+            return loop.run(engine, pair, data, opts, backend="svi", resume=resume, progress=progress,
+                            callback=callback, on_epoch_end=on_epoch_end)
+    _announce(opts, "torch", why)
+    return loop.run(TORCH_ENGINE, pair, data, opts, backend="svi", resume=resume, progress=progress,
+                    callback=callback, on_epoch_end=on_epoch_end)
+
+
+def _announce(options: SVIOptions, name: str, why: str) -> None:
+    if options.engine == "auto":
+        print(f"ppgen: SVI engine {name} ({why})", file=sys.stderr)
 
 
 def restore_best(fit: Fit) -> Fit:
     """Load the weights of the best monitored epoch, if one was kept."""
-    if fit.state.get("best") is not None:
-        fit.pair.load_state_dict(fit.state["best"])
-    return fit
+    return loop.restore_best(fit)

@@ -16,17 +16,24 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ppgen import ppl
 from ppgen.ppl import is_jax
 
 
 class Network(nn.Module):
-    """A torch module callable on torch tensors *and* on JAX arrays."""
+    """A torch module callable on torch tensors *and* on JAX arrays.
+
+    On a JAX array it runs its lowered function with the weights that ``pyro.module``
+    bound to it on NumPyro (a ``numpyro.param`` site: trained by SVI, substituted by NUTS),
+    or, outside any such site, with its current torch weights as constants.
+    """
 
     _lowered = None
 
     def __call__(self, *inputs: Any) -> Any:
         if inputs and is_jax(inputs[0]):
-            return self.jax_function()(self.jax_params(), *inputs)
+            weights = ppl.bound_weights(self)
+            return self.jax_function()(self.jax_params() if weights is None else weights, *inputs)
         return super().__call__(*inputs)
 
     def jax_function(self):
@@ -42,6 +49,41 @@ class Network(nn.Module):
         from ppgen.nn.lower import jax_params
 
         return jax_params(self)
+
+
+def outermost_networks(module: nn.Module) -> dict[str, Network]:
+    """The outermost :class:`Network` submodules of ``module`` (itself if it is one), by dotted name."""
+    if isinstance(module, Network):
+        return {"": module}
+    nets: dict[str, Network] = {}
+    for name, sub in module.named_modules():
+        if isinstance(sub, Network) and not any(name.startswith(outer + ".") for outer in nets):
+            nets[name] = sub
+    return nets
+
+
+def register_numpyro_params(name: str, module: nn.Module) -> None:
+    """``pyro.module(name, module)`` on NumPyro: one ``numpyro.param`` site ``name`` holding the module's
+    weights (a dict keyed like its ``state_dict``, initialised from the torch weights); every network in
+    the module computes with its part of the site's value."""
+    import numpyro
+
+    nets = outermost_networks(module)
+    if not nets:
+        return
+    weights = numpyro.param(name, {k: v for k, v in _jax_state(module).items()})
+    for prefix, net in nets.items():
+        start = f"{prefix}." if prefix else ""
+        ppl.bind_weights(net, {k[len(start):]: v for k, v in weights.items() if k.startswith(start)})
+
+
+def _jax_state(module: nn.Module) -> dict[str, Any]:
+    from ppgen.nn.lower import jax_params
+
+    return jax_params(module)
+
+
+ppl._numpyro_module_rule[:] = [register_numpyro_params]
 
 
 def _mlp(sizes: Sequence[int]) -> nn.ModuleList:

@@ -1,0 +1,192 @@
+r"""The one training loop: every training engine (torch SVI, JAX SVI, adversarial) runs inside it.
+
+An engine has NumPyro's functional shape (:class:`Engine`): ``init`` builds its state
+from the pair, the data, the options and an optional checkpoint; ``epoch`` runs one
+shuffled pass and returns the new state with that epoch's figures; ``snapshot`` /
+``restore`` keep and bring back its weights; ``sync`` puts the current weights into
+the pair's torch modules; ``checkpoint`` gives what a resume needs, as tensors and
+plain values. The loop owns everything around it, once for all engines:
+
+* seeding: epoch e reseeds torch's RNG with :func:`epoch_seed` (seed, e) and hands the
+  engine that seed for its shuffle, so a run resumed from a checkpoint of epoch e is the
+  uninterrupted run;
+* the effective batch ``min(batch_size, n)`` and ``n // batch`` steps (drop-last: fixed
+  shapes); figures per epoch are divided by the examples seen, ``steps × batch``;
+* history rows (``epoch``, the engine's figures, ``seconds``, ``wall``, ``images_per_s``),
+  the ``callback`` for held-out metrics, the best epoch by ``monitor``;
+* a NaN or infinite loss or weight: the last good epoch's weights come back and
+  ``fit.stopped`` says what happened and what to do;
+* the progress bar (stderr, when it is a terminal, or ``progress=True``), and
+  ``on_epoch_end(fit)``, where a run writes its checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyro
+import torch
+
+from ppgen.errors import UserError
+from ppgen.inference.fit import Fit, TrainState
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch`` (0-based) of a run seeded ``seed``."""
+    return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**62)
+
+
+@dataclass
+class EpochPlan:
+    """What the loop hands an engine for one epoch."""
+
+    index: int  # 0-based
+    epochs: int
+    seed: int  # epoch_seed(run seed, index)
+    x: torch.Tensor  # this epoch's training examples, on the device
+    batch: int
+    steps: int
+    tick: Callable[..., None] = lambda n=1, **postfix: None
+
+
+@dataclass
+class EpochResult:
+    """An engine's figures for one epoch (already per example where they are sums), or why it stopped."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    stop: str | None = None  # e.g. "loss became nan", "weights became NaN or infinite"
+    stop_step: int | None = None  # 0-based step of the epoch where it happened, if known
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A training engine in NumPyro's functional shape (see the module docs)."""
+
+    name: str
+    init: Callable[[Any, Any, Any, dict | None], Any]
+    epoch: Callable[[Any, EpochPlan], tuple[Any, EpochResult]]
+    snapshot: Callable[[Any], Any]
+    restore: Callable[[Any, Any], Any]
+    sync: Callable[[Any], None]
+    checkpoint: Callable[[Any], dict]
+    advice: str = "Lower the learning rate (--lr) or check the data"
+
+
+def batching(n: int, batch_size: int) -> tuple[int, int]:
+    """(batch, steps) of an epoch over ``n`` examples: the batch is at most ``n``; the last partial batch is
+    dropped (fixed shapes, as the baselines do)."""
+    batch = max(1, min(batch_size, n))
+    return batch, max(1, n // batch)
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar on stderr (a no-op object when ``enabled`` is false)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, disable=not enabled, mininterval=0.5, file=sys.stderr)
+
+
+def check_torch_device(device: str) -> torch.device:
+    """The torch device for ``device`` ('cpu', 'cuda', 'cuda:N'), refused in one line when it is not there."""
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device} asked for but no CUDA GPU is visible; use --device cpu")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) visible; use cuda:0")
+    return torch.device(device)
+
+
+def state_from_checkpoint(checkpoint: dict) -> TrainState:
+    """The loop state of a checkpoint (also of one written before the engines had their own state)."""
+    saved = dict(checkpoint["state"])
+    if "engine" not in saved:  # checkpoints of ppgen <= 0.1: the engine's entries sat beside the loop's
+        loop_keys = {"epoch", "best_epoch", "best_score", "best"}
+        saved = {**{k: v for k, v in saved.items() if k in loop_keys},
+                 "engine": {k: v for k, v in saved.items() if k not in loop_keys}}
+    names = {f.name for f in dataclasses.fields(TrainState)}
+    return TrainState(**{k: v for k, v in saved.items() if k in names})
+
+
+def run(engine: Engine, pair, data, options: Any, *, backend: str, resume: dict | None = None,
+        progress: bool | None = None, callback: Callable[[Fit], dict | None] | None = None,
+        on_epoch_end: Callable[[Fit], None] | None = None, extra_options: dict | None = None) -> Fit:
+    """Train ``pair`` on ``data`` with ``engine`` for ``options.epochs`` epochs (in total, counting a resume)."""
+    from ppgen.inference.options import as_dict
+
+    batch, steps = batching(len(data.train), options.batch_size)
+    state = engine.init(pair, data, options, resume)
+    fit = Fit(pair=pair, backend=backend, options={**as_dict(options), **(extra_options or {}),
+                                                   "engine": engine.name})
+    if resume is not None:
+        fit.history = list(resume["history"])
+        fit.state = state_from_checkpoint(resume)
+    fit.state.engine = engine.checkpoint(state)
+    monitor = getattr(options, "monitor", None)
+    show = sys.stderr.isatty() if progress is None else progress
+    wall = fit.history[-1]["wall"] if fit.history else 0.0
+    device = next(iter(pair.parameters()), torch.empty(0)).device
+    last_good = engine.snapshot(state)
+    with pyro.validation_enabled(False):
+        for index in range(fit.state.epoch, options.epochs):
+            seed = epoch_seed(options.seed, index)
+            torch.manual_seed(seed)
+            start = time.perf_counter()
+            bar = progress_bar(steps, f"epoch {index + 1}/{options.epochs}", show)
+
+            def tick(count: int = 1, bar=bar, **postfix) -> None:
+                bar.update(count)
+                if postfix:
+                    bar.set_postfix(**postfix)
+
+            plan = EpochPlan(index=index, epochs=options.epochs, seed=seed, x=data.train_epoch(index).to(device),
+                             batch=batch, steps=steps, tick=tick)
+            state, result = engine.epoch(state, plan)
+            bar.close()
+            if result.stop is not None:
+                state = engine.restore(state, last_good)
+                engine.sync(state)
+                where = (f"at epoch {index + 1}, step {result.stop_step + 1}" if result.stop_step is not None
+                         else f"in epoch {index + 1}")
+                fit.stopped = f"{result.stop} {where}; restored the weights of epoch {index}. {engine.advice}"
+                return fit
+            seconds = time.perf_counter() - start
+            wall += seconds
+            row = {"epoch": index + 1, **result.metrics, "seconds": seconds, "wall": wall,
+                   "images_per_s": steps * batch / seconds}
+            last_good = engine.snapshot(state)
+            fit.state.epoch = index + 1
+            if callback is not None or on_epoch_end is not None or monitor is not None:
+                engine.sync(state)
+                fit.state.engine = engine.checkpoint(state)
+            fit.history.append(row)
+            if callback is not None:
+                row.update(callback(fit) or {})
+            _keep_best(fit, row, monitor)
+            if on_epoch_end is not None:
+                on_epoch_end(fit)
+    engine.sync(state)
+    fit.state.engine = engine.checkpoint(state)
+    return fit
+
+
+def _keep_best(fit: Fit, row: dict, monitor: str | None) -> None:
+    if monitor is None or monitor not in row:
+        return
+    if fit.state.best_score is None or row[monitor] > fit.state.best_score:
+        fit.state.best_score = row[monitor]
+        fit.state.best_epoch = row["epoch"]
+        fit.state.best = copy.deepcopy(fit.pair.state_dict())
+
+
+def restore_best(fit: Fit) -> Fit:
+    """Load the weights of the best monitored epoch, if one was kept."""
+    if isinstance(fit.state, TrainState) and fit.state.best is not None:
+        fit.pair.load_state_dict(fit.state.best)
+    return fit

@@ -1,0 +1,216 @@
+"""Training options: one frozen dataclass per backend, every option declared once and validated here.
+
+A field carries its help text, its CLI flag and its check in ``metadata``; the
+``ppgen`` command derives its flags from these declarations (:func:`cli_flags`), the
+engines read the validated values, and a run's ``config.json`` stores them (the
+dataclasses round-trip through JSON). A bad value raises :class:`OptionError`, which
+names the *option* (``lr``); the CLI rewrites it to name the *flag* (``--lr``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ppgen.errors import UserError
+
+ELBOS = ("trace", "analytic", "iwae")
+ENGINES = ("auto", "torch", "jax")
+LOSSES = ("ns", "minimax", "wgan-gp", "lsgan", "ali")
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+X_DRAWS = ("rsample", "mean")
+CRITIC_NETS = ("auto", "mlp", "conv")
+
+
+class OptionError(UserError):
+    """A bad option value; ``option`` is its name, ``problem`` what is wrong and what to do."""
+
+    def __init__(self, option: str, value: Any, problem: str):
+        self.option, self.value, self.problem = option, value, problem
+        super().__init__(f"option {option}={value!r}: {problem}")
+
+
+# -- checks: each returns what is wrong, or None ---------------------------------------------------
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def positive_int(v: Any) -> str | None:
+    return None if _is_int(v) and v >= 1 else "must be a positive whole number (1 or more)"
+
+
+def seed_int(v: Any) -> str | None:
+    return None if _is_int(v) and 0 <= v < 2**63 else "must be a whole number, 0 or more"
+
+
+def positive_float(v: Any) -> str | None:
+    return None if _is_number(v) and math.isfinite(v) and v > 0 else "must be a positive finite number"
+
+
+def nonnegative_float(v: Any) -> str | None:
+    return None if _is_number(v) and math.isfinite(v) and v >= 0 else "must be a finite number, 0 or more"
+
+
+def one_of(choices: tuple[str, ...], what: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in choices else f"unknown {what}; choose one of {', '.join(choices)}"
+
+    check.choices = choices  # the CLI offers them
+    return check
+
+
+def device_name(v: Any) -> str | None:
+    if isinstance(v, str) and re.fullmatch(r"cpu|cuda(:\d+)?", v):
+        return None
+    return "use cpu, cuda or cuda:N (lower case)"
+
+
+def optional_sizes(v: Any) -> str | None:
+    if v is None or (isinstance(v, tuple | list) and v and all(_is_int(h) and h >= 1 for h in v)):
+        return None
+    return "must be positive layer sizes such as 128,128"
+
+
+def optional_name(v: Any) -> str | None:
+    return None if v is None or isinstance(v, str) else "must be a metric name such as val_elbo, or None"
+
+
+def adam_betas(v: Any) -> str | None:
+    ok = isinstance(v, tuple | list) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v)
+    return None if ok else "must be two numbers in [0, 1)"
+
+
+def boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+def option(default: Any, check: Callable[[Any], str | None], help: str, flag: str | None = None,
+           cli: bool = True) -> Any:
+    """A declared option: its default, its check, its help text and (``cli=False``: none) its CLI flag."""
+    return field(default=default, metadata={"check": check, "help": help, "flag": flag, "cli": cli})
+
+
+def _epochs() -> Any:
+    return option(10, positive_int, "number of epochs (the new total when resuming)")
+
+
+def _batch_size() -> Any:
+    return option(256, positive_int, "examples per step (at most the training set: larger means the whole set)")
+
+
+def _seed() -> Any:
+    return option(0, seed_int, "random seed of weights, shuffling and sampling")
+
+
+def _device() -> Any:
+    return option("cpu", device_name, "cpu, cuda or cuda:N")
+
+
+def validate(options: Any) -> None:
+    """Check every field of an options dataclass; raise :class:`OptionError` for the first bad one."""
+    for f in dataclasses.fields(options):
+        problem = f.metadata["check"](getattr(options, f.name))
+        if problem:
+            raise OptionError(f.name, getattr(options, f.name), problem)
+
+
+@dataclass(frozen=True)
+class SVIOptions:
+    """Options of the SVI backend (both engines)."""
+
+    epochs: int = _epochs()
+    batch_size: int = _batch_size()
+    lr: float = option(1e-3, positive_float, "Adam learning rate")
+    elbo: str = option("trace", one_of(ELBOS, "ELBO"), "objective: trace (Trace_ELBO), analytic (closed-form KL), iwae")
+    num_particles: int = option(1, positive_int, "samples of q per example (the IWAE K)", flag="particles")
+    beta: float = option(1.0, nonnegative_float, "KL weight (beta-VAE)")
+    anneal_epochs: float = option(0.0, nonnegative_float, "linear KL warm-up from 0 to beta over this many epochs")
+    free_bits: float = option(0.0, nonnegative_float, "free-bits floor per latent dimension, in nats (torch engine)")
+    seed: int = _seed()
+    device: str = _device()
+    engine: str = option("auto", one_of(ENGINES, "SVI engine"), "auto (jax where the pair lowers and the options allow, else "
+                         "torch), torch (Pyro) or jax (NumPyro, each epoch one compiled call)")
+    monitor: str | None = option(None, optional_name, "keep the best epoch by this history column", cli=False)
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.elbo == "iwae" and self.num_particles < 2:
+            raise OptionError("num_particles", self.num_particles, "the IWAE objective needs num_particles >= 2 (e.g. 5)")
+        if self.engine == "jax" and self.free_bits > 0:
+            raise OptionError("engine", self.engine, "free bits needs engine='torch' (NumPyro has no free-bits "
+                              "ELBO); use engine='torch' or 'auto'")
+
+
+@dataclass(frozen=True)
+class AdversarialOptions:
+    """Options of the adversarial backend (see :mod:`ppgen.inference.adversarial`)."""
+
+    loss: str = option("ns", one_of(LOSSES, "adversarial loss"), "adversarial loss")
+    epochs: int = _epochs()
+    batch_size: int = _batch_size()
+    n_critic: int = option(1, positive_int, "critic steps per generator step (WGAN-GP usually 5)")
+    lr_g: float = option(2e-4, positive_float, "generator (and encoder) learning rate", cli=False)
+    lr_d: float = option(2e-4, positive_float, "critic learning rate", cli=False)
+    betas: tuple[float, float] = option((0.5, 0.999), adam_betas, "Adam betas of both players", cli=False)
+    optimizer_g: str = option("adam", one_of(OPTIMIZERS, "optimizer"), "generator optimizer", cli=False)
+    optimizer_d: str = option("adam", one_of(OPTIMIZERS, "optimizer"), "critic optimizer", cli=False)
+    gp_weight: float = option(10.0, nonnegative_float, "WGAN-GP gradient-penalty weight", cli=False)
+    pack: int = option(1, positive_int, "PacGAN: the critic scores this many examples at once")
+    lr_decay: bool = option(False, boolean, "learning rates decay linearly to 0")
+    x_draw: str = option("rsample", one_of(X_DRAWS, "x_draw"), "x from the model: its reparameterized draw or its mean",
+                         cli=False)
+    critic_hidden: tuple[int, ...] | None = option(None, optional_sizes, "critic MLP hidden sizes (default "
+                                                   "128,128,128)")
+    critic_net: str = option("auto", one_of(CRITIC_NETS, "critic network"), "critic network (auto: by data shape)", cli=False)
+    seed: int = _seed()
+    device: str = _device()
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.batch_size % self.pack:
+            raise OptionError("batch_size", self.batch_size, f"must be a multiple of pack={self.pack}")
+
+
+def beta_at(epoch: int, step: int, steps_per_epoch: int, beta: float, anneal_epochs: float) -> float:
+    """The KL weight at ``step`` of ``epoch``: linear warm-up from 0 to ``beta`` over ``anneal_epochs`` epochs."""
+    if anneal_epochs <= 0:
+        return beta
+    progress = (epoch + step / steps_per_epoch) / anneal_epochs
+    return beta * min(1.0, progress)
+
+
+def make(cls: type, values: dict[str, Any]) -> Any:
+    """``cls(**values)`` with an unknown name refused in one line; lists from JSON become tuples."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise OptionError(unknown[0], values[unknown[0]], f"is not an option of {cls.__name__}; known: "
+                          f"{', '.join(sorted(names))}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def as_dict(options: Any) -> dict[str, Any]:
+    """The options as JSON-able values (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items()}
+
+
+def cli_flags(cls: type) -> list[tuple[str, dataclasses.Field]]:
+    """(flag, field) of every option the ``ppgen`` command exposes, in declaration order."""
+    return [(f.metadata["flag"] or f.name.replace("_", "-"), f) for f in dataclasses.fields(cls) if f.metadata["cli"]]
+
+
+def flag_of(option_name: str) -> str:
+    """The CLI flag of an option, for messages (``num_particles`` -> ``--particles``)."""
+    for cls in (SVIOptions, AdversarialOptions):
+        for flag, f in cli_flags(cls):
+            if f.name == option_name:
+                return "--" + flag
+    return "--" + option_name.replace("_", "-")
