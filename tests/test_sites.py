@@ -5,7 +5,9 @@ plate (``coords`` at dim −1, ``data`` at dim −2, max_plate_nesting = 2)::
 
     z_n ~ N(0, I_k),     x_{n,j} | z_n ~ N(w_jᵀ z_n + μ_j, σ_j²),    j = 1..d,
 
-so log p(x_n) = log N(x_n | μ, W Wᵀ + diag σ²) and p(z | x) = N(M⁻¹ Wᵀ Ψ⁻¹ (x − μ), M⁻¹),
+and, second layout, the data plate declared first (rightmost: ``data`` at dim −1, ``coords``
+at dim −2, x observed as xᵀ) — where summing "the last dim" sums over examples. In both,
+log p(x_n) = log N(x_n | μ, W Wᵀ + diag σ²) and p(z | x) = N(M⁻¹ Wᵀ Ψ⁻¹ (x − μ), M⁻¹),
 M = I + Wᵀ Ψ⁻¹ W, Ψ = diag σ² in closed form. With the exact posterior as guide every
 importance weight equals p(x): ELBO and IWAE are exact to rounding. With a perturbed guide
 the ELBO is log p(x) − KL(q ‖ p(z | x)), also closed form; tolerances are 4 Monte Carlo SE.
@@ -31,6 +33,7 @@ from ppgen.inference import Fit
 from ppgen.models.base import GenerativeModel
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+LAYOUTS = pytest.mark.parametrize("data_right", [False, True], ids=["coords-inside-data", "data-rightmost"])
 
 D, K, N = 4, 2, 6
 
@@ -44,8 +47,10 @@ class NestedGaussian(GenerativeModel):
 
     max_plate_nesting = 2
 
-    def __init__(self, seed: int = 0, shift: float = 0.0, widen: float = 1.0):
+    def __init__(self, seed: int = 0, shift: float = 0.0, widen: float = 1.0, data_right: bool = False):
         super().__init__(SimpleNamespace(x_shape=(D,), z_dim=K))
+        #: data_right: the data plate declared first (rightmost, dim −1), the coordinates at dim −2, x observed as xᵀ
+        self.data_dim, self.data_right = (-1 if data_right else -2), data_right
         g = torch.Generator().manual_seed(seed)
         self.W = nn.Parameter(torch.randn(D, K, generator=g))
         self.mu = nn.Parameter(torch.randn(D, generator=g))
@@ -53,11 +58,15 @@ class NestedGaussian(GenerativeModel):
         self.shift, self.widen = shift, widen
 
     def model(self, x):
-        with pyro.plate("data", x.shape[0], dim=-2):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([K]).to_event(1))  # (..., N, 1, K)
-            with pyro.plate("coords", D, dim=-1):
-                loc = (z * self.W).sum(-1) + self.mu  # (..., N, D)
-                pyro.sample("x", dist.Normal(loc, self.sigma), obs=x)
+        with pyro.plate("data", x.shape[0], dim=self.data_dim):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([K]).to_event(1))  # (..., N, 1, K) or (..., 1, N, K)
+            with pyro.plate("coords", D, dim=-3 - self.data_dim):
+                if self.data_right:  # (..., D, N)
+                    loc = (z * self.W[:, None, :]).sum(-1) + self.mu[:, None]
+                    pyro.sample("x", dist.Normal(loc, self.sigma[:, None]), obs=x.T)
+                else:  # (..., N, D)
+                    loc = (z * self.W).sum(-1) + self.mu
+                    pyro.sample("x", dist.Normal(loc, self.sigma), obs=x)
 
     def posterior(self, x):
         psi_inv = self.sigma.detach() ** -2
@@ -68,8 +77,9 @@ class NestedGaussian(GenerativeModel):
     def guide(self, x):
         loc, cov = self.posterior(x)
         tril = torch.linalg.cholesky(cov) * self.widen
-        with pyro.plate("data", x.shape[0], dim=-2):
-            pyro.sample("z", dist.MultivariateNormal((loc + self.shift).unsqueeze(-2), scale_tril=tril))
+        with pyro.plate("data", x.shape[0], dim=self.data_dim):
+            loc = loc + self.shift
+            pyro.sample("z", dist.MultivariateNormal(loc if self.data_right else loc.unsqueeze(-2), scale_tril=tril))
 
     def encode(self, x):
         loc, cov = self.posterior(x)
@@ -101,8 +111,9 @@ def _se_log_mean_exp(lw):
 
 
 # -- ELBO and IWAE ---------------------------------------------------------------------------------------
-def test_exact_guide_gives_constant_weights_equal_to_log_px():
-    pair = NestedGaussian()
+@LAYOUTS
+def test_exact_guide_gives_constant_weights_equal_to_log_px(data_right):
+    pair = NestedGaussian(data_right=data_right)
     x = _data(pair)
     exact = pair.log_marginal(x)
     torch.manual_seed(0)
@@ -113,8 +124,9 @@ def test_exact_guide_gives_constant_weights_equal_to_log_px():
     torch.testing.assert_close(iwae(pair, x, k=16), exact, atol=2e-4, rtol=0)
 
 
-def test_elbo_and_iwae_agree_with_the_closed_forms_within_their_mc_error():
-    pair = NestedGaussian(shift=0.4, widen=1.3)
+@LAYOUTS
+def test_elbo_and_iwae_agree_with_the_closed_forms_within_their_mc_error(data_right):
+    pair = NestedGaussian(shift=0.4, widen=1.3, data_right=data_right)
     x = _data(pair)
     exact, exact_elbo = pair.log_marginal(x), pair.guide_elbo(x)
     torch.manual_seed(0)
@@ -135,8 +147,9 @@ def test_elbo_and_iwae_agree_with_the_closed_forms_within_their_mc_error():
 
 
 # -- AIS ----------------------------------------------------------------------------------------------------
-def test_ais_is_per_example_and_agrees_with_log_px():
-    pair = NestedGaussian()
+@LAYOUTS
+def test_ais_is_per_example_and_agrees_with_log_px(data_right):
+    pair = NestedGaussian(data_right=data_right)
     x = _data(pair)
     exact = pair.log_marginal(x)
     result = ais(pair, x, steps=200, chains=32, leapfrog=5, seed=0)
@@ -147,8 +160,9 @@ def test_ais_is_per_example_and_agrees_with_log_px():
 
 
 # -- the amortization gap's pieces --------------------------------------------------------------------
-def test_amortization_log_joint_and_encoder_are_per_example():
-    pair = NestedGaussian()
+@LAYOUTS
+def test_amortization_log_joint_and_encoder_are_per_example(data_right):
+    pair = NestedGaussian(data_right=data_right)
     x = _data(pair)
     z = torch.randn(5, N, K, generator=torch.Generator().manual_seed(3))
     by_hand = (torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
@@ -171,8 +185,9 @@ def test_amortization_log_joint_and_encoder_are_per_example():
 
 
 # -- ArviZ's log_likelihood group --------------------------------------------------------------------
-def test_arviz_log_likelihood_is_per_example_and_exact():
-    pair = NestedGaussian()
+@LAYOUTS
+def test_arviz_log_likelihood_is_per_example_and_exact(data_right):
+    pair = NestedGaussian(data_right=data_right)
     x = _data(pair)
     idata = Fit(pair=pair, backend="svi").to_inference_data(x=x, num_samples=2000, chains=2, seed=0)
     ll = idata.log_likelihood["x"]
