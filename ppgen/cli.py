@@ -167,7 +167,7 @@ def _evaluate(args) -> int:
                                     ais_steps=args.ais, ais_chains=args.ais_chains, bdmc_points=args.bdmc)
     wanted = [m for m, on in (("fid", args.fid), ("kid", args.kid), ("is", args.inception), ("pr", args.pr)) if on]
     if wanted:
-        from ppgen.evaluation.samples import evaluate_run_samples
+        from ppgen.workflows import evaluate_run_samples
 
         result["sample_quality"] = evaluate_run_samples(args.run, wanted, n=args.samples, seed=args.seed)
     if args.rejection:
@@ -332,7 +332,7 @@ def _add_compare(sub) -> None:
 
 
 def _compare(args) -> int:
-    from ppgen.evaluation.amortization import compare_run
+    from ppgen.workflows import compare_run
 
     if args.chains < 1 or args.samples < 1 or args.warmup < 0 or args.steps < 0 or args.iwae < 1:
         raise UserError("--chains, --samples and --iwae must be at least 1, --warmup and --steps at least 0")

@@ -20,7 +20,7 @@ from ppgen.errors import UserError
 
 def compare_step(run_dir: Path, args) -> None:
     """NUTS on p(z | x, θ) for a few test digits beside the encoder: the inference-gap table."""
-    from ppgen.evaluation.amortization import compare_run
+    from ppgen.workflows import compare_run
 
     print(f"== NUTS (NumPyro) on p(z | x, θ) of {args.points} test digits vs the encoder q(z | x)")
     compare_run(run_dir, points=args.points, chains=2, warmup=300, samples=500, steps=300, iwae_k=1000)

@@ -43,63 +43,53 @@ def _az():
 
 
 # -- log-likelihood and guide draws with Pyro (every backend's draws go through the same code) --------
-def _draws_plate(pair, n: int):
-    import pyro
-
-    return pyro.plate("draws", n, dim=-(pair.max_plate_nesting + 1))
-
-
 def log_likelihood(pair, x: torch.Tensor, latents: dict[str, torch.Tensor], dims: dict[str, list[str]],
                    budget: int = 4_000_000) -> dict[str, np.ndarray]:
     """log p(x_n | latents) of every observed site, per draw and example: {site: (draws, data)}.
 
-    ``latents[site]`` is shaped (draws, *site shape) with the ``data`` plate, if
-    any, first; global sites get a size-1 axis for the data plate inserted.
+    ``latents[site]`` is shaped (draws, data, *event) for a site in the data plate (``"data"``
+    in ``dims[site]``) and (draws, *event) for a global one; each is placed at its own plate
+    dims and the densities reduced per example by :mod:`ppgen.sites` (plates nested in the
+    data plate summed, the site's scale applied once).
     """
-    import pyro
-    from pyro import poutine
-    from pyro.poutine.util import site_is_subsample
+    from ppgen import sites
 
     n = next(iter(latents.values())).shape[0]
     chunk = max(1, budget // max(1, x.numel()))
+    where = sites.data_dims(pair, x, pair.model)
     parts: dict[str, list] = {}
-    with pyro.validation_enabled(False), torch.no_grad():
+    with torch.no_grad():
         for start in range(0, n, chunk):
             sl = slice(start, min(n, start + chunk))
-            values = {k: v[sl] if "data" in dims.get(k, []) else v[sl].unsqueeze(1) for k, v in latents.items()}
-            with _draws_plate(pair, sl.stop - sl.start), poutine.condition(data=values):
-                tr = poutine.trace(pair.model).get_trace(x)
-            for name, site in tr.nodes.items():
-                if site["type"] == "sample" and site["is_observed"] and name not in values \
-                        and not site_is_subsample(site):
-                    lp = site["fn"].log_prob(site["value"])
-                    parts.setdefault(name, []).append(lp.expand(sl.stop - sl.start, x.shape[0]).cpu().numpy())
+            values = {k: sites.place(v[sl], where.get(k) if "data" in dims.get(k, []) else None,
+                                     pair.max_plate_nesting) for k, v in latents.items()}
+            tr = sites.trace_conditioned(pair.model, pair, x, values, sl.stop - sl.start)
+            for name, lp in sites.observed_log_likelihood(tr, pair.data_plate, exclude=values).items():
+                parts.setdefault(name, []).append(lp.cpu().numpy())
     return {k: np.concatenate(v, 0) for k, v in parts.items()}
 
 
 def guide_draws(pair, x: torch.Tensor, n: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
-    """``n`` draws of every latent site from the guide at ``x``: {site: (n, *site shape)} and their dims."""
-    import pyro
-    from pyro import poutine
-    from pyro.poutine.util import site_is_subsample
+    """``n`` draws of every latent site from the guide at ``x``: {site: (n, *site shape)} and their dims.
 
+    A site in the data plate comes as (n, data, *event), a global one as (n, *event).
+    """
+    import pyro
+
+    from ppgen import sites
     from ppgen.inference.mcmc import site_dims
 
     pyro.set_rng_seed(seed)
-    with pyro.validation_enabled(False), torch.no_grad(), _draws_plate(pair, n):
-        tr = poutine.trace(pair.guide).get_trace(x)
-    sites = {k: s for k, s in tr.nodes.items()
-             if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
+    with torch.no_grad():
+        guide_tr = sites.trace_conditioned(pair.guide, pair, x, {}, n)
+    latent = {k: s for k, s in sites.sample_sites(guide_tr).items() if not s["is_observed"]}
     out = {}
-    for name, site in sites.items():
+    for name, site in latent.items():
         v = site["value"]
-        in_data = any(f.name == "data" for f in site["cond_indep_stack"])
-        event = len(site["fn"].event_shape)
         v = v.expand((n,) + v.shape[1:]) if v.shape[0] == 1 else v
-        if not in_data:  # drop the size-1 data-plate axis of a global site
-            v = v.reshape((n,) + tuple(v.shape[v.dim() - event:]))
-        out[name] = v
-    return out, site_dims(sites, list(sites))
+        in_data = any(f.name == pair.data_plate for f in site["cond_indep_stack"])
+        out[name] = sites.unplace(v, len(site["fn"].event_shape), in_data)
+    return out, site_dims(latent, list(latent))
 
 
 # -- InferenceData ------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from ppgen import data as datasets
 from ppgen import evaluation, models, plots, runs
 from ppgen.api import validation_callback
 from ppgen.errors import UserError
+from ppgen.evaluation.samples import METRICS
 from ppgen.inference import fit as backend_fit
 from ppgen.inference.loop import restore_best
 from ppgen.inference.options import AdversarialOptions, SVIOptions, as_dict, flag_of
@@ -309,7 +311,6 @@ def ratio_sampler(run_dir: Path, steps: int | None = None, quantile: float = 0.9
     """
     import hashlib
 
-    from ppgen.evaluation.samples import reference_data
     from ppgen.inference.rejection import fit_ratio_sampler
     from ppgen.nn.critics import critic_for
 
@@ -342,8 +343,6 @@ def evaluate_rejection(run_dir: Path, metrics: list[str], steps: int | None = No
     (fid/kid/is/pr) of the run's pair corrected by density-ratio rejection."""
     from ppgen.data.sources import MIXTURES
     from ppgen.evaluation.modes import evaluate_pair
-    from ppgen.evaluation.samples import evaluate_run_samples
-
     sampler = ratio_sampler(run_dir, steps=steps, quantile=quantile, seed=seed, progress=progress)
     out = dict(sampler.report)
     name = runs.read_config(run_dir).get("data", {}).get("name")
@@ -353,3 +352,72 @@ def evaluate_rejection(run_dir: Path, metrics: list[str], steps: int | None = No
     if metrics:
         out["sample_quality"] = evaluate_run_samples(run_dir, metrics, n=n, seed=seed, sampler=sampler)
     return out
+
+
+# -- run directories for the evaluation functions (evaluation itself does no file I/O) ---------------
+def reference_data(config: dict):
+    """A run's data set with its split but no binarization (what generated examples are compared with)."""
+    from ppgen.data import load
+
+    options = config.get("data", {})
+    return load(options.get("name", "mnist"), binarize=None, seed=options.get("seed", 0),
+                split_seed=options.get("split_seed", 0))
+
+
+def evaluate_run_samples(run_dir, metrics: Sequence[str] = METRICS, n: int | None = None, seed: int = 0,
+                         cache_dir=None, sampler=None) -> dict:
+    """:func:`sample_quality` of a run directory's pair (or of ``sampler``) against its data set's grey-level test split.
+
+    The reference and the feature classifier use the run's data with the same split but no
+    binarization (a Bernoulli VAE's samples are its pixel probabilities, E[x|z]). ``sampler``
+    is anything with ``generate(n)``, e.g. the run's pair corrected by rejection sampling.
+    """
+    from ppgen.evaluation.samples import sample_quality
+
+    data = reference_data(runs.read_config(run_dir))
+    if sampler is None:
+        sampler = runs.load_pair(run_dir)
+        sampler.eval()
+    return sample_quality(sampler, data, metrics, n=n, seed=seed, cache_dir=cache_dir)
+
+
+def compare_run(run_dir, out=None, *, points: int = 16, chains: int = 4, warmup: int = 500, samples: int = 1000,
+                split: str = "test", steps: int = 1000, iwae_k: int = 5000, seed: int = 0, log=print) -> dict[str, Any]:
+    """NUTS on p(z | x, θ) for the first ``points`` examples of ``split`` beside the run's encoder.
+
+    Writes ``compare.nc`` (ArviZ: svi and nuts along ``inference``), ``nuts.nc``,
+    ``compare.json`` (the table) and ``forest.png``, ``pair.png``, ``gaps.png`` into
+    ``out`` (default RUN/compare); returns the table.
+    """
+    from ppgen import diagnostics
+    from ppgen.evaluation.amortization import _latent_site, compare, format_table
+
+    if points < 1:
+        raise UserError(f"--points must be at least 1, got {points}")
+    run_dir = Path(run_dir)
+    config = runs.read_config(run_dir)
+    pair = runs.load_pair(run_dir)
+    _latent_site(pair)
+    options = config.get("data", {})
+    data = datasets.load(options.get("name", "mnist"), binarize=options.get("binarize", "default"),
+                         seed=options.get("seed", 0), split_seed=options.get("split_seed", 0))
+    start = time.perf_counter()
+    fit = backend_fit(pair, data, backend="nuts", points=points, split=split, chains=chains, warmup=warmup,
+                      samples=samples, seed=seed)
+    log(f"NUTS ({fit.state['engine']}): {points} {split} points x {chains} chains, {warmup} warmup + {samples} draws "
+        f"in {time.perf_counter() - start:.1f} s")
+    result = compare(pair, fit, steps=steps, iwae_k=iwae_k, seed=seed)
+    result.update(run=str(run_dir), split=split, chains=chains, warmup=warmup, samples=samples,
+                  seconds=round(time.perf_counter() - start, 1))
+    out = Path(out) if out is not None else run_dir / "compare"
+    out.mkdir(parents=True, exist_ok=True)
+    combined = diagnostics.compare_inference_data(pair, fit, seed=seed, log_lik=False)
+    combined.to_netcdf(str(out / "compare.nc"))
+    diagnostics.to_inference_data(fit).to_netcdf(str(out / "nuts.nc"))
+    runs.write_json(out / "compare.json", result)
+    diagnostics.plot_forest(combined, out / "forest.png", 0)
+    diagnostics.plot_pair(combined, out / "pair.png", 0)
+    diagnostics.plot_gaps(result["points"], out / "gaps.png")
+    log(format_table(result))
+    log(f"wrote {out}/compare.nc, nuts.nc, compare.json, forest.png, pair.png, gaps.png")
+    return result

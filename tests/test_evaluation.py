@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from conftest import mean_se, ppca_sample
@@ -12,15 +15,27 @@ import ppgen
 from ppgen.evaluation import active_units, bits_per_dim, elbo, iwae, kl_per_dim, log_weights, mutual_information, report
 from ppgen.evaluation import likelihood as likelihood_module
 from ppgen.models import PPCA
+from ppgen.models.base import GenerativeModel
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-class GaussianEncoder:
-    """A stand-in pair whose q(z|x) = N(a ⊙ x + b, s²) is known exactly (the diagnostics only call encode)."""
+class GaussianEncoder(GenerativeModel):
+    """A small pair whose q(z|x) = N(a ⊙ x + b, s²) is known exactly; its prior is the model's site
+    p(z) = N(0, I) (the KL per dimension reads it from there), p(x | z) = N(z, I)."""
 
     def __init__(self, a, b, s):
         self.a, self.b, self.s = (torch.as_tensor(v, dtype=torch.float32) for v in (a, b, s))
+        super().__init__(SimpleNamespace(x_shape=tuple(self.a.shape)))
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand(list(self.a.shape)).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(*self.encode(x)).to_event(1))
 
     def encode(self, x):
         return self.a * x + self.b, self.s.expand_as(x)
@@ -131,7 +146,7 @@ def table_log_weights(monkeypatch):
     table = torch.randn(k, n, generator=torch.Generator().manual_seed(0)) * 3
     served: dict[int, int] = {}
 
-    def fake(pair, x, count):
+    def fake(pair, x, count, **options):
         rows = x[:, 0].long()
         first = int(rows[0])
         start = served.get(first, 0)

@@ -30,7 +30,9 @@ chain sees kernels independent of its own path, so E[w] = p(x) holds exactly. Th
 
 Everything is batched: C chains × B points move together as a (C, B, D) tensor, and the
 log densities come from the pair's own sample sites (the model conditioned on the latent
-values inside a ``particles`` plate, as the IWAE estimator does), so AIS works for every
+values inside a ``particles`` plate, reduced per example by :mod:`ppgen.sites` as the IWAE
+estimator is: plates nested in the data plate summed; a global latent is refused, since
+an annealing path per example cannot share it), so AIS works for every
 pair whose latents are real-valued and whose likelihood can be evaluated — VAEs, the
 layered families, PPCA, a GAN generator with a Gaussian observation model.
 
@@ -51,6 +53,7 @@ from pyro import poutine
 from pyro.distributions import constraints
 from pyro.poutine.util import site_is_subsample
 
+from ppgen import sites as site_rules
 from ppgen.errors import UserError
 
 SCHEDULES = ("sigmoid", "linear")
@@ -103,12 +106,6 @@ def schedule(steps: int, kind: str = "sigmoid", delta: float = 4.0) -> torch.Ten
     raise UserError(f"unknown AIS schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
 
 
-def _per_point(lp: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    while lp.dim() > 2:  # plates inside the data plate and event dims are summed out
-        lp = lp.sum(-1)
-    return lp.expand(shape)
-
-
 def _is_latent(site: dict) -> bool:
     return site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
 
@@ -128,15 +125,17 @@ class _Target:
             raise UserError(f"AIS init must be 'prior' or 'guide', got {init!r}")
         self.pair, self.x, self.init = pair, x, init
         self.shape = (chains, x.shape[0])
-        self.plate_dim = -(pair.max_plate_nesting + 1)
         start = self._trace(pair.guide if init == "guide" else pair.model, {})
         latent = {name: site for name, site in start.nodes.items() if _is_latent(site)}
-        self.sites = [(name, site["value"].shape[2:]) for name, site in latent.items()]
+        #: (name, traced value shape: particles, plates, event) of every latent, in trace order
+        self.sites = [(name, tuple(site["value"].shape)) for name, site in latent.items()]
         if not self.sites:
-            raise UserError(f"{getattr(pair, 'name', type(pair).__name__)} has no latent variables: its log p(x) is "
+            raise UserError(f"{pair.who} has no latent variables: its log p(x) is "
                             "exact already (use the IWAE/ELBO estimate, which equals it)")
         for name, site in latent.items():
-            if tuple(site["value"].shape[:2]) != self.shape:
+            in_data = any(f.name == pair.data_plate for f in site["cond_indep_stack"])
+            event = site["value"].shape[site["value"].dim() - len(site["fn"].event_shape):]
+            if not in_data or site["value"].numel() != math.prod(self.shape) * math.prod(event):
                 raise UserError(f"AIS needs every latent inside the data plate; site {name!r} has shape "
                                 f"{tuple(site['value'].shape)}")
             if not _is_real(site["fn"]):
@@ -144,35 +143,23 @@ class _Target:
         self.z0 = self.flatten({name: start.nodes[name]["value"] for name, _ in self.sites})
 
     def _trace(self, fn, values: dict):
-        with pyro.validation_enabled(False), pyro.plate("particles", self.shape[0], dim=self.plate_dim):
-            return poutine.trace(poutine.condition(fn, data=values)).get_trace(self.x)
+        return site_rules.trace_conditioned(fn, self.pair, self.x, values, self.shape[0])
 
     def flatten(self, values: dict) -> torch.Tensor:
         return torch.cat([values[name].reshape(self.shape + (-1,)) for name, _ in self.sites], -1).detach()
 
     def unflatten(self, z: torch.Tensor) -> dict:
+        """(C, B, D) back to every site's traced layout (the data plate at its own dim)."""
         out, start = {}, 0
-        for name, event in self.sites:
-            size = math.prod(event)
-            out[name] = z[..., start:start + size].reshape(self.shape + tuple(event))
+        for name, shape in self.sites:
+            size = math.prod(shape) // math.prod(self.shape)
+            out[name] = z[..., start:start + size].reshape(shape)
             start += size
         return out
 
     def _log_probs(self, trace, latent: set) -> tuple[torch.Tensor, torch.Tensor]:
-        prior = torch.zeros(self.shape, device=self.x.device)
-        lik = torch.zeros(self.shape, device=self.x.device)
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
-            lp = _per_point(site["fn"].log_prob(site["value"]) * site["scale"], self.shape)
-            if name in latent:
-                prior = prior + lp
-            elif site["is_observed"]:
-                lik = lik + lp
-            else:
-                raise UserError(f"AIS found latent site {name!r} that the initial trace did not have; "
-                                "the model's latents must not depend on the data")
-        return prior, lik
+        """(log p(z), log p(x | z)) per chain and point, by the rule of :mod:`ppgen.sites`."""
+        return site_rules.latent_and_observed(trace, latent, self.pair.data_plate, globals="raise")
 
     def parts(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, b) at z: f_β(z) = a + β b."""
@@ -324,7 +311,7 @@ def check_steps(steps: int) -> None:
 def summary(pair, x: torch.Tensor, steps: int, chains: int = 16, bdmc_points: int = 0, seed: int = 0) -> dict:
     """The AIS rows of a likelihood table: mean log p(x), its MC error, bits/dim and, on request, BDMC."""
     check_steps(steps)
-    if not getattr(pair, "latent_sites", ("z",)):
+    if not pair.latent_sites:
         return {"ais_note": "no latent variables: the ELBO/IWAE value is the exact log p(x)"}
     result = ais(pair, x, steps=steps, chains=chains, seed=seed)
     out = {f"ais_{steps}": result.mean, f"ais_{steps}_se": result.mean_se, "ais_acceptance": result.acceptance,

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
+from ppgen import sites
 from ppgen.errors import UserError
 
 
@@ -126,14 +127,18 @@ class Gaussian:
 
 
 def _latent_site(pair) -> str:
-    sites = getattr(pair, "latent_sites", ("z",))
-    if len(sites) != 1:
-        raise UserError(f"the amortization gap needs a pair with one latent site; {pair.name} has {sites}")
-    return sites[0]
+    names = pair.latent_sites
+    if len(names) != 1:
+        raise UserError(f"the amortization gap needs a pair with one latent site; {pair.who} has {names}")
+    return names[0]
 
 
 def encoder_gaussian(pair, x: torch.Tensor) -> Gaussian:
-    """The guide's q(z | x) at each point as a Gaussian (Normal(loc, scale).to_event(1) or MultivariateNormal)."""
+    """The guide's q(z | x) at each point as a Gaussian (Normal(loc, scale).to_event(1) or MultivariateNormal).
+
+    The site may sit at any dim of the data plate (plates nested around it of size 1): its
+    parameters are read per example, (P, k).
+    """
     import pyro
     from pyro import poutine
 
@@ -144,37 +149,44 @@ def encoder_gaussian(pair, x: torch.Tensor) -> Gaussian:
     base = fn
     while isinstance(base, torch.distributions.Independent):
         base = base.base_dist
+    n = x.shape[0]
     if isinstance(base, torch.distributions.Normal):
         loc, scale = base.loc.expand(base.batch_shape), base.scale.expand(base.batch_shape)
+        loc, scale = loc.reshape(n, -1), scale.reshape(n, -1)
         return Gaussian(loc.detach(), torch.diag_embed(scale).detach(), True)
     if isinstance(base, torch.distributions.MultivariateNormal):
-        tril = base.scale_tril.expand(base.batch_shape + base.event_shape * 2)
-        return Gaussian(base.loc.expand(base.batch_shape + base.event_shape).detach(), tril.detach(), False)
+        k = base.event_shape[0]
+        tril = base.scale_tril.expand(base.batch_shape + base.event_shape * 2).reshape(n, k, k)
+        return Gaussian(base.loc.expand(base.batch_shape + base.event_shape).reshape(n, k).detach(), tril.detach(),
+                        False)
     raise UserError(f"the guide's {site!r} is {type(base).__name__}; the gap needs a Gaussian encoder")
 
 
-def log_joint(pair, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """log p(x, z) per draw and point for z shaped (S, P, k): (S, P)."""
-    import pyro
-    from pyro import poutine
-    from pyro.poutine.util import site_is_subsample
+def log_joint(pair, x: torch.Tensor, z: torch.Tensor, data_dim: int | None = None) -> torch.Tensor:
+    r"""log p(x_n, z_{s,n}) per draw and point for z shaped (S, P, k): (S, P), by :func:`ppgen.sites.log_joint`.
 
+    z is placed at the latent site's data-plate dim (``data_dim``; read from one trace of the
+    guide when not given) inside a ``particles`` plate of S draws; nested plates are summed per
+    point.
+    """
     site = _latent_site(pair)
-    with pyro.validation_enabled(False), pyro.plate("draws", z.shape[0], dim=-(pair.max_plate_nesting + 1)):
-        tr = poutine.trace(poutine.condition(pair.model, data={site: z})).get_trace(x)
-    total = torch.zeros(z.shape[:2], dtype=z.dtype, device=z.device)
-    for s in tr.nodes.values():
-        if s["type"] == "sample" and not site_is_subsample(s):
-            lp = s["fn"].log_prob(s["value"])
-            while lp.dim() > 2:
-                lp = lp.sum(-1)
-            total = total + lp
-    return total
+    if data_dim is None:
+        data_dim = _data_dim(pair, x, site)
+    value = sites.place(z, data_dim, pair.max_plate_nesting)
+    return sites.log_joint(pair, x, {site: value}, particles=z.shape[0])
+
+
+def _data_dim(pair, x: torch.Tensor, site: str) -> int:
+    dim = sites.data_dims(pair, x).get(site)
+    if dim is None:
+        raise UserError(f"the amortization gap needs the latent {site!r} inside the data plate {pair.data_plate!r}")
+    return dim
 
 
 def _chunked_log_joint(pair, x, z, budget: int = 4_000_000) -> torch.Tensor:
     per = max(1, budget // max(1, x.numel()))
-    return torch.cat([log_joint(pair, x, z[i : i + per]) for i in range(0, z.shape[0], per)], 0)
+    dim = _data_dim(pair, x, _latent_site(pair))
+    return torch.cat([log_joint(pair, x, z[i : i + per], dim) for i in range(0, z.shape[0], per)], 0)
 
 
 # -- per-point optimization of q* --------------------------------------------------------------------------
@@ -212,6 +224,7 @@ def optimize_gaussian(pair, x: torch.Tensor, start: Gaussian | None = None, step
     g = torch.Generator(device=x.device).manual_seed(seed)
     k = loc.shape[-1]
     xd = x.double() if x.is_floating_point() else x
+    dim = _data_dim(pair, x, _latent_site(pair))
     with _Frozen(pair):
         pair_dtype = next(pair.parameters()).dtype
         for _ in range(steps):
@@ -219,7 +232,7 @@ def optimize_gaussian(pair, x: torch.Tensor, start: Gaussian | None = None, step
             q = Gaussian(loc, tril, start.diagonal)
             eps = torch.randn((samples,) + loc.shape, generator=g, device=x.device, dtype=loc.dtype)
             z = q.sample(eps)
-            lj = log_joint(pair, xd.to(pair_dtype), z.to(pair_dtype)).double()
+            lj = log_joint(pair, xd.to(pair_dtype), z.to(pair_dtype), dim).double()
             loss = -(lj.mean(0) + q.entropy()).sum()
             opt.zero_grad()
             loss.backward()
@@ -356,50 +369,3 @@ def format_table(result: dict[str, Any]) -> str:
             cells.append(text.strip().rjust(max(w, len(h))))
         lines.append("  ".join(cells))
     return "\n".join(lines)
-
-
-# -- a trained run against NUTS: what `ppgen compare` does ------------------------------------------------------
-def compare_run(run_dir, out=None, *, points: int = 16, chains: int = 4, warmup: int = 500, samples: int = 1000,
-                split: str = "test", steps: int = 1000, iwae_k: int = 5000, seed: int = 0, log=print) -> dict[str, Any]:
-    """NUTS on p(z | x, θ) for the first ``points`` examples of ``split`` beside the run's encoder.
-
-    Writes ``compare.nc`` (ArviZ: svi and nuts along ``inference``), ``nuts.nc``,
-    ``compare.json`` (the table) and ``forest.png``, ``pair.png``, ``gaps.png`` into
-    ``out`` (default RUN/compare); returns the table.
-    """
-    import time
-    from pathlib import Path
-
-    from ppgen import data as datasets
-    from ppgen import diagnostics, runs
-    from ppgen.inference import fit as backend_fit
-
-    if points < 1:
-        raise UserError(f"--points must be at least 1, got {points}")
-    run_dir = Path(run_dir)
-    config = runs.read_config(run_dir)
-    pair = runs.load_pair(run_dir)
-    _latent_site(pair)
-    options = config.get("data", {})
-    data = datasets.load(options.get("name", "mnist"), binarize=options.get("binarize", "default"),
-                         seed=options.get("seed", 0), split_seed=options.get("split_seed", 0))
-    start = time.perf_counter()
-    fit = backend_fit(pair, data, backend="nuts", points=points, split=split, chains=chains, warmup=warmup,
-                      samples=samples, seed=seed)
-    log(f"NUTS ({fit.state['engine']}): {points} {split} points x {chains} chains, {warmup} warmup + {samples} draws "
-        f"in {time.perf_counter() - start:.1f} s")
-    result = compare(pair, fit, steps=steps, iwae_k=iwae_k, seed=seed)
-    result.update(run=str(run_dir), split=split, chains=chains, warmup=warmup, samples=samples,
-                  seconds=round(time.perf_counter() - start, 1))
-    out = Path(out) if out is not None else run_dir / "compare"
-    out.mkdir(parents=True, exist_ok=True)
-    combined = diagnostics.compare_inference_data(pair, fit, seed=seed, log_lik=False)
-    combined.to_netcdf(str(out / "compare.nc"))
-    diagnostics.to_inference_data(fit).to_netcdf(str(out / "nuts.nc"))
-    runs.write_json(out / "compare.json", result)
-    diagnostics.plot_forest(combined, out / "forest.png", 0)
-    diagnostics.plot_pair(combined, out / "pair.png", 0)
-    diagnostics.plot_gaps(result["points"], out / "gaps.png")
-    log(format_table(result))
-    log(f"wrote {out}/compare.nc, nuts.nc, compare.json, forest.png, pair.png, gaps.png")
-    return result

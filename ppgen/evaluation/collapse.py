@@ -1,6 +1,8 @@
 r"""Posterior-collapse diagnostics for a pair with a Gaussian-like guide.
 
-* KL per latent dimension: E_x KL(q(z_j|x) ‖ p(z_j)), closed form for Normal q and p.
+* KL per latent dimension: E_x KL(q(z_j|x) ‖ p(z_j)), closed form for Normal q and p, with
+  p the model's own prior site (read from a trace of the model replayed on a guide draw,
+  never assumed N(0, I)).
 * Active units (Burda et al., 2016): A_u = Cov_x(E_{q(z|x)}[z_u]); a unit is active if
   A_u > 0.01.
 * Mutual information I(x; z) under q(x, z) = p_data(x) q(z|x) (Hoffman & Johnson,
@@ -21,23 +23,43 @@ from __future__ import annotations
 
 import math
 
-import pyro
 import torch
-from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 from torch.distributions import Independent, Normal, kl_divergence
+
+from ppgen import sites
+from ppgen.errors import UserError
 
 
 def _gaussian_q(pair, x: torch.Tensor) -> Normal:
+    if not pair.has_encoder:
+        raise UserError(f"{pair.who} has no encoder q(z | x): no per-dimension collapse diagnostics")
     with torch.no_grad():
         loc, scale = pair.encode(x)
     return Normal(loc, scale)
 
 
+def prior(pair, x: torch.Tensor, seed: int = 0) -> Normal:
+    """The model's prior site of the bottom latent (``pair.latent_sites[-1]``) per example and dimension,
+    (N, k), its parents (if any) drawn from the guide; a :class:`UserError` unless it is Normal."""
+    name = pair.latent_sites[-1]
+    with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), torch.no_grad():
+        torch.manual_seed(seed)
+        guide_tr, model_tr = sites.trace_pair(pair, x, 1)
+    site = model_tr.nodes[name]
+    p = _base_normal(site["fn"])
+    if p is None:
+        raise UserError(f"{pair.who}'s prior on {name!r} is {type(site['fn']).__name__}, not Normal: "
+                        "no closed-form KL per dimension")
+    value = guide_tr.nodes[name]["value"]
+    event = len(site["fn"].event_shape)
+    return Normal(*(sites.unplace(t.expand_as(value), event, True)[0].reshape(x.shape[0], -1)
+                    for t in (p.loc, p.scale)))
+
+
 def kl_per_dim(pair, x: torch.Tensor) -> torch.Tensor:
-    """Average over examples of KL(q(z_j|x) ‖ N(0, 1)) for every latent dimension j."""
+    """Average over examples of KL(q(z_j|x) ‖ p(z_j)) for every latent dimension j, p the model's prior site."""
     q = _gaussian_q(pair, x)
-    return kl_divergence(q, Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale))).mean(0)
+    return kl_divergence(q, prior(pair, x)).mean(0)
 
 
 def active_units(pair, x: torch.Tensor, threshold: float = 0.01) -> tuple[int, torch.Tensor]:
@@ -69,18 +91,22 @@ def layer_report(pair, x: torch.Tensor, samples: int = 10, seed: int = 0, thresh
     """Per latent site, outermost first (the pair's ``latent_sites`` order): KL per dimension, active units, I."""
     with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), torch.no_grad():
         torch.manual_seed(seed)
-        with pyro.validation_enabled(False), pyro.plate("particles", samples, dim=-(pair.max_plate_nesting + 1)):
-            guide_tr = poutine.trace(pair.guide).get_trace(x)
-            model_tr = poutine.trace(poutine.replay(pair.model, trace=guide_tr)).get_trace(x)
+        guide_tr, model_tr = sites.trace_pair(pair, x, samples)
     out = {}
-    for name, site in guide_tr.nodes.items():
-        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+    for name, site in sites.sample_sites(guide_tr).items():
+        if site["is_observed"]:
             continue
         q, p, z = _base_normal(site["fn"]), _base_normal(model_tr.nodes[name]["fn"]), site["value"]
-        if q is None or p is None or z.dim() != 3:
-            continue  # only Gaussian layers of vectors have per-dimension diagnostics
-        q = Normal(q.loc.expand_as(z), q.scale.expand_as(z))
-        kl = kl_divergence(q, Normal(p.loc.expand_as(z), p.scale.expand_as(z))).mean((0, 1))
+        in_data = any(f.name == pair.data_plate for f in site["cond_indep_stack"])
+        if q is None or p is None or not in_data or len(site["fn"].event_shape) != 1:
+            continue  # only Gaussian layers of vectors, one per example, have per-dimension diagnostics
+        q_loc, q_scale, p_loc, p_scale = (sites.unplace(t.expand_as(z), 1, True)
+                                          for t in (q.loc, q.scale, p.loc, p.scale))
+        z = sites.unplace(z, 1, True)
+        if z.dim() != 3:
+            continue
+        q = Normal(q_loc, q_scale)
+        kl = kl_divergence(q, Normal(p_loc, p_scale)).mean((0, 1))
         activity = q.loc.mean(0).var(0, unbiased=True)
         loc, scale, draw = q.loc[0], q.scale[0], z[0]
         cross = Normal(loc[None], scale[None]).log_prob(draw[:, None]).sum(-1)
@@ -88,7 +114,7 @@ def layer_report(pair, x: torch.Tensor, samples: int = 10, seed: int = 0, thresh
         out[name] = {"kl_total": float(kl.sum()), "kl_per_dim": [round(float(v), 4) for v in kl],
                      "active_units": int((activity > threshold).sum()), "activity": [round(float(v), 4) for v in activity],
                      "mutual_information": float(mi)}
-    order = [name for name in getattr(pair, "latent_sites", ()) if name in out]
+    order = [name for name in pair.latent_sites if name in out]
     return {name: out[name] for name in order + [n for n in out if n not in order]}  # outermost first
 
 
@@ -99,7 +125,9 @@ def report(pair, x: torch.Tensor) -> dict:
     layer's dimensions (bottom layer first), ``mutual_information`` is the bottom layer's,
     and ``layers`` holds :func:`layer_report`.
     """
-    if len(getattr(pair, "latent_sites", ("z",))) > 1:
+    if not pair.has_guide:
+        raise UserError(f"{pair.who} has no guide q(z | x): no collapse diagnostics")
+    if len(pair.latent_sites) > 1 or not pair.has_encoder:
         layers = layer_report(pair, x)
         bottom_first = list(layers.values())[::-1]
         return {"kl_total": sum(v["kl_total"] for v in bottom_first),

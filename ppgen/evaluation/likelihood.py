@@ -8,35 +8,23 @@ With z_k ~ q(z|x) and log weights log w_k = log p(x, z_k) − log q(z_k|x):
 and ELBO = IWAE_1 ≤ IWAE_K ≤ IWAE_{K+1} → log p(x). Both are computed from
 the pair's own sample sites: the guide is traced inside a vectorized
 ``particles`` plate and the model replayed on its draws, so the encoder runs
-once per example and the decoder once per particle. Work is chunked over
-examples and particles so K = 1000 on 1,000 digits stays in memory.
+once per example and the decoder once per particle (:func:`ppgen.sites.log_weights`,
+where plates nested in the data plate are summed per example and global sites are
+attributed 1/N per example). IWAE with K > 1 is not linear in the weights, so a pair
+with global latents raises there (its per-example IWAE would bound nothing); the ELBO
+is linear, and its sum over examples is the joint ELBO. Work is chunked over examples
+and particles so K = 1000 on 1,000 digits stays in memory.
 """
 
 from __future__ import annotations
 
 import math
 
-import pyro
 import torch
-from pyro import poutine
 
+from ppgen.sites import log_weights
 
-def log_weights(pair, x: torch.Tensor, k: int) -> torch.Tensor:
-    """log p(x, z_k) − log q(z_k | x) for k particles: shape (k, batch)."""
-    dim = -(pair.max_plate_nesting + 1)
-    with pyro.validation_enabled(False), torch.no_grad(), pyro.plate("particles", k, dim=dim):
-        guide_tr = poutine.trace(pair.guide).get_trace(x)
-        model_tr = poutine.trace(poutine.replay(pair.model, trace=guide_tr)).get_trace(x)
-    total = torch.zeros(k, x.shape[0], device=x.device)
-    for tr, sign in ((model_tr, 1.0), (guide_tr, -1.0)):
-        for site in tr.nodes.values():
-            if site["type"] == "sample":
-                with torch.no_grad():  # a distribution may compute lazily (NADE): keep it out of autograd
-                    lp = site["fn"].log_prob(site["value"]) * site["scale"]
-                while lp.dim() > 2:  # plates other than particles and data (rightmost) are summed out
-                    lp = lp.sum(1)
-                total = total + sign * lp
-    return total
+__all__ = ["bits_per_dim", "elbo", "iwae", "log_weights"]
 
 
 def _chunks(n: int, size: int):
@@ -56,9 +44,11 @@ def iwae(pair, x: torch.Tensor, k: int = 1000, budget: int = 8_000_000) -> torch
     if k < 1:
         raise ValueError("k must be at least 1")
     k_chunk, b_chunk = _budget(pair, k, budget)
+    options = {} if k == 1 else {"globals": "raise"}  # IWAE_1 is the ELBO: linear, global sites split 1/N
     out = []
     for rows in _chunks(x.shape[0], b_chunk):
-        parts = [torch.logsumexp(log_weights(pair, x[rows], len(range(*ks.indices(k)))), 0) for ks in _chunks(k, k_chunk)]
+        parts = [torch.logsumexp(log_weights(pair, x[rows], len(range(*ks.indices(k))), **options), 0)
+                 for ks in _chunks(k, k_chunk)]
         out.append(torch.logsumexp(torch.stack(parts), 0) - math.log(k))
     return torch.cat(out)
 

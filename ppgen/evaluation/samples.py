@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ppgen.errors import UserError
+from ppgen.models.base import samples_from
 
 METRICS = ("fid", "kid", "is", "pr")
 _VERSION = 2
@@ -232,7 +233,7 @@ def sample_quality(samples, data, metrics: Sequence[str] = METRICS, *, n: int | 
         classifier, out["classifier_accuracy"] = feature_classifier(data, cache_dir=cache_dir)
     real = (data.test if reference is None else reference).float()
     n = n or len(real)
-    if hasattr(samples, "generate"):
+    if samples_from(samples):
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(seed)
             samples = torch.cat([samples.generate(min(500, n - s)).cpu() for s in range(0, n, 500)])
@@ -251,29 +252,3 @@ def sample_quality(samples, data, metrics: Sequence[str] = METRICS, *, n: int | 
         out.update(precision_recall(f_real, f_fake))
     out["n_real"], out["n_fake"] = len(real), len(samples)
     return out
-
-
-def reference_data(config: dict):
-    """A run's data set with its split but no binarization (what generated examples are compared with)."""
-    from ppgen.data import load
-
-    options = config.get("data", {})
-    return load(options.get("name", "mnist"), binarize=None, seed=options.get("seed", 0),
-                split_seed=options.get("split_seed", 0))
-
-
-def evaluate_run_samples(run_dir, metrics: Sequence[str] = METRICS, n: int | None = None, seed: int = 0,
-                         cache_dir=None, sampler=None) -> dict:
-    """:func:`sample_quality` of a run directory's pair (or of ``sampler``) against its data set's grey-level test split.
-
-    The reference and the feature classifier use the run's data with the same split but no
-    binarization (a Bernoulli VAE's samples are its pixel probabilities, E[x|z]). ``sampler``
-    is anything with ``generate(n)``, e.g. the run's pair corrected by rejection sampling.
-    """
-    from ppgen import runs
-
-    data = reference_data(runs.read_config(run_dir))
-    if sampler is None:
-        sampler = runs.load_pair(run_dir)
-        sampler.eval()
-    return sample_quality(sampler, data, metrics, n=n, seed=seed, cache_dir=cache_dir)
