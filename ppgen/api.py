@@ -7,27 +7,10 @@ from typing import Any
 import torch
 
 from ppgen.data import Dataset, from_tensor
+from ppgen.evaluation.likelihood import validation_callback
 from ppgen.inference import Fit
 from ppgen.inference import fit as backend_fit
 from ppgen.inference.loop import restore_best
-
-
-def validation_callback(data: Dataset, seed: int = 0):
-    """Held-out ELBO per example on the validation split, after every epoch (one seeded draw)."""
-    from ppgen.evaluation import elbo
-
-    def callback(fit: Fit) -> dict:
-        if len(data.val) == 0:
-            return {}
-        fit.pair.eval()
-        device = next(fit.pair.parameters()).device
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            value = float(elbo(fit.pair, data.val.to(device)).mean())
-        fit.pair.train()
-        return {"val_elbo": value}
-
-    return callback
 
 
 def fit(pair, data: Any, backend: str = "svi", **options) -> Fit:

@@ -89,7 +89,7 @@ def guide_draws(pair, x: torch.Tensor, n: int, seed: int = 0) -> tuple[dict[str,
         v = v.expand((n,) + v.shape[1:]) if v.shape[0] == 1 else v
         in_data = any(f.name == pair.data_plate for f in site["cond_indep_stack"])
         out[name] = sites.unplace(v, len(site["fn"].event_shape), in_data)
-    return out, site_dims(latent, list(latent))
+    return out, site_dims(latent, list(latent), pair.data_plate)
 
 
 # -- InferenceData ------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import torch
 
 from ppgen import data as datasets
 from ppgen import evaluation, models, plots, runs
-from ppgen.api import validation_callback
 from ppgen.errors import UserError
+from ppgen.evaluation.likelihood import validation_callback
 from ppgen.evaluation.samples import METRICS
 from ppgen.inference import fit as backend_fit
 from ppgen.inference.loop import restore_best
@@ -65,7 +65,8 @@ def make_config(model: str, model_options: dict, data_options: dict, train_optio
     options = backend_options(backend, train)  # validates; the config records every value
     train = {**as_dict(options), **{k: train[k] for k in RUN_OPTIONS if k in train}}
     train.pop("monitor", None)  # set by --select
-    likelihood = model_options.get("likelihood", getattr(cls.Config, "likelihood", None))
+    declared = {f.name: f.default for f in dataclasses.fields(cls.Config)}
+    likelihood = model_options.get("likelihood", declared.get("likelihood"))
     if adversarial and likelihood != "bernoulli" and data_options.get("binarize", "default") == "default":
         data_options = {**data_options, "binarize": None}  # a generator learns grey levels, not binarized digits
     return {"model": cls.name, "model_options": model_options, "data": data_options,

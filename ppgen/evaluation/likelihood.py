@@ -19,10 +19,15 @@ and particles so K = 1000 on 1,000 digits stays in memory.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from ppgen.sites import log_weights
+
+if TYPE_CHECKING:  # annotations only
+    from ppgen.data import Dataset
+    from ppgen.inference.fit import Fit
 
 __all__ = ["bits_per_dim", "elbo", "iwae", "log_weights"]
 
@@ -67,3 +72,19 @@ def elbo(pair, x: torch.Tensor, num_samples: int = 1, budget: int = 8_000_000) -
 def bits_per_dim(log_px: torch.Tensor, x_shape) -> torch.Tensor:
     """−log₂ p(x) / D."""
     return -log_px / (math.log(2) * math.prod(x_shape))
+
+
+def validation_callback(data: Dataset, seed: int = 0):
+    """Held-out ELBO per example on the validation split, after every epoch (one seeded draw)."""
+    def callback(fit: Fit) -> dict:
+        if len(data.val) == 0:
+            return {}
+        fit.pair.eval()
+        device = next(fit.pair.parameters()).device
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            value = float(elbo(fit.pair, data.val.to(device)).mean())
+        fit.pair.train()
+        return {"val_elbo": value}
+
+    return callback

@@ -222,12 +222,12 @@ def latent_sites(trace: dict) -> dict[str, dict]:
     return {name: s for name, s in trace.items() if s["type"] == "sample" and not s["is_observed"]}
 
 
-def site_dims(trace: dict, names) -> dict[str, list[str]]:
+def site_dims(trace: dict, names, data_plate: str = "data") -> dict[str, list[str]]:
     """ArviZ dimension names of sites: their plates (``data``) then one name per event dimension."""
     dims = {}
     for name in names:
         site = trace[name]
-        plates = [f.name for f in site["cond_indep_stack"] if f.name == "data"]
+        plates = [f.name for f in site["cond_indep_stack"] if f.name == data_plate]
         n_event = len(site["fn"].event_shape)
         event = [f"{name}_dim"] if n_event == 1 else [f"{name}_dim_{i}" for i in range(n_event)]
         dims[name] = plates + event
@@ -241,9 +241,9 @@ def _eager_trace(pair, x, params) -> dict:
     return handlers.trace(handlers.seed(numpyro_model(pair), 0)).get_trace(x, params)
 
 
-def _check_local(trace: dict) -> None:
+def _check_local(trace: dict, data_plate: str = "data") -> None:
     for name, site in latent_sites(trace).items():
-        if not any(f.name == "data" for f in site["cond_indep_stack"]):
+        if not any(f.name == data_plate for f in site["cond_indep_stack"]):
             raise UserError(f"points= samples the per-example latents with the networks fixed, but site {name!r} is "
                             "global (outside the 'data' plate); run without points to sample every unknown")
 
@@ -334,7 +334,7 @@ def _numpyro_nuts(pair, x: torch.Tensor, per_point: bool, *, chains, warmup, sam
     units = xj[:, None] if per_point else xj[None]  # one independent posterior per unit
     devices = _devices(chain_method)
     if per_point:
-        _check_local(_eager_trace(pair, units[0], params))
+        _check_local(_eager_trace(pair, units[0], params), pair.data_plate)
     s = sampler(pair, units[0], params, warmup=warmup, samples=samples, dense_mass=dense_mass,
                 target_accept=target_accept, max_tree_depth=max_tree_depth, devices=devices)
     xs = jnp.repeat(units, chains, axis=0)  # (unit, chain) flattened, unit-major
@@ -356,7 +356,7 @@ def _numpyro_nuts(pair, x: torch.Tensor, per_point: bool, *, chains, warmup, sam
                                                  inv_mass),
              "warmup_divergences": warm.T if per_point else warm[0]}
     extra["dims"] = site_dims(s.trace, list(sites) + [n for n, v in s.trace.items() if v["type"] == "sample"
-                                                     and v["is_observed"]])
+                                                     and v["is_observed"]], pair.data_plate)
     return out, stat_arrays, extra
 
 
@@ -413,4 +413,4 @@ def _pyro_site_dims(pair, x: torch.Tensor) -> dict[str, list[str]]:
 
     trace = poutine.trace(pair.model).get_trace(x)
     sites = {n: s for n, s in trace.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)}
-    return site_dims(sites, list(sites))
+    return site_dims(sites, list(sites), pair.data_plate)
