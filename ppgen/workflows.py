@@ -65,8 +65,16 @@ def _build(config: dict, data: datasets.Dataset):
 
 def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = False, progress: bool | None = None,
               log=print) -> dict:
-    """Train the run described by ``config`` into ``out`` (or continue it); return its metrics."""
+    """Train the run described by ``config`` into ``out`` (or continue it); return its metrics.
+
+    Every check (output folder, data, model, checkpoint) runs before anything is written; a new run
+    appears at ``out`` only with its first checkpoint, and a resumed one changes only from then on.
+    """
     out = Path(out)
+    if resume:
+        runs.open_run(out)
+    else:
+        runs.check_new_run_dir(out, overwrite)
     data = _load_data(config["data"])
     torch.manual_seed(config["train"].get("seed", 0))  # the networks' initial weights
     pair = _build(config, data)
@@ -74,43 +82,50 @@ def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = F
     backend = train.pop("backend", "svi")
     select = train.pop("select", "best")
     pair.check_data(data.train_epoch(0), f"{data.name} training data")
-    checkpoint = runs.load_torch(out / runs.CHECKPOINT) if resume else None
-    if checkpoint is not None and checkpoint.get("backend", backend) != backend:
-        raise UserError(f"{out} was trained with the {checkpoint['backend']} backend, not {backend}; resume it with "
-                        "its own backend")
-    if checkpoint is not None and checkpoint["state"].get("epoch", 0) >= train["epochs"]:
-        log(f"{out} already trained {checkpoint['state']['epoch']} epochs; nothing to resume (raise --epochs)")
+    checkpoint = _resumable_checkpoint(out, pair, backend, train) if resume else None
     log(data.describe())
     start = time.perf_counter()
 
-    def body(run_dir: Path) -> dict:
+    def body(run: runs.RunWriter) -> dict:
         if backend == "adversarial":
-            return _train_adversarial(pair, data, train, checkpoint, run_dir, progress, log, start)
+            return _train_adversarial(pair, data, train, checkpoint, run, progress, log, start)
         fit = backend_fit(pair, data, backend="svi", progress=progress, resume=checkpoint,
                           callback=validation_callback(data, train["seed"]),
                           monitor="val_elbo" if select == "best" else None,
-                          on_epoch_end=lambda f: (runs.save_checkpoint(run_dir, f), _log_epoch(f, log)), **train)
+                          on_epoch_end=lambda f: (run.save_checkpoint(f), _log_epoch(f, log)), **train)
+        run.require_checkpoint(fit.stopped)
         if fit.stopped:
             log(f"training stopped: {fit.stopped}")
         if select == "best":
             restore_best(fit)
-        runs.save_torch(run_dir / runs.MODEL, pair.state_dict())
+        runs.save_torch(run.path / runs.MODEL, pair.state_dict())
         metrics = quick_metrics(pair, data)
         metrics.update(epochs=fit.state.get("epoch"), best_epoch=fit.state.get("best_epoch"),
                        train_seconds=round(time.perf_counter() - start, 2), stopped=fit.stopped)
-        runs.write_json(run_dir / runs.METRICS, metrics)
-        pictures(pair, data, fit.history, run_dir)
-        write_posterior(fit, data, run_dir)
+        runs.write_json(run.path / runs.METRICS, metrics)
+        pictures(pair, data, fit.history, run.path)
+        write_posterior(fit, data, run.path)
         return metrics
 
-    if resume:
-        runs.write_json(out / runs.CONFIG, config)
-        return body(out)
-    with runs.new_run(out, config, overwrite=overwrite) as run_dir:
-        return body(run_dir)
+    opened = runs.resumed_run(out, config) if resume else runs.new_run(out, config, overwrite=overwrite)
+    with opened as run:
+        return body(run)
 
 
-def _train_adversarial(pair, data: datasets.Dataset, train: dict, checkpoint: dict | None, run_dir: Path,
+def _resumable_checkpoint(run_dir: Path, pair, backend: str, train: dict) -> dict:
+    """The run's checkpoint, checked against the rebuilt pair, its backend and the new number of epochs."""
+    checkpoint = runs.load_checkpoint(run_dir)
+    if checkpoint.get("backend", backend) != backend:
+        raise UserError(f"{run_dir} was trained with the {checkpoint['backend']} backend, not {backend}; resume it "
+                        "with its own backend")
+    runs.check_weights(pair, checkpoint["model"], run_dir / runs.CHECKPOINT)
+    done = checkpoint["state"].get("epoch", 0)
+    if isinstance(train.get("epochs"), int) and done >= train["epochs"]:
+        raise UserError(f"{run_dir} already trained {done} epochs; nothing to resume: give --epochs above {done}")
+    return checkpoint
+
+
+def _train_adversarial(pair, data: datasets.Dataset, train: dict, checkpoint: dict | None, run: runs.RunWriter,
                        progress, log, start: float) -> dict:
     """The adversarial backend's run: checkpoint per epoch, last weights kept, metrics that apply to the pair."""
     options = dict(train)
@@ -120,10 +135,12 @@ def _train_adversarial(pair, data: datasets.Dataset, train: dict, checkpoint: di
     if options.get("critic_hidden") is not None:
         options["critic_hidden"] = tuple(options["critic_hidden"])
     fit = backend_fit(pair, data, backend="adversarial", progress=progress, resume=checkpoint,
-                      on_epoch_end=lambda f: (runs.save_checkpoint(run_dir, f), _log_adversarial_epoch(f, log)),
+                      on_epoch_end=lambda f: (run.save_checkpoint(f), _log_adversarial_epoch(f, log)),
                       **options)
+    run.require_checkpoint(fit.stopped)
     if fit.stopped:
         log(f"training stopped: {fit.stopped}")
+    run_dir = run.path
     runs.save_torch(run_dir / runs.MODEL, pair.state_dict())
     metrics: dict[str, Any] = quick_metrics(pair, data) if has_density(pair, data.train[:2]) else {}
     metrics.update(mode_metrics(pair, data.name))
