@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from ppgen.errors import UserError
@@ -423,14 +424,26 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = [_add_train, _add_evaluate, _add_sample, _add_listings, _add_compare]
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; unknown options are reported by the subcommand's parser (``ppgen train: error: ...``)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        commands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+        (commands.get(getattr(args, "command", None)) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            # Pyro warns on a NaN loss; the training loop stops there and ppgen reports it on one line
+            warnings.filterwarnings("ignore", message="Encountered NaN")
+            return args.func(args)
     except UserError as err:
         print(f"ppgen: error: {err}", file=sys.stderr)
         return 2

@@ -55,9 +55,11 @@ def _load_data(options: dict) -> datasets.Dataset:
 def _build(config: dict, data: datasets.Dataset):
     cls = models.get(config["model"])
     options = dict(config["model_options"])
-    options.setdefault("x_shape", data.x_shape)
+    trained = config.get("model_config", {}).get("x_shape") if isinstance(config.get("model_config"), dict) else None
+    options.setdefault("x_shape", trained or data.x_shape)  # a resumed run keeps the shape it was trained on
     if tuple(options["x_shape"]) != data.x_shape:
-        raise UserError(f"the model expects examples shaped {tuple(options['x_shape'])} but {data.name} has {data.x_shape}")
+        raise UserError(f"the model expects examples shaped {tuple(options['x_shape'])} but {data.name} has "
+                        f"{data.x_shape}; give data of that shape (a resumed run needs the data it was trained on)")
     pair = cls.from_config(options)
     config["model_config"] = pair.config_dict()
     return pair
