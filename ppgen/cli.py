@@ -400,11 +400,11 @@ def _compare(args) -> int:
     from ppgen import runs
     from ppgen.evaluation.amortization import compare_run
 
-    runs.check_output_dir(args.out if args.out is not None else args.run / "compare")
     pair = runs.load_pair(args.run)
     if not pair.has_guide:
         raise UserError(f"{args.run} holds a {pair.name} without a guide q(z|x); compare needs an encoder to compare "
                         "with NUTS (train a vae, or gan --encoder)")
+    runs.check_output_dir(args.out if args.out is not None else args.run / "compare")
     compare_run(args.run, args.out, points=args.points, chains=args.chains, warmup=args.warmup,
                 samples=args.samples, split=args.split, steps=args.steps, iwae_k=args.iwae, seed=args.seed)
     return 0
@@ -435,7 +435,12 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = _parse(parser, argv)
+    try:
+        args = _parse(parser, argv)
+    except SystemExit as exit_:  # --help exits 0 as argparse does; a mistake (one line already printed) returns 2
+        if exit_.code == 2:
+            return 2
+        raise
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

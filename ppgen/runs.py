@@ -170,8 +170,6 @@ def read_config(run_dir: Path) -> dict:
 def open_run(run_dir: Path) -> dict:
     """The config of a run to continue, checked to hold what training needs; stale temp files removed."""
     run_dir = Path(run_dir)
-    if run_dir.is_symlink():
-        raise UserError(f"--resume {run_dir} is a symbolic link; give the real folder ({os.path.realpath(run_dir)})")
     config = read_config(run_dir)
     missing = [key for key in ("model_options", "data", "train") if not isinstance(config.get(key), dict)]
     if missing:

@@ -322,6 +322,16 @@ def test_unwritable_out_folder(tmp_path, capsys):
         os.chmod(tmp_path / "ro", 0o700)
 
 
+def test_unwritable_out_folder_as_any_user(tmp_path, capsys, monkeypatch):
+    """The same check for root too: os.access is what ppgen asks."""
+    (tmp_path / "ro").mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path / "ro" and real(p, mode))
+    assert_refused(capsys, tmp_path, "train", "vae", *DIGITS, "--out", tmp_path / "ro" / "run", needle="writable")
+    assert_refused(capsys, tmp_path, "sample", tmp_path / "nowhere", "--out", tmp_path / "ro" / "s.png",
+                   needle="writable")
+
+
 def test_evaluate_on_a_read_only_run_prints_the_result_and_warns(capsys, run_copy, monkeypatch):
     def refuse(path, obj):
         raise PermissionError(13, "Permission denied", str(path))

@@ -84,7 +84,8 @@ def read_idx(path: Path) -> np.ndarray:
 def _as_images(x: np.ndarray, path: Path) -> np.ndarray:
     x = np.asarray(x)
     check_numeric(x, f"{path}")
-    if x.dtype == np.uint8 or (x.size and np.nanmax(x) > 1.0 and np.nanmax(x) <= 255.0 and np.nanmin(x) >= 0):
+    finite = x[np.isfinite(x)]  # NaN and infinities are reported by data.check_examples
+    if x.dtype == np.uint8 or (finite.size and 1.0 < finite.max() <= 255.0 and finite.min() >= 0):
         x = x / 255.0
     x = x.astype(np.float32)
     if x.ndim == 3:  # (N, H, W) -> (N, 1, H, W)
