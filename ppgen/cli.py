@@ -384,13 +384,13 @@ def _add_compare(sub) -> None:
                                    "k-hat) and split log p(x) - ELBO into approximation and amortization gaps "
                                    "(Cremer et al., 2018). Writes compare.nc (ArviZ), compare.json and pictures.")
     p.add_argument("run", type=Path, help="run directory written by `ppgen train`")
-    p.add_argument("--points", type=positive, default=16, help="the first N points of the split (default 16)")
+    p.add_argument("--points", type=int, default=16, help="the first N points of the split (default 16)")
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
-    p.add_argument("--chains", type=positive, default=4, help="NUTS chains per point (default 4)")
-    p.add_argument("--warmup", type=non_negative, default=500, help="NUTS warmup iterations (default 500)")
-    p.add_argument("--samples", type=positive, default=1000, help="NUTS draws per chain (default 1000)")
-    p.add_argument("--steps", type=non_negative, default=1000, help="Adam steps of the per-point Gaussian q* (default 1000)")
-    p.add_argument("--iwae", type=positive, default=5000, metavar="K", help="importance samples for log p(x) (default 5000)")
+    p.add_argument("--chains", type=int, default=4, help="NUTS chains per point (default 4)")
+    p.add_argument("--warmup", type=int, default=500, help="NUTS warmup iterations (default 500)")
+    p.add_argument("--samples", type=int, default=1000, help="NUTS draws per chain (default 1000)")
+    p.add_argument("--steps", type=int, default=1000, help="Adam steps of the per-point Gaussian q* (default 1000)")
+    p.add_argument("--iwae", type=int, default=5000, metavar="K", help="importance samples for log p(x) (default 5000)")
     p.add_argument("--out", type=Path, help="output directory (default RUN/compare)")
     p.add_argument("--seed", type=non_negative, default=0)
     p.set_defaults(func=_compare)
@@ -400,6 +400,8 @@ def _compare(args) -> int:
     from ppgen import runs
     from ppgen.evaluation.amortization import compare_run
 
+    if args.points < 1 or args.chains < 1 or args.samples < 1 or args.warmup < 0 or args.steps < 0 or args.iwae < 1:
+        raise UserError("--points, --chains, --samples and --iwae must be at least 1, --warmup and --steps at least 0")
     pair = runs.load_pair(args.run)
     if not pair.has_guide:
         raise UserError(f"{args.run} holds a {pair.name} without a guide q(z|x); compare needs an encoder to compare "
@@ -435,12 +437,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    try:
-        args = _parse(parser, argv)
-    except SystemExit as exit_:  # --help exits 0 as argparse does; a mistake (one line already printed) returns 2
-        if exit_.code == 2:
-            return 2
-        raise
+    args = _parse(parser, argv)  # a mistake: one line and SystemExit(2), as argparse does
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
