@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from ppgen.errors import UserError
@@ -23,6 +24,33 @@ EPILOG = """examples:
   ppgen train vae --resume runs/vae --epochs 40
   ppgen train gan --data ring8 --loss ns --epochs 50 --out runs/gan ; ppgen evaluate runs/gan --fid
   ppgen models ; ppgen data"""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line: ``ppgen train: error: ... (see ppgen train --help)``, exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+#: argparse types: whole numbers >= 1 (counts) and >= 0 (seeds, optional counts where 0 means off)
+positive = _int_at_least(1)
+non_negative = _int_at_least(0)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -41,7 +69,8 @@ def _add_train(sub) -> None:
                                    "(--backend adversarial, the default for gan), and write a run directory: "
                                    "config.json, checkpoint.pt, model.pt, metrics.json, history.csv and pictures.")
     p.add_argument("model", help="model family (see `ppgen models`), e.g. vae")
-    p.add_argument("--data", default="mnist", help="bundled name (see `ppgen data`) or a path: IDX folder/file, .npz, .npy")
+    p.add_argument("--data", help="bundled name (see `ppgen data`) or a path: IDX folder/file, .npz, .npy "
+                   "(default mnist)")
     p.add_argument("--out", type=Path, help="run directory to create (default runs/<model>)")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in RUN (its config is reused; "
                    "--epochs sets the new total)")
@@ -58,7 +87,7 @@ def _add_train(sub) -> None:
     d = p.add_argument_group("data")
     d.add_argument("--binarize", choices=["dynamic", "static", "threshold", "none"],
                    help="binarization for Bernoulli likelihoods (default: dynamic for mnist/digits, none otherwise)")
-    d.add_argument("--split-seed", type=int, default=0, help="seed of the stratified train/val/test split")
+    d.add_argument("--split-seed", type=non_negative, help="seed of the stratified train/val/test split (default 0)")
     t = p.add_argument_group("training (SVI; the flags come from ppgen.inference.options.SVIOptions)")
     _add_option_flags(t, SVIOptions, skip=())
     t.add_argument("--select", choices=["best", "last"], help="keep the best-validation epoch (default) or the last")
@@ -95,40 +124,74 @@ def _add_option_flags(group, cls, skip) -> None:
             group.add_argument(f"--{flag}", dest=f.name, type=parse, choices=choices, help=help_text)
 
 
+#: options a resumed run takes from its config (only --epochs, the new total, may be given)
+RESUME_ALLOWED = ("command", "func", "model", "resume", "epochs", "no_progress")
+
+
 def _train(args) -> int:
     from ppgen import workflows
 
     progress = False if args.no_progress else None
     if args.resume is not None:
-        from ppgen import runs
-
-        config = runs.read_config(args.resume)
-        if config["model"] != args.model.lower():
-            raise UserError(f"{args.resume} holds a {config['model']} run, not {args.model}; name the same model")
-        config["train"].update({k: getattr(args, k) for k in ("epochs",) if getattr(args, k) is not None})
-        metrics = workflows.train_run(config, args.resume, resume=True, progress=progress)
+        config = _resume_config(args)
         out = args.resume
     else:
-        model_options = {k: getattr(args, k) for k in MODEL_KEYS if getattr(args, k) is not None}
-        from ppgen import models
-
-        fields = set(models.get(args.model).Config.__dataclass_fields__)
-        unsupported = sorted(set(model_options) - fields)
-        if unsupported:
-            raise UserError(f"{args.model} has no option(s) {', '.join('--' + k.replace('_', '-') for k in unsupported)}")
-        binarize = {"none": None, None: "default"}.get(args.binarize, args.binarize)
-        data_options = {"name": args.data, "binarize": binarize, "seed": args.seed or 0, "split_seed": args.split_seed}
-        train_options = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k, None) is not None}
-        config = workflows.make_config(args.model, model_options, data_options, train_options)
+        config = _new_config(args)
         out = args.out or Path("runs") / args.model.lower()
-        metrics = workflows.train_run(config, out, overwrite=args.overwrite, progress=progress)
-    shown = [f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith("_elbo")]
+    try:
+        metrics = workflows.train_run(config, out, resume=args.resume is not None, overwrite=args.overwrite,
+                                      progress=progress)
+    except KeyboardInterrupt:
+        print(_interrupted_message(args.model, out), file=sys.stderr)
+        return 130
+    shown = [f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith("_elbo") and v is not None]
     if "modes" in metrics:
         shown.append(_modes_line(metrics))
     shown += [f"{label} {metrics[k]:.4f}" for k, label in (("loss_d", "critic loss"), ("loss_g", "generator loss"))
               if k in metrics and not shown]
     print(f"wrote {out}: " + ", ".join(shown))
     return 1 if metrics.get("stopped") else 0
+
+
+def _resume_config(args) -> dict:
+    """The run's own config with the new --epochs; any other option is refused (it would be ignored)."""
+    from ppgen import runs
+
+    given = sorted(k for k, v in vars(args).items() if k not in RESUME_ALLOWED and v not in (None, False))
+    if given:
+        names = ", ".join("--" + k.replace("_", "-").replace("num-particles", "particles") for k in given)
+        raise UserError(f"--resume continues the run with its own options; drop {names} (only --epochs, the new "
+                        "total, may change)")
+    config = runs.open_run(args.resume)
+    if config["model"] != args.model.lower():
+        raise UserError(f"{args.resume} holds a {config['model']} run, not {args.model}; name the same model")
+    if args.epochs is not None:
+        config["train"]["epochs"] = args.epochs
+    return config
+
+
+def _new_config(args) -> dict:
+    from ppgen import models, workflows
+
+    model_options = {k: getattr(args, k) for k in MODEL_KEYS if getattr(args, k) is not None}
+    fields = set(models.get(args.model).Config.__dataclass_fields__)
+    unsupported = sorted(set(model_options) - fields)
+    if unsupported:
+        raise UserError(f"{args.model} has no option(s) {', '.join('--' + k.replace('_', '-') for k in unsupported)}")
+    binarize = {"none": None, None: "default"}.get(args.binarize, args.binarize)
+    data_options = {"name": args.data or "mnist", "binarize": binarize, "seed": args.seed or 0,
+                    "split_seed": args.split_seed or 0}
+    train_options = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k, None) is not None}
+    return workflows.make_config(args.model, model_options, data_options, train_options)
+
+
+def _interrupted_message(model: str, out: Path) -> str:
+    """What to do after Ctrl-C, as the run directory now stands."""
+    from ppgen import runs
+
+    if runs.is_run_dir(out) and (out / runs.CHECKPOINT).exists():
+        return f"ppgen: interrupted; continue with `ppgen train {model} --resume {out}`"
+    return f"ppgen: interrupted before the first checkpoint; nothing was written to {out} (start the run again)"
 
 
 def _modes_line(m: dict) -> str:
@@ -141,28 +204,30 @@ def _add_evaluate(sub) -> None:
                        description="Evaluate a trained run on held-out data: ELBO, the IWAE-K estimate of log p(x) "
                                    "(and bits/dim), KL per latent dimension, active units and I(x; z).")
     p.add_argument("run", type=Path, help="run directory written by `ppgen train`")
-    p.add_argument("--iwae", type=int, default=1000, metavar="K", help="importance samples per example (default 1000)")
-    p.add_argument("--ais", type=int, metavar="N", help="also AIS with N intermediate distributions (e.g. 1000)")
-    p.add_argument("--ais-chains", type=int, default=16, metavar="C", help="AIS chains per example (default 16)")
-    p.add_argument("--bdmc", type=int, default=0, metavar="M",
+    p.add_argument("--iwae", type=positive, default=1000, metavar="K", help="importance samples per example (default 1000)")
+    p.add_argument("--ais", type=positive, metavar="N", help="also AIS with N intermediate distributions (e.g. 1000)")
+    p.add_argument("--ais-chains", type=positive, default=16, metavar="C", help="AIS chains per example (default 16)")
+    p.add_argument("--bdmc", type=non_negative, default=0, metavar="M",
                    help="with --ais: BDMC bounds on M examples simulated from the model (default off)")
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
-    p.add_argument("--limit", type=int, help="evaluate only the first N examples")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=positive, help="evaluate only the first N examples")
+    p.add_argument("--seed", type=non_negative, default=0)
     q = p.add_argument_group("sample quality (features of a classifier ppgen trains on the data set and caches)")
     q.add_argument("--fid", action="store_true", help="Fréchet distance of generated vs test examples")
     q.add_argument("--kid", action="store_true", help="kernel (MMD) distance, unbiased")
     q.add_argument("--is", dest="inception", action="store_true", help="Inception Score of the classifier's labels")
     q.add_argument("--pr", action="store_true", help="precision and recall (Kynkäänniemi et al., 2019)")
-    q.add_argument("--samples", type=int, metavar="N", help="generated examples to score (default: as many as test)")
+    q.add_argument("--samples", type=positive, metavar="N", help="generated examples to score (default: as many as test)")
     _add_rejection(p)
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.set_defaults(func=_evaluate)
 
 
 def _evaluate(args) -> int:
-    from ppgen import runs, workflows
+    from ppgen import workflows
 
+    if args.rejection:
+        _check_rejection(args)
     result = workflows.evaluate_run(args.run, iwae_k=args.iwae, split=args.split, limit=args.limit, seed=args.seed,
                                     ais_steps=args.ais, ais_chains=args.ais_chains, bdmc_points=args.bdmc)
     wanted = [m for m, on in (("fid", args.fid), ("kid", args.kid), ("is", args.inception), ("pr", args.pr)) if on]
@@ -171,10 +236,9 @@ def _evaluate(args) -> int:
 
         result["sample_quality"] = evaluate_run_samples(args.run, wanted, n=args.samples, seed=args.seed)
     if args.rejection:
-        _check_rejection(args)
         result["rejection"] = workflows.evaluate_rejection(args.run, wanted, steps=args.rejection_steps,
                                                            quantile=args.quantile, n=args.samples, seed=args.seed)
-    runs.write_json(Path(args.run) / f"evaluation_{args.split}.json", result)
+    _write_result(Path(args.run) / f"evaluation_{args.split}.json", result)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -215,6 +279,17 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _write_result(path: Path, result: dict) -> None:
+    """Write ``result`` as JSON; if the folder is not writable, warn (the result is still printed)."""
+    from ppgen import runs
+
+    try:
+        runs.write_json(path, result)
+    except OSError as err:
+        print(f"ppgen: warning: could not write {path} ({err.strerror or err}); the result is printed only",
+              file=sys.stderr)
+
+
 def _quality_line(q: dict) -> str:
     shown = [f"{label} {q[key]:.4g}" for key, label in (("fid", "FID"), ("kid", "KID"), ("is", "IS"),
                                                         ("precision", "precision"), ("recall", "recall")) if key in q]
@@ -227,7 +302,7 @@ def _add_rejection(p) -> None:
                              "samples estimates log p_data/p_model; samples are kept with probability exp(D - M)")
     r.add_argument("--rejection", action="store_true", help="correct the samples by rejection (classifier cached "
                    "in the run directory as rejection.pt)")
-    r.add_argument("--rejection-steps", type=int, metavar="N",
+    r.add_argument("--rejection-steps", type=positive, metavar="N",
                    help="training steps of the ratio classifier (default 10000 on vectors, 2000 on images)")
     r.add_argument("--quantile", type=float, default=0.999, metavar="Q",
                    help="bound M = this quantile of the classifier's logits on samples (default 0.999): 1 is "
@@ -243,9 +318,9 @@ def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="draw from a trained model into a picture or .npy file",
                        description="Draw x from p(z) p(x|z) of a trained run (the likelihood's mean at each z).")
     p.add_argument("run", type=Path, help="run directory written by `ppgen train`")
-    p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("-n", type=positive, default=64, help="number of samples (default 64)")
     p.add_argument("--out", type=Path, default=Path("samples.png"), help=".png (a grid) or .npy (the array)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative, default=0)
     _add_rejection(p)
     p.set_defaults(func=_sample)
 
@@ -256,12 +331,7 @@ def _sample(args) -> int:
 
     from ppgen import plots, runs
 
-    if args.n < 1:
-        raise UserError("-n must be at least 1")
-    if args.out.suffix not in (".png", ".npy"):
-        raise UserError(f"--out {args.out}: use a .png (picture) or .npy (array) file name")
-    if not args.out.parent.exists():
-        raise UserError(f"folder {args.out.parent} does not exist; create it first")
+    runs.check_output_file(args.out, (".png", ".npy"))
     if args.rejection:
         from ppgen.workflows import ratio_sampler
 
@@ -327,15 +397,21 @@ def _add_compare(sub) -> None:
     p.add_argument("--steps", type=int, default=1000, help="Adam steps of the per-point Gaussian q* (default 1000)")
     p.add_argument("--iwae", type=int, default=5000, metavar="K", help="importance samples for log p(x) (default 5000)")
     p.add_argument("--out", type=Path, help="output directory (default RUN/compare)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative, default=0)
     p.set_defaults(func=_compare)
 
 
 def _compare(args) -> int:
+    from ppgen import runs
     from ppgen.workflows import compare_run
 
-    if args.chains < 1 or args.samples < 1 or args.warmup < 0 or args.steps < 0 or args.iwae < 1:
-        raise UserError("--chains, --samples and --iwae must be at least 1, --warmup and --steps at least 0")
+    if args.points < 1 or args.chains < 1 or args.samples < 1 or args.warmup < 0 or args.steps < 0 or args.iwae < 1:
+        raise UserError("--points, --chains, --samples and --iwae must be at least 1, --warmup and --steps at least 0")
+    pair = runs.load_pair(args.run)
+    if not pair.has_guide:
+        raise UserError(f"{args.run} holds a {pair.name} without a guide q(z|x); compare needs an encoder to compare "
+                        "with NUTS (train a vae, or gan --encoder)")
+    runs.check_output_dir(args.out if args.out is not None else args.run / "compare")
     compare_run(args.run, args.out, points=args.points, chains=args.chains, warmup=args.warmup,
                 samples=args.samples, split=args.split, steps=args.steps, iwae_k=args.iwae, seed=args.seed)
     return 0
@@ -346,7 +422,7 @@ def _shown(value) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ppgen", description="Deep generative models as probabilistic programs: "
+    parser = ArgumentParser(prog="ppgen", description="Deep generative models as probabilistic programs: "
                                      "Pyro model/guide pairs trained by SVI and checked by NUTS.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -359,14 +435,26 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = [_add_train, _add_evaluate, _add_sample, _add_listings, _add_compare]
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; unknown options are reported by the subcommand's parser (``ppgen train: error: ...``)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        commands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+        (commands.get(getattr(args, "command", None)) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)  # a mistake: one line and SystemExit(2), as argparse does
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            # Pyro warns on a NaN loss; the training loop stops there and ppgen reports it on one line
+            warnings.filterwarnings("ignore", message="Encountered NaN")
+            return args.func(args)
     except OptionError as err:  # the library names the option; the command names its flag
         print(f"ppgen: error: {flag_of(err.option)} {_shown(err.value)}: {err.problem}", file=sys.stderr)
         return 2
@@ -377,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print("ppgen: interrupted; resume with `ppgen train MODEL --resume RUN`", file=sys.stderr)
+        print("ppgen: interrupted", file=sys.stderr)
         return 130
 
 

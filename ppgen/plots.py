@@ -109,9 +109,10 @@ def latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, path: Path) -> 
     elif pts.shape[1] == 1:
         pts = np.concatenate([pts, np.zeros_like(pts)], 1)
     fig, ax = plt.subplots(figsize=(4.5, 4))
-    colours = None if labels is None else labels.cpu().numpy()
-    sc = ax.scatter(pts[:, 0], pts[:, 1], c=colours, s=4, cmap="tab10")
-    if labels is not None:
+    if labels is None:  # no colours, so no colour map (matplotlib warns about an unused cmap)
+        ax.scatter(pts[:, 0], pts[:, 1], s=4)
+    else:
+        sc = ax.scatter(pts[:, 0], pts[:, 1], c=labels.cpu().numpy(), s=4, cmap="tab10")
         fig.colorbar(sc, ax=ax, label="label")
     ax.set_title(title)
     return _save(fig, path)

@@ -9,10 +9,21 @@ A run directory written by ``ppgen train`` holds::
     history.csv        one row per epoch
     samples.png, reconstructions.png, loss.png, latents.png
 
-Every file is written to a temporary name in the same folder and renamed, so a
-crash never leaves a half-written file; checkpoints are loaded with
-``torch.load(..., weights_only=True)``. A run that fails before its first
-checkpoint removes its folder, so no half-written run directory is left behind.
+A run directory is always either absent or resumable. A new run is built in a
+hidden sibling folder (``.NAME.ppgen-new-PID-*``) and renamed into place once
+its first checkpoint exists; ``--overwrite`` swaps it with the old run only then,
+and only if the old folder is a ppgen run. A resumed run changes nothing until
+its first new checkpoint is written. Every file is written to a temporary name
+in the same folder and renamed (the umask respected), so a crash never leaves a
+half-written file; the leftovers of a killed run (hidden sibling folders, temp
+files) are removed when the run is next opened. Checkpoints are loaded with
+``torch.load(..., weights_only=True)`` and their structure checked.
+
+Every way in goes through one of: :func:`check_new_run_dir` (``train --out``),
+:func:`check_output_file` / :func:`check_output_dir` (other outputs),
+:func:`read_config`, :func:`load_checkpoint`, :func:`load_weights` and
+:func:`load_pair` (reading a run), :func:`new_run` / :func:`resumed_run`
+(writing one).
 """
 
 from __future__ import annotations
@@ -21,7 +32,9 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -33,13 +46,27 @@ import torch
 from ppgen.errors import UserError
 
 CONFIG, CHECKPOINT, MODEL, METRICS, HISTORY = "config.json", "checkpoint.pt", "model.pt", "metrics.json", "history.csv"
+#: hidden sibling folders of a run being built (``new``) or replaced (``old``): ``.NAME.ppgen-new-PID-XXXX``
+STAGING = re.compile(r"^\.(?P<name>.+)\.ppgen-(?:new|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+#: temporary files of :func:`atomic_write_bytes` (``.NAME.XXXX.tmp``) and of the posterior (``.posterior.nc.tmp``)
+TEMP_FILE = re.compile(r"^\.[^/]+\.tmp$")
+
+
+# -- writing files -----------------------------------------------------------------------------
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` via a temporary file and an atomic rename."""
+    """Write ``payload`` to ``path`` via a temporary file and an atomic rename (mode as the umask says)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
@@ -51,46 +78,31 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         raise
 
 
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
-
-
-def _jsonable(value: Any) -> Any:
+def standard_json(value: Any) -> Any:
+    """``value`` with tensors/arrays as lists and NaN/infinite numbers as None (standard JSON: null)."""
+    if isinstance(value, dict):
+        return {str(k): standard_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [standard_json(v) for v in value]
     if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if hasattr(value, "item"):
-        return value.item()
+        return standard_json(value.tolist())
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy arrays and scalars
+        return standard_json(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
     return str(value)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(standard_json(obj), indent=2, allow_nan=False) + "\n").encode())
 
 
 def save_torch(path: Path, obj: Any) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_torch(path: Path) -> Any:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path} is missing; train the run first (ppgen train ... --out {path.parent})")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, pickle with non-tensor objects, ...
-        raise UserError(f"{path} is corrupt or not a ppgen checkpoint ({type(err).__name__}); "
-                        "retrain, or resume from a good copy") from None
-
-
-def read_config(run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
-    path = run_dir / CONFIG
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir} is not a directory; give a run directory written by `ppgen train`")
-    if not path.exists():
-        raise UserError(f"{run_dir} holds no trained run ({CONFIG} missing); give a directory written by `ppgen train`")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON ({err.msg}); the run directory is damaged") from None
 
 
 def write_history(run_dir: Path, history: list[dict]) -> None:
@@ -104,47 +116,343 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
     atomic_write_bytes(Path(run_dir) / HISTORY, buffer.getvalue().encode())
 
 
-def build_pair(config: dict):
+# -- reading a run -------------------------------------------------------------------------------
+
+
+def load_torch(path: Path) -> Any:
+    """A file written by :func:`save_torch`, loaded weights-only; a missing or damaged file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is missing; the run directory is incomplete (train it again with --overwrite)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, pickle with non-tensor objects, ...
+        raise UserError(f"{path} is corrupt or not a ppgen checkpoint ({type(err).__name__}); "
+                        "retrain, or resume from a good copy") from None
+
+
+def check_config(config: Any, path: Path) -> dict:
+    """``config`` if it has the structure ``ppgen train`` writes, else a UserError naming what is wrong."""
+    problem = _config_problem(config)
+    if problem:
+        raise UserError(f"{path} is not a ppgen run config ({problem}); the run directory is damaged, train it again")
+    return config
+
+
+def _config_problem(config: Any) -> str | None:
+    if not isinstance(config, dict):
+        return f"a JSON {type(config).__name__}, not an object"
+    if not isinstance(config.get("model"), str):
+        return "no model name"
+    if not isinstance(config.get("model_config", config.get("model_options")), dict):
+        return "no model options"
+    for key in ("model_config", "model_options", "data", "train"):
+        if key in config and not isinstance(config[key], dict):
+            return f"{key!r} is not an object"
+    return None
+
+
+def read_config(run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a directory; give a run directory written by `ppgen train`")
+    if not path.exists():
+        raise UserError(f"{run_dir} holds no trained run ({CONFIG} missing); give a directory written by `ppgen train`")
+    try:
+        return check_config(json.loads(path.read_text()), path)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err.msg}); the run directory is damaged") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
+
+
+def open_run(run_dir: Path) -> dict:
+    """The config of a run to continue, checked to hold what training needs; stale temp files removed."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    missing = [key for key in ("model_options", "data", "train") if not isinstance(config.get(key), dict)]
+    if missing:
+        raise UserError(f"{run_dir / CONFIG} lacks {', '.join(missing)}, so the run cannot be continued; train it "
+                        f"again with --out {run_dir} --overwrite")
+    if not (run_dir / CHECKPOINT).exists():
+        load_checkpoint(run_dir)  # the message that says what to do
+    clean_stale_temp_files(run_dir)
+    return config
+
+
+def _is_weights(state: Any) -> bool:
+    return isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict (``model.pt``): names to tensors."""
+    state = load_torch(path)
+    if not _is_weights(state):
+        raise UserError(f"{path} holds a {type(state).__name__}, not model weights; retrain, or copy a good model.pt")
+    return state
+
+
+def load_checkpoint(run_dir: Path) -> dict:
+    """``checkpoint.pt`` of ``run_dir``, checked to be a training checkpoint."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.exists():
+        raise UserError(f"{run_dir} has no {CHECKPOINT}: it stopped before its first epoch ended; start it again "
+                        f"with --out {run_dir} --overwrite")
+    checkpoint = load_torch(path)
+    if _is_weights(checkpoint):
+        raise UserError(f"{path} holds model weights (a copy of {MODEL}?), not a training checkpoint; resume from a "
+                        "good copy or train again with --overwrite")
+    if not (isinstance(checkpoint, dict) and _is_weights(checkpoint.get("model"))
+            and isinstance(checkpoint.get("state"), dict) and isinstance(checkpoint.get("history"), list)):
+        raise UserError(f"{path} is not a ppgen training checkpoint; resume from a good copy or train again "
+                        "with --overwrite")
+    return checkpoint
+
+
+def check_weights(pair, state: dict[str, torch.Tensor], path: Path) -> None:
+    """UserError unless ``state`` has exactly the names and shapes of ``pair``'s weights."""
+    own = pair.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        first = (missing or unexpected or wrong)[0]
+        kind = "missing" if missing else "unexpected" if unexpected else "of another shape"
+        raise UserError(f"{path}: weights do not fit the model in {CONFIG} ({first} {kind}); "
+                        "it belongs to another model: retrain, or copy the run's own file")
+
+
+def build_pair(config: dict, path: Path | str = CONFIG):
     from ppgen import models
 
-    return models.get(config["model"]).from_config(config["model_config"])
+    try:
+        return models.get(config["model"]).from_config(config.get("model_config", config.get("model_options")))
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
+    except (TypeError, ValueError, KeyError) as err:
+        raise UserError(f"{path}: the model options do not build a {config['model']} ({err}); the run is damaged"
+                        ) from None
 
 
 def load_pair(run_dir: Path):
     """The trained pair of ``run_dir``: selected weights (model.pt), else the last checkpoint."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
-    pair = build_pair(config)
+    pair = build_pair(config, run_dir / CONFIG)
     if (run_dir / MODEL).exists():
-        state = load_torch(run_dir / MODEL)
+        path, state = run_dir / MODEL, load_weights(run_dir / MODEL)
     else:
-        state = load_torch(run_dir / CHECKPOINT)["model"]
-    try:
-        pair.load_state_dict(state)
-    except RuntimeError as err:
-        raise UserError(f"{run_dir}: weights do not fit the model in {CONFIG} ({str(err).splitlines()[0]})") from None
+        path, state = run_dir / CHECKPOINT, load_checkpoint(run_dir)["model"]
+    check_weights(pair, state, path)
+    pair.load_state_dict(state)
     pair.eval()
     return pair
 
 
-def save_checkpoint(run_dir: Path, fit) -> None:
-    save_torch(Path(run_dir) / CHECKPOINT, fit.checkpoint())
-    write_history(run_dir, fit.history)
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a ppgen run directory: a real folder, a ppgen config, and a checkpoint or model."""
+    path = Path(path)
+    return _has_ppgen_config(path) and ((path / CHECKPOINT).is_file() or (path / MODEL).is_file())
+
+
+def is_unfinished_run(path: Path) -> bool:
+    """A run stopped before its first checkpoint (older ppgen left these): a ppgen config and nothing else."""
+    path = Path(path)
+    return _has_ppgen_config(path) and all(p.name == CONFIG or TEMP_FILE.match(p.name) for p in path.iterdir())
+
+
+def _has_ppgen_config(path: Path) -> bool:
+    if path.is_symlink() or not path.is_dir() or not (path / CONFIG).is_file():
+        return False
+    try:
+        return _config_problem(json.loads((path / CONFIG).read_text())) is None
+    except (OSError, ValueError):
+        return False
+
+
+def clean_stale_temp_files(run_dir: Path) -> None:
+    """Remove temporary files of ppgen's own naming left in ``run_dir`` by a killed write."""
+    with contextlib.suppress(OSError):
+        for entry in Path(run_dir).iterdir():
+            if TEMP_FILE.match(entry.name) and entry.is_file() and not entry.is_symlink():
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+
+# -- checking output paths before the work -------------------------------------------------------
+
+
+def _first_existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and not path.is_symlink():
+        path = path.parent
+    return path
+
+
+def check_output_dir(path: Path, what: str = "--out") -> None:
+    """UserError unless a folder can be created (or written) at ``path``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a folder; choose another {what}")
+    base = _first_existing(path)
+    if not base.is_dir():
+        raise UserError(f"{what} {path} goes through {base}, which is a file; choose another {what}")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path}: folder {base} is not writable; choose another {what}")
+
+
+def check_output_file(path: Path, suffixes: tuple[str, ...], what: str = "--out") -> None:
+    """UserError unless a file with one of ``suffixes`` can be written at ``path``."""
+    path = Path(path)
+    if path.suffix not in suffixes:
+        raise UserError(f"{what} {path}: use a {' or '.join(suffixes)} file name")
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give a file name such as {path / ('samples' + suffixes[0])}")
+    if not path.parent.exists():
+        base = _first_existing(path.parent)
+        if not base.is_dir():
+            raise UserError(f"{what} {path} goes through {base}, which is a file; choose another {what}")
+        raise UserError(f"folder {path.parent} does not exist; create it first")
+    if not path.parent.is_dir():
+        raise UserError(f"{what} {path} goes through {path.parent}, which is a file; choose another {what}")
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"{what} {path} is not writable; choose another {what}")
+
+
+def check_new_run_dir(out: Path, overwrite: bool = False) -> None:
+    """UserError unless ``train --out out`` may write there: nothing of the user's is ever replaced."""
+    out = Path(out)
+    if out.is_symlink():
+        raise UserError(f"--out {out} is a symbolic link; give the real folder ({os.path.realpath(out)}) or another")
+    check_output_dir(out)
+    check_output_dir(out.parent)  # the run is built beside ``out`` and renamed into place
+    here = Path.cwd().resolve()
+    if out.exists() and (out.resolve() == here or out.resolve() in here.parents):
+        raise UserError(f"--out {out} is the working folder or above it; give a new folder such as runs/NAME")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if is_unfinished_run(out):
+        if not overwrite:
+            raise UserError(f"{out} holds a run stopped before its first checkpoint; start it again with "
+                            f"--out {out} --overwrite")
+        return
+    if not is_run_dir(out):
+        raise UserError(f"{out} exists and is not a ppgen run directory; --overwrite replaces only runs, so "
+                        "choose another --out")
+    if not overwrite:
+        raise UserError(f"{out} already holds a run; continue it with --resume {out}, or replace it with --overwrite")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out} is not writable; choose another --out")
+
+
+# -- writing a run -------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_staging(out: Path) -> None:
+    """Remove hidden sibling folders that a killed ppgen process left while building or replacing ``out``."""
+    out = Path(out)
+    with contextlib.suppress(OSError):
+        for entry in out.parent.iterdir():
+            match = STAGING.match(entry.name)
+            if match and match["name"] == out.name and entry.is_dir() and not entry.is_symlink() \
+                    and not _pid_alive(int(match["pid"])):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+class RunWriter:
+    """Where a training run writes: ``path`` (a hidden sibling until the first checkpoint is published)."""
+
+    def __init__(self, path: Path, config: dict, publish=None):
+        self.path = Path(path)
+        self.config = config
+        self.checkpoints = 0
+        self._publish = publish
+
+    def save_checkpoint(self, fit) -> None:
+        """The epoch's checkpoint and history; the first one also writes the config and publishes a new run."""
+        save_torch(self.path / CHECKPOINT, fit.checkpoint())
+        write_history(self.path, fit.history)
+        if self.checkpoints == 0:
+            write_json(self.path / CONFIG, self.config)
+            if self._publish is not None:
+                self.path = self._publish(self.path)
+        self.checkpoints += 1
+
+    def require_checkpoint(self, stopped: str | None) -> None:
+        """UserError (and nothing written) if training ended before its first checkpoint."""
+        if self.checkpoints == 0:
+            reason = stopped or "no epoch was completed"
+            raise UserError(f"training stopped before its first epoch ended, nothing was written: {reason}")
+
+
+def _make_staging(out: Path, kind: str) -> Path:
+    path = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.ppgen-{kind}-{os.getpid()}-"))
+    os.chmod(path, 0o777 & ~_umask())
+    return path
+
+
+def _swap_into_place(staging: Path, out: Path) -> Path:
+    """Rename ``staging`` to ``out``; an old run (or empty folder) at ``out`` is moved aside, then removed."""
+    old = None
+    if out.exists():
+        old = _make_staging(out, "old")
+        os.rmdir(old)
+        os.rename(out, old)
+    os.rename(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return those created, deepest first."""
+    created = []
+    folder = Path(os.path.abspath(folder))
+    while not folder.exists():
+        created.append(folder)
+        folder = folder.parent
+    for path in reversed(created):
+        path.mkdir()
+    return created
 
 
 @contextlib.contextmanager
-def new_run(out: Path, config: dict, overwrite: bool = False) -> Iterator[Path]:
-    """Create ``out`` with its config; remove it again if the block fails before a checkpoint exists."""
+def new_run(out: Path, config: dict, overwrite: bool = False) -> Iterator[RunWriter]:
+    """A writer for a new run at ``out``, built in a hidden sibling and renamed into place at its first checkpoint.
+
+    If the block fails before that, the sibling (and any parent folder made for it) is removed and
+    ``out`` is untouched; an old run at ``out`` is replaced (``overwrite``) only then.
+    """
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"{out} already exists and is not empty; choose another --out or continue it with --resume {out}")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / CONFIG, config)
+    check_new_run_dir(out, overwrite)
+    remove_stale_staging(out)
+    created = _make_parents(out.parent)
+    staging = _make_staging(out, "new")
+    writer = RunWriter(staging, config, publish=lambda path: _swap_into_place(path, out))
     try:
-        yield out
+        yield writer
     except BaseException:
-        if not (out / CHECKPOINT).exists():
-            shutil.rmtree(out, ignore_errors=True)
+        if writer.checkpoints == 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            for folder in created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         raise
+
+
+@contextlib.contextmanager
+def resumed_run(run_dir: Path, config: dict) -> Iterator[RunWriter]:
+    """A writer that continues ``run_dir`` in place: nothing in it changes before the first new checkpoint."""
+    yield RunWriter(Path(run_dir), config)

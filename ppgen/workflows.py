@@ -81,9 +81,11 @@ def _load_data(options: dict) -> datasets.Dataset:
 def _build(config: dict, data: datasets.Dataset):
     cls = models.get(config["model"])
     options = dict(config["model_options"])
-    options.setdefault("x_shape", data.x_shape)
+    trained = config.get("model_config", {}).get("x_shape") if isinstance(config.get("model_config"), dict) else None
+    options.setdefault("x_shape", trained or data.x_shape)  # a resumed run keeps the shape it was trained on
     if tuple(options["x_shape"]) != data.x_shape:
-        raise UserError(f"the model expects examples shaped {tuple(options['x_shape'])} but {data.name} has {data.x_shape}")
+        raise UserError(f"the model expects examples shaped {tuple(options['x_shape'])} but {data.name} has "
+                        f"{data.x_shape}; give data of that shape (a resumed run needs the data it was trained on)")
     pair = cls.from_config(options)
     config["model_config"] = pair.config_dict()
     return pair
@@ -91,57 +93,77 @@ def _build(config: dict, data: datasets.Dataset):
 
 def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = False, progress: bool | None = None,
               log=print) -> dict:
-    """Train the run described by ``config`` into ``out`` (or continue it); return its metrics."""
+    """Train the run described by ``config`` into ``out`` (or continue it); return its metrics.
+
+    Every check (output folder, data, model, checkpoint) runs before anything is written; a new run
+    appears at ``out`` only with its first checkpoint, and a resumed one changes only from then on.
+    """
     out = Path(out)
+    if resume:
+        runs.open_run(out)
+    else:
+        runs.check_new_run_dir(out, overwrite)
     data = _load_data(config["data"])
     torch.manual_seed(config["train"].get("seed", 0))  # the networks' initial weights
     pair = _build(config, data)
     train = dict(config["train"])
     backend = train.get("backend", "svi")
     select = train.get("select", "best" if backend == "svi" else "last")
+    backend_options(backend, train)  # a damaged or hand-edited config is refused before anything is opened
     pair.check_data(data.train_epoch(0), f"{data.name} training data")
-    checkpoint = runs.load_torch(out / runs.CHECKPOINT) if resume else None
-    if checkpoint is not None and checkpoint.get("backend", backend) != backend:
-        raise UserError(f"{out} was trained with the {checkpoint['backend']} backend, not {backend}; resume it with "
-                        "its own backend")
-    if checkpoint is not None and checkpoint["state"].get("epoch", 0) >= train["epochs"]:
-        log(f"{out} already trained {checkpoint['state']['epoch']} epochs; nothing to resume (raise --epochs)")
+    checkpoint = _resumable_checkpoint(out, pair, backend, train) if resume else None
     log(data.describe())
     start = time.perf_counter()
 
-    def body(run_dir: Path) -> dict:
-        return _train(pair, data, config, backend, select, checkpoint, run_dir, progress, log, start)
+    def body(run: runs.RunWriter) -> dict:
+        return _train(pair, data, backend, select, checkpoint, run, progress, log, start)
 
-    if resume:
-        runs.write_json(out / runs.CONFIG, config)
-        return body(out)
-    with runs.new_run(out, config, overwrite=overwrite) as run_dir:
-        return body(run_dir)
+    opened = runs.resumed_run(out, config) if resume else runs.new_run(out, config, overwrite=overwrite)
+    with opened as run:
+        return body(run)
 
 
-def _train(pair, data: datasets.Dataset, config: dict, backend: str, select: str, checkpoint: dict | None,
-           run_dir: Path, progress, log, start: float) -> dict:
+def _resumable_checkpoint(run_dir: Path, pair, backend: str, train: dict) -> dict:
+    """The run's checkpoint, checked against the rebuilt pair, its backend and the new number of epochs."""
+    checkpoint = runs.load_checkpoint(run_dir)
+    if checkpoint.get("backend", backend) != backend:
+        raise UserError(f"{run_dir} was trained with the {checkpoint['backend']} backend, not {backend}; resume it "
+                        "with its own backend")
+    runs.check_weights(pair, checkpoint["model"], run_dir / runs.CHECKPOINT)
+    done = checkpoint["state"].get("epoch", 0)
+    if isinstance(train.get("epochs"), int) and done >= train["epochs"]:
+        raise UserError(f"{run_dir} already trained {done} epochs; nothing to resume: give --epochs above {done}")
+    return checkpoint
+
+
+def _train(pair, data: datasets.Dataset, backend: str, select: str, checkpoint: dict | None, run: runs.RunWriter,
+           progress, log, start: float) -> dict:
     """Train on either backend with a checkpoint per epoch; then the selected weights, metrics and pictures."""
+    config = run.config
     options = backend_options(backend, config["train"])
     kwargs = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
     callback = None
     if backend == "svi":
         kwargs["monitor"] = "val_elbo" if select == "best" else None
+        kwargs["announce"] = log
         callback = validation_callback(data, options.seed)
 
     def on_epoch_end(fit) -> None:
-        if config["train"].get("engine") != fit.options.get("engine") and backend == "svi":
+        if backend == "svi" and config["train"].get("engine") != fit.options.get("engine"):
             config["train"]["engine"] = fit.options["engine"]  # what `auto` chose: a resume uses the same
-            runs.write_json(run_dir / runs.CONFIG, config)
-        runs.save_checkpoint(run_dir, fit)
+            if run.checkpoints:  # (before the first checkpoint, the config is written with it)
+                runs.write_json(run.path / runs.CONFIG, config)
+        run.save_checkpoint(fit)
         _log_epoch(fit, log)
 
     fit = backend_fit(pair, data, backend=backend, progress=progress, resume=checkpoint, callback=callback,
                       on_epoch_end=on_epoch_end, **kwargs)
+    run.require_checkpoint(fit.stopped)
     if fit.stopped:
         log(f"training stopped: {fit.stopped}")
     if select == "best":
         restore_best(fit)
+    run_dir = run.path
     runs.save_torch(run_dir / runs.MODEL, pair.state_dict())
     density = has_density(pair, data.train[:2])
     metrics: dict[str, Any] = quick_metrics(pair, data) if density else {}
@@ -391,14 +413,14 @@ def compare_run(run_dir, out=None, *, points: int = 16, chains: int = 4, warmup:
     ``out`` (default RUN/compare); returns the table.
     """
     from ppgen import diagnostics
-    from ppgen.evaluation.amortization import _latent_site, compare, format_table
+    from ppgen.evaluation.amortization import compare, format_table, latent_site
 
     if points < 1:
         raise UserError(f"--points must be at least 1, got {points}")
     run_dir = Path(run_dir)
     config = runs.read_config(run_dir)
     pair = runs.load_pair(run_dir)
-    _latent_site(pair)
+    latent_site(pair)
     options = config.get("data", {})
     data = datasets.load(options.get("name", "mnist"), binarize=options.get("binarize", "default"),
                          seed=options.get("seed", 0), split_seed=options.get("split_seed", 0))

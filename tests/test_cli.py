@@ -149,4 +149,5 @@ def test_existing_out_is_not_overwritten(tmp_path, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("x")
     assert run_cli("train", "vae", *FAST, "--out", out) == 2
-    assert "--resume" in _error_line(capsys) and (out / "keep.txt").exists()
+    # a folder of the user's files is never a run to continue or replace: the message says to choose another
+    assert "choose another --out" in _error_line(capsys) and (out / "keep.txt").exists()

@@ -86,6 +86,33 @@ def _binarize(x: np.ndarray, how: str | None, seed: int) -> np.ndarray:
     return (rng.random(x.shape, dtype=np.float32) < x).astype(np.float32)
 
 
+def check_examples(x: np.ndarray, y: np.ndarray | None, what: str) -> None:
+    """UserError unless ``x`` holds finite numbers and ``y`` (if any) one label per example."""
+    sources.check_numeric(x, what)
+    if len(x) == 0:
+        raise UserError(f"{what} holds no examples; give at least one")
+    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if not finite.all():
+        raise UserError(f"{what} holds NaN or infinite values in {int((~finite).sum())} example(s); remove or "
+                        "impute them")
+    if y is not None and len(y) != len(x):
+        raise UserError(f"{what}: {len(x)} examples but {len(y)} labels; give one label per example")
+
+
+def check_same_shape(train: np.ndarray, test: np.ndarray, what: str) -> None:
+    """UserError unless the training and test examples have one shape."""
+    if train.shape[1:] != test.shape[1:]:
+        raise UserError(f"{what}: training examples are shaped {train.shape[1:]} but test examples {test.shape[1:]}; "
+                        "give both splits the same shape")
+
+
+def check_unit_interval(x: np.ndarray, what: str) -> None:
+    """UserError unless ``x`` lies in [0, 1] (what binarization needs)."""
+    if x.min() < 0 or x.max() > 1:
+        raise UserError(f"{what}: binarization needs values in [0, 1], got [{x.min():.3g}, {x.max():.3g}]; "
+                        "rescale the data or use --binarize none")
+
+
 def _split(x, y, n_val: int, n_test: int, seed: int):
     from sklearn.model_selection import train_test_split
 
@@ -148,12 +175,16 @@ def load(
             (x, y), own_test = loaded if isinstance(loaded[0], tuple) else (loaded, None)
         else:
             x, y = sources._as_images(sources.read_idx(path), path), None
-        if y is not None and len(y) != len(x):
-            raise UserError(f"{path}: {len(x)} examples but {len(y)} labels; give one label per example")
+        check_examples(x, y, str(path))
+        if own_test is not None:
+            check_examples(own_test[0], own_test[1], f"{path} (test split)")
+            check_same_shape(x, own_test[0], str(path))
         n_val = n_val if n_val is not None else max(1, len(x) // 10)
         n_test = 0 if own_test is not None else (n_test if n_test is not None else max(1, len(x) // 10))
-    if binarize is not None and (x.min() < 0 or x.max() > 1):
-        raise UserError(f"{name}: binarization needs values in [0, 1], got [{x.min():.3g}, {x.max():.3g}]")
+    if binarize is not None:
+        check_unit_interval(x, name)
+        if own_test is not None:
+            check_unit_interval(own_test[0], f"{name} (test split)")
     train, val, test = _split(x, y, n_val, n_test, split_seed)
     x_test, y_test = (x[test], None if y is None else y[test]) if own_test is None else own_test
     train_bin = None if binarize == "dynamic" else binarize
@@ -180,4 +211,5 @@ def describe() -> dict[str, str]:
     return dict(BUNDLED)
 
 
-__all__ = ["BINARIZE", "BUNDLED", "Dataset", "describe", "from_tensor", "load"]
+__all__ = ["BINARIZE", "BUNDLED", "Dataset", "check_examples", "check_same_shape", "check_unit_interval", "describe",
+           "from_tensor", "load"]

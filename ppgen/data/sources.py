@@ -83,7 +83,9 @@ def read_idx(path: Path) -> np.ndarray:
 
 def _as_images(x: np.ndarray, path: Path) -> np.ndarray:
     x = np.asarray(x)
-    if x.dtype == np.uint8 or (x.size and x.max() > 1.0 and x.max() <= 255.0 and x.min() >= 0):
+    check_numeric(x, f"{path}")
+    finite = x[np.isfinite(x)]  # NaN and infinities are reported by data.check_examples
+    if x.dtype == np.uint8 or (finite.size and 1.0 < finite.max() <= 255.0 and finite.min() >= 0):
         x = x / 255.0
     x = x.astype(np.float32)
     if x.ndim == 3:  # (N, H, W) -> (N, 1, H, W)
@@ -91,6 +93,24 @@ def _as_images(x: np.ndarray, path: Path) -> np.ndarray:
     if x.ndim not in (2, 4):
         raise UserError(f"{path}: expected examples shaped (N, D), (N, H, W) or (N, C, H, W), got {x.shape}")
     return x
+
+
+def check_numeric(a: np.ndarray, what: str) -> None:
+    """UserError unless ``a`` holds numbers (bool, integer or float), not strings, objects or dates."""
+    if a.dtype.kind not in "biuf":
+        raise UserError(f"{what} holds {a.dtype} values, not numbers; save a numeric array")
+
+
+def _labels(y, path: Path) -> np.ndarray | None:
+    if y is None:
+        return None
+    y = np.asarray(y)
+    check_numeric(y, f"{path} labels")
+    if y.ndim != 1:
+        raise UserError(f"{path}: labels must be one number per example, got shape {y.shape}")
+    if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.round(y)).all()):
+        raise UserError(f"{path}: labels must be whole numbers (class indices)")
+    return y.astype(np.int64)
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -108,27 +128,66 @@ def idx_directory(directory: Path):
         if images is None:
             raise UserError(f"{directory} has no {prefix}-images-idx3-ubyte[.gz]; give the folder of the MNIST files")
         labels_path = _find(directory, f"{prefix}-labels-idx1-ubyte")
-        labels = read_idx(labels_path).astype(np.int64) if labels_path else None
+        labels = _labels(read_idx(labels_path), labels_path) if labels_path else None
         parts.append((_as_images(read_idx(images), images), labels))
     return tuple(parts)
 
 
+NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK"
+
+
+def _check_magic(path: Path) -> None:
+    """UserError unless ``path`` starts as a .npy (or, for .npz, a zip) file does."""
+    magic = ZIP_MAGIC if path.suffix == ".npz" else NPY_MAGIC
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(magic))
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
+    if head != magic:
+        how = "numpy.savez" if path.suffix == ".npz" else "numpy.save"
+        raise UserError(f"cannot read {path} as a numpy file: it is not a {path.suffix} file (no NumPy header); "
+                        f"write it with {how}")
+
+
+def _member(loaded, key: str, path: Path) -> np.ndarray:
+    """One array of an .npz, read (and checked) now: a bad CRC or a pickled object array is a UserError."""
+    try:
+        return loaded[key]
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise UserError(f"{path}: array {key!r} holds Python objects, which ppgen never loads (they could run "
+                            "code); save numeric arrays") from None
+        raise UserError(f"cannot read array {key!r} of {path}: {err}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
+        raise UserError(f"cannot read array {key!r} of {path}: the file is damaged ({err})") from None
+
+
 def array_file(path: Path):
     """``.npy`` (examples only) or ``.npz`` (``x``/``y`` or ``x_train``/``y_train``/``x_test``/``y_test``)."""
+    path = Path(path)
+    _check_magic(path)
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # empty or truncated files too
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise UserError(f"{path} holds Python objects, which ppgen never loads (they could run code); save a "
+                            "numeric array with numpy.save") from None
+        raise UserError(f"cannot read {path} as a numpy file: {err}") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:  # empty or truncated files too
         raise UserError(f"cannot read {path} as a numpy file: {err}") from None
     if isinstance(loaded, np.ndarray):
         return _as_images(loaded, path), None
     keys = set(loaded.files)
+
+    def part(x_key: str, y_keys: tuple[str, ...]):
+        y_key = next((k for k in y_keys if k in keys), None)
+        return _as_images(_member(loaded, x_key, path), path), _labels(
+            None if y_key is None else _member(loaded, y_key, path), path)
+
     if {"x_train", "x_test"} <= keys:
-        return (
-            (_as_images(loaded["x_train"], path), loaded["y_train"] if "y_train" in keys else None),
-            (_as_images(loaded["x_test"], path), loaded["y_test"] if "y_test" in keys else None),
-        )
+        return part("x_train", ("y_train",)), part("x_test", ("y_test",))
     for key in ("x", "X", "images", "data"):
         if key in keys:
-            labels = next((loaded[k] for k in ("y", "labels", "targets") if k in keys), None)
-            return _as_images(loaded[key], path), labels
+            return part(key, ("y", "labels", "targets"))
     raise UserError(f"{path} holds {sorted(keys)}; name the examples 'x' (and labels 'y'), or x_train/x_test")

@@ -126,7 +126,7 @@ class Gaussian:
         return self.loc + (self.tril @ eps.unsqueeze(-1)).squeeze(-1)
 
 
-def _latent_site(pair) -> str:
+def latent_site(pair) -> str:
     names = pair.latent_sites
     if len(names) != 1:
         raise UserError(f"the amortization gap needs a pair with one latent site; {pair.who} has {names}")
@@ -142,7 +142,7 @@ def encoder_gaussian(pair, x: torch.Tensor) -> Gaussian:
     import pyro
     from pyro import poutine
 
-    site = _latent_site(pair)
+    site = latent_site(pair)
     with pyro.validation_enabled(False), torch.no_grad():
         tr = poutine.trace(pair.guide).get_trace(x)
     fn = tr.nodes[site]["fn"]
@@ -169,7 +169,7 @@ def log_joint(pair, x: torch.Tensor, z: torch.Tensor, data_dim: int | None = Non
     guide when not given) inside a ``particles`` plate of S draws; nested plates are summed per
     point.
     """
-    site = _latent_site(pair)
+    site = latent_site(pair)
     if data_dim is None:
         data_dim = _data_dim(pair, x, site)
     value = sites.place(z, data_dim, pair.max_plate_nesting)
@@ -185,7 +185,7 @@ def _data_dim(pair, x: torch.Tensor, site: str) -> int:
 
 def _chunked_log_joint(pair, x, z, budget: int = 4_000_000) -> torch.Tensor:
     per = max(1, budget // max(1, x.numel()))
-    dim = _data_dim(pair, x, _latent_site(pair))
+    dim = _data_dim(pair, x, latent_site(pair))
     return torch.cat([log_joint(pair, x, z[i : i + per], dim) for i in range(0, z.shape[0], per)], 0)
 
 
@@ -224,7 +224,7 @@ def optimize_gaussian(pair, x: torch.Tensor, start: Gaussian | None = None, step
     g = torch.Generator(device=x.device).manual_seed(seed)
     k = loc.shape[-1]
     xd = x.double() if x.is_floating_point() else x
-    dim = _data_dim(pair, x, _latent_site(pair))
+    dim = _data_dim(pair, x, latent_site(pair))
     with _Frozen(pair):
         pair_dtype = next(pair.parameters()).dtype
         for _ in range(steps):
@@ -328,7 +328,7 @@ def compare(pair, nuts_fit, *, steps: int = 1000, lr: float = 0.02, elbo_samples
     if nuts_fit.options.get("points") is None:
         raise UserError("compare needs a NUTS fit over chosen points (ppgen.fit(..., backend='nuts', points=...))")
     x = nuts_fit.state["x"]
-    draws = nuts_draws(nuts_fit, _latent_site(pair))
+    draws = nuts_draws(nuts_fit, latent_site(pair))
     g = gaps(pair, x, steps=steps, lr=lr, elbo_samples=elbo_samples, iwae_k=iwae_k, ais_steps=ais_steps, seed=seed)
     enc = against_nuts(pair, x, draws, g["encoder"], seed=seed)
     star = against_nuts(pair, x, draws, g["q_star"], seed=seed)

@@ -173,10 +173,9 @@ def feature_classifier(data, *, epochs: int = 8, num_features: int = 128, batch_
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = FeatureClassifier(data.x_shape, n_classes, num_features)
-        if use_cache and path.exists():
-            saved = torch.load(path, weights_only=True)
-            net.load_state_dict(saved["weights"])
-            return net.eval(), float(saved["test_accuracy"])
+        cached = _load_cached_classifier(net, path) if use_cache else None
+        if cached is not None:
+            return net.eval(), cached
         _train_classifier(net, data.train.float(), data.train_labels.long(), epochs, batch_size, lr, seed)
         with torch.no_grad():
             net.feature_scale.fill_(embed(net, data.train.float())[0].pow(2).mean().sqrt().clamp_min(1e-8))
@@ -187,6 +186,20 @@ def feature_classifier(data, *, epochs: int = 8, num_features: int = 128, batch_
         torch.save({"weights": net.state_dict(), "test_accuracy": acc}, tmp)
         tmp.replace(path)
     return net.eval(), acc
+
+
+def _load_cached_classifier(net: nn.Module, path: Path) -> float | None:
+    """Load the cached weights at ``path`` into ``net`` and return their test accuracy; None if there are none
+    or the cache is damaged (truncated, not ours, another shape: only a cache, so the classifier is trained again)."""
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, weights_only=True)
+        accuracy = float(saved["test_accuracy"])
+        net.load_state_dict(saved["weights"])
+    except Exception:
+        return None
+    return accuracy
 
 
 def _train_classifier(net, x, y, epochs, batch_size, lr, seed) -> None:

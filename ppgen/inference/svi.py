@@ -264,7 +264,8 @@ def choose_engine(pair, options: SVIOptions) -> tuple[str, str]:
 
 @register("svi")
 def fit_svi(pair, data, *, progress: bool | None = None, callback: Callable[[Fit], dict | None] | None = None,
-            on_epoch_end: Callable[[Fit], None] | None = None, resume: dict | None = None, **options) -> Fit:
+            on_epoch_end: Callable[[Fit], None] | None = None, resume: dict | None = None,
+            announce: Callable[[str], None] | None = None, **options) -> Fit:
     """Train ``pair`` by SVI; returns a :class:`Fit` whose ``history`` has one row per epoch.
 
     ``options`` are :class:`~ppgen.inference.options.SVIOptions`. ``callback(fit)`` runs after
@@ -273,7 +274,8 @@ def fit_svi(pair, data, *, progress: bool | None = None, callback: Callable[[Fit
     ``fit.state.best`` (:func:`ppgen.inference.loop.restore_best` restores them).
     ``on_epoch_end(fit)`` is where a run writes its checkpoint; ``resume`` is such a
     checkpoint (see :meth:`Fit.checkpoint`). A checkpoint fixes the engine: it resumes on
-    the engine that wrote it.
+    the engine that wrote it. With ``engine="auto"`` the choice is announced once through
+    ``announce`` (default: a line on stderr).
     """
     opts = make(SVIOptions, options)
     check_objective_options(pair, opts)
@@ -297,18 +299,23 @@ def fit_svi(pair, data, *, progress: bool | None = None, callback: Callable[[Fit
                 raise UserError(f"engine='jax' {err}; use engine='torch'") from None
             name, why = "torch", str(err)
         else:
-            _announce(opts, "jax", why)
+            _announce(opts, "jax", why, announce)
             engine = dataclasses.replace(svi_jax.JAX_ENGINE, init=lambda *_: state0)
             return loop.run(engine, pair, data, opts, backend="svi", resume=resume, progress=progress,
                             callback=callback, on_epoch_end=on_epoch_end)
-    _announce(opts, "torch", why)
+    _announce(opts, "torch", why, announce)
     return loop.run(TORCH_ENGINE, pair, data, opts, backend="svi", resume=resume, progress=progress,
                     callback=callback, on_epoch_end=on_epoch_end)
 
 
-def _announce(options: SVIOptions, name: str, why: str) -> None:
-    if options.engine == "auto":
-        print(f"ppgen: SVI engine {name} ({why})", file=sys.stderr)
+def _announce(options: SVIOptions, name: str, why: str, announce: Callable[[str], None] | None) -> None:
+    if options.engine != "auto":
+        return
+    message = f"SVI engine {name} ({why})"
+    if announce is None:
+        print(f"ppgen: {message}", file=sys.stderr)
+    else:
+        announce(message)
 
 
 def restore_best(fit: Fit) -> Fit:
