@@ -44,6 +44,7 @@ import ppgen  # noqa: E402
 from ppgen.evaluation import elbo, iwae  # noqa: E402
 
 BATCH, LR, Z, HIDDEN = 256, 1e-3, 50, 400
+ROWS = ("pyro-tutorial", "ppgen", "ppgen-dynamic", "ppgen-cli")
 
 
 def train_pyro_tutorial(data, epochs: int, seed: int):
@@ -54,18 +55,18 @@ def train_pyro_tutorial(data, epochs: int, seed: int):
     for epoch in range(epochs):
         loss, n = B.pyro_tutorial_epoch(svi, loader)
         history.append({"epoch": epoch + 1, "elbo": -loss / n, "wall": time.perf_counter() - start})
-    return vae, history
+    return vae, history, None, "pyro-tutorial"
 
 
-def train_ppgen(data, epochs: int, seed: int, monitor: str | None = None):
+def train_ppgen(data, epochs: int, seed: int, monitor: str | None = None, engine: str = "auto"):
     torch.manual_seed(seed)  # initial weights, as `ppgen train` seeds them
     pair = ppgen.models.VAE(x_shape=data.x_shape, z_dim=Z, hidden=(HIDDEN,), likelihood="bernoulli")
     options = {} if monitor else {"callback": None}  # without a monitor, skip the per-epoch validation pass
     fit = ppgen.fit(pair, data, backend="svi", epochs=epochs, batch_size=BATCH, lr=LR, seed=seed,
-                    progress=False, monitor=monitor, **options)
+                    progress=False, monitor=monitor, engine=engine, **options)
     if fit.stopped:
         print(f"  ppgen stopped: {fit.stopped}")
-    return pair, fit.history, fit.state.get("best_epoch")
+    return pair, fit.history, fit.state.best_epoch, fit.options["engine"]
 
 
 def mean_se(v: torch.Tensor) -> tuple[float, float]:
@@ -98,33 +99,38 @@ def evaluate(pair, data, k: int, n_test: int | None, seed: int) -> tuple[dict, d
 def run(args) -> dict:
     epochs = args.epochs or (3 if args.quick else 30)
     k = args.k or (50 if args.quick else 1000)
-    n_test = 200 if args.quick else None
-    print(f"784-{HIDDEN}-{Z} VAE, batch {BATCH}, Adam {LR}, {epochs} epochs, IWAE K={k}; "
+    n_test = args.n_test or (200 if args.quick else None)
+    print(f"784-{HIDDEN}-{Z} VAE, batch {BATCH}, Adam {LR}, {epochs} epochs, IWAE K={k}, ppgen engine={args.engine}; "
           f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f} (the machine may be shared)")
     thr = ppgen.data.load("mnist", binarize="threshold", n_val=0)
     dyn = ppgen.data.load("mnist", n_val=0)
     cli = ppgen.data.load("mnist")
-    results: dict = {"epochs": epochs, "iwae_k": k, "seeds": {}}
+    results: dict = {"epochs": epochs, "iwae_k": k, "engine": args.engine, "seeds": {}}
+    engine = args.engine
     for seed in range(args.seeds):
         rows, per_digit = {}, {}
         jobs = [
-            ("pyro-tutorial", thr, "threshold", lambda s: train_pyro_tutorial(thr, epochs, s) + (None,)),
-            ("ppgen", thr, "threshold", lambda s: train_ppgen(thr, epochs, s)),
-            ("ppgen-dynamic", dyn, "dynamic", lambda s: train_ppgen(dyn, epochs, s)),
-            ("ppgen-cli", cli, "dynamic", lambda s: train_ppgen(cli, epochs, s, monitor="val_elbo")),
+            ("pyro-tutorial", thr, "threshold", lambda s: train_pyro_tutorial(thr, epochs, s)),
+            ("ppgen", thr, "threshold", lambda s: train_ppgen(thr, epochs, s, engine=engine)),
+            ("ppgen-dynamic", dyn, "dynamic", lambda s: train_ppgen(dyn, epochs, s, engine=engine)),
+            ("ppgen-cli", cli, "dynamic", lambda s: train_ppgen(cli, epochs, s, monitor="val_elbo", engine=engine)),
         ]
         for name, data, binarize, train in jobs:
+            if args.rows and name not in args.rows:
+                continue
             start = time.perf_counter()
-            model, history, best = train(seed)
+            model, history, best, used = train(seed)
             seconds = time.perf_counter() - start
             figures, per_digit[name] = evaluate(model, data, k, n_test, seed)
-            figures.update(binarize=binarize, train_seconds=seconds, best_epoch=best, history=history,
+            figures.update(binarize=binarize, engine=used, train_seconds=seconds, best_epoch=best, history=history,
                            final_running_train_elbo=history[-1]["elbo"])
             rows[name] = figures
-            print(f"  seed {seed} {name:<14} trained {seconds:6.1f} s, evaluated {figures['eval_seconds']:6.1f} s: "
+            print(f"  seed {seed} {name:<14} ({used}) trained {seconds:6.1f} s, evaluated {figures['eval_seconds']:6.1f} s: "
                   f"test ELBO {figures['test_elbo']:8.2f}  test IWAE {figures['test_iwae']:8.2f}", flush=True)
-        diff = per_digit["ppgen"] - per_digit["pyro-tutorial"]
-        rows["paired_test_iwae_ppgen_minus_pyro"] = dict(zip(("mean", "se"), mean_se(diff)))
+        if "ppgen" in per_digit and "pyro-tutorial" in per_digit:
+            diff = per_digit["ppgen"] - per_digit["pyro-tutorial"]
+            rows["paired_test_iwae_ppgen_minus_pyro"] = dict(zip(("mean", "se"), mean_se(diff)))
+        results.setdefault("per_digit_test_iwae", {})[seed] = {n: v.tolist() for n, v in per_digit.items()}
         results["seeds"][seed] = rows
     return results
 
@@ -132,7 +138,7 @@ def run(args) -> dict:
 def print_table(results: dict) -> None:
     k = results["iwae_k"]
     head = (f"{'seed':<5}{'model':<15}{'binarize':<10}{'split':<15}{'train ELBO':>11}{'test ELBO':>16}"
-            f"{f'test IWAE-{k}':>17}{f'train IWAE-{k}':>16}{'gap ELBO':>10}{'gap IWAE':>10}{'best ep':>8}")
+            f"{f'test IWAE-{k}':>17}{f'train IWAE-{k}':>16}{'gap ELBO':>10}{'gap IWAE':>10}{'best ep':>8}  engine")
     print("\n" + head)
     for seed, rows in results["seeds"].items():
         for name, r in rows.items():
@@ -142,8 +148,10 @@ def print_table(results: dict) -> None:
             print(f"{seed:<5}{name:<15}{r['binarize']:<10}{split:<15}{r['train_elbo']:>11.2f}"
                   f"{r['test_elbo']:>10.2f} ±{r['test_elbo_se']:4.2f}{r['test_iwae']:>11.2f} ±{r['test_iwae_se']:4.2f}"
                   f"{r['train_iwae']:>16.2f}{r['gap_elbo']:>10.2f}{r['gap_iwae']:>10.2f}"
-                  f"{r['best_epoch'] if r['best_epoch'] else '-':>8}")
-        p = rows["paired_test_iwae_ppgen_minus_pyro"]
+                  f"{r['best_epoch'] if r['best_epoch'] else '-':>8}  {r.get('engine', '-')}")
+        p = rows.get("paired_test_iwae_ppgen_minus_pyro")
+        if p is None:
+            continue
         print(f"{seed:<5}ppgen − pyro-tutorial, test IWAE-{k} per digit (same thresholded test set): "
               f"{p['mean']:+.2f} ± {p['se']:.2f} nats")
     print("ELBO: 10 draws of q per digit; ±: standard error over digits; gap = train − test; "
@@ -158,6 +166,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 30)")
     parser.add_argument("-k", type=int, default=None, help="IWAE particles (default 1000)")
     parser.add_argument("--seeds", type=int, default=1, help="training seeds 0..N-1 (default 1)")
+    parser.add_argument("--engine", choices=("auto", "torch", "jax"), default="auto",
+                        help="ppgen's SVI engine for the ppgen rows (default auto, as ppgen.fit and `ppgen train`)")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=None, help="run only these rows (default all)")
+    parser.add_argument("--n-test", type=int, default=None,
+                        help="score the first N test digits (default all 1,000; 200 with --quick)")
     parser.add_argument("--json", default="runs/bench/vae_quality.json", help="where to write the figures")
     args = parser.parse_args(argv)
     results = run(args)

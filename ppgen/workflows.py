@@ -17,7 +17,7 @@ from ppgen.evaluation.likelihood import validation_callback
 from ppgen.evaluation.samples import METRICS
 from ppgen.inference import fit as backend_fit
 from ppgen.inference.loop import restore_best
-from ppgen.inference.options import AdversarialOptions, SVIOptions, as_dict, flag_of
+from ppgen.inference.options import AdversarialOptions, OptionError, SVIOptions, as_dict, flag_of
 from ppgen.inference.options import make as make_options
 
 #: what ``ppgen train`` sets differently from the library's defaults (a run trains longer than a quick fit)
@@ -59,8 +59,9 @@ def make_config(model: str, model_options: dict, data_options: dict, train_optio
     wrong = sorted(k for k in train_options if k not in own)
     if wrong:
         other = "svi" if adversarial else "adversarial"
-        raise UserError(f"{', '.join(flag_of(k) for k in wrong)}: only for --backend {other}, "
-                        f"not {backend}; drop them or choose --backend {other}")
+        raise OptionError(wrong[0], train_options[wrong[0]], f"only for --backend {other}, not {backend}; drop "
+                          f"{'it' if len(wrong) == 1 else 'it (and ' + ', '.join(flag_of(k) for k in wrong[1:]) + ')'}"
+                          f" or choose --backend {other}")
     train = {**CLI_DEFAULTS, **({} if adversarial else RUN_OPTIONS), **train_options}
     options = backend_options(backend, train)  # validates; the config records every value
     train = {**as_dict(options), **{k: train[k] for k in RUN_OPTIONS if k in train}}

@@ -307,3 +307,25 @@ def test_observation_log_prob_matches_torch():
     torch.manual_seed(0)
     z = poutine.trace(pair.guide).get_trace(x).nodes["z"]["value"]
     torch.testing.assert_close(log_lik, Bernoulli(logits=pair.decoder(z)).log_prob(x).sum())
+
+
+@pytest.mark.parametrize("engine", ["torch", "jax"])
+def test_a_batch_larger_than_the_data_is_the_whole_set_and_the_elbo_is_per_example(engine):
+    """Issue 10, cause 12: with --batch-size above the training set, one step sees every example once, and the
+    epoch's ELBO is divided by the examples seen (it was divided by the batch size: −0.56 against −39.85).
+    The first epoch's figure is the per-example ELBO at the initial weights, one draw per example: it must
+    agree with a many-draw estimate within 4 standard errors of a one-draw mean."""
+    from ppgen.evaluation import elbo
+
+    data, pair = grey_dataset(n=200), tiny_vae(seed=3)
+    start = copy.deepcopy(pair)
+    fit = ppgen.fit(pair, data, epochs=1, batch_size=100_000, engine=engine, progress=False, callback=None)
+    row = fit.history[0]
+    assert round(row["images_per_s"] * row["seconds"]) == 200
+    x = data.train_epoch(0)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        reference = float(elbo(start, x, num_samples=50).mean())
+        one_draw = elbo(start, x, num_samples=1)
+    se = float(one_draw.std() / math.sqrt(len(x)))
+    assert abs(row["elbo"] - reference) < 4 * se, (row["elbo"], reference, se)
