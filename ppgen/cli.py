@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.filterwarnings("ignore", message="Encountered NaN")
             return args.func(args)
     except OptionError as err:  # the library names the option; the command names its flag
-        print(f"ppgen {args.command}: error: {flag_of(err.option)} {_shown(err.value)}: {err.problem} "
+        print(f"ppgen: error: {flag_of(err.option)} {_shown(err.value)}: {err.problem} "
               f"(see ppgen {args.command} --help)", file=sys.stderr)
         return 2
     except UserError as err:
