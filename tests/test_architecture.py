@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent / "ppgen"
 
@@ -169,3 +170,29 @@ PROBE = re.compile(r"\b(getattr|hasattr)\((pair|cls|self\.pair|fit\.pair)\b")
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_pairs_are_asked_through_the_protocol_not_probed(path):
     assert [line.strip() for line in path.read_text().splitlines() if PROBE.search(line)] == []
+
+
+def test_weights_reach_jax_through_numpyro_not_through_module_attributes():
+    """Issue 9: NumPyro param sites (``pyro.module`` on NumPyro) and ``handlers.substitute`` carry the weights; nothing
+    sets a ``jax_params`` attribute on a torch module any more."""
+    setters = re.compile(r"__setattr__\([^)]*jax_params|__delattr__\([^)]*jax_params")
+    assert [str(p) for p in ROOT.rglob("*.py") if setters.search(p.read_text())] == []
+
+
+def test_the_compiled_sampler_cache_is_bounded(monkeypatch):
+    from ppgen.inference import mcmc
+
+    made = []
+    monkeypatch.setattr(mcmc, "_CACHE", type(mcmc._CACHE)())
+    monkeypatch.setattr(mcmc, "CACHE_SIZE", 2)
+    monkeypatch.setattr(mcmc, "_Sampler", lambda *a, **k: made.append(k) or object())
+
+    class Pair:
+        def config_dict(self):
+            return {}
+
+    for warmup in (1, 2, 3, 1):
+        mcmc.sampler(Pair(), torch.zeros(1, 2), {}, warmup=warmup)
+    assert len(mcmc._CACHE) == 2 and len(made) == 4  # warmup=1 was evicted by 3, so built again
+    mcmc.sampler(Pair(), torch.zeros(1, 2), {}, warmup=1)
+    assert len(made) == 4  # the most recent ones are reused
