@@ -53,6 +53,8 @@ def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="mnist", help="bundled 'mnist' or a folder of MNIST IDX files")
     p.add_argument("--models", default="vae,dlgm,hvae,lvae,lvae3,nade")
+    p.add_argument("--engine", default="torch", choices=["auto", "torch", "jax"],
+                   help="SVI engine (default torch: the engine the README's table was made with)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -126,7 +128,7 @@ def main(argv=None) -> int:
     for name in args.models.split(","):
         pair = MODELS[name](data.x_shape)
         options = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-                       progress=False)
+                       engine=args.engine, progress=False)
         if name.startswith("lvae"):
             options["anneal_epochs"] = warmup
         t = time.perf_counter()

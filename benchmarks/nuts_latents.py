@@ -53,7 +53,7 @@ def trained_vae(run: Path | None, epochs: int):
     if run is not None:
         return ppgen.load(run), data
     pair = ppgen.models.VAE(z_dim=50)
-    fit = ppgen.fit(pair, data, epochs=epochs, progress=False)
+    fit = ppgen.fit(pair, data, epochs=epochs, engine="torch", progress=False)  # the README's pair: torch engine
     print(f"trained a VAE for {epochs} epochs: ELBO {fit.last['elbo']:.1f}, validation {fit.last.get('val_elbo', 0):.1f}")
     return pair, data
 
