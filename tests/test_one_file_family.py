@@ -102,6 +102,15 @@ class LaplaceVAE(GenerativeModel):
         return self.decode(self.encode(x)[0])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _unregister_after_module():
+    """The family stays registered while this module runs and is taken out of the registry after it, so that
+    later test modules (``ppgen models``, registry listings) see only the toolkit's own families."""
+    yield
+    if models.REGISTRY.get(LaplaceVAE.name) is LaplaceVAE:
+        del models.REGISTRY[LaplaceVAE.name]
+
+
 # -- shared, trained once per module -----------------------------------------------------------------
 def mean_se(values: torch.Tensor) -> tuple[float, float]:
     values = values.double().flatten()
@@ -154,15 +163,16 @@ def test_svi_trains_on_both_engines_to_the_same_range(fits, digits):
         assert last["val_elbo"] > first["val_elbo"], (engine, first["val_elbo"], last["val_elbo"])
     # The two engines start from the same weights but draw different noise (NumPyro's keys vs torch's RNG), so
     # after 4 epochs they sit at different points of the same optimization: no MC error bounds that difference.
-    # The band is a sanity check: within 10% of the ELBO's size (~3 nats at −30), plus 4 standard errors of the
-    # difference of the two single-draw validation estimates (each over the 180 validation digits).
+    # The band is a sanity check: 1.5 nats (5% of an ELBO near −28; the engines typically agree to a few tenths,
+    # while an engine that trained another objective or lost the weights would be off by several nats) plus
+    # 4 standard errors of the difference of the two single-draw estimates over the 180 validation digits.
     vals = {}
     for engine, fit in fits.items():
         torch.manual_seed(0)
         vals[engine] = evaluation.elbo(fit.pair, digits.val)
         assert float(vals[engine].mean()) == pytest.approx(fit.history[-1]["val_elbo"], abs=1e-3)
     (mt, st), (mj, sj) = mean_se(vals["torch"]), mean_se(vals["jax"])
-    assert abs(mt - mj) < 0.1 * abs(mt) + 4 * math.hypot(st, sj), (mt, mj, st, sj)
+    assert abs(mt - mj) < 1.5 + 4 * math.hypot(st, sj), (mt, mj, st, sj)
 
 
 def test_auto_engine_picks_jax_for_the_new_family(digits):
@@ -252,11 +262,32 @@ def test_run_directory_gives_back_the_trained_pair(run_dir):
     assert type(runs.load_pair(run)) is LaplaceVAE
 
 
-@pytest.mark.xfail(strict=True, reason="ppgen bug: `ppgen evaluate` always runs the collapse report, whose KL per "
-                   "dimension needs a Normal prior (ppgen/evaluation/collapse.py prior()): it exits 2 with "
-                   "\"laplace_vae's prior on 'z' is Independent, not Normal: no closed-form KL per dimension\"")
 def test_cli_evaluate_on_the_run(run_dir, capsys):
     run, _ = run_dir
     capsys.readouterr()
     code = cli.main(["evaluate", str(run), "--iwae", "10", "--limit", "20"])
     assert code == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "KL per dimension" in out  # a Laplace prior: the collapse report's KL is the Monte Carlo estimate
+
+
+def test_kl_per_dimension_against_a_laplace_prior_is_exact_within_its_monte_carlo_error(fits, digits):
+    """The collapse report reads the prior from the model's site: for q = N(m, s²) and p = Laplace(0, 1),
+    KL_j = −½ log(2πe s_j²) + log 2 + E|z_j| with E|z| = s √(2/π) e^{−m²/2s²} + m (1 − 2Φ(−m/s)),
+    averaged over examples; the report's 64-draw Monte Carlo estimate agrees within 4 standard errors."""
+    from ppgen.evaluation.collapse import kl_per_dim
+
+    pair = fits["torch"].pair
+    x = digits.test[:100]
+    with torch.no_grad():
+        m, s = pair.encode(x)
+        normal = torch.distributions.Normal(0.0, 1.0)
+        abs_mean = s * math.sqrt(2 / math.pi) * torch.exp(-m**2 / (2 * s**2)) + m * (1 - 2 * normal.cdf(-m / s))
+        exact = (-0.5 * torch.log(2 * math.pi * math.e * s**2) + math.log(2) + abs_mean).mean(0)
+        estimate = kl_per_dim(pair, x)
+        # the Monte Carlo standard error of a mean of 64 draws per example over 100 examples (the examples are
+        # fixed, so only the spread of the draws within each example counts)
+        z = m + s * torch.randn((64, *m.shape), generator=torch.Generator().manual_seed(1))
+        terms = torch.distributions.Normal(m, s).log_prob(z) - torch.distributions.Laplace(0.0, 1.0).log_prob(z)
+        se = (terms.var(0).mean(0) / terms[..., 0].numel()).sqrt()
+    assert ((estimate - exact).abs() < 4 * se).all(), (estimate, exact, se)
