@@ -33,6 +33,10 @@ The protocol
     uniformly sampled timestep), written against :mod:`ppgen.ppl` so both SVI engines
     train it; draw its randomness with :func:`ppgen.ppl.uniform`. Without it the
     engines use their ELBO on ``model``/``guide``.
+``likelihood``
+    The observation model's name ("bernoulli", "cbernoulli", "gaussian"), which ``check_data`` and the
+    commands (binarization) read: the config's ``likelihood`` field, else "gaussian"; a family whose
+    config has no such field and observes binary data sets it as a class attribute (as NADE does).
 ``check_data(x)``
     Raises :class:`~ppgen.errors.UserError` (one line, what to do) when ``x`` cannot
     be observed.
