@@ -84,6 +84,7 @@ def _add_train(sub) -> None:
     m.add_argument("--likelihood", choices=["bernoulli", "cbernoulli", "gaussian"], help="p(x|z) (default bernoulli)")
     m.add_argument("--skip", action="store_true", default=None, help="Skip-VAE decoder: z enters every layer")
     m.add_argument("--encoder", action="store_true", default=None, help="gan: add an encoder q(z|x) (BiGAN/ALI)")
+    p.set_defaults(model_keys=MODEL_KEYS + _add_family_flags(m))
     d = p.add_argument_group("data")
     d.add_argument("--binarize", choices=["dynamic", "static", "threshold", "none"],
                    help="binarization for Bernoulli likelihoods (default: dynamic for mnist/digits, none otherwise)")
@@ -100,6 +101,37 @@ def _add_train(sub) -> None:
 
 
 MODEL_KEYS = ("z_dim", "z_dims", "hidden", "net", "likelihood", "skip", "encoder")
+
+
+def _add_family_flags(group) -> tuple[str, ...]:
+    """A flag for every option a registered family's ``Config`` declares beyond the flags above, so a new family's
+    options need no edit here: the type comes from the annotation (int, float, str, bool, tuple of ints), the help
+    from the field's ``metadata["help"]`` and the flag name from ``metadata["flag"]`` (else the field's name)."""
+    import dataclasses
+
+    from ppgen.models import REGISTRY
+
+    added: dict[str, list[str]] = {}
+    kinds: dict[str, tuple[str, dataclasses.Field]] = {}
+    for name, cls in sorted(REGISTRY.items()):
+        for f in dataclasses.fields(cls.Config):
+            if f.name == "x_shape" or f.name in MODEL_KEYS:
+                continue
+            added.setdefault(f.name, []).append(name)
+            kinds.setdefault(f.name, (f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str"), f))
+    for key, families in added.items():
+        kind, f = kinds[key]
+        flag = "--" + f.metadata.get("flag", key.replace("_", "-"))
+        help_text = f"{'/'.join(families)}: {f.metadata.get('help', key.replace('_', ' '))} (default {f.default})"
+        if kind == "bool":
+            group.add_argument(flag, dest=key, action="store_true", default=None, help=help_text)
+        elif kind.startswith("tuple"):
+            group.add_argument(flag, dest=key, type=_ints, help=help_text)
+        else:
+            choices = f.metadata.get("choices")
+            group.add_argument(flag, dest=key, type={"int": int, "float": float}.get(kind, str), choices=choices,
+                               help=help_text)
+    return tuple(added)
 TRAIN_KEYS = tuple(dict.fromkeys([f.name for _, f in cli_flags(SVIOptions) + cli_flags(AdversarialOptions)]
                                  + ["select", "backend"]))
 
@@ -125,7 +157,7 @@ def _add_option_flags(group, cls, skip) -> None:
 
 
 #: options a resumed run takes from its config (only --epochs, the new total, may be given)
-RESUME_ALLOWED = ("command", "func", "model", "resume", "epochs", "no_progress")
+RESUME_ALLOWED = ("command", "func", "model", "model_keys", "resume", "epochs", "no_progress")
 
 
 def _train(args) -> int:
@@ -173,7 +205,7 @@ def _resume_config(args) -> dict:
 def _new_config(args) -> dict:
     from ppgen import models, workflows
 
-    model_options = {k: getattr(args, k) for k in MODEL_KEYS if getattr(args, k) is not None}
+    model_options = {k: getattr(args, k) for k in args.model_keys if getattr(args, k) is not None}
     fields = set(models.get(args.model).Config.__dataclass_fields__)
     unsupported = sorted(set(model_options) - fields)
     if unsupported:
