@@ -251,7 +251,12 @@ def choose_engine(pair, options: SVIOptions) -> tuple[str, str]:
     Whether the pair lowers is found when the JAX engine initializes (:func:`fit_svi` falls back then).
     """
     if options.engine != "auto":
+        if options.engine not in pair.svi_engines:
+            raise OptionError("engine", options.engine, f"{pair.who} trains only on engine "
+                              f"{' or '.join(pair.svi_engines)} (see its svi_engines)")
         return options.engine, "asked for"
+    if "jax" not in pair.svi_engines:
+        return "torch", f"{pair.who} trains only on the torch engine"
     if options.free_bits > 0:
         return "torch", "free bits is torch-only"
     if options.device.startswith("cuda"):

@@ -24,6 +24,10 @@ The protocol
     add their particle plate outside them.
 ``default_backend``
     The backend ``ppgen train`` uses unless told otherwise ("svi" or "adversarial").
+``svi_engines``
+    The SVI engines that can train the pair: ("torch", "jax") by default; a family whose training step has
+    side effects a compiled JAX epoch cannot have (EMA codebooks, batch-norm statistics updated in place)
+    declares ("torch",), and ``engine="auto"`` then picks torch, saying why.
 ``generate(n)`` / ``can_generate``
     n draws of E[x | z] at z ~ p(z) (or of the generator).
 ``encode(x)`` / ``has_encoder``; ``reconstruct(x)`` / ``can_reconstruct``
@@ -72,6 +76,8 @@ class GenerativeModel(nn.Module):
     data_plate: ClassVar[str] = "data"
     #: the backend ``ppgen train`` picks for this family
     default_backend: ClassVar[str] = "svi"
+    #: the SVI engines that can train it
+    svi_engines: ClassVar[tuple[str, ...]] = ("torch", "jax")
     #: whether ``guide`` is a q(z|x) (an implicit generator without an encoder has none)
     has_guide: bool = True
 
