@@ -68,6 +68,7 @@ class TutorialVAE(nn.Module):
     ``model``/``guide``/``max_plate_nesting``/``x_shape`` that the estimators read)."""
 
     max_plate_nesting = 1
+    data_plate = "data"
     x_shape = (X_DIM,)
 
     def __init__(self, z_dim: int = 50, hidden_dim: int = 400):

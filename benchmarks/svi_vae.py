@@ -4,11 +4,14 @@ One process, one model: the 784-400-50 MLP VAE (softplus hidden units, Bernoulli
 likelihood), batch 256, Adam 1e-3, on the bundled MNIST training split binarized at
 0.5 (``ppgen.data.load("mnist", binarize="threshold")``). Images per second of:
 
-  ppgen            ppgen.fit(pair, data, backend="svi") — default Trace_ELBO, progress off
-  ppgen-analytic   the same with elbo="analytic" (closed-form KL)
-  ppgen (engine=jax)  ppgen.fit(..., engine="jax"): the same call on ppgen's JAX engine (NumPyro SVI,
-                   networks lowered to JAX, each epoch one compiled lax.scan); each call compiles
-                   in its first, untimed epoch
+  ppgen (engine=torch)    ppgen.fit(pair, data, backend="svi", engine="torch") — Pyro SVI, default
+                   Trace_ELBO, progress off
+  ppgen-analytic (torch)  the same with elbo="analytic" (closed-form KL)
+  ppgen (default: auto)   ppgen.fit(...) with the default engine="auto", which picks the JAX engine for
+                   this pair (NumPyro SVI, networks lowered to JAX, each epoch one compiled lax.scan);
+                   each call compiles in its first, untimed epoch. The table's last line names the
+                   engine each ppgen.fit row used. With --hooks also "+hook": an on_epoch_end hook, so
+                   the weights are synced to torch and a checkpoint built every epoch (as `ppgen train`)
   pyro-tutorial    Pyro's VAE tutorial loop: DataLoader + SVI + Trace_ELBO + pyro.optim.Adam,
                    distribution validation off and Pyro's inference validation at its default (on),
                    as the tutorial has them
@@ -19,13 +22,17 @@ likelihood), batch 256, Adam 1e-3, on the bundled MNIST training split binarized
                    speed over this row is the cost of the model/guide abstraction alone
   torch-compile    that step (forward + backward + Adam) under one torch.compile      [--compile]
   numpyro-jit      NumPyro SVI, the whole epoch under jax.jit (lax.scan over batches)
-  ppgen-jax        ppgen's own model/guide source run by NumPyro SVI on the JAX side, the
-                   networks through ppgen's torch.fx lowering (``jax_function``), whole epoch jitted:
-                   the loop of the JAX engine without ppgen.fit around it (ppgen.inference.svi_jax)
+  ppgen-jax        ppgen's own model/guide source run by NumPyro SVI on the JAX side (the NumPyro
+                   backend: pyro.module is a numpyro.param site holding the weights, the networks their
+                   torch.fx lowering), the epoch jitted exactly as numpyro-jit's: what separates it from
+                   numpyro-jit is the model code and the lowering
+  ppgen-jax-engine the JAX engine's own compiled epoch (svi_jax.scaled_model_guide + make_epoch_fn: β
+                   handler, data and per-step β as arguments, finiteness check) without the loop
+                   around it: what separates it from "ppgen (default: auto)" is ppgen.fit's loop
 
 Steady state only: every method is warmed up first (ppgen: each round is a
-``ppgen.fit`` call that resumes the run and whose first epoch is not timed; JAX:
-compile time is reported apart).
+``ppgen.fit`` call that resumes the run and times whole epochs of its loop from the
+start of its second epoch; JAX: compile time is reported apart).
 Each round runs every method for ``--epochs`` epochs, in a rotated order; the table
 reports the median over ``--rounds`` rounds and the best round (on a shared machine,
 the round least disturbed by other jobs), and ratios of both.

@@ -107,7 +107,7 @@ def run(args) -> dict:
     cli = ppgen.data.load("mnist")
     results: dict = {"epochs": epochs, "iwae_k": k, "engine": args.engine, "seeds": {}}
     engine = args.engine
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         rows, per_digit = {}, {}
         jobs = [
             ("pyro-tutorial", thr, "threshold", lambda s: train_pyro_tutorial(thr, epochs, s)),
@@ -165,7 +165,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="3 epochs, K=50, 200 test digits")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 30)")
     parser.add_argument("-k", type=int, default=None, help="IWAE particles (default 1000)")
-    parser.add_argument("--seeds", type=int, default=1, help="training seeds 0..N-1 (default 1)")
+    parser.add_argument("--seeds", type=int, default=1, help="number of training seeds (default 1)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first training seed (default 0)")
     parser.add_argument("--engine", choices=("auto", "torch", "jax"), default="auto",
                         help="ppgen's SVI engine for the ppgen rows (default auto, as ppgen.fit and `ppgen train`)")
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=None, help="run only these rows (default all)")

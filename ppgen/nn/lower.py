@@ -110,7 +110,7 @@ def _module_rule(mod: nn.Module) -> Callable:
     if isinstance(mod, nn.Softplus):
         if mod.beta != 1:
             raise NotLowerable("Softplus with beta != 1")
-        return lambda p, x: jnp.where(x > mod.threshold, x, jax.nn.softplus(x))
+        return lambda p, x: _softplus_fn(x)
     if isinstance(mod, nn.LeakyReLU):
         return lambda p, x: jax.nn.leaky_relu(x, mod.negative_slope)
     if isinstance(mod, nn.ELU):
@@ -131,8 +131,11 @@ def _module_rule(mod: nn.Module) -> Callable:
 
 
 def _softplus_fn(x, beta=1, threshold=20):
-    jax, jnp = _jnp()
-    return jnp.where(x * beta > threshold, x, jax.nn.softplus(x * beta) / beta)
+    """softplus(βx)/β. torch switches to x above the threshold; jax.nn.softplus is exact there to float32 rounding
+    (log1p(e^{-x}) < 2e-9 for x > 20), and skipping torch's compare-and-select on every hidden unit made the JAX
+    engine's compiled step ~5% faster (benchmarks/README.md)."""
+    jax, _ = _jnp()
+    return jax.nn.softplus(x * beta) / beta
 
 
 def _function_rules() -> dict[Any, Callable]:
