@@ -369,8 +369,9 @@ class VQVAE(GenerativeModel):
         """E[x | z_q = e_k] for codes (…, h, w)."""
         return observation_mean(self.likelihood, self.decoder(self.embed_codes(k)))
 
+    @torch.no_grad()
     def generate(self, n: int) -> torch.Tensor:
-        """Codes from the prior (uniform, or the fitted PixelCNN) -> E[x | z_q]."""
+        """Codes from the prior (uniform, or the fitted PixelCNN) -> E[x | z_q] (no gradient: the codes are discrete)."""
         return self.decode(self.code_prior().sample((n,)).to(self.quantizer.embed.device))
 
     def log_bound_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
