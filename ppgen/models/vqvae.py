@@ -430,14 +430,16 @@ def _check_config(c: VQVAEConfig) -> None:
 
 # -- stage two ----------------------------------------------------------------------------------------------------
 def fit_prior(pair: VQVAE, data: Any, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-              log=None) -> list[dict[str, float]]:
+              fresh_codes: bool = True, log=None) -> list[dict[str, float]]:
     """Fit the PixelCNN prior by maximum likelihood on the codes k(x) of the training set, then make the pair use it.
 
-    ``data`` is a :class:`ppgen.data.Dataset` (epoch e uses the codes of ``data.train_epoch(e)``, a fresh
-    binarization under dynamic binarization; validation NLL on ``data.val``) or a tensor of training images.
-    The encoder, codebook and decoder stay fixed. Returns one row per epoch: ``prior_nll`` (training, nats per
-    grid), ``val_prior_nll`` (where there is validation data), ``seconds`` and ``grids_per_s``. Raises a
-    one-line UserError before stage one has trained (no codebook step has run).
+    ``data`` is a :class:`ppgen.data.Dataset` (with ``fresh_codes``, epoch e uses the codes of
+    ``data.train_epoch(e)``, a fresh binarization under dynamic binarization; else those of epoch 0 throughout, as
+    the reference implementations extract them once; validation NLL on ``data.val``) or a tensor of training
+    images. The encoder, codebook and decoder stay fixed. Returns one row per epoch: ``prior_nll`` (training,
+    nats per grid), ``val_prior_nll`` (where there is validation data), ``seconds`` (the training steps),
+    ``grids_per_s`` (grids trained per second of those) and ``extract_seconds`` (encoding that epoch's codes).
+    Raises a one-line UserError before stage one has trained (no codebook step has run).
     """
     if int(pair.quantizer.steps) == 0:
         raise UserError("the VQ-VAE has not been trained yet (stage one): train it first "
@@ -454,9 +456,13 @@ def fit_prior(pair: VQVAE, data: Any, epochs: int = 10, batch_size: int = 64, lr
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     history = []
+    codes = None
     for epoch in range(epochs):
         start = time.perf_counter()
-        codes = pair.codes(train(epoch).to(device))
+        if codes is None or fresh_codes:
+            codes = pair.codes(train(epoch).to(device))
+        extract = time.perf_counter() - start
+        start = time.perf_counter()
         order = torch.randperm(len(codes), generator=g).to(device)
         batch = min(batch_size, len(codes))
         steps = max(1, len(codes) // batch)
@@ -470,7 +476,8 @@ def fit_prior(pair: VQVAE, data: Any, epochs: int = 10, batch_size: int = 64, lr
             optimizer.step()
             total += loss.item()
         seconds = time.perf_counter() - start
-        row = {"epoch": epoch + 1, "prior_nll": total / steps, "seconds": seconds, "grids_per_s": steps * batch / seconds}
+        row = {"epoch": epoch + 1, "prior_nll": total / steps, "seconds": seconds, "grids_per_s": steps * batch / seconds,
+               "extract_seconds": extract}
         net.eval()
         if val_codes is not None:
             with torch.no_grad():
