@@ -277,3 +277,20 @@ def test_cli_one_line_errors(tmp_path, capsys):
     assert main(["prior", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "stage one" in err[0]
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "cbernoulli", "gaussian"])
+def test_mnist_shapes_and_every_likelihood(likelihood):
+    """The default grid on 28x28 is 7x7; every VAE likelihood gives a finite per-example objective and bound."""
+    torch.manual_seed(0)
+    pair = VQVAE((1, 28, 28), codes=8, code_dim=4, channels=8, likelihood=likelihood, prior_channels=8,
+                 prior_layers=1)
+    assert pair.grid == (7, 7)
+    x = torch.rand(3, 1, 28, 28)
+    x = torch.bernoulli(x) if likelihood == "bernoulli" else x
+    loss = pair.objective(x)
+    assert loss.shape == (3,) and torch.isfinite(loss).all()
+    assert int(pair.quantizer.steps) == 1  # the training step updated the codebook statistics
+    log_px, log_pk = pair.eval().log_bound_parts(x)
+    torch.testing.assert_close(log_pk, torch.full((3,), -49 * math.log(8)))
+    torch.testing.assert_close(evaluation.elbo(pair, x), log_px + log_pk, rtol=1e-6, atol=1e-3)
