@@ -129,6 +129,19 @@ def test_dead_codes_restart_at_batch_vectors():
     torch.testing.assert_close(book.embed.data[:3], centroids, rtol=1e-5, atol=1e-6)
     for j in (3, 4):
         assert (book.embed.data[j] == z).all(1).any(), j
+    # a restarted code starts at the threshold rate: it survives a step in which it is used at least that often
+    torch.testing.assert_close(book.corrected_count()[3:], torch.ones(2))
+    moved = book.embed.data[3].clone()
+    labels = labels.clone()
+    labels[:2] = 3  # code 3 now used twice per batch, code 4 not at all
+    book.update(z, labels)
+    c = 1 - 0.99  # the raw count N_3 after the restart at t = 1: threshold 1 times (1 − γ^1)
+    expected = (0.99 * c * moved + 0.01 * z[:2].sum(0)) / (0.99 * c + 0.01 * 2)  # S_3 / N_3 after the second step
+    torch.testing.assert_close(book.embed.data[3], expected, rtol=1e-5, atol=1e-6)
+    assert float(book.corrected_count()[3]) > 1
+    # the unused code fell below the threshold again ((0.99 · 0.01) / (1 − 0.99²) ≈ 0.5): moved and reset anew
+    assert (book.embed.data[4] == z).all(1).any()
+    torch.testing.assert_close(book.corrected_count()[4], torch.tensor(1.0))
 
 
 def test_ema_state_is_in_the_state_dict(digits):

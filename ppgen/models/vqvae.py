@@ -44,7 +44,9 @@ From N = S = 0, after t steps the bias-corrected averages N_k / (1 − γ^t), S_
 weighted means of the n_k, s_k, and the ratio e_k needs no correction; on one fixed assignment it is
 the k-means centroid s_k / n_k (tested). ``restart_below`` > 0 restarts dead codes as Jukebox does
 (Dhariwal et al., 2020): a code whose bias-corrected average count per batch N_k / (1 − γ^t) is
-below it is moved to a random encoder output of the batch (every step until it is used). N, S,
+below it is moved to a random encoder output of the batch, and its averages restart as those of a code
+used at exactly that rate there (so it stays while it is used at least that often; Jukebox instead
+re-draws it every step until its stale count recovers). N, S,
 the codebook and the step count are registered buffers, so checkpoints save and resume them; the
 update is a side effect of the training step, so the family trains on the torch engine only
 (``svi_engines``). ``codebook="loss"`` learns the codebook by gradient on the codebook loss (N is
@@ -276,10 +278,14 @@ class Codebook(nn.Module):
     @torch.no_grad()
     def restart(self, z: torch.Tensor) -> int:
         """Move every code used less than ``restart_below`` times per batch (bias-corrected) to a random row of
-        ``z``; returns how many moved."""
+        ``z``, its averages reset to a code used exactly at that rate there (N_k = threshold · (1 − γ^t),
+        S_k = N_k e_k): it stays while it is used at least that often. Returns how many moved."""
         dead = (self.corrected_count() < self.restart_below).nonzero().squeeze(-1)
         if len(dead):
             self.embed.data[dead] = z[torch.randint(len(z), (len(dead),), device=z.device)]
+            t = int(self.steps)
+            self.count[dead] = self.restart_below * ((1 - self.decay ** t) if t > 0 and self.decay > 0 else 1.0)
+            self.total[dead] = self.count[dead, None] * self.embed.data[dead]
         return len(dead)
 
 
