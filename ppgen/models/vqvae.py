@@ -33,7 +33,8 @@ i.e. the negative bound above plus the commitment loss (weight β = ``commitment
 loss-learned codebook, the codebook loss; sums run over the grid and the D coordinates. The
 decoder sees the straight-through estimate z_e + sg(z_q − z_e): its value is z_q, its gradient
 with respect to z_e is the identity's. The history's ``elbo`` is minus this (a lower bound on the
-bound: the penalties are ≥ 0).
+bound: the penalties are ≥ 0). Once the prior is fitted, training stage one again also trains the
+prior on its term −log p(k) (maximum likelihood on the current codes).
 
 Codebook. ``codebook="ema"`` (the paper's appendix; Razavi et al., 2019): with one-hot assignments of
 a batch, n_k = #{vectors assigned to k}, s_k = Σ of those vectors, and decay γ,
@@ -67,7 +68,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ppgen.errors import UserError
-from ppgen.models.base import LIKELIHOODS, GenerativeModel, check_observations, observation_dist, observation_mean
+from ppgen.models.base import LIKELIHOODS, GenerativeModel, observation_dist, observation_mean
 from ppgen.ppl import dist, pyro
 
 CODEBOOKS = ("ema", "loss")
@@ -368,9 +369,6 @@ class VQVAE(GenerativeModel):
         return loss
 
     # -- helpers ------------------------------------------------------------------------------------------------
-    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
-        check_observations(x, self.x_shape, self.likelihood, what)
-
     def decode(self, k: torch.Tensor) -> torch.Tensor:
         """E[x | z_q = e_k] for codes (…, h, w)."""
         return observation_mean(self.likelihood, self.decoder(self.embed_codes(k)))
