@@ -290,6 +290,14 @@ def test_cli_one_line_errors(tmp_path, capsys):
     assert main(["prior", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "stage one" in err[0]
+    # a run of another family
+    vae = tmp_path / "vae"
+    assert main(["train", "vae", "--data", "digits", "--z-dim", "2", "--hidden", "16", "--epochs", "1",
+                 "--no-progress", "--out", str(vae)]) == 0
+    capsys.readouterr()
+    assert main(["prior", str(vae)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "for vqvae runs" in err[0]
 
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "cbernoulli", "gaussian"])
