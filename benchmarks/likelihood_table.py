@@ -37,6 +37,7 @@ import ppgen  # noqa: E402
 from ppgen.data import load  # noqa: E402
 from ppgen.evaluation import ais, bdmc, elbo, iwae, layer_report  # noqa: E402
 from ppgen.models import DLGM, NADE, VAE, HierarchicalVAE, LadderVAE  # noqa: E402
+from ppgen.models.vqvae import VQVAE, fit_prior  # noqa: E402
 
 Z, HIDDEN = (50, 20), ((400,), (200,))
 MODELS = {
@@ -46,13 +47,16 @@ MODELS = {
     "lvae": lambda shape: LadderVAE(shape, z_dims=Z, hidden=HIDDEN),
     "lvae3": lambda shape: LadderVAE(shape, z_dims=(50, 20, 10), hidden=((400,), (200,), (100,))),
     "nade": lambda shape: NADE(shape, hidden=500),
+    # VQ-VAE (issue 13): K = 64 codes on a 7x7 grid (MNIST) or 4x4 (8x8 digits); its bound uses the PixelCNN prior
+    # fitted after stage one (--prior-epochs), and IWAE-K = its ELBO for every K (a point-mass guide): K = 1 is exact
+    "vqvae": lambda shape: VQVAE(shape, codes=64, code_dim=16, downsample=2 if shape[-1] >= 28 else 1, channels=64),
 }
 
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="mnist", help="bundled 'mnist' or a folder of MNIST IDX files")
-    p.add_argument("--models", default="vae,dlgm,hvae,lvae,lvae3,nade")
+    p.add_argument("--models", default="vae,dlgm,hvae,lvae,lvae3,nade,vqvae")
     p.add_argument("--engine", default="torch", choices=["auto", "torch", "jax"],
                    help="SVI engine (default torch: the engine the README's table was made with)")
     p.add_argument("--epochs", type=int, default=20)
@@ -68,6 +72,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--ais-leapfrog", type=int, default=10)
     p.add_argument("--bdmc", type=int, default=0, help="BDMC bounds on this many simulated digits (AIS models)")
     p.add_argument("--baseline-epochs", type=int, default=1, help="epochs of the plain Pyro baseline (0: skip)")
+    p.add_argument("--prior-epochs", type=int, default=None, help="vqvae: epochs of its PixelCNN prior (default --epochs)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
@@ -91,10 +96,10 @@ def evaluate(name: str, pair, x: torch.Tensor, args) -> dict:
     torch.manual_seed(args.seed)
     with torch.no_grad():
         t = time.perf_counter()
-        ll = iwae(pair, x, k=args.k)
+        ll = iwae(pair, x, k=1 if name == "vqvae" else args.k)
         row.update(nll=-float(ll.mean()), nll_se=float(ll.std() / math.sqrt(len(x))), iwae_seconds=time.perf_counter() - t)
         row["elbo"] = float(elbo(pair, x, num_samples=10).mean())
-    if name != "nade":
+    if name not in ("nade", "vqvae"):
         layers = layer_report(pair, x)
         row["active_units"] = [layers[f"z{i}"]["active_units"] for i in range(1, len(layers) + 1)] if "z1" in layers \
             else [layers["z"]["active_units"]]
@@ -133,10 +138,16 @@ def main(argv=None) -> int:
             options["anneal_epochs"] = warmup
         t = time.perf_counter()
         fit = ppgen.fit(pair, data, backend="svi", **options)
+        if name == "vqvae":  # stage two: the autoregressive prior over the codes, then the bound uses it
+            prior = fit_prior(pair, data, epochs=args.prior_epochs or args.epochs, batch_size=args.batch_size,
+                              seed=args.seed)
         speeds = [r["images_per_s"] for r in fit.history[1:] or fit.history]
         row = {"train_seconds": time.perf_counter() - t, "images_per_s": sum(speeds) / len(speeds),
                "train_elbo": fit.history[-1]["elbo"], "val_elbo": fit.history[-1].get("val_elbo"),
                "params": sum(p.numel() for p in pair.parameters())}
+        if name == "vqvae":
+            pair.eval()
+            row.update(pair.codebook_stats(x_test), prior_val_nll=prior[-1].get("val_prior_nll"))
         row.update(evaluate(name, pair, x_test, args))
         if name == "vae" and args.baseline_epochs:  # right after ppgen's VAE, so both see the same machine load
             row["pyro_baseline_images_per_s"] = pyro_baseline(data, args.baseline_epochs, args.batch_size, args.lr)
@@ -163,6 +174,11 @@ def print_table(rows: dict, args, baseline: float | None) -> None:
         if "bdmc_gap" in r:
             print(f"{name}: BDMC on {args.bdmc} simulated digits: lower {r['bdmc_lower']:.2f}, upper {r['bdmc_upper']:.2f}, "
                   f"gap {r['bdmc_gap']:.2f} nats")
+    if "vqvae" in rows:
+        r = rows["vqvae"]
+        print(f"\nvqvae: its NLL is the bound −[log p(x|z_q) + log p_prior(k)] with the fitted PixelCNN prior (IWAE-K equals "
+              f"it for every K: a point-mass guide); test codebook usage {r['codebook_usage']:.3f}, perplexity "
+              f"{r['perplexity']:.1f}, −log p(x|z_q) {r['reconstruction_nll']:.2f} nats")
     if baseline and "vae" in rows:
         print(f"\nplain Pyro tutorial VAE loop: {baseline:.0f} img/s; ppgen VAE / Pyro = {rows['vae']['images_per_s'] / baseline:.2f}")
 

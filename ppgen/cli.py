@@ -23,6 +23,7 @@ EPILOG = """examples:
   ppgen compare runs/vae --points 16 --chains 4
   ppgen train vae --resume runs/vae --epochs 40
   ppgen train gan --data ring8 --loss ns --epochs 50 --out runs/gan ; ppgen evaluate runs/gan --fid
+  ppgen train vqvae --data digits --codes 16 --downsample 1 --out runs/vq ; ppgen prior runs/vq
   ppgen models ; ppgen data"""
 
 
@@ -300,6 +301,8 @@ def _evaluate(args) -> int:
         print("  KL per dimension    " + " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
     if "sample_quality" in result:
         print("  " + _quality_line(result["sample_quality"]))
+    if "family_metrics" in result:
+        print("  " + ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in result["family_metrics"].items()))
     if "rejection" in result:
         r = result["rejection"]
         print(f"  with rejection sampling (ratio classifier: held-out accuracy {r.get('classifier_accuracy', 0):.3f},"
@@ -463,8 +466,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_prior(sub) -> None:
+    p = sub.add_parser("prior", help="vqvae stage two: fit an autoregressive prior (PixelCNN) over a run's codes",
+                       description="Fit the PixelCNN prior of a trained VQ-VAE run by maximum likelihood on the codes "
+                                   "of its training data; the run then samples codes from it and its bound is "
+                                   "log p(x|z_q) + log p_prior(z_q). Rewrites model.pt and samples.png, adds "
+                                   "prior_history.csv and metrics.json's \"prior\".")
+    p.add_argument("run", type=Path, help="a vqvae run directory written by `ppgen train vqvae`")
+    p.add_argument("--epochs", type=positive, default=20, help="passes over the training codes (default 20)")
+    p.add_argument("--batch-size", type=positive, default=64, help="grids per step (default 64)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=non_negative, default=0)
+    p.set_defaults(func=_prior)
+
+
+def _prior(args) -> int:
+    from ppgen.workflows import fit_prior_run
+
+    if not args.lr > 0:
+        raise UserError(f"--lr must be positive, got {args.lr}")
+    prior = fit_prior_run(args.run, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    shown = [f"{k} {prior[k]:.2f}" for k in ("prior_nll", "val_prior_nll", "val_elbo", "test_elbo") if k in prior]
+    print(f"wrote {args.run}: " + ", ".join(shown))
+    return 0
+
+
 #: each adds one subcommand; other modules append theirs here
-COMMANDS = [_add_train, _add_evaluate, _add_sample, _add_listings, _add_compare]
+COMMANDS = [_add_train, _add_evaluate, _add_sample, _add_listings, _add_compare, _add_prior]
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

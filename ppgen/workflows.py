@@ -147,7 +147,7 @@ def _train(pair, data: datasets.Dataset, backend: str, select: str, checkpoint: 
     if backend == "svi":
         kwargs["monitor"] = "val_elbo" if select == "best" else None
         kwargs["announce"] = log
-        callback = validation_callback(data, options.seed)
+        callback = with_family_metrics(validation_callback(data, options.seed), data)
 
     def on_epoch_end(fit) -> None:
         if backend == "svi" and config["train"].get("engine") != fit.options.get("engine"):
@@ -317,6 +317,9 @@ def evaluate_run(run_dir: Path, iwae_k: int = 1000, split: str = "test", limit: 
         result["ais_seconds"] = round(time.perf_counter() - t, 2)
     if pair.has_encoder:
         result.update(evaluation.report(pair, x))
+    family = pair.family_metrics(x)
+    if family:
+        result["family_metrics"] = family
     return result
 
 
@@ -445,3 +448,77 @@ def compare_run(run_dir, out=None, *, points: int = 16, chains: int = 4, warmup:
     log(format_table(result))
     log(f"wrote {out}/compare.nc, nuts.nc, compare.json, forest.png, pair.png, gaps.png")
     return result
+
+
+# -- a family's own figures in the history; the VQ-VAE's stage two -----------------------------------
+def with_family_metrics(callback, data: datasets.Dataset):
+    """``callback`` followed by the pair's own figures on the validation split (``pair.family_metrics``: VQ-VAE's
+    codebook usage and perplexity), prefixed ``val_``, in each epoch's history row."""
+    def both(fit) -> dict:
+        row = dict(callback(fit) or {})
+        if len(data.val):
+            fit.pair.eval()
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                family = fit.pair.family_metrics(data.val.to(_device(fit.pair)))
+            fit.pair.train()
+            row.update({f"val_{k}": v for k, v in family.items()})
+        return row
+
+    return both
+
+
+def fit_prior_run(run_dir: Path, epochs: int = 20, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+                  log=print) -> dict:
+    """Stage two of a VQ-VAE run: fit its autoregressive prior on the codes of its training data
+    (:func:`ppgen.models.vqvae.fit_prior`), then write the pair back (model.pt), ``prior_history.csv``, the
+    prior's figures into ``metrics.json`` (key ``prior``) and ``samples.png`` drawn from the learned prior.
+
+    Refused in one line for a run of another family and for a run whose stage one has not finished.
+    """
+    from ppgen.models.vqvae import VQVAE, fit_prior
+
+    run_dir = Path(run_dir)
+    config = runs.open_run(run_dir)
+    if config.get("model") != VQVAE.name:
+        raise UserError(f"{run_dir} holds a {config.get('model')} run; a learned prior over codes is for vqvae runs")
+    if not (run_dir / runs.MODEL).exists():
+        raise UserError(f"stage one of {run_dir} has not finished (no {runs.MODEL}): finish it first "
+                        f"(ppgen train vqvae --resume {run_dir}), then fit its prior")
+    data = _load_data(config["data"])
+    pair = runs.load_pair(run_dir)
+    torch.manual_seed(seed)
+    history = fit_prior(pair, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, log=log)
+    pair.eval()
+    runs.save_torch(run_dir / runs.MODEL, pair.state_dict())
+    metrics = _read_metrics(run_dir)
+    prior = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, **history[-1]}
+    prior.update(quick_metrics(pair, data, seed=seed))
+    metrics["prior"] = prior
+    runs.write_json(run_dir / runs.METRICS, metrics)
+    _write_rows(run_dir / "prior_history.csv", history)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        plots.sample_grid(pair.generate(64).cpu(), run_dir / "samples.png",
+                          f"{pair.name} samples (codes from the learned prior)")
+    return prior
+
+
+def _read_metrics(run_dir: Path) -> dict:
+    import json
+
+    try:
+        metrics = json.loads((run_dir / runs.METRICS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+    runs.atomic_write_bytes(path, buffer.getvalue().encode())

@@ -41,6 +41,9 @@ The protocol
     The observation model's name ("bernoulli", "cbernoulli", "gaussian"), which ``check_data`` and the
     commands (binarization) read: the config's ``likelihood`` field, else "gaussian"; a family whose
     config has no such field and observes binary data sets it as a class attribute (as NADE does).
+``family_metrics(x)``
+    A family's own held-out figures on examples ``x`` (VQ-VAE: codebook usage and perplexity), shown by
+    ``ppgen evaluate`` and added to each epoch's history row; ``{}`` by default.
 ``check_data(x)``
     Raises :class:`~ppgen.errors.UserError` (one line, what to do) when ``x`` cannot
     be observed.
@@ -117,6 +120,10 @@ class GenerativeModel(nn.Module):
     def objective(self, x: Any) -> Any:  # pragma: no cover - optional
         """The family's own per-example negative-ELBO estimate (see the module docs)."""
         raise NotImplementedError
+
+    def family_metrics(self, x: torch.Tensor) -> dict[str, float]:
+        """A family's own figures on held-out examples ``x`` (see the module docs); none by default."""
+        return {}
 
     # -- what a caller may ask ------------------------------------------------------
     def _overrides(self, method: str) -> bool:
