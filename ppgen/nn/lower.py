@@ -171,6 +171,12 @@ def _function_rules() -> dict[Any, Callable]:
         F.elu: lambda x, alpha=1.0, inplace=False: jax.nn.elu(x, alpha),
         F.silu: lambda x, inplace=False: jax.nn.silu(x),
         torch.relu: jax.nn.relu,
+        # topic models (ppgen.nn.topics)
+        F.softmax: lambda x, dim=None, _stacklevel=3, dtype=None: jax.nn.softmax(x, axis=dim),
+        F.log_softmax: lambda x, dim=None, _stacklevel=3, dtype=None: jax.nn.log_softmax(x, axis=dim),
+        torch.matmul: jnp.matmul,
+        operator.matmul: operator.matmul,
+        torch.transpose: lambda x, dim0, dim1: jnp.swapaxes(x, dim0, dim1),
     }
 
 
