@@ -7,6 +7,7 @@ assertion); the topic-recovery threshold (Hungarian-matched cosine ≥ 0.9) is t
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 
 import numpy as np
@@ -132,7 +133,7 @@ def test_per_document_estimators_are_per_document(lda_corpus):
     _, data = lda_corpus
     x = data.test[:7]
     torch.manual_seed(0)
-    for pair in (ProdLDA((V,), topics=K, batch_norm=False), DirVAE((V,), topics=K)):
+    for pair in (ProdLDA((V,), topics=K, batch_norm=False), DirVAE((V,), topics=K)):  # with and without BN
         pair.eval()
         assert evaluation.elbo(pair, x, num_samples=3).shape == (7,)
         assert evaluation.iwae(pair, x, k=5).shape == (7,)
@@ -186,7 +187,7 @@ def test_batch_norm_trains_on_torch_only(lda_corpus):
     assert pair.svi_engines == ("torch",)
     with pytest.raises(OptionError):
         ppgen.fit(pair, data, engine="jax", epochs=1, progress=False)
-    assert DirVAE((V,), topics=K).svi_engines == ("torch", "jax")
+    assert DirVAE((V,), topics=K, batch_norm="off").svi_engines == ("torch", "jax")
 
 
 def test_topic_networks_lower_to_jax():
@@ -194,7 +195,7 @@ def test_topic_networks_lower_to_jax():
 
     torch.manual_seed(0)
     for decoder in ("poe", "mixture"):
-        pair = DirVAE((V,), topics=K, decoder=decoder).eval()
+        pair = DirVAE((V,), topics=K, decoder=decoder, batch_norm="off").eval()
         theta = torch.distributions.Dirichlet(torch.ones(K)).sample((3, 4))
         want = pair.decoder(theta).detach().numpy()
         got = np.asarray(pair.decoder(jnp.asarray(theta.numpy())))
@@ -249,3 +250,64 @@ def test_csv_folder_and_bad_input(tmp_path):
 def test_20news_offline_is_one_line(tmp_path):
     with pytest.raises(UserError, match="offline"):
         text.newsgroups_documents(data_home=str(tmp_path))
+
+
+# -- use: ppgen train / evaluate / topics / resume, and one-line mistakes ---------------------------------
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def small_csv(tmp_path_factory):
+    """600 synthetic 'documents' of real words from 4 themes, as a CSV with a ``body`` column."""
+    rng = np.random.default_rng(0)
+    themes = [["election", "vote", "senate", "party", "campaign", "governor"],
+              ["game", "team", "season", "coach", "player", "score"],
+              ["market", "stock", "price", "bank", "trade", "economy"],
+              ["rain", "storm", "weather", "flood", "wind", "snow"]]
+    rows = [" ".join(rng.choice(themes[rng.integers(4)], 30)) for _ in range(600)]
+    path = tmp_path_factory.mktemp("corpus") / "docs.csv"
+    path.write_text("id,body\n" + "\n".join(f"{i},{r}" for i, r in enumerate(rows)), "utf-8")
+    return f"{path}:body"
+
+
+def test_train_evaluate_topics_and_resume(tmp_path, capsys, small_csv):
+    from ppgen.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "prodlda", "--data", small_csv, "--topics", "4", "--hidden", "32", "--batch-size", "50",
+            "--no-progress", "--select", "last"]
+    assert main([*args, "--epochs", "2", "--out", str(out)]) == 0
+    assert main(["train", "prodlda", "--resume", str(out), "--epochs", "3", "--no-progress"]) == 0
+    assert len((out / "history.csv").read_text().splitlines()) == 4  # header + 3 epochs
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--iwae", "20", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    words = result["words"]
+    assert result["perplexity"] == pytest.approx(math.exp(-result["elbo"] * result["n"] / words), rel=1e-6)  # float32 mean
+    assert result["perplexity_iwae_20"] <= result["perplexity"] * math.exp(3 * result["elbo_se"] * result["n"] / words)
+    assert -1 <= result["npmi"] <= 1 and 0 < result["diversity"] <= 1
+    assert main(["evaluate", str(out), "--iwae", "5"]) == 0
+    assert "perplexity" in capsys.readouterr().out
+    assert main(["topics", str(out), "--words", "5"]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert len(shown) == 5 and "NPMI" in shown[0]  # a header and 4 topics
+    assert (out / "topics.png").exists() and (out / "topics.json").exists()
+
+
+def test_topic_mistakes_are_one_line(tmp_path, capsys, small_csv):
+    from ppgen.cli import main
+
+    (tmp_path / "a.csv").write_text("title\nhello world\n", "utf-8")
+    assert main(["train", "prodlda", "--data", str(tmp_path / "a.csv"), "--out", str(tmp_path / "r")]) == 2
+    assert "no column 'text'" in _error_line(capsys) and not (tmp_path / "r").exists()
+    assert main(["train", "dirvae", "--data", small_csv, "--topics", "1", "--out", str(tmp_path / "r")]) == 2
+    assert "at least 2 topics" in _error_line(capsys)
+    vae = tmp_path / "vae"
+    assert main(["train", "vae", "--data", "digits", "--z-dim", "2", "--hidden", "8", "--epochs", "1",
+                 "--no-progress", "--out", str(vae)]) == 0
+    capsys.readouterr()
+    assert main(["topics", str(vae)]) == 2
+    assert "not trained on a text corpus" in _error_line(capsys)

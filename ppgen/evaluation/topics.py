@@ -56,8 +56,8 @@ def perplexity(pair, x: torch.Tensor, num_samples: int = 10, iwae_k: int | None 
 
 
 def top_words(scores: torch.Tensor, n: int = 10) -> np.ndarray:
-    """(K, n) indices of each topic's ``n`` highest-scoring words, best first."""
-    return scores.detach().cpu().topk(n, dim=-1).indices.numpy()
+    """(K, n) indices of each topic's ``n`` highest-scoring words, best first (all words if fewer than n)."""
+    return scores.detach().cpu().topk(min(n, scores.shape[-1]), dim=-1).indices.numpy()
 
 
 def presence(reference: Any) -> Any:
@@ -110,6 +110,22 @@ def topic_table(pair, vocabulary: Sequence[str], reference: Any, n: int = 10) ->
     rows = [{"topic": k, "npmi": float(coherence[k]), "words": [vocabulary[i] for i in top[k]]}
             for k in range(len(top))]
     return sorted(rows, key=lambda r: -r["npmi"])
+
+
+def reference_counts(source: str, vocabulary: Sequence[str]) -> Any:
+    """A reference corpus (any ``ppgen.data.text`` source: CSV, .txt folder, bundled name) counted over
+    ``vocabulary`` (sparse), for NPMI on documents other than the held-out ones."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    from ppgen.data import text
+
+    docs = [d if isinstance(d, str) else "" for d in text.documents(source)]
+    counts = CountVectorizer(vocabulary=list(vocabulary), token_pattern=text.Vectorizing().token_pattern,
+                             lowercase=True).transform(docs)
+    counts = counts[np.asarray(counts.sum(axis=1)).ravel() > 0]
+    if counts.shape[0] == 0:
+        raise UserError(f"{source}: no document holds a word of the model's vocabulary; give another reference")
+    return counts
 
 
 def report(pair, vocabulary: Sequence[str], x: torch.Tensor, reference: Any | None = None, iwae_k: int | None = None,

@@ -21,8 +21,8 @@ the tests against finite differences of the expectation). The closed-form KL bet
                           + Σ_k (a_k − b_k)(ψ(a_k) − ψ(a₀)),            a₀ = Σ_k a_k, b₀ = Σ_k b_k
 
 is what the collapse report and the tests use; SVI uses the Monte Carlo ELBO (both engines). Batch
-normalization is off by default here (both engines); ``batch_norm=True`` normalizes the concentration
-head and the decoder's logits and trains on torch only.
+normalization of the concentration head and of the decoder's logits is on by default, as in ProdLDA (torch
+engine only); ``batch_norm="off"`` trains on both engines.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from ppgen.models.prodlda import (
     BATCH_NORM_HELP,
     DECODER_HELP,
     DROPOUT_HELP,
+    SWITCH,
     TOPICS_HELP,
     ProdLDA,
     word_counts,
@@ -60,7 +61,7 @@ class DirVAEConfig:
     hidden: tuple[int, ...] = (100, 100)
     alpha: float = field(default=1.0, metadata={"help": ALPHA_HELP})
     dropout: float = field(default=0.2, metadata={"help": DROPOUT_HELP})
-    batch_norm: bool = field(default=False, metadata={"help": BATCH_NORM_HELP})
+    batch_norm: str = field(default="on", metadata={"help": BATCH_NORM_HELP, "choices": SWITCH})
     decoder: str = field(default="poe", metadata={"help": DECODER_HELP, "choices": DECODERS})
 
 
@@ -72,7 +73,7 @@ class DirVAE(ProdLDA):
     _encoder_kind = "dirichlet"
 
     def __init__(self, x_shape: Sequence[int] = (2000,), topics: int = 20, hidden: Sequence[int] = (100, 100),
-                 alpha: float = 1.0, dropout: float = 0.2, batch_norm: bool = False, decoder: str = "poe"):
+                 alpha: float = 1.0, dropout: float = 0.2, batch_norm: bool | str = "on", decoder: str = "poe"):
         super().__init__(x_shape, topics, hidden, alpha, dropout, batch_norm, decoder)
 
     def _config(self, *values):

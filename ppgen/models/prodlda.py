@@ -20,9 +20,9 @@ the multinomial over the document's counts (a document is one example; its words
 topics are β's rows; a topic's top words are its largest entries.
 
 Batch normalization (affine-free, on both encoder heads and on the decoder's logits, as in the paper) keeps
-the decoder from collapsing every topic onto the most frequent words; with it (the default) the pair trains
-on the torch engine only (``svi_engines``), since updating running statistics is a side effect a compiled
-JAX epoch cannot have. ``batch_norm=False`` gives a pair that lowers and trains on both engines.
+the decoder from collapsing every topic onto the most frequent words; with it (``batch_norm="on"``, the default) the pair
+trains on the torch engine only (``svi_engines``), since updating running statistics is a side effect a
+compiled JAX epoch cannot have. ``batch_norm="off"`` gives a pair that lowers and trains on both engines.
 """
 
 from __future__ import annotations
@@ -76,7 +76,17 @@ def check_counts(x: torch.Tensor, vocab: int, what: str) -> None:
 TOPICS_HELP = "number of topics K"
 ALPHA_HELP = "symmetric Dirichlet prior concentration alpha"
 DROPOUT_HELP = "dropout rate in encoder and decoder"
-BATCH_NORM_HELP = "batch-normalize encoder heads and decoder logits, as ProdLDA does (torch engine only)"
+BATCH_NORM_HELP = "batch-normalize encoder heads and decoder logits as the papers do (on: torch engine only)"
+SWITCH = ("on", "off")
+
+
+def switch(value: bool | str) -> bool:
+    """A config switch given as True/False or "on"/"off"."""
+    if value in SWITCH:
+        return value == "on"
+    if isinstance(value, bool):
+        return value
+    raise UserError(f"expected on or off, got {value!r}")
 DECODER_HELP = "decoder: product of experts (ProdLDA) or LDA's mixture of multinomials"
 
 
@@ -87,7 +97,7 @@ class ProdLDAConfig:
     hidden: tuple[int, ...] = (100, 100)
     alpha: float = field(default=1.0, metadata={"help": ALPHA_HELP})
     dropout: float = field(default=0.2, metadata={"help": DROPOUT_HELP})
-    batch_norm: bool = field(default=True, metadata={"help": BATCH_NORM_HELP})
+    batch_norm: str = field(default="on", metadata={"help": BATCH_NORM_HELP, "choices": SWITCH})
     decoder: str = field(default="poe", metadata={"help": DECODER_HELP, "choices": DECODERS})
 
 
@@ -99,15 +109,16 @@ class ProdLDA(GenerativeModel):
     likelihood = "multinomial"
 
     def __init__(self, x_shape: Sequence[int] = (2000,), topics: int = 20, hidden: Sequence[int] = (100, 100),
-                 alpha: float = 1.0, dropout: float = 0.2, batch_norm: bool = True, decoder: str = "poe"):
+                 alpha: float = 1.0, dropout: float = 0.2, batch_norm: bool | str = "on", decoder: str = "poe"):
         if int(topics) < 2:
             raise UserError(f"a topic model needs at least 2 topics, got {topics}")
         if not alpha > 0:
             raise UserError(f"the Dirichlet prior needs alpha > 0, got {alpha}")
         if decoder not in DECODERS:
             raise UserError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
+        batch_norm = switch(batch_norm)
         super().__init__(self._config(tuple(x_shape), int(topics), tuple(hidden), float(alpha), float(dropout),
-                                      bool(batch_norm), decoder))
+                                      "on" if batch_norm else "off", decoder))
         vocab = math.prod(x_shape)
         self.encoder = BowEncoder(vocab, int(topics), hidden, dropout, batch_norm, kind=self._encoder_kind)
         self.decoder = TopicDecoder(int(topics), vocab, decoder, dropout, batch_norm,
