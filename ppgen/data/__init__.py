@@ -75,6 +75,20 @@ class Dataset:
         )
 
 
+class TextDataset(Dataset):
+    """Word counts (documents, vocabulary) of a text corpus (:mod:`ppgen.data.text`); ``info`` holds the
+    vocabulary and the number of documents dropped as empty after vectorizing."""
+
+    @property
+    def vocabulary(self) -> list[str]:
+        return self.info["vocabulary"]
+
+    def describe(self) -> str:
+        from ppgen.data import text
+
+        return text.describe(self)
+
+
 def _mix(a: int, b: int) -> int:
     return (a * 6_364_136_223_846_793_005 + b) % (2**63)
 
@@ -155,7 +169,9 @@ def load(
     if text.is_text_source(name):  # a text corpus: word counts (ppgen.data.text)
         if binarize not in ("default", None):
             raise UserError(f"{name} is a text corpus of word counts; it cannot be binarized (drop --binarize)")
-        return text.load(name, split_seed=split_seed, seed=seed, n_val=n_val, n_test=n_test)
+        splits, info = text.load(name, split_seed=split_seed, n_val=n_val, n_test=n_test)
+        return TextDataset(name=name, train=splits["train"], val=splits["val"], test=splits["test"], seed=seed,
+                           info=info)
     if binarize == "default":
         binarize = "dynamic" if name in ("mnist", "digits") else None
     if binarize not in (None, *BINARIZE):
@@ -219,5 +235,5 @@ def describe() -> dict[str, str]:
     return dict(BUNDLED)
 
 
-__all__ = ["BINARIZE", "BUNDLED", "Dataset", "check_examples", "check_same_shape", "check_unit_interval", "describe",
+__all__ = ["BINARIZE", "BUNDLED", "Dataset", "TextDataset", "check_examples", "check_same_shape", "check_unit_interval", "describe",
            "from_tensor", "load"]

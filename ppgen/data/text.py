@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ppgen.data import Dataset
 from ppgen.errors import UserError
 
 DEFAULT = "news"
@@ -204,9 +203,10 @@ def dense(counts) -> torch.Tensor:
     return torch.as_tensor(np.asarray(counts.toarray(), dtype=np.float32))
 
 
-def load(name: str = DEFAULT, *, split_seed: int = 0, seed: int = 0, settings: Vectorizing | None = None,
-         n_val: int | None = None, n_test: int | None = None):
-    """A text corpus as a :class:`ppgen.data.Dataset` of word counts, its vocabulary in ``info``."""
+def load(name: str = DEFAULT, *, split_seed: int = 0, settings: Vectorizing | None = None,
+         n_val: int | None = None, n_test: int | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """A corpus's word counts per split (dense float32 tensors) and its ``info`` (the vocabulary, the empty
+    documents dropped per split, the kept texts); ``ppgen.data.load`` wraps them in a ``TextDataset``."""
     settings = settings or Vectorizing()
     docs = documents(name)
     if not docs:
@@ -218,23 +218,16 @@ def load(name: str = DEFAULT, *, split_seed: int = 0, seed: int = 0, settings: V
                             "longer documents")
     info = {"kind": "text", "vocabulary": bow.vocabulary, "dropped_empty": bow.dropped, "texts": bow.texts,
             "settings": settings, "documents": len(docs)}
-    return TextDataset(name=name, train=dense(bow.splits["train"]), val=dense(bow.splits["val"]),
-                       test=dense(bow.splits["test"]), seed=seed, info=info)
+    return {split: dense(counts) for split, counts in bow.splits.items()}, info
 
 
-class TextDataset(Dataset):
-    """Word counts (documents, vocabulary); ``info["vocabulary"]`` names the columns."""
-
-    @property
-    def vocabulary(self) -> list[str]:
-        return self.info["vocabulary"]
-
-    def describe(self) -> str:
-        dropped = self.info["dropped_empty"]
-        total = sum(dropped.values())
-        text = (f"{self.name}: {len(self.train)} train / {len(self.val)} validation / {len(self.test)} test "
-                f"documents, vocabulary {len(self.vocabulary)} words, {int(self.train.sum())} training words")
-        if total:
-            text += (f"; {total} document(s) empty after vectorizing dropped (train {dropped['train']}, "
-                     f"validation {dropped['val']}, test {dropped['test']})")
-        return text
+def describe(data) -> str:
+    """One line on a text data set: documents per split, vocabulary, words, and the empty documents dropped."""
+    dropped = data.info["dropped_empty"]
+    total = sum(dropped.values())
+    line = (f"{data.name}: {len(data.train)} train / {len(data.val)} validation / {len(data.test)} test "
+            f"documents, vocabulary {len(data.info['vocabulary'])} words, {int(data.train.sum())} training words")
+    if total:
+        line += (f"; {total} document(s) empty after vectorizing dropped (train {dropped['train']}, "
+                 f"validation {dropped['val']}, test {dropped['test']})")
+    return line
