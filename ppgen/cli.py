@@ -417,6 +417,8 @@ def _data(args) -> int:
     for name, line in data.describe().items():
         print(f"{name:14s} {line}")
     print(f"{'<path>':14s} your own data: a folder of MNIST IDX files, an IDX file, .npz (x, y) or .npy")
+    print(f"{'<text path>':14s} your own corpus: FILE.csv (column text) or FILE.csv:COLUMN, or a folder of "
+          ".txt files (UTF-8), as word counts")
     return 0
 
 

@@ -338,7 +338,8 @@ def topic_metrics(pair, data: datasets.Dataset, x: torch.Tensor, elbo: torch.Ten
 
 def topics_run(run_dir: Path, n: int = 10, split: str = "test", reference: str | None = None) -> dict:
     """Each topic's top ``n`` words and NPMI on the run's ``split`` documents (or on the corpus ``reference``,
-    vectorized with the run's vocabulary); writes topics.json and topics.png into the run directory."""
+    vectorized with the run's vocabulary); writes topics.json, topics.png and proportions.nc (q's draws of
+    the topic proportions of the first 16 ``split`` documents) into the run directory."""
     from ppgen.evaluation import topics
 
     config = runs.read_config(run_dir)
@@ -356,15 +357,33 @@ def topics_run(run_dir: Path, n: int = 10, split: str = "test", reference: str |
                   "documents": int(ref.shape[0]), "npmi": sum(r["npmi"] for r in table) / len(table),
                   "diversity": topics.diversity(pair.topic_words()), "topics": table}
         plots_topics(pair, vocabulary, table, Path(run_dir) / "topics.png")
+        write_proportions(pair, getattr(data, split)[:16], Path(run_dir) / "proportions.nc")
     runs.write_json(Path(run_dir) / "topics.json", result)
     return result
 
 
+def write_proportions(pair, x: torch.Tensor, path: Path, draws: int = 1000, seed: int = 0) -> None:
+    """proportions.nc: ArviZ draws of the topic proportions θ under q(θ | x) (1 chain) for the documents ``x``."""
+    import os
+
+    import arviz as az
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        theta = pair.sample_proportions(x, draws).cpu().numpy()
+    idata = az.from_dict(posterior={"theta": theta[None]}, dims={"theta": ["document", "topic"]})
+    tmp = path.with_name(f".{path.name}.tmp")
+    idata.to_netcdf(str(tmp))
+    os.replace(tmp, path)
+
+
 def plots_topics(pair, vocabulary, table: list[dict], path: Path, words: int = 8) -> None:
-    """topics.png: each topic's top words as horizontal bars of p(w | topic), one panel per topic."""
+    """topics.png: each topic's top words as horizontal bars of their topic-word scores (β for the product of
+    experts, log p(w | topic) for the mixture decoder), one panel per topic."""
     import matplotlib.pyplot as plt
 
-    scores = torch.softmax(pair.topic_words(), -1)
+    scores = pair.topic_words()
+    scores = scores - scores.min(-1, keepdim=True).values  # bars start at the topic's lowest-scoring word
     k = len(table)
     cols = min(5, k)
     rows = -(-k // cols)
@@ -377,6 +396,7 @@ def plots_topics(pair, vocabulary, table: list[dict], path: Path, words: int = 8
         ax.set_yticks(range(len(idx))[::-1], [vocabulary[i] for i in idx], fontsize=7)
         ax.set_title(f"topic {row['topic']}  NPMI {row['npmi']:.2f}", fontsize=8)
         ax.tick_params(axis="x", labelsize=6)
+        ax.set_xlabel("score above the topic's minimum", fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

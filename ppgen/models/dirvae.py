@@ -102,6 +102,10 @@ class DirVAE(ProdLDA):
         """θ at the mean of q(θ | x)."""
         return self.encode(x)[0]
 
+    def sample_proportions(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """(n, documents, K) draws of θ ~ q(θ | x)."""
+        return torch.distributions.Dirichlet(self.encoder(x)).sample((n,))
+
     def generate(self, n: int) -> torch.Tensor:
         device = next(self.parameters()).device
         prior = torch.distributions.Dirichlet(torch.full((self.config.topics,), self.config.alpha, device=device))

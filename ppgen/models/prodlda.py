@@ -167,6 +167,11 @@ class ProdLDA(GenerativeModel):
         """θ at the mean of q(z | x): softmax(μ_φ(x))."""
         return torch.softmax(self.encode(x)[0], -1)
 
+    def sample_proportions(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """(n, documents, K) draws of θ = softmax(z), z ~ q(z | x)."""
+        loc, scale = self.encode(x)
+        return torch.softmax(loc + scale * torch.randn((n, *loc.shape), device=loc.device), -1)
+
     def word_distribution(self, theta: torch.Tensor) -> torch.Tensor:
         """p(w | θ) for topic proportions ``theta`` (…, K)."""
         dec = self.decoder
