@@ -127,8 +127,8 @@ def _module_rule(mod: nn.Module) -> Callable:
         return lambda p, x: x.reshape(
             x.shape[: mod.dim % x.ndim] + tuple(mod.unflattened_size) + x.shape[mod.dim % x.ndim + 1 :]
         )
-    if isinstance(mod, nn.BatchNorm1d) and mod.track_running_stats:
-        return lambda p, x: _batch_norm_eval(mod, p, x)
+    if isinstance(mod, nn.BatchNorm1d) and mod.track_running_stats and not mod.training:
+        return lambda p, x: _batch_norm_eval(mod, p, x)  # evaluation mode only (checked again at each call)
     raise NotLowerable(f"layer {type(mod).__name__}")
 
 
