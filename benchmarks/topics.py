@@ -49,12 +49,6 @@ BATCH, LR = 200, 2e-3
 MODELS = {"prodlda": ProdLDA, "dirvae": DirVAE}
 
 
-def log_multinomial_coefficient(x: torch.Tensor) -> torch.Tensor:
-    """log(N! / Π_w x_w!) per document."""
-    x = x.double()
-    return torch.lgamma(x.sum(-1) + 1) - torch.lgamma(x + 1).sum(-1)
-
-
 def scores(topic_words: torch.Tensor, reference) -> dict:
     top = T.top_words(topic_words, 10)
     return {"npmi": float(T.npmi(top, reference).mean()), "diversity": T.diversity(topic_words)}
@@ -71,7 +65,7 @@ def neural(name: str, data, k: int, seed: int, epochs: int, reference) -> dict:
     pair.eval()
     with torch.no_grad():
         bound = per_doc_elbo(pair, data.test, num_samples=20).double()
-    sequence = bound - log_multinomial_coefficient(data.test)
+    sequence = bound - T.log_multinomial_coefficient(data.test)
     return {"perplexity": T.perplexity_from(sequence, data.test), "seconds": seconds,
             **scores(pair.topic_words(), reference)}
 

@@ -286,9 +286,12 @@ def _evaluate(args) -> int:
         print(f"  IWAE-{k:<14d}{result[f'iwae_{k}']:10.2f} ± {result[f'iwae_{k}_se']:.2f} nats"
               f"   ({result['bits_per_dim']:.4f} bits/dim)")
     if "perplexity" in result:
-        print(f"  perplexity          {result['perplexity']:10.1f} (ELBO)" + (
+        print(f"  perplexity (counts) {result['perplexity']:10.1f} (ELBO)" + (
             f"   {result[f'perplexity_iwae_{k}']:.1f} (IWAE-{k})" if f"perplexity_iwae_{k}" in result else "")
             + f"   over {result['words']:.0f} words")
+        print(f"  perplexity (words)  {result['perplexity_sequence']:10.1f} (ELBO)" + (
+            f"   {result[f'perplexity_sequence_iwae_{k}']:.1f} (IWAE-{k})"
+            if f"perplexity_sequence_iwae_{k}" in result else "") + "   word sequence: without log(N!/Π x!)")
         print(f"  topics              NPMI {result['npmi']:.3f} (top 10 words, {args.split} documents);"
               f" diversity {result['diversity']:.3f} (top 25)")
     if f"ais_{args.ais}" in result:

@@ -327,9 +327,12 @@ def topic_metrics(pair, data: datasets.Dataset, x: torch.Tensor, elbo: torch.Ten
     """Perplexity from the per-document ELBO (and IWAE-K), NPMI of the top-10 words on ``x``, topic diversity."""
     from ppgen.evaluation import topics
 
-    out = {"words": topics.total_words(x), "perplexity": topics.perplexity_from(elbo, x)}
+    coefficient = topics.log_multinomial_coefficient(x).to(elbo)
+    out = {"words": topics.total_words(x), "perplexity": topics.perplexity_from(elbo, x),
+           "perplexity_sequence": topics.perplexity_from(elbo - coefficient, x)}
     if iwae is not None:
         out[f"perplexity_iwae_{iwae_k}"] = topics.perplexity_from(iwae, x)
+        out[f"perplexity_sequence_iwae_{iwae_k}"] = topics.perplexity_from(iwae - coefficient, x)
     table = topics.topic_table(pair, data.info["vocabulary"], x)
     out["npmi"] = sum(r["npmi"] for r in table) / len(table)
     out["diversity"] = topics.diversity(pair.topic_words())

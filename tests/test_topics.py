@@ -154,6 +154,8 @@ def test_perplexity_npmi_and_diversity_by_hand():
     bounds = torch.tensor([-10.0, -20.0])
     x = torch.tensor([[2.0, 3.0, 0.0], [0.0, 1.0, 4.0]])
     assert T.perplexity_from(bounds, x) == pytest.approx(math.exp(30 / 10))
+    # log(5! / (2! 3!)) = log 10 and log(5! / (1! 4!)) = log 5
+    assert torch.allclose(T.log_multinomial_coefficient(x), torch.tensor([10.0, 5.0], dtype=torch.float64).log())
     # four documents over four words; topic (0, 1): p0 = 3/4, p1 = 2/4, p01 = 2/4
     ref = np.array([[1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 1], [0, 0, 1, 1]])
     p0, p1, p01 = 0.75, 0.5, 0.5 + T.EPS
@@ -309,6 +311,11 @@ def test_train_evaluate_topics_and_resume(tmp_path, capsys, small_csv):
     assert result["perplexity"] == pytest.approx(math.exp(-result["elbo"] * result["n"] / words), rel=1e-6)  # float32 mean
     assert result["perplexity_iwae_20"] <= result["perplexity"] * math.exp(3 * result["elbo_se"] * result["n"] / words)
     assert -1 <= result["npmi"] <= 1 and 0 < result["diversity"] <= 1
+    # the sequence perplexity drops log(N!/Π x_w!) per document from the bound: larger by exactly that
+    x = ppgen.data.load(small_csv).test
+    coefficient = float(T.log_multinomial_coefficient(x).sum())
+    assert math.log(result["perplexity_sequence"]) == pytest.approx(math.log(result["perplexity"]) + coefficient / words,
+                                                                   rel=1e-5)
     assert main(["evaluate", str(out), "--iwae", "5"]) == 0
     assert "perplexity" in capsys.readouterr().out
     assert main(["topics", str(out), "--words", "5"]) == 0

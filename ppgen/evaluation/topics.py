@@ -5,8 +5,9 @@ Perplexity
     bound on log p(x_d): the ELBO (:func:`ppgen.evaluation.elbo`), or the tighter IWAE-K bound
     (:func:`ppgen.evaluation.iwae`); a bound on log p gives an upper bound on the perplexity. The
     multinomial's log-probability includes the multinomial coefficient log(N! / Π_w x_w!), which does not
-    depend on the model: two models are comparable on the same documents, but not with a perplexity that
-    omits it (scikit-learn's LDA ``perplexity``; see benchmarks/topics.py).
+    depend on the model: two models are comparable on the same documents. The *sequence* perplexity
+    subtracts it (:func:`log_multinomial_coefficient`), the quantity scikit-learn's LDA ``perplexity`` and
+    most topic-model papers report (see benchmarks/topics.py).
 NPMI coherence (Bouma 2009; Lau et al. 2014)
     For each topic's top-n words (n = 10), the mean over word pairs of
     NPMI(w_i, w_j) = log[(p(w_i, w_j) + ε) / (p(w_i) p(w_j))] / −log(p(w_i, w_j) + ε), with probabilities
@@ -34,6 +35,13 @@ EPS = 1e-12
 def total_words(x: torch.Tensor) -> float:
     """Σ_d N_d: the number of words in the documents ``x`` (documents, vocabulary)."""
     return float(x.sum())
+
+
+def log_multinomial_coefficient(x: torch.Tensor) -> torch.Tensor:
+    """log(N! / Π_w x_w!) per document: the gap between the log-probability of a document's counts and of
+    one ordering of its words (the word sequence)."""
+    x = x.double()
+    return torch.lgamma(x.sum(-1) + 1) - torch.lgamma(x + 1).sum(-1)
 
 
 def perplexity_from(bounds: torch.Tensor, x: torch.Tensor) -> float:
