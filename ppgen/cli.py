@@ -286,6 +286,15 @@ def _evaluate(args) -> int:
     if f"iwae_{k}" in result:
         print(f"  IWAE-{k:<14d}{result[f'iwae_{k}']:10.2f} ± {result[f'iwae_{k}_se']:.2f} nats"
               f"   ({result['bits_per_dim']:.4f} bits/dim)")
+    if "perplexity" in result:
+        print(f"  perplexity (counts) {result['perplexity']:10.1f} (ELBO)" + (
+            f"   {result[f'perplexity_iwae_{k}']:.1f} (IWAE-{k})" if f"perplexity_iwae_{k}" in result else "")
+            + f"   over {result['words']:.0f} words")
+        print(f"  perplexity (words)  {result['perplexity_sequence']:10.1f} (ELBO)" + (
+            f"   {result[f'perplexity_sequence_iwae_{k}']:.1f} (IWAE-{k})"
+            if f"perplexity_sequence_iwae_{k}" in result else "") + "   word sequence: without log(N!/Π x!)")
+        print(f"  topics              NPMI {result['npmi']:.3f} (top 10 words, {args.split} documents);"
+              f" diversity {result['diversity']:.3f} (top 25)")
     if f"ais_{args.ais}" in result:
         a = args.ais
         print(f"  AIS-{a:<15d}{result[f'ais_{a}']:10.2f} ± {result[f'ais_{a}_se']:.2f} nats"
@@ -414,6 +423,8 @@ def _data(args) -> int:
     for name, line in data.describe().items():
         print(f"{name:14s} {line}")
     print(f"{'<path>':14s} your own data: a folder of MNIST IDX files, an IDX file, .npz (x, y) or .npy")
+    print(f"{'<text path>':14s} your own corpus: FILE.csv (column text) or FILE.csv:COLUMN, or a folder of "
+          ".txt files (UTF-8), as word counts")
     return 0
 
 
@@ -493,6 +504,37 @@ def _prior(args) -> int:
 
 #: each adds one subcommand; other modules append theirs here
 COMMANDS = [_add_train, _add_evaluate, _add_sample, _add_listings, _add_compare, _add_prior]
+
+
+def _add_topics(sub) -> None:
+    p = sub.add_parser("topics", help="a topic model's topics: top words and NPMI coherence",
+                       description="Print each topic's top words with its NPMI coherence (document co-occurrence "
+                                   "on the run's held-out documents, or on --reference), best first; write "
+                                   "topics.json and topics.png into the run directory.")
+    p.add_argument("run", type=Path, help="run directory written by `ppgen train prodlda|dirvae`")
+    p.add_argument("--words", type=positive, default=10, help="top words per topic (default 10)")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test",
+                   help="reference documents for NPMI (default test)")
+    p.add_argument("--reference", help="another reference corpus for NPMI: news, FILE.csv[:COLUMN] or a .txt folder")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.set_defaults(func=_topics)
+
+
+def _topics(args) -> int:
+    from ppgen.workflows import topics_run
+
+    result = topics_run(args.run, n=args.words, split=args.split, reference=args.reference)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{args.run}: {len(result['topics'])} topics; mean NPMI {result['npmi']:.3f} on {result['documents']} "
+          f"documents ({result['reference']}); diversity {result['diversity']:.3f}")
+    for row in result["topics"]:
+        print(f"  {row['topic']:3d}  {row['npmi']:6.3f}  {' '.join(row['words'])}")
+    return 0
+
+
+COMMANDS.append(_add_topics)
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

@@ -315,12 +315,97 @@ def evaluate_run(run_dir: Path, iwae_k: int = 1000, split: str = "test", limit: 
         t = time.perf_counter()
         result.update(summary(pair, x, ais_steps, chains=ais_chains, bdmc_points=bdmc_points, seed=seed))
         result["ais_seconds"] = round(time.perf_counter() - t, 2)
-    if pair.has_encoder:
+    if data.info.get("kind") == "text":  # a topic model: perplexity, coherence, diversity (no per-dimension KL)
+        result.update(topic_metrics(pair, data, x, elbo, ll if iwae_k else None, iwae_k))
+    elif pair.has_encoder:
         result.update(evaluation.report(pair, x))
     family = pair.family_metrics(x)
     if family:
         result["family_metrics"] = family
     return result
+
+
+def topic_metrics(pair, data: datasets.Dataset, x: torch.Tensor, elbo: torch.Tensor, iwae: torch.Tensor | None,
+                  iwae_k: int) -> dict:
+    """Perplexity from the per-document ELBO (and IWAE-K), NPMI of the top-10 words on ``x``, topic diversity."""
+    from ppgen.evaluation import topics
+
+    coefficient = topics.log_multinomial_coefficient(x).to(elbo)
+    out = {"words": topics.total_words(x), "perplexity": topics.perplexity_from(elbo, x),
+           "perplexity_sequence": topics.perplexity_from(elbo - coefficient, x)}
+    if iwae is not None:
+        out[f"perplexity_iwae_{iwae_k}"] = topics.perplexity_from(iwae, x)
+        out[f"perplexity_sequence_iwae_{iwae_k}"] = topics.perplexity_from(iwae - coefficient, x)
+    table = topics.topic_table(pair, data.info["vocabulary"], x)
+    out["npmi"] = sum(r["npmi"] for r in table) / len(table)
+    out["diversity"] = topics.diversity(pair.topic_words())
+    return out
+
+
+def topics_run(run_dir: Path, n: int = 10, split: str = "test", reference: str | None = None) -> dict:
+    """Each topic's top ``n`` words and NPMI on the run's ``split`` documents (or on the corpus ``reference``,
+    vectorized with the run's vocabulary); writes topics.json, topics.png and proportions.nc (q's draws of
+    the topic proportions of the first 16 ``split`` documents) into the run directory."""
+    from ppgen.evaluation import topics
+
+    config = runs.read_config(run_dir)
+    data = _load_data(config["data"])
+    if data.info.get("kind") != "text":
+        raise UserError(f"{run_dir} was not trained on a text corpus ({data.name}); `ppgen topics` needs a topic "
+                        "model's run (ppgen train prodlda --data news)")
+    pair = runs.load_pair(run_dir)
+    pair.eval()
+    vocabulary = data.info["vocabulary"]
+    ref = getattr(data, split) if reference is None else topics.reference_counts(reference, vocabulary)
+    with torch.no_grad():
+        table = topics.topic_table(pair, vocabulary, ref, n=n)
+        result = {"run": str(run_dir), "reference": reference or f"{data.name} {split} split",
+                  "documents": int(ref.shape[0]), "npmi": sum(r["npmi"] for r in table) / len(table),
+                  "diversity": topics.diversity(pair.topic_words()), "topics": table}
+        plots_topics(pair, vocabulary, table, Path(run_dir) / "topics.png")
+        write_proportions(pair, getattr(data, split)[:16], Path(run_dir) / "proportions.nc")
+    runs.write_json(Path(run_dir) / "topics.json", result)
+    return result
+
+
+def write_proportions(pair, x: torch.Tensor, path: Path, draws: int = 1000, seed: int = 0) -> None:
+    """proportions.nc: ArviZ draws of the topic proportions θ under q(θ | x) (1 chain) for the documents ``x``."""
+    import os
+
+    import arviz as az
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        theta = pair.sample_proportions(x, draws).cpu().numpy()
+    idata = az.from_dict(posterior={"theta": theta[None]}, dims={"theta": ["document", "topic"]})
+    tmp = path.with_name(f".{path.name}.tmp")
+    idata.to_netcdf(str(tmp))
+    os.replace(tmp, path)
+
+
+def plots_topics(pair, vocabulary, table: list[dict], path: Path, words: int = 8) -> None:
+    """topics.png: each topic's top words as horizontal bars of their topic-word scores (β for the product of
+    experts, log p(w | topic) for the mixture decoder), one panel per topic."""
+    import matplotlib.pyplot as plt
+
+    scores = pair.topic_words()
+    scores = scores - scores.min(-1, keepdim=True).values  # bars start at the topic's lowest-scoring word
+    k = len(table)
+    cols = min(5, k)
+    rows = -(-k // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.0 * rows), squeeze=False)
+    for ax in axes.flat[k:]:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, table):
+        idx = [vocabulary.index(w) for w in row["words"][:words]]
+        ax.barh(range(len(idx))[::-1], scores[row["topic"], idx].numpy(), color="tab:blue")
+        ax.set_yticks(range(len(idx))[::-1], [vocabulary[i] for i in idx], fontsize=7)
+        ax.set_title(f"topic {row['topic']}  NPMI {row['npmi']:.2f}", fontsize=8)
+        ax.tick_params(axis="x", labelsize=6)
+        ax.set_xlabel("score above the topic's minimum", fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 REJECTION = "rejection.pt"

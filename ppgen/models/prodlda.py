@@ -1,0 +1,193 @@
+r"""ProdLDA: a VAE topic model with a logistic-normal prior and a product-of-experts decoder.
+
+Srivastava & Sutton, "Autoencoding Variational Inference for Topic Models", ICLR 2017.
+
+A document is its vector of word counts x ∈ ℕ^V with N = Σ_w x_w words; its topic proportions θ = softmax(z)
+live on the (K−1)-simplex. Model and guide::
+
+    z ~ N(μ₀, diag σ₀²)                                   (logistic normal ≈ Dirichlet(α), below)
+    x | z ~ Multinomial(N, softmax(BN(βᵀ softmax(z))))     (product of experts: β ∈ ℝ^{K×V} unnormalized)
+    q(z | x) = N(μ_φ(x), diag σ_φ²(x))                     (softplus MLP, dropout, batch-normalized heads)
+
+The prior is the Laplace approximation (in the softmax basis) to a Dirichlet(α) on θ (MacKay 1998; the
+paper's eq. 3), in closed form::
+
+    μ₀_k  = log α_k − (1/K) Σ_i log α_i
+    σ₀²_k = (1/α_k)(1 − 2/K) + (1/K²) Σ_i 1/α_i
+
+(:func:`laplace_prior`); for the symmetric α used here μ₀ = 0 and σ₀² = (1/α)(1 − 1/K). The likelihood is
+the multinomial over the document's counts (a document is one example; its words are not a plate). The
+topics are β's rows; a topic's top words are its largest entries.
+
+Batch normalization (affine-free, on both encoder heads and on the decoder's logits, as in the paper) keeps
+the decoder from collapsing every topic onto the most frequent words; with it (``batch_norm="on"``, the default) the pair
+trains on the torch engine only (``svi_engines``), since updating running statistics is a side effect a
+compiled JAX epoch cannot have. ``batch_norm="off"`` gives a pair that lowers and trains on both engines.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ppgen.errors import UserError
+from ppgen.models.base import GenerativeModel
+from ppgen.nn.topics import DECODERS, BowEncoder, TopicDecoder
+from ppgen.ppl import dist, get_backend
+from ppgen.ppl import pyro as ppl_pyro
+
+
+def laplace_prior(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(μ₀, σ₀²) of the logistic normal approximating Dirichlet(α) (Laplace approximation, softmax basis)."""
+    alpha = torch.as_tensor(alpha, dtype=torch.float64)
+    k = alpha.shape[-1]
+    mu = alpha.log() - alpha.log().mean(-1, keepdim=True)
+    var = (1.0 / alpha) * (1 - 2.0 / k) + (1.0 / alpha).sum(-1, keepdim=True) / k**2
+    return mu, var
+
+
+def word_counts(x, logits):
+    """The multinomial over a document's counts, N = Σ_w x_w per document.
+
+    torch's Multinomial takes one integer ``total_count`` but scores any count vector summing to at most it
+    (the log-probability uses the value's own sum), so Pyro gets the batch's largest N; NumPyro's takes N per
+    document."""
+    if get_backend() == "pyro":
+        return dist.Multinomial(int(x.sum(-1).max()), logits=logits)
+    return dist.Multinomial(total_count=x.sum(-1), logits=logits)
+
+
+def check_counts(x: torch.Tensor, vocab: int, what: str) -> None:
+    """UserError unless ``x`` holds documents of non-negative whole word counts over ``vocab`` words."""
+    if x.ndim != 2 or x.shape[1] != vocab:
+        raise UserError(f"{what} has shape {tuple(x.shape[1:])} per document but the model expects ({vocab},) "
+                        "word counts; vectorize it with the model's vocabulary")
+    if x.shape[0] == 0:
+        raise UserError(f"{what} is empty; give at least one document")
+    if not torch.isfinite(x).all() or (x < 0).any() or (x != x.round()).any():
+        raise UserError(f"{what} is not word counts (non-negative whole numbers); give a bag of words")
+    if (x.sum(-1) == 0).any():
+        raise UserError(f"{what} holds {int((x.sum(-1) == 0).sum())} empty document(s); drop them")
+
+
+TOPICS_HELP = "number of topics K"
+ALPHA_HELP = "symmetric Dirichlet prior concentration alpha"
+DROPOUT_HELP = "dropout rate in encoder and decoder"
+BATCH_NORM_HELP = "batch-normalize encoder heads and decoder logits as the papers do (on: torch engine only)"
+SWITCH = ("on", "off")
+
+
+def switch(value: bool | str) -> bool:
+    """A config switch given as True/False or "on"/"off"."""
+    if value in SWITCH:
+        return value == "on"
+    if isinstance(value, bool):
+        return value
+    raise UserError(f"expected on or off, got {value!r}")
+DECODER_HELP = "decoder: product of experts (ProdLDA) or LDA's mixture of multinomials"
+
+
+@dataclass(frozen=True)
+class ProdLDAConfig:
+    x_shape: tuple[int, ...] = (2000,)
+    topics: int = field(default=20, metadata={"help": TOPICS_HELP})
+    hidden: tuple[int, ...] = (100, 100)
+    alpha: float = field(default=1.0, metadata={"help": ALPHA_HELP})
+    dropout: float = field(default=0.2, metadata={"help": DROPOUT_HELP})
+    batch_norm: str = field(default="on", metadata={"help": BATCH_NORM_HELP, "choices": SWITCH})
+    decoder: str = field(default="poe", metadata={"help": DECODER_HELP, "choices": DECODERS})
+
+
+class ProdLDA(GenerativeModel):
+    """ProdLDA (see the module docs)."""
+
+    name = "prodlda"
+    Config = ProdLDAConfig
+    likelihood = "multinomial"
+
+    def __init__(self, x_shape: Sequence[int] = (2000,), topics: int = 20, hidden: Sequence[int] = (100, 100),
+                 alpha: float = 1.0, dropout: float = 0.2, batch_norm: bool | str = "on", decoder: str = "poe"):
+        if int(topics) < 2:
+            raise UserError(f"a topic model needs at least 2 topics, got {topics}")
+        if not alpha > 0:
+            raise UserError(f"the Dirichlet prior needs alpha > 0, got {alpha}")
+        if decoder not in DECODERS:
+            raise UserError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
+        batch_norm = switch(batch_norm)
+        super().__init__(self._config(tuple(x_shape), int(topics), tuple(hidden), float(alpha), float(dropout),
+                                      "on" if batch_norm else "off", decoder))
+        vocab = math.prod(x_shape)
+        self.encoder = BowEncoder(vocab, int(topics), hidden, dropout, batch_norm, kind=self._encoder_kind)
+        self.decoder = TopicDecoder(int(topics), vocab, decoder, dropout, batch_norm,
+                                    softmax_input=self._encoder_kind == "normal")
+        if batch_norm:
+            self.svi_engines = ("torch",)
+
+    _encoder_kind = "normal"
+
+    def _config(self, *values):
+        return ProdLDAConfig(*values)
+
+    @property
+    def topics(self) -> int:
+        return self.config.topics
+
+    def prior_scale(self) -> float:
+        """σ₀ of the symmetric logistic-normal prior: sqrt((1/α)(1 − 1/K))."""
+        k, a = self.config.topics, self.config.alpha
+        return math.sqrt((1.0 / a) * (1 - 1.0 / k))
+
+    def _prior(self):
+        return dist.Normal(0.0, self.prior_scale()).expand([self.config.topics]).to_event(1)
+
+    def model(self, x) -> None:
+        ppl_pyro.module("decoder", self.decoder)
+        with ppl_pyro.plate("data", x.shape[0]):
+            z = ppl_pyro.sample("z", self._prior())
+            ppl_pyro.sample("x", word_counts(x, self.decoder(z)), obs=x)
+
+    def guide(self, x) -> None:
+        ppl_pyro.module("encoder", self.encoder)
+        with ppl_pyro.plate("data", x.shape[0]):
+            loc, scale = self.encoder(x)
+            ppl_pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    # -- what a caller may ask ------------------------------------------------------------------------------
+    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
+        check_counts(x, math.prod(self.x_shape), what)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of q(z | x) (z the logits of θ)."""
+        return self.encoder(x)
+
+    def proportions(self, x: torch.Tensor) -> torch.Tensor:
+        """θ at the mean of q(z | x): softmax(μ_φ(x))."""
+        return torch.softmax(self.encode(x)[0], -1)
+
+    def sample_proportions(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """(n, documents, K) draws of θ = softmax(z), z ~ q(z | x)."""
+        loc, scale = self.encode(x)
+        return torch.softmax(loc + scale * torch.randn((n, *loc.shape), device=loc.device), -1)
+
+    def word_distribution(self, theta: torch.Tensor) -> torch.Tensor:
+        """p(w | θ) for topic proportions ``theta`` (…, K)."""
+        dec = self.decoder
+        logits = dec(torch.log(theta.clamp_min(1e-30))) if dec.softmax_input else dec(theta)
+        return torch.softmax(logits, -1)
+
+    def topic_words(self) -> torch.Tensor:
+        """(K, V) word scores of each topic."""
+        return self.decoder.topic_words()
+
+    def generate(self, n: int) -> torch.Tensor:
+        """n draws of p(w | θ) (word distributions, rows sum to 1) at θ from the prior."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.config.topics, device=device) * self.prior_scale()
+        return torch.softmax(self.decoder(z), -1)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Expected counts N · p(w | θ) at the mean of q."""
+        return x.sum(-1, keepdim=True) * self.word_distribution(self.proportions(x))
