@@ -353,6 +353,7 @@ def _add_sample(sub) -> None:
     p.add_argument("-n", type=positive, default=64, help="number of samples (default 64)")
     p.add_argument("--out", type=Path, default=Path("samples.png"), help=".png (a grid) or .npy (the array)")
     p.add_argument("--seed", type=non_negative, default=0)
+    p.add_argument("--steps", type=positive, metavar="S", help="ddpm: sample by DDIM with S steps (at most T)")
     _add_rejection(p)
     p.set_defaults(func=_sample)
 
@@ -371,6 +372,8 @@ def _sample(args) -> int:
         pair = ratio_sampler(args.run, steps=args.rejection_steps, quantile=args.quantile, seed=args.seed)
     else:
         pair = runs.load_pair(args.run)
+    if args.steps is not None:
+        pair = _with_sample_steps(pair, args.steps, args.rejection)
     torch.manual_seed(args.seed)
     with torch.no_grad():
         x = pair.generate(args.n)
@@ -380,6 +383,16 @@ def _sample(args) -> int:
         plots.sample_grid(x, args.out, f"{args.n} samples from {args.run}")
     print(f"wrote {args.out}")
     return 0
+
+
+def _with_sample_steps(pair, steps: int, rejection: bool):
+    """The run's pair rebuilt to sample by DDIM in ``steps`` steps (a family whose config has ``sample_steps``)."""
+    config = pair.config_dict() if not rejection else {}
+    if "sample_steps" not in config:
+        raise UserError("--steps applies to a family that samples in steps (ddpm), without --rejection")
+    faster = type(pair).from_config({**config, "sample_steps": steps, "sampler": "ddim"})
+    faster.load_state_dict(pair.state_dict())
+    return faster.eval()
 
 
 def _npy_bytes(np, array) -> bytes:
