@@ -81,7 +81,8 @@ def _add_train(sub) -> None:
     m.add_argument("--z-dims", type=_ints, help="dlgm/hvae/lvae: latent sizes per layer, bottom first, e.g. 50,20 "
                    "(with --hidden giving one hidden size per layer, e.g. 400,200)")
     m.add_argument("--net", choices=["mlp", "conv"], help="encoder/decoder networks (default mlp)")
-    m.add_argument("--likelihood", choices=["bernoulli", "cbernoulli", "gaussian"], help="p(x|z) (default bernoulli)")
+    m.add_argument("--likelihood", choices=["bernoulli", "cbernoulli", "gaussian", "discretized"],
+                   help="p(x|z) (default bernoulli; discretized: ddpm's decoder for grey levels)")
     m.add_argument("--skip", action="store_true", default=None, help="Skip-VAE decoder: z enters every layer")
     m.add_argument("--encoder", action="store_true", default=None, help="gan: add an encoder q(z|x) (BiGAN/ALI)")
     p.set_defaults(model_keys=MODEL_KEYS + _add_family_flags(m))

@@ -28,7 +28,7 @@ import ppgen
 from ppgen import evaluation, models
 from ppgen.data import from_tensor
 from ppgen.errors import UserError
-from ppgen.models.diffusion import DDPM
+from ppgen.models.diffusion import DDPM, DiscretizedNormal
 from ppgen.nn import MLPDenoiser, NotLowerable, UNetDenoiser, lower
 from ppgen.sites import trace_pair
 
@@ -139,19 +139,24 @@ def test_a_trained_mlp_denoiser_comes_close_to_the_exact_log_likelihood(engine):
 def _random_pair(likelihood: str, prediction: str, variance: str = "beta", objective: str = "vlb") -> DDPM:
     shape = (2,) if likelihood == "gaussian" else (1, 3, 3)
     pair = DDPM(shape, likelihood=likelihood, hidden=(32,), time_dim=8, timesteps=6, schedule="cosine",
-                prediction=prediction, variance=variance, objective=objective)
+                prediction=prediction, variance=variance, objective=objective, levels=LEVELS)
     with torch.no_grad():  # weights away from their initialization, so every path matters
         for p in pair.parameters():
             p.add_(0.3 * torch.randn_like(p))
     return pair
 
 
+LEVELS = 5
+
+
 def _data(likelihood: str, n: int = 4) -> torch.Tensor:
     g = torch.Generator().manual_seed(3)
+    if likelihood == "discretized":
+        return torch.randint(0, LEVELS, (n, 1, 3, 3), generator=g).float() / (LEVELS - 1)
     return torch.randn(n, 2, generator=g) if likelihood == "gaussian" else (torch.rand(n, 1, 3, 3, generator=g) < 0.5).float()
 
 
-@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
+@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli", "discretized"])
 def test_each_closed_form_term_equals_its_monte_carlo_estimate(likelihood):
     """KL(q(x_{t−1}|x_t,x_0) ‖ p(x_{t−1}|x_t)) at a traced x_t, and L_T, against the mean of log q − log p over draws
     from the guide's own site distribution (4 SE); L_0 against the model's observed site (exact)."""
@@ -171,7 +176,8 @@ def test_each_closed_form_term_equals_its_monte_carlo_estimate(likelihood):
                                    rtol=1e-5)
 
 
-@pytest.mark.parametrize("likelihood, prediction", [("gaussian", "eps"), ("gaussian", "x0"), ("bernoulli", "v")])
+@pytest.mark.parametrize("likelihood, prediction", [("gaussian", "eps"), ("gaussian", "x0"), ("bernoulli", "v"),
+                                                    ("discretized", "eps")])
 def test_sampled_timestep_estimator_equals_the_full_sum_and_the_traced_elbo(likelihood, prediction):
     """E[one-timestep objective] = E[Σ_t closed-form terms] = −ELBO of the traced pair (all T sites), each mean
     within 4 standard errors of the difference (independent draws)."""
@@ -190,7 +196,8 @@ def test_sampled_timestep_estimator_equals_the_full_sum_and_the_traced_elbo(like
     assert ((b - c).abs() < 4 * torch.hypot(sb, sc)).all(), (b, c, sb, sc)
 
 
-def test_the_objective_runs_on_numpyro_with_the_same_mean():
+@pytest.mark.parametrize("likelihood", ["bernoulli", "discretized"])
+def test_the_objective_runs_on_numpyro_with_the_same_mean(likelihood):
     """The JAX side of the hook (as the JAX engine traces it) gives the same L_simple + λ L_vlb, within 4 SE."""
     import jax
     import numpyro
@@ -198,19 +205,33 @@ def test_the_objective_runs_on_numpyro_with_the_same_mean():
     from ppgen.ppl import backend
 
     torch.manual_seed(0)
-    pair, x = _random_pair("bernoulli", "eps", objective="hybrid"), _data("bernoulli")
+    pair, x = _random_pair(likelihood, "eps", objective="hybrid"), _data(likelihood)
     xj = jnp.asarray(x.numpy())
 
     def one(key):
         with backend("numpyro"), numpyro.handlers.seed(rng_seed=key):
             return pair.objective(xj)
 
-    jax_draws = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.PRNGKey(0), 4000)))
+    jax_draws = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.PRNGKey(0), 3000)))
     with torch.no_grad():
-        torch_draws = torch.stack([pair.objective(x) for _ in range(4000)]).numpy()
+        torch_draws = torch.stack([pair.objective(x) for _ in range(3000)]).numpy()
     diff = jax_draws.mean(0) - torch_draws.mean(0)
-    se = np.hypot(jax_draws.std(0), torch_draws.std(0)) / math.sqrt(4000)
+    se = np.hypot(jax_draws.std(0), torch_draws.std(0)) / math.sqrt(3000)
     assert (np.abs(diff) < 4 * se).all(), (diff, se)
+
+
+def test_discretized_decoder_is_a_distribution_over_the_levels_and_checks_its_data():
+    """Σ_k P(k) = 1 over the grey levels for any mean and scale (exact: the bins tile the line)."""
+    loc = torch.linspace(-1.5, 1.5, 13).unsqueeze(-1)
+    grid = torch.arange(LEVELS).float() / (LEVELS - 1)
+    for scale in (0.005, 0.3, 3.0):
+        total = DiscretizedNormal(loc.expand(13, LEVELS), scale, LEVELS).log_prob(grid).exp().sum(-1)
+        torch.testing.assert_close(total, torch.ones(13), atol=1e-5, rtol=0)
+    pair = _random_pair("discretized", "eps")
+    with pytest.raises(UserError, match="grid of 5 grey levels"):
+        pair.check_data(torch.full((2, 1, 3, 3), 0.3))
+    draws = pair.generate(4)
+    assert draws.shape == (4, 1, 3, 3) and (draws >= 0).all() and (draws <= 1).all()
 
 
 def test_hybrid_is_simple_plus_lambda_vlb():

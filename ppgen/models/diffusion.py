@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pyro.distributions import TorchDistribution, constraints
 
 from ppgen import ppl
 from ppgen.errors import UserError
@@ -70,7 +71,7 @@ VARIANCES = ("beta", "beta_tilde")
 OBJECTIVES = ("simple", "vlb", "hybrid")
 SAMPLERS = ("ancestral", "ddim")
 DENOISERS = ("mlp", "unet")
-DECODERS = ("bernoulli", "gaussian")
+DECODERS = ("bernoulli", "gaussian", "discretized")
 
 
 def _opt(default: Any, help_text: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -97,6 +98,7 @@ class DDPMConfig:
     time_dim: int = _opt(64, "size of the sinusoidal time embedding")
     channels: int = _opt(32, "U-Net base channels")
     channel_mult: tuple[int, ...] = _opt((1, 2), "U-Net channel multiplier per resolution level")
+    levels: int = _opt(256, "grey levels of the discretized decoder (data k/(levels-1) in [0, 1])")
 
 
 def _check(config: DDPMConfig) -> None:
@@ -114,6 +116,8 @@ def _check(config: DDPMConfig) -> None:
                         f"got {c.sample_steps}")
     if c.eta < 0 or c.vlb_weight < 0:
         raise UserError(f"ddpm: --eta and --vlb-weight must be non-negative, got {c.eta} and {c.vlb_weight}")
+    if c.levels < 2:
+        raise UserError(f"ddpm: --levels must be at least 2, got {c.levels}")
     if not c.hidden or min(c.hidden) < 1 or c.time_dim < 4 or c.time_dim % 2 or c.channels < 1:
         raise UserError("ddpm: hidden sizes and --channels must be positive and --time-dim even and at least 4")
 
@@ -147,12 +151,53 @@ class _Ops:
             from jax.scipy.special import log_ndtr
 
             self.log, self.sqrt, self.where, self.log_ndtr = jnp.log, jnp.sqrt, jnp.where, log_ndtr
+            self.log1p, self.exp = jnp.log1p, jnp.exp
             self.table = lambda a: jnp.asarray(a, dtype=like.dtype)
             self.index = lambda u, n: jnp.clip(jnp.floor(u * n), 0, n - 1).astype(jnp.int32)
         else:
             self.log, self.sqrt, self.where, self.log_ndtr = torch.log, torch.sqrt, torch.where, torch.special.log_ndtr
+            self.log1p, self.exp = torch.log1p, torch.exp
             self.table = lambda a: torch.as_tensor(a, dtype=like.dtype, device=like.device)
             self.index = lambda u, n: torch.clamp(torch.floor(u * n), 0, n - 1).long()
+
+
+def discretized_log_prob(y: Any, loc: Any, scale: float, levels: int, ops: _Ops) -> Any:
+    """log P(y) per coordinate of N(loc, scale²) discretized to ``levels`` bins of [−1, 1] (the end bins open), at
+    y on the grid −1 + 2k/(levels − 1): log[Φ(b) − Φ(a)], a, b the bin's edges in standard units (Ho et al.)."""
+    half = 1.0 / (levels - 1)
+    a = (y - half - loc) / scale
+    b = (y + half - loc) / scale
+    low, high = y < -1 + half, y > 1 - half  # the open end bins
+    flip = a > 0  # Φ(b) − Φ(a) = Φ(−a) − Φ(−b): keep both arguments where log Φ is accurate
+    lo = ops.where(flip, -b, a)
+    hi = ops.where(flip, -a, b)
+    log_hi = ops.log_ndtr(hi)
+    middle = log_hi + ops.log1p(-ops.exp(ops.log_ndtr(lo) - log_hi))
+    return ops.where(low, ops.log_ndtr(b), ops.where(high, ops.log_ndtr(-a), middle))
+
+
+class DiscretizedNormal(TorchDistribution):
+    """Pyro: x ∈ {k/(levels − 1)} with log P(x) = :func:`discretized_log_prob` of y = 2x − 1 under N(loc, scale²)."""
+
+    arg_constraints: dict = {}
+    support = constraints.unit_interval
+
+    def __init__(self, loc: torch.Tensor, scale: float, levels: int, validate_args: bool | None = None):
+        self.loc, self.scale, self.levels = loc, float(scale), int(levels)
+        super().__init__(batch_shape=loc.shape, validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        return DiscretizedNormal(self.loc.expand(batch_shape), self.scale, self.levels)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return discretized_log_prob(2 * value - 1, self.loc, self.scale, self.levels, _Ops(self.loc))
+
+    def sample(self, sample_shape=()) -> torch.Tensor:
+        with torch.no_grad():
+            y = self.loc.expand(tuple(sample_shape) + tuple(self.loc.shape))
+            y = y + self.scale * torch.randn_like(y)
+            k = torch.round((y.clamp(-1, 1) + 1) / 2 * (self.levels - 1))
+            return k / (self.levels - 1)
 
 
 class DDPM(GenerativeModel):
@@ -165,10 +210,11 @@ class DDPM(GenerativeModel):
                  hidden: Sequence[int] = (256, 256), timesteps: int = 100, schedule: str = "linear",
                  prediction: str = "eps", variance: str = "beta", objective: str = "simple",
                  vlb_weight: float = 0.001, sampler: str = "ancestral", sample_steps: int = 0, eta: float = 0.0,
-                 denoiser: str = "mlp", time_dim: int = 64, channels: int = 32, channel_mult: Sequence[int] = (1, 2)):
+                 denoiser: str = "mlp", time_dim: int = 64, channels: int = 32, channel_mult: Sequence[int] = (1, 2),
+                 levels: int = 256):
         config = DDPMConfig(tuple(x_shape), likelihood, tuple(hidden), int(timesteps), schedule, prediction, variance,
                             objective, float(vlb_weight), sampler, int(sample_steps), float(eta), denoiser,
-                            int(time_dim), int(channels), tuple(channel_mult))
+                            int(time_dim), int(channels), tuple(channel_mult), int(levels))
         _check(config)
         super().__init__(config)
         T = config.timesteps
@@ -211,10 +257,19 @@ class DDPM(GenerativeModel):
         """(loc, scale) of p(x_T) = N(0, I)."""
         return 0.0, 1.0
 
+    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
+        super().check_data(x, what)
+        if self.likelihood == "discretized":
+            k = x * (self.config.levels - 1)
+            if ((x < 0) | (x > 1)).any() or ((k - k.round()).abs() > 1e-3).any():
+                raise UserError(f"{what} is not on the grid of {self.config.levels} grey levels in [0, 1] that the "
+                                "discretized decoder observes; give --levels for the data, --binarize none, or "
+                                "--likelihood gaussian")
+
     # -- the pair ---------------------------------------------------------------------------------------
     def to_model_space(self, x: Any) -> Any:
         """y = 2x − 1 for binary pixels, x itself for continuous data."""
-        return 2 * x - 1 if self.likelihood == "bernoulli" else x
+        return x if self.likelihood == "gaussian" else 2 * x - 1
 
     def _event(self) -> int:
         return len(self.x_shape)
@@ -249,6 +304,11 @@ class DDPM(GenerativeModel):
             z = mean / scale
             log_ndtr = _Ops(z).log_ndtr
             return dist.Bernoulli(logits=log_ndtr(z) - log_ndtr(-z)).to_event(self._event())
+        if self.likelihood == "discretized":
+            if ppl.get_backend() != "pyro":
+                raise UserError("ddpm: the discretized decoder's model runs on Pyro only (the JAX engine trains the "
+                                "objective, which needs no model)")
+            return DiscretizedNormal(mean, scale, self.config.levels).to_event(self._event())
         return dist.Normal(mean, scale).to_event(self._event())
 
     def model(self, x: Any) -> None:
@@ -285,6 +345,8 @@ class DDPM(GenerativeModel):
         v = self.decoder_variance()
         if self.likelihood == "bernoulli":
             return -ops.log_ndtr(y * x0_hat / math.sqrt(v))
+        if self.likelihood == "discretized":
+            return -discretized_log_prob(y, x0_hat, math.sqrt(v), self.config.levels, ops)
         return 0.5 * math.log(2 * math.pi * v) + (y - x0_hat) ** 2 / (2 * v)
 
     def prior_kl(self, x: torch.Tensor) -> torch.Tensor:
@@ -356,11 +418,13 @@ class DDPM(GenerativeModel):
     # -- sampling ----------------------------------------------------------------------------------------
     def _sampling_x0(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
         x0_hat = self.predict_x0(x_t, t)
-        return x0_hat.clamp(-1.0, 1.0) if self.likelihood == "bernoulli" else x0_hat
+        return x0_hat if self.likelihood == "gaussian" else x0_hat.clamp(-1.0, 1.0)
 
     def _decoder_mean(self, x0_hat: torch.Tensor) -> torch.Tensor:
         if self.likelihood == "bernoulli":
             return torch.special.ndtr(x0_hat / math.sqrt(self.decoder_variance()))
+        if self.likelihood == "discretized":
+            return ((x0_hat + 1) / 2).clamp(0.0, 1.0)
         return x0_hat
 
     def _start(self, n: int) -> torch.Tensor:
