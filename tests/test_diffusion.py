@@ -351,3 +351,16 @@ def test_cli_train_evaluate_sample_resume_and_errors(tmp_path, capsys):
     assert "DDIM steps" in capsys.readouterr().err
     assert main(["models"]) == 0
     assert "ddpm" in capsys.readouterr().out
+
+
+def test_posterior_file_is_skipped_when_the_latents_are_too_many():
+    """posterior.nc holds 16 examples x 1,000 draws of every latent: a DDPM's T latents shaped like x can exceed
+    any file size (MNIST at T = 1000: 12.5e9 values), so the run says so and writes none; a VAE's fits."""
+    from ppgen import workflows
+    from ppgen.models import VAE
+
+    said = []
+    assert not workflows.posterior_fits(DDPM((1, 28, 28), timesteps=1000), torch.zeros(1, 1, 28, 28), log=said.append)
+    assert said and "posterior.nc not written" in said[0]
+    assert workflows.posterior_fits(VAE((1, 8, 8), z_dim=4, hidden=(8,)), torch.zeros(1, 1, 8, 8), log=said.append)
+    assert len(said) == 1
