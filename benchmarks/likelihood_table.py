@@ -37,6 +37,7 @@ import ppgen  # noqa: E402
 from ppgen.data import load  # noqa: E402
 from ppgen.evaluation import ais, bdmc, elbo, iwae, layer_report  # noqa: E402
 from ppgen.models import DLGM, NADE, VAE, HierarchicalVAE, LadderVAE  # noqa: E402
+from ppgen.models.diffusion import DDPM  # noqa: E402
 from ppgen.models.vqvae import VQVAE, fit_prior  # noqa: E402
 
 Z, HIDDEN = (50, 20), ((400,), (200,))
@@ -51,6 +52,10 @@ MODELS = {
     # fitted after stage one (--prior-epochs), and IWAE-K = its ELBO for every K (a point-mass guide): K = 1 is exact
     "vqvae": lambda shape: VQVAE(shape, codes=64, code_dim=16, downsample=2 if shape[-1] >= 28 else 1, channels=64),
 }
+# DDPM (issue 11; not in the default --models): the bound L_vlb trained directly (its sampled-timestep estimator),
+# T = --ddpm-steps; "IWAE" is then the importance-weighted bound over --ddpm-k forward trajectories
+MODELS["ddpm"] = lambda shape: DDPM(shape, hidden=(512, 512), timesteps=DDPM_STEPS[0], objective="vlb")
+DDPM_STEPS = [100]
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -75,6 +80,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--prior-epochs", type=int, default=None, help="vqvae: epochs of its PixelCNN prior (default --epochs)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ddpm-steps", type=int, default=100, help="ddpm: diffusion steps T")
+    p.add_argument("--ddpm-k", type=int, default=50, help="ddpm: forward trajectories of its importance-weighted bound")
     p.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     return p.parse_args(argv)
 
@@ -96,10 +103,11 @@ def evaluate(name: str, pair, x: torch.Tensor, args) -> dict:
     torch.manual_seed(args.seed)
     with torch.no_grad():
         t = time.perf_counter()
-        ll = iwae(pair, x, k=1 if name == "vqvae" else args.k)
+        k = 1 if name == "vqvae" else args.ddpm_k if name == "ddpm" else args.k
+        ll = iwae(pair, x, k=k)
         row.update(nll=-float(ll.mean()), nll_se=float(ll.std() / math.sqrt(len(x))), iwae_seconds=time.perf_counter() - t)
         row["elbo"] = float(elbo(pair, x, num_samples=10).mean())
-    if name not in ("nade", "vqvae"):
+    if name not in ("nade", "vqvae", "ddpm"):
         layers = layer_report(pair, x)
         row["active_units"] = [layers[f"z{i}"]["active_units"] for i in range(1, len(layers) + 1)] if "z1" in layers \
             else [layers["z"]["active_units"]]
@@ -130,6 +138,7 @@ def main(argv=None) -> int:
           f"leapfrog on {args.ais_points} digits, torch threads {torch.get_num_threads()}", flush=True)
     warmup = args.warmup if args.warmup is not None else args.epochs / 4
     rows = {}
+    DDPM_STEPS[0] = args.ddpm_steps
     for name in args.models.split(","):
         pair = MODELS[name](data.x_shape)
         options = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
@@ -179,6 +188,9 @@ def print_table(rows: dict, args, baseline: float | None) -> None:
         print(f"\nvqvae: its NLL is the bound −[log p(x|z_q) + log p_prior(k)] with the fitted PixelCNN prior (IWAE-K equals "
               f"it for every K: a point-mass guide); test codebook usage {r['codebook_usage']:.3f}, perplexity "
               f"{r['perplexity']:.1f}, −log p(x|z_q) {r['reconstruction_nll']:.2f} nats")
+    if "ddpm" in rows:
+        print(f"ddpm (T = {args.ddpm_steps}): its NLL column is the importance-weighted bound over {args.ddpm_k} forward "
+              "trajectories, its ELBO column the bound L_vlb, in nats")
     if baseline and "vae" in rows:
         print(f"\nplain Pyro tutorial VAE loop: {baseline:.0f} img/s; ppgen VAE / Pyro = {rows['vae']['images_per_s'] / baseline:.2f}")
 

@@ -82,7 +82,8 @@ def _add_train(sub) -> None:
     m.add_argument("--z-dims", type=_ints, help="dlgm/hvae/lvae: latent sizes per layer, bottom first, e.g. 50,20 "
                    "(with --hidden giving one hidden size per layer, e.g. 400,200)")
     m.add_argument("--net", choices=["mlp", "conv"], help="encoder/decoder networks (default mlp)")
-    m.add_argument("--likelihood", choices=["bernoulli", "cbernoulli", "gaussian"], help="p(x|z) (default bernoulli)")
+    m.add_argument("--likelihood", choices=["bernoulli", "cbernoulli", "gaussian", "discretized"],
+                   help="p(x|z) (default bernoulli; discretized: ddpm's decoder for grey levels)")
     m.add_argument("--skip", action="store_true", default=None, help="Skip-VAE decoder: z enters every layer")
     m.add_argument("--encoder", action="store_true", default=None, help="gan: add an encoder q(z|x) (BiGAN/ALI)")
     p.set_defaults(model_keys=MODEL_KEYS + _add_family_flags(m))
@@ -365,6 +366,7 @@ def _add_sample(sub) -> None:
     p.add_argument("-n", type=positive, default=64, help="number of samples (default 64)")
     p.add_argument("--out", type=Path, default=Path("samples.png"), help=".png (a grid) or .npy (the array)")
     p.add_argument("--seed", type=non_negative, default=0)
+    p.add_argument("--steps", type=positive, metavar="S", help="ddpm: sample by DDIM with S steps (at most T)")
     _add_rejection(p)
     p.set_defaults(func=_sample)
 
@@ -383,6 +385,8 @@ def _sample(args) -> int:
         pair = ratio_sampler(args.run, steps=args.rejection_steps, quantile=args.quantile, seed=args.seed)
     else:
         pair = runs.load_pair(args.run)
+    if args.steps is not None:
+        pair = _with_sample_steps(pair, args.steps, args.rejection)
     torch.manual_seed(args.seed)
     with torch.no_grad():
         x = pair.generate(args.n)
@@ -392,6 +396,16 @@ def _sample(args) -> int:
         plots.sample_grid(x, args.out, f"{args.n} samples from {args.run}")
     print(f"wrote {args.out}")
     return 0
+
+
+def _with_sample_steps(pair, steps: int, rejection: bool):
+    """The run's pair rebuilt to sample by DDIM in ``steps`` steps (a family whose config has ``sample_steps``)."""
+    config = pair.config_dict() if not rejection else {}
+    if "sample_steps" not in config:
+        raise UserError("--steps applies to a family that samples in steps (ddpm), without --rejection")
+    faster = type(pair).from_config({**config, "sample_steps": steps, "sampler": "ddim"})
+    faster.load_state_dict(pair.state_dict())
+    return faster.eval()
 
 
 def _npy_bytes(np, array) -> bytes:

@@ -224,3 +224,18 @@ def uniform(shape: tuple[int, ...], like: Any = None) -> Any:
     import torch
 
     return torch.rand(tuple(shape), device=None if like is None else like.device)
+
+
+def normal(shape: tuple[int, ...], like: Any = None) -> Any:
+    """Draws of N(0, 1) on the active backend, for a family's own ``objective`` (as :func:`uniform`)."""
+    if get_backend() == "numpyro":
+        import jax
+        import numpyro
+
+        key = numpyro.prng_key()
+        if key is None:
+            raise RuntimeError("ppgen.ppl.normal on NumPyro needs a seed handler (numpyro.handlers.seed)")
+        return jax.random.normal(key, tuple(shape))
+    import torch
+
+    return torch.randn(tuple(shape), device=None if like is None else like.device)

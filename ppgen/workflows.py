@@ -176,7 +176,7 @@ def _train(pair, data: datasets.Dataset, backend: str, select: str, checkpoint: 
         metrics.update(best_epoch=fit.state.best_epoch, engine=fit.options.get("engine"))
     runs.write_json(run_dir / runs.METRICS, metrics)
     pictures(pair, data, fit.history, run_dir)
-    if density and backend == "svi":
+    if density and backend == "svi" and posterior_fits(pair, data.train[:1], log=log):
         write_posterior(fit, data, run_dir)
     return metrics
 
@@ -205,6 +205,27 @@ def mode_metrics(pair, data_name: str, seed: int = 0) -> dict:
     report = evaluate_pair(pair, data_name, seed=seed)
     return {"modes": report["modes"], "n_modes": report["n_modes"], "high_quality": report["high_quality"],
             "reverse_kl": report["reverse_kl"]}
+
+
+#: the most latent values posterior.nc holds (16 points x 1,000 draws x the latents per example)
+POSTERIOR_VALUES = 50_000_000
+
+
+def posterior_fits(pair, x: torch.Tensor, points: int = 16, draws: int = 1000, log=print) -> bool:
+    """Whether posterior.nc (``draws`` of every latent for ``points`` examples) stays under POSTERIOR_VALUES; if not,
+    say so (a DDPM's T latents shaped like x are too many to keep)."""
+    from pyro import poutine
+
+    from ppgen.sites import sample_sites
+
+    with torch.no_grad():
+        guide_tr = poutine.trace(pair.guide).get_trace(x[:1])  # one example
+    per_example = sum(s["value"].numel() for s in sample_sites(guide_tr).values() if not s["is_observed"])
+    if per_example * points * draws <= POSTERIOR_VALUES:
+        return True
+    log(f"posterior.nc not written: {points} examples x {draws} draws x {per_example} latent values per example "
+        f"exceed {POSTERIOR_VALUES:,}")
+    return False
 
 
 def write_posterior(fit, data: datasets.Dataset, run_dir: Path, points: int = 16, seed: int = 0) -> None:

@@ -123,6 +123,8 @@ def _module_rule(mod: nn.Module) -> Callable:
         return lambda p, x: _conv_transpose2d(mod, p, x)
     if isinstance(mod, nn.Flatten):
         return lambda p, x: _flatten(mod.start_dim, mod.end_dim, x)
+    if isinstance(mod, nn.GroupNorm):
+        return lambda p, x: _group_norm(mod, p, x)
     if isinstance(mod, nn.Unflatten):
         return lambda p, x: x.reshape(
             x.shape[: mod.dim % x.ndim] + tuple(mod.unflattened_size) + x.shape[mod.dim % x.ndim + 1 :]
@@ -140,6 +142,32 @@ def _batch_norm_eval(mod: nn.BatchNorm1d, p: Callable, x):
     _, jnp = _jnp()
     y = (x - p("running_mean")) / jnp.sqrt(p("running_var") + mod.eps)
     return y * p("weight") + p("bias") if mod.affine else y
+
+
+def _group_norm(mod: nn.GroupNorm, p: Callable, x):
+    # x (N, C, *spatial): mean and biased variance over each group's channels and positions, as torch
+    _, jnp = _jnp()
+    n, c = x.shape[0], x.shape[1]
+    g = x.reshape((n, mod.num_groups, -1))
+    mean = g.mean(-1, keepdims=True)
+    var = ((g - mean) ** 2).mean(-1, keepdims=True)
+    y = ((g - mean) / jnp.sqrt(var + mod.eps)).reshape(x.shape)
+    if mod.affine:
+        shape = (1, c) + (1,) * (x.ndim - 2)
+        y = y * p("weight").reshape(shape) + p("bias").reshape(shape)
+    return y
+
+
+def _interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=None, recompute_scale_factor=None,
+                 antialias=False):
+    # nearest-neighbour up-sampling by an integer factor (what the U-Net uses)
+    _, jnp = _jnp()
+    factors = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor,) * (x.ndim - 2)
+    if mode != "nearest" or size is not None or any(f is None or float(f) != int(f) for f in factors):
+        raise NotLowerable("interpolate other than nearest by an integer scale factor")
+    for axis, f in enumerate(factors, start=2):
+        x = jnp.repeat(x, int(f), axis=axis)
+    return x
 
 
 def _softplus_fn(x, beta=1, threshold=20):
@@ -167,6 +195,9 @@ def _function_rules() -> dict[Any, Callable]:
         operator.pow: operator.pow,
         getattr: getattr,
         torch.exp: jnp.exp,
+        torch.sin: jnp.sin,
+        torch.cos: jnp.cos,
+        F.interpolate: _interpolate,
         torch.log: jnp.log,
         torch.tanh: jnp.tanh,
         torch.sigmoid: jax.nn.sigmoid,
@@ -215,7 +246,8 @@ def _call_method(name: str, obj, *args, **kwargs):
         shape = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
         shape = tuple(o if s == -1 else s for s, o in zip(shape, (1,) * (len(shape) - obj.ndim) + obj.shape))
         return jnp.broadcast_to(obj, shape)
-    elementwise = {"exp": jnp.exp, "log": jnp.log, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "sqrt": jnp.sqrt}
+    elementwise = {"exp": jnp.exp, "log": jnp.log, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "sqrt": jnp.sqrt,
+                   "sin": jnp.sin, "cos": jnp.cos}
     if name in elementwise:
         return elementwise[name](obj)
     if name == "contiguous":

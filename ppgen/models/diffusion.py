@@ -1,0 +1,469 @@
+r"""Denoising diffusion probabilistic model (DDPM; Ho et al., 2020) as a model/guide pair, with DDIM sampling.
+
+Notation: β_t (t = 1..T) the noise schedule, α_t = 1 − β_t, ᾱ_t = Π_{s≤t} α_s (ᾱ_0 = 1); y = x_0 the data in
+the model's space (binary pixels as y = 2x − 1 ∈ {−1, 1}, continuous data as they are). The latents are
+x_1, …, x_T, each shaped like x (sites ``x_1`` … ``x_T``; the observed site is ``x``).
+
+Guide (no parameters): the forward process q(x_{1:T} | x_0) written in its reverse factorization::
+
+    q(x_T | x_0) Π_{t=2}^T q(x_{t−1} | x_t, x_0),
+    q(x_t | x_0) = N(√ᾱ_t y, (1 − ᾱ_t) I),
+    q(x_{t−1} | x_t, x_0) = N(μ̃_t, β̃_t I),   μ̃_t = c_t^0 y + c_t^x x_t,
+    c_t^0 = √ᾱ_{t−1} β_t / (1 − ᾱ_t),   c_t^x = √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t),   β̃_t = (1 − ᾱ_{t−1}) β_t / (1 − ᾱ_t).
+
+Model: p(x_T) = N(0, I); p_θ(x_{t−1} | x_t) = N(μ_θ(x_t, t), σ_t² I) with μ_θ = c_t^0 x̂_0 + c_t^x x_t, where the
+denoiser predicts ε (x̂_0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t), x_0 itself, or v = √ᾱ_t ε − √(1−ᾱ_t) x_0 (Salimans & Ho,
+2022; x̂_0 = √ᾱ_t x_t − √(1−ᾱ_t) v̂), and σ_t² = β_t or β̃_t (``variance``); the decoder p(x_0 | x_1) has mean
+μ_θ(x_1, 1) = x̂_0(x_1, 1) and variance σ_1² = β_1: a Gaussian N(x̂_0, β_1 I) for continuous points, and for
+binary pixels the Gaussian discretized to two bins at 0 (Ho et al.'s decoder with two levels),
+P(x = 1 | x_1) = Φ(x̂_0 / σ_1).
+
+The ELBO of the pair, with the Gaussian KLs in closed form, is the DDPM bound (Ho et al., eq. 5)::
+
+    −ELBO = L_vlb = L_T + Σ_{t=2}^T L_{t−1} + L_0,
+    L_T = KL(q(x_T | x_0) ‖ p(x_T)),  L_{t−1} = E_q KL(q(x_{t−1} | x_t, x_0) ‖ p_θ(x_{t−1} | x_t)),
+    L_0 = −E_q log p(x_0 | x_1),
+
+with KL(N(a, u) ‖ N(b, v)) = ½ Σ_d [log(v/u) + (u + (a − b)²)/v − 1] and a − b = c_t^0 (y − x̂_0).
+
+Objectives (``objective``; the pair's own estimator through the protocol's ``objective`` hook, trained by both
+SVI engines), per example:
+
+* ``"vlb"`` — L_T in closed form plus T·L_{t−1} (T·L_0 at t = 1) at one timestep t ~ U{1..T} and one
+  x_t ~ q(x_t | x_0): an unbiased estimate of L_vlb.
+* ``"simple"`` — Ho et al.'s L_simple, ‖target − f_θ(x_t, t)‖² summed over dimensions at t ~ U{1..T}, where the
+  target is what the network predicts (ε, x_0 or v). Not a bound; the default, for sample quality.
+* ``"hybrid"`` — L_simple + λ·(the ``"vlb"`` estimate), λ = ``vlb_weight`` (Nichol & Dhariwal, 2021, with
+  fixed variances: the L_vlb term trains the mean too).
+
+Schedules: ``"linear"`` — −log α_t linear from 0.1/T to 20/T: Ho et al.'s β_t from 1e-4 to 0.02 at T = 1000 to
+first order, and for every T the same ᾱ_T = e^{−10.05} ≈ 4.3e-5 (β_t itself linear in t, scaled to T as Nichol &
+Dhariwal do, would pass 1 for T < 20); ``"cosine"`` — ᾱ_t = f(t)/f(0), f(t) = cos²(π/2 · (t/T + s)/(1 + s)),
+s = 0.008, β_t capped at 0.999 (Nichol & Dhariwal, 2021).
+
+Sampling (``generate``): ancestral, x_T ~ p(x_T), x_{t−1} ~ p_θ(x_{t−1} | x_t), then the decoder's mean at x_1;
+or DDIM (Song et al., 2021) over S = ``sample_steps`` timesteps τ_S = T > … > τ_1 = 1 with
+x_s = √ᾱ_s x̂_0 + √(1 − ᾱ_s − σ²) ε̂ + σ z, σ = η √((1 − ᾱ_s)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_s), then the decoder's
+mean from x̂_0 at τ_1. For binary pixels the samplers clip x̂_0 to the data's range [−1, 1], as Ho et al. and
+Song et al. do (the bound never clips).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from pyro.distributions import TorchDistribution, constraints
+
+from ppgen import ppl
+from ppgen.errors import UserError
+from ppgen.models.base import GenerativeModel
+from ppgen.nn import MLPDenoiser, UNetDenoiser
+from ppgen.ppl import dist, is_jax, pyro
+
+SCHEDULES = ("linear", "cosine")
+PREDICTIONS = ("eps", "x0", "v")
+VARIANCES = ("beta", "beta_tilde")
+OBJECTIVES = ("simple", "vlb", "hybrid")
+SAMPLERS = ("ancestral", "ddim")
+DENOISERS = ("mlp", "unet")
+DECODERS = ("bernoulli", "gaussian", "discretized")
+
+
+def _opt(default: Any, help_text: str, choices: tuple[str, ...] | None = None) -> Any:
+    metadata = {"help": help_text} if choices is None else {"help": help_text, "choices": choices}
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class DDPMConfig:
+    x_shape: tuple[int, ...] = (1, 28, 28)
+    likelihood: str = "bernoulli"
+    hidden: tuple[int, ...] = (256, 256)
+    timesteps: int = _opt(100, "diffusion steps T")
+    schedule: str = _opt("linear", "beta schedule", SCHEDULES)
+    prediction: str = _opt("eps", "what the denoiser predicts", PREDICTIONS)
+    variance: str = _opt("beta", "reverse-step variance sigma_t^2", VARIANCES)
+    objective: str = _opt("simple", "training objective: simple (eps loss), vlb (sampled-timestep bound), hybrid",
+                          OBJECTIVES)
+    vlb_weight: float = _opt(0.001, "lambda of the hybrid objective L_simple + lambda L_vlb")
+    sampler: str = _opt("ancestral", "generate by ancestral sampling or DDIM", SAMPLERS)
+    sample_steps: int = _opt(0, "DDIM steps (0: T)")
+    eta: float = _opt(0.0, "DDIM eta (0 deterministic, 1 ancestral-like)")
+    denoiser: str = _opt("mlp", "denoising network", DENOISERS)
+    time_dim: int = _opt(64, "size of the sinusoidal time embedding")
+    channels: int = _opt(32, "U-Net base channels")
+    channel_mult: tuple[int, ...] = _opt((1, 2), "U-Net channel multiplier per resolution level")
+    levels: int = _opt(256, "grey levels of the discretized decoder (data k/(levels-1) in [0, 1])")
+
+
+def _check(config: DDPMConfig) -> None:
+    c = config
+    if c.timesteps < 1:
+        raise UserError(f"ddpm: the number of diffusion steps T (--timesteps) must be at least 1, got {c.timesteps}")
+    for name, value, known in (("schedule", c.schedule, SCHEDULES), ("prediction", c.prediction, PREDICTIONS),
+                               ("variance", c.variance, VARIANCES), ("objective", c.objective, OBJECTIVES),
+                               ("sampler", c.sampler, SAMPLERS), ("denoiser", c.denoiser, DENOISERS),
+                               ("likelihood", c.likelihood, DECODERS)):
+        if value not in known:
+            raise UserError(f"ddpm: unknown {name} {value!r}; choose one of {', '.join(known)}")
+    if not 0 <= c.sample_steps <= c.timesteps:
+        raise UserError(f"ddpm: DDIM steps (--sample-steps) must be between 1 and T = {c.timesteps} (0 for T), "
+                        f"got {c.sample_steps}")
+    if c.eta < 0 or c.vlb_weight < 0:
+        raise UserError(f"ddpm: --eta and --vlb-weight must be non-negative, got {c.eta} and {c.vlb_weight}")
+    if c.levels < 2:
+        raise UserError(f"ddpm: --levels must be at least 2, got {c.levels}")
+    if not c.hidden or min(c.hidden) < 1 or c.time_dim < 4 or c.time_dim % 2 or c.channels < 1:
+        raise UserError("ddpm: hidden sizes and --channels must be positive and --time-dim even and at least 4")
+
+
+def beta_schedule(name: str, timesteps: int) -> np.ndarray:
+    """β_1..β_T (float64) of the ``"linear"`` or ``"cosine"`` schedule (see the module docs)."""
+    T = timesteps
+    if name == "linear":
+        rates = np.linspace(0.1 / T, 20.0 / T, T) if T > 1 else np.array([10.05])
+        betas = -np.expm1(-rates)
+    elif name == "cosine":
+        s = 0.008
+        f = np.cos((np.arange(T + 1) / T + s) / (1 + s) * math.pi / 2) ** 2
+        betas = 1 - f[1:] / f[:-1]
+    else:
+        raise UserError(f"ddpm: unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    return np.clip(betas, 1e-8, 0.999)
+
+
+def _kl_normal(m1: Any, v1: Any, m2: Any, v2: Any, log: Any) -> Any:
+    """KL(N(m1, v1) ‖ N(m2, v2)) per coordinate (variances; ``log`` of the backend)."""
+    return 0.5 * (log(v2 / v1) + (v1 + (m1 - m2) ** 2) / v2 - 1.0)
+
+
+class _Ops:
+    """The few array functions the objective needs, on the backend of ``like`` (torch or JAX)."""
+
+    def __init__(self, like: Any):
+        if is_jax(like):
+            import jax.numpy as jnp
+            from jax.scipy.special import log_ndtr
+
+            self.log, self.sqrt, self.where, self.log_ndtr = jnp.log, jnp.sqrt, jnp.where, log_ndtr
+            self.log1p, self.exp = jnp.log1p, jnp.exp
+            self.table = lambda a: jnp.asarray(a, dtype=like.dtype)
+            self.index = lambda u, n: jnp.clip(jnp.floor(u * n), 0, n - 1).astype(jnp.int32)
+        else:
+            self.log, self.sqrt, self.where, self.log_ndtr = torch.log, torch.sqrt, torch.where, torch.special.log_ndtr
+            self.log1p, self.exp = torch.log1p, torch.exp
+            self.table = lambda a: torch.as_tensor(a, dtype=like.dtype, device=like.device)
+            self.index = lambda u, n: torch.clamp(torch.floor(u * n), 0, n - 1).long()
+
+
+def discretized_log_prob(y: Any, loc: Any, scale: float, levels: int, ops: _Ops) -> Any:
+    """log P(y) per coordinate of N(loc, scale²) discretized to ``levels`` bins of [−1, 1] (the end bins open), at
+    y on the grid −1 + 2k/(levels − 1): log[Φ(b) − Φ(a)], a, b the bin's edges in standard units (Ho et al.)."""
+    half = 1.0 / (levels - 1)
+    a = (y - half - loc) / scale
+    b = (y + half - loc) / scale
+    low, high = y < -1 + half, y > 1 - half  # the open end bins
+    flip = a > 0  # Φ(b) − Φ(a) = Φ(−a) − Φ(−b): keep both arguments where log Φ is accurate
+    lo = ops.where(flip, -b, a)
+    hi = ops.where(flip, -a, b)
+    log_hi = ops.log_ndtr(hi)
+    middle = log_hi + ops.log1p(-ops.exp(ops.log_ndtr(lo) - log_hi))
+    return ops.where(low, ops.log_ndtr(b), ops.where(high, ops.log_ndtr(-a), middle))
+
+
+class DiscretizedNormal(TorchDistribution):
+    """Pyro: x ∈ {k/(levels − 1)} with log P(x) = :func:`discretized_log_prob` of y = 2x − 1 under N(loc, scale²)."""
+
+    arg_constraints: dict = {}
+    support = constraints.unit_interval
+
+    def __init__(self, loc: torch.Tensor, scale: float, levels: int, validate_args: bool | None = None):
+        self.loc, self.scale, self.levels = loc, float(scale), int(levels)
+        super().__init__(batch_shape=loc.shape, validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        return DiscretizedNormal(self.loc.expand(batch_shape), self.scale, self.levels)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return discretized_log_prob(2 * value - 1, self.loc, self.scale, self.levels, _Ops(self.loc))
+
+    def sample(self, sample_shape=()) -> torch.Tensor:
+        with torch.no_grad():
+            y = self.loc.expand(tuple(sample_shape) + tuple(self.loc.shape))
+            y = y + self.scale * torch.randn_like(y)
+            k = torch.round((y.clamp(-1, 1) + 1) / 2 * (self.levels - 1))
+            return k / (self.levels - 1)
+
+
+class DDPM(GenerativeModel):
+    """A DDPM pair: ``guide`` is the fixed forward process, ``model`` the learned reverse chain (module docs)."""
+
+    name = "ddpm"
+    Config = DDPMConfig
+
+    def __init__(self, x_shape: Sequence[int] = (1, 28, 28), likelihood: str = "bernoulli",
+                 hidden: Sequence[int] = (256, 256), timesteps: int = 100, schedule: str = "linear",
+                 prediction: str = "eps", variance: str = "beta", objective: str = "simple",
+                 vlb_weight: float = 0.001, sampler: str = "ancestral", sample_steps: int = 0, eta: float = 0.0,
+                 denoiser: str = "mlp", time_dim: int = 64, channels: int = 32, channel_mult: Sequence[int] = (1, 2),
+                 levels: int = 256):
+        config = DDPMConfig(tuple(x_shape), likelihood, tuple(hidden), int(timesteps), schedule, prediction, variance,
+                            objective, float(vlb_weight), sampler, int(sample_steps), float(eta), denoiser,
+                            int(time_dim), int(channels), tuple(channel_mult), int(levels))
+        _check(config)
+        super().__init__(config)
+        T = config.timesteps
+        betas = np.concatenate([[0.0], beta_schedule(schedule, T)])  # index t = 0..T
+        alpha_bar = np.cumprod(1.0 - betas)
+        prev = np.concatenate([[1.0], alpha_bar[:-1]])  # ᾱ_{t−1}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.betas = betas
+            self.alpha_bar = alpha_bar
+            self.coef_x0 = np.sqrt(prev) * betas / (1.0 - alpha_bar)
+            self.coef_xt = np.sqrt(1.0 - betas) * (1.0 - prev) / (1.0 - alpha_bar)
+            self.beta_tilde = (1.0 - prev) * betas / (1.0 - alpha_bar)
+        self.coef_x0[0] = self.coef_xt[0] = self.beta_tilde[0] = 0.0
+        if denoiser == "mlp":
+            self.denoiser = MLPDenoiser(x_shape, hidden, time_dim)
+        else:
+            try:
+                self.denoiser = UNetDenoiser(x_shape, channels, channel_mult, time_dim)
+            except ValueError as err:
+                raise UserError(f"ddpm: {err}") from None
+
+    # -- the schedule's pieces a test (or a subclass) may replace ----------------------------------------
+    @property
+    def T(self) -> int:
+        return self.config.timesteps
+
+    @property
+    def latent_sites(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(f"x_{t}" for t in range(self.T, 0, -1))
+
+    def step_variance(self, t: int) -> float:
+        """σ_t² of p_θ(x_{t−1} | x_t), t ≥ 2."""
+        return float(self.betas[t] if self.config.variance == "beta" else self.beta_tilde[t])
+
+    def decoder_variance(self) -> float:
+        """σ_1² of the decoder p(x_0 | x_1)."""
+        return float(self.betas[1])
+
+    def prior(self) -> tuple[Any, float]:
+        """(loc, scale) of p(x_T) = N(0, I)."""
+        return 0.0, 1.0
+
+    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
+        super().check_data(x, what)
+        if self.likelihood == "discretized":
+            k = x * (self.config.levels - 1)
+            if ((x < 0) | (x > 1)).any() or ((k - k.round()).abs() > 1e-3).any():
+                raise UserError(f"{what} is not on the grid of {self.config.levels} grey levels in [0, 1] that the "
+                                "discretized decoder observes; give --levels for the data, --binarize none, or "
+                                "--likelihood gaussian")
+
+    # -- the pair ---------------------------------------------------------------------------------------
+    def to_model_space(self, x: Any) -> Any:
+        """y = 2x − 1 for binary pixels, x itself for continuous data."""
+        return x if self.likelihood == "gaussian" else 2 * x - 1
+
+    def _event(self) -> int:
+        return len(self.x_shape)
+
+    def _net(self, x_t: Any, t: Any) -> Any:
+        """The denoiser at x_t and t (an int, or one timestep per example shaped like x_t's leading dims)."""
+        lead = x_t.shape[: len(x_t.shape) - self._event()]
+        if isinstance(t, int):
+            t = x_t.reshape(tuple(lead) + (-1,))[..., 0] * 0 + float(t)
+        return self.denoiser(x_t, t)
+
+    def _x0_from(self, out: Any, x_t: Any, sqrt_ab: Any, sqrt_1mab: Any) -> Any:
+        if self.config.prediction == "eps":
+            return (x_t - sqrt_1mab * out) / sqrt_ab
+        if self.config.prediction == "x0":
+            return out
+        return sqrt_ab * x_t - sqrt_1mab * out
+
+    def predict_x0(self, x_t: Any, t: int) -> Any:
+        """x̂_0(x_t, t) from the denoiser's output."""
+        ab = float(self.alpha_bar[t])
+        return self._x0_from(self._net(x_t, t), x_t, math.sqrt(ab), math.sqrt(1 - ab))
+
+    def reverse_mean(self, x_t: Any, t: int) -> Any:
+        """μ_θ(x_t, t) = c_t^0 x̂_0 + c_t^x x_t."""
+        return float(self.coef_x0[t]) * self.predict_x0(x_t, t) + float(self.coef_xt[t]) * x_t
+
+    def _decoder(self, x_1: Any):
+        mean = self.predict_x0(x_1, 1)
+        scale = math.sqrt(self.decoder_variance())
+        if self.likelihood == "bernoulli":
+            z = mean / scale
+            log_ndtr = _Ops(z).log_ndtr
+            return dist.Bernoulli(logits=log_ndtr(z) - log_ndtr(-z)).to_event(self._event())
+        if self.likelihood == "discretized":
+            if ppl.get_backend() != "pyro":
+                raise UserError("ddpm: the discretized decoder's model runs on Pyro only (the JAX engine trains the "
+                                "objective, which needs no model)")
+            return DiscretizedNormal(mean, scale, self.config.levels).to_event(self._event())
+        return dist.Normal(mean, scale).to_event(self._event())
+
+    def model(self, x: Any) -> None:
+        pyro.module("denoiser", self.denoiser)
+        k = self._event()
+        loc, scale = self.prior()
+        with pyro.plate("data", x.shape[0]):
+            x_t = pyro.sample(f"x_{self.T}", dist.Normal(loc, scale * (x[0] * 0 + 1)).to_event(k))
+            for t in range(self.T, 1, -1):
+                x_t = pyro.sample(f"x_{t - 1}", dist.Normal(self.reverse_mean(x_t, t),
+                                                            math.sqrt(self.step_variance(t))).to_event(k))
+            pyro.sample("x", self._decoder(x_t), obs=x)
+
+    def guide(self, x: Any) -> None:
+        k = self._event()
+        y = self.to_model_space(x)
+        ab = float(self.alpha_bar[self.T])
+        with pyro.plate("data", x.shape[0]):
+            x_t = pyro.sample(f"x_{self.T}", dist.Normal(math.sqrt(ab) * y, math.sqrt(1 - ab) + 0 * y).to_event(k))
+            for t in range(self.T, 1, -1):
+                loc = float(self.coef_x0[t]) * y + float(self.coef_xt[t]) * x_t
+                x_t = pyro.sample(f"x_{t - 1}", dist.Normal(loc, math.sqrt(self.beta_tilde[t])).to_event(k))
+
+    # -- the bound's terms --------------------------------------------------------------------------------
+    def _prior_kl(self, y: Any, log: Any) -> Any:
+        """L_T = KL(q(x_T | x_0) ‖ p(x_T)) per example, in closed form."""
+        ab = float(self.alpha_bar[self.T])
+        loc, scale = self.prior()
+        kl = _kl_normal(math.sqrt(ab) * y, 1 - ab, loc, scale ** 2, math.log) + 0 * y
+        return kl.reshape(tuple(kl.shape[: len(kl.shape) - self._event()]) + (-1,)).sum(-1)
+
+    def _decoder_nll(self, x: Any, y: Any, x0_hat: Any, ops: _Ops) -> Any:
+        """−log p(x_0 | x_1) per coordinate, from x̂_0(x_1, 1)."""
+        v = self.decoder_variance()
+        if self.likelihood == "bernoulli":
+            return -ops.log_ndtr(y * x0_hat / math.sqrt(v))
+        if self.likelihood == "discretized":
+            return -discretized_log_prob(y, x0_hat, math.sqrt(v), self.config.levels, ops)
+        return 0.5 * math.log(2 * math.pi * v) + (y - x0_hat) ** 2 / (2 * v)
+
+    def prior_kl(self, x: torch.Tensor) -> torch.Tensor:
+        """L_T = KL(q(x_T | x_0) ‖ p(x_T)) per example, in closed form (torch)."""
+        return self._prior_kl(self.to_model_space(x), math.log)
+
+    def step_kl(self, x: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        """KL(q(x_{t−1} | x_t, x_0) ‖ p_θ(x_{t−1} | x_t)) per example at the given x_t, t ≥ 2, in closed form."""
+        y = self.to_model_space(x)
+        kl = _kl_normal(float(self.coef_x0[t]) * (y - self.predict_x0(x_t, t)), float(self.beta_tilde[t]), 0.0,
+                        self.step_variance(t), math.log)
+        return kl.flatten(-self._event()).sum(-1)
+
+    def decoder_nll(self, x: torch.Tensor, x_1: torch.Tensor) -> torch.Tensor:
+        """−log p(x_0 | x_1) per example (torch)."""
+        nll = self._decoder_nll(x, self.to_model_space(x), self.predict_x0(x_1, 1), _Ops(x))
+        return nll.flatten(-self._event()).sum(-1)
+
+    def vlb_terms(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, T + 1): [L_0, L_1, …, L_{T−1}, L_T] per example, each KL in closed form at one x_t ~ q(x_t | x_0)
+        (L_0 at one x_1); their sum is a single-draw estimate of L_vlb = −ELBO (torch)."""
+        y = self.to_model_space(x)
+        cols = []
+        for t in range(1, self.T + 1):
+            ab = float(self.alpha_bar[t])
+            x_t = math.sqrt(ab) * y + math.sqrt(1 - ab) * torch.randn_like(y)
+            cols.append(self.decoder_nll(x, x_t) if t == 1 else self.step_kl(x, x_t, t))
+        cols.append(self.prior_kl(x))
+        return torch.stack(cols, -1)
+
+    def objective(self, x: Any) -> Any:
+        """Per example: the ``objective`` the config names (module docs), one t ~ U{1..T} per example."""
+        pyro.module("denoiser", self.denoiser)
+        ops = _Ops(x)
+        T, k = self.T, self._event()
+        y = self.to_model_space(x)
+        n = x.shape[0]
+        t_index = ops.index(ppl.uniform((n,), like=x), T) + 1  # 1..T
+        eps = ppl.normal(tuple(y.shape), like=x)
+        per_example = (n,) + (1,) * k
+
+        def at(table: np.ndarray) -> Any:
+            return ops.table(table)[t_index].reshape(per_example)
+
+        ab = at(self.alpha_bar)
+        sqrt_ab, sqrt_1mab = ops.sqrt(ab), ops.sqrt(1 - ab)
+        x_t = sqrt_ab * y + sqrt_1mab * eps
+        out = self.denoiser(x_t, t_index * 1.0)
+        x0_hat = self._x0_from(out, x_t, sqrt_ab, sqrt_1mab)
+
+        def per_ex(v: Any) -> Any:
+            return v.reshape((n, -1)).sum(-1)
+
+        simple = None
+        if self.config.objective != "vlb":
+            target = {"eps": eps, "x0": y, "v": sqrt_ab * eps - sqrt_1mab * y}[self.config.prediction]
+            simple = per_ex((target - out) ** 2)
+            if self.config.objective == "simple":
+                return simple
+        # the KL branch at t = 1 is never selected; its variances there are set to 1 so it stays finite
+        safe_tilde = np.where(np.arange(T + 1) >= 2, self.beta_tilde, 1.0)
+        sigma2 = np.array([self.step_variance(t) if t >= 2 else 1.0 for t in range(T + 1)])
+        kl = _kl_normal(at(self.coef_x0) * (y - x0_hat), at(safe_tilde), 0.0, at(sigma2), ops.log)
+        nll = self._decoder_nll(x, y, x0_hat, ops)
+        step = ops.where(t_index.reshape(per_example) == 1, nll, kl)
+        vlb = T * per_ex(step) + self._prior_kl(y, ops.log)
+        return vlb if simple is None else simple + self.config.vlb_weight * vlb
+
+    # -- sampling ----------------------------------------------------------------------------------------
+    def _sampling_x0(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        x0_hat = self.predict_x0(x_t, t)
+        return x0_hat if self.likelihood == "gaussian" else x0_hat.clamp(-1.0, 1.0)
+
+    def _decoder_mean(self, x0_hat: torch.Tensor) -> torch.Tensor:
+        if self.likelihood == "bernoulli":
+            return torch.special.ndtr(x0_hat / math.sqrt(self.decoder_variance()))
+        if self.likelihood == "discretized":
+            return ((x0_hat + 1) / 2).clamp(0.0, 1.0)
+        return x0_hat
+
+    def _start(self, n: int) -> torch.Tensor:
+        weight = next(self.parameters(), None)
+        device = weight.device if weight is not None else torch.device("cpu")
+        loc, scale = self.prior()
+        return loc + scale * torch.randn((n, *self.x_shape), device=device)
+
+    def ddim_timesteps(self, steps: int | None = None) -> list[int]:
+        """τ_S = T > … > τ_1 = 1: ``steps`` timesteps evenly spaced (rounded) over 1..T."""
+        steps = steps or self.config.sample_steps or self.T
+        if not 1 <= steps <= self.T:
+            raise UserError(f"ddpm: DDIM steps must be between 1 and T = {self.T}, got {steps}")
+        if steps == 1:
+            return [self.T]
+        return sorted({int(round(v)) for v in np.linspace(1, self.T, steps)}, reverse=True)
+
+    @torch.no_grad()
+    def generate(self, n: int) -> torch.Tensor:
+        """``n`` draws: the decoder's mean (pixel probabilities, or x̂_0 for points) at the end of the chain."""
+        if self.config.sampler == "ddim":
+            return self.sample_ddim(n)
+        x = self._start(n)
+        for t in range(self.T, 1, -1):
+            mean = float(self.coef_x0[t]) * self._sampling_x0(x, t) + float(self.coef_xt[t]) * x
+            x = mean + math.sqrt(self.step_variance(t)) * torch.randn_like(x)
+        return self._decoder_mean(self._sampling_x0(x, 1))
+
+    @torch.no_grad()
+    def sample_ddim(self, n: int, steps: int | None = None, eta: float | None = None) -> torch.Tensor:
+        """DDIM (Song et al., 2021) over :meth:`ddim_timesteps` with ``eta`` (default: the config's)."""
+        eta = self.config.eta if eta is None else eta
+        taus = self.ddim_timesteps(steps)
+        x = self._start(n)
+        for t, s in zip(taus[:-1], taus[1:]):
+            ab_t, ab_s = float(self.alpha_bar[t]), float(self.alpha_bar[s])
+            x0_hat = self._sampling_x0(x, t)
+            eps_hat = (x - math.sqrt(ab_t) * x0_hat) / math.sqrt(1 - ab_t)
+            sigma = eta * math.sqrt(max((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s), 0.0))
+            x = (math.sqrt(ab_s) * x0_hat + math.sqrt(max(1 - ab_s - sigma ** 2, 0.0)) * eps_hat
+                 + sigma * torch.randn_like(x))
+        return self._decoder_mean(self._sampling_x0(x, taus[-1]))
