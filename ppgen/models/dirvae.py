@@ -28,21 +28,16 @@ engine only); ``batch_norm="off"`` trains on both engines.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from ppgen.models.prodlda import (
-    ALPHA_HELP,
-    BATCH_NORM_HELP,
-    DECODER_HELP,
-    DROPOUT_HELP,
-    SWITCH,
-    TOPICS_HELP,
     ProdLDA,
+    ProdLDAConfig,
     word_counts,
 )
-from ppgen.nn.topics import DECODERS, full
+from ppgen.nn.topics import full
 from ppgen.ppl import dist
 from ppgen.ppl import pyro as ppl_pyro
 
@@ -55,14 +50,8 @@ def dirichlet_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class DirVAEConfig:
-    x_shape: tuple[int, ...] = (2000,)
-    topics: int = field(default=20, metadata={"help": TOPICS_HELP})
-    hidden: tuple[int, ...] = (100, 100)
-    alpha: float = field(default=1.0, metadata={"help": ALPHA_HELP})
-    dropout: float = field(default=0.2, metadata={"help": DROPOUT_HELP})
-    batch_norm: str = field(default="on", metadata={"help": BATCH_NORM_HELP, "choices": SWITCH})
-    decoder: str = field(default="poe", metadata={"help": DECODER_HELP, "choices": DECODERS})
+class DirVAEConfig(ProdLDAConfig):
+    """ProdLDA's options (the same networks); its own type so a run's config names its family."""
 
 
 class DirVAE(ProdLDA):
