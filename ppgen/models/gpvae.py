@@ -3,7 +3,8 @@ r"""A Gaussian-process decoder: the amortized, minibatched Bayesian GPLVM (issue
 Model (Lawrence 2005; Titsias & Lawrence 2010), for N examples y_n ∈ R^D and latents z_n ∈ R^Q::
 
     z_n ~ N(0, I_Q)                                   in the data plate,
-    f_d ~ GP(0, k),  d = 1..D                         one GP per output dimension, shared kernel k
+    f_d ~ GP(m_d, k),  d = 1..D                       one GP per output dimension, shared kernel k, a learned
+                                                      constant mean m_d (zero in the exactness tests)
                                                       (RBF / Matérn-5/2 with ARD lengthscales, or linear),
     y_nd | f_d(z_n) ~ N(f_d(z_n), σ²)  or  Bernoulli(sigmoid f_d(z_n)).
 
@@ -102,6 +103,11 @@ class GPVAE(GenerativeModel):
         self.gp = gp.models.VariationalSparseGP(torch.zeros(1, config.z_dim), None, make_kernel(kernel, config.z_dim),
                                                 torch.randn(config.inducing, config.z_dim), lik, latent_shape=(d,),
                                                 num_data=config.num_data or None, whiten=True, jitter=JITTER)
+        # q(v) starts narrower than the prior (S = 0.1 I), so the decoder's mean, not its noise, drives early fits
+        self.gp.u_scale_tril = PyroParam(0.1 * torch.eye(config.inducing).expand(d, -1, -1).clone(),
+                                         constraints.lower_cholesky)
+        #: a learned constant mean per output dimension (the GP's mean function m_d; zero at initialization)
+        self.mean = torch.nn.Parameter(torch.zeros(d))
 
     # -- the GP decoder -----------------------------------------------------------------------------------------
     def predictive(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,7 +116,7 @@ class GPVAE(GenerativeModel):
         loc, var = gp.util.conditional(flat, self.gp.Xu, self.k, self.gp.u_loc, self.gp.u_scale_tril,
                                        full_cov=False, whiten=True, jitter=self.jitter)
         shape = (*z.shape[:-1], loc.shape[0])
-        return loc.T.reshape(shape), var.T.reshape(shape)
+        return loc.T.reshape(shape) + self.mean, var.T.reshape(shape)
 
     def k(self, x: torch.Tensor, y: torch.Tensor | None = None, diag: bool = False) -> torch.Tensor:
         """The kernel's ``forward``: called outside a PyroModule context, its parameters are the module's own
