@@ -87,6 +87,8 @@ def _build(config: dict, data: datasets.Dataset):
     if tuple(options["x_shape"]) != data.x_shape:
         raise UserError(f"the model expects examples shaped {tuple(options['x_shape'])} but {data.name} has "
                         f"{data.x_shape}; give data of that shape (a resumed run needs the data it was trained on)")
+    if "num_data" in {f.name for f in dataclasses.fields(cls.Config)}:  # a family scaled by the training-set size
+        options.setdefault("num_data", (config.get("model_config") or {}).get("num_data") or len(data.train))
     pair = cls.from_config(options)
     config["model_config"] = pair.config_dict()
     return pair

@@ -1,0 +1,229 @@
+r"""A Gaussian-process decoder: the amortized, minibatched Bayesian GPLVM (issue 14).
+
+Model (Lawrence 2005; Titsias & Lawrence 2010), for N examples y_n ∈ R^D and latents z_n ∈ R^Q::
+
+    z_n ~ N(0, I_Q)                                   in the data plate,
+    f_d ~ GP(m_d, k),  d = 1..D                       one GP per output dimension, shared kernel k, a learned
+                                                      constant mean m_d (zero in the exactness tests)
+                                                      (RBF / Matérn-5/2 with ARD lengthscales, or linear),
+    y_nd | f_d(z_n) ~ N(f_d(z_n), σ²)  or  Bernoulli(sigmoid f_d(z_n)).
+
+Sparse variational GP (Titsias 2009; Hensman et al. 2013): M inducing inputs Z_u (learned), inducing outputs
+u_d = f_d(Z_u) = L v_d with K_uu = L Lᵀ (whitened), p(v_d) = N(0, I), and the GP's own variational distribution
+q(v_d) = N(m_d, S_d S_dᵀ) (``pyro.contrib.gp.models.VariationalSparseGP``'s ``u_loc``/``u_scale_tril``). Given
+z_n, q(f_nd) = ∫ p(f_nd | u_d) q(u_d) du_d = N(μ_nd, s²_nd) (``pyro.contrib.gp.util.conditional``).
+
+Guide (amortized / back-constrained: Lawrence & Quiñonero-Candela 2006; Bui & Turner 2015)::
+
+    q(z_n | y_n) = N(μ_φ(y_n), diag σ²_φ(y_n))        (ppgen.nn.MLPEncoder),   together with q(u).
+
+Bound. With u integrated against q(u) in closed form, the data-set ELBO is
+
+    L = Σ_n E_{q(z_n|y_n)}[ E_{q(f_n|z_n)} log p(y_n | f_n) + log p(z_n) − log q(z_n | y_n) ] − KL(q(v) ‖ p(v)),
+
+with E_{N(f; μ, s²)} log N(y; f, σ²) = log N(y; μ, σ²) − s²/(2σ²) in closed form (Gaussian) and a
+reparameterized draw of f (Bernoulli). The global KL is attributed KL/N to each example (N = ``num_data``, the
+size of the training set, set from the data by ``ppgen train``), so the sum of the per-example terms over a
+minibatch of B is B/N times an unbiased estimate of L: the model holds no site outside the data plate,
+minibatches are scaled correctly, and ``ppgen``'s per-example estimators apply. Per example, IWAE_K over z of these
+terms ("IWAE over the latents", q(u) fixed) is still, summed over examples, a lower bound on log p(Y): by Jensen
+in u, E_{q(u)} logsumexp ≥ logsumexp E_{q(u)}, so it lies between L and the bound with u sampled.
+
+With Z_u placed at the latents and the optimal q(u), the bound for fixed latents equals the exact GP marginal
+log N(y_d; 0, K + σ² I) (tested; see ``optimal_q``), and with the linear kernel k(z, z') = c zᵀz' the GP is the
+linear-Gaussian model y = W z + ε with W_d ~ N(0, c I).
+
+The kernels, the variational distribution over u, the conditional and the likelihoods' parameters are
+``pyro.contrib.gp``'s; the hand-written glue is the per-example accounting above. Torch only: pyro.contrib.gp
+does not run on NumPyro. Pyro's linear kernel has no lengthscales (no ARD); its variance is learned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pyro
+import pyro.contrib.gp as gp
+import torch
+from pyro.nn.module import PyroParam
+from torch.distributions import constraints
+
+from ppgen.errors import UserError
+from ppgen.models.base import GenerativeModel
+from ppgen.nn import MLPEncoder
+from ppgen.ppl import dist
+from ppgen.ppl import pyro as ppl_pyro
+
+KERNELS = ("rbf", "matern52", "linear")
+GP_LIKELIHOODS = ("gaussian", "bernoulli")
+JITTER = 1e-5
+
+
+@dataclass(frozen=True)
+class GPVAEConfig:
+    x_shape: tuple[int, ...] = (1, 8, 8)
+    z_dim: int = field(default=2, metadata={"help": "latent dimensions Q"})
+    inducing: int = field(default=64, metadata={"help": "number of inducing points M"})
+    kernel: str = field(default="rbf", metadata={"help": "GP kernel", "choices": KERNELS})
+    hidden: tuple[int, ...] = field(default=(128,), metadata={"help": "encoder hidden sizes"})
+    likelihood: str = field(default="bernoulli", metadata={"help": "observation model", "choices": GP_LIKELIHOODS})
+    num_data: int = field(default=0, metadata={"help": "training-set size N (0: the minibatch size)"})
+
+
+def make_kernel(kind: str, z_dim: int) -> gp.kernels.Kernel:
+    """The library's kernel: RBF / Matérn-5/2 with one lengthscale per latent dimension (ARD), or linear."""
+    if kind == "rbf":
+        return gp.kernels.RBF(z_dim, lengthscale=torch.ones(z_dim))
+    if kind == "matern52":
+        return gp.kernels.Matern52(z_dim, lengthscale=torch.ones(z_dim))
+    if kind == "linear":
+        return gp.kernels.Linear(z_dim)
+    raise UserError(f"unknown kernel {kind!r}; choose one of {', '.join(KERNELS)}")
+
+
+class GPVAE(GenerativeModel):
+    """Amortized Bayesian GPLVM pair (see the module docs)."""
+
+    name = "gpvae"
+    Config = GPVAEConfig
+    svi_engines = ("torch",)
+
+    def __init__(self, x_shape: Sequence[int] = (1, 8, 8), z_dim: int = 2, inducing: int = 64, kernel: str = "rbf",
+                 hidden: Sequence[int] = (128,), likelihood: str = "bernoulli", num_data: int = 0):
+        config = GPVAEConfig(tuple(x_shape), int(z_dim), int(inducing), kernel, tuple(hidden), likelihood,
+                             int(num_data))
+        _check_config(config)
+        super().__init__(config)
+        d = math.prod(config.x_shape)
+        self.jitter = JITTER  # added to K_uu's diagonal before its Cholesky factor
+        self.encoder = MLPEncoder(config.x_shape, config.z_dim, config.hidden)
+        lik = gp.likelihoods.Gaussian() if likelihood == "gaussian" else gp.likelihoods.Binary()
+        self.gp = gp.models.VariationalSparseGP(torch.zeros(1, config.z_dim), None, make_kernel(kernel, config.z_dim),
+                                                torch.randn(config.inducing, config.z_dim), lik, latent_shape=(d,),
+                                                num_data=config.num_data or None, whiten=True, jitter=JITTER)
+        # q(v) starts narrower than the prior (S = 0.1 I), so the decoder's mean, not its noise, drives early fits
+        self.gp.u_scale_tril = PyroParam(0.1 * torch.eye(config.inducing).expand(d, -1, -1).clone(),
+                                         constraints.lower_cholesky)
+        #: a learned constant mean per output dimension (the GP's mean function m_d; zero at initialization)
+        self.mean = torch.nn.Parameter(torch.zeros(d))
+
+    # -- the GP decoder -----------------------------------------------------------------------------------------
+    def predictive(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of q(f_n | z_n) for every output dimension, each shaped (*z.shape[:-1], D)."""
+        flat = z.reshape(-1, z.shape[-1])
+        loc, var = gp.util.conditional(flat, self.gp.Xu, self.k, self.gp.u_loc, self.gp.u_scale_tril,
+                                       full_cov=False, whiten=True, jitter=self.jitter)
+        shape = (*z.shape[:-1], loc.shape[0])
+        return loc.T.reshape(shape) + self.mean, var.T.reshape(shape)
+
+    def k(self, x: torch.Tensor, y: torch.Tensor | None = None, diag: bool = False) -> torch.Tensor:
+        """The kernel's ``forward``: called outside a PyroModule context, its parameters are the module's own
+        (never the global param store's, which a second pair's GP of the same names would share)."""
+        return self.gp.kernel.forward(x, y, diag=diag)
+
+    def kl_u(self) -> torch.Tensor:
+        """KL(q(v) ‖ N(0, I)) summed over output dimensions (whitened inducing outputs)."""
+        q = torch.distributions.MultivariateNormal(self.gp.u_loc, scale_tril=self.gp.u_scale_tril)
+        p = torch.distributions.MultivariateNormal(torch.zeros_like(self.gp.u_loc),
+                                                   scale_tril=torch.eye(self.config.inducing).expand_as(q.scale_tril))
+        return torch.distributions.kl_divergence(q, p).sum()
+
+    @property
+    def noise(self) -> torch.Tensor:
+        """σ² of the Gaussian likelihood."""
+        return self.gp.likelihood.variance
+
+    def _observe(self, x: torch.Tensor, loc: torch.Tensor, var: torch.Tensor, n_full: int) -> None:
+        """E_{q(f_n)} log p(y_n | f_n) − KL/N as sites in the data plate (see the module docs)."""
+        ev = len(self.x_shape)
+        loc, var = loc.reshape(*loc.shape[:-1], *self.x_shape), var.reshape(*var.shape[:-1], *self.x_shape)
+        if self.likelihood == "gaussian":
+            sigma2 = self.noise
+            ppl_pyro.sample("x", dist.Normal(loc, sigma2.sqrt()).to_event(ev), obs=x)
+            ppl_pyro.factor("x_var", -var.flatten(-ev).sum(-1) / (2 * sigma2))
+        else:
+            f = loc + var.sqrt() * torch.randn_like(loc)
+            ppl_pyro.sample("x", dist.Bernoulli(logits=f).to_event(ev), obs=x)
+        ppl_pyro.factor("u_kl", -self.kl_u() / n_full * torch.ones(x.shape[0], dtype=loc.dtype, device=loc.device))
+
+    # -- the pair ---------------------------------------------------------------------------------------------
+    def model(self, x: torch.Tensor) -> None:
+        n_full = self.config.num_data or x.shape[0]
+        with ppl_pyro.plate("data", x.shape[0]):
+            z = ppl_pyro.sample("z", dist.Normal(torch.zeros(self.config.z_dim, dtype=x.dtype, device=x.device),
+                                                 1.0).to_event(1))
+            loc, var = self.predictive(z)
+            self._observe(x, loc, var, n_full)
+
+    def guide(self, x: torch.Tensor) -> None:
+        ppl_pyro.module("encoder", self.encoder)
+        with ppl_pyro.plate("data", x.shape[0]):
+            loc, scale = self.encoder(x)
+            ppl_pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of q(z | y)."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The predictive mean μ(z) (Gaussian) or sigmoid μ(z) (Bernoulli), shaped like x."""
+        loc = self.predictive(z)[0].reshape(*z.shape[:-1], *self.x_shape)
+        return loc if self.likelihood == "gaussian" else torch.sigmoid(loc)
+
+    def generate(self, n: int) -> torch.Tensor:
+        return self.decode(torch.randn(n, self.config.z_dim, device=self.gp.Xu.device))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x)[0])
+
+    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
+        super().check_data(x, what)
+        if not self.config.num_data and x.shape[0] < self.config.inducing:
+            raise UserError(f"{what} has {x.shape[0]} examples, fewer than the {self.config.inducing} inducing "
+                            "points; use --inducing at most the number of examples")
+
+    # -- closed forms (tests, benchmarks) --------------------------------------------------------------------------
+    def optimal_q(self, z: torch.Tensor, y: torch.Tensor) -> None:
+        """Set q(u) to its optimum for fixed latents z (N, Q) and Gaussian data y (N, D) (Titsias 2009):
+        Σ_u = K_uu A⁻¹ K_uu, μ_u = σ⁻² K_uu A⁻¹ K_uf y, A = K_uu + σ⁻² K_uf K_fu, written in whitened form."""
+        with torch.no_grad():
+            kernel, zu, s2 = self.k, self.gp.Xu, self.noise
+            kuu = kernel(zu) + self.jitter * torch.eye(zu.shape[0], dtype=zu.dtype)
+            kuf = kernel(zu, z)
+            a = kuu + kuf @ kuf.T / s2
+            mu = kuu @ torch.linalg.solve(a, kuf @ y) / s2  # (M, D)
+            sigma = kuu @ torch.linalg.solve(a, kuu)
+            lu = torch.linalg.cholesky(kuu)
+            m_v = torch.linalg.solve_triangular(lu, mu, upper=False)
+            li_sigma = torch.linalg.solve_triangular(lu, sigma, upper=False)
+            s_v = torch.linalg.solve_triangular(lu, li_sigma.T, upper=False)
+            s_tril = torch.linalg.cholesky(0.5 * (s_v + s_v.T))
+        self.gp.u_loc.data.copy_(m_v.T)
+        self.gp.u_scale_tril = PyroParam(s_tril.expand(y.shape[1], -1, -1).clone(), constraints.lower_cholesky)
+
+    def bound(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The sparse variational bound for fixed latents z (N, Q) and data y (N, *x_shape), read from the model's
+        own sites: Σ_n E_{q(f_n)} log p(y_n | f_n) − KL(q(u) ‖ p(u)) (the latents' prior is left out)."""
+        trace = pyro.poutine.trace(pyro.poutine.condition(self.model, {"z": z})).get_trace(y)
+        return sum(site["log_prob_sum"] for name, site in _sites(trace).items() if name != "z")
+
+
+def _sites(trace) -> dict:
+    trace.compute_log_prob()
+    return {k: v for k, v in trace.nodes.items() if v["type"] == "sample" and "log_prob_sum" in v}
+
+
+def _check_config(config: GPVAEConfig) -> None:
+    if config.z_dim < 1:
+        raise UserError(f"gpvae: the latent size must be at least 1, got z_dim={config.z_dim}")
+    if config.kernel not in KERNELS:
+        raise UserError(f"gpvae: unknown kernel {config.kernel!r}; choose one of {', '.join(KERNELS)}")
+    if config.likelihood not in GP_LIKELIHOODS:
+        raise UserError(f"gpvae: unknown likelihood {config.likelihood!r}; choose one of {', '.join(GP_LIKELIHOODS)}")
+    if config.inducing < 1 or not config.hidden or min(config.hidden) < 1:
+        raise UserError("gpvae: the number of inducing points and every hidden size must be positive integers")
+    if config.num_data and config.inducing > config.num_data:
+        raise UserError(f"gpvae: {config.inducing} inducing points but only {config.num_data} training examples; "
+                        "use --inducing at most the number of examples")
