@@ -152,7 +152,7 @@ def main(argv=None) -> int:
                               seed=args.seed)
         speeds = [r["images_per_s"] for r in fit.history[1:] or fit.history]
         row = {"train_seconds": time.perf_counter() - t, "images_per_s": sum(speeds) / len(speeds),
-               "train_elbo": fit.history[-1]["elbo"], "val_elbo": fit.history[-1].get("val_elbo"),
+               "train_elbo": fit.history[-1].get("elbo"), "val_elbo": fit.history[-1].get("val_elbo"),
                "params": sum(p.numel() for p in pair.parameters())}
         if name == "vqvae":
             pair.eval()

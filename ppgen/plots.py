@@ -85,7 +85,10 @@ def loss_curve(history: list[dict], path: Path) -> Path:
         ax.legend()
         ax.grid(alpha=0.3)
         return _save(fig, path)
-    ax.plot(epochs, [row["elbo"] for row in history], label="train objective (ELBO)")
+    if "elbo" in history[0]:
+        ax.plot(epochs, [row["elbo"] for row in history], label="train objective (ELBO)")
+    else:  # a family's own objective (a loss, not an ELBO): on its own axis
+        ax.plot(epochs, [-row["objective"] for row in history], label="minus the train objective (own estimator)")
     if any("val_elbo" in row for row in history):
         ax.plot([r["epoch"] for r in history if "val_elbo" in r], [r["val_elbo"] for r in history if "val_elbo" in r],
                 label="validation ELBO")

@@ -246,8 +246,9 @@ def write_posterior(fit, data: datasets.Dataset, run_dir: Path, points: int = 16
 
 def _log_epoch(fit, log) -> None:
     row = fit.history[-1]
-    if "elbo" in row:
-        text = f"train ELBO {row['elbo']:8.2f}" + (f"  val ELBO {row['val_elbo']:8.2f}" if "val_elbo" in row else "")
+    val = f"  val ELBO {row['val_elbo']:8.2f}" if "val_elbo" in row else ""
+    if "elbo" in row or "objective" in row:
+        text = (f"train ELBO {row['elbo']:8.2f}" if "elbo" in row else f"train objective {row['objective']:8.4f}") + val
     else:
         text = f"loss D {row['loss_d']:8.4f}  loss G {row['loss_g']:8.4f}" + (
             f"  W estimate {row['w_distance']:8.4f}" if "w_distance" in row else "")

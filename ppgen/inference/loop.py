@@ -85,6 +85,12 @@ def batching(n: int, batch_size: int) -> tuple[int, int]:
     return batch, max(1, n // batch)
 
 
+def objective_row(pair, loss_per_example: float) -> dict[str, float]:
+    """An SVI epoch's figure: ``elbo`` (minus the loss) for the ELBO objectives; ``objective`` (the loss itself) for
+    a pair trained on its own estimator, which need not be an ELBO (DDPM's L_simple, a VQ-VAE's commitment terms)."""
+    return {"objective": loss_per_example} if pair.has_objective else {"elbo": -loss_per_example}
+
+
 def progress_bar(total: int, desc: str, enabled: bool):
     """A tqdm bar on stderr (a no-op object when ``enabled`` is false)."""
     from tqdm import tqdm

@@ -230,7 +230,7 @@ def _torch_epoch(state: TorchState, plan: loop.EpochPlan) -> tuple[TorchState, l
             plan.tick(1)
     if not all(torch.isfinite(p).all() for p in pair.parameters()):
         return state, loop.EpochResult(stop="weights became NaN or infinite")
-    return state, loop.EpochResult({"elbo": -total / (plan.steps * plan.batch), "beta": b})
+    return state, loop.EpochResult({**loop.objective_row(pair, total / (plan.steps * plan.batch)), "beta": b})
 
 
 def _torch_restore(state: TorchState, weights: dict) -> TorchState:

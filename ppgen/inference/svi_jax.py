@@ -279,7 +279,8 @@ def _epoch(state: JaxState, plan: loop.EpochPlan) -> tuple[JaxState, loop.EpochR
     if not bool(finite):
         return state, loop.EpochResult(stop="weights became NaN or infinite")
     state.svi_state, state.synced = new_state, False
-    return state, loop.EpochResult({"elbo": -float(losses.sum()) / (plan.steps * plan.batch), "beta": betas[-1]})
+    loss = float(losses.sum()) / (plan.steps * plan.batch)
+    return state, loop.EpochResult({**loop.objective_row(state.pair, loss), "beta": betas[-1]})
 
 
 def _sync(state: JaxState) -> None:
