@@ -207,35 +207,28 @@ def is_jax(x: Any) -> bool:
     return isinstance(x, jax.Array)
 
 
-def uniform(shape: tuple[int, ...], like: Any = None) -> Any:
-    """Draws of U(0, 1) on the active backend, for a family's own ``objective`` (see ``GenerativeModel``).
-
-    On Pyro from torch's generator (on ``like``'s device); on NumPyro from the key the
-    enclosing ``seed`` handler gives (``numpyro.prng_key()``), so SVI's seeding covers it.
-    """
+def _standard_draws(kind: str, shape: tuple[int, ...], like: Any) -> Any:
+    """``kind`` ("uniform" or "normal") standard draws on the active backend: torch's generator on Pyro (on
+    ``like``'s device); on NumPyro the key of the enclosing ``seed`` handler, so SVI's seeding covers them."""
     if get_backend() == "numpyro":
         import jax
         import numpyro
 
         key = numpyro.prng_key()
         if key is None:
-            raise RuntimeError("ppgen.ppl.uniform on NumPyro needs a seed handler (numpyro.handlers.seed)")
-        return jax.random.uniform(key, tuple(shape))
+            raise RuntimeError(f"ppgen.ppl.{kind} on NumPyro needs a seed handler (numpyro.handlers.seed)")
+        return getattr(jax.random, kind)(key, tuple(shape))
     import torch
 
-    return torch.rand(tuple(shape), device=None if like is None else like.device)
+    draw = torch.rand if kind == "uniform" else torch.randn
+    return draw(tuple(shape), device=None if like is None else like.device)
+
+
+def uniform(shape: tuple[int, ...], like: Any = None) -> Any:
+    """Draws of U(0, 1) on the active backend, for a family's own ``objective`` (see ``GenerativeModel``)."""
+    return _standard_draws("uniform", shape, like)
 
 
 def normal(shape: tuple[int, ...], like: Any = None) -> Any:
     """Draws of N(0, 1) on the active backend, for a family's own ``objective`` (as :func:`uniform`)."""
-    if get_backend() == "numpyro":
-        import jax
-        import numpyro
-
-        key = numpyro.prng_key()
-        if key is None:
-            raise RuntimeError("ppgen.ppl.normal on NumPyro needs a seed handler (numpyro.handlers.seed)")
-        return jax.random.normal(key, tuple(shape))
-    import torch
-
-    return torch.randn(tuple(shape), device=None if like is None else like.device)
+    return _standard_draws("normal", shape, like)
