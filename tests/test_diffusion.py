@@ -176,13 +176,14 @@ def test_each_closed_form_term_equals_its_monte_carlo_estimate(likelihood):
                                    rtol=1e-5)
 
 
-@pytest.mark.parametrize("likelihood, prediction", [("gaussian", "eps"), ("gaussian", "x0"), ("bernoulli", "v"),
-                                                    ("discretized", "eps")])
-def test_sampled_timestep_estimator_equals_the_full_sum_and_the_traced_elbo(likelihood, prediction):
+@pytest.mark.parametrize("likelihood, prediction, variance", [
+    ("gaussian", "eps", "beta"), ("gaussian", "x0", "beta"), ("bernoulli", "v", "beta"), ("discretized", "eps", "beta"),
+    ("gaussian", "eps", "learned"), ("bernoulli", "eps", "learned")])
+def test_sampled_timestep_estimator_equals_the_full_sum_and_the_traced_elbo(likelihood, prediction, variance):
     """E[one-timestep objective] = E[Σ_t closed-form terms] = −ELBO of the traced pair (all T sites), each mean
-    within 4 standard errors of the difference (independent draws)."""
+    within 4 standard errors of the difference (independent draws); learned variances included."""
     torch.manual_seed(0)
-    pair, x = _random_pair(likelihood, prediction), _data(likelihood)
+    pair, x = _random_pair(likelihood, prediction, variance), _data(likelihood)
     with torch.no_grad():
         sampled = torch.stack([pair.objective(x) for _ in range(4000)])
         full = torch.stack([pair.vlb_terms(x).sum(-1) for _ in range(1000)])
@@ -196,8 +197,9 @@ def test_sampled_timestep_estimator_equals_the_full_sum_and_the_traced_elbo(like
     assert ((b - c).abs() < 4 * torch.hypot(sb, sc)).all(), (b, c, sb, sc)
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "discretized"])
-def test_the_objective_runs_on_numpyro_with_the_same_mean(likelihood):
+@pytest.mark.parametrize("likelihood, variance", [("bernoulli", "beta"), ("discretized", "beta"),
+                                                  ("bernoulli", "learned")])
+def test_the_objective_runs_on_numpyro_with_the_same_mean(likelihood, variance):
     """The JAX side of the hook (as the JAX engine traces it) gives the same L_simple + λ L_vlb, within 4 SE."""
     import jax
     import numpyro
@@ -205,7 +207,7 @@ def test_the_objective_runs_on_numpyro_with_the_same_mean(likelihood):
     from ppgen.ppl import backend
 
     torch.manual_seed(0)
-    pair, x = _random_pair(likelihood, "eps", objective="hybrid"), _data(likelihood)
+    pair, x = _random_pair(likelihood, "eps", variance, objective="hybrid"), _data(likelihood)
     xj = jnp.asarray(x.numpy())
 
     def one(key):
@@ -232,6 +234,52 @@ def test_discretized_decoder_is_a_distribution_over_the_levels_and_checks_its_da
         pair.check_data(torch.full((2, 1, 3, 3), 0.3))
     draws = pair.generate(4)
     assert draws.shape == (4, 1, 3, 3) and (draws >= 0).all() and (draws <= 1).all()
+
+
+def _learned_twin(fixed: DDPM, end: float) -> DDPM:
+    """A learned-variance pair with ``fixed``'s weights whose v head outputs the constant ``end``."""
+    options = {**fixed.config_dict(), "variance": "learned"}
+    twin = DDPM.from_config(options)
+    missing, unexpected = twin.load_state_dict(fixed.state_dict(), strict=False)
+    assert not unexpected and set(missing) == {"denoiser.out_v.weight", "denoiser.out_v.bias"}
+    with torch.no_grad():
+        twin.denoiser.out_v.weight.zero_()
+        twin.denoiser.out_v.bias.fill_(end)
+    return twin
+
+
+@pytest.mark.parametrize("end, fixed_variance", [(40.0, "beta"), (-40.0, "beta_tilde")])
+@pytest.mark.parametrize("objective", ["vlb", "hybrid"])
+def test_learned_variance_at_its_ends_is_the_fixed_variance(end, fixed_variance, objective):
+    """v ≡ +40 gives σ_t² = β_t and v ≡ −40 gives β̃_t (u = sigmoid(v) is 1 and 0 in float32): the objective, the
+    closed-form terms, the traced ELBO and ancestral samples equal the fixed-variance pair's (same draws)."""
+    torch.manual_seed(0)
+    fixed = _random_pair("bernoulli", "eps", fixed_variance, objective)
+    learned, x = _learned_twin(fixed, end), _data("bernoulli")
+    for fn in (lambda p: p.objective(x), lambda p: p.vlb_terms(x), lambda p: evaluation.log_weights(p, x, 3),
+               lambda p: p.generate(3)):
+        values = []
+        for pair in (fixed, learned):
+            torch.manual_seed(7)
+            with torch.no_grad():
+                values.append(fn(pair))
+        torch.testing.assert_close(values[1], values[0], rtol=1e-5, atol=1e-5)
+
+
+def test_learned_variance_in_the_hybrid_trains_only_the_variance_through_the_bound():
+    """The hybrid's L_vlb term reaches the v head and, through a stop-gradient on x̂_0, not the mean: the gradient of
+    the hybrid on the mean's output layer is L_simple's alone (Nichol & Dhariwal, 2021)."""
+    pair, x = _random_pair("gaussian", "eps", "learned", objective="hybrid"), _data("gaussian")
+    simple = DDPM.from_config({**pair.config_dict(), "objective": "simple", "variance": "beta"})
+    simple.load_state_dict(pair.state_dict(), strict=False)
+    grads = []
+    for p in (pair, simple):
+        torch.manual_seed(5)
+        p.zero_grad()
+        p.objective(x).sum().backward()
+        grads.append(p.denoiser.out.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+    assert pair.denoiser.out_v.weight.grad.abs().sum() > 0
 
 
 def test_hybrid_is_simple_plus_lambda_vlb():
@@ -270,6 +318,22 @@ def test_denoisers_lower_to_jax(make, shape):
         np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("make, shape", [
+    (lambda: MLPDenoiser((2,), (16,), 8, outputs=2), (2,)),
+    (lambda: UNetDenoiser((1, 4, 4), channels=4, channel_mult=(1, 2), time_dim=8, groups=2, outputs=2), (1, 4, 4)),
+], ids=["mlp", "unet"])
+def test_denoisers_with_a_variance_head_lower_to_jax(make, shape):
+    torch.manual_seed(0)
+    net = make()
+    x, t = torch.randn((3,) + shape), torch.randint(1, 100, (3,)).float()
+    with torch.no_grad():
+        want = net(x, t)
+    got = net(jnp.asarray(x.numpy()), jnp.asarray(t.numpy()))
+    assert len(want) == len(got) == 2
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(np.asarray(a), b.numpy(), atol=2e-5, rtol=1e-5)
+
+
 def test_interpolate_other_than_integer_nearest_is_not_lowerable():
     class Bilinear(nn.Module):
         def forward(self, x):
@@ -288,7 +352,7 @@ def test_registered_config_round_trips_and_bad_options_are_one_line():
     assert again.config == pair.config
     for options, needle in [({"timesteps": 0}, "at least 1"), ({"schedule": "quad"}, "unknown schedule"),
                             ({"timesteps": 5, "sample_steps": 6}, "DDIM steps"), ({"prediction": "y"}, "prediction"),
-                            ({"denoiser": "unet"}, "U-Net needs images")]:
+                            ({"denoiser": "unet"}, "U-Net needs images"), ({"variance": "learned"}, "learned variance")]:
         with pytest.raises(UserError, match=needle) as err:
             DDPM((2,), likelihood="gaussian", **options)
         assert "\n" not in str(err.value)
@@ -364,3 +428,21 @@ def test_posterior_file_is_skipped_when_the_latents_are_too_many():
     assert said and "posterior.nc not written" in said[0]
     assert workflows.posterior_fits(VAE((1, 8, 8), z_dim=4, hidden=(8,)), torch.zeros(1, 1, 8, 8), log=said.append)
     assert len(said) == 1
+
+
+def test_evaluation_elbo_is_the_closed_form_bound_and_agrees_with_the_traced_elbo():
+    """ppgen's ELBO of a DDPM is its closed-form bound (the protocol's ``closed_form_elbo``): the same expectation as
+    the traced ELBO over all T sites (4 SE of the difference), with the timesteps one per denoiser call (budget=1)
+    as with all in one. (Its variance need not be smaller: its x_t are drawn independently per t, the traced
+    ones along one trajectory.)"""
+    torch.manual_seed(0)
+    pair, x = _random_pair("bernoulli", "eps"), _data("bernoulli")
+    assert pair.has_closed_form_elbo and not models.VAE((2,), z_dim=1, hidden=(2,)).has_closed_form_elbo
+    with torch.no_grad():
+        closed = torch.stack([evaluation.elbo(pair, x) for _ in range(2000)])
+        chunked = torch.stack([-pair.vlb_terms(x, budget=1).sum(-1) for _ in range(2000)])
+        traced = evaluation.log_weights(pair, x, 2000)
+    for estimate in (closed, chunked):
+        diff = estimate.mean(0) - traced.mean(0)
+        se = torch.hypot(estimate.std(0), traced.std(0)) / math.sqrt(2000)
+        assert (diff.abs() < 4 * se).all(), (diff, se)

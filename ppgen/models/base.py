@@ -37,6 +37,10 @@ The protocol
     uniformly sampled timestep), written against :mod:`ppgen.ppl` so both SVI engines
     train it; draw its randomness with :func:`ppgen.ppl.uniform`. Without it the
     engines use their ELBO on ``model``/``guide``.
+``closed_form_elbo(x)`` / ``has_closed_form_elbo``
+    A family's per-example ELBO with its terms in closed form where the traced ELBO would
+    sample them (DDPM: all T Gaussian KLs); same expectation, less variance.
+    :func:`ppgen.evaluation.elbo` (``ppgen evaluate``, the validation ELBO) uses it.
 ``likelihood``
     The observation model's name ("bernoulli", "cbernoulli", "gaussian"), which ``check_data`` and the
     commands (binarization) read: the config's ``likelihood`` field, else "gaussian"; a family whose
@@ -121,6 +125,10 @@ class GenerativeModel(nn.Module):
         """The family's own per-example negative-ELBO estimate (see the module docs)."""
         raise NotImplementedError
 
+    def closed_form_elbo(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - optional
+        """The per-example ELBO with closed-form terms (see the module docs)."""
+        raise NotImplementedError
+
     def family_metrics(self, x: torch.Tensor) -> dict[str, float]:
         """A family's own figures on held-out examples ``x`` (see the module docs); none by default."""
         return {}
@@ -144,6 +152,10 @@ class GenerativeModel(nn.Module):
     @property
     def has_objective(self) -> bool:
         return self._overrides("objective")
+
+    @property
+    def has_closed_form_elbo(self) -> bool:
+        return self._overrides("closed_form_elbo")
 
     @property
     def who(self) -> str:

@@ -13,7 +13,11 @@ Guide (no parameters): the forward process q(x_{1:T} | x_0) written in its rever
 
 Model: p(x_T) = N(0, I); p_θ(x_{t−1} | x_t) = N(μ_θ(x_t, t), σ_t² I) with μ_θ = c_t^0 x̂_0 + c_t^x x_t, where the
 denoiser predicts ε (x̂_0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t), x_0 itself, or v = √ᾱ_t ε − √(1−ᾱ_t) x_0 (Salimans & Ho,
-2022; x̂_0 = √ᾱ_t x_t − √(1−ᾱ_t) v̂), and σ_t² = β_t or β̃_t (``variance``); the decoder p(x_0 | x_1) has mean
+2022; x̂_0 = √ᾱ_t x_t − √(1−ᾱ_t) v̂), and σ_t² = β_t or β̃_t (``variance``), or learned between them (Nichol &
+Dhariwal, 2021): a second output v of the denoiser gives log σ_t² = u log β_t + (1 − u) log β̃_t per coordinate.
+Their u = (v + 1)/2 is unconstrained; here u = sigmoid(v) keeps σ_t² within [β̃_t, β_t], the two ends Ho et al.
+showed bracket the optimal isotropic variance (unconstrained, a small model's u left that range within two epochs
+of digits and its variances overflowed to 0 and ∞). The decoder p(x_0 | x_1) has mean
 μ_θ(x_1, 1) = x̂_0(x_1, 1) and variance σ_1² = β_1: a Gaussian N(x̂_0, β_1 I) for continuous points, and for
 binary pixels the Gaussian discretized to two bins at 0 (Ho et al.'s decoder with two levels),
 P(x = 1 | x_1) = Φ(x̂_0 / σ_1).
@@ -33,8 +37,10 @@ SVI engines), per example:
   x_t ~ q(x_t | x_0): an unbiased estimate of L_vlb.
 * ``"simple"`` — Ho et al.'s L_simple, ‖target − f_θ(x_t, t)‖² summed over dimensions at t ~ U{1..T}, where the
   target is what the network predicts (ε, x_0 or v). Not a bound; the default, for sample quality.
-* ``"hybrid"`` — L_simple + λ·(the ``"vlb"`` estimate), λ = ``vlb_weight`` (Nichol & Dhariwal, 2021, with
-  fixed variances: the L_vlb term trains the mean too).
+* ``"hybrid"`` — L_simple + λ·(the ``"vlb"`` estimate), λ = ``vlb_weight`` (Nichol & Dhariwal, 2021). With
+  fixed variances the L_vlb term trains the mean too; with learned ones it trains only the variance (a stop-gradient
+  on x̂_0 in that term, as theirs), so L_simple alone drives the mean. Learned variances need ``"vlb"`` or
+  ``"hybrid"`` (L_simple gives v no gradient).
 
 Schedules: ``"linear"`` — −log α_t linear from 0.1/T to 20/T: Ho et al.'s β_t from 1e-4 to 0.02 at T = 1000 to
 first order, and for every T the same ᾱ_T = e^{−10.05} ≈ 4.3e-5 (β_t itself linear in t, scaled to T as Nichol &
@@ -67,7 +73,7 @@ from ppgen.ppl import dist, is_jax, pyro
 
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "x0", "v")
-VARIANCES = ("beta", "beta_tilde")
+VARIANCES = ("beta", "beta_tilde", "learned")
 OBJECTIVES = ("simple", "vlb", "hybrid")
 SAMPLERS = ("ancestral", "ddim")
 DENOISERS = ("mlp", "unet")
@@ -87,7 +93,8 @@ class DDPMConfig:
     timesteps: int = _opt(100, "diffusion steps T")
     schedule: str = _opt("linear", "beta schedule", SCHEDULES)
     prediction: str = _opt("eps", "what the denoiser predicts", PREDICTIONS)
-    variance: str = _opt("beta", "reverse-step variance sigma_t^2", VARIANCES)
+    variance: str = _opt("beta", "reverse-step variance sigma_t^2: beta, beta_tilde, or learned between them "
+                                 "(needs --objective vlb or hybrid)", VARIANCES)
     objective: str = _opt("simple", "training objective: simple (eps loss), vlb (sampled-timestep bound), hybrid",
                           OBJECTIVES)
     vlb_weight: float = _opt(0.001, "lambda of the hybrid objective L_simple + lambda L_vlb")
@@ -114,6 +121,9 @@ def _check(config: DDPMConfig) -> None:
     if not 0 <= c.sample_steps <= c.timesteps:
         raise UserError(f"ddpm: DDIM steps (--sample-steps) must be between 1 and T = {c.timesteps} (0 for T), "
                         f"got {c.sample_steps}")
+    if c.variance == "learned" and c.objective == "simple":
+        raise UserError("ddpm: a learned variance (--variance learned) is trained by the bound only; use --objective "
+                        "hybrid or vlb")
     if c.eta < 0 or c.vlb_weight < 0:
         raise UserError(f"ddpm: --eta and --vlb-weight must be non-negative, got {c.eta} and {c.vlb_weight}")
     if c.levels < 2:
@@ -147,16 +157,17 @@ class _Ops:
 
     def __init__(self, like: Any):
         if is_jax(like):
+            import jax
             import jax.numpy as jnp
             from jax.scipy.special import log_ndtr
 
             self.log, self.sqrt, self.where, self.log_ndtr = jnp.log, jnp.sqrt, jnp.where, log_ndtr
-            self.log1p, self.exp = jnp.log1p, jnp.exp
+            self.log1p, self.exp, self.stop, self.sigmoid = jnp.log1p, jnp.exp, jax.lax.stop_gradient, jax.nn.sigmoid
             self.table = lambda a: jnp.asarray(a, dtype=like.dtype)
             self.index = lambda u, n: jnp.clip(jnp.floor(u * n), 0, n - 1).astype(jnp.int32)
         else:
             self.log, self.sqrt, self.where, self.log_ndtr = torch.log, torch.sqrt, torch.where, torch.special.log_ndtr
-            self.log1p, self.exp = torch.log1p, torch.exp
+            self.log1p, self.exp, self.stop, self.sigmoid = torch.log1p, torch.exp, torch.Tensor.detach, torch.sigmoid
             self.table = lambda a: torch.as_tensor(a, dtype=like.dtype, device=like.device)
             self.index = lambda u, n: torch.clamp(torch.floor(u * n), 0, n - 1).long()
 
@@ -228,11 +239,14 @@ class DDPM(GenerativeModel):
             self.coef_xt = np.sqrt(1.0 - betas) * (1.0 - prev) / (1.0 - alpha_bar)
             self.beta_tilde = (1.0 - prev) * betas / (1.0 - alpha_bar)
         self.coef_x0[0] = self.coef_xt[0] = self.beta_tilde[0] = 0.0
+        # log β̃_t for the learned variance; t = 1 has β̃_1 = 0 and no learned step (the decoder's variance is β_1)
+        self.log_beta_tilde = np.log(np.where(np.arange(T + 1) >= 2, self.beta_tilde, 1.0))
+        outputs = 2 if variance == "learned" else 1
         if denoiser == "mlp":
-            self.denoiser = MLPDenoiser(x_shape, hidden, time_dim)
+            self.denoiser = MLPDenoiser(x_shape, hidden, time_dim, outputs=outputs)
         else:
             try:
-                self.denoiser = UNetDenoiser(x_shape, channels, channel_mult, time_dim)
+                self.denoiser = UNetDenoiser(x_shape, channels, channel_mult, time_dim, outputs=outputs)
             except ValueError as err:
                 raise UserError(f"ddpm: {err}") from None
 
@@ -246,8 +260,14 @@ class DDPM(GenerativeModel):
         return tuple(f"x_{t}" for t in range(self.T, 0, -1))
 
     def step_variance(self, t: int) -> float:
-        """σ_t² of p_θ(x_{t−1} | x_t), t ≥ 2."""
+        """σ_t² of p_θ(x_{t−1} | x_t), t ≥ 2, for a fixed variance (``beta`` or ``beta_tilde``)."""
         return float(self.betas[t] if self.config.variance == "beta" else self.beta_tilde[t])
+
+    def learned_variance(self, v: Any, t: int) -> Any:
+        """σ_t²(v) = exp(u log β_t + (1 − u) log β̃_t), u = sigmoid(v) (module docs), t ≥ 2."""
+        ops = _Ops(v)
+        u = ops.sigmoid(v)
+        return ops.exp(u * math.log(self.betas[t]) + (1 - u) * float(self.log_beta_tilde[t]))
 
     def decoder_variance(self) -> float:
         """σ_1² of the decoder p(x_0 | x_1)."""
@@ -274,12 +294,14 @@ class DDPM(GenerativeModel):
     def _event(self) -> int:
         return len(self.x_shape)
 
-    def _net(self, x_t: Any, t: Any) -> Any:
-        """The denoiser at x_t and t (an int, or one timestep per example shaped like x_t's leading dims)."""
+    def _net(self, x_t: Any, t: Any) -> tuple[Any, Any]:
+        """(the denoiser's prediction, its variance output v or None) at x_t and t (an int, or one timestep per
+        example shaped like x_t's leading dims)."""
         lead = x_t.shape[: len(x_t.shape) - self._event()]
         if isinstance(t, int):
             t = x_t.reshape(tuple(lead) + (-1,))[..., 0] * 0 + float(t)
-        return self.denoiser(x_t, t)
+        out = self.denoiser(x_t, t)
+        return out if self.config.variance == "learned" else (out, None)
 
     def _x0_from(self, out: Any, x_t: Any, sqrt_ab: Any, sqrt_1mab: Any) -> Any:
         if self.config.prediction == "eps":
@@ -291,11 +313,23 @@ class DDPM(GenerativeModel):
     def predict_x0(self, x_t: Any, t: int) -> Any:
         """x̂_0(x_t, t) from the denoiser's output."""
         ab = float(self.alpha_bar[t])
-        return self._x0_from(self._net(x_t, t), x_t, math.sqrt(ab), math.sqrt(1 - ab))
+        return self._x0_from(self._net(x_t, t)[0], x_t, math.sqrt(ab), math.sqrt(1 - ab))
 
     def reverse_mean(self, x_t: Any, t: int) -> Any:
         """μ_θ(x_t, t) = c_t^0 x̂_0 + c_t^x x_t."""
         return float(self.coef_x0[t]) * self.predict_x0(x_t, t) + float(self.coef_xt[t]) * x_t
+
+    def reverse_step(self, x_t: Any, t: int, clip: bool = False) -> tuple[Any, Any, Any]:
+        """(x̂_0, μ_θ(x_t, t), σ_t²) of p_θ(x_{t−1} | x_t), t ≥ 2, from one call of the denoiser; ``clip``: x̂_0
+        clipped to the data's range first (the samplers, for pixels)."""
+        out, v = self._net(x_t, t)
+        ab = float(self.alpha_bar[t])
+        x0_hat = self._x0_from(out, x_t, math.sqrt(ab), math.sqrt(1 - ab))
+        if clip and self.likelihood != "gaussian":
+            x0_hat = x0_hat.clamp(-1.0, 1.0)
+        mean = float(self.coef_x0[t]) * x0_hat + float(self.coef_xt[t]) * x_t
+        variance = self.step_variance(t) if v is None else self.learned_variance(v, t)
+        return x0_hat, mean, variance
 
     def _decoder(self, x_1: Any):
         mean = self.predict_x0(x_1, 1)
@@ -318,8 +352,8 @@ class DDPM(GenerativeModel):
         with pyro.plate("data", x.shape[0]):
             x_t = pyro.sample(f"x_{self.T}", dist.Normal(loc, scale * (x[0] * 0 + 1)).to_event(k))
             for t in range(self.T, 1, -1):
-                x_t = pyro.sample(f"x_{t - 1}", dist.Normal(self.reverse_mean(x_t, t),
-                                                            math.sqrt(self.step_variance(t))).to_event(k))
+                _, mean, variance = self.reverse_step(x_t, t)
+                x_t = pyro.sample(f"x_{t - 1}", dist.Normal(mean, variance ** 0.5).to_event(k))
             pyro.sample("x", self._decoder(x_t), obs=x)
 
     def guide(self, x: Any) -> None:
@@ -356,8 +390,9 @@ class DDPM(GenerativeModel):
     def step_kl(self, x: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
         """KL(q(x_{t−1} | x_t, x_0) ‖ p_θ(x_{t−1} | x_t)) per example at the given x_t, t ≥ 2, in closed form."""
         y = self.to_model_space(x)
-        kl = _kl_normal(float(self.coef_x0[t]) * (y - self.predict_x0(x_t, t)), float(self.beta_tilde[t]), 0.0,
-                        self.step_variance(t), math.log)
+        x0_hat, _, variance = self.reverse_step(x_t, t)
+        log = math.log if isinstance(variance, float) else torch.log
+        kl = _kl_normal(float(self.coef_x0[t]) * (y - x0_hat), float(self.beta_tilde[t]), 0.0, variance, log)
         return kl.flatten(-self._event()).sum(-1)
 
     def decoder_nll(self, x: torch.Tensor, x_1: torch.Tensor) -> torch.Tensor:
@@ -365,17 +400,47 @@ class DDPM(GenerativeModel):
         nll = self._decoder_nll(x, self.to_model_space(x), self.predict_x0(x_1, 1), _Ops(x))
         return nll.flatten(-self._event()).sum(-1)
 
-    def vlb_terms(self, x: torch.Tensor) -> torch.Tensor:
+    def vlb_terms(self, x: torch.Tensor, budget: int = 2_000_000) -> torch.Tensor:
         """(N, T + 1): [L_0, L_1, …, L_{T−1}, L_T] per example, each KL in closed form at one x_t ~ q(x_t | x_0)
-        (L_0 at one x_1); their sum is a single-draw estimate of L_vlb = −ELBO (torch)."""
+        (L_0 at one x_1); their sum is a single-draw estimate of L_vlb = −ELBO (torch). The timesteps go through
+        the denoiser together, in chunks of about ``budget`` values."""
         y = self.to_model_space(x)
-        cols = []
-        for t in range(1, self.T + 1):
-            ab = float(self.alpha_bar[t])
-            x_t = math.sqrt(ab) * y + math.sqrt(1 - ab) * torch.randn_like(y)
-            cols.append(self.decoder_nll(x, x_t) if t == 1 else self.step_kl(x, x_t, t))
-        cols.append(self.prior_kl(x))
-        return torch.stack(cols, -1)
+        per_chunk = max(1, budget // max(1, y.numel()))
+        steps = list(range(2, self.T + 1))
+        cols = [self.decoder_nll(x, math.sqrt(self.alpha_bar[1]) * y + math.sqrt(1 - self.alpha_bar[1])
+                                 * torch.randn_like(y))]
+        for start in range(0, len(steps), per_chunk):
+            cols.append(self._step_kls(y, steps[start:start + per_chunk]))
+        cols.append(self.prior_kl(x).unsqueeze(-1))
+        return torch.cat([cols[0].unsqueeze(-1), *cols[1:]], -1)
+
+    def _step_kls(self, y: torch.Tensor, steps: list[int]) -> torch.Tensor:
+        """(N, len(steps)): KL(q(x_{t−1} | x_t, x_0) ‖ p_θ(x_{t−1} | x_t)) at one x_t ~ q(x_t | x_0) per t ≥ 2, the
+        timesteps batched along a leading dim of one denoiser call."""
+        k = self._event()
+
+        def col(values) -> torch.Tensor:  # (S, 1, 1, ...) broadcasting against (S, N, *x_shape)
+            return torch.as_tensor(np.asarray(values), dtype=y.dtype, device=y.device).reshape((-1,) + (1,) * (k + 1))
+
+        ab = col([self.alpha_bar[t] for t in steps])
+        x_t = ab.sqrt() * y + (1 - ab).sqrt() * torch.randn((len(steps),) + tuple(y.shape), dtype=y.dtype,
+                                                                 device=y.device)
+        t = torch.as_tensor(steps, dtype=y.dtype, device=y.device).reshape(-1, 1).expand(len(steps), y.shape[0])
+        out, v = self._net(x_t, t)
+        x0_hat = self._x0_from(out, x_t, ab.sqrt(), (1 - ab).sqrt())
+        if v is None:
+            variance = col([self.step_variance(t) for t in steps])
+        else:
+            u = torch.sigmoid(v)
+            variance = torch.exp(u * col(np.log(self.betas[steps])) + (1 - u) * col(self.log_beta_tilde[steps]))
+        kl = _kl_normal(col(self.coef_x0[steps]) * (y - x0_hat), col(self.beta_tilde[steps]), 0.0, variance,
+                        torch.log)
+        return kl.flatten(-k).sum(-1).transpose(0, 1)
+
+    def closed_form_elbo(self, x: torch.Tensor) -> torch.Tensor:
+        """The ELBO per example with every term in closed form: −Σ of :meth:`vlb_terms` (the protocol's
+        lower-variance ELBO; ``ppgen evaluate`` and the validation ELBO use it)."""
+        return -self.vlb_terms(x).sum(-1)
 
     def objective(self, x: Any) -> Any:
         """Per example: the ``objective`` the config names (module docs), one t ~ U{1..T} per example."""
@@ -395,6 +460,7 @@ class DDPM(GenerativeModel):
         sqrt_ab, sqrt_1mab = ops.sqrt(ab), ops.sqrt(1 - ab)
         x_t = sqrt_ab * y + sqrt_1mab * eps
         out = self.denoiser(x_t, t_index * 1.0)
+        out, v = out if self.config.variance == "learned" else (out, None)
         x0_hat = self._x0_from(out, x_t, sqrt_ab, sqrt_1mab)
 
         def per_ex(v: Any) -> Any:
@@ -408,9 +474,16 @@ class DDPM(GenerativeModel):
                 return simple
         # the KL branch at t = 1 is never selected; its variances there are set to 1 so it stays finite
         safe_tilde = np.where(np.arange(T + 1) >= 2, self.beta_tilde, 1.0)
-        sigma2 = np.array([self.step_variance(t) if t >= 2 else 1.0 for t in range(T + 1)])
-        kl = _kl_normal(at(self.coef_x0) * (y - x0_hat), at(safe_tilde), 0.0, at(sigma2), ops.log)
-        nll = self._decoder_nll(x, y, x0_hat, ops)
+        if v is None:
+            sigma2 = at(np.array([self.step_variance(t) if t >= 2 else 1.0 for t in range(T + 1)]))
+            bound_x0 = x0_hat
+        else:  # log σ² = u log β + (1 − u) log β̃; in the hybrid the bound trains the variance only
+            u = ops.sigmoid(v)
+            log_beta = np.log(np.where(np.arange(T + 1) >= 2, self.betas, 1.0))
+            sigma2 = ops.exp(u * at(log_beta) + (1 - u) * at(self.log_beta_tilde))
+            bound_x0 = ops.stop(x0_hat) if self.config.objective == "hybrid" else x0_hat
+        kl = _kl_normal(at(self.coef_x0) * (y - bound_x0), at(safe_tilde), 0.0, sigma2, ops.log)
+        nll = self._decoder_nll(x, y, bound_x0, ops)
         step = ops.where(t_index.reshape(per_example) == 1, nll, kl)
         vlb = T * per_ex(step) + self._prior_kl(y, ops.log)
         return vlb if simple is None else simple + self.config.vlb_weight * vlb
@@ -449,8 +522,8 @@ class DDPM(GenerativeModel):
             return self.sample_ddim(n)
         x = self._start(n)
         for t in range(self.T, 1, -1):
-            mean = float(self.coef_x0[t]) * self._sampling_x0(x, t) + float(self.coef_xt[t]) * x
-            x = mean + math.sqrt(self.step_variance(t)) * torch.randn_like(x)
+            _, mean, variance = self.reverse_step(x, t, clip=True)
+            x = mean + variance ** 0.5 * torch.randn_like(x)
         return self._decoder_mean(self._sampling_x0(x, 1))
 
     @torch.no_grad()

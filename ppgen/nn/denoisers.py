@@ -8,6 +8,10 @@ r"""Denoisers for diffusion models: ε_θ(x_t, t) (or x̂_0, or v̂) shaped like
   embedding added in the middle), one stride-2 down- and up-sampling level per ``channel_mult`` entry, skip
   connections (the DDPM U-Net of Ho et al., 2020, without attention).
 
+``outputs=2`` adds a second head of the same shape (a linear layer / a 3x3 convolution on the last features):
+the interpolation v of a learned reverse-step variance (Nichol & Dhariwal, 2021); ``forward`` then returns
+``(prediction, v)``.
+
 Both take ``(x, t)`` with ``t`` a float tensor shaped like x's leading (batch) dims, accept any number of
 leading dims, and lower to JAX like every :class:`~ppgen.nn.Network` (the lowering rules they need — sin,
 cos, group norm, nearest up-sampling — are in :mod:`ppgen.nn.lower`).
@@ -47,7 +51,8 @@ class TimeEmbedding(nn.Module):
 class MLPDenoiser(Network):
     """(x_t, t) -> output shaped like x_t: h ← SiLU(W_l h + U_l e(t)) for each hidden layer, then linear."""
 
-    def __init__(self, x_shape: Sequence[int], hidden: Sequence[int] = (256, 256), time_dim: int = 64):
+    def __init__(self, x_shape: Sequence[int], hidden: Sequence[int] = (256, 256), time_dim: int = 64,
+                 outputs: int = 1):
         super().__init__()
         self.x_shape = tuple(x_shape)
         self.x_ndim = len(self.x_shape)
@@ -57,14 +62,25 @@ class MLPDenoiser(Network):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.time_proj = nn.ModuleList(nn.Linear(time_dim, b) for b in hidden)
         self.out = nn.Linear(sizes[-1], d)
+        self.out_v = nn.Linear(sizes[-1], d) if _outputs(outputs) == 2 else None
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor):
         e = F.silu(self.time(t))
         h = x.flatten(-self.x_ndim)
         for layer, proj in zip(self.layers, self.time_proj):
             h = F.silu(layer(h) + proj(e))
         out = self.out(h)
-        return out.reshape(out.shape[:-1] + self.x_shape)
+        out = out.reshape(out.shape[:-1] + self.x_shape)
+        if self.out_v is None:
+            return out
+        v = self.out_v(h)
+        return out, v.reshape(v.shape[:-1] + self.x_shape)
+
+
+def _outputs(outputs: int) -> int:
+    if outputs not in (1, 2):
+        raise ValueError(f"a denoiser has 1 or 2 outputs (the prediction, and the variance's v), got {outputs}")
+    return outputs
 
 
 class ResBlock(nn.Module):
@@ -94,7 +110,7 @@ class UNetDenoiser(Network):
     """
 
     def __init__(self, x_shape: Sequence[int], channels: int = 32, channel_mult: Sequence[int] = (1, 2),
-                 time_dim: int = 64, groups: int = 8):
+                 time_dim: int = 64, groups: int = 8, outputs: int = 1):
         super().__init__()
         if len(x_shape) != 3:
             raise ValueError(f"the U-Net needs images shaped (C, H, W), got {tuple(x_shape)}; use net='mlp'")
@@ -126,8 +142,9 @@ class UNetDenoiser(Network):
                 prev = widths[i - 1]
         self.out_norm = nn.GroupNorm(math.gcd(groups, prev), prev)
         self.out = nn.Conv2d(prev, c, 3, 1, 1)
+        self.out_v = nn.Conv2d(prev, c, 3, 1, 1) if _outputs(outputs) == 2 else None
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor):
         lead = x.shape[:-3]
         h = x.reshape((-1,) + self.x_shape)
         e = F.silu(self.time(t.reshape(-1)))
@@ -143,5 +160,8 @@ class UNetDenoiser(Network):
             h = block(torch.cat([h, skips[len(skips) - 1 - i]], 1), e)
             if i < len(self.upsample):
                 h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        h = self.out(F.silu(self.out_norm(h)))
-        return h.reshape(lead + self.x_shape)
+        h = F.silu(self.out_norm(h))
+        out = self.out(h).reshape(lead + self.x_shape)
+        if self.out_v is None:
+            return out
+        return out, self.out_v(h).reshape(lead + self.x_shape)
