@@ -301,7 +301,9 @@ def test_hybrid_is_simple_plus_lambda_vlb():
     (lambda: MLPDenoiser((2,), (16, 16), 8), (2,)),
     (lambda: MLPDenoiser((1, 4, 4), (16,), 8), (1, 4, 4)),
     (lambda: UNetDenoiser((1, 8, 8), channels=4, channel_mult=(1, 2), time_dim=8, groups=2), (1, 8, 8)),
-], ids=["mlp", "mlp-image", "unet"])
+    (lambda: UNetDenoiser((1, 8, 8), channels=4, channel_mult=(1, 2), time_dim=8, groups=2, attention=True),
+     (1, 8, 8)),
+], ids=["mlp", "mlp-image", "unet", "unet-attention"])
 def test_denoisers_lower_to_jax(make, shape):
     """sin/cos time embedding, group norm and nearest up-sampling lowered: torch and JAX agree, any leading dims."""
     torch.manual_seed(0)
@@ -332,6 +334,31 @@ def test_denoisers_with_a_variance_head_lower_to_jax(make, shape):
     assert len(want) == len(got) == 2
     for a, b in zip(got, want):
         np.testing.assert_allclose(np.asarray(a), b.numpy(), atol=2e-5, rtol=1e-5)
+
+
+def test_attention_block_starts_as_the_identity_and_then_mixes_every_pixel():
+    """With its output projection at zero (its initialization) the U-Net with attention computes what the U-Net
+    without it computes; once trained (weights perturbed), the output at one pixel depends on the input at every
+    pixel through one attention layer (gradient of the block's output at pixel 0 wrt each input pixel ≠ 0)."""
+    from ppgen.nn.denoisers import SelfAttention
+
+    torch.manual_seed(0)
+    plain = UNetDenoiser((1, 8, 8), channels=4, channel_mult=(1, 2), time_dim=8, groups=2)
+    attn = UNetDenoiser((1, 8, 8), channels=4, channel_mult=(1, 2), time_dim=8, groups=2, attention=True)
+    missing, _ = attn.load_state_dict(plain.state_dict(), strict=False)
+    assert missing and all(name.startswith("attention.") for name in missing)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3.0, 50.0])
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x, t), plain(x, t))
+    block = SelfAttention(4, 2)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    h = torch.randn(1, 4, 5, 5, requires_grad=True)
+    block(h)[0, :, 0, 0].sum().backward()
+    assert (h.grad.abs().sum(1) > 0).all()
+    with pytest.raises(UserError, match="--denoiser unet"):
+        DDPM((2,), likelihood="gaussian", attention=True)
 
 
 def test_interpolate_other_than_integer_nearest_is_not_lowerable():

@@ -105,6 +105,7 @@ class DDPMConfig:
     time_dim: int = _opt(64, "size of the sinusoidal time embedding")
     channels: int = _opt(32, "U-Net base channels")
     channel_mult: tuple[int, ...] = _opt((1, 2), "U-Net channel multiplier per resolution level")
+    attention: bool = _opt(False, "U-Net: a self-attention block at the lowest resolution")
     levels: int = _opt(256, "grey levels of the discretized decoder (data k/(levels-1) in [0, 1])")
 
 
@@ -126,6 +127,8 @@ def _check(config: DDPMConfig) -> None:
                         "hybrid or vlb")
     if c.eta < 0 or c.vlb_weight < 0:
         raise UserError(f"ddpm: --eta and --vlb-weight must be non-negative, got {c.eta} and {c.vlb_weight}")
+    if c.attention and c.denoiser != "unet":
+        raise UserError("ddpm: --attention is a block of the U-Net; add --denoiser unet")
     if c.levels < 2:
         raise UserError(f"ddpm: --levels must be at least 2, got {c.levels}")
     if not c.hidden or min(c.hidden) < 1 or c.time_dim < 4 or c.time_dim % 2 or c.channels < 1:
@@ -222,10 +225,10 @@ class DDPM(GenerativeModel):
                  prediction: str = "eps", variance: str = "beta", objective: str = "simple",
                  vlb_weight: float = 0.001, sampler: str = "ancestral", sample_steps: int = 0, eta: float = 0.0,
                  denoiser: str = "mlp", time_dim: int = 64, channels: int = 32, channel_mult: Sequence[int] = (1, 2),
-                 levels: int = 256):
+                 levels: int = 256, attention: bool = False):
         config = DDPMConfig(tuple(x_shape), likelihood, tuple(hidden), int(timesteps), schedule, prediction, variance,
                             objective, float(vlb_weight), sampler, int(sample_steps), float(eta), denoiser,
-                            int(time_dim), int(channels), tuple(channel_mult), int(levels))
+                            int(time_dim), int(channels), tuple(channel_mult), bool(attention), int(levels))
         _check(config)
         super().__init__(config)
         T = config.timesteps
@@ -246,7 +249,8 @@ class DDPM(GenerativeModel):
             self.denoiser = MLPDenoiser(x_shape, hidden, time_dim, outputs=outputs)
         else:
             try:
-                self.denoiser = UNetDenoiser(x_shape, channels, channel_mult, time_dim, outputs=outputs)
+                self.denoiser = UNetDenoiser(x_shape, channels, channel_mult, time_dim, outputs=outputs,
+                                             attention=attention)
             except ValueError as err:
                 raise UserError(f"ddpm: {err}") from None
 

@@ -6,7 +6,8 @@ r"""Denoisers for diffusion models: ε_θ(x_t, t) (or x̂_0, or v̂) shaped like
   projection of the time embedding.
 * :class:`UNetDenoiser` — for images (C, H, W): residual blocks (group norm, SiLU, 3x3 convolutions, the time
   embedding added in the middle), one stride-2 down- and up-sampling level per ``channel_mult`` entry, skip
-  connections (the DDPM U-Net of Ho et al., 2020, without attention).
+  connections (the DDPM U-Net of Ho et al., 2020); ``attention=True`` adds a self-attention block at the lowest
+  resolution, after the middle residual block (Ho et al. put one at 16x16; :class:`SelfAttention`).
 
 ``outputs=2`` adds a second head of the same shape (a linear layer / a 3x3 convolution on the last features):
 the interpolation v of a learned reverse-step variance (Nichol & Dhariwal, 2021); ``forward`` then returns
@@ -102,6 +103,28 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+class SelfAttention(nn.Module):
+    """Single-head self-attention over the pixels of (B, C, H, W) features, with a residual connection:
+    h + W_o softmax(QᵀK / √C) V, with Q, K, V = 1x1 convolutions of GroupNorm(h) (Vaswani et al., 2017; the block
+    of the DDPM U-Net, Ho et al., 2020). The output projection starts at zero, so the block starts as the
+    identity."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(math.gcd(groups, channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        self.scale = 1.0 / math.sqrt(channels)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(self.norm(h)).flatten(2).chunk(3, 1)  # each (B, C, HW)
+        weights = F.softmax(torch.matmul(q.transpose(1, 2), k) * self.scale, dim=-1)  # (B, HW, HW)
+        out = torch.matmul(v, weights.transpose(1, 2))  # (B, C, HW)
+        return h + self.proj(out.reshape(h.shape))
+
+
 class UNetDenoiser(Network):
     """(x_t, t) -> output shaped like x_t (C, H, W): a small U-Net (see the module docs).
 
@@ -110,7 +133,7 @@ class UNetDenoiser(Network):
     """
 
     def __init__(self, x_shape: Sequence[int], channels: int = 32, channel_mult: Sequence[int] = (1, 2),
-                 time_dim: int = 64, groups: int = 8, outputs: int = 1):
+                 time_dim: int = 64, groups: int = 8, outputs: int = 1, attention: bool = False):
         super().__init__()
         if len(x_shape) != 3:
             raise ValueError(f"the U-Net needs images shaped (C, H, W), got {tuple(x_shape)}; use net='mlp'")
@@ -132,6 +155,7 @@ class UNetDenoiser(Network):
             if i < len(widths) - 1:
                 self.downsample.append(nn.Conv2d(w, w, 3, 2, 1))
         self.mid = ResBlock(prev, prev, time_dim, groups)
+        self.attention = SelfAttention(prev, groups) if attention else None
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
         for i, w in reversed(list(enumerate(widths))):
@@ -156,6 +180,8 @@ class UNetDenoiser(Network):
             if i < len(self.downsample):
                 h = self.downsample[i](h)
         h = self.mid(h, e)
+        if self.attention is not None:
+            h = self.attention(h)
         for i, block in enumerate(self.up):
             h = block(torch.cat([h, skips[len(skips) - 1 - i]], 1), e)
             if i < len(self.upsample):

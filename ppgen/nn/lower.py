@@ -252,6 +252,8 @@ def _call_method(name: str, obj, *args, **kwargs):
         return elementwise[name](obj)
     if name == "contiguous":
         return obj
+    if name == "transpose":
+        return jnp.swapaxes(obj, *(args or (kwargs["dim0"], kwargs["dim1"])))
     raise NotLowerable(f"tensor method .{name}()")
 
 
