@@ -1,0 +1,137 @@
+"""Data-parallel training on loopback (gloo): 2 processes on shards train as 1 process on the whole batch.
+
+The two-process runs are subprocesses with torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR=127.0.0.1, a free
+port); the one-process reference runs here meanwhile. The models of the equivalence test draw no noise (a VQ-VAE:
+point-mass guide; a GAN whose latent is a fixed function of the batch), so the only differences are float32
+summation orders: over 16 Adam steps of O(1e-3) each, 1e-5 absolute (about 100 float32 ulps of the weights)
+bounds them; a wrong reduction (a rank on its own half, averaged plate terms, an EMA codebook of half a batch)
+moves the weights or the reported loss by far more (checked below on the gradients, whose sum over the plate is
+twice their mean).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import distributed_worker as worker
+import pytest
+import torch
+
+from ppgen import runs
+from ppgen.cli import main
+from ppgen.errors import UserError
+from ppgen.inference import distributed
+from ppgen.inference.distributed import Group
+
+ROOT = Path(__file__).resolve().parent.parent
+ATOL = 1e-5
+
+
+def _start(argv: list[str], world: int, port: int, **env) -> list[subprocess.Popen]:
+    base = {**os.environ, "PYTHONPATH": str(ROOT), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port), "PPGEN_DIST_TIMEOUT": "30", **env}
+    return [subprocess.Popen([sys.executable, *argv], env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+            for r in range(world)]
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = 240) -> list[tuple[int, str]]:
+    out = []
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        out.append((p.returncode, err))
+    return out
+
+
+def _flat(weights: dict) -> dict[str, torch.Tensor]:
+    if "critic" in weights:
+        return {**{"pair." + k: v for k, v in weights["pair"].items()},
+                **{"critic." + k: v for k, v in weights["critic"].items()}}
+    return weights
+
+
+def _figures(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in ("seconds", "wall", "images_per_s")} for row in history]
+
+
+def test_two_processes_train_as_one_process_on_the_whole_batch(tmp_path):
+    procs = _start([str(ROOT / "tests" / "distributed_worker.py"), str(tmp_path)], 2, distributed.free_port())
+    reference = {"svi": worker.train_svi(), "adversarial": worker.train_adversarial()}
+    grads = worker.svi_gradients(0, 1)
+    for code, err in _finish(procs):
+        assert code == 0, err[-2000:]
+    # the plate scaling: the shards' gradients add up to the whole batch's (an average would be half of it)
+    for rank in (0, 1):
+        shards = torch.load(tmp_path / f"gradients-rank{rank}.pt")
+        assert shards.keys() == grads.keys()
+        for name, g in grads.items():
+            torch.testing.assert_close(shards[name], g, atol=ATOL, rtol=1e-4, msg=name)
+    for kind, (weights, history) in reference.items():
+        ranks = [torch.load(tmp_path / f"{kind}-rank{r}.pt", weights_only=False) for r in (0, 1)]
+        one, (two0, two1) = _flat(weights), (_flat(r["weights"]) for r in ranks)
+        assert one.keys() == two0.keys()
+        for name in one:
+            assert torch.equal(two0[name], two1[name]), f"{kind}: {name} differs between the ranks"
+            torch.testing.assert_close(two0[name], one[name], atol=ATOL, rtol=0, msg=f"{kind}: {name}")
+        moved = max((one[k].float() - w0.float()).abs().max().item() for k, w0 in _initial(kind).items())
+        assert moved > 100 * ATOL  # training moved the weights far beyond the tolerance
+        for row2, row1 in zip(_figures(ranks[0]["history"]), _figures(history), strict=True):
+            assert row2.keys() == row1.keys()
+            for key in row1:
+                assert row2[key] == pytest.approx(row1[key], rel=1e-5), f"{kind}: {key}"
+
+
+def _initial(kind: str) -> dict[str, torch.Tensor]:
+    """The weights before training (the generator's, for the adversarial run)."""
+    torch.manual_seed(0)
+    if kind == "svi":
+        return worker.VQVAE((1, 8, 8), **worker.VQ).state_dict()
+    return {"pair." + k: v for k, v in worker.FixedLatentGAN(x_shape=(2,), z_dim=2, hidden=(16, 16)).state_dict().items()}
+
+
+def test_a_killed_rank_stops_the_other_and_the_last_checkpoint_resumes(tmp_path):
+    run = tmp_path / "run"
+    argv = ["-m", "ppgen", "train", "vae", "--data", "digits", "--hidden", "16", "--z-dim", "2", "--batch-size",
+            "64", "--epochs", "1000", "--no-progress", "--out", str(run)]
+    procs = _start(argv, 2, distributed.free_port())
+    deadline = time.monotonic() + 180
+    while not (run / runs.CHECKPOINT).exists():
+        assert time.monotonic() < deadline and procs[0].poll() is None, procs[0].communicate()[1][-2000:]
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGKILL)
+    (code, err), _ = _finish(procs, timeout=60)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err[-2000:]
+    assert "lost a peer" in lines[0] and f"--resume {run}" in lines[0]
+    done = runs.load_checkpoint(run)["state"]["epoch"]
+    assert 1 <= done < 1000 and f"checkpoint of epoch {done} is intact" in lines[0]
+    assert main(["train", "vae", "--resume", str(run), "--epochs", str(done + 1), "--no-progress"]) == 0  # one process
+    assert runs.load_checkpoint(run)["state"]["epoch"] == done + 1
+
+
+def test_each_rank_takes_its_slice_of_every_steps_batch():
+    x = torch.arange(40.0)[:, None]
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(1))
+    for step in range(5):
+        whole = Group().shard(x, order, step, 8)
+        parts = [Group(rank, 4).shard(x, order, step, 8) for rank in range(4)]
+        assert torch.equal(torch.cat(parts), whole) and all(len(p) == 2 for p in parts)
+    with pytest.raises(UserError, match="multiple of 3"):
+        distributed.check_batch(64, Group(0, 3))
+
+
+def test_nproc_is_dropped_from_the_launched_command_line():
+    from ppgen.cli import _without_nproc
+
+    argv = ["train", "vae", "--nproc", "2", "--epochs", "3", "--nproc=4"]
+    assert _without_nproc(argv) == ["train", "vae", "--epochs", "3"]
