@@ -135,3 +135,65 @@ def test_nproc_is_dropped_from_the_launched_command_line():
 
     argv = ["train", "vae", "--nproc", "2", "--epochs", "3", "--nproc=4"]
     assert _without_nproc(argv) == ["train", "vae", "--epochs", "3"]
+
+
+# -- NUTS across JAX devices ---------------------------------------------------------------------------------
+NUTS_ACROSS = dict(points=[0, 1, 2], chains=2, warmup=150, samples=300, seed=0)
+NUTS_SCRIPT = """
+import json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"  # before jax is imported
+sys.path.insert(0, {tests!r})
+import jax, torch, ppgen
+from support import known_ppca
+import test_distributed as t
+fit = ppgen.fit(known_ppca(), t.nuts_points(), backend="nuts", chain_method="parallel", **t.NUTS_ACROSS)
+print(json.dumps({{"devices": jax.local_device_count(), **t.nuts_summary(fit)}}))
+"""
+
+
+def nuts_points():
+    import ppgen
+
+    g = torch.Generator().manual_seed(5)
+    return ppgen.data.from_tensor(torch.randn(3, 5, generator=g) * 2)
+
+
+def nuts_summary(fit) -> dict:
+    """Posterior mean and sd of every point's z, with their Monte Carlo standard errors (ArviZ)."""
+    import arviz as az
+    import numpy as np
+
+    ds = az.convert_to_dataset({"z": np.asarray(fit.samples["z"])})  # (chain, draw, point, dim)
+    z = ds["z"]
+    return {"mean": z.mean(("chain", "draw")).values.tolist(), "sd": z.std(("chain", "draw")).values.tolist(),
+            "se_mean": az.mcse(ds, method="mean")["z"].values.tolist(),
+            "se_sd": az.mcse(ds, method="sd")["z"].values.tolist()}
+
+
+def test_nuts_over_two_host_devices_samples_the_posterior_one_device_does():
+    """Points × chains split over 2 XLA host devices (pmap) against one device (vmap), both against the PPCA's
+    exact posterior; the draws differ (float order moves NUTS trajectories) so statistics are compared, 4 SE."""
+    import json
+
+    import numpy as np
+    from support import known_ppca
+
+    import ppgen
+
+    proc = subprocess.Popen([sys.executable, "-c", NUTS_SCRIPT.format(tests=str(ROOT / "tests"))],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    pair = known_ppca()
+    one = nuts_summary(ppgen.fit(pair, nuts_points(), backend="nuts", chain_method="vectorized", **NUTS_ACROSS))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    two = json.loads(out.strip().splitlines()[-1])
+    assert two["devices"] == 2
+    with torch.no_grad():
+        exact = pair.posterior(nuts_points().train)
+    exact_mean, exact_sd = exact.mean.numpy(), exact.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt().numpy()
+    for fit in (one, two):
+        assert np.all(np.abs(np.array(fit["mean"]) - exact_mean) < 4 * np.array(fit["se_mean"]))
+        assert np.all(np.abs(np.array(fit["sd"]) - exact_sd) < 4 * np.array(fit["se_sd"]))
+    se = np.hypot(np.array(one["se_mean"]), np.array(two["se_mean"]))
+    assert np.all(np.abs(np.array(one["mean"]) - np.array(two["mean"])) < 4 * se)
