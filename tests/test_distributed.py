@@ -197,3 +197,37 @@ def test_nuts_over_two_host_devices_samples_the_posterior_one_device_does():
         assert np.all(np.abs(np.array(fit["sd"]) - exact_sd) < 4 * np.array(fit["se_sd"]))
     se = np.hypot(np.array(one["se_mean"]), np.array(two["se_mean"]))
     assert np.all(np.abs(np.array(one["mean"]) - np.array(two["mean"])) < 4 * se)
+
+
+# -- the GPU path, checked without a GPU ----------------------------------------------------------------------
+@pytest.mark.parametrize("backend, options", [("svi", {"engine": "torch"}), ("svi", {"engine": "auto"}),
+                                              ("adversarial", {})])
+def test_every_engine_takes_device_cuda_to_the_device_check(backend, options):
+    """No GPU here: --device cuda reaches check_torch_device on every engine (auto falls back from JAX) and is
+    refused there in one line, not run on the CPU or crashed inside torch."""
+    from support import tiny_vae
+
+    import ppgen
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: gpu.sh runs these for real")
+    pair = tiny_vae(likelihood="gaussian")
+    data = ppgen.data.from_tensor(torch.rand(16, 12))
+    with pytest.raises(UserError, match="no CUDA GPU is visible; use --device cpu"):
+        ppgen.fit(pair, data, backend=backend, device="cuda", epochs=1, batch_size=8, progress=False, **options)
+
+
+def test_under_a_launcher_cuda_means_this_processs_gpu(monkeypatch):
+    from ppgen.inference import loop
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert loop.check_torch_device("cuda") == torch.device("cuda:1")
+    assert loop.check_torch_device("cuda:0") == torch.device("cuda:0")  # an explicit index is kept
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(UserError, match="only 2 GPU"):
+        loop.check_torch_device("cuda")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert loop.check_torch_device("cuda") == torch.device("cuda")
