@@ -231,3 +231,26 @@ def test_under_a_launcher_cuda_means_this_processs_gpu(monkeypatch):
         loop.check_torch_device("cuda")
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert loop.check_torch_device("cuda") == torch.device("cuda")
+
+
+def test_shard_scale_counts_global_and_subsampled_terms_once_over_the_processes():
+    """On 2 processes a global site and a subsampled plate's sites get half their one-process scale; the terms of
+    a data plate that is the shard itself keep scale 1 (they are this process's own)."""
+    from pyro import poutine
+
+    from ppgen.inference.distributed import ShardScale
+    from ppgen.ppl import dist, pyro
+
+    def subsampled():
+        pyro.sample("w", dist.Normal(0.0, 1.0))  # global
+        with pyro.plate("data", 100, subsample_size=10):
+            pyro.sample("x_sub", dist.Normal(0.0, 1.0))
+
+    def whole():
+        with pyro.plate("data", 10):
+            pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    scales = {name: site["scale"] for model in (subsampled, whole)
+              for name, site in poutine.trace(ShardScale(2, "data")(model)).get_trace().nodes.items()
+              if site["type"] == "sample" and name != "data"}
+    assert scales["w"] == 0.5 and scales["x_sub"] == pytest.approx(100 / 10 / 2) and scales["x"] == 1.0

@@ -44,6 +44,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+from pyro.poutine.messenger import Messenger
 from torch import distributed as dist
 
 from ppgen.errors import UserError
@@ -148,6 +149,27 @@ class Group:
                     _collective(dist.broadcast, p.data, 0)
 
 
+class ShardScale(Messenger):
+    """Scale a shard's sites so that the sum over processes is one process's ELBO on the whole batch.
+
+    Terms of the data plate at scale 1 (the plate is the shard) are the shard's own: kept. A site outside the
+    data plate (a global latent) is counted by every process: scaled 1/N. A site in a subsampled data plate
+    (``plate(size=num_data, subsample_size=b)``) carries Pyro's num_data/b, N times one process's num_data/B:
+    scaled 1/N.
+    """
+
+    def __init__(self, world: int, data_plate: str):
+        super().__init__()
+        self.world, self.data_plate = world, data_plate
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["type"] != "sample":
+            return
+        frame = next((f for f in msg["cond_indep_stack"] if f.name == self.data_plate), None)
+        if frame is None or (frame.full_size is not None and frame.full_size != frame.size):
+            msg["scale"] = msg["scale"] / self.world
+
+
 def _collective(op, *args) -> None:
     try:
         op(*args)
@@ -233,5 +255,5 @@ def launch(nproc: int, argv: list[str], grace_s: float = 30.0) -> int:
     return next((c for c in codes if c != 0), 0)
 
 
-__all__ = ["Group", "PeerLost", "check_batch", "device_of", "is_writer", "join", "launch", "launched", "leave",
+__all__ = ["Group", "PeerLost", "ShardScale", "check_batch", "device_of", "is_writer", "join", "launch", "launched", "leave",
            "rank_seed"]

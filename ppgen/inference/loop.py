@@ -17,7 +17,13 @@ plain values. The loop owns everything around it, once for all engines:
 * a NaN or infinite loss or weight: the last good epoch's weights come back and
   ``fit.stopped`` says what happened and what to do;
 * the progress bar (stderr, when it is a terminal, or ``progress=True``), and
-  ``on_epoch_end(fit)``, where a run writes its checkpoint.
+  ``on_epoch_end(fit)``, where a run writes its checkpoint;
+* data parallelism: under ``torchrun`` (or ``ppgen train --nproc N``) the loop joins the process
+  group and hands the engine a :class:`~ppgen.inference.distributed.Group` in the plan: the engine
+  takes ``plan.rows(order, step)`` (its shard of the step's batch) and reduces its gradients with
+  ``plan.group.reduce_step``; the loop gives every process rank 0's weights at the start, its own
+  torch seed, and reduces buffers after every epoch (:mod:`ppgen.inference.distributed`). An
+  engine without ``modules`` (the JAX engine) is single-process.
 """
 
 from __future__ import annotations

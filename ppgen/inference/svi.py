@@ -182,6 +182,9 @@ class TorchState:
 
 
 def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchState:
+    if distributed.launched() > 1 and options.free_bits > 0:
+        raise OptionError("free_bits", options.free_bits, "the free-bits floor is taken on the batch mean of each "
+                          "KL, which does not split over processes; train with one process or without free bits")
     device = loop.check_torch_device(options.device)
     pair.to(device)
     loss_fn = (ObjectiveLoss(pair) if pair.has_objective
@@ -219,6 +222,9 @@ def _torch_epoch(state: TorchState, plan: loop.EpochPlan) -> tuple[TorchState, l
         scale = ScaleLatents(b) if b != 1.0 else None
         state.optimizer.zero_grad(set_to_none=True)
         model, guide = (pair.model, pair.guide) if scale is None else (scale(pair.model), scale(pair.guide))
+        if plan.group.world > 1:  # global and subsampled terms: each process takes its 1/N share
+            shard = distributed.ShardScale(plan.group.world, pair.data_plate)
+            model, guide = shard(model), shard(guide)
         value = _loss_and_grads(state.loss_fn, model, guide, xb)
         # data-parallel: the ELBO sums over the plate, so the gradients (and loss) of the shards add up to one
         # process's on the whole batch
