@@ -99,20 +99,33 @@ def _initial(kind: str) -> dict[str, torch.Tensor]:
     return {"pair." + k: v for k, v in worker.FixedLatentGAN(x_shape=(2,), z_dim=2, hidden=(16, 16)).state_dict().items()}
 
 
+def _child_with_rank(parent: int, rank: int) -> int:
+    """The pid of the process ``parent`` launched as ``RANK=rank`` (Linux /proc)."""
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if f"RANK={rank}".encode() in environ:
+                return int(pid)
+    raise AssertionError(f"no child of {parent} with RANK={rank}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the launched ranks through Linux /proc")
 def test_a_killed_rank_stops_the_other_and_the_last_checkpoint_resumes(tmp_path):
+    """`ppgen train --nproc 2` (the one-machine launcher); rank 1 killed after the first checkpoint."""
     run = tmp_path / "run"
-    argv = ["-m", "ppgen", "train", "vae", "--data", "digits", "--hidden", "16", "--z-dim", "2", "--batch-size",
-            "64", "--epochs", "1000", "--no-progress", "--out", str(run)]
-    procs = _start(argv, 2, distributed.free_port())
+    argv = [sys.executable, "-m", "ppgen", "train", "vae", "--data", "digits", "--hidden", "16", "--z-dim", "2",
+            "--batch-size", "64", "--epochs", "1000", "--no-progress", "--out", str(run), "--nproc", "2"]
+    launcher = subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": str(ROOT), "PPGEN_DIST_TIMEOUT": "30"},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     deadline = time.monotonic() + 180
     while not (run / runs.CHECKPOINT).exists():
-        assert time.monotonic() < deadline and procs[0].poll() is None, procs[0].communicate()[1][-2000:]
+        assert time.monotonic() < deadline and launcher.poll() is None, launcher.communicate()[1][-2000:]
         time.sleep(0.2)
-    procs[1].send_signal(signal.SIGKILL)
-    (code, err), _ = _finish(procs, timeout=60)
+    os.kill(_child_with_rank(launcher.pid, 1), signal.SIGKILL)
+    ((code, err),) = _finish([launcher], timeout=60)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, err[-2000:]
-    assert "lost a peer" in lines[0] and f"--resume {run}" in lines[0]
+    assert lines[0].startswith("ppgen: error: process 0 of 2 lost a peer") and f"--resume {run}" in lines[0]
     done = runs.load_checkpoint(run)["state"]["epoch"]
     assert 1 <= done < 1000 and f"checkpoint of epoch {done} is intact" in lines[0]
     assert main(["train", "vae", "--resume", str(run), "--epochs", str(done + 1), "--no-progress"]) == 0  # one process
@@ -254,3 +267,17 @@ def test_shard_scale_counts_global_and_subsampled_terms_once_over_the_processes(
               for name, site in poutine.trace(ShardScale(2, "data")(model)).get_trace().nodes.items()
               if site["type"] == "sample" and name != "data"}
     assert scales["w"] == 0.5 and scales["x_sub"] == pytest.approx(100 / 10 / 2) and scales["x"] == 1.0
+
+
+def test_under_a_launcher_the_svi_engine_is_torch_and_says_why(monkeypatch):
+    from support import tiny_vae
+
+    from ppgen.inference.options import SVIOptions
+    from ppgen.inference.svi import choose_engine
+
+    pair = tiny_vae()
+    assert choose_engine(pair, SVIOptions())[0] == "jax"  # alone: the pair lowers
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for engine in ("auto", "jax"):
+        name, why = choose_engine(pair, SVIOptions(engine=engine))
+        assert name == "torch" and "data-parallel over 2 processes runs on the torch engine" in why
