@@ -51,7 +51,7 @@ from pyro import poutine
 from torch.nn import functional as F
 
 from ppgen.errors import UserError
-from ppgen.inference import loop
+from ppgen.inference import distributed, loop
 from ppgen.inference.fit import Fit, register
 from ppgen.inference.options import LOSSES, OPTIMIZERS, X_DRAWS, AdversarialOptions, make
 from ppgen.nn.critics import critic_for
@@ -200,6 +200,10 @@ def _init_with(critic: torch.nn.Module | None):
         x0 = data.train_epoch(0)
         if len(x0) < o.batch_size:
             raise UserError(f"only {len(x0)} training examples for a batch of {o.batch_size}; lower --batch-size")
+        world = distributed.launched()
+        if world > 1 and (o.batch_size // world) % o.pack:
+            raise UserError(f"each of the {world} processes takes {o.batch_size // world} examples of a batch, not a "
+                            f"multiple of pack={o.pack}; give --batch-size a multiple of {world * o.pack}")
         torch.manual_seed(o.seed)
         check_pair(pair, x0, o.loss, o.x_draw)
         net = critic if critic is not None else _make_critic(pair, x0, o)

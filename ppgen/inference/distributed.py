@@ -235,6 +235,7 @@ def launch(nproc: int, argv: list[str], grace_s: float = 30.0) -> int:
     """
     env = {**os.environ, "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(free_port())}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # as torchrun: no oversubscription
     procs = [subprocess.Popen([sys.executable, "-m", "ppgen", *argv],
                               env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(nproc)]
     failed_at = None
