@@ -12,7 +12,8 @@ each in its own processes, rounds interleaved (rotated order), the median over r
 after the first. Efficiency = images/s of 2 procs / (2 x images/s of 1 proc x 1 thread).
 
 ``allreduce``: 2 processes (gloo, loopback) time the step's one flat all-reduce (``Group.reduce_step``: gradients,
-has-gradient flags and the loss) for the VAE's 0.69 M parameters and for the diffusion U-Net (``UNetDenoiser``,
+has-gradient flags and the loss; both processes enter it together, after a barrier, so waiting for the slower
+process is not counted) for the VAE's 0.69 M parameters and for the diffusion U-Net (``UNetDenoiser``,
 channels 32, mult 1,2, on 1x28x28), beside the compute of one training step of each (forward + backward at
 batch 128 per process, i.e. 256 in all), measured in the same processes at the same time.
 
@@ -81,18 +82,21 @@ def allreduce_worker(args) -> None:
         loss_fn = ObjectiveLoss(pair) if pair.has_objective else make_elbo("trace", 1, 1)
         compute, reduce = [], []
         reps = args.reps if name == "vae" else max(3, args.reps // 10)  # the U-Net step is ~100x the VAE's
-        for rep in range(reps + 2):
+        for rep in range(reps + 1):  # the step's compute, both processes at once (the first left out)
             for p in params:
                 p.grad = None
             start = time.perf_counter()
             loss_fn.differentiable_loss(pair.model, pair.guide, x).backward()
             _sync(device)
-            mid = time.perf_counter()
+            if rep:
+                compute.append(time.perf_counter() - start)
+        for _ in range(args.reps + 1):  # the all-reduce alone: both processes enter it together (a barrier)
+            torch.distributed.barrier()
+            start = time.perf_counter()
             group.reduce_step(params, [0.0], mean=False)
             _sync(device)
-            if rep >= 2:
-                compute.append(mid - start)
-                reduce.append(time.perf_counter() - mid)
+            reduce.append(time.perf_counter() - start)
+        reduce = reduce[1:]
         out[name] = {"params": sum(p.numel() for p in params), "compute_ms": 1e3 * statistics.median(compute),
                      "allreduce_ms": 1e3 * statistics.median(reduce)}
     if group.rank == 0:
