@@ -281,3 +281,14 @@ def test_under_a_launcher_the_svi_engine_is_torch_and_says_why(monkeypatch):
     for engine in ("auto", "jax"):
         name, why = choose_engine(pair, SVIOptions(engine=engine))
         assert name == "torch" and "data-parallel over 2 processes runs on the torch engine" in why
+
+
+def test_free_bits_is_refused_over_processes_before_joining(monkeypatch):
+    from support import binary, tiny_vae
+
+    import ppgen
+    from ppgen.inference.options import OptionError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # no MASTER_ADDR: joining would fail; the refusal comes first
+    with pytest.raises(OptionError, match="does not split over processes"):
+        ppgen.fit(tiny_vae(), ppgen.data.from_tensor(binary(16)), engine="torch", free_bits=0.1, progress=False)

@@ -182,9 +182,6 @@ class TorchState:
 
 
 def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchState:
-    if distributed.launched() > 1 and options.free_bits > 0:
-        raise OptionError("free_bits", options.free_bits, "the free-bits floor is taken on the batch mean of each "
-                          "KL, which does not split over processes; train with one process or without free bits")
     device = loop.check_torch_device(options.device)
     pair.to(device)
     loss_fn = (ObjectiveLoss(pair) if pair.has_objective
@@ -296,6 +293,9 @@ def fit_svi(pair, data, *, progress: bool | None = None, callback: Callable[[Fit
     """
     opts = make(SVIOptions, options)
     check_objective_options(pair, opts)
+    if distributed.launched() > 1 and opts.free_bits > 0:
+        raise OptionError("free_bits", opts.free_bits, "the free-bits floor is taken on the batch mean of each KL, "
+                          "which does not split over processes; train with one process or without free bits")
     pair.check_data(data.train_epoch(0), "training data")
     if resume is not None:
         written_by = resume.get("options", {}).get("engine", "torch") if isinstance(resume, dict) else "torch"
