@@ -61,8 +61,8 @@ train vqvae vqvae --data digits --downsample 1
 train ddpm-mlp ddpm --data digits
 train ddpm-unet ddpm --data mnist --denoiser unet
 train gpvae gpvae --data digits
-train ppca ppca --data digits --binarize none
-train factor-analysis factor_analysis --data digits --binarize none
+train ppca ppca --data ring8
+train factor-analysis factor_analysis --data ring8
 train prodlda prodlda --data news
 train dirvae dirvae --data news
 train gan-ns gan --data ring8
