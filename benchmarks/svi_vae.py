@@ -96,7 +96,7 @@ class _EpochStamps:
             self.loop.progress_bar, self.stamps = self.original, None
 
 
-def ppgen_runner(data, elbo: str, engine: str = "torch", on_epoch_end: bool = False):
+def ppgen_runner(data, elbo: str, engine: str = "torch", on_epoch_end: bool = False, device: str = "cpu"):
     """Each round continues one run (``resume=`` the last checkpoint) for 2 + ``epochs`` epochs and times
     ``epochs`` whole epochs of the loop, from the start of the second to the start of the last: the first
     (compilation on the JAX engine) and the end of the call (the weights copied back, the checkpoint) are
@@ -112,6 +112,7 @@ def ppgen_runner(data, elbo: str, engine: str = "torch", on_epoch_end: bool = Fa
         with recorder.recording() as stamps:
             fit = ppgen.fit(pair, data, backend="svi", epochs=done + epochs + 2, batch_size=BATCH, lr=LR,
                             elbo=elbo, engine=engine, progress=False, callback=None, resume=holder["checkpoint"],
+                            device=device,
                             announce=lambda message: None,
                             on_epoch_end=(lambda f: None) if on_epoch_end else None)
         holder["checkpoint"] = fit.checkpoint()
@@ -143,7 +144,7 @@ def pyro_runner(x, all_validation_off: bool, shared: dict):
 
 def torch_runner(x_flat, compiled: bool = False, fused: bool = False):
     torch.manual_seed(0)
-    vae = B.TorchVAE(Z, HIDDEN)
+    vae = B.TorchVAE(Z, HIDDEN).to(x_flat.device)
     opt = torch.optim.Adam(vae.parameters(), lr=LR, **({"fused": True} if fused else {}))
     g = torch.Generator().manual_seed(0)
     step = B.compiled_torch_step(vae, opt) if compiled else None
@@ -271,6 +272,9 @@ def main(argv=None) -> dict:
                         help="also time the default ppgen.fit with an on_epoch_end hook (as `ppgen train` runs it)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", default="runs/bench/svi_vae.json", help="where to write the figures")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: the ppgen torch-engine and plain torch rows "
+                        "(the Pyro tutorial rows run on CPU only and are left out on cuda; the JAX rows run on JAX's "
+                        "default device)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -280,7 +284,7 @@ def main(argv=None) -> dict:
 
     torch.manual_seed(0)
     data = ppgen.data.load("mnist", binarize="threshold")
-    x_flat = data.train.reshape(len(data.train), -1).contiguous()
+    x_flat = data.train.reshape(len(data.train), -1).contiguous().to(args.device)
     print(f"data: {data.describe()}; batch {BATCH}, Adam {LR}, 784-{HIDDEN}-{Z}")
     print(f"machine: {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.2f} at start (the machine may be shared with other jobs)", flush=True)
@@ -290,13 +294,14 @@ def main(argv=None) -> dict:
 
     shared: dict = {}
     runners = {
-        TORCH_FIT: ppgen_runner(data, "trace", engine="torch"),
-        "ppgen-analytic (torch)": ppgen_runner(data, "analytic", engine="torch"),
-        "pyro-tutorial": pyro_runner(data.train, False, shared),
-        "pyro-noval": pyro_runner(data.train, True, shared),
+        TORCH_FIT: ppgen_runner(data, "trace", engine="torch", device=args.device),
+        "ppgen-analytic (torch)": ppgen_runner(data, "analytic", engine="torch", device=args.device),
         "torch": torch_runner(x_flat),
         "torch-fused": torch_runner(x_flat, fused=True),
     }
+    if args.device == "cpu":
+        runners["pyro-tutorial"] = pyro_runner(data.train, False, shared)
+        runners["pyro-noval"] = pyro_runner(data.train, True, shared)
     warmups = {}
     if use_compile:
         print("compiling the torch step ...", flush=True)
@@ -307,9 +312,9 @@ def main(argv=None) -> dict:
         runners["ppgen-jax"] = jax_runner(*ppgen_jax_epoch_fn(data.train), len(x_flat))
         runners["ppgen-jax-engine"] = jax_runner(*ppgen_jax_epoch_fn(data.train, engine_epoch=True), len(x_flat))
         warmups.update({k: runners[k].warmup for k in ("numpyro-jit", "ppgen-jax", "ppgen-jax-engine")})
-    runners[AUTO_FIT] = ppgen_runner(data, "trace", engine="auto")
+    runners[AUTO_FIT] = ppgen_runner(data, "trace", engine="auto", device=args.device)
     if args.hooks:
-        runners[AUTO_FIT + " +hook"] = ppgen_runner(data, "trace", engine="auto", on_epoch_end=True)
+        runners[AUTO_FIT + " +hook"] = ppgen_runner(data, "trace", engine="auto", on_epoch_end=True, device=args.device)
     for name, seconds in warmups.items():
         print(f"warm-up/compile {name}: {seconds:.1f} s")
 

@@ -99,6 +99,9 @@ def _add_train(sub) -> None:
                    help="training backend (default: adversarial for gan, svi for the other families)")
     _add_option_flags(a, AdversarialOptions, skip={f.name for _, f in cli_flags(SVIOptions)})
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=positive, help="data-parallel: train in this many processes on this machine "
+                   "(torch.distributed, as `torchrun --nproc-per-node N -m ppgen train ...`; --batch-size is the "
+                   "whole batch, split between them)")
     p.set_defaults(func=_train)
 
 
@@ -159,12 +162,15 @@ def _add_option_flags(group, cls, skip) -> None:
 
 
 #: options a resumed run takes from its config (only --epochs, the new total, may be given)
-RESUME_ALLOWED = ("command", "func", "model", "model_keys", "resume", "epochs", "no_progress")
+RESUME_ALLOWED = ("command", "func", "model", "model_keys", "resume", "epochs", "no_progress", "nproc", "argv")
 
 
 def _train(args) -> int:
     from ppgen import workflows
+    from ppgen.inference import distributed
 
+    if args.nproc and args.nproc > 1 and distributed.launched() == 1:
+        return distributed.launch(args.nproc, _without_nproc(args.argv))
     progress = False if args.no_progress else None
     if args.resume is not None:
         config = _resume_config(args)
@@ -175,9 +181,16 @@ def _train(args) -> int:
     try:
         metrics = workflows.train_run(config, out, resume=args.resume is not None, overwrite=args.overwrite,
                                       progress=progress)
+    except distributed.PeerLost as err:
+        raise distributed.PeerLost(f"{err}; continue with `ppgen train {args.model} --resume {out}`") from None
     except KeyboardInterrupt:
-        print(_interrupted_message(args.model, out), file=sys.stderr)
+        if distributed.is_writer():
+            print(_interrupted_message(args.model, out), file=sys.stderr)
         return 130
+    finally:
+        distributed.leave()
+    if not distributed.is_writer():
+        return 1 if metrics.get("stopped") else 0
     shown = [f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith("_elbo") and v is not None]
     if "modes" in metrics:
         shown.append(_modes_line(metrics))
@@ -185,6 +198,19 @@ def _train(args) -> int:
               if k in metrics and not shown]
     print(f"wrote {out}: " + ", ".join(shown))
     return 1 if metrics.get("stopped") else 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line less its ``--nproc N`` (each launched process is one of the N)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 def _resume_config(args) -> dict:
@@ -563,6 +589,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = _parse(parser, argv)  # a mistake: one line and SystemExit(2), as argparse does
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -15,6 +15,7 @@ from ppgen import evaluation, models, plots, runs
 from ppgen.errors import UserError
 from ppgen.evaluation.likelihood import validation_callback
 from ppgen.evaluation.samples import METRICS
+from ppgen.inference import distributed
 from ppgen.inference import fit as backend_fit
 from ppgen.inference.loop import restore_best
 from ppgen.inference.options import AdversarialOptions, OptionError, SVIOptions, as_dict, flag_of
@@ -115,6 +116,8 @@ def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = F
     backend_options(backend, train)  # a damaged or hand-edited config is refused before anything is opened
     pair.check_data(data.train_epoch(0), f"{data.name} training data")
     checkpoint = _resumable_checkpoint(out, pair, backend, train) if resume else None
+    if not distributed.is_writer():  # data-parallel: the other processes train their shards and write nothing
+        return _train_shard(pair, data, backend, config, checkpoint)
     log(data.describe())
     start = time.perf_counter()
 
@@ -124,6 +127,16 @@ def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = F
     opened = runs.resumed_run(out, config) if resume else runs.new_run(out, config, overwrite=overwrite)
     with opened as run:
         return body(run)
+
+
+def _train_shard(pair, data: datasets.Dataset, backend: str, config: dict, checkpoint: dict | None) -> dict:
+    """A data-parallel process other than rank 0: the same training, no files, no log, no progress bar."""
+    options = backend_options(backend, config["train"])
+    kwargs = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    if backend == "svi":
+        kwargs["announce"] = lambda message: None
+    fit = backend_fit(pair, data, backend=backend, progress=False, resume=checkpoint, **kwargs)
+    return {"epochs": fit.state.epoch, "stopped": fit.stopped}
 
 
 def _resumable_checkpoint(run_dir: Path, pair, backend: str, train: dict) -> dict:

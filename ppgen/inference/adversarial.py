@@ -51,7 +51,7 @@ from pyro import poutine
 from torch.nn import functional as F
 
 from ppgen.errors import UserError
-from ppgen.inference import loop
+from ppgen.inference import distributed, loop
 from ppgen.inference.fit import Fit, register
 from ppgen.inference.options import LOSSES, OPTIMIZERS, X_DRAWS, AdversarialOptions, make
 from ppgen.nn.critics import critic_for
@@ -200,6 +200,10 @@ def _init_with(critic: torch.nn.Module | None):
         x0 = data.train_epoch(0)
         if len(x0) < o.batch_size:
             raise UserError(f"only {len(x0)} training examples for a batch of {o.batch_size}; lower --batch-size")
+        world = distributed.launched()
+        if world > 1 and (o.batch_size // world) % o.pack:
+            raise UserError(f"each of the {world} processes takes {o.batch_size // world} examples of a batch, not a "
+                            f"multiple of pack={o.pack}; give --batch-size a multiple of {world * o.pack}")
         torch.manual_seed(o.seed)
         check_pair(pair, x0, o.loss, o.x_draw)
         net = critic if critic is not None else _make_critic(pair, x0, o)
@@ -223,7 +227,7 @@ def _init_with(critic: torch.nn.Module | None):
     return init
 
 
-def _step_critic(state: AdversarialState, xb) -> tuple[float, float]:
+def _step_critic(state: AdversarialState, xb, group: loop.Group) -> tuple[float, float]:
     o, pair, critic = state.options, state.pair, state.critic
     with torch.no_grad():
         if o.loss == "ali":
@@ -239,11 +243,13 @@ def _step_critic(state: AdversarialState, xb) -> tuple[float, float]:
         total = value + o.gp_weight * gradient_penalty(critic, xb, x_fake, o.pack)
     state.opt_d.zero_grad(set_to_none=True)
     total.backward()
+    # data-parallel: the losses are batch means, so the shards' gradients average to the whole batch's
+    total_value, w = group.reduce_step(critic.parameters(), [float(total.detach()), float(-value.detach())], mean=True)
     state.opt_d.step()
-    return float(total.detach()), float(-value.detach()) if o.loss == "wgan-gp" else float("nan")
+    return total_value, w if o.loss == "wgan-gp" else float("nan")
 
 
-def _step_generator(state: AdversarialState, xb) -> float:
+def _step_generator(state: AdversarialState, xb, group: loop.Group) -> float:
     o, pair, critic = state.options, state.pair, state.critic
     critic.requires_grad_(False)
     try:
@@ -254,10 +260,11 @@ def _step_generator(state: AdversarialState, xb) -> float:
             value = generator_loss(o.loss, critic(model_draw(pair, xb, o.x_draw)))
         state.opt_g.zero_grad(set_to_none=True)
         value.backward()
+        (loss,) = group.reduce_step(pair.parameters(), [float(value.detach())], mean=True)
         state.opt_g.step()
     finally:
         critic.requires_grad_(True)
-    return float(value.detach())
+    return loss
 
 
 def _epoch(state: AdversarialState, plan: loop.EpochPlan) -> tuple[AdversarialState, loop.EpochResult]:
@@ -271,14 +278,14 @@ def _epoch(state: AdversarialState, plan: loop.EpochPlan) -> tuple[AdversarialSt
     sums = {"loss_d": 0.0, "loss_g": 0.0, "w_distance": 0.0}
     counts = {"d": 0, "g": 0}
     for step in range(plan.steps):
-        xb = plan.x[order[step * plan.batch : (step + 1) * plan.batch]]
-        loss_d, w = _step_critic(state, xb)
+        xb = plan.rows(order, step)
+        loss_d, w = _step_critic(state, xb, plan.group)
         sums["loss_d"] += loss_d
         sums["w_distance"] += w
         counts["d"] += 1
         values = [loss_d]
         if (plan.index * plan.steps + step + 1) % o.n_critic == 0:  # counted across epochs
-            loss_g = _step_generator(state, xb)
+            loss_g = _step_generator(state, xb, plan.group)
             sums["loss_g"] += loss_g
             counts["g"] += 1
             values.append(loss_g)
@@ -309,6 +316,7 @@ def engine(critic: torch.nn.Module | None = None) -> loop.Engine:
         sync=lambda s: None,
         checkpoint=lambda s: {"critic": s.critic.state_dict(), "optimizer_g": s.opt_g.state_dict(),
                               "optimizer_d": s.opt_d.state_dict()},
+        modules=lambda s: [s.pair, s.critic],
         advice="Lower the learning rates (lr_g, lr_d) or try loss='wgan-gp'")
 
 

@@ -17,7 +17,13 @@ plain values. The loop owns everything around it, once for all engines:
 * a NaN or infinite loss or weight: the last good epoch's weights come back and
   ``fit.stopped`` says what happened and what to do;
 * the progress bar (stderr, when it is a terminal, or ``progress=True``), and
-  ``on_epoch_end(fit)``, where a run writes its checkpoint.
+  ``on_epoch_end(fit)``, where a run writes its checkpoint;
+* data parallelism: under ``torchrun`` (or ``ppgen train --nproc N``) the loop joins the process
+  group and hands the engine a :class:`~ppgen.inference.distributed.Group` in the plan: the engine
+  takes ``plan.rows(order, step)`` (its shard of the step's batch) and reduces its gradients with
+  ``plan.group.reduce_step``; the loop gives every process rank 0's weights at the start, its own
+  torch seed, and reduces buffers after every epoch (:mod:`ppgen.inference.distributed`). An
+  engine without ``modules`` (the JAX engine) is single-process.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ import pyro
 import torch
 
 from ppgen.errors import UserError
+from ppgen.inference import distributed
+from ppgen.inference.distributed import Group
 from ppgen.inference.fit import Fit, TrainState
 
 
@@ -50,9 +58,14 @@ class EpochPlan:
     epochs: int
     seed: int  # epoch_seed(run seed, index)
     x: torch.Tensor  # this epoch's training examples, on the device
-    batch: int
+    batch: int  # the whole batch of a step, over all processes
     steps: int
     tick: Callable[..., None] = lambda n=1, **postfix: None
+    group: Group = field(default_factory=Group)  # data-parallel: this process's place (world 1: alone)
+
+    def rows(self, order: torch.Tensor, step: int) -> torch.Tensor:
+        """This process's rows of step ``step``'s batch in the epoch's ``order`` (all of them when alone)."""
+        return self.group.shard(self.x, order, step, self.batch)
 
 
 @dataclass
@@ -76,6 +89,9 @@ class Engine:
     sync: Callable[[Any], None]
     checkpoint: Callable[[Any], dict]
     advice: str = "Lower the learning rate (--lr) or check the data"
+    #: the torch modules a data-parallel run keeps equal across processes (weights and buffers); none: the
+    #: engine runs in one process only
+    modules: Callable[[Any], list] = lambda state: []
 
 
 def batching(n: int, batch_size: int) -> tuple[int, int]:
@@ -99,7 +115,10 @@ def progress_bar(total: int, desc: str, enabled: bool):
 
 
 def check_torch_device(device: str) -> torch.device:
-    """The torch device for ``device`` ('cpu', 'cuda', 'cuda:N'), refused in one line when it is not there."""
+    """The torch device for ``device`` ('cpu', 'cuda', 'cuda:N'), refused in one line when it is not there.
+
+    Under a data-parallel launcher ``cuda`` is this process's GPU, ``cuda:LOCAL_RANK``."""
+    device = distributed.device_of(device)
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError(f"--device {device} asked for but no CUDA GPU is visible; use --device cpu")
@@ -127,7 +146,14 @@ def run(engine: Engine, pair, data, options: Any, *, backend: str, resume: dict 
     from ppgen.inference.options import as_dict
 
     batch, steps = batching(len(data.train), options.batch_size)
+    group = distributed.join(options.device)
+    if group.world > 1:
+        distributed.check_batch(batch, group)
     state = engine.init(pair, data, options, resume)
+    if group.world > 1:
+        if not engine.modules(state):
+            raise UserError(f"the {engine.name} engine trains in one process only; start it without torchrun")
+        group.take_rank0(engine.modules(state))
     fit = Fit(pair=pair, backend=backend, options={**as_dict(options), **(extra_options or {}),
                                                    "engine": engine.name})
     if resume is not None:
@@ -135,14 +161,14 @@ def run(engine: Engine, pair, data, options: Any, *, backend: str, resume: dict 
         fit.state = state_from_checkpoint(resume)
     fit.state.engine = engine.checkpoint(state)
     monitor = getattr(options, "monitor", None)
-    show = sys.stderr.isatty() if progress is None else progress
+    show = (sys.stderr.isatty() if progress is None else progress) and group.rank == 0
     wall = fit.history[-1]["wall"] if fit.history else 0.0
     device = next(iter(pair.parameters()), torch.empty(0)).device
     last_good = engine.snapshot(state)
     with pyro.validation_enabled(False):
         for index in range(fit.state.epoch, options.epochs):
             seed = epoch_seed(options.seed, index)
-            torch.manual_seed(seed)
+            torch.manual_seed(distributed.rank_seed(seed, group.rank))
             start = time.perf_counter()
             bar = progress_bar(steps, f"epoch {index + 1}/{options.epochs}", show)
 
@@ -152,9 +178,15 @@ def run(engine: Engine, pair, data, options: Any, *, backend: str, resume: dict 
                     bar.set_postfix(**postfix)
 
             plan = EpochPlan(index=index, epochs=options.epochs, seed=seed, x=data.train_epoch(index).to(device),
-                             batch=batch, steps=steps, tick=tick)
-            state, result = engine.epoch(state, plan)
+                             batch=batch, steps=steps, tick=tick, group=group)
+            try:
+                state, result = engine.epoch(state, plan)
+            except distributed.PeerLost as err:
+                bar.close()
+                raise distributed.PeerLost(f"{err} in epoch {index + 1}; the checkpoint of epoch {fit.state.epoch} "
+                                           "is intact: resume from it (with any number of processes)") from None
             bar.close()
+            group.sync_buffers(engine.modules(state))
             if result.stop is not None:
                 state = engine.restore(state, last_good)
                 engine.sync(state)
@@ -165,7 +197,7 @@ def run(engine: Engine, pair, data, options: Any, *, backend: str, resume: dict 
             seconds = time.perf_counter() - start
             wall += seconds
             row = {"epoch": index + 1, **result.metrics, "seconds": seconds, "wall": wall,
-                   "images_per_s": steps * batch / seconds}
+                   "images_per_s": steps * batch / seconds}  # all processes together
             last_good = engine.snapshot(state)
             fit.state.epoch = index + 1
             if callback is not None or on_epoch_end is not None or monitor is not None:

@@ -45,7 +45,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from ppgen.errors import UserError
-from ppgen.inference import loop
+from ppgen.inference import distributed, loop
 from ppgen.inference.fit import Fit, register
 from ppgen.inference.options import ELBOS, OptionError, SVIOptions, beta_at, make
 
@@ -214,12 +214,18 @@ def _torch_epoch(state: TorchState, plan: loop.EpochPlan) -> tuple[TorchState, l
     order = torch.randperm(len(plan.x), generator=g).to(plan.x.device)
     total, b = 0.0, o.beta
     for step in range(plan.steps):
-        xb = plan.x[order[step * plan.batch : (step + 1) * plan.batch]]
+        xb = plan.rows(order, step)
         b = beta_at(plan.index, step, plan.steps, o.beta, o.anneal_epochs)
         scale = ScaleLatents(b) if b != 1.0 else None
         state.optimizer.zero_grad(set_to_none=True)
         model, guide = (pair.model, pair.guide) if scale is None else (scale(pair.model), scale(pair.guide))
+        if plan.group.world > 1:  # global and subsampled terms: each process takes its 1/N share
+            shard = distributed.ShardScale(plan.group.world, pair.data_plate)
+            model, guide = shard(model), shard(guide)
         value = _loss_and_grads(state.loss_fn, model, guide, xb)
+        # data-parallel: the ELBO sums over the plate, so the gradients (and loss) of the shards add up to one
+        # process's on the whole batch
+        (value,) = plan.group.reduce_step(pair.parameters(), [value], mean=False)
         if not math.isfinite(value):
             return state, loop.EpochResult(stop=f"loss became {value}", stop_step=step)
         state.optimizer.step()
@@ -241,7 +247,7 @@ def _torch_restore(state: TorchState, weights: dict) -> TorchState:
 TORCH_ENGINE = loop.Engine(
     name="torch", init=_torch_init, epoch=_torch_epoch,
     snapshot=lambda s: copy.deepcopy(s.pair.state_dict()), restore=_torch_restore, sync=lambda s: None,
-    checkpoint=lambda s: {"optimizer": s.optimizer.state_dict()})
+    checkpoint=lambda s: {"optimizer": s.optimizer.state_dict()}, modules=lambda s: [s.pair])
 
 
 # -- the backend ----------------------------------------------------------------------------------
@@ -250,6 +256,9 @@ def choose_engine(pair, options: SVIOptions) -> tuple[str, str]:
 
     Whether the pair lowers is found when the JAX engine initializes (:func:`fit_svi` falls back then).
     """
+    if distributed.launched() > 1 and options.engine != "torch" and "torch" in pair.svi_engines:
+        return "torch", (f"data-parallel over {distributed.launched()} processes runs on the torch engine; the JAX "
+                         "engine trains in one process")
     if options.engine != "auto":
         if options.engine not in pair.svi_engines:
             raise OptionError("engine", options.engine, f"{pair.who} trains only on engine "
@@ -284,6 +293,9 @@ def fit_svi(pair, data, *, progress: bool | None = None, callback: Callable[[Fit
     """
     opts = make(SVIOptions, options)
     check_objective_options(pair, opts)
+    if distributed.launched() > 1 and opts.free_bits > 0:
+        raise OptionError("free_bits", opts.free_bits, "the free-bits floor is taken on the batch mean of each KL, "
+                          "which does not split over processes; train with one process or without free bits")
     pair.check_data(data.train_epoch(0), "training data")
     if resume is not None:
         written_by = resume.get("options", {}).get("engine", "torch") if isinstance(resume, dict) else "torch"
@@ -314,7 +326,7 @@ def fit_svi(pair, data, *, progress: bool | None = None, callback: Callable[[Fit
 
 
 def _announce(options: SVIOptions, name: str, why: str, announce: Callable[[str], None] | None) -> None:
-    if options.engine != "auto":
+    if options.engine == name or not distributed.is_writer():
         return
     message = f"SVI engine {name} ({why})"
     if announce is None:

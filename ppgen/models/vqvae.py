@@ -69,6 +69,7 @@ from torch.nn import functional as F
 
 from ppgen.errors import UserError
 from ppgen.models.base import LIKELIHOODS, GenerativeModel, observation_dist, observation_mean
+from ppgen.nn import parallel
 from ppgen.ppl import dist, pyro
 
 CODEBOOKS = ("ema", "loss")
@@ -261,11 +262,13 @@ class Codebook(nn.Module):
     def update(self, z: torch.Tensor, k: torch.Tensor) -> None:
         """One training step's codebook update from the batch's vectors ``z`` (N, D) and their codes ``k`` (N,)."""
         one_hot = F.one_hot(k, self.embed.shape[0]).to(z.dtype)
+        counts, sums = one_hot.sum(0), one_hot.T @ z
+        parallel.all_sum_(counts, sums)  # data-parallel: the whole batch's statistics (no-op in one process)
         g = self.decay
-        self.count.mul_(g).add_(one_hot.sum(0), alpha=1 - g)
+        self.count.mul_(g).add_(counts, alpha=1 - g)
         self.steps += 1
         if self.ema:
-            self.total.mul_(g).add_(one_hot.T @ z, alpha=1 - g)
+            self.total.mul_(g).add_(sums, alpha=1 - g)
             live = self.count > 1e-30
             self.embed.data[live] = self.total[live] / self.count[live, None]
         if self.restart_below > 0:
@@ -283,7 +286,10 @@ class Codebook(nn.Module):
         S_k = N_k e_k): it stays while it is used at least that often. Returns how many moved."""
         dead = (self.corrected_count() < self.restart_below).nonzero().squeeze(-1)
         if len(dead):
-            self.embed.data[dead] = z[torch.randint(len(z), (len(dead),), device=z.device)]
+            z = parallel.gather_rows(z)  # data-parallel: rank 0 draws from the whole batch; all take its draw
+            rows = torch.randint(len(z), (len(dead),), device=z.device)
+            parallel.broadcast_(rows)
+            self.embed.data[dead] = z[rows]
             t = int(self.steps)
             self.count[dead] = self.restart_below * ((1 - self.decay ** t) if t > 0 and self.decay > 0 else 1.0)
             self.total[dead] = self.count[dead, None] * self.embed.data[dead]

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# ppgen on a GPU machine, in one go (a few minutes; not part of CI, which has no GPU):
+#   1. SVI throughput of both engines (784-400-50 VAE, batch 256) beside plain torch  [benchmarks/svi_vae.py]
+#   2. a diffusion training step (U-Net on MNIST, torch and JAX engines) and sampling  [benchmarks/diffusion.py]
+#   3. NUTS ESS/s on VAE latents (JAX on its default device: the GPU with jax[cuda12])  [benchmarks/nuts_latents.py]
+#   4. with 2+ GPUs: data-parallel images/s and the NCCL all-reduce per step            [benchmarks/scaling.py]
+#   5. every family and backend trains one epoch with --device cuda                     [ppgen train]
+# Usage: bash benchmarks/gpu.sh [OUT_DIR]   (default runs/gpu; PYTHON=... picks the interpreter)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+OUT=${1:-runs/gpu}
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} MPLBACKEND=Agg
+mkdir -p "$OUT"
+log() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
+
+$PY - <<'PY'
+import torch
+if not torch.cuda.is_available():
+    raise SystemExit("benchmarks/gpu.sh: no CUDA GPU visible to torch; run it on a GPU machine")
+print(f"torch {torch.__version__}: {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}")
+import jax
+print(f"jax {jax.__version__}: backend {jax.default_backend()} {jax.devices()}"
+      + ("" if jax.default_backend() == "gpu" else "  (CPU-only jaxlib: the JAX rows run on the CPU; "
+         "pip install 'jax[cuda12]' for the GPU)"))
+PY
+
+log "1. SVI throughput, both engines"
+$PY benchmarks/svi_vae.py --device cuda --quick --json "$OUT/svi_vae.json" | tee "$OUT/svi_vae.txt"
+
+log "2. diffusion: training step and sampling (U-Net, MNIST 28x28)"
+$PY benchmarks/diffusion.py speed --data mnist --denoiser unet --device cuda --epochs 3 --samples 256 \
+    --json "$OUT/diffusion.json" | tee "$OUT/diffusion.txt"
+
+log "3. NUTS ESS/s (16 digits x 2 chains, VAE latents)"
+$PY benchmarks/nuts_latents.py --epochs 3 --digits 16 --skip-pyro | tee "$OUT/nuts.txt"
+
+GPUS=$($PY -c 'import torch; print(torch.cuda.device_count())')
+if [ "$GPUS" -ge 2 ]; then
+    log "4. data parallel over 2 GPUs (NCCL)"
+    $PY benchmarks/scaling.py allreduce --device cuda | tee "$OUT/allreduce.txt"
+    $PY -m ppgen train vae --data mnist --epochs 3 --device cuda --nproc 2 --no-progress --out "$OUT/ddp-vae" \
+        | tee "$OUT/ddp.txt"
+else
+    log "4. data parallel: skipped (one GPU)"
+fi
+
+log "5. every family and backend, one epoch on cuda"
+train() { name=$1; shift; printf '%-22s' "$name"; \
+    $PY -m ppgen train "$@" --epochs 1 --device cuda --no-progress --overwrite --out "$OUT/families/$name" \
+        > "$OUT/families/$name.log" 2>&1 && echo ok || { echo "FAILED (see $OUT/families/$name.log)"; FAILED=1; }; }
+mkdir -p "$OUT/families"
+FAILED=0
+train vae-torch vae --data mnist --engine torch
+train vae-jax vae --data mnist --engine jax
+train dlgm dlgm --data digits
+train hvae hvae --data digits
+train lvae lvae --data digits
+train nade nade --data digits
+train vqvae vqvae --data digits --downsample 1
+train ddpm-mlp ddpm --data digits
+train ddpm-unet ddpm --data mnist --denoiser unet
+train gpvae gpvae --data digits
+train ppca ppca --data ring8
+train factor-analysis factor_analysis --data ring8
+train prodlda prodlda --data news
+train dirvae dirvae --data news
+train gan-ns gan --data ring8
+train gan-wgan-gp gan --data ring8 --loss wgan-gp
+train bigan-ali gan --data ring8 --encoder --loss ali
+train vae-adversarial vae --data mnist --backend adversarial --likelihood gaussian --binarize none
+exit $FAILED

@@ -1,0 +1,260 @@
+r"""Data-parallel training on ``torch.distributed``: N processes, each on its shard of every batch.
+
+Launched by ``torchrun --nproc-per-node N [--nnodes M --rdzv-endpoint HOST:PORT] -m ppgen train ...``
+(or ``ppgen train --nproc N`` on one machine, :func:`launch`), which set ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; the training loop joins the process group
+(:func:`join`: gloo on CPUs, NCCL on GPUs, one GPU per local rank) and hands the engines a
+:class:`Group`. What one step does, so that N processes on a batch of B train exactly as one
+process on the whole batch:
+
+* every rank draws the epoch's seeded permutation and takes rows ``[r·B/N, (r+1)·B/N)`` of each
+  step's batch of B (``B`` must divide by N); the data is read whole by every process;
+* after the backward pass the gradients of all parameters travel in **one** flat all-reduce
+  (with the step's loss and a has-a-gradient flag per parameter): *summed* for an objective that
+  sums over the data plate (SVI's ELBO: one process on B sums B terms, so the plate scaling is
+  that of one process on the whole batch), *averaged* for one that is a batch mean (the
+  adversarial losses). This is what Horovod's ``DistributedOptimizer`` does for Pyro (pyro-ppl
+  issue 2570); ``DistributedDataParallel`` would overlap the reduction with the backward pass but
+  needs the loss computed in a wrapped module's ``forward``, which Pyro's ELBOs (and ``RenyiELBO``'s
+  inner backward) are not;
+* the reduced loss decides a NaN stop, so every rank stops at the same step;
+* at the start the ranks take rank 0's weights and buffers; at the end of every epoch floating-point
+  buffers (batch-norm statistics) are averaged and the others (counters) and parameters without
+  gradient are rank 0's. A network whose step changes state outside the gradients reduces its own
+  batch statistics (:mod:`ppgen.nn.parallel`; the VQ-VAE's EMA codebook), exactly;
+* each rank reseeds torch with its own stream (rank 0's is the one-process stream), so the guide's
+  noise differs between shards.
+
+Only rank 0 writes (run directory, checkpoints, progress bar). A checkpoint holds no trace of N: a
+run resumes with any number of processes. A lost peer (a killed rank, a broken link) stops the others
+at their next collective with one line (:class:`PeerLost`), within ``PPGEN_DIST_TIMEOUT`` seconds
+(default 300) at worst.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from pyro.poutine.messenger import Messenger
+from torch import distributed as dist
+
+from ppgen.errors import UserError
+
+
+class PeerLost(UserError):
+    """Another process of a data-parallel run stopped (killed, crashed, unreachable)."""
+
+
+def launched() -> int:
+    """The number of processes a launcher (torchrun, ``--nproc``) started this one among (1: none)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")) or 0)
+
+
+def is_writer() -> bool:
+    """Whether this process writes files and progress (rank 0, or the only process)."""
+    return int(os.environ.get("RANK", "0") or 0) == 0 if launched() > 1 else True
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Torch's seed on rank ``rank`` for a step seeded ``seed``; rank 0's is ``seed`` itself."""
+    return (seed + rank * 0x9E3779B97F4A7C15) % (2**63)
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place in a data-parallel run (``world == 1``: training alone, every method a no-op)."""
+
+    rank: int = 0
+    world: int = 1
+
+    def local_batch(self, batch: int) -> int:
+        return batch // self.world
+
+    def shard(self, x: torch.Tensor, order: torch.Tensor, step: int, batch: int) -> torch.Tensor:
+        """This rank's rows of step ``step``'s batch of ``batch`` rows of ``x`` in ``order``."""
+        size = batch // self.world
+        start = step * batch + self.rank * size
+        return x[order[start : start + size]]
+
+    def reduce_step(self, params: Iterable[torch.nn.Parameter], values: list[float], *, mean: bool) -> list[float]:
+        """Sum (or average, ``mean``) the gradients of ``params`` and the step's ``values`` over the ranks."""
+        if self.world == 1:
+            return values
+        params = [p for p in params if p.requires_grad]
+        if not params:
+            return self.reduce_values(values, mean=mean)
+        ref = params[0]
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(ref.dtype)
+                          for p in params]
+                         + [torch.tensor([p.grad is not None for p in params], dtype=ref.dtype, device=ref.device),
+                            torch.tensor(values, dtype=ref.dtype, device=ref.device)])
+        _collective(dist.all_reduce, flat)
+        if mean:
+            flat /= self.world
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
+            offset += n
+        has_grad = flat[offset : offset + len(params)]
+        for p, flag in zip(params, has_grad.tolist(), strict=True):
+            if flag == 0:
+                p.grad = None
+        return flat[offset + len(params) :].tolist()
+
+    def reduce_values(self, values: list[float], *, mean: bool) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        _collective(dist.all_reduce, t)
+        return (t / self.world if mean else t).tolist()
+
+    def take_rank0(self, modules: Iterable[torch.nn.Module]) -> None:
+        """Every rank takes rank 0's parameters and buffers (as DistributedDataParallel does at the start)."""
+        if self.world == 1:
+            return
+        for module in modules:
+            for t in list(module.parameters()) + list(module.buffers()):
+                _collective(dist.broadcast, t.data, 0)
+
+    def sync_buffers(self, modules: Iterable[torch.nn.Module]) -> None:
+        """Floating-point buffers averaged over the ranks; other buffers and parameters without gradient: rank 0's."""
+        if self.world == 1:
+            return
+        for module in modules:
+            for t in module.buffers():
+                if t.is_floating_point():
+                    _collective(dist.all_reduce, t)
+                    t /= self.world
+                else:
+                    _collective(dist.broadcast, t, 0)
+            for p in module.parameters():
+                if not p.requires_grad:
+                    _collective(dist.broadcast, p.data, 0)
+
+
+class ShardScale(Messenger):
+    """Scale a shard's sites so that the sum over processes is one process's ELBO on the whole batch.
+
+    Terms of the data plate at scale 1 (the plate is the shard) are the shard's own: kept. A site outside the
+    data plate (a global latent) is counted by every process: scaled 1/N. A site in a subsampled data plate
+    (``plate(size=num_data, subsample_size=b)``) carries Pyro's num_data/b, N times one process's num_data/B:
+    scaled 1/N.
+    """
+
+    def __init__(self, world: int, data_plate: str):
+        super().__init__()
+        self.world, self.data_plate = world, data_plate
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["type"] != "sample":
+            return
+        frame = next((f for f in msg["cond_indep_stack"] if f.name == self.data_plate), None)
+        if frame is None or (frame.full_size is not None and frame.full_size != frame.size):
+            msg["scale"] = msg["scale"] / self.world
+
+
+def _collective(op, *args) -> None:
+    try:
+        op(*args)
+    except (RuntimeError, dist.DistError) as err:  # gloo/NCCL: a peer closed its connection or timed out
+        first = re.sub(r"^\[[^\]]*\]\s*", "", str(err).strip().splitlines()[0]).split(". ")[0][:120] or type(err).__name__
+        raise PeerLost(f"process {dist.get_rank()} of {dist.get_world_size()} lost a peer of the data-parallel run "
+                       f"({first}); stopped") from None
+
+
+def join(device: str) -> Group:
+    """Join the process group a launcher set up (no-op when training alone, or when already joined)."""
+    world = launched()
+    if world == 1:
+        return Group()
+    if not dist.is_available():
+        raise UserError("this torch has no torch.distributed; train with one process")
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        if backend == "nccl":
+            if not torch.cuda.is_available():
+                raise UserError(f"--device {device} under torchrun but no CUDA GPU is visible; use --device cpu")
+            torch.cuda.set_device(local_rank())
+        timeout = datetime.timedelta(seconds=float(os.environ.get("PPGEN_DIST_TIMEOUT", "300")))
+        try:
+            dist.init_process_group(backend, timeout=timeout)
+        except (RuntimeError, ValueError, dist.DistError) as err:
+            raise UserError(f"could not join the data-parallel run ({str(err).splitlines()[0][:160]}); check "
+                            "MASTER_ADDR/MASTER_PORT (torchrun sets them) and that every process started") from None
+    return Group(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+def leave() -> None:
+    """Leave the process group (at the end of a launched run)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def check_batch(batch: int, group: Group) -> None:
+    if batch % group.world:
+        raise UserError(f"a batch of {batch} does not split over {group.world} processes; give --batch-size a "
+                        f"multiple of {group.world}")
+
+
+def device_of(device: str) -> str:
+    """Under a launcher, ``cuda`` means this process's GPU, ``cuda:LOCAL_RANK``."""
+    if launched() > 1 and device == "cuda":
+        return f"cuda:{local_rank()}"
+    return device
+
+
+# -- the one-machine launcher ----------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(nproc: int, argv: list[str], grace_s: float = 30.0) -> int:
+    """Run ``python -m ppgen ARGV`` in ``nproc`` processes on this machine, as torchrun does; their exit code.
+
+    When one process fails, the others stop at their next collective with their own line; any still
+    running after ``grace_s`` seconds are terminated.
+    """
+    env = {**os.environ, "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # as torchrun: no oversubscription
+    procs = [subprocess.Popen([sys.executable, "-m", "ppgen", *argv],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(nproc)]
+    failed_at = None
+    try:
+        while any(p.poll() is None for p in procs):
+            if failed_at is None and any(p.returncode not in (None, 0) for p in procs):
+                failed_at = time.monotonic()
+            if failed_at is not None and time.monotonic() - failed_at > grace_s:
+                for p in procs:
+                    if p.poll() is None:
+                        p.terminate()
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    codes = [p.wait() for p in procs]
+    return next((c for c in codes if c != 0), 0)
+
+
+__all__ = ["Group", "PeerLost", "ShardScale", "check_batch", "device_of", "is_writer", "join", "launch", "launched", "leave",
+           "rank_seed"]
