@@ -215,7 +215,7 @@ def small_linear_pair():
     drew the data) on three points, and its amortized guide trained against it by SVI (Pyro's Trace_ELBO, 200 Adam
     steps, the decoder fixed); float64."""
     before, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
+    torch.set_default_dtype(torch.float64)  # for the construction only: the tests that need it ask for float64
     torch.set_num_threads(1)
     torch.manual_seed(3)
     z = torch.randn(3, 1)
@@ -231,12 +231,12 @@ def small_linear_pair():
         optimizer.zero_grad()
         pyro.infer.Trace_ELBO().differentiable_loss(pair.model, pair.guide, y).backward()
         optimizer.step()
-    yield pair.eval(), y
     torch.set_default_dtype(before)
     torch.set_num_threads(threads)
+    return pair.eval(), y
 
 
-def test_exact_log_marginal_by_two_integrals(small_linear_pair):
+def test_exact_log_marginal_by_two_integrals(small_linear_pair, float64):
     pair, y = small_linear_pair
     with torch.no_grad():
         c, s2, m = float(pair.gp.kernel.variance), float(pair.noise), pair.mean.detach()
@@ -244,7 +244,7 @@ def test_exact_log_marginal_by_two_integrals(small_linear_pair):
     assert abs(a - b) < 1e-6, (a, b)  # two reductions, two grids, one number
 
 
-def test_elbo_iwae_and_the_exact_marginal_in_order(small_linear_pair):
+def test_elbo_iwae_and_the_exact_marginal_in_order(small_linear_pair, float64):
     pair, y = small_linear_pair
     n, reps, k = y.shape[0], 500, 64
     with torch.no_grad():
@@ -296,3 +296,26 @@ def test_bernoulli_expectation_by_gauss_hermite_matches_a_fine_grid(float64):
     log_lik = torch.distributions.Bernoulli(logits=f).log_prob(y.unsqueeze(-1))
     exact = (weight * log_lik).sum(-1) * float(f[1] - f[0])
     assert torch.allclose(bernoulli_expectation(y, loc, var), exact, atol=1e-6)
+
+
+@pytest.mark.slow  # Pyro's NUTS in Python: ~15-30 s on the shared 2-core machine
+def test_nuts_over_a_latent_with_the_gp_fixed_samples_its_exact_posterior(small_linear_pair, float64, capsys):
+    """The GP does not lower to JAX: NUTS falls back to Pyro's (one notice line) and samples the model's posterior
+    p(z | y_n) ∝ N(z; 0, 1) exp(ℓ̄_n(z)) (with q(u) fixed), whose mean and sd a grid gives exactly."""
+    import arviz as az
+
+    pair, y = small_linear_pair
+    data = ppgen.data.Dataset(name="three", train=y, val=y[:0], test=y[:0])
+    fit = ppgen.fit(pair, data, backend="nuts", points=[0], chains=1, warmup=100, samples=300, seed=0)
+    assert fit.state["engine"] == "pyro" and "falling back to Pyro's NUTS" in capsys.readouterr().err
+    draws = torch.as_tensor(fit.samples["z"][:, :, 0, 0])  # (chain, draw)
+    ess = float(az.ess(draws.numpy()))
+    with torch.no_grad():
+        grid = torch.linspace(-8, 8, 16001)
+        log_post = torch.distributions.Normal(0.0, 1.0).log_prob(grid) + _expected_loglik_on_grid(pair, y[:1], grid)[0]
+        w = torch.softmax(log_post, 0)
+        mean = float((w * grid).sum())
+        sd = float((w * (grid - mean) ** 2).sum().sqrt())
+    se_mean, se_sd = sd / math.sqrt(ess), sd / math.sqrt(2 * ess)  # the latter: a Gaussian's sd, ESS draws
+    assert abs(float(draws.mean()) - mean) < 4 * se_mean, (float(draws.mean()), mean, se_mean)
+    assert abs(float(draws.std()) - sd) < 4 * se_sd, (float(draws.std()), sd, se_sd)
