@@ -3,9 +3,9 @@ r"""Issue 14: the GP decoder (amortized Bayesian GPLVM) — exactness of its bou
 Closed forms:
 
 * the GP marginal for fixed latents Z: log p(Y | Z) = Σ_d log N(y_d; 0, K_ZZ + σ² I);
-* the linear-Gaussian model y_n = W z_n + ε, W_d ~ N(0, c I_Q), ε ~ N(0, σ² I), written in weight space
-  (Bayesian linear regression's evidence, per output dimension d):
-  log p(y_d) = −½ N log 2πσ² − ½ log|I + (c/σ²) ZᵀZ| − ½σ⁻² (y_dᵀy_d − σ⁻² y_dᵀ Z A⁻¹ Zᵀ y_d),  A = ZᵀZ/σ² + I/c.
+* the linear-Gaussian model y_n = W z_n + ε, W_d ~ N(0, C), C = diag(c_q) (ARD), ε ~ N(0, σ² I), written in
+  weight space (Bayesian linear regression's evidence, per output dimension d):
+  log p(y_d) = −½ N log 2πσ² − ½ log|I + ZᵀZ C/σ²| − ½σ⁻² (y_dᵀy_d − σ⁻² y_dᵀ Z A⁻¹ Zᵀ y_d),  A = ZᵀZ/σ² + C⁻¹.
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ def _exact_gp(pair: GPVAE, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                                                       covariance_matrix=k).log_prob(y.T).sum()
 
 
-def _linear_gaussian(z: torch.Tensor, y: torch.Tensor, c: float, s2: float) -> torch.Tensor:
+def _linear_gaussian(z: torch.Tensor, y: torch.Tensor, c: torch.Tensor, s2: float) -> torch.Tensor:
+    """c: the prior variance of each weight column (ARD), shape (Q,)."""
     n, q = z.shape
-    a = z.T @ z / s2 + torch.eye(q, dtype=z.dtype) / c
+    a = z.T @ z / s2 + torch.diag(1 / c)
     zy = z.T @ y  # (Q, D)
     quad = (y * y).sum(0) - (zy * torch.linalg.solve(a, zy)).sum(0) / s2
-    logdet = torch.logdet(torch.eye(q, dtype=z.dtype) + (c / s2) * z.T @ z)
+    logdet = torch.logdet(torch.eye(q, dtype=z.dtype) + z.T @ z * c / s2)
     return (-0.5 * n * math.log(2 * math.pi * s2) - 0.5 * logdet - 0.5 * quad / s2).sum()
 
 
@@ -75,7 +76,8 @@ def test_linear_kernel_gp_is_the_linear_gaussian_model(float64):
     n, q, d = 15, 2, 4
     z, y = torch.randn(n, q), torch.randn(n, d)
     pair = GPVAE((d,), q, q, "linear", (8,), "gaussian")
-    c, s2 = float(pair.gp.kernel.variance.detach()), float(pair.noise.detach())
+    pair.gp.kernel.variance = torch.tensor([0.5, 2.0])  # ARD: one prior variance per latent dimension
+    c, s2 = pair.gp.kernel.variance.detach(), float(pair.noise.detach())
     pair.jitter = 1e-10
     pair.optimal_q(z, y)
     linear = float(_linear_gaussian(z, y, c, s2))
@@ -141,12 +143,20 @@ def test_cli_train_evaluate_and_resume(tmp_path, capsys):
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
 
 
-def test_cli_rejects_more_inducing_points_than_data(tmp_path, capsys):
-    code = cli.main(["train", "gpvae", "--data", "digits", "--inducing", "5000", "--epochs", "1",
-                     "--out", str(tmp_path / "r")])
-    assert code == 2
+@pytest.mark.parametrize("args, said", [(["--inducing", "5000"], "inducing points"),
+                                        (["--kernel", "cosine"], "cosine"),
+                                        (["--z-dim", "0"], "latent size"),
+                                        (["--kernel", "linear", "--inducing", "0"], "inducing")])
+def test_cli_bad_options_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, args, said):
+    out = tmp_path / "r"
+    try:
+        code = cli.main(["train", "gpvae", "--data", "digits", "--epochs", "1", "--out", str(out), *args])
+    except SystemExit as exit_:  # argparse's own refusals
+        code = exit_.code
     err = capsys.readouterr().err.strip()
-    assert "inducing points" in err and len(err.splitlines()) == 1
+    assert code == 2, err
+    assert said in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- ELBO ≤ IWAE_K ≤ the exact log marginal on a problem small enough to integrate ---------------------------------
@@ -222,7 +232,7 @@ def small_linear_pair():
     y = z * torch.tensor([[1.5, -1.2]]) + 0.4 * torch.randn(3, 2)
     pair = GPVAE((2,), 1, 1, "linear", (16,), "gaussian", num_data=3)
     pair.gp.Xu.data.fill_(1.0)
-    pair.gp.kernel.variance = torch.tensor(1.0)
+    pair.gp.kernel.variance = torch.tensor([1.0])
     pair.gp.likelihood.variance = torch.tensor(0.2)
     pair.jitter = 1e-10
     pair.optimal_q(z, y)

@@ -32,11 +32,13 @@ in u, E_{q(u)} logsumexp ≥ logsumexp E_{q(u)}, so it lies between L and the bo
 
 With Z_u placed at the latents and the optimal q(u), the bound for fixed latents equals the exact GP marginal
 log N(y_d; 0, K + σ² I) (tested; see ``optimal_q``), and with the linear kernel k(z, z') = c zᵀz' the GP is the
-linear-Gaussian model y = W z + ε with W_d ~ N(0, c I).
+linear-Gaussian model y = W z + ε with W_d ~ N(0, c I) (with ARD, k(z, z') = Σ_q c_q z_q z'_q: W_dq ~ N(0, c_q)).
 
 The kernels, the variational distribution over u, the conditional and the likelihoods' parameters are
 ``pyro.contrib.gp``'s; the hand-written glue is the per-example accounting above. Torch only: pyro.contrib.gp
-does not run on NumPyro. Pyro's linear kernel has no lengthscales (no ARD); its variance is learned.
+does not run on NumPyro, so NUTS over the latents runs on Pyro's NUTS (the model raises ``NotLowerable`` under the
+NumPyro backend and ppgen falls back, with a notice). Pyro's linear kernel has one variance for every dimension;
+``LinearARD`` (a subclass of its ``DotProduct``) keeps one per latent dimension.
 """
 
 from __future__ import annotations
@@ -76,14 +78,31 @@ class GPVAEConfig:
     num_data: int = field(default=0, metadata={"help": "training-set size N (0: the minibatch size)"})
 
 
+class LinearARD(gp.kernels.DotProduct):
+    r"""The linear kernel with automatic relevance determination, k(z, z') = Σ_q c_q z_q z'_q: Pyro's ``Linear``
+    has one variance for all dimensions, so this subclass of its ``DotProduct`` keeps one per latent dimension
+    (c_q > 0, learned). It is the linear-Gaussian model y = W z + ε with columns w_q ~ N(0, c_q I)."""
+
+    def __init__(self, input_dim: int):
+        super().__init__(input_dim, variance=torch.ones(input_dim))
+
+    def forward(self, X: torch.Tensor, Z: torch.Tensor | None = None, diag: bool = False) -> torch.Tensor:
+        X = self._slice_input(X)
+        if diag:
+            return (X * X * self.variance).sum(-1)
+        Z = X if Z is None else self._slice_input(Z)
+        return (X * self.variance) @ Z.T
+
+
 def make_kernel(kind: str, z_dim: int) -> gp.kernels.Kernel:
-    """The library's kernel: RBF / Matérn-5/2 with one lengthscale per latent dimension (ARD), or linear."""
+    """The library's kernel: RBF / Matérn-5/2 with one lengthscale per latent dimension (ARD), or linear with one
+    variance per latent dimension (ARD; :class:`LinearARD`)."""
     if kind == "rbf":
         return gp.kernels.RBF(z_dim, lengthscale=torch.ones(z_dim))
     if kind == "matern52":
         return gp.kernels.Matern52(z_dim, lengthscale=torch.ones(z_dim))
     if kind == "linear":
-        return gp.kernels.Linear(z_dim)
+        return LinearARD(z_dim)
     raise UserError(f"unknown kernel {kind!r}; choose one of {', '.join(KERNELS)}")
 
 
