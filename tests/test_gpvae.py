@@ -143,6 +143,18 @@ def test_cli_train_evaluate_and_resume(tmp_path, capsys):
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
 
 
+@pytest.mark.slow  # Pyro's NUTS (the GP does not lower to JAX): ~1 min on the shared machine
+def test_cli_compare_runs_nuts_beside_the_encoder(tmp_path, capsys):
+    run = tmp_path / "gp"
+    assert cli.main(["train", "gpvae", "--data", "digits", "--inducing", "16", "--epochs", "1", "--out", str(run)]) == 0
+    assert cli.main(["compare", str(run), "--points", "1", "--chains", "1", "--warmup", "30", "--samples", "30",
+                     "--steps", "20", "--iwae", "20"]) == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "falling back to Pyro's NUTS" in captured.err and "amort" in captured.out
+    table = json.loads((run / "compare" / "compare.json").read_text())
+    assert table["engine"] == "pyro" and math.isfinite(table["overall"]["amortization_gap"]), table
+
+
 @pytest.mark.parametrize("args, said", [(["--inducing", "5000"], "inducing points"),
                                         (["--kernel", "cosine"], "cosine"),
                                         (["--z-dim", "0"], "latent size"),
