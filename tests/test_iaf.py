@@ -14,13 +14,14 @@ import math
 import pytest
 import torch
 from pyro import poutine
+from support import CORRELATED_W
 
 import ppgen
 from ppgen.errors import UserError
 from ppgen.evaluation import elbo, iwae
 from ppgen.models import PPCA, VAE
 
-A = torch.tensor([[1.0, 0.9], [1.0, 1.1], [0.8, 0.9], [1.2, 1.0], [1.0, 1.0]])
+A = CORRELATED_W
 SIGMA = 0.5
 K = 4.0  # standard errors
 
