@@ -19,6 +19,10 @@ p(z | x) of the current model refine it to z_T, and
   (no gradient through the chain);
 * the guide's parameters φ take the usual ELBO gradient.
 
+Which parameters are the model's is read from the autograd graph of log p(x, z_T): every parameter it
+reaches (a parameter shared by model and guide, too, then takes the model's gradient); the rest are the
+guide's. No model class or site name is special-cased.
+
 The chain starts at the guide's draw, so it is never worse than the ELBO's sample and
 moves toward the exact posterior as T grows; the model then fits a better posterior
 than q. One step size is shared by the examples and adapted between minibatches toward
