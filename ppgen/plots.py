@@ -1,4 +1,4 @@
-"""Pictures: sample grids, reconstructions beside inputs, loss curves, latent scatter plots."""
+"""Pictures: sample grids, reconstructions beside inputs, loss curves, latent scatter plots, SBC rank histograms."""
 
 from __future__ import annotations
 
@@ -118,4 +118,35 @@ def latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, path: Path) -> 
         sc = ax.scatter(pts[:, 0], pts[:, 1], c=labels.cpu().numpy(), s=4, cmap="tab10")
         fig.colorbar(sc, ax=ax, label="label")
     ax.set_title(title)
+    return _save(fig, path)
+
+
+def sbc_histograms(rows: dict[str, tuple[np.ndarray, list[str], np.ndarray]], draws: int, path: Path,
+                   bins: int = 10) -> Path:
+    """SBC rank histograms (Talts et al. 2018): one row per guide, one panel per test quantity.
+
+    ``rows`` maps a guide's label to (ranks (N, m) in 0..``draws``, the m quantity names, their χ² p-values).
+    The grey band is the central 99% of a bin's count under uniform ranks (binomial).
+    """
+    from scipy import stats
+
+    plt = _plt()
+    ncol = max(len(names) for _, names, _ in rows.values())
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(2.3 * ncol, 1.9 * len(rows)), squeeze=False)
+    for i, (label, (ranks, names, pvalues)) in enumerate(rows.items()):
+        n = len(ranks)
+        share = np.histogram(np.arange(draws + 1), bins=bins, range=(0, draws + 1))[0] / (draws + 1)
+        low, high = stats.binom.ppf(0.005, n, share.mean()), stats.binom.ppf(0.995, n, share.mean())
+        for j, ax in enumerate(axes[i]):
+            if j >= len(names):
+                ax.axis("off")
+                continue
+            ax.axhspan(low, high, color="0.85")
+            ax.hist(ranks[:, j], bins=bins, range=(0, draws + 1), color="C0" if pvalues[j] > 0.01 else "C3")
+            ax.set_title(f"{names[j]}  p={pvalues[j]:.2g}", fontsize=8)
+            ax.set_yticks([])
+            ax.set_xticks([0, draws])
+            if j == 0:
+                ax.set_ylabel(label, fontsize=8)
+    fig.tight_layout()
     return _save(fig, path)

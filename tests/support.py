@@ -72,3 +72,15 @@ def assert_same_run(whole, resumed, resumed_pair, checkpoint, compared) -> None:
     for name, value in whole.pair.state_dict().items():
         assert torch.equal(value, resumed_pair.state_dict()[name]), name
     assert any(not torch.equal(v, checkpoint["model"][k]) for k, v in resumed_pair.state_dict().items())
+
+
+#: loadings with near-parallel columns: PPCA with σ = 0.5 then has posterior correlation −0.95 (any x)
+CORRELATED_W = torch.tensor([[1.0, 0.9], [1.0, 1.1], [0.8, 0.9], [1.2, 1.0], [1.0, 1.0]])
+
+
+def correlated_ppca(guide: str = "exact") -> PPCA:
+    """PPCA (d=5, k=2, σ=0.5) whose posterior is strongly correlated; ``guide="exact"`` sets q(z|x) to the
+    posterior, ``"mean-field"`` to the mean-field Gaussian closest in KL(q ‖ p): the exact mean, variances
+    1/Λ_ii (Λ the posterior precision), no correlation — what mean-field SVI converges to."""
+    pair = PPCA(x_shape=(5,), z_dim=2).set_params(CORRELATED_W, torch.zeros(5), 0.5)
+    return pair.set_guide_to_mean_field() if guide == "mean-field" else pair.set_guide_to_posterior()

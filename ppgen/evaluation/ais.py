@@ -19,7 +19,8 @@ the model, (x, z) ~ p(x, z) — and anneals from β = 1 to 0; its weights have E
 1/p(x), so −log((1/C) Σ_c w_c) is a stochastic *upper* bound. The two sandwich log p(x)
 on simulated data and the gap shows how long the schedule must be.
 
-HMC (Neal, 2011): unit mass, ``leapfrog`` steps, one transition per intermediate
+HMC (Neal, 2011; the kernel is :mod:`ppgen.inference.hmc`, shared with MCMC inside training):
+unit mass, ``leapfrog`` steps, one transition per intermediate
 distribution. The step size is one per point, adapted as Wu et al. do (×1.02 when the
 acceptance rate exceeds ``target_accept``, ×0.98 otherwise) — but from ``tune`` extra
 chains per point that carry no weight. Adapting each chain from its own acceptance makes
@@ -50,11 +51,10 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions import constraints
 from pyro.poutine.util import site_is_subsample
 
-from ppgen import sites as site_rules
 from ppgen.errors import UserError
+from ppgen.inference.hmc import LatentTarget, hmc_step, is_latent
 
 SCHEDULES = ("sigmoid", "linear")
 
@@ -106,98 +106,7 @@ def schedule(steps: int, kind: str = "sigmoid", delta: float = 4.0) -> torch.Ten
     raise UserError(f"unknown AIS schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
 
 
-def _is_latent(site: dict) -> bool:
-    return site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-
-
-def _is_real(fn) -> bool:
-    support = fn.support
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    return support is constraints.real
-
-
-class _Target:
-    """The annealing path of one batch of points: f_β = a + β b, with a = log π_0, b = log p(x, z) − log π_0."""
-
-    def __init__(self, pair, x: torch.Tensor, chains: int, init: str):
-        if init not in ("prior", "guide"):
-            raise UserError(f"AIS init must be 'prior' or 'guide', got {init!r}")
-        self.pair, self.x, self.init = pair, x, init
-        self.shape = (chains, x.shape[0])
-        start = self._trace(pair.guide if init == "guide" else pair.model, {})
-        latent = {name: site for name, site in start.nodes.items() if _is_latent(site)}
-        #: (name, traced value shape: particles, plates, event) of every latent, in trace order
-        self.sites = [(name, tuple(site["value"].shape)) for name, site in latent.items()]
-        if not self.sites:
-            raise UserError(f"{pair.who} has no latent variables: its log p(x) is "
-                            "exact already (use the IWAE/ELBO estimate, which equals it)")
-        for name, site in latent.items():
-            in_data = any(f.name == pair.data_plate for f in site["cond_indep_stack"])
-            event = site["value"].shape[site["value"].dim() - len(site["fn"].event_shape):]
-            if not in_data or site["value"].numel() != math.prod(self.shape) * math.prod(event):
-                raise UserError(f"AIS needs every latent inside the data plate; site {name!r} has shape "
-                                f"{tuple(site['value'].shape)}")
-            if not _is_real(site["fn"]):
-                raise UserError(f"AIS moves real-valued latents by HMC; site {name!r} has support {site['fn'].support}")
-        self.z0 = self.flatten({name: start.nodes[name]["value"] for name, _ in self.sites})
-
-    def _trace(self, fn, values: dict):
-        return site_rules.trace_conditioned(fn, self.pair, self.x, values, self.shape[0])
-
-    def flatten(self, values: dict) -> torch.Tensor:
-        return torch.cat([values[name].reshape(self.shape + (-1,)) for name, _ in self.sites], -1).detach()
-
-    def unflatten(self, z: torch.Tensor) -> dict:
-        """(C, B, D) back to every site's traced layout (the data plate at its own dim)."""
-        out, start = {}, 0
-        for name, shape in self.sites:
-            size = math.prod(shape) // math.prod(self.shape)
-            out[name] = z[..., start:start + size].reshape(shape)
-            start += size
-        return out
-
-    def _log_probs(self, trace, latent: set) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log p(z), log p(x | z)) per chain and point, by the rule of :mod:`ppgen.sites`."""
-        return site_rules.latent_and_observed(trace, latent, self.pair.data_plate, globals="raise")
-
-    def parts(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(a, b) at z: f_β(z) = a + β b."""
-        values = self.unflatten(z)
-        prior, lik = self._log_probs(self._trace(self.pair.model, values), set(values))
-        if self.init == "prior":
-            return prior, lik
-        log_q, _ = self._log_probs(self._trace(self.pair.guide, values), set(values))
-        return log_q, prior + lik - log_q
-
-    def evaluate(self, z: torch.Tensor, beta: float):
-        """a, b and ∇_z f_β at z."""
-        z = z.detach().requires_grad_(True)
-        with torch.enable_grad():
-            a, b = self.parts(z)
-            (grad,) = torch.autograd.grad((a + beta * b).sum(), z)
-        return a.detach(), b.detach(), grad
-
-
-def _hmc(target: _Target, z, beta: float, eps, leapfrog: int, target_accept: float):
-    """One HMC transition leaving f_β invariant, for every chain and point at once."""
-    a0, b0, grad = target.evaluate(z, beta)
-    p = torch.randn_like(z)
-    h0 = a0 + beta * b0 - 0.5 * (p * p).sum(-1)
-    zn, pn = z, p + 0.5 * eps * grad
-    for i in range(leapfrog):
-        zn = zn + eps * pn
-        a, b, grad = target.evaluate(zn, beta)
-        pn = pn + (eps if i < leapfrog - 1 else 0.5 * eps) * grad
-    log_accept = torch.nan_to_num(a + beta * b - 0.5 * (pn * pn).sum(-1) - h0, nan=-math.inf)
-    prob = torch.exp(log_accept.clamp(max=0.0))
-    accept = torch.rand_like(prob) < prob
-    z = torch.where(accept.unsqueeze(-1), zn, z)
-    b = torch.where(accept, b, b0)
-    return z, b, prob
-
-
-def _anneal(target: _Target, z, betas: torch.Tensor, step_size: float, leapfrog: int, target_accept: float,
+def _anneal(target: LatentTarget, z, betas: torch.Tensor, step_size: float, leapfrog: int, target_accept: float,
             tune: int):
     """Run the chains along ``betas`` (increasing: forward; decreasing: reverse); log w of every chain.
 
@@ -212,13 +121,19 @@ def _anneal(target: _Target, z, betas: torch.Tensor, step_size: float, leapfrog:
     accepted = []
     for t in range(1, len(betas)):
         if t > 1:
-            z, b, prob = _hmc(target, z, float(betas[t - 1]), eps, leapfrog, target_accept)
+            z, b, prob = hmc_step(target, z, float(betas[t - 1]), eps, leapfrog)
             accepted.append(float(prob.mean()))
             if tune:
                 rate = prob[-tune:].mean(0)
                 eps = (eps * torch.where(rate > target_accept, 1.02, 0.98)[None, :, None]).clamp(1e-4, 1.0)
         log_w = log_w + (betas[t] - betas[t - 1]) * b.double()
     return log_w[: target.shape[0] - tune], (sum(accepted) / len(accepted) if accepted else float("nan"))
+
+
+def _target(pair, x: torch.Tensor, chains: int, init: str) -> LatentTarget:
+    if init not in ("prior", "guide"):
+        raise UserError(f"AIS init must be 'prior' or 'guide', got {init!r}")
+    return LatentTarget(pair, x, chains, base=init, what="AIS")
 
 
 def _summarize(log_w: torch.Tensor, sign: float, acceptance: float, steps: int) -> AISResult:
@@ -258,7 +173,7 @@ def ais(pair, x: torch.Tensor, steps: int = 1000, chains: int = 16, leapfrog: in
             torch.manual_seed(seed)
         size = _chunk_size(pair, chains + tune, budget)
         for start in range(0, x.shape[0], size):
-            target = _Target(pair, x[start:start + size], chains + tune, init)
+            target = _target(pair, x[start:start + size], chains + tune, init)
             log_w, acc = _anneal(target, target.z0, betas, step_size, leapfrog, target_accept, tune)
             results.append((log_w, acc))
     log_w = torch.cat([r[0] for r in results], 1)
@@ -279,7 +194,7 @@ def simulate(pair, n: int, seed: int | None = 0) -> tuple[torch.Tensor, dict]:
             if len(observed) != 1:
                 raise UserError("BDMC simulates data from the model and needs exactly one observed site")
             trace = poutine.trace(poutine.uncondition(pair.model)).get_trace(template)
-    latents = {name: s["value"] for name, s in trace.nodes.items() if _is_latent(s) and name != observed[0]}
+    latents = {name: s["value"] for name, s in trace.nodes.items() if is_latent(s) and name != observed[0]}
     return trace.nodes[observed[0]]["value"].detach(), latents
 
 
@@ -297,7 +212,7 @@ def bdmc(pair, n: int = 100, steps: int = 1000, chains: int = 16, leapfrog: int 
     betas = schedule(steps, schedule_kind).flip(0)
     with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
         torch.manual_seed(seed + 2)
-        target = _Target(pair, x, chains + tune, init)
+        target = _target(pair, x, chains + tune, init)
         z = target.flatten({name: v.expand(target.shape + v.shape[1:]) for name, v in latents.items()})
         log_w, acc = _anneal(target, z, betas, step_size, leapfrog, target_accept, tune)
     return BDMCResult(x=x, lower=lower, upper=_summarize(log_w, -1.0, acc, steps))

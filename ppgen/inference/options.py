@@ -47,6 +47,14 @@ def positive_int(v: Any) -> str | None:
     return None if _is_int(v) and v >= 1 else "must be a positive whole number (1 or more)"
 
 
+def nonnegative_int(v: Any) -> str | None:
+    return None if _is_int(v) and v >= 0 else "must be a whole number, 0 or more"
+
+
+def probability(v: Any) -> str | None:
+    return None if _is_number(v) and 0 < v < 1 else "must be a number strictly between 0 and 1"
+
+
 def seed_int(v: Any) -> str | None:
     return None if _is_int(v) and 0 <= v < 2**63 else "must be a whole number, 0 or more"
 
@@ -134,6 +142,12 @@ class SVIOptions:
     beta: float = option(1.0, nonnegative_float, "KL weight (beta-VAE)")
     anneal_epochs: float = option(0.0, nonnegative_float, "linear KL warm-up from 0 to beta over this many epochs")
     free_bits: float = option(0.0, nonnegative_float, "free-bits floor per latent dimension, in nats (torch engine)")
+    mcmc_steps: int = option(0, nonnegative_int, "MCMC inside training (Hoffman 2017): HMC transitions that refine "
+                             "the guide's z toward p(z|x) before the model's gradient; 0 is off (torch engine)")
+    mcmc_step_size: float = option(0.05, positive_float, "initial HMC step size of --mcmc-steps, adapted toward "
+                                   "--mcmc-accept between minibatches")
+    mcmc_leapfrog: int = option(5, positive_int, "leapfrog steps per HMC transition of --mcmc-steps")
+    mcmc_accept: float = option(0.8, probability, "target acceptance rate of the --mcmc-steps step size")
     seed: int = _seed()
     device: str = _device()
     engine: str = option("auto", one_of(ENGINES, "SVI engine"), "auto (jax where the pair lowers and the options allow, else "
@@ -147,6 +161,12 @@ class SVIOptions:
         if self.engine == "jax" and self.free_bits > 0:
             raise OptionError("engine", self.engine, "free bits needs engine='torch' (NumPyro has no free-bits "
                               "ELBO); use engine='torch' or 'auto'")
+        if self.mcmc_steps > 0 and self.engine == "jax":
+            raise OptionError("engine", self.engine, "MCMC inside training (mcmc_steps) needs engine='torch'; use "
+                              "engine='torch' or 'auto'")
+        if self.mcmc_steps > 0 and self.elbo == "iwae":
+            raise OptionError("mcmc_steps", self.mcmc_steps, "MCMC inside training refines one draw of q per "
+                              "example; use elbo='trace' or 'analytic' with it")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,13 @@ Objectives (``elbo=``):
 * a family's own estimator: a pair whose class defines ``objective(x)`` (the protocol's
   hook, e.g. DDPM's sampled timestep) is trained on it by both engines.
 
+MCMC inside training (``mcmc_steps=T``, Hoffman 2017; torch engine): T HMC transitions
+started at the guide's draw refine z toward p(z | x) of the current model; the model's
+parameters take ∇ log p(x, z_T) (no gradient through the chain), the guide's the ELBO
+above (:mod:`ppgen.inference.hmc`). The chain targets the unscaled p(x, z): ``beta``
+weights the guide's ELBO only. The step size is adapted between minibatches toward
+``mcmc_accept`` and kept in the checkpoint; each epoch's row reports the acceptance.
+
 KL weight: ``beta`` scales every latent site (β-VAE), and ``anneal_epochs`` warms β up
 linearly from 0 (Bowman et al., 2016; Sønderby et al., 2016), applied as a Pyro
 ``scale`` handler on latent sites only.
@@ -44,8 +51,9 @@ from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from ppgen import sites
 from ppgen.errors import UserError
-from ppgen.inference import distributed, loop
+from ppgen.inference import distributed, hmc, loop
 from ppgen.inference.fit import Fit, register
 from ppgen.inference.options import ELBOS, OptionError, SVIOptions, beta_at, make
 
@@ -164,7 +172,7 @@ def check_objective_options(pair, options: SVIOptions) -> None:
     if not pair.has_objective:
         return
     for name, default in (("elbo", "trace"), ("num_particles", 1), ("beta", 1.0), ("anneal_epochs", 0.0),
-                          ("free_bits", 0.0)):
+                          ("free_bits", 0.0), ("mcmc_steps", 0)):
         if getattr(options, name) != default:
             raise OptionError(name, getattr(options, name), f"{pair.who} is trained on its own objective; "
                               "leave this option at its default")
@@ -179,6 +187,7 @@ class TorchState:
     options: SVIOptions
     optimizer: torch.optim.Optimizer
     loss_fn: Any
+    mcmc_step_size: float = 0.0  # MCMC inside training: the adapted HMC step size
 
 
 def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchState:
@@ -187,6 +196,9 @@ def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchSt
     loss_fn = (ObjectiveLoss(pair) if pair.has_objective
                else make_elbo(options.elbo, options.num_particles, pair.max_plate_nesting, options.free_bits))
     optimizer = make_adam(pair.parameters(), options.lr)
+    step_size = options.mcmc_step_size
+    if options.mcmc_steps > 0:
+        hmc.check_pair(pair, data.train_epoch(0)[:2].to(device))
     if resume is not None:
         engine_state = loop.state_from_checkpoint(resume).engine
         if isinstance(engine_state.get("optimizer"), list):
@@ -197,7 +209,8 @@ def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchSt
         except (KeyError, ValueError) as err:
             raise UserError(f"the checkpoint's optimizer state does not fit this model ({err}); resume it with the "
                             "model options it was written with") from None
-    return TorchState(pair, options, optimizer, loss_fn)
+        step_size = float(engine_state.get("mcmc_step_size", step_size))
+    return TorchState(pair, options, optimizer, loss_fn, step_size)
 
 
 def _load_weights(pair, weights: dict) -> None:
@@ -208,11 +221,22 @@ def _load_weights(pair, weights: dict) -> None:
                         "resume with the model options it was written with") from None
 
 
+def _mcmc_loss_and_grads(state: TorchState, model: Callable, guide: Callable, x: torch.Tensor) -> tuple[float, float]:
+    """Hoffman (2017): the guide's ELBO gradient, the model's gradient at the refined z; (loss, acceptance)."""
+    o, pair = state.options, state.pair
+    guide_loss = state.loss_fn.differentiable_loss(model, guide, x)
+    chain = hmc.refine(pair, x, o.mcmc_steps, state.mcmc_step_size, o.mcmc_leapfrog)
+    model_loss = -sites.log_joint(pair, x, chain.values, particles=1).sum()
+    hmc.split_gradients([p for p in pair.parameters() if p.requires_grad], guide_loss, model_loss)
+    state.mcmc_step_size = hmc.adapt_step_size(state.mcmc_step_size, chain.acceptance, o.mcmc_accept)
+    return guide_loss.item(), chain.acceptance
+
+
 def _torch_epoch(state: TorchState, plan: loop.EpochPlan) -> tuple[TorchState, loop.EpochResult]:
     o, pair = state.options, state.pair
     g = torch.Generator().manual_seed(plan.seed)
     order = torch.randperm(len(plan.x), generator=g).to(plan.x.device)
-    total, b = 0.0, o.beta
+    total, b, accepted = 0.0, o.beta, []
     for step in range(plan.steps):
         xb = plan.rows(order, step)
         b = beta_at(plan.index, step, plan.steps, o.beta, o.anneal_epochs)
@@ -222,7 +246,11 @@ def _torch_epoch(state: TorchState, plan: loop.EpochPlan) -> tuple[TorchState, l
         if plan.group.world > 1:  # global and subsampled terms: each process takes its 1/N share
             shard = distributed.ShardScale(plan.group.world, pair.data_plate)
             model, guide = shard(model), shard(guide)
-        value = _loss_and_grads(state.loss_fn, model, guide, xb)
+        if o.mcmc_steps > 0:  # (data-parallel: each process adapts its own HMC step size on its shard)
+            value, acceptance = _mcmc_loss_and_grads(state, model, guide, xb)
+            accepted.append(acceptance)
+        else:
+            value = _loss_and_grads(state.loss_fn, model, guide, xb)
         # data-parallel: the ELBO sums over the plate, so the gradients (and loss) of the shards add up to one
         # process's on the whole batch
         (value,) = plan.group.reduce_step(pair.parameters(), [value], mean=False)
@@ -236,7 +264,10 @@ def _torch_epoch(state: TorchState, plan: loop.EpochPlan) -> tuple[TorchState, l
             plan.tick(1)
     if not all(torch.isfinite(p).all() for p in pair.parameters()):
         return state, loop.EpochResult(stop="weights became NaN or infinite")
-    return state, loop.EpochResult({**loop.objective_row(pair, total / (plan.steps * plan.batch)), "beta": b})
+    row = {**loop.objective_row(pair, total / (plan.steps * plan.batch)), "beta": b}
+    if accepted:
+        row.update(mcmc_acceptance=sum(accepted) / len(accepted), mcmc_step_size=state.mcmc_step_size)
+    return state, loop.EpochResult(row)
 
 
 def _torch_restore(state: TorchState, weights: dict) -> TorchState:
@@ -247,7 +278,8 @@ def _torch_restore(state: TorchState, weights: dict) -> TorchState:
 TORCH_ENGINE = loop.Engine(
     name="torch", init=_torch_init, epoch=_torch_epoch,
     snapshot=lambda s: copy.deepcopy(s.pair.state_dict()), restore=_torch_restore, sync=lambda s: None,
-    checkpoint=lambda s: {"optimizer": s.optimizer.state_dict()}, modules=lambda s: [s.pair])
+    checkpoint=lambda s: {"optimizer": s.optimizer.state_dict(), "mcmc_step_size": s.mcmc_step_size},
+    modules=lambda s: [s.pair])
 
 
 # -- the backend ----------------------------------------------------------------------------------
@@ -268,6 +300,8 @@ def choose_engine(pair, options: SVIOptions) -> tuple[str, str]:
         return "torch", f"{pair.who} trains only on the torch engine"
     if options.free_bits > 0:
         return "torch", "free bits is torch-only"
+    if options.mcmc_steps > 0:
+        return "torch", "MCMC inside training (mcmc_steps) is torch-only"
     if options.device.startswith("cuda"):
         import jax
 

@@ -229,6 +229,8 @@ def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
     from ppgen.nn import NotLowerable
     from ppgen.ppl import recording_modules
 
+    if options.mcmc_steps > 0:
+        raise CannotLower("has no MCMC inside training (mcmc_steps is torch-only)")
     if options.free_bits > 0:
         raise CannotLower("has no free bits (NumPyro has no free-bits ELBO)")
     _check_device(options.device)

@@ -142,6 +142,19 @@ class PPCA(GenerativeModel):
             self.encoder.raw_tril.copy_(raw)
         return self
 
+    def set_guide_to_mean_field(self) -> PPCA:
+        """Make q(z|x) the best mean-field Gaussian: the one closest to the posterior in KL(q ‖ p), which
+        mean-field SVI converges to — the exact mean, variances 1/Λ_ii with Λ = M/σ² the posterior precision
+        (the conditional variances, below the marginal ones when the posterior is correlated), no correlation.
+        Its ELBO is log p(x) − ½(Σ_i log Λ_ii − log det Λ)."""
+        self.set_guide_to_posterior()
+        k = self.config.z_dim
+        with torch.no_grad():
+            precision = (self.W.T @ self.W + self.sigma**2 * torch.eye(k)) / self.sigma**2
+            sd = precision.diagonal().rsqrt()
+            self.encoder.raw_tril.copy_(torch.diag(torch.log(torch.expm1(sd))))
+        return self
+
     def fit_exact(self, x: torch.Tensor) -> PPCA:
         """Maximum-likelihood W, μ, σ² in closed form (Tipping & Bishop, eq. 7-8)."""
         k = self.config.z_dim

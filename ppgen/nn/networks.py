@@ -100,11 +100,19 @@ class MLPEncoder(Network):
         self.loc = nn.Linear(hidden[-1], z_dim)
         self.raw_scale = nn.Linear(hidden[-1], z_dim)
 
-    def forward(self, x: torch.Tensor):
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer h(x) (the context of a flow on q(z|x))."""
         h = x.flatten(-self.x_ndim)
         for layer in self.layers:
             h = F.softplus(layer(h))
+        return h
+
+    def head(self, h: torch.Tensor):
+        """(loc, scale) from the hidden state."""
         return self.loc(h), F.softplus(self.raw_scale(h)) + 1e-4
+
+    def forward(self, x: torch.Tensor):
+        return self.head(self.features(x))
 
 
 class MLPDecoder(Network):
@@ -156,14 +164,21 @@ class ConvEncoder(Network):
         self.loc = nn.Linear(hidden[-1], z_dim)
         self.raw_scale = nn.Linear(hidden[-1], z_dim)
 
-    def forward(self, x: torch.Tensor):
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The dense hidden layer h(x) (the context of a flow on q(z|x))."""
         lead = x.shape[:-3]
         h = x.reshape((-1,) + self.x_shape)
         h = F.relu(self.conv1(h))
         h = F.relu(self.conv2(h))
         h = F.relu(self.dense(h.flatten(1)))
-        h = h.reshape(lead + (-1,))
+        return h.reshape(lead + (-1,))
+
+    def head(self, h: torch.Tensor):
+        """(loc, scale) from the hidden state."""
         return self.loc(h), F.softplus(self.raw_scale(h)) + 1e-4
+
+    def forward(self, x: torch.Tensor):
+        return self.head(self.features(x))
 
 
 class ConvDecoder(Network):
