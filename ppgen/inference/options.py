@@ -134,6 +134,11 @@ class SVIOptions:
     beta: float = option(1.0, nonnegative_float, "KL weight (beta-VAE)")
     anneal_epochs: float = option(0.0, nonnegative_float, "linear KL warm-up from 0 to beta over this many epochs")
     free_bits: float = option(0.0, nonnegative_float, "free-bits floor per latent dimension, in nats (torch engine)")
+    aggressive_epochs: float = option(0.0, nonnegative_float, "aggressive encoder updates (He et al. 2019) for this "
+                                      "many epochs: before each model step, guide-only steps until the loss stops "
+                                      "improving (torch engine)")
+    aggressive_steps: int = option(50, positive_int, "most guide-only steps per model step in the aggressive phase",
+                                   cli=False)
     seed: int = _seed()
     device: str = _device()
     engine: str = option("auto", one_of(ENGINES, "SVI engine"), "auto (jax where the pair lowers and the options allow, else "
@@ -147,6 +152,9 @@ class SVIOptions:
         if self.engine == "jax" and self.free_bits > 0:
             raise OptionError("engine", self.engine, "free bits needs engine='torch' (NumPyro has no free-bits "
                               "ELBO); use engine='torch' or 'auto'")
+        if self.engine == "jax" and self.aggressive_epochs > 0:
+            raise OptionError("engine", self.engine, "aggressive encoder updates need engine='torch' (a data-dependent "
+                              "inner loop per step); use engine='torch' or 'auto'")
 
 
 @dataclass(frozen=True)
