@@ -220,3 +220,27 @@ def test_pixelcnn_generate_and_reconstruct_give_binary_images():
     x = pair.generate(5)
     assert x.shape == (5, 1, 3, 4) and ((x == 0) | (x == 1)).all()
     assert pair.reconstruct(x).shape == x.shape
+
+
+# -- the linear probe and the figure -----------------------------------------------------------------------------
+def _one_hot_digits(counts=(10, 20, 30, 40)) -> tuple[torch.Tensor, torch.Tensor]:
+    y = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    x = torch.nn.functional.one_hot(y, 4).float().reshape(-1, 1, 2, 2)
+    return x, y
+
+
+def test_linear_probe_reads_an_informative_code_and_not_a_collapsed_one():
+    torch.manual_seed(9)
+    x, y = _one_hot_digits()
+    pair = VAE(x_shape=(1, 2, 2), z_dim=5, hidden=(8,))
+    assert collapse.linear_probe(pair, x, y, x, y) == 1.0  # 4 distinct means in 5 dims: separable
+    with torch.no_grad():  # a collapsed code: every x has the same posterior mean
+        pair.encoder.loc.weight.zero_()
+    assert collapse.linear_probe(pair, x, y, x, y) == pytest.approx(0.4)  # the majority share, 40 of 100
+
+
+def test_kl_per_dim_figure(tmp_path):
+    from ppgen import plots
+
+    path = plots.kl_per_dim_bars({"plain": [0.0, 0.01, 0.0], "delta": [0.3, 0.5, 0.3]}, tmp_path / "kl.png")
+    assert path.stat().st_size > 1000
