@@ -233,6 +233,8 @@ def test_linear_probe_reads_an_informative_code_and_not_a_collapsed_one():
     torch.manual_seed(9)
     x, y = _one_hot_digits()
     pair = VAE(x_shape=(1, 2, 2), z_dim=5, hidden=(8,))
+    with torch.no_grad():
+        pair.encoder.loc.weight.mul_(50)  # means far apart (the probe's L2 penalty is that of C = 1)
     assert collapse.linear_probe(pair, x, y, x, y) == 1.0  # 4 distinct means in 5 dims: separable
     with torch.no_grad():  # a collapsed code: every x has the same posterior mean
         pair.encoder.loc.weight.zero_()

@@ -13,7 +13,10 @@ r"""Posterior-collapse diagnostics for a pair with a Gaussian-like guide.
 * Linear-probe accuracy: how useful the code is as a representation — a multinomial logistic
   regression (scikit-learn) fitted on the posterior means E_q[z | x] of labelled training
   examples, scored on held-out ones (the probe of Alain & Bengio, 2016, as collapse papers
-  report it, e.g. He et al., 2019). A collapsed code gives the majority-class share.
+  report it, e.g. Razavi et al., 2019). The means are not standardized: a unit whose mean
+  moves by 0.01 while q's spread is 1 carries next to nothing, and rescaling it to unit variance
+  would let the probe read it anyway; with the default L2 penalty (C = 1) such a code gives
+  about the majority-class share, as a constant code does exactly.
 
 For pairs with several latent layers (DLGM, hierarchical and Ladder VAEs) :func:`layer_report`
 gives the same three numbers per layer from the pair's own sample sites: the guide is
@@ -105,15 +108,13 @@ def linear_probe(pair, x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
                  seed: int = 0) -> float:
     """Accuracy on (x_test, y_test) of a logistic regression fitted on the posterior means of x_train."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
 
     if y_train is None or y_test is None:
         raise UserError("the linear probe needs labels; this data set has none")
     means = [_gaussian_q(pair, x).loc.reshape(len(x), -1).cpu().numpy() for x in (x_train, x_test)]
-    scaler = StandardScaler().fit(means[0])
     probe = LogisticRegression(max_iter=2000, random_state=seed)
-    probe.fit(scaler.transform(means[0]), y_train.cpu().numpy())
-    return float(probe.score(scaler.transform(means[1]), y_test.cpu().numpy()))
+    probe.fit(means[0], y_train.cpu().numpy())
+    return float(probe.score(means[1], y_test.cpu().numpy()))
 
 
 def _base(fn):
