@@ -13,10 +13,11 @@ r"""Posterior-collapse diagnostics for a pair with a Gaussian-like guide.
 * Linear-probe accuracy: how useful the code is as a representation — a multinomial logistic
   regression (scikit-learn) fitted on the posterior means E_q[z | x] of labelled training
   examples, scored on held-out ones (the probe of Alain & Bengio, 2016, as collapse papers
-  report it, e.g. Razavi et al., 2019). The means are not standardized: a unit whose mean
-  moves by 0.01 while q's spread is 1 carries next to nothing, and rescaling it to unit variance
-  would let the probe read it anyway; with the default L2 penalty (C = 1) such a code gives
-  about the majority-class share, as a constant code does exactly.
+  report it, e.g. Razavi et al., 2019). The means are not standardized (rescaling a unit whose
+  mean moves by 0.01 while q's spread is 1 to unit variance would amplify what the noise of q
+  hides); the L2 penalty is sklearn's default (C = 1). A constant code gives exactly the
+  majority-class share; a collapsed one, whose means still move a little with x, more than that
+  (the probe reads the means, not what survives q's noise: I(x; z) says that).
 
 For pairs with several latent layers (DLGM, hierarchical and Ladder VAEs) :func:`layer_report`
 gives the same three numbers per layer from the pair's own sample sites: the guide is
