@@ -37,10 +37,9 @@ the encoder does (σ² = −W₀(−e^{−1−2δ}), W₀ Lambert's function; :f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-import math
 
 import torch
 

@@ -117,7 +117,7 @@ def _module_rule(mod: nn.Module) -> Callable:
         return lambda p, x: jax.nn.elu(x, mod.alpha)
     if isinstance(mod, nn.Linear):
         return lambda p, x: _linear(mod, p, x)
-    from ppgen.nn.autoregressive import MaskedConv2d
+    from ppgen.nn.layers import MaskedConv2d
 
     if isinstance(mod, MaskedConv2d):  # the fixed mask is a constant of the layer, not a weight
         mask = jnp.asarray(mod.mask.detach().cpu().numpy())
