@@ -45,6 +45,7 @@ def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", default=",".join(ROWS))
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run from here (to split seeds over processes)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--train", type=int, default=None, help="use only this many training digits (default: all)")
     p.add_argument("--n-test", type=int, default=500, help="test digits for the NLL and the diagnostics")
@@ -66,7 +67,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true", help="1 seed, 2 epochs, 1,000 training digits, 200 test, K=10")
     p.add_argument("--out", type=Path, default=None, help="write every run's row as JSON here")
-    p.add_argument("--figure", type=Path, default=None, help="KL per dimension of each row (seed 0) as a PNG")
+    p.add_argument("--figure", type=Path, default=None, help="KL per dimension of each row (first seed) as a PNG")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.train, args.n_test, args.k = 1, 2, 1000, 200, 10
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
           f"{args.seeds} seed(s), z_dim {args.z_dim}, PixelCNN {args.layers} layers x {args.channels} channels, "
           f"IWAE K={args.k}", flush=True)
     results = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for row in rows:
             r = run_one(data, row, seed, args)
             results.append(r)
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
                                                 "results": results}, indent=1))
     print(table(results))
     if args.figure is not None:
-        first = {r["row"]: r["kl_per_dim"] for r in results if r["seed"] == 0}
+        first = {r["row"]: r["kl_per_dim"] for r in results if r["seed"] == args.first_seed}
         plots.kl_per_dim_bars(first, args.figure)
         print(f"figure: {args.figure}")
     return 0 if all(math.isfinite(r["nll"]) for r in results) else 1
