@@ -55,6 +55,9 @@ MODELS = {
 # DDPM (issue 11; not in the default --models): the bound L_vlb trained directly (its sampled-timestep estimator),
 # T = --ddpm-steps; "IWAE" is then the importance-weighted bound over --ddpm-k forward trajectories
 MODELS["ddpm"] = lambda shape: DDPM(shape, hidden=(512, 512), timesteps=DDPM_STEPS[0], objective="vlb")
+# ... and with learned reverse-step variances (Nichol & Dhariwal, 2021), also trained on L_vlb
+MODELS["ddpm-learned"] = lambda shape: DDPM(shape, hidden=(512, 512), timesteps=DDPM_STEPS[0], objective="vlb",
+                                            variance="learned")
 DDPM_STEPS = [100]
 
 
@@ -103,11 +106,11 @@ def evaluate(name: str, pair, x: torch.Tensor, args) -> dict:
     torch.manual_seed(args.seed)
     with torch.no_grad():
         t = time.perf_counter()
-        k = 1 if name == "vqvae" else args.ddpm_k if name == "ddpm" else args.k
+        k = 1 if name == "vqvae" else args.ddpm_k if name.startswith("ddpm") else args.k
         ll = iwae(pair, x, k=k)
         row.update(nll=-float(ll.mean()), nll_se=float(ll.std() / math.sqrt(len(x))), iwae_seconds=time.perf_counter() - t)
         row["elbo"] = float(elbo(pair, x, num_samples=10).mean())
-    if name not in ("nade", "vqvae", "ddpm"):
+    if name not in ("nade", "vqvae", "ddpm", "ddpm-learned"):
         layers = layer_report(pair, x)
         row["active_units"] = [layers[f"z{i}"]["active_units"] for i in range(1, len(layers) + 1)] if "z1" in layers \
             else [layers["z"]["active_units"]]

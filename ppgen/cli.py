@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ppgen.errors import UserError
 from ppgen.inference.options import AdversarialOptions, OptionError, SVIOptions, cli_flags, flag_of
+from ppgen.models.vae import NETS as VAE_NETS
 
 EPILOG = """examples:
   ppgen train vae --data mnist --z-dim 50 --epochs 30 --out runs/vae
@@ -81,7 +82,8 @@ def _add_train(sub) -> None:
     m.add_argument("--hidden", type=_ints, help="hidden layer sizes, comma separated (default 400)")
     m.add_argument("--z-dims", type=_ints, help="dlgm/hvae/lvae: latent sizes per layer, bottom first, e.g. 50,20 "
                    "(with --hidden giving one hidden size per layer, e.g. 400,200)")
-    m.add_argument("--net", choices=["mlp", "conv"], help="encoder/decoder networks (default mlp)")
+    m.add_argument("--net", choices=list(VAE_NETS), help="encoder/decoder networks (default mlp; pixelcnn: an "
+                   "autoregressive decoder p(x|z) = prod_i p(x_i | x_<i, z) with an MLP encoder)")
     m.add_argument("--likelihood", choices=["bernoulli", "cbernoulli", "gaussian", "discretized"],
                    help="p(x|z) (default bernoulli; discretized: ddpm's decoder for grey levels)")
     m.add_argument("--skip", action="store_true", default=None, help="Skip-VAE decoder: z enters every layer")

@@ -148,5 +148,22 @@ def sbc_histograms(rows: dict[str, tuple[np.ndarray, list[str], np.ndarray]], dr
             ax.set_xticks([0, draws])
             if j == 0:
                 ax.set_ylabel(label, fontsize=8)
+def kl_per_dim_bars(kl: dict[str, list[float]], path: Path, ncol: int = 4) -> Path:
+    """One bar chart per model of KL(q(z_j|x) ‖ p(z_j)) per latent dimension, dimensions sorted by KL (collapse)."""
+    plt = _plt()
+    names = list(kl)
+    ncol = min(ncol, len(names))
+    nrow = -(-len(names) // ncol)
+    top = max(max(v) for v in kl.values()) if names else 1.0
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3 * ncol, 2.3 * nrow), squeeze=False, sharey=True)
+    for ax, name in zip(axes.flat, names):
+        values = sorted(kl[name], reverse=True)
+        ax.bar(range(len(values)), values, color="tab:blue")
+        ax.set_title(f"{name}\nKL {sum(values):.2f} nats", fontsize=9)
+        ax.set_ylim(0, top * 1.05 + 1e-6)
+        ax.set_xlabel("latent dim (sorted)", fontsize=8)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("KL per dim (nats)")
     fig.tight_layout()
     return _save(fig, path)

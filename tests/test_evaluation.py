@@ -160,6 +160,7 @@ def table_log_weights(monkeypatch):
 
 class _Shape:
     x_shape = (5,)
+    has_closed_form_elbo = False
 
 
 @pytest.mark.parametrize("budget", [5 * 7, 5 * 50, 5 * 130, 8_000_000], ids=["k-chunks-of-7", "k-whole", "rows-of-2", "one-batch"])

@@ -10,6 +10,15 @@ r"""Posterior-collapse diagnostics for a pair with a Gaussian-like guide.
   2016; estimator of He et al., 2019): I = E_x E_q[log q(z|x)] − E_q(z)[log q(z)],
   with the aggregate posterior q(z) ≈ (1/N) Σ_n q(z|x_n) over the evaluated examples.
 
+* Linear-probe accuracy: how useful the code is as a representation — a multinomial logistic
+  regression (scikit-learn) fitted on the posterior means E_q[z | x] of labelled training
+  examples, scored on held-out ones (the probe of Alain & Bengio, 2016, as collapse papers
+  report it, e.g. Razavi et al., 2019). The means are not standardized (rescaling a unit whose
+  mean moves by 0.01 while q's spread is 1 to unit variance would amplify what the noise of q
+  hides); the L2 penalty is sklearn's default (C = 1). A constant code gives exactly the
+  majority-class share; a collapsed one, whose means still move a little with x, more than that
+  (the probe reads the means, not what survives q's noise: I(x; z) says that).
+
 For pairs with several latent layers (DLGM, hierarchical and Ladder VAEs) :func:`layer_report`
 gives the same three numbers per layer from the pair's own sample sites: the guide is
 traced with S draws and the model replayed on them, so layer l's KL is
@@ -94,6 +103,19 @@ def mutual_information(pair, x: torch.Tensor, seed: int = 0) -> float:
     cross = Normal(q.loc[None], q.scale[None]).log_prob(z[:, None]).sum(-1)  # (M, N)
     log_qz = torch.logsumexp(cross, 1) - math.log(x.shape[0])
     return float(neg_entropy - log_qz.mean())
+
+
+def linear_probe(pair, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+                 seed: int = 0) -> float:
+    """Accuracy on (x_test, y_test) of a logistic regression fitted on the posterior means of x_train."""
+    from sklearn.linear_model import LogisticRegression
+
+    if y_train is None or y_test is None:
+        raise UserError("the linear probe needs labels; this data set has none")
+    means = [_gaussian_q(pair, x).loc.reshape(len(x), -1).cpu().numpy() for x in (x_train, x_test)]
+    probe = LogisticRegression(max_iter=2000, random_state=seed)
+    probe.fit(means[0], y_train.cpu().numpy())
+    return float(probe.score(means[1], y_test.cpu().numpy()))
 
 
 def _base(fn):

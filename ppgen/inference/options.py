@@ -148,6 +148,11 @@ class SVIOptions:
                                    "--mcmc-accept between minibatches")
     mcmc_leapfrog: int = option(5, positive_int, "leapfrog steps per HMC transition of --mcmc-steps")
     mcmc_accept: float = option(0.8, probability, "target acceptance rate of the --mcmc-steps step size")
+    aggressive_epochs: float = option(0.0, nonnegative_float, "aggressive encoder updates (He et al. 2019) for this "
+                                      "many epochs: before each model step, guide-only steps until the loss stops "
+                                      "improving (torch engine)")
+    aggressive_steps: int = option(50, positive_int, "most guide-only steps per model step in the aggressive phase",
+                                   cli=False)
     seed: int = _seed()
     device: str = _device()
     engine: str = option("auto", one_of(ENGINES, "SVI engine"), "auto (jax where the pair lowers and the options allow, else "
@@ -167,6 +172,9 @@ class SVIOptions:
         if self.mcmc_steps > 0 and self.elbo == "iwae":
             raise OptionError("mcmc_steps", self.mcmc_steps, "MCMC inside training refines one draw of q per "
                               "example; use elbo='trace' or 'analytic' with it")
+        if self.engine == "jax" and self.aggressive_epochs > 0:
+            raise OptionError("engine", self.engine, "aggressive encoder updates need engine='torch' (a data-dependent "
+                              "inner loop per step); use engine='torch' or 'auto'")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ r"""The SVI backend: maximize an ELBO over the pair's networks with Adam, on the
 Engines (``engine=``): ``"torch"`` (Pyro SVI, below), ``"jax"`` (NumPyro SVI on the lowered
 pair, each epoch one compiled call: :mod:`ppgen.inference.svi_jax`) and ``"auto"`` (the
 default): the JAX engine wherever the pair lowers and every chosen option is supported
-there (free bits is torch-only), the torch engine otherwise; the choice is printed once on
+there (free bits and aggressive encoder updates are torch-only), the torch engine otherwise; the choice is printed once on
 stderr and recorded in ``fit.options["engine"]``. Both run inside the one training loop
 (:mod:`ppgen.inference.loop`).
 
@@ -31,6 +31,18 @@ weights the guide's ELBO only. The step size is adapted between minibatches towa
 KL weight: ``beta`` scales every latent site (β-VAE), and ``anneal_epochs`` warms β up
 linearly from 0 (Bowman et al., 2016; Sønderby et al., 2016), applied as a Pyro
 ``scale`` handler on latent sites only.
+
+Aggressive encoder updates (``aggressive_epochs``, torch engine): He et al. (2019), "Lagging
+inference networks and posterior collapse in variational autoencoders". Early in training the
+guide lags behind the true posterior of the current model, and the model learns to ignore z
+before the guide has found what z could carry. During the aggressive phase each model step is
+preceded by an inner loop of guide-only steps (the weights the guide's ``pyro.param`` /
+``pyro.module`` sites hold, found from a trace of the guide) on fresh random minibatches, until
+the loss stops improving — the mean over a window of 5 inner steps is no lower than the previous
+window's — or ``aggressive_steps`` steps; then one step of the model's weights only. He et al.
+end the phase when I(x; z) stops rising; here it lasts ``aggressive_epochs`` epochs, after which
+training is the plain joint update. The guide-only optimizer is a second Adam, not checkpointed
+(a run resumed inside the phase restarts its moments).
 """
 
 from __future__ import annotations
@@ -172,7 +184,7 @@ def check_objective_options(pair, options: SVIOptions) -> None:
     if not pair.has_objective:
         return
     for name, default in (("elbo", "trace"), ("num_particles", 1), ("beta", 1.0), ("anneal_epochs", 0.0),
-                          ("free_bits", 0.0), ("mcmc_steps", 0)):
+                          ("free_bits", 0.0), ("mcmc_steps", 0), ("aggressive_epochs", 0.0)):
         if getattr(options, name) != default:
             raise OptionError(name, getattr(options, name), f"{pair.who} is trained on its own objective; "
                               "leave this option at its default")
@@ -188,6 +200,8 @@ class TorchState:
     optimizer: torch.optim.Optimizer
     loss_fn: Any
     mcmc_step_size: float = 0.0  # MCMC inside training: the adapted HMC step size
+    guide_params: list | None = None  # the guide's weights, for the aggressive phase
+    guide_optimizer: torch.optim.Optimizer | None = None
 
 
 def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchState:
@@ -210,7 +224,43 @@ def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchSt
             raise UserError(f"the checkpoint's optimizer state does not fit this model ({err}); resume it with the "
                             "model options it was written with") from None
         step_size = float(engine_state.get("mcmc_step_size", step_size))
-    return TorchState(pair, options, optimizer, loss_fn, step_size)
+    state = TorchState(pair, options, optimizer, loss_fn, step_size)
+    if options.aggressive_epochs > 0:
+        state.guide_params = guide_parameters(pair, data.train_epoch(0)[:2].to(device))
+        state.guide_optimizer = make_adam(state.guide_params, options.lr)
+    return state
+
+
+def guide_parameters(pair, x: torch.Tensor) -> list[torch.nn.Parameter]:
+    """The weights the guide registers (its ``pyro.param`` sites, those of ``pyro.module`` included)."""
+    trace = poutine.trace(pair.guide).get_trace(x)
+    seen: dict[int, torch.nn.Parameter] = {}
+    for site in trace.nodes.values():
+        if site["type"] == "param" and site["value"].requires_grad:
+            seen.setdefault(id(site["value"]), site["value"])
+    if not seen:
+        raise UserError(f"{pair.who}'s guide has no weights: aggressive encoder updates have nothing to update")
+    return list(seen.values())
+
+
+def _aggressive_inner(state: TorchState, x: torch.Tensor, model, guide, g: torch.Generator, batch: int) -> bool:
+    """Guide-only steps on fresh minibatches until the windowed loss stops falling (He et al., 2019, Alg. 1);
+    False if a loss was not finite."""
+    window, previous, current = 5, math.inf, []
+    for _ in range(state.options.aggressive_steps):
+        xb = x[torch.randint(len(x), (batch,), generator=g).to(x.device)]
+        state.guide_optimizer.zero_grad(set_to_none=True)
+        value = _loss_and_grads(state.loss_fn, model, guide, xb)
+        if not math.isfinite(value):
+            return False
+        state.guide_optimizer.step()
+        current.append(value)
+        if len(current) == window:
+            mean = sum(current) / window
+            if mean >= previous:
+                break
+            previous, current = mean, []
+    return True
 
 
 def _load_weights(pair, weights: dict) -> None:
@@ -241,11 +291,14 @@ def _torch_epoch(state: TorchState, plan: loop.EpochPlan) -> tuple[TorchState, l
         xb = plan.rows(order, step)
         b = beta_at(plan.index, step, plan.steps, o.beta, o.anneal_epochs)
         scale = ScaleLatents(b) if b != 1.0 else None
-        state.optimizer.zero_grad(set_to_none=True)
         model, guide = (pair.model, pair.guide) if scale is None else (scale(pair.model), scale(pair.guide))
         if plan.group.world > 1:  # global and subsampled terms: each process takes its 1/N share
             shard = distributed.ShardScale(plan.group.world, pair.data_plate)
             model, guide = shard(model), shard(guide)
+        aggressive = plan.index + step / plan.steps < o.aggressive_epochs
+        if aggressive and not _aggressive_inner(state, plan.x, model, guide, g, plan.batch):
+            return state, loop.EpochResult(stop="loss became non-finite in an aggressive guide step", stop_step=step)
+        state.optimizer.zero_grad(set_to_none=True)
         if o.mcmc_steps > 0:  # (data-parallel: each process adapts its own HMC step size on its shard)
             value, acceptance = _mcmc_loss_and_grads(state, model, guide, xb)
             accepted.append(acceptance)
@@ -256,6 +309,9 @@ def _torch_epoch(state: TorchState, plan: loop.EpochPlan) -> tuple[TorchState, l
         (value,) = plan.group.reduce_step(pair.parameters(), [value], mean=False)
         if not math.isfinite(value):
             return state, loop.EpochResult(stop=f"loss became {value}", stop_step=step)
+        if aggressive:  # the model's step alone: the guide has just had its own
+            for p in state.guide_params:
+                p.grad = None
         state.optimizer.step()
         total += value
         if step % 10 == 0:
@@ -302,6 +358,8 @@ def choose_engine(pair, options: SVIOptions) -> tuple[str, str]:
         return "torch", "free bits is torch-only"
     if options.mcmc_steps > 0:
         return "torch", "MCMC inside training (mcmc_steps) is torch-only"
+    if options.aggressive_epochs > 0:
+        return "torch", "aggressive encoder updates are torch-only"
     if options.device.startswith("cuda"):
         import jax
 
@@ -330,6 +388,9 @@ def fit_svi(pair, data, *, progress: bool | None = None, callback: Callable[[Fit
     if distributed.launched() > 1 and opts.free_bits > 0:
         raise OptionError("free_bits", opts.free_bits, "the free-bits floor is taken on the batch mean of each KL, "
                           "which does not split over processes; train with one process or without free bits")
+    if distributed.launched() > 1 and opts.aggressive_epochs > 0:
+        raise OptionError("aggressive_epochs", opts.aggressive_epochs, "the aggressive phase's guide-only steps draw "
+                          "their own minibatches in each process; train it with one process")
     pair.check_data(data.train_epoch(0), "training data")
     if resume is not None:
         written_by = resume.get("options", {}).get("engine", "torch") if isinstance(resume, dict) else "torch"

@@ -233,6 +233,8 @@ def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
         raise CannotLower("has no MCMC inside training (mcmc_steps is torch-only)")
     if options.free_bits > 0:
         raise CannotLower("has no free bits (NumPyro has no free-bits ELBO)")
+    if options.aggressive_epochs > 0:
+        raise CannotLower("has no aggressive encoder updates (torch engine only)")
     _check_device(options.device)
     pair.to("cpu")
     if resume is not None:

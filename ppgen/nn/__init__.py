@@ -1,5 +1,6 @@
 """Networks the models use; each can be lowered to a pure JAX function."""
 
+from ppgen.nn.autoregressive import MaskedConv2d, PixelCNNDecoder
 from ppgen.nn.denoisers import MLPDenoiser, TimeEmbedding, UNetDenoiser
 from ppgen.nn.lower import NotLowerable, jax_params, lower
 from ppgen.nn.networks import (
@@ -12,4 +13,4 @@ from ppgen.nn.networks import (
     Network,
 )
 
-__all__ = ["MLPDenoiser", "TimeEmbedding", "UNetDenoiser", "ConvDecoder", "ConvEncoder", "DeterministicMLP", "GaussianMLP", "MLPDecoder", "MLPEncoder", "Network", "NotLowerable", "jax_params", "lower"]
+__all__ = ["MaskedConv2d", "PixelCNNDecoder", "MLPDenoiser", "TimeEmbedding", "UNetDenoiser", "ConvDecoder", "ConvEncoder", "DeterministicMLP", "GaussianMLP", "MLPDecoder", "MLPEncoder", "Network", "NotLowerable", "jax_params", "lower"]

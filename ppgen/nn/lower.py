@@ -47,13 +47,13 @@ def _linear(mod: nn.Linear, p: Callable, x):
     return y + p("bias") if mod.bias is not None else y
 
 
-def _conv2d(mod: nn.Conv2d, p: Callable, x):
+def _conv2d(mod: nn.Conv2d, p: Callable, x, weight=None):
     jax, jnp = _jnp()
     if isinstance(mod.padding, str):
         raise NotLowerable("Conv2d with string padding")
     y = jax.lax.conv_general_dilated(
         x,
-        p("weight"),
+        p("weight") if weight is None else weight,
         window_strides=mod.stride,
         padding=[(q, q) for q in mod.padding],
         rhs_dilation=mod.dilation,
@@ -117,6 +117,11 @@ def _module_rule(mod: nn.Module) -> Callable:
         return lambda p, x: jax.nn.elu(x, mod.alpha)
     if isinstance(mod, nn.Linear):
         return lambda p, x: _linear(mod, p, x)
+    from ppgen.nn.layers import MaskedConv2d
+
+    if isinstance(mod, MaskedConv2d):  # the fixed mask is a constant of the layer, not a weight
+        mask = jnp.asarray(mod.mask.detach().cpu().numpy())
+        return lambda p, x: _conv2d(mod, p, x, weight=p("weight") * mask)
     if isinstance(mod, nn.Conv2d):
         return lambda p, x: _conv2d(mod, p, x)
     if isinstance(mod, nn.ConvTranspose2d):
