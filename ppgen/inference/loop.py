@@ -127,6 +127,7 @@ def run(engine: Engine, pair, data, options: Any, *, backend: str, resume: dict 
     from ppgen.inference.options import as_dict
 
     batch, steps = batching(len(data.train), options.batch_size)
+    pair.train()  # training mode (batch statistics in batch norm), whatever an evaluation left
     state = engine.init(pair, data, options, resume)
     fit = Fit(pair=pair, backend=backend, options={**as_dict(options), **(extra_options or {}),
                                                    "engine": engine.name})

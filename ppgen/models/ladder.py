@@ -42,6 +42,7 @@ class LadderVAEConfig:
     hidden: tuple = ((400,), (200,))
     likelihood: str = "bernoulli"
     skip: bool = False
+    batch_norm: bool = True
 
 
 def precision_weighted(loc_a, scale_a, loc_b, scale_b):
@@ -61,16 +62,17 @@ class LadderVAE(LayeredModel):
     Config = LadderVAEConfig
 
     def __init__(self, x_shape: Sequence[int] = (1, 28, 28), z_dims: Sequence[int] = (50, 20),
-                 hidden: Any = ((400,), (200,)), likelihood: str = "bernoulli", skip: bool = False):
+                 hidden: Any = ((400,), (200,)), likelihood: str = "bernoulli", skip: bool = False,
+                 batch_norm: bool = True):
         check_likelihood(likelihood)
         z_dims, stages = layer_spec(z_dims, hidden, "LadderVAE", min_layers=2)
-        super().__init__(LadderVAEConfig(tuple(x_shape), z_dims, stages, likelihood, bool(skip)))
+        super().__init__(LadderVAEConfig(tuple(x_shape), z_dims, stages, likelihood, bool(skip), bool(batch_norm)))
         self._set_layers(z_dims)
         self.decoder = self._make_decoder(x_shape, stages[0], skip)
         self.prior_nets = self._make_prior_nets(stages)
         ups, heads, width = [], [], math.prod(x_shape)
         for i, stage in enumerate(stages):
-            ups.append(DeterministicMLP(tuple(x_shape) if i == 0 else (width,), stage))
+            ups.append(DeterministicMLP(tuple(x_shape) if i == 0 else (width,), stage, batch_norm=batch_norm))
             width = stage[-1] if stage else width
             heads.append(GaussianMLP(width, z_dims[i]))
         self.up = nn.ModuleList(ups)
