@@ -79,6 +79,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--baseline-epochs", type=int, default=1, help="epochs of the plain Pyro baseline (0: skip)")
     p.add_argument("--prior-epochs", type=int, default=None, help="vqvae: epochs of its PixelCNN prior (default --epochs)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared, loaded machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ddpm-steps", type=int, default=100, help="ddpm: diffusion steps T")
     p.add_argument("--ddpm-k", type=int, default=50, help="ddpm: forward trajectories of its importance-weighted bound")
@@ -127,6 +128,8 @@ def evaluate(name: str, pair, x: torch.Tensor, args) -> dict:
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     data = load(args.data, binarize="dynamic", seed=args.seed)
     x_test = (data.test if len(data.test) else data.val).to(args.device)

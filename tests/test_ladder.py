@@ -17,7 +17,7 @@ import ppgen
 from ppgen.data import Dataset
 from ppgen.errors import UserError
 from ppgen.models import LadderVAE
-from ppgen.nn import DeterministicMLP
+from ppgen.nn import DeterministicMLP, GaussianMLP, MLPDecoder
 from ppgen.nn.norm import BatchNorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,9 +27,16 @@ from support import assert_same_run, grey_dataset  # noqa: E402
 ATOL = 1e-5
 
 
-def _normed_mlp(seed: int = 0, momentum: float | None = 0.1) -> DeterministicMLP:
+NORMED = {  # every network with a batch_norm switch: the deterministic bottom-up map, p(z_l | z_l+1), p(x | z_1)
+    "deterministic": lambda: DeterministicMLP(7, (5, 4), batch_norm=True),
+    "gaussian": lambda: GaussianMLP(7, 3, (5, 4), batch_norm=True),
+    "decoder": lambda: MLPDecoder(7, (2, 3), (5, 4), batch_norm=True),
+}
+
+
+def _normed_mlp(seed: int = 0, momentum: float | None = 0.1, kind: str = "deterministic"):
     torch.manual_seed(seed)
-    net = DeterministicMLP(7, (5, 4), batch_norm=True)
+    net = NORMED[kind]()
     for norm in net.norms:  # away from the identity initialization, so a wrong γ/β use shows
         norm.momentum = momentum
         norm.weight.data.uniform_(0.5, 1.5)
@@ -39,19 +46,27 @@ def _normed_mlp(seed: int = 0, momentum: float | None = 0.1) -> DeterministicMLP
     return net
 
 
+def first(out):
+    """The first output of a network (GaussianMLP gives (loc, scale))."""
+    return out[0] if isinstance(out, tuple) else out
+
+
 def _np(t) -> np.ndarray:
     return t.detach().numpy() if torch.is_tensor(t) else np.asarray(t)
 
 
 # -- the layer and its lowering -------------------------------------------------------------------------------
-@pytest.mark.parametrize("momentum", [0.1, None])
-def test_lowered_batch_norm_matches_torch_in_training_mode_and_returns_torchs_running_stats(momentum):
-    net = _normed_mlp(momentum=momentum)
+@pytest.mark.parametrize("momentum,kind", [(0.1, "deterministic"), (None, "deterministic"), (0.1, "gaussian"),
+                                           (0.1, "decoder")])
+def test_lowered_batch_norm_matches_torch_in_training_mode_and_returns_torchs_running_stats(momentum, kind):
+    net = _normed_mlp(momentum=momentum, kind=kind)
     x = torch.randn(3, 6, 7)  # (particles, examples, features): statistics over all 18 rows
     params, updates = net.jax_params(), {}
     out_jax = net.jax_function()(params, jnp.asarray(x.numpy()), updates=updates)
     out_torch = net(x)  # torch updates its running statistics in place
-    assert np.abs(_np(out_jax) - _np(out_torch)).max() < ATOL
+    for a, b in zip(out_jax if isinstance(out_jax, tuple) else (out_jax,),
+                    out_torch if isinstance(out_torch, tuple) else (out_torch,)):
+        assert np.abs(_np(a) - _np(b)).max() < ATOL
     assert set(updates) == {f"norms.{i}.{b}" for i in (0, 1) for b in ("running_mean", "running_var",
                                                                              "num_batches_tracked")}
     for key, value in updates.items():
@@ -73,13 +88,14 @@ def test_running_stats_follow_the_momentum_rule():
     assert torch.allclose(cumulative.running_var, var, atol=1e-5)
 
 
-def test_lowered_batch_norm_matches_torch_in_evaluation_mode():
-    net = _normed_mlp().eval()
+@pytest.mark.parametrize("kind", list(NORMED))
+def test_lowered_batch_norm_matches_torch_in_evaluation_mode(kind):
+    net = _normed_mlp(kind=kind).eval()
     x = torch.randn(2, 6, 7)
     out_jax = net.jax_function()(net.jax_params(), jnp.asarray(x.numpy()))
-    assert np.abs(_np(out_jax) - _np(net(x))).max() < ATOL
-    train_out = _normed_mlp().train()(x)  # the mode matters: batch statistics give another answer
-    assert np.abs(_np(out_jax) - _np(train_out)).max() > 1e-2
+    assert np.abs(_np(first(out_jax)) - _np(first(net(x)))).max() < ATOL
+    train_out = _normed_mlp(kind=kind).train()(x)  # the mode matters: batch statistics give another answer
+    assert np.abs(_np(first(out_jax)) - _np(first(train_out))).max() > 1e-2
 
 
 # -- per example in evaluation mode -----------------------------------------------------------------------------

@@ -61,6 +61,16 @@ from torch import nn
 from ppgen.errors import UserError
 
 LIKELIHOODS = ("bernoulli", "cbernoulli", "gaussian")
+SWITCH = ("on", "off")
+
+
+def switch(value: bool | str) -> bool:
+    """A config switch given as True/False or "on"/"off" (the CLI's ``--batch-norm on|off``)."""
+    if value in SWITCH:
+        return value == "on"
+    if isinstance(value, bool):
+        return value
+    raise UserError(f"expected on or off, got {value!r}")
 
 #: name -> pair class, filled when a family's class is defined (see ``__init_subclass__``)
 REGISTRY: dict[str, type[GenerativeModel]] = {}

@@ -167,11 +167,12 @@ class MLPDecoder(Network):
     ``skip=True`` is the Skip-VAE decoder (Dieng et al., 2019): z is concatenated
     to the input of every layer, so the decoder cannot ignore it as easily.
     ``n_params`` outputs: 1 for Bernoulli logits, 2 for Gaussian (loc, scale with
-    a learned per-pixel log-scale).
+    a learned per-pixel log-scale). ``batch_norm=True`` normalizes each hidden pre-activation
+    (:class:`ppgen.nn.norm.BatchNorm`).
     """
 
     def __init__(self, z_dim: int, x_shape: Sequence[int], hidden: Sequence[int] = (400,), skip: bool = False,
-                 n_params: int = 1):
+                 n_params: int = 1, batch_norm: bool = False):
         super().__init__()
         self.x_shape = tuple(x_shape)
         self.skip = skip
@@ -179,6 +180,7 @@ class MLPDecoder(Network):
         ins = [z_dim] + [h + (z_dim if skip else 0) for h in hidden]
         outs = [*hidden, d]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(ins, outs))
+        self.norms = nn.ModuleList(BatchNorm(h) for h in hidden) if batch_norm else None
         self.log_scale = nn.Parameter(torch.zeros(d)) if n_params == 2 else None
 
     def forward(self, z: torch.Tensor):
@@ -188,6 +190,8 @@ class MLPDecoder(Network):
                 h = torch.cat([h, z], -1)
             h = layer(h)
             if i < len(self.layers) - 1:
+                if self.norms is not None:
+                    h = self.norms[i](h)
                 h = F.softplus(h)
         out = h.reshape(h.shape[:-1] + self.x_shape)
         if self.log_scale is None:
@@ -257,22 +261,28 @@ class GaussianMLP(Network):
     """Input (any trailing ``in_shape``) -> softplus hidden layers -> (loc, scale) of a diagonal Gaussian.
 
     With ``hidden=()`` the map is affine: loc = A u + a, scale = softplus(B u + b) + 1e-4.
-    Used by the multi-layer families for p(z_l | z_{l+1}) and q(z_{l+1} | z_l).
+    Used by the multi-layer families for p(z_l | z_{l+1}) and q(z_{l+1} | z_l). ``batch_norm=True``
+    normalizes each hidden pre-activation (:class:`ppgen.nn.norm.BatchNorm`).
     """
 
-    def __init__(self, in_shape: Sequence[int] | int, out_dim: int, hidden: Sequence[int] = ()):
+    def __init__(self, in_shape: Sequence[int] | int, out_dim: int, hidden: Sequence[int] = (),
+                 batch_norm: bool = False):
         super().__init__()
         in_shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
         self.in_ndim = len(in_shape)
         sizes = [math.prod(in_shape), *hidden]
         self.layers = _mlp(sizes)
+        self.norms = nn.ModuleList(BatchNorm(h) for h in hidden) if batch_norm else None
         self.loc = nn.Linear(sizes[-1], out_dim)
         self.raw_scale = nn.Linear(sizes[-1], out_dim)
 
     def forward(self, u: torch.Tensor):
         h = u.flatten(-self.in_ndim)
-        for layer in self.layers:
-            h = F.softplus(layer(h))
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            if self.norms is not None:
+                h = self.norms[i](h)
+            h = F.softplus(h)
         return self.loc(h), F.softplus(self.raw_scale(h)) + 1e-4
 
 
