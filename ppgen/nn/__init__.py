@@ -11,5 +11,6 @@ from ppgen.nn.networks import (
     MLPEncoder,
     Network,
 )
+from ppgen.nn.norm import BatchNorm
 
-__all__ = ["MLPDenoiser", "TimeEmbedding", "UNetDenoiser", "ConvDecoder", "ConvEncoder", "DeterministicMLP", "GaussianMLP", "MLPDecoder", "MLPEncoder", "Network", "NotLowerable", "jax_params", "lower"]
+__all__ = ["BatchNorm", "MLPDenoiser", "TimeEmbedding", "UNetDenoiser", "ConvDecoder", "ConvEncoder", "DeterministicMLP", "GaussianMLP", "MLPDecoder", "MLPEncoder", "Network", "NotLowerable", "jax_params", "lower"]
