@@ -10,8 +10,9 @@ binarized training split, then evaluated on the test split:
   active units per latent layer (Burda et al.'s Cov_x E_q[z_u] > 0.01), bottom layer first
   img/s        training images per second (mean over epochs after the first)
 
-The Ladder VAE is trained with its KL warm-up (``anneal_epochs``, Sønderby et al.); the
-others without. A plain Pyro baseline — the 784-400-50 VAE of Pyro's tutorial, its own
+The Ladder VAE is trained with its KL warm-up (``anneal_epochs``, Sønderby et al.) and batch
+normalization in its bottom-up layers (``lvae_td``: in its generative networks too); the others
+without. ``--threads 1`` on a loaded, shared machine (two torch threads there ran ~15x slower). A plain Pyro baseline — the 784-400-50 VAE of Pyro's tutorial, its own
 DataLoader/SVI loop — trains one epoch in the same process, and the table prints the
 ppgen VAE's images/s relative to it.
 
@@ -46,6 +47,8 @@ MODELS = {
     "dlgm": lambda shape: DLGM(shape, z_dims=Z, hidden=HIDDEN),
     "hvae": lambda shape: HierarchicalVAE(shape, z_dims=Z, hidden=HIDDEN),
     "lvae": lambda shape: LadderVAE(shape, z_dims=Z, hidden=HIDDEN),
+    # the Ladder VAE with batch norm in the generative networks too (prior networks and decoder)
+    "lvae_td": lambda shape: LadderVAE(shape, z_dims=Z, hidden=HIDDEN, batch_norm_top_down="on"),
     "lvae3": lambda shape: LadderVAE(shape, z_dims=(50, 20, 10), hidden=((400,), (200,), (100,))),
     "nade": lambda shape: NADE(shape, hidden=500),
     # VQ-VAE (issue 13): K = 64 codes on a 7x7 grid (MNIST) or 4x4 (8x8 digits); its bound uses the PixelCNN prior
@@ -82,6 +85,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--baseline-epochs", type=int, default=1, help="epochs of the plain Pyro baseline (0: skip)")
     p.add_argument("--prior-epochs", type=int, default=None, help="vqvae: epochs of its PixelCNN prior (default --epochs)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared, loaded machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ddpm-steps", type=int, default=100, help="ddpm: diffusion steps T")
     p.add_argument("--ddpm-k", type=int, default=50, help="ddpm: forward trajectories of its importance-weighted bound")
@@ -130,6 +134,8 @@ def evaluate(name: str, pair, x: torch.Tensor, args) -> dict:
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     data = load(args.data, binarize="dynamic", seed=args.seed)
     x_test = (data.test if len(data.test) else data.val).to(args.device)

@@ -149,6 +149,7 @@ def run(engine: Engine, pair, data, options: Any, *, backend: str, resume: dict 
     group = distributed.join(options.device)
     if group.world > 1:
         distributed.check_batch(batch, group)
+    pair.train()  # training mode (batch statistics in batch norm), whatever an evaluation left
     state = engine.init(pair, data, options, resume)
     if group.world > 1:
         if not engine.modules(state):

@@ -14,7 +14,10 @@ Objectives are NumPyro's: ``"trace"`` ``Trace_ELBO``, ``"analytic"`` ``TraceMean
 ``objective`` is trained on it through a ``numpyro.factor`` site. β and its warm-up scale
 the latent sites (:class:`ScaleLatents`); the per-step β values enter the compiled epoch as
 an array, so annealing is per step, as in the torch engine, without recompiling. Free bits
-is torch-only.
+is torch-only. Buffers (:class:`ppgen.nn.norm.BatchNorm`'s running statistics) are NumPyro
+``mutable`` sites, carried in the SVI state from step to step and copied back with the weights;
+NumPyro carries them with one particle and the trace or analytic ELBO only, so other settings
+fall back to the torch engine.
 
 The loop (:mod:`ppgen.inference.loop`) is the torch engine's. The weights are copied back
 into the torch modules only when someone looks (a callback, a checkpoint, the end of
@@ -170,10 +173,39 @@ def unflatten_state(tensors: list[torch.Tensor], like):
     return jax.tree_util.tree_unflatten(treedef, restored)
 
 
-def copy_into_torch(sites: dict[str, Any], params: dict[str, dict]) -> None:
-    """Load the NumPyro parameters (one dict per module site) into the torch modules."""
+def copy_into_torch(sites: dict[str, Any], params: dict[str, dict], buffers: dict[str, dict] | None = None) -> None:
+    """Load the NumPyro parameters (one dict per module site) and the buffers of its mutable sites (batch
+    norm's running statistics, ``name + "$buffers"``) into the torch modules."""
+    from ppgen.nn.networks import BUFFERS_SUFFIX
+
     for name, module in sites.items():
-        module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in params[name].items()})
+        state = {**params[name], **(buffers or {}).get(name + BUFFERS_SUFFIX, {})}
+        module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+
+
+def torch_buffers(sites: dict[str, Any], like: dict[str, dict]) -> dict[str, dict]:
+    """The torch modules' buffers as the NumPyro mutable state ``like`` (its keys and dtypes)."""
+    import jax.numpy as jnp
+
+    from ppgen.nn.networks import BUFFERS_SUFFIX, numpyro_buffers
+
+    out = {}
+    for name, module in sites.items():
+        if name + BUFFERS_SUFFIX in like:
+            old = like[name + BUFFERS_SUFFIX]
+            out[name + BUFFERS_SUFFIX] = {k: jnp.asarray(v, dtype=old[k].dtype)
+                                          for k, v in numpyro_buffers(module).items()}
+    return out
+
+
+def check_buffers(svi_state, options: SVIOptions) -> Any:
+    """Raise :class:`CannotLower` where the pair has buffers (batch norm) and NumPyro would not carry them:
+    its ELBOs update ``mutable`` sites with one particle and the trace or analytic ELBO only."""
+    if svi_state.mutable_state is None:
+        return
+    if options.num_particles != 1 or options.elbo not in ("trace", "analytic"):
+        raise CannotLower("carries batch-norm running statistics only with num_particles=1 and elbo 'trace' or "
+                          "'analytic' (NumPyro's ELBOs drop mutable state otherwise)")
 
 
 def make_epoch_fn(svi, n: int, steps: int, batch_size: int):
@@ -252,10 +284,13 @@ def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
         with recording_modules() as sites:
             svi_state = svi.init(jax.random.PRNGKey(options.seed), jnp.asarray(x0_torch.numpy()), 1.0)
         check_covered(pair, sites)
+        check_buffers(svi_state, options)
     except NotLowerable as err:
         raise CannotLower(f"cannot lower this model's networks ({err})") from None
     except (TypeError, AttributeError, NotImplementedError, ValueError) as err:  # model code NumPyro cannot run
         raise CannotLower(f"cannot run {type(pair).__name__} on NumPyro ({str(err).splitlines()[0][:160]})") from None
+    if svi_state.mutable_state is not None:  # svi.init ran the networks once: start from torch's buffers instead
+        svi_state = svi_state._replace(mutable_state=torch_buffers(sites, svi_state.mutable_state))
     if resume is not None:
         engine_state = loop.state_from_checkpoint(resume).engine
         svi_state = svi_state._replace(optim_state=unflatten_state(engine_state.get("optimizer"),
@@ -289,7 +324,7 @@ def _epoch(state: JaxState, plan: loop.EpochPlan) -> tuple[JaxState, loop.EpochR
 
 def _sync(state: JaxState) -> None:
     if not state.synced:
-        copy_into_torch(state.sites, state.svi.get_params(state.svi_state))
+        copy_into_torch(state.sites, state.svi.get_params(state.svi_state), state.svi_state.mutable_state)
         state.synced = True
 
 

@@ -65,6 +65,16 @@ from torch import nn
 from ppgen.errors import UserError
 
 LIKELIHOODS = ("bernoulli", "cbernoulli", "gaussian")
+SWITCH = ("on", "off")
+
+
+def switch(value: bool | str) -> bool:
+    """A config switch given as True/False or "on"/"off" (the CLI's ``--batch-norm on|off``)."""
+    if value in SWITCH:
+        return value == "on"
+    if isinstance(value, bool):
+        return value
+    raise UserError(f"expected on or off, got {value!r}")
 
 #: name -> pair class, filled when a family's class is defined (see ``__init_subclass__``)
 REGISTRY: dict[str, type[GenerativeModel]] = {}
@@ -183,6 +193,10 @@ class GenerativeModel(nn.Module):
         if unknown:
             raise UserError(f"{cls.name}: unknown option(s) {sorted(unknown)}; known: {sorted(fields)}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+        # a field added after runs were written may declare the value those runs had ("absent" in its metadata)
+        for f in dataclasses.fields(cls.Config):
+            if f.name not in values and "absent" in f.metadata:
+                values[f.name] = f.metadata["absent"]
         return cls(**values)
 
     def check_data(self, x: torch.Tensor, what: str = "data") -> None:

@@ -90,13 +90,13 @@ class LayeredModel(GenerativeModel):
     def n_layers(self) -> int:
         return len(self.z_dims)
 
-    def _make_decoder(self, x_shape, hidden: tuple[int, ...], skip: bool) -> MLPDecoder:
+    def _make_decoder(self, x_shape, hidden: tuple[int, ...], skip: bool, batch_norm: bool = False) -> MLPDecoder:
         n_params = 2 if self.likelihood == "gaussian" else 1
-        return MLPDecoder(self.z_dims[0], x_shape, hidden[::-1], skip=skip, n_params=n_params)
+        return MLPDecoder(self.z_dims[0], x_shape, hidden[::-1], skip=skip, n_params=n_params, batch_norm=batch_norm)
 
-    def _make_prior_nets(self, stages) -> nn.ModuleList:
+    def _make_prior_nets(self, stages, batch_norm: bool = False) -> nn.ModuleList:
         """p(z_l | z_{l+1}) for l = 1..L−1, mirroring stage l+1 of the guide."""
-        return nn.ModuleList(GaussianMLP(self.z_dims[i + 1], self.z_dims[i], stages[i + 1][::-1])
+        return nn.ModuleList(GaussianMLP(self.z_dims[i + 1], self.z_dims[i], stages[i + 1][::-1], batch_norm)
                              for i in range(self.n_layers - 1))
 
     def top_down_model(self, x) -> None:

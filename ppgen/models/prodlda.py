@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ppgen.errors import UserError
-from ppgen.models.base import GenerativeModel
+from ppgen.models.base import SWITCH, GenerativeModel, switch
 from ppgen.nn.topics import DECODERS, BowEncoder, TopicDecoder
 from ppgen.ppl import dist, get_backend
 from ppgen.ppl import pyro as ppl_pyro
@@ -77,16 +77,6 @@ TOPICS_HELP = "number of topics K"
 ALPHA_HELP = "symmetric Dirichlet prior concentration alpha"
 DROPOUT_HELP = "dropout rate in encoder and decoder"
 BATCH_NORM_HELP = "batch-normalize encoder heads and decoder logits as the papers do (on: torch engine only)"
-SWITCH = ("on", "off")
-
-
-def switch(value: bool | str) -> bool:
-    """A config switch given as True/False or "on"/"off"."""
-    if value in SWITCH:
-        return value == "on"
-    if isinstance(value, bool):
-        return value
-    raise UserError(f"expected on or off, got {value!r}")
 DECODER_HELP = "decoder: product of experts (ProdLDA) or LDA's mixture of multinomials"
 
 

@@ -12,5 +12,6 @@ from ppgen.nn.networks import (
     MLPEncoder,
     Network,
 )
+from ppgen.nn.norm import BatchNorm
 
-__all__ = ["MaskedConv2d", "PixelCNNDecoder", "MLPDenoiser", "TimeEmbedding", "UNetDenoiser", "ConvDecoder", "ConvEncoder", "DeterministicMLP", "GaussianMLP", "MLPDecoder", "MLPEncoder", "Network", "NotLowerable", "jax_params", "lower"]
+__all__ = ["BatchNorm", "MaskedConv2d", "PixelCNNDecoder", "MLPDenoiser", "TimeEmbedding", "UNetDenoiser", "ConvDecoder", "ConvEncoder", "DeterministicMLP", "GaussianMLP", "MLPDecoder", "MLPEncoder", "Network", "NotLowerable", "jax_params", "lower"]

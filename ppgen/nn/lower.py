@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from ppgen.nn.norm import BatchNorm
+
 
 class NotLowerable(Exception):
     """The network uses an operation with no JAX rule."""
@@ -134,6 +136,8 @@ def _module_rule(mod: nn.Module) -> Callable:
         return lambda p, x: x.reshape(
             x.shape[: mod.dim % x.ndim] + tuple(mod.unflattened_size) + x.shape[mod.dim % x.ndim + 1 :]
         )
+    if isinstance(mod, BatchNorm):
+        return lambda p, x, put: _batch_norm(mod, p, x, put)  # both modes (checked at each call)
     if isinstance(mod, nn.BatchNorm1d) and mod.track_running_stats and not mod.training:
         return lambda p, x: _batch_norm_eval(mod, p, x)  # evaluation mode only (checked again at each call)
     raise NotLowerable(f"layer {type(mod).__name__}")
@@ -146,6 +150,29 @@ def _batch_norm_eval(mod: nn.BatchNorm1d, p: Callable, x):
         raise NotLowerable("BatchNorm1d in training mode (batch statistics, updated in place)")
     _, jnp = _jnp()
     y = (x - p("running_mean")) / jnp.sqrt(p("running_var") + mod.eps)
+    return y * p("weight") + p("bias") if mod.affine else y
+
+
+def _batch_norm(mod: BatchNorm, p: Callable, x, put: Callable):
+    """:class:`ppgen.nn.norm.BatchNorm`, last dimension normalized over all leading ones. The mode is read from
+    the torch module when the function is traced. Training: batch mean and biased variance, and the running
+    statistics' new values — torch's rule, running ← (1 − m) running + m · stat with the unbiased variance, or
+    the cumulative average when ``momentum`` is None — handed to ``put`` (the caller's mutable state)."""
+    _, jnp = _jnp()
+    if mod.training or not mod.track_running_stats:
+        flat = x.reshape((-1, x.shape[-1]))
+        mean = flat.mean(0)
+        var = ((flat - mean) ** 2).mean(0)
+        if mod.training and mod.track_running_stats:
+            count = p("num_batches_tracked") + 1
+            m = 1.0 / count if mod.momentum is None else mod.momentum
+            n = flat.shape[0]
+            put("running_mean", (1 - m) * p("running_mean") + m * mean)
+            put("running_var", (1 - m) * p("running_var") + m * var * (n / max(n - 1, 1)))
+            put("num_batches_tracked", count)
+    else:
+        mean, var = p("running_mean"), p("running_var")
+    y = (x - mean) / jnp.sqrt(var + mod.eps)
     return y * p("weight") + p("bias") if mod.affine else y
 
 
@@ -271,7 +298,10 @@ def lower(module: nn.Module) -> Callable:
     """Trace ``module`` once and return ``fn(params, *inputs)`` built from JAX ops.
 
     ``params`` is what :func:`jax_params` returns for the module. Raises
-    :class:`NotLowerable` naming the first operation JAX has no rule for.
+    :class:`NotLowerable` naming the first operation JAX has no rule for. A module with buffers that
+    change in training (:class:`ppgen.nn.norm.BatchNorm`'s running statistics) writes their new values
+    into ``updates`` (``fn(params, *inputs, updates={})``), keyed like ``params``; without ``updates``
+    they are dropped.
     """
     try:
         graph = _Tracer().trace(module)
@@ -281,13 +311,16 @@ def lower(module: nn.Module) -> Callable:
     functions = _function_rules()
     nodes = list(graph.nodes)
     rules: dict[str, Callable] = {}
+    stateful: set[str] = set()
     for node in nodes:
         if node.op == "call_module":
             rules[node.name] = _module_rule(modules[node.target])
+            if isinstance(modules[node.target], BatchNorm):
+                stateful.add(node.name)
         elif node.op == "call_function" and node.target not in functions:
             raise NotLowerable(f"function {getattr(node.target, '__name__', node.target)}")
 
-    def fn(params: dict[str, Any], *inputs):
+    def fn(params: dict[str, Any], *inputs, updates: dict[str, Any] | None = None):
         env: dict[str, Any] = {}
         args_iter = iter(inputs)
 
@@ -305,7 +338,14 @@ def lower(module: nn.Module) -> Callable:
                 def p(name, prefix=prefix):
                     return params[f"{prefix}.{name}"]
 
-                env[node.name] = rules[node.name](p, *load(node.args))
+                if node.name in stateful:
+                    def put(name, value, prefix=prefix):
+                        if updates is not None:
+                            updates[f"{prefix}.{name}"] = value
+
+                    env[node.name] = rules[node.name](p, *load(node.args), put)
+                else:
+                    env[node.name] = rules[node.name](p, *load(node.args))
             elif node.op == "call_function":
                 env[node.name] = functions[node.target](*load(node.args), **load(node.kwargs))
             elif node.op == "call_method":

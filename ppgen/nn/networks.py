@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ppgen import ppl
+from ppgen.nn.norm import BatchNorm
 from ppgen.ppl import is_jax
 
 
@@ -32,8 +34,15 @@ class Network(nn.Module):
 
     def __call__(self, *inputs: Any) -> Any:
         if inputs and is_jax(inputs[0]):
-            weights = ppl.bound_weights(self)
-            return self.jax_function()(self.jax_params() if weights is None else weights, *inputs)
+            bound = ppl.bound_weights(self)
+            if bound is None:
+                return self.jax_function()(self.jax_params(), *inputs)
+            if bound.buffers is None:
+                return self.jax_function()(bound.weights, *inputs)
+            updates: dict[str, Any] = {}
+            out = self.jax_function()(bound.weights, *inputs, updates=updates)
+            bound.record(updates)
+            return out
         return super().__call__(*inputs)
 
     def jax_function(self):
@@ -62,19 +71,64 @@ def outermost_networks(module: nn.Module) -> dict[str, Network]:
     return nets
 
 
+#: suffix of the NumPyro ``mutable`` site holding a module's buffers (``pyro.module("up", m)``: ``"up$buffers"``)
+BUFFERS_SUFFIX = "$buffers"
+
+
+@dataclass
+class BoundWeights:
+    """What a network computes with on NumPyro: its weights (parameters and buffers, keyed like its
+    ``state_dict``) and, where the module has buffers, the ``numpyro.mutable`` dict that receives their
+    new values (batch norm's running statistics in training mode) under the keys ``prefix + name``."""
+
+    weights: dict[str, Any]
+    buffers: dict[str, Any] | None = None
+    prefix: str = ""
+
+    def record(self, updates: dict[str, Any]) -> None:
+        """Store new buffer values: later calls in the same run see them (as torch's in-place update), and
+        NumPyro's ELBO carries the mutable site to the next step."""
+        import jax
+
+        for key, value in updates.items():
+            value = jax.lax.stop_gradient(value)
+            self.weights[key] = value
+            self.buffers[self.prefix + key] = value
+
+
+def buffer_names(module: nn.Module) -> set[str]:
+    """The ``state_dict`` keys of the module's buffers (batch norm's running statistics)."""
+    return {name for name, _ in module.named_buffers()}
+
+
+def numpyro_buffers(module: nn.Module) -> dict[str, Any]:
+    """The module's buffers as JAX arrays keyed like its ``state_dict``: the initial value of its mutable site."""
+    names = buffer_names(module)
+    return {k: v for k, v in _jax_state(module).items() if k in names}
+
+
 def register_numpyro_params(name: str, module: nn.Module) -> None:
     """``pyro.module(name, module)`` on NumPyro: one ``numpyro.param`` site ``name`` holding the module's
-    weights (a dict keyed like its ``state_dict``, initialised from the torch weights); every network in
-    the module computes with its part of the site's value."""
+    trainable weights (a dict keyed like its ``state_dict``, initialised from the torch weights) and, if it
+    has buffers, one ``numpyro.mutable`` site ``name + "$buffers"`` holding them (NumPyro's mechanism for
+    batch-norm statistics: SVI carries the values the networks write there from step to step); every
+    network in the module computes with its part of the sites' values."""
     import numpyro
+    from numpyro.primitives import mutable
 
     nets = outermost_networks(module)
     if not nets:
         return
-    weights = numpyro.param(name, {k: v for k, v in _jax_state(module).items()})
+    state, buffered = _jax_state(module), buffer_names(module)
+    weights = numpyro.param(name, {k: v for k, v in state.items() if k not in buffered})
+    buffers = mutable(name + BUFFERS_SUFFIX, {k: v for k, v in state.items() if k in buffered}) \
+        if buffered else None
+    merged = {**weights, **(buffers or {})}
     for prefix, net in nets.items():
         start = f"{prefix}." if prefix else ""
-        ppl.bind_weights(net, {k[len(start):]: v for k, v in weights.items() if k.startswith(start)})
+        own = {k[len(start):]: v for k, v in merged.items() if k.startswith(start)}
+        has_buffers = buffers is not None and any(k.startswith(start) for k in buffers)
+        ppl.bind_weights(net, BoundWeights(own, buffers if has_buffers else None, start))
 
 
 def _jax_state(module: nn.Module) -> dict[str, Any]:
@@ -121,11 +175,12 @@ class MLPDecoder(Network):
     ``skip=True`` is the Skip-VAE decoder (Dieng et al., 2019): z is concatenated
     to the input of every layer, so the decoder cannot ignore it as easily.
     ``n_params`` outputs: 1 for Bernoulli logits, 2 for Gaussian (loc, scale with
-    a learned per-pixel log-scale).
+    a learned per-pixel log-scale). ``batch_norm=True`` normalizes each hidden pre-activation
+    (:class:`ppgen.nn.norm.BatchNorm`).
     """
 
     def __init__(self, z_dim: int, x_shape: Sequence[int], hidden: Sequence[int] = (400,), skip: bool = False,
-                 n_params: int = 1):
+                 n_params: int = 1, batch_norm: bool = False):
         super().__init__()
         self.x_shape = tuple(x_shape)
         self.skip = skip
@@ -133,6 +188,7 @@ class MLPDecoder(Network):
         ins = [z_dim] + [h + (z_dim if skip else 0) for h in hidden]
         outs = [*hidden, d]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(ins, outs))
+        self.norms = nn.ModuleList(BatchNorm(h) for h in hidden) if batch_norm else None
         self.log_scale = nn.Parameter(torch.zeros(d)) if n_params == 2 else None
 
     def forward(self, z: torch.Tensor):
@@ -142,6 +198,8 @@ class MLPDecoder(Network):
                 h = torch.cat([h, z], -1)
             h = layer(h)
             if i < len(self.layers) - 1:
+                if self.norms is not None:
+                    h = self.norms[i](h)
                 h = F.softplus(h)
         out = h.reshape(h.shape[:-1] + self.x_shape)
         if self.log_scale is None:
@@ -218,36 +276,50 @@ class GaussianMLP(Network):
     """Input (any trailing ``in_shape``) -> softplus hidden layers -> (loc, scale) of a diagonal Gaussian.
 
     With ``hidden=()`` the map is affine: loc = A u + a, scale = softplus(B u + b) + 1e-4.
-    Used by the multi-layer families for p(z_l | z_{l+1}) and q(z_{l+1} | z_l).
+    Used by the multi-layer families for p(z_l | z_{l+1}) and q(z_{l+1} | z_l). ``batch_norm=True``
+    normalizes each hidden pre-activation (:class:`ppgen.nn.norm.BatchNorm`).
     """
 
-    def __init__(self, in_shape: Sequence[int] | int, out_dim: int, hidden: Sequence[int] = ()):
+    def __init__(self, in_shape: Sequence[int] | int, out_dim: int, hidden: Sequence[int] = (),
+                 batch_norm: bool = False):
         super().__init__()
         in_shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
         self.in_ndim = len(in_shape)
         sizes = [math.prod(in_shape), *hidden]
         self.layers = _mlp(sizes)
+        self.norms = nn.ModuleList(BatchNorm(h) for h in hidden) if batch_norm else None
         self.loc = nn.Linear(sizes[-1], out_dim)
         self.raw_scale = nn.Linear(sizes[-1], out_dim)
 
     def forward(self, u: torch.Tensor):
         h = u.flatten(-self.in_ndim)
-        for layer in self.layers:
-            h = F.softplus(layer(h))
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            if self.norms is not None:
+                h = self.norms[i](h)
+            h = F.softplus(h)
         return self.loc(h), F.softplus(self.raw_scale(h)) + 1e-4
 
 
 class DeterministicMLP(Network):
-    """Input (any trailing ``in_shape``) -> softplus layers of sizes ``hidden``: a deterministic feature map."""
+    """Input (any trailing ``in_shape``) -> softplus layers of sizes ``hidden``: a deterministic feature map.
 
-    def __init__(self, in_shape: Sequence[int] | int, hidden: Sequence[int]):
+    ``batch_norm=True`` normalizes every layer's pre-activation (:class:`BatchNorm`): softplus(BN(W h + b)),
+    as the deterministic layers of the Ladder VAE (Sønderby et al., 2016).
+    """
+
+    def __init__(self, in_shape: Sequence[int] | int, hidden: Sequence[int], batch_norm: bool = False):
         super().__init__()
         in_shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
         self.in_ndim = len(in_shape)
         self.layers = _mlp([math.prod(in_shape), *hidden])
+        self.norms = nn.ModuleList(BatchNorm(h) for h in hidden) if batch_norm else None
 
     def forward(self, u: torch.Tensor):
         h = u.flatten(-self.in_ndim)
-        for layer in self.layers:
-            h = F.softplus(layer(h))
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            if self.norms is not None:
+                h = self.norms[i](h)
+            h = F.softplus(h)
         return h
