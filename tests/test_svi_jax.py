@@ -241,3 +241,22 @@ def test_cli_trains_with_the_jax_engine(tmp_path):
     assert metrics["epochs"] == 2 and -60 < metrics["test_elbo"] < 0  # 64 binary pixels: log 2^-64 = -44 at worst-ish
     with pytest.raises(SystemExit):
         main(["train", "vae", "--engine", "numba"])
+
+
+def test_the_jax_engine_leaves_frozen_weights_alone():
+    """A weight with ``requires_grad=False`` (a frozen decoder) is carried, not trained, by the JAX engine, as by
+    the torch engine: after training only the encoder has moved."""
+    import ppgen
+    from ppgen.data import from_tensor
+    from ppgen.models import VAE
+
+    torch.manual_seed(0)
+    pair = VAE((6,), z_dim=2, hidden=(8,), likelihood="gaussian")
+    for p in pair.decoder.parameters():
+        p.requires_grad_(False)
+    before = {k: v.clone() for k, v in pair.state_dict().items()}
+    data = from_tensor(torch.randn(64, 6))
+    ppgen.fit(pair, data, epochs=3, batch_size=16, lr=1e-2, engine="jax", progress=False, callback=None)
+    after = pair.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))

@@ -97,8 +97,10 @@ class BoundWeights:
 
 
 def buffer_names(module: nn.Module) -> set[str]:
-    """The ``state_dict`` keys of the module's buffers (batch norm's running statistics)."""
-    return {name for name, _ in module.named_buffers()}
+    """The ``state_dict`` keys that SVI must not train: the module's buffers (batch norm's running statistics)
+    and its frozen parameters (``requires_grad=False``), carried in the mutable site, never in the param site."""
+    frozen = {name for name, p in module.named_parameters() if not p.requires_grad}
+    return {name for name, _ in module.named_buffers()} | frozen
 
 
 def numpyro_buffers(module: nn.Module) -> dict[str, Any]:
