@@ -341,3 +341,81 @@ def test_topic_mistakes_are_one_line(tmp_path, capsys, small_csv):
     capsys.readouterr()
     assert main(["topics", str(vae)]) == 2
     assert "not trained on a text corpus" in _error_line(capsys)
+
+
+# -- counts sparse until a batch is formed; the count likelihood ------------------------------------------
+class _RecordingCounts(text.SparseCounts):
+    """SparseCounts that records the largest block of rows it densified, and refuses to densify everything."""
+
+    largest = 0
+
+    def __getitem__(self, index):
+        out = super().__getitem__(index)
+        _RecordingCounts.largest = max(_RecordingCounts.largest, out.shape[0] if out.ndim == 2 else 1)
+        return out
+
+    def to(self, device):
+        return self
+
+    def numpy(self):
+        raise AssertionError("the whole training matrix was densified")
+
+
+@pytest.mark.parametrize("n,vocab,batch", [
+    (4_000, 5_000, 500),  # 80 MB dense, 0.3 MB sparse
+    pytest.param(20_000, 50_000, 1000, marks=pytest.mark.slow),  # 4 GB dense, 1.6 MB sparse (~1 min unloaded)
+])
+def test_a_corpus_too_large_to_densify_trains_batch_by_batch(n, vocab, batch):
+    """Documents held as CSR train on the torch engine one densified batch at a time (never more rows than the
+    batch) and the whole matrix is never densified; the CSR holds a small fraction of the dense bytes."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    per_doc = 10
+    rows = np.repeat(np.arange(n), per_doc)
+    counts = sp.csr_matrix((rng.integers(1, 4, n * per_doc).astype(np.float32),
+                            (rows, rng.integers(0, vocab, n * per_doc))), shape=(n, vocab))
+    train = _RecordingCounts(counts)
+    _RecordingCounts.largest = 0
+    assert train.nbytes < n * vocab * 4 / 200
+    held = torch.as_tensor(counts[:5].toarray())
+    data = ppgen.data.TextDataset("big", train, held, held, info={"vocabulary": [], "dropped_empty": {}})
+    pair = ProdLDA((vocab,), topics=3, hidden=(4,), batch_norm="off")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit = ppgen.fit(pair, data, engine="torch", epochs=1, batch_size=batch, seed=0, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert _RecordingCounts.largest == batch and math.isfinite(fit.history[-1]["elbo"])
+
+
+@pytest.mark.parametrize("engine", ["torch", pytest.param("jax", marks=pytest.mark.slow)])
+def test_sparse_and_dense_corpora_train_identically(lda_corpus, engine):
+    """The same documents held sparse (densified per batch, or per run on JAX) and dense give the same weights."""
+    _, data = lda_corpus
+    sparse = ppgen.data.TextDataset("lda", text.SparseCounts(data.train.numpy()), data.val, data.test)
+    weights = []
+    for d in (data, sparse):
+        torch.manual_seed(0)
+        pair = ProdLDA((V,), topics=K, hidden=(16,), batch_norm="off")
+        pyro.clear_param_store()
+        ppgen.fit(pair, d, engine=engine, epochs=2, batch_size=200, lr=1e-2, seed=0, progress=False)
+        weights.append(pair.state_dict())
+    for name, w in weights[0].items():
+        assert torch.equal(w, weights[1][name]), name
+
+
+def test_word_counts_equal_torch_multinomial():
+    """WordCounts (the faster count likelihood) gives torch's Multinomial log-probability, also broadcast over
+    particles and expanded."""
+    from ppgen.models.prodlda import WordCounts
+
+    torch.manual_seed(0)
+    x = torch.poisson(torch.rand(7, 50) * 3)
+    logits = torch.randn(4, 7, 50)
+    n = int(x.sum(-1).max())
+    ours, theirs = WordCounts(n, logits=logits), torch.distributions.Multinomial(n, logits=logits)
+    torch.testing.assert_close(ours.log_prob(x), theirs.log_prob(x), atol=1e-4, rtol=0)
+    assert ours.expand((2, 4, 7)).log_prob(x).shape == (2, 4, 7)
+    torch.testing.assert_close(ours.mean, theirs.mean)

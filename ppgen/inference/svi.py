@@ -145,7 +145,7 @@ def _loss_and_grads(loss_fn, model, guide, x) -> float:
     return loss.item()
 
 
-def make_adam(params, lr: float) -> torch.optim.Adam:
+def make_adam(params, lr: float, beta1: float = 0.9) -> torch.optim.Adam:
     """Adam with the fused kernel where torch has one for the device (CPU and CUDA in torch >= 2.4).
 
     Same update rule as the default implementation; one kernel for all parameters costs
@@ -154,9 +154,9 @@ def make_adam(params, lr: float) -> torch.optim.Adam:
     """
     params = list(params)
     try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), fused=True)
     except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
-        return torch.optim.Adam(params, lr=lr, foreach=True)
+        return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), foreach=True)
 
 
 def check_objective_options(pair, options: SVIOptions) -> None:
@@ -186,7 +186,7 @@ def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchSt
     pair.to(device)
     loss_fn = (ObjectiveLoss(pair) if pair.has_objective
                else make_elbo(options.elbo, options.num_particles, pair.max_plate_nesting, options.free_bits))
-    optimizer = make_adam(pair.parameters(), options.lr)
+    optimizer = make_adam(pair.parameters(), options.lr, options.adam_beta1)
     if resume is not None:
         engine_state = loop.state_from_checkpoint(resume).engine
         if isinstance(engine_state.get("optimizer"), list):
