@@ -325,6 +325,11 @@ def test_train_evaluate_topics_and_resume(tmp_path, capsys, small_csv):
 
     theta = az.from_netcdf(str(out / "proportions.nc")).posterior["theta"]
     assert theta.shape == (1, 1000, 16, 4) and np.allclose(theta.sum("topic"), 1, atol=1e-5)
+    # the training split is held sparse; evaluating it or measuring NPMI on it reads it as well
+    assert isinstance(x_train := ppgen.data.load(small_csv).train, text.SparseCounts) and len(x_train) == 480
+    assert main(["evaluate", str(out), "--split", "train", "--iwae", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 480
+    assert main(["topics", str(out), "--split", "train", "--words", "3"]) == 0
 
 
 def test_topic_mistakes_are_one_line(tmp_path, capsys, small_csv):
