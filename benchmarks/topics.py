@@ -19,12 +19,23 @@ Metrics, on the held-out documents:
   diversity    unique share of the top-25 words of all topics
   seconds      wall time of training
 
-``--speed`` adds documents/s of ppgen's SVI on ProdLDA beside Pyro's ProdLDA tutorial loop (SVI + Trace_ELBO +
-pyro.optim.Adam, a Python loop over shuffled minibatches; same network, batch and corpus).
+``--alpha``, ``--dropout`` and ``--beta1`` set the neural models' prior, dropout and Adam β1 (the ProdLDA paper's
+code: β1 = 0.99, dropout 0.6 — keep_prob 0.4 — and α = 1).
+
+``--speed`` (alone) measures documents/s of ppgen's SVI on ProdLDA (torch engine, the default for a batch-normalized
+pair) beside Pyro's ProdLDA tutorial (https://pyro.ai/examples/prodlda.html, transcribed below: its Encoder,
+Decoder, model and guide, SVI + TraceMeanField_ELBO + pyro.optim.Adam, minibatches in order) on the same corpus,
+topics, hidden sizes, dropout, batch and learning rate. Like with like: ppgen runs without the per-epoch validation
+ELBO ``ppgen.fit`` records by default (the tutorial computes none), once with the analytic KL (the tutorial's
+TraceMeanField_ELBO) and once with Trace_ELBO (ppgen's default); both sides run with Pyro's argument validation
+off (ppgen's loop turns it off) and include their setup. The three alternate in this process, ``--repeats`` times;
+the medians and ranges are printed for wall-clock throughput and for CPU-time throughput (the process's own CPU
+seconds: on a shared machine wall time mostly measures the others' load), with the ratio of each back-to-back pair.
 
     python benchmarks/topics.py                                  # 20 and 50 topics, 2 seeds, 100 epochs
-    python benchmarks/topics.py --seeds 0 1 2 3 4 --epochs 200    # the issue's 5 seeds
-    python benchmarks/topics.py --speed --topics 50 --seeds 0 --models prodlda
+    python benchmarks/topics.py --seeds 0 1 2 3 4 --epochs 20 --lda-iter 10 --threads 1   # the README's table
+    python benchmarks/topics.py --topics 50 --seeds 0 --epochs 100 --models prodlda --beta1 0.99 --dropout 0.6
+    python benchmarks/topics.py --speed --topics 20 --repeats 7 --speed-epochs 2 --threads 1
 """
 
 from __future__ import annotations
@@ -227,6 +238,30 @@ def speed(data, k: int, epochs: int, repeats: int) -> dict:
     return out
 
 
+def engines_without_batch_norm(data, k: int, epochs: int, repeats: int) -> dict:
+    """What ``engine="auto"`` would pick if batch norm lowered to JAX: ProdLDA with ``batch_norm="off"`` (which lowers)
+    on the torch and the JAX engine, alternating; steady-state documents/s (the loop's ``images_per_s`` of every
+    epoch after the first, which holds the JAX compilation), median and range over ``repeats`` fits."""
+    def run(engine: str, seed: int) -> float:
+        pyro.clear_param_store()
+        torch.manual_seed(seed)
+        pair = ProdLDA(data.x_shape, topics=k, batch_norm="off")
+        fit = ppgen.fit(pair, data, engine=engine, epochs=max(2, epochs), batch_size=BATCH, lr=LR, seed=seed,
+                        callback=None, progress=False)
+        return statistics.median(row["images_per_s"] for row in fit.history[1:])
+
+    runs: dict[str, list[float]] = {"torch": [], "jax": []}
+    for r in range(repeats):
+        for engine in runs:
+            runs[engine].append(run(engine, r))
+        print(f"repeat {r}: " + ", ".join(f"{e} {v[-1]:.0f}" for e, v in runs.items()), flush=True)
+    out = {f"ppgen {e}, batch norm off": {"median": statistics.median(v), "min": min(v), "max": max(v)}
+           for e, v in runs.items()}
+    ratios = [j / t for j, t in zip(runs["jax"], runs["torch"])]
+    out["ratio jax / torch"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--topics", type=int, nargs="+", default=[20, 50])
@@ -238,6 +273,8 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=0.2, help="neural models' dropout")
     parser.add_argument("--beta1", type=float, default=0.9, help="Adam's beta1 for the neural models")
     parser.add_argument("--speed", action="store_true", help="only the speed comparison (ProdLDA, first --topics)")
+    parser.add_argument("--speed-engines", action="store_true",
+                        help="only ProdLDA without batch norm on the torch vs the JAX engine")
     parser.add_argument("--repeats", type=int, default=5, help="speed: alternating repeats")
     parser.add_argument("--speed-epochs", type=int, default=3, help="speed: epochs per timed run")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
@@ -247,8 +284,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     data = ppgen.data.load("news")
     print(data.describe())
-    if args.speed:
-        result = speed(data, args.topics[0], args.speed_epochs, args.repeats)
+    if args.speed or args.speed_engines:
+        measure = engines_without_batch_norm if args.speed_engines else speed
+        result = measure(data, args.topics[0], args.speed_epochs, args.repeats)
         print(f"\nspeed (documents/s, ProdLDA K={args.topics[0]}, batch {BATCH}, {args.speed_epochs} epochs per run, "
               f"{args.repeats} alternating repeats; median [min, max]):")
         for name, v in result.items():
