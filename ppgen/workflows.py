@@ -12,6 +12,7 @@ import torch
 
 from ppgen import data as datasets
 from ppgen import evaluation, models, plots, runs
+from ppgen.data.text import SparseCounts
 from ppgen.errors import UserError
 from ppgen.evaluation.likelihood import validation_callback
 from ppgen.evaluation.samples import METRICS
@@ -319,8 +320,7 @@ def evaluate_run(run_dir: Path, iwae_k: int = 1000, split: str = "test", limit: 
     pair = runs.load_pair(run_dir)
     data = _load_data(config["data"])
     x = getattr(data, split)
-    if limit:
-        x = x[:limit]
+    x = x[:limit] if limit or not isinstance(x, torch.Tensor) else x  # a sparse split (SparseCounts) densified
     if len(x) == 0:
         raise UserError(f"the {split} split of {data.name} is empty; choose --split train, val or test")
     pair.check_data(x, f"{split} data")
@@ -394,6 +394,7 @@ def topics_run(run_dir: Path, n: int = 10, split: str = "test", reference: str |
     pair.eval()
     vocabulary = data.info["vocabulary"]
     ref = getattr(data, split) if reference is None else topics.reference_counts(reference, vocabulary)
+    ref = ref.csr if isinstance(ref, SparseCounts) else ref  # NPMI reads presence from the sparse counts
     with torch.no_grad():
         table = topics.topic_table(pair, vocabulary, ref, n=n)
         result = {"run": str(run_dir), "reference": reference or f"{data.name} {split} split",

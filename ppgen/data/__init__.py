@@ -78,8 +78,9 @@ class Dataset:
 
 
 class TextDataset(Dataset):
-    """Word counts (documents, vocabulary) of a text corpus (:mod:`ppgen.data.text`); ``info`` holds the
-    vocabulary and the number of documents dropped as empty after vectorizing."""
+    """Word counts (documents, vocabulary) of a text corpus (:mod:`ppgen.data.text`): ``train`` is sparse
+    (:class:`~ppgen.data.text.SparseCounts`, rows densified per batch), ``val`` and ``test`` dense tensors;
+    ``info`` holds the vocabulary and the number of documents dropped as empty after vectorizing."""
 
     @property
     def vocabulary(self) -> list[str]:

@@ -13,6 +13,11 @@ from NUTS (:mod:`ppgen.inference.mcmc`):
   (PSIS, Vehtari et al. 2015, via ``az.psislw``): above 0.7 q is an unreliable
   proposal.
 
+A Dirichlet guide (the Dirichlet-VAE: θ on the simplex, which NUTS samples through NumPyro's stick-breaking
+transform) is compared on the simplex: its moments and Beta marginals are closed form (:class:`DirichletQ`),
+p̂ is the Dirichlet matched to the NUTS draws' moments (:func:`dirichlet_fit`) for the KL, W2 uses both
+distributions' mean and covariance, and q* is the best Dirichlet for the document alone.
+
 The inference gap of Cremer, Li & Duvenaud (2018)::
 
     log p(x) − ELBO[q_encoder] = (log p(x) − ELBO[q*])  +  (ELBO[q*] − ELBO[q_encoder])
@@ -36,6 +41,7 @@ joint density or splits the gap; the Gaussian KL is torch's, the W2 formula uses
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,10 +91,15 @@ def coverage(loc: torch.Tensor, scale: torch.Tensor, draws: torch.Tensor, level:
     return inside.double().mean((1, 2))
 
 
+def interval_coverage(lower: torch.Tensor, upper: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """Share of ``draws`` (P, S, k) inside the intervals [lower, upper] (P, k), averaged over k: (P,)."""
+    d = draws.double()
+    inside = (d >= lower[:, None].to(d)) & (d <= upper[:, None].to(d))
+    return inside.double().mean((1, 2))
+
+
 def psis_khat(log_w: torch.Tensor) -> torch.Tensor:
     """Pareto k̂ per point of log importance weights shaped (S, P) (``az.psislw``)."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import arviz as az
@@ -126,6 +137,55 @@ class Gaussian:
         return self.loc + (self.tril @ eps.unsqueeze(-1)).squeeze(-1)
 
 
+@dataclass
+class DirichletQ:
+    """One Dirichlet per point on the simplex (a Dirichlet guide: the Dirichlet-VAE): concentration (P, k).
+
+    Its moments are closed form: mean α/α₀ and covariance (diag(m) − m mᵀ)/(α₀ + 1); its marginals are
+    Beta(α_k, α₀ − α_k), whose quantiles give the central intervals for coverage."""
+
+    concentration: torch.Tensor
+
+    def dist(self) -> torch.distributions.Dirichlet:
+        return torch.distributions.Dirichlet(self.concentration)
+
+    @property
+    def loc(self) -> torch.Tensor:
+        return self.concentration / self.concentration.sum(-1, keepdim=True)
+
+    @property
+    def cov(self) -> torch.Tensor:
+        m = self.loc
+        return (torch.diag_embed(m) - m.unsqueeze(-1) * m.unsqueeze(-2)) / (self.concentration.sum(-1) + 1)[..., None,
+                                                                                                         None]
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.cov.diagonal(dim1=-2, dim2=-1).sqrt()
+
+    def entropy(self) -> torch.Tensor:
+        return self.dist().entropy()
+
+    def interval(self, level: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each coordinate's central ``level`` interval under its Beta marginal: (lower, upper), each (P, k)."""
+        from scipy.stats import beta
+
+        a = self.concentration.double().cpu().numpy()
+        b = a.sum(-1, keepdims=True) - a
+        lo, hi = beta.ppf(0.5 - level / 2, a, b), beta.ppf(0.5 + level / 2, a, b)
+        return torch.as_tensor(lo), torch.as_tensor(hi)
+
+
+def dirichlet_fit(draws: torch.Tensor) -> torch.Tensor:
+    """The Dirichlet matching the mean and the mean marginal variance of simplex draws (..., S, k): α (…, k).
+
+    α₀ + 1 = m_k (1 − m_k) / v_k for every k under a Dirichlet; the estimate averages that over k."""
+    d = draws.double()
+    m, v = d.mean(-2), d.var(-2)
+    total = (m * (1 - m) / v.clamp_min(1e-300)).mean(-1, keepdim=True) - 1
+    return m * total.clamp_min(1e-6)
+
+
 def latent_site(pair) -> str:
     names = pair.latent_sites
     if len(names) != 1:
@@ -159,7 +219,23 @@ def encoder_gaussian(pair, x: torch.Tensor) -> Gaussian:
         tril = base.scale_tril.expand(base.batch_shape + base.event_shape * 2).reshape(n, k, k)
         return Gaussian(base.loc.expand(base.batch_shape + base.event_shape).reshape(n, k).detach(), tril.detach(),
                         False)
-    raise UserError(f"the guide's {site!r} is {type(base).__name__}; the gap needs a Gaussian encoder")
+    raise UserError(f"the guide's {site!r} is {type(base).__name__}; the gap needs a Gaussian encoder "
+                    "(or a Dirichlet one: encoder_q)")
+
+
+def encoder_q(pair, x: torch.Tensor) -> Gaussian | DirichletQ:
+    """The guide's q(z | x) per point: a :class:`Gaussian`, or a :class:`DirichletQ` for a Dirichlet guide."""
+    import pyro
+    from pyro import poutine
+
+    site = latent_site(pair)
+    with pyro.validation_enabled(False), torch.no_grad():
+        fn = poutine.trace(pair.guide).get_trace(x).nodes[site]["fn"]
+    while isinstance(fn, torch.distributions.Independent):
+        fn = fn.base_dist
+    if isinstance(fn, torch.distributions.Dirichlet):
+        return DirichletQ(fn.concentration.expand(fn.batch_shape + fn.event_shape).reshape(x.shape[0], -1).detach())
+    return encoder_gaussian(pair, x)
 
 
 def log_joint(pair, x: torch.Tensor, z: torch.Tensor, data_dim: int | None = None) -> torch.Tensor:
@@ -242,6 +318,68 @@ def optimize_gaussian(pair, x: torch.Tensor, start: Gaussian | None = None, step
     return Gaussian(loc.detach().float(), tril.detach().float(), start.diagonal)
 
 
+def optimize_dirichlet(pair, x: torch.Tensor, start: DirichletQ, steps: int = 1000, lr: float = 0.02,
+                       samples: int = 16, seed: int = 0) -> DirichletQ:
+    """q* per point within the Dirichlet family: Adam on log α of ELBO = E_q[log p(x, θ)] + H[q], θ drawn by
+    torch's reparameterized Dirichlet (implicit Gamma gradients), warm-started at the encoder; as
+    :func:`optimize_gaussian` otherwise."""
+    import pyro
+
+    log_alpha = start.concentration.double().log().clone().requires_grad_(True)
+    opt = torch.optim.Adam([log_alpha], lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - 0.9 * i / max(1, steps))
+    dim = _data_dim(pair, x, latent_site(pair))
+    pair_dtype = next(pair.parameters()).dtype
+    with _Frozen(pair), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), \
+            pyro.validation_enabled(False):
+        torch.manual_seed(seed)
+        for _ in range(steps):
+            q = torch.distributions.Dirichlet(log_alpha.exp())
+            theta = q.rsample((samples,))
+            lj = log_joint(pair, x.to(pair_dtype), theta.to(pair_dtype), dim).double()
+            loss = -(lj.mean(0) + q.entropy()).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return DirichletQ(log_alpha.detach().exp().float())
+
+
+def _dirichlet_draws(q: DirichletQ, n: int, seed: int) -> torch.Tensor:
+    with torch.random.fork_rng(devices=[q.concentration.device] if q.concentration.is_cuda else []):
+        torch.manual_seed(seed)
+        return q.dist().sample((n,))
+
+
+def _dirichlet_gaps(pair, x: torch.Tensor, enc: DirichletQ, *, steps: int, lr: float, elbo_samples: int,
+                    iwae_k: int, seed: int, q_star: DirichletQ | None) -> dict[str, Any]:
+    """:func:`gaps` for a Dirichlet guide: q* in the Dirichlet family; the two ELBOs from independent draws (a
+    Dirichlet draw has no shared standard-normal noise), so the amortization gap's SE combines both."""
+    q_star = q_star or optimize_dirichlet(pair, x, enc, steps=steps, lr=lr, seed=seed)
+    out: dict[str, Any] = {"q_star": q_star, "encoder": enc}
+    estimates, elbos, ses, per_draw = {}, {}, {}, {}
+    for name, q, offset in (("encoder", enc, 1), ("qstar", q_star, 2)):
+        theta = _dirichlet_draws(q, elbo_samples, seed + offset)
+        with torch.no_grad():
+            per_draw[name] = _chunked_log_joint(pair, x, theta).double()
+        elbos[name] = per_draw[name].mean(0) + q.entropy().double()
+        ses[name] = per_draw[name].std(0) / math.sqrt(elbo_samples)
+        theta = _dirichlet_draws(q, iwae_k, seed + 10 + offset)
+        with torch.no_grad():
+            log_w = _chunked_log_joint(pair, x, theta).double() - q.dist().log_prob(theta).double()
+        estimates[f"iwae_{name}"] = torch.logsumexp(log_w, 0) - math.log(iwae_k)
+    log_px = torch.stack(list(estimates.values())).max(0).values
+    out.update({
+        "log_px": log_px, "log_px_estimates": estimates,
+        "elbo_encoder": elbos["encoder"], "elbo_encoder_se": ses["encoder"],
+        "elbo_qstar": elbos["qstar"], "elbo_qstar_se": ses["qstar"],
+        "approximation_gap": log_px - elbos["qstar"], "approximation_gap_se": ses["qstar"],
+        "amortization_gap": elbos["qstar"] - elbos["encoder"],
+        "amortization_gap_se": (ses["qstar"] ** 2 + ses["encoder"] ** 2).sqrt(),
+    })
+    return out
+
+
 def elbo_of(pair, x: torch.Tensor, q: Gaussian, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """ELBO per point at the draws z = q.loc + L ε, and the per-draw values E_q part (for standard errors)."""
     with torch.no_grad():
@@ -265,7 +403,13 @@ def gaps(pair, x: torch.Tensor, *, steps: int = 1000, lr: float = 0.02, elbo_sam
     ``amortization_gap`` (tensors (P,)), their standard errors and ``q_star``.
     """
     pair.eval()
-    enc = encoder_gaussian(pair, x)
+    enc = encoder_q(pair, x)
+    if isinstance(enc, DirichletQ):
+        if ais_steps:
+            raise UserError("AIS moves real-valued latents by HMC; the Dirichlet-VAE's θ lives on the simplex: "
+                            "leave --ais off (the IWAE estimates bound log p(x))")
+        return _dirichlet_gaps(pair, x, enc, steps=steps, lr=lr, elbo_samples=elbo_samples, iwae_k=iwae_k,
+                               seed=seed, q_star=q_star)
     q_star = q_star or optimize_gaussian(pair, x, enc, steps=steps, lr=lr, seed=seed)
     g = torch.Generator(device=x.device).manual_seed(seed + 1)
     eps = torch.randn((elbo_samples,) + enc.loc.shape, generator=g, device=x.device)
@@ -303,7 +447,9 @@ def nuts_draws(nuts_fit, site: str = "z") -> torch.Tensor:
 def against_nuts(pair, x: torch.Tensor, draws: torch.Tensor, q: Gaussian | None = None, psis_samples: int = 2000,
                  seed: int = 0) -> dict[str, torch.Tensor]:
     """KL(q ‖ p̂), W2(q, p̂), coverage of q's 50/90% intervals and PSIS k̂ per point."""
-    q = q or encoder_gaussian(pair, x)
+    q = q or encoder_q(pair, x)
+    if isinstance(q, DirichletQ):
+        return _against_nuts_dirichlet(pair, x, draws, q, psis_samples, seed)
     m, S = gaussian_fit(draws)
     out = {"kl": gaussian_kl(q.loc, q.cov, m, S), "w2": gaussian_w2(q.loc, q.cov, m, S),
            "coverage50": coverage(q.loc, q.scale, draws, 0.5), "coverage90": coverage(q.loc, q.scale, draws, 0.9)}
@@ -312,6 +458,27 @@ def against_nuts(pair, x: torch.Tensor, draws: torch.Tensor, q: Gaussian | None 
     with torch.no_grad():
         z = q.sample(eps)
         log_w = _chunked_log_joint(pair, x, z).double() - q.dist().log_prob(z).double()
+    out["khat"] = psis_khat(log_w)
+    return out
+
+
+def _against_nuts_dirichlet(pair, x: torch.Tensor, draws: torch.Tensor, q: DirichletQ, psis_samples: int,
+                            seed: int) -> dict[str, torch.Tensor]:
+    """:func:`against_nuts` for a Dirichlet q: KL(q ‖ p̂) with p̂ the Dirichlet matched to the NUTS draws'
+    moments (closed form), W2 between the two distributions' Gaussian moment fits on the simplex, coverage of
+    q's Beta-marginal intervals, PSIS k̂ of p(x, θ)/q(θ), θ ~ q."""
+    p_hat = torch.distributions.Dirichlet(dirichlet_fit(draws))
+    q64 = torch.distributions.Dirichlet(q.concentration.double())
+    m, S = gaussian_fit(draws)
+    with warnings.catch_warnings():  # both covariances are singular on the simplex (rank k − 1): sqrtm warns
+        warnings.simplefilter("ignore")
+        w2 = gaussian_w2(q.loc, q.cov, m, S)
+    out = {"kl": kl_divergence(q64, p_hat), "w2": w2,
+           "coverage50": interval_coverage(*q.interval(0.5), draws),
+           "coverage90": interval_coverage(*q.interval(0.9), draws)}
+    theta = _dirichlet_draws(q, psis_samples, seed + 2)
+    with torch.no_grad():
+        log_w = _chunked_log_joint(pair, x, theta).double() - q.dist().log_prob(theta).double()
     out["khat"] = psis_khat(log_w)
     return out
 

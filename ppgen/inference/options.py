@@ -96,6 +96,10 @@ def adam_betas(v: Any) -> str | None:
     return None if ok else "must be two numbers in [0, 1)"
 
 
+def decay_rate(v: Any) -> str | None:
+    return None if _is_number(v) and 0 <= v < 1 else "must be a number in [0, 1)"
+
+
 def boolean(v: Any) -> str | None:
     return None if isinstance(v, bool) else "must be true or false"
 
@@ -137,6 +141,7 @@ class SVIOptions:
     epochs: int = _epochs()
     batch_size: int = _batch_size()
     lr: float = option(1e-3, positive_float, "Adam learning rate")
+    adam_beta1: float = option(0.9, decay_rate, "Adam's first-moment decay beta1 (the ProdLDA paper's code: 0.99)")
     elbo: str = option("trace", one_of(ELBOS, "ELBO"), "objective: trace (Trace_ELBO), analytic (closed-form KL), iwae")
     num_particles: int = option(1, positive_int, "samples of q per example (the IWAE K)", flag="particles")
     beta: float = option(1.0, nonnegative_float, "KL weight (beta-VAE)")

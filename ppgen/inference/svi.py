@@ -165,7 +165,7 @@ def _loss_and_grads(loss_fn, model, guide, x) -> float:
     return loss.item()
 
 
-def make_adam(params, lr: float) -> torch.optim.Adam:
+def make_adam(params, lr: float, beta1: float = 0.9) -> torch.optim.Adam:
     """Adam with the fused kernel where torch has one for the device (CPU and CUDA in torch >= 2.4).
 
     Same update rule as the default implementation; one kernel for all parameters costs
@@ -174,9 +174,9 @@ def make_adam(params, lr: float) -> torch.optim.Adam:
     """
     params = list(params)
     try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), fused=True)
     except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
-        return torch.optim.Adam(params, lr=lr, foreach=True)
+        return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), foreach=True)
 
 
 def check_objective_options(pair, options: SVIOptions) -> None:
@@ -209,7 +209,7 @@ def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchSt
     pair.to(device)
     loss_fn = (ObjectiveLoss(pair) if pair.has_objective
                else make_elbo(options.elbo, options.num_particles, pair.max_plate_nesting, options.free_bits))
-    optimizer = make_adam(pair.parameters(), options.lr)
+    optimizer = make_adam(pair.parameters(), options.lr, options.adam_beta1)
     step_size = options.mcmc_step_size
     if options.mcmc_steps > 0:
         hmc.check_pair(pair, data.train_epoch(0)[:2].to(device))
@@ -227,7 +227,7 @@ def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchSt
     state = TorchState(pair, options, optimizer, loss_fn, step_size)
     if options.aggressive_epochs > 0:
         state.guide_params = guide_parameters(pair, data.train_epoch(0)[:2].to(device))
-        state.guide_optimizer = make_adam(state.guide_params, options.lr)
+        state.guide_optimizer = make_adam(state.guide_params, options.lr, options.adam_beta1)
     return state
 
 

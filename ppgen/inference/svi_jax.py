@@ -279,7 +279,7 @@ def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
     x0_torch = data.train_epoch(0)[:batch].cpu()
     model, guide = scaled_model_guide(pair)
     loss_fn = make_numpyro_elbo(options.elbo, options.num_particles)
-    svi = SVI(model, guide, numpyro.optim.Adam(options.lr), loss_fn)
+    svi = SVI(model, guide, numpyro.optim.Adam(options.lr, b1=options.adam_beta1), loss_fn)
     try:
         with recording_modules() as sites:
             svi_state = svi.init(jax.random.PRNGKey(options.seed), jnp.asarray(x0_torch.numpy()), 1.0)
