@@ -287,6 +287,8 @@ def _evaluate(args) -> int:
     if f"iwae_{k}" in result:
         print(f"  IWAE-{k:<14d}{result[f'iwae_{k}']:10.2f} ± {result[f'iwae_{k}_se']:.2f} nats"
               f"   ({result['bits_per_dim']:.4f} bits/dim)")
+    if "iwae_note" in result:
+        print(f"  ({result['iwae_note']})")
     if "perplexity" in result:
         print(f"  perplexity (counts) {result['perplexity']:10.1f} (ELBO)" + (
             f"   {result[f'perplexity_iwae_{k}']:.1f} (IWAE-{k})" if f"perplexity_iwae_{k}" in result else "")
@@ -495,8 +497,9 @@ def _add_prior(sub) -> None:
     p = sub.add_parser("prior", help="vqvae stage two: fit an autoregressive prior (PixelCNN) over a run's codes",
                        description="Fit the PixelCNN prior of a trained VQ-VAE run by maximum likelihood on the codes "
                                    "of its training data; the run then samples codes from it and its bound is "
-                                   "log p(x|z_q) + log p_prior(z_q). Rewrites model.pt and samples.png, adds "
-                                   "prior_history.csv and metrics.json's \"prior\".")
+                                   "log p(x|z_q) + log p_prior(z_q). Rewrites model.pt, samples.png and the "
+                                   "checkpoint (a later `ppgen train --resume RUN` keeps training with the "
+                                   "prior), adds prior_history.csv and metrics.json's \"prior\".")
     p.add_argument("run", type=Path, help="a vqvae run directory written by `ppgen train vqvae`")
     p.add_argument("--epochs", type=positive, default=20, help="passes over the training codes (default 20)")
     p.add_argument("--batch-size", type=positive, default=64, help="grids per step (default 64)")

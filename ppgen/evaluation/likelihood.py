@@ -45,9 +45,14 @@ def _budget(pair, k: int, budget: int) -> tuple[int, int]:
 
 
 def iwae(pair, x: torch.Tensor, k: int = 1000, budget: int = 8_000_000) -> torch.Tensor:
-    """IWAE_k estimate of log p(x) per example (a lower bound that tightens with k)."""
+    """IWAE_k estimate of log p(x) per example (a lower bound that tightens with k).
+
+    A pair with a point-mass guide is evaluated with one draw: its IWAE_k equals its ELBO exactly for
+    every k (:meth:`~ppgen.models.base.GenerativeModel.guide_draws`).
+    """
     if k < 1:
         raise ValueError("k must be at least 1")
+    k = pair.guide_draws(k)
     k_chunk, b_chunk = _budget(pair, k, budget)
     options = {} if k == 1 else {"globals": "raise"}  # IWAE_1 is the ELBO: linear, global sites split 1/N
     out = []
@@ -59,7 +64,8 @@ def iwae(pair, x: torch.Tensor, k: int = 1000, budget: int = 8_000_000) -> torch
 
 
 def elbo(pair, x: torch.Tensor, num_samples: int = 1, budget: int = 8_000_000) -> torch.Tensor:
-    """Monte Carlo ELBO per example, averaged over ``num_samples`` draws of q."""
+    """Monte Carlo ELBO per example, averaged over ``num_samples`` draws of q (one for a point-mass q: exact)."""
+    num_samples = pair.guide_draws(num_samples)
     k_chunk, b_chunk = _budget(pair, num_samples, budget)
     out = []
     for rows in _chunks(x.shape[0], b_chunk):
