@@ -238,7 +238,8 @@ def _add_evaluate(sub) -> None:
                        description="Evaluate a trained run on held-out data: ELBO, the IWAE-K estimate of log p(x) "
                                    "(and bits/dim), KL per latent dimension, active units and I(x; z).")
     p.add_argument("run", type=Path, help="run directory written by `ppgen train`")
-    p.add_argument("--iwae", type=positive, default=1000, metavar="K", help="importance samples per example (default 1000)")
+    p.add_argument("--iwae", type=positive, default=1000, metavar="K", help="importance samples per example (default 1000; one for a point-mass guide such as "
+                        "the VQ-VAE's, whose IWAE-K equals its ELBO for every K)")
     p.add_argument("--ais", type=positive, metavar="N", help="also AIS with N intermediate distributions (e.g. 1000)")
     p.add_argument("--ais-chains", type=positive, default=16, metavar="C", help="AIS chains per example (default 16)")
     p.add_argument("--bdmc", type=non_negative, default=0, metavar="M",
