@@ -4,7 +4,8 @@ Stage one is trained once, with the settings of the likelihood leaderboard (``li
 ``vqvae`` pair, K = 64 on a 7x7 grid, D = 16, 64 channels; SVI on the torch engine, Adam ``--lr``, batch
 ``--batch-size``, dynamically binarized training digits, seed ``--seed``). At every epoch count in
 ``--snapshots`` a copy of the pair is taken (training then resumes from the loop's checkpoint, bit-exact, so
-the last snapshot is the same pair ``likelihood_table.py --models vqvae --epochs N`` trains) and:
+the last snapshot is trained as ``likelihood_table.py --models vqvae --epochs N`` trains it; with the same torch
+threads, the same pair) and:
 
 1. its test bound under the uniform prior, and the sample quality of codes drawn uniformly → decoder;
 2. its PixelCNN prior is fitted for as many epochs as stage one ran (``fit_prior``, as ``likelihood_table.py``
