@@ -11,8 +11,10 @@ Stage two. ppgen: :func:`ppgen.models.vqvae.fit_prior`; plain: the same PixelCNN
 codes extracted once. Throughput counts the training steps; ``fit_prior`` by default also re-encodes the codes
 of each epoch's fresh binarization, whose time is reported beside it (``extract_seconds`` per epoch).
 
-Throughput is images (grids) per second over whole epochs after a warm-up epoch; the two loops alternate
-``--repeats`` times and the median of each is reported, so both see the same machine load.
+Throughput is images (grids) per second over whole epochs after a warm-up epoch of each. The two loops alternate
+epoch by epoch in one process, ``--repeats`` rounds, the order swapped every round, so both see the same machine
+load; each round gives a ratio ppgen / plain, and the median ratio is reported with its quartiles, range and a
+bootstrap 95% interval.
 
     python benchmarks/vqvae_speed.py --data digits --downsample 1
     python benchmarks/vqvae_speed.py --data mnist --downsample 2 --codes 64
@@ -42,9 +44,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--channels", type=int, default=64)
     p.add_argument("--downsample", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=2, help="timed epochs per repeat (after one warm-up epoch)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--prior-epochs", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=40, help="alternating rounds (one epoch of each loop per round)")
+    p.add_argument("--prior-repeats", type=int, default=20, help="rounds for the prior (0: skip stage two)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (one: the shared 2-core machine)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -111,45 +113,98 @@ def plain_prior_epoch(net, opt, codes: torch.Tensor, batch: int, seed: int) -> f
     return steps * batch / (time.perf_counter() - start)
 
 
+def spread(ratios: list[float]) -> dict:
+    """Median, quartiles and range of per-round ratios, and a bootstrap 95% interval of their median."""
+    q = statistics.quantiles(ratios, n=4)
+    g = torch.Generator().manual_seed(0)
+    t = torch.tensor(ratios)
+    boot = t[torch.randint(len(t), (2000, len(t)), generator=g)].median(1).values
+    return {"median": statistics.median(ratios), "q1": q[0], "q3": q[2], "min": min(ratios), "max": max(ratios),
+            "ci95": [float(boot.quantile(0.025)), float(boot.quantile(0.975))], "rounds": len(ratios)}
+
+
+def describe(name: str, unit: str, ours: list[float], theirs: list[float], ratios: list[float]) -> dict:
+    s = spread(ratios)
+    print(f"{name}: ppgen {statistics.median(ours):.0f} {unit}, plain PyTorch {statistics.median(theirs):.0f} {unit} "
+          f"(medians); ratio per round: median {s['median']:.3f}, quartiles {s['q1']:.3f}–{s['q3']:.3f}, range "
+          f"{s['min']:.3f}–{s['max']:.3f}, bootstrap 95% interval of the median {s['ci95'][0]:.3f}–{s['ci95'][1]:.3f} "
+          f"({s['rounds']} rounds)", flush=True)
+    return {"ppgen": statistics.median(ours), "plain": statistics.median(theirs), "ratio": s}
+
+
+def stage_one(pair: VQVAE, data, x: torch.Tensor, args) -> tuple[dict, VQVAE]:
+    """Alternate one ppgen epoch (the loop's own images/s: ``ppgen.fit`` resumed from its checkpoint, one more epoch)
+    and one plain epoch, ``--repeats`` rounds, the order swapped every round (ABBA) so a trend in the machine's load
+    falls on both alike; each round gives a ratio."""
+    plain = PlainVQVAE(pair)
+    plain_epoch(plain, x, args.batch_size, 0)  # warm-up
+    options = dict(batch_size=args.batch_size, lr=1e-3, engine="torch", progress=False, seed=args.seed)
+    fit = ppgen.fit(pair, data, epochs=1, **options)  # warm-up
+    ours, theirs, ratios = [], [], []
+    for r in range(args.repeats):
+        def step_ours(fit=fit):
+            return ppgen.fit(pair, data, epochs=fit.state.epoch + 1, resume=fit.checkpoint(), **options)
+
+        if r % 2 == 0:
+            fit = step_ours()
+            b = plain_epoch(plain, x, args.batch_size, r)
+        else:
+            b = plain_epoch(plain, x, args.batch_size, r)
+            fit = step_ours()
+        a = fit.history[-1]["images_per_s"]
+        ours.append(a)
+        theirs.append(b)
+        ratios.append(a / b)
+    return describe("stage one", "img/s", ours, theirs, ratios), pair
+
+
+def stage_two(pair: VQVAE, data, x: torch.Tensor, args) -> dict:
+    """The prior likewise: one ``fit_prior`` epoch (its grids/s over the training steps) beside one plain epoch on
+    the same codes, alternating; the re-encoding of fresh codes is timed apart."""
+    pair.eval()
+    codes = pair.codes(x)
+    net = copy.deepcopy(pair.prior_net)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    plain_prior_epoch(net, opt, codes, args.batch_size, 0)  # warm-up
+    ours, theirs, ratios, extract = [], [], [], []
+    trial = copy.deepcopy(pair)
+    for r in range(args.repeats):
+        def step_ours(r=r):
+            return fit_prior(trial, data, epochs=1, batch_size=args.batch_size, seed=r)[0]
+
+        if r % 2 == 0:
+            row = step_ours()
+            b = plain_prior_epoch(net, opt, codes, args.batch_size, r)
+        else:
+            b = plain_prior_epoch(net, opt, codes, args.batch_size, r)
+            row = step_ours()
+        ours.append(row["grids_per_s"])
+        theirs.append(b)
+        ratios.append(row["grids_per_s"] / b)
+        extract.append(row["extract_seconds"])
+    result = describe("stage two (prior)", "grids/s", ours, theirs, ratios)
+    result["extract_seconds_per_epoch"] = statistics.median(extract)
+    print(f"  (fit_prior also re-encodes each epoch's fresh codes: {statistics.median(extract):.2f} s per epoch, "
+          "outside the timed steps)")
+    return result
+
+
 def main(argv=None) -> int:
     args = parse(argv)
+    torch.set_num_threads(args.threads)
     data = load(args.data, binarize="dynamic", seed=args.seed)
     print(data.describe(), f"| K {args.codes}, D {args.code_dim}, channels {args.channels}, downsample "
-          f"{args.downsample}, batch {args.batch_size}, torch threads {torch.get_num_threads()}", flush=True)
+          f"{args.downsample}, batch {args.batch_size}, torch threads {torch.get_num_threads()}, {args.repeats} "
+          "alternating rounds", flush=True)
     torch.manual_seed(args.seed)
     pair = VQVAE(data.x_shape, codes=args.codes, code_dim=args.code_dim, channels=args.channels,
                  downsample=args.downsample)
-    plain = PlainVQVAE(pair)
     x = data.train_epoch(0)
-    plain_epoch(plain, x, args.batch_size, 0)  # warm-up
-    ours, theirs = [], []
-    for r in range(args.repeats):
-        pair_r = copy.deepcopy(pair)
-        fit = ppgen.fit(pair_r, data, epochs=args.epochs + 1, batch_size=args.batch_size, engine="torch",
-                        progress=False, seed=args.seed + r)
-        ours += [row["images_per_s"] for row in fit.history[1:]]
-        theirs += [plain_epoch(plain, x, args.batch_size, r * 100 + e) for e in range(args.epochs)]
-    a, b = statistics.median(ours), statistics.median(theirs)
-    result = {"ppgen_images_per_s": a, "plain_images_per_s": b, "ratio": a / b}
-    print(f"stage one: ppgen {a:.0f} img/s, plain PyTorch {b:.0f} img/s, ratio {a / b:.3f}", flush=True)
-
-    pair_r.eval()
-    codes = pair_r.codes(x)
-    net = copy.deepcopy(pair_r.prior_net)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    plain_prior_epoch(net, opt, codes, args.batch_size, 0)  # warm-up
-    ours, theirs, extract = [], [], []
-    for r in range(args.repeats):
-        trial = copy.deepcopy(pair_r)
-        rows = fit_prior(trial, data, epochs=args.prior_epochs, batch_size=args.batch_size, seed=r)
-        ours += [row["grids_per_s"] for row in rows]
-        extract += [row["extract_seconds"] for row in rows]
-        theirs += [plain_prior_epoch(net, opt, codes, args.batch_size, r * 100 + e) for e in range(args.prior_epochs)]
-    a, b = statistics.median(ours), statistics.median(theirs)
-    result.update(ppgen_prior_grids_per_s=a, plain_prior_grids_per_s=b, prior_ratio=a / b,
-                  extract_seconds_per_epoch=statistics.median(extract))
-    print(f"stage two (prior): ppgen {a:.0f} grids/s, plain PyTorch {b:.0f} grids/s, ratio {a / b:.3f}; re-encoding "
-          f"an epoch's codes {statistics.median(extract):.2f} s")
+    result = {"stage_one": None, "stage_two": None}
+    result["stage_one"], pair = stage_one(pair, data, x, args)
+    if args.prior_repeats:
+        args.repeats = args.prior_repeats
+        result["stage_two"] = stage_two(pair, data, x, args)
     print(json.dumps(result))
     return 0
 

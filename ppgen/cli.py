@@ -266,7 +266,8 @@ def _add_evaluate(sub) -> None:
                        description="Evaluate a trained run on held-out data: ELBO, the IWAE-K estimate of log p(x) "
                                    "(and bits/dim), KL per latent dimension, active units and I(x; z).")
     p.add_argument("run", type=Path, help="run directory written by `ppgen train`")
-    p.add_argument("--iwae", type=positive, default=1000, metavar="K", help="importance samples per example (default 1000)")
+    p.add_argument("--iwae", type=positive, default=1000, metavar="K", help="importance samples per example (default 1000; one for a point-mass guide such as "
+                        "the VQ-VAE's, whose IWAE-K equals its ELBO for every K)")
     p.add_argument("--ais", type=positive, metavar="N", help="also AIS with N intermediate distributions (e.g. 1000)")
     p.add_argument("--ais-chains", type=positive, default=16, metavar="C", help="AIS chains per example (default 16)")
     p.add_argument("--bdmc", type=non_negative, default=0, metavar="M",
@@ -315,6 +316,8 @@ def _evaluate(args) -> int:
     if f"iwae_{k}" in result:
         print(f"  IWAE-{k:<14d}{result[f'iwae_{k}']:10.2f} ± {result[f'iwae_{k}_se']:.2f} nats"
               f"   ({result['bits_per_dim']:.4f} bits/dim)")
+    if "iwae_note" in result:
+        print(f"  ({result['iwae_note']})")
     if "perplexity" in result:
         print(f"  perplexity (counts) {result['perplexity']:10.1f} (ELBO)" + (
             f"   {result[f'perplexity_iwae_{k}']:.1f} (IWAE-{k})" if f"perplexity_iwae_{k}" in result else "")
@@ -523,8 +526,9 @@ def _add_prior(sub) -> None:
     p = sub.add_parser("prior", help="vqvae stage two: fit an autoregressive prior (PixelCNN) over a run's codes",
                        description="Fit the PixelCNN prior of a trained VQ-VAE run by maximum likelihood on the codes "
                                    "of its training data; the run then samples codes from it and its bound is "
-                                   "log p(x|z_q) + log p_prior(z_q). Rewrites model.pt and samples.png, adds "
-                                   "prior_history.csv and metrics.json's \"prior\".")
+                                   "log p(x|z_q) + log p_prior(z_q). Rewrites model.pt, samples.png and the "
+                                   "checkpoint (a later `ppgen train --resume RUN` keeps training with the "
+                                   "prior), adds prior_history.csv and metrics.json's \"prior\".")
     p.add_argument("run", type=Path, help="a vqvae run directory written by `ppgen train vqvae`")
     p.add_argument("--epochs", type=positive, default=20, help="passes over the training codes (default 20)")
     p.add_argument("--batch-size", type=positive, default=64, help="grids per step (default 64)")

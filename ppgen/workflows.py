@@ -345,6 +345,9 @@ def evaluate_run(run_dir: Path, iwae_k: int = 1000, split: str = "test", limit: 
             result[f"iwae_{iwae_k}_se"] = float(ll.std() / len(x) ** 0.5)
             result["nll"] = -float(ll.mean())
             result["bits_per_dim"] = float(evaluation.bits_per_dim(ll, pair.x_shape).mean())
+            if pair.guide_draws(iwae_k) < iwae_k:  # the estimators then use one draw of q (guide_draws says why)
+                result["iwae_note"] = (f"the guide is a point mass: IWAE-{iwae_k} equals the ELBO exactly, computed "
+                                       "from one draw")
         result["seconds"] = round(time.perf_counter() - t, 2)
     if ais_steps is not None:
         from ppgen.evaluation.ais import summary
@@ -596,9 +599,14 @@ def fit_prior_run(run_dir: Path, epochs: int = 20, batch_size: int = 64, lr: flo
     (:func:`ppgen.models.vqvae.fit_prior`), then write the pair back (model.pt), ``prior_history.csv``, the
     prior's figures into ``metrics.json`` (key ``prior``) and ``samples.png`` drawn from the learned prior.
 
+    The fitted prior also goes into the run's checkpoint (its last epoch's weights and, where kept, the best
+    epoch's, whose score becomes the validation bound under the prior), so ``ppgen train vqvae --resume RUN``
+    afterwards continues stage one *with* the learned prior (its term −log p(k) then trains it on the current
+    codes) instead of restarting from the checkpoint's untrained prior and overwriting model.pt without it.
+
     Refused in one line for a run of another family and for a run whose stage one has not finished.
     """
-    from ppgen.models.vqvae import VQVAE, fit_prior
+    from ppgen.models.vqvae import VQVAE, fit_prior, prior_state
 
     run_dir = Path(run_dir)
     config = runs.open_run(run_dir)
@@ -609,13 +617,15 @@ def fit_prior_run(run_dir: Path, epochs: int = 20, batch_size: int = 64, lr: flo
                         f"(ppgen train vqvae --resume {run_dir}), then fit its prior")
     data = _load_data(config["data"])
     pair = runs.load_pair(run_dir)
+    checkpoint = runs.load_checkpoint(run_dir)  # refused here, before the prior is fitted, if it is damaged
     torch.manual_seed(seed)
     history = fit_prior(pair, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, log=log)
     pair.eval()
-    runs.save_torch(run_dir / runs.MODEL, pair.state_dict())
-    metrics = _read_metrics(run_dir)
     prior = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, **history[-1]}
     prior.update(quick_metrics(pair, data, seed=seed))
+    runs.save_torch(run_dir / runs.CHECKPOINT, with_prior(checkpoint, prior_state(pair), prior.get("val_elbo")))
+    runs.save_torch(run_dir / runs.MODEL, pair.state_dict())
+    metrics = _read_metrics(run_dir)
     metrics["prior"] = prior
     runs.write_json(run_dir / runs.METRICS, metrics)
     _write_rows(run_dir / "prior_history.csv", history)
@@ -624,6 +634,18 @@ def fit_prior_run(run_dir: Path, epochs: int = 20, batch_size: int = 64, lr: flo
         plots.sample_grid(pair.generate(64).cpu(), run_dir / "samples.png",
                           f"{pair.name} samples (codes from the learned prior)")
     return prior
+
+
+def with_prior(checkpoint: dict, prior: dict[str, torch.Tensor], val_elbo: float | None) -> dict:
+    """``checkpoint`` with the prior's weights ``prior`` in its last and best weights; the best score is then
+    ``val_elbo`` (the bound under that prior), so a resumed run compares its epochs with the same bound."""
+    checkpoint = {**checkpoint, "model": {**checkpoint["model"], **prior}, "state": dict(checkpoint["state"])}
+    state = checkpoint["state"]
+    if isinstance(state.get("best"), dict):
+        state["best"] = {**state["best"], **prior}
+        if val_elbo is not None:
+            state["best_score"] = val_elbo
+    return checkpoint
 
 
 def _read_metrics(run_dir: Path) -> dict:

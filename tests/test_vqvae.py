@@ -257,16 +257,37 @@ def test_cli_train_resume_is_bit_exact_with_the_ema_state(tmp_path):
     assert "val_codebook_usage" in history[0] and "val_perplexity" in history[0]
 
 
+def test_a_point_mass_guide_is_evaluated_with_one_draw(trained, digits):
+    """IWAE_K and the K-draw ELBO of the point-mass guide use one draw (the decoder sees each example once, not K
+    times: the old code decoded 1,000 copies) and equal the exact bound; the protocol's default keeps K draws."""
+    x = digits.test[:40]
+    rows = []
+    handle = trained.decoder.register_forward_hook(lambda m, i, o: rows.append(i[0].reshape(-1, *i[0].shape[-3:])
+                                                                                 .shape[0]))
+    try:
+        ll = evaluation.iwae(trained, x, k=1000)
+        assert sum(rows) == len(x)
+        rows.clear()
+        bound = evaluation.elbo(trained, x, num_samples=10)
+        assert sum(rows) == len(x)
+    finally:
+        handle.remove()
+    log_px, log_pk = trained.log_bound_parts(x)
+    torch.testing.assert_close(ll, log_px + log_pk, rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(bound, log_px + log_pk, rtol=1e-6, atol=1e-4)
+    assert trained.guide_draws(1000) == 1 and ppgen.models.VAE((1, 8, 8), z_dim=2).guide_draws(1000) == 1000
+
+
 def test_cli_train_evaluate_prior_sample(tmp_path, capsys):
     run = tmp_path / "vq"
     assert main(["prior", str(tmp_path / "missing")]) == 2
     assert main(["train", "vqvae", *FAST, "--epochs", "2", "--out", str(run)]) == 0
     capsys.readouterr()
-    assert main(["evaluate", str(run), "--iwae", "2", "--json"]) == 0
+    assert main(["evaluate", str(run), "--json"]) == 0  # the default IWAE-1000: one draw of the point mass
     uniform = json.loads(capsys.readouterr().out)
     stats = uniform["family_metrics"]
     assert 0 < stats["codebook_usage"] <= 1 and 1 <= stats["perplexity"] <= 16
-    assert uniform["iwae_2"] == pytest.approx(uniform["elbo"], abs=1e-3)  # point-mass guide
+    assert uniform["iwae_1000"] == pytest.approx(uniform["elbo"], abs=1e-3) and "point mass" in uniform["iwae_note"]
     assert main(["evaluate", str(run), "--iwae", "1"]) == 0
     assert "codebook usage" in capsys.readouterr().out
     assert main(["prior", str(run), "--epochs", "2"]) == 0
@@ -274,6 +295,21 @@ def test_cli_train_evaluate_prior_sample(tmp_path, capsys):
     assert metrics["prior"]["test_elbo"] > uniform["elbo"]
     assert (run / "prior_history.csv").exists()
     assert main(["sample", str(run), "-n", "4", "--out", str(tmp_path / "s.npy")]) == 0
+
+    # stage one resumed after the prior keeps the prior (the old code resumed from a checkpoint without it and
+    # wrote model.pt with the untrained, unused PixelCNN: the bound back to the uniform prior's)
+    fitted = torch.load(run / "model.pt", weights_only=True)
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    for state in (checkpoint["model"], checkpoint["state"]["best"]):
+        assert all(torch.equal(state[k], v) for k, v in fitted.items() if k.startswith("prior_net."))
+        assert bool(state["prior_fitted"])
+    assert checkpoint["state"]["best_score"] == pytest.approx(metrics["prior"]["val_elbo"])
+    assert main(["train", "vqvae", "--resume", str(run), "--epochs", "3", "--no-progress"]) == 0
+    resumed = ppgen.load(run)
+    assert bool(resumed.prior_fitted)
+    log_pk = resumed.log_bound_parts(ppgen.data.load("digits").test)[1]
+    uniform_log_pk = -16 * math.log(16)  # 4x4 grid, K = 16
+    assert float(log_pk.mean()) > uniform_log_pk + 5  # the learned prior, still in use (uniform: −44.4 exactly)
 
 
 def test_cli_one_line_errors(tmp_path, capsys):

@@ -45,9 +45,14 @@ def _budget(pair, k: int, budget: int) -> tuple[int, int]:
 
 
 def iwae(pair, x: torch.Tensor, k: int = 1000, budget: int = 8_000_000) -> torch.Tensor:
-    """IWAE_k estimate of log p(x) per example (a lower bound that tightens with k)."""
+    """IWAE_k estimate of log p(x) per example (a lower bound that tightens with k).
+
+    A pair with a point-mass guide is evaluated with one draw: its IWAE_k equals its ELBO exactly for
+    every k (:meth:`~ppgen.models.base.GenerativeModel.guide_draws`).
+    """
     if k < 1:
         raise ValueError("k must be at least 1")
+    k = pair.guide_draws(k)
     k_chunk, b_chunk = _budget(pair, k, budget)
     options = {} if k == 1 else {"globals": "raise"}  # IWAE_1 is the ELBO: linear, global sites split 1/N
     out = []
@@ -59,13 +64,15 @@ def iwae(pair, x: torch.Tensor, k: int = 1000, budget: int = 8_000_000) -> torch
 
 
 def elbo(pair, x: torch.Tensor, num_samples: int = 1, budget: int = 8_000_000) -> torch.Tensor:
-    """Monte Carlo ELBO per example, averaged over ``num_samples`` draws of q; for a pair that declares
-    ``closed_form_elbo`` (DDPM's bound, every KL in closed form), the mean of that many of its estimates."""
+    """Monte Carlo ELBO per example, averaged over ``num_samples`` draws of q (one for a point-mass q: exact); for a
+    pair that declares ``closed_form_elbo`` (DDPM's bound, every KL in closed form), the mean of that many of its
+    estimates."""
     if pair.has_closed_form_elbo:
         rows = max(1, budget // 8 // math.prod(pair.x_shape))  # a denoiser call holds a few such batches
         with torch.no_grad():
             return torch.cat([torch.stack([pair.closed_form_elbo(x[r]) for _ in range(num_samples)]).mean(0)
                               for r in _chunks(x.shape[0], rows)])
+    num_samples = pair.guide_draws(num_samples)
     k_chunk, b_chunk = _budget(pair, num_samples, budget)
     out = []
     for rows in _chunks(x.shape[0], b_chunk):

@@ -32,6 +32,10 @@ The protocol
     n draws of E[x | z] at z ~ p(z) (or of the generator).
 ``encode(x)`` / ``has_encoder``; ``reconstruct(x)`` / ``can_reconstruct``
     Mean and scale of the bottom latent under q(z | x); E[x | mean of q(z | x)].
+``point_mass_guide`` / ``guide_draws(k)``
+    True for a guide that is a point mass q(z | x) = δ(z − z(x)) (a deterministic encoder: the VQ-VAE's
+    codes). All its draws coincide, so an estimator averaging over K draws of it (IWAE_K, a Monte Carlo
+    ELBO) gets its exact value from one: ``guide_draws(k)`` is 1 for it and ``k`` otherwise.
 ``objective(x)`` / ``has_objective``
     A family's own unbiased estimator of the per-example negative ELBO (DDPM's
     uniformly sampled timestep), written against :mod:`ppgen.ppl` so both SVI engines
@@ -97,6 +101,8 @@ class GenerativeModel(nn.Module):
     svi_engines: ClassVar[tuple[str, ...]] = ("torch", "jax")
     #: whether ``guide`` is a q(z|x) (an implicit generator without an encoder has none)
     has_guide: bool = True
+    #: whether ``guide`` is a point mass q(z|x) = δ(z − z(x)): every draw of it is the same z(x)
+    point_mass_guide: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -162,6 +168,16 @@ class GenerativeModel(nn.Module):
     @property
     def has_objective(self) -> bool:
         return self._overrides("objective")
+
+    def guide_draws(self, k: int) -> int:
+        """How many draws of the guide an estimator that averages over ``k`` of them needs.
+
+        ``k``, except for a point-mass guide: its K draws are all z(x), so the log weights
+        log w_j = log p(x, z(x)) − log q(z(x) | x) are equal and IWAE_K = log (1/K) Σ_j w_j = log w_1 = the
+        ELBO for every K (likewise a K-draw Monte Carlo ELBO): one draw gives the exact value, K − 1 more
+        only repeat it.
+        """
+        return 1 if self.point_mass_guide else k
 
     @property
     def has_closed_form_elbo(self) -> bool:

@@ -303,6 +303,7 @@ class VQVAE(GenerativeModel):
     name = "vqvae"
     Config = VQVAEConfig
     svi_engines = ("torch",)  # the EMA codebook update is a side effect of the training step
+    point_mass_guide = True  # q(k | x) = δ_{k(x)}: IWAE_K = ELBO for every K, one draw is exact
 
     def __init__(self, x_shape: Sequence[int] = (1, 28, 28), codes: int = 64, code_dim: int = 16,
                  downsample: int = 2, channels: int = 64, likelihood: str = "bernoulli", commitment: float = 0.25,
@@ -439,6 +440,12 @@ def _check_config(c: VQVAEConfig) -> None:
 
 
 # -- stage two ----------------------------------------------------------------------------------------------------
+def prior_state(pair: VQVAE) -> dict[str, torch.Tensor]:
+    """The entries of ``pair.state_dict()`` that hold its prior over the codes: the PixelCNN and ``prior_fitted``."""
+    return {k: v.detach().clone() for k, v in pair.state_dict().items()
+            if k.startswith("prior_net.") or k == "prior_fitted"}
+
+
 def fit_prior(pair: VQVAE, data: Any, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
               fresh_codes: bool = True, log=None) -> list[dict[str, float]]:
     """Fit the PixelCNN prior by maximum likelihood on the codes k(x) of the training set, then make the pair use it.
