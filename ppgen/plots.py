@@ -148,6 +148,10 @@ def sbc_histograms(rows: dict[str, tuple[np.ndarray, list[str], np.ndarray]], dr
             ax.set_xticks([0, draws])
             if j == 0:
                 ax.set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def kl_per_dim_bars(kl: dict[str, list[float]], path: Path, ncol: int = 4) -> Path:
     """One bar chart per model of KL(q(z_j|x) ‖ p(z_j)) per latent dimension, dimensions sorted by KL (collapse)."""
     plt = _plt()
