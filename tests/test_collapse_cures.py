@@ -174,6 +174,16 @@ def test_aggressive_updates_pick_the_torch_engine_and_refuse_jax():
         SVIOptions(engine="jax", aggressive_epochs=1.0)
 
 
+def test_auto_prefers_torch_for_the_pixelcnn_decoder_and_jax_still_trains_it_when_asked():
+    """The PixelCNN VAE lists torch first in its svi_engines (faster on CPU), so auto picks torch and says why;
+    engine='jax' is still allowed; the MLP VAE keeps JAX first."""
+    pixelcnn = VAE(x_shape=(1, 4, 4), z_dim=2, hidden=(8,), net="pixelcnn", ar_channels=4, ar_layers=1)
+    engine, why = choose_engine(pixelcnn, SVIOptions())
+    assert engine == "torch" and "faster on the torch engine" in why
+    assert choose_engine(pixelcnn, SVIOptions(engine="jax")) == ("jax", "asked for")
+    assert VAE(x_shape=(1, 4, 4), z_dim=2, hidden=(8,)).svi_engines == ("jax", "torch")
+
+
 def test_aggressive_inner_loop_moves_only_the_guide_and_improves_its_elbo():
     from ppgen.evaluation.likelihood import elbo
     from ppgen.inference import svi

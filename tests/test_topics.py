@@ -188,7 +188,7 @@ def test_batch_norm_trains_on_torch_only(lda_corpus):
     assert pair.svi_engines == ("torch",)
     with pytest.raises(OptionError):
         ppgen.fit(pair, data, engine="jax", epochs=1, progress=False)
-    assert DirVAE((V,), topics=K, batch_norm="off").svi_engines == ("torch", "jax")
+    assert DirVAE((V,), topics=K, batch_norm="off").svi_engines == ("jax", "torch")
 
 
 def test_topic_networks_lower_to_jax():

@@ -360,6 +360,8 @@ def choose_engine(pair, options: SVIOptions) -> tuple[str, str]:
         return "torch", "MCMC inside training (mcmc_steps) is torch-only"
     if options.aggressive_epochs > 0:
         return "torch", "aggressive encoder updates are torch-only"
+    if pair.svi_engines[0] == "torch":
+        return "torch", f"{pair.who} as configured runs faster on the torch engine (its svi_engines)"
     if options.device.startswith("cuda"):
         import jax
 

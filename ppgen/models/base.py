@@ -25,9 +25,10 @@ The protocol
 ``default_backend``
     The backend ``ppgen train`` uses unless told otherwise ("svi" or "adversarial").
 ``svi_engines``
-    The SVI engines that can train the pair: ("torch", "jax") by default; a family whose training step has
-    side effects a compiled JAX epoch cannot have (EMA codebooks, batch-norm statistics updated in place)
-    declares ("torch",), and ``engine="auto"`` then picks torch, saying why.
+    The SVI engines that can train the pair, in the order ``engine="auto"`` prefers them: ("jax", "torch")
+    by default (a compiled epoch); a family whose training step has side effects a compiled JAX epoch cannot
+    have (EMA codebooks) declares ("torch",), one that runs faster on torch lists it first (the VAE's
+    PixelCNN decoder), and ``engine="auto"`` then picks torch, saying why.
 ``generate(n)`` / ``can_generate``
     n draws of E[x | z] at z ~ p(z) (or of the generator).
 ``encode(x)`` / ``has_encoder``; ``reconstruct(x)`` / ``can_reconstruct``
@@ -98,7 +99,7 @@ class GenerativeModel(nn.Module):
     #: the backend ``ppgen train`` picks for this family
     default_backend: ClassVar[str] = "svi"
     #: the SVI engines that can train it
-    svi_engines: ClassVar[tuple[str, ...]] = ("torch", "jax")
+    svi_engines: ClassVar[tuple[str, ...]] = ("jax", "torch")
     #: whether ``guide`` is a q(z|x) (an implicit generator without an encoder has none)
     has_guide: bool = True
     #: whether ``guide`` is a point mass q(z|x) = δ(z − z(x)): every draw of it is the same z(x)

@@ -100,7 +100,8 @@ def buffer_names(module: nn.Module) -> set[str]:
     """The ``state_dict`` keys that SVI must not train: the module's buffers (batch norm's running statistics)
     and its frozen parameters (``requires_grad=False``), carried in the mutable site, never in the param site."""
     frozen = {name for name, p in module.named_parameters() if not p.requires_grad}
-    return {name for name, _ in module.named_buffers()} | frozen
+    # only what the state_dict holds: a non-persistent buffer (the PixelCNN's mask) is a constant of the network
+    return ({name for name, _ in module.named_buffers()} | frozen) & set(module.state_dict())
 
 
 def numpyro_buffers(module: nn.Module) -> dict[str, Any]:
