@@ -46,18 +46,20 @@ def make_pair(x_shape, args, likelihood: str = "bernoulli") -> DDPM:
                 denoiser=args.denoiser, channels=args.channels)
 
 
-def torch_loop(pair: DDPM, x: torch.Tensor, batch: int, lr: float, device: str) -> Callable[[int], float]:
+def torch_loop(pair: DDPM, data, batch: int, lr: float, device: str) -> Callable[[int], float]:
     """The plain PyTorch L_simple loop on a copy of ``pair.denoiser`` (the same weights and schedule): a function
-    that runs one epoch (its permutation seeded by the argument) and returns its images/s."""
+    that runs epoch ``index`` and returns its images/s. Its examples are ``data.train_epoch(index)``, ppgen's
+    (a fresh binarization per epoch where the data set has dynamic binarization, drawn inside the timed epoch
+    as ppgen's loop draws it)."""
     net = copy.deepcopy(pair.denoiser).to(device)
-    x = x.to(device)
     opt = make_adam(net.parameters(), lr)
     alpha_bar = torch.as_tensor(pair.alpha_bar, dtype=torch.float32, device=device)
     k = len(pair.x_shape)
 
-    def epoch(seed: int) -> float:
-        g = torch.Generator().manual_seed(seed)
+    def epoch(index: int) -> float:
+        g = torch.Generator().manual_seed(index)
         start = time.perf_counter()
+        x = data.train_epoch(index).to(device)
         order = torch.randperm(len(x), generator=g).to(device)
         for i in range(0, len(x) - batch + 1, batch):
             x0 = 2 * x[order[i:i + batch]] - 1
@@ -85,12 +87,12 @@ def spread(ratios: list[float]) -> dict:
             "ci95": [float(boot.quantile(0.025)), float(boot.quantile(0.975))], "rounds": len(ratios)}
 
 
-def alternate(pair: DDPM, data, x: torch.Tensor, engine: str, args) -> dict:
+def alternate(pair: DDPM, data, engine: str, args) -> dict:
     """One ``ppgen.fit`` of 1 + ``--rounds`` epochs whose callback runs one epoch of the plain loop after each of
     ppgen's: the sequence O_0 P_0 O_1 P_1 …, O_0 and P_0 the warm-up (JAX compilation). Round r ≥ 1 gives the ratio
     O_r / ((P_{r−1} + P_r) / 2), ppgen's epoch against the mean of the plain epochs on either side, so a trend in
     the machine's load falls on both alike."""
-    plain = torch_loop(pair, x, args.batch, args.lr, args.device)
+    plain = torch_loop(pair, data, args.batch, args.lr, args.device)
     theirs: list[float] = []
 
     def callback(fit) -> None:
@@ -111,14 +113,13 @@ def alternate(pair: DDPM, data, x: torch.Tensor, engine: str, args) -> dict:
 
 def speed(args) -> dict:
     data = load(args.data)
-    x = data.train_epoch(0)
     out: dict = {"data": args.data, "denoiser": args.denoiser, "T": args.timesteps, "batch": args.batch,
                  "torch_threads": torch.get_num_threads()}
     print(data.describe(), f"| {args.denoiser} denoiser, T {args.timesteps}, batch {args.batch}, L_simple, torch "
           f"threads {torch.get_num_threads()}, {args.rounds} alternating rounds", flush=True)
     for engine in args.engines:
         torch.manual_seed(0)
-        out[f"train_{engine}"] = alternate(make_pair(data.x_shape, args), data, x, engine, args)
+        out[f"train_{engine}"] = alternate(make_pair(data.x_shape, args), data, engine, args)
     torch.manual_seed(0)
     pair = make_pair(data.x_shape, args).to(args.device).eval()
     sampling = {}

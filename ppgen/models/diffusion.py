@@ -166,13 +166,9 @@ class _Ops:
 
             self.log, self.sqrt, self.where, self.log_ndtr = jnp.log, jnp.sqrt, jnp.where, log_ndtr
             self.log1p, self.exp, self.stop, self.sigmoid = jnp.log1p, jnp.exp, jax.lax.stop_gradient, jax.nn.sigmoid
-            self.table = lambda a: jnp.asarray(a, dtype=like.dtype)
-            self.index = lambda u, n: jnp.clip(jnp.floor(u * n), 0, n - 1).astype(jnp.int32)
         else:
             self.log, self.sqrt, self.where, self.log_ndtr = torch.log, torch.sqrt, torch.where, torch.special.log_ndtr
             self.log1p, self.exp, self.stop, self.sigmoid = torch.log1p, torch.exp, torch.Tensor.detach, torch.sigmoid
-            self.table = lambda a: torch.as_tensor(a, dtype=like.dtype, device=like.device)
-            self.index = lambda u, n: torch.clamp(torch.floor(u * n), 0, n - 1).long()
 
 
 def discretized_log_prob(y: Any, loc: Any, scale: float, levels: int, ops: _Ops) -> Any:
@@ -244,6 +240,8 @@ class DDPM(GenerativeModel):
         self.coef_x0[0] = self.coef_xt[0] = self.beta_tilde[0] = 0.0
         # log β̃_t for the learned variance; t = 1 has β̃_1 = 0 and no learned step (the decoder's variance is β_1)
         self.log_beta_tilde = np.log(np.where(np.arange(T + 1) >= 2, self.beta_tilde, 1.0))
+        self._tables: dict[str, np.ndarray] | None = None  # the objective's per-timestep constants, built once
+        self._torch_tables: dict[tuple, torch.Tensor] = {}
         outputs = 2 if variance == "learned" else 1
         if denoiser == "mlp":
             self.denoiser = MLPDenoiser(x_shape, hidden, time_dim, outputs=outputs)
@@ -446,47 +444,70 @@ class DDPM(GenerativeModel):
         lower-variance ELBO; ``ppgen evaluate`` and the validation ELBO use it)."""
         return -self.vlb_terms(x).sum(-1)
 
+    def _objective_tables(self) -> dict[str, np.ndarray]:
+        """The per-timestep constants the objective gathers at t (index 0..T), computed once. At t = 1 the KL branch
+        is never selected; its variances there are 1 so it stays finite."""
+        if self._tables is None:
+            T = self.T
+            later = np.arange(T + 1) >= 2
+            self._tables = {
+                "sqrt_ab": np.sqrt(self.alpha_bar), "sqrt_1mab": np.sqrt(1 - self.alpha_bar),
+                "coef_x0": self.coef_x0, "beta_tilde": np.where(later, self.beta_tilde, 1.0),
+                "sigma2": np.array([self.step_variance(t) if t >= 2 else 1.0 for t in range(T + 1)]),
+                "log_beta": np.log(np.where(later, self.betas, 1.0)), "log_beta_tilde": self.log_beta_tilde}
+        return self._tables
+
+    def _table(self, name: str, like: Any) -> Any:
+        """The objective's table ``name`` as an array of ``like``'s backend (torch: cached per dtype and device)."""
+        if is_jax(like):
+            import jax.numpy as jnp
+
+            return jnp.asarray(self._objective_tables()[name], dtype=like.dtype)
+        key = (name, like.dtype, like.device)
+        if key not in self._torch_tables:
+            self._torch_tables[key] = torch.as_tensor(self._objective_tables()[name], dtype=like.dtype,
+                                                      device=like.device)
+        return self._torch_tables[key]
+
     def objective(self, x: Any) -> Any:
         """Per example: the ``objective`` the config names (module docs), one t ~ U{1..T} per example."""
-        pyro.module("denoiser", self.denoiser)
+        if ppl.get_backend() != "pyro":  # NumPyro binds the weights here; the torch engine trains pair.parameters()
+            pyro.module("denoiser", self.denoiser)
         ops = _Ops(x)
         T, k = self.T, self._event()
         y = self.to_model_space(x)
         n = x.shape[0]
-        t_index = ops.index(ppl.uniform((n,), like=x), T) + 1  # 1..T
+        t_index = ppl.randint(1, T + 1, (n,), like=x)
         eps = ppl.normal(tuple(y.shape), like=x)
         per_example = (n,) + (1,) * k
 
-        def at(table: np.ndarray) -> Any:
-            return ops.table(table)[t_index].reshape(per_example)
+        def at(name: str) -> Any:
+            return self._table(name, x)[t_index].reshape(per_example)
 
-        ab = at(self.alpha_bar)
-        sqrt_ab, sqrt_1mab = ops.sqrt(ab), ops.sqrt(1 - ab)
+        sqrt_ab, sqrt_1mab = at("sqrt_ab"), at("sqrt_1mab")
         x_t = sqrt_ab * y + sqrt_1mab * eps
         out = self.denoiser(x_t, t_index * 1.0)
         out, v = out if self.config.variance == "learned" else (out, None)
-        x0_hat = self._x0_from(out, x_t, sqrt_ab, sqrt_1mab)
 
         def per_ex(v: Any) -> Any:
             return v.reshape((n, -1)).sum(-1)
 
         simple = None
         if self.config.objective != "vlb":
-            target = {"eps": eps, "x0": y, "v": sqrt_ab * eps - sqrt_1mab * y}[self.config.prediction]
+            prediction = self.config.prediction
+            target = eps if prediction == "eps" else y if prediction == "x0" else sqrt_ab * eps - sqrt_1mab * y
             simple = per_ex((target - out) ** 2)
             if self.config.objective == "simple":
                 return simple
-        # the KL branch at t = 1 is never selected; its variances there are set to 1 so it stays finite
-        safe_tilde = np.where(np.arange(T + 1) >= 2, self.beta_tilde, 1.0)
+        x0_hat = self._x0_from(out, x_t, sqrt_ab, sqrt_1mab)
         if v is None:
-            sigma2 = at(np.array([self.step_variance(t) if t >= 2 else 1.0 for t in range(T + 1)]))
+            sigma2 = at("sigma2")
             bound_x0 = x0_hat
         else:  # log σ² = u log β + (1 − u) log β̃; in the hybrid the bound trains the variance only
             u = ops.sigmoid(v)
-            log_beta = np.log(np.where(np.arange(T + 1) >= 2, self.betas, 1.0))
-            sigma2 = ops.exp(u * at(log_beta) + (1 - u) * at(self.log_beta_tilde))
+            sigma2 = ops.exp(u * at("log_beta") + (1 - u) * at("log_beta_tilde"))
             bound_x0 = ops.stop(x0_hat) if self.config.objective == "hybrid" else x0_hat
-        kl = _kl_normal(at(self.coef_x0) * (y - bound_x0), at(safe_tilde), 0.0, sigma2, ops.log)
+        kl = _kl_normal(at("coef_x0") * (y - bound_x0), at("beta_tilde"), 0.0, sigma2, ops.log)
         nll = self._decoder_nll(x, y, bound_x0, ops)
         step = ops.where(t_index.reshape(per_example) == 1, nll, kl)
         vlb = T * per_ex(step) + self._prior_kl(y, ops.log)
