@@ -42,6 +42,17 @@ SVI engines), per example:
   on x̂_0 in that term, as theirs), so L_simple alone drives the mean. Learned variances need ``"vlb"`` or
   ``"hybrid"`` (L_simple gives v no gradient).
 
+Importance-sampled timesteps (``timestep_sampling="importance"``; Nichol & Dhariwal, 2021, §3.3; ``"vlb"`` and
+``"hybrid"``): t ~ p_t instead of U{1..T}, and the sampled term L_{t−1} weighted by 1/(T p_t), so
+E_p[L_T + L_{t−1}/p_t] is still L_vlb. p_t ∝ sqrt(E[L_t²]) over a history of the last 10 values of each L_t
+(buffers ``loss_history``, ``loss_history_count``, written by each training-mode call of ``objective``, as batch
+norm's running statistics; in the checkpoint, so a resume is exact), mixed with 0.1% of the uniform distribution
+as their code does; uniform until every t has 10 values. In the hybrid both terms share t, so L_simple is
+weighted by 1/(T p_t) too (unbiased for its uniform mean; one denoiser call). The history is state carried from
+step to step: such a pair trains on the torch engine (``svi_engines``). The JAX engine could carry it as a
+NumPyro ``mutable`` site, as it carries batch-norm statistics (a buffer-only :class:`~ppgen.nn.Network` whose JAX
+function returns the ring's update through ``updates``), which is not built.
+
 Schedules: ``"linear"`` — −log α_t linear from 0.1/T to 20/T: Ho et al.'s β_t from 1e-4 to 0.02 at T = 1000 to
 first order, and for every T the same ᾱ_T = e^{−10.05} ≈ 4.3e-5 (β_t itself linear in t, scaled to T as Nichol &
 Dhariwal do, would pass 1 for T < 20); ``"cosine"`` — ᾱ_t = f(t)/f(0), f(t) = cos²(π/2 · (t/T + s)/(1 + s)),
@@ -78,6 +89,9 @@ OBJECTIVES = ("simple", "vlb", "hybrid")
 SAMPLERS = ("ancestral", "ddim")
 DENOISERS = ("mlp", "unet")
 DECODERS = ("bernoulli", "gaussian", "discretized")
+TIMESTEP_SAMPLING = ("uniform", "importance")
+HISTORY = 10  # importance sampling: the last values of each L_t kept (Nichol & Dhariwal, 2021)
+UNIFORM_MIX = 0.001  # importance sampling: the share of the uniform distribution mixed into p_t (theirs)
 
 
 def _opt(default: Any, help_text: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -107,6 +121,10 @@ class DDPMConfig:
     channel_mult: tuple[int, ...] = _opt((1, 2), "U-Net channel multiplier per resolution level")
     attention: bool = _opt(False, "U-Net: a self-attention block at the lowest resolution")
     levels: int = _opt(256, "grey levels of the discretized decoder (data k/(levels-1) in [0, 1])")
+    timestep_sampling: str = _opt("uniform", "timesteps of the bound's term: uniform, or importance-sampled with "
+                                             "p_t ~ sqrt(E[L_t^2]) over the last 10 values of each L_t (Nichol & "
+                                             "Dhariwal 2021; needs --objective vlb or hybrid; torch engine)",
+                                  TIMESTEP_SAMPLING)
 
 
 def _check(config: DDPMConfig) -> None:
@@ -116,7 +134,8 @@ def _check(config: DDPMConfig) -> None:
     for name, value, known in (("schedule", c.schedule, SCHEDULES), ("prediction", c.prediction, PREDICTIONS),
                                ("variance", c.variance, VARIANCES), ("objective", c.objective, OBJECTIVES),
                                ("sampler", c.sampler, SAMPLERS), ("denoiser", c.denoiser, DENOISERS),
-                               ("likelihood", c.likelihood, DECODERS)):
+                               ("likelihood", c.likelihood, DECODERS),
+                               ("timestep sampling", c.timestep_sampling, TIMESTEP_SAMPLING)):
         if value not in known:
             raise UserError(f"ddpm: unknown {name} {value!r}; choose one of {', '.join(known)}")
     if not 0 <= c.sample_steps <= c.timesteps:
@@ -125,6 +144,9 @@ def _check(config: DDPMConfig) -> None:
     if c.variance == "learned" and c.objective == "simple":
         raise UserError("ddpm: a learned variance (--variance learned) is trained by the bound only; use --objective "
                         "hybrid or vlb")
+    if c.timestep_sampling == "importance" and c.objective == "simple":
+        raise UserError("ddpm: importance-sampled timesteps (--timestep-sampling importance) weight the bound's terms; "
+                        "use --objective vlb or hybrid")
     if c.eta < 0 or c.vlb_weight < 0:
         raise UserError(f"ddpm: --eta and --vlb-weight must be non-negative, got {c.eta} and {c.vlb_weight}")
     if c.attention and c.denoiser != "unet":
@@ -221,10 +243,11 @@ class DDPM(GenerativeModel):
                  prediction: str = "eps", variance: str = "beta", objective: str = "simple",
                  vlb_weight: float = 0.001, sampler: str = "ancestral", sample_steps: int = 0, eta: float = 0.0,
                  denoiser: str = "mlp", time_dim: int = 64, channels: int = 32, channel_mult: Sequence[int] = (1, 2),
-                 levels: int = 256, attention: bool = False):
+                 levels: int = 256, attention: bool = False, timestep_sampling: str = "uniform"):
         config = DDPMConfig(tuple(x_shape), likelihood, tuple(hidden), int(timesteps), schedule, prediction, variance,
                             objective, float(vlb_weight), sampler, int(sample_steps), float(eta), denoiser,
-                            int(time_dim), int(channels), tuple(channel_mult), bool(attention), int(levels))
+                            int(time_dim), int(channels), tuple(channel_mult), bool(attention), int(levels),
+                            timestep_sampling)
         _check(config)
         super().__init__(config)
         T = config.timesteps
@@ -240,6 +263,10 @@ class DDPM(GenerativeModel):
         self.coef_x0[0] = self.coef_xt[0] = self.beta_tilde[0] = 0.0
         # log β̃_t for the learned variance; t = 1 has β̃_1 = 0 and no learned step (the decoder's variance is β_1)
         self.log_beta_tilde = np.log(np.where(np.arange(T + 1) >= 2, self.beta_tilde, 1.0))
+        if timestep_sampling == "importance":  # the last HISTORY values of each L_t (a ring per t) and how many
+            self.register_buffer("loss_history", torch.zeros(T + 1, HISTORY, dtype=torch.float64))
+            self.register_buffer("loss_history_count", torch.zeros(T + 1, dtype=torch.long))
+            self.svi_engines = ("torch",)  # the history is updated in place by each training step
         self._tables: dict[str, np.ndarray] | None = None  # the objective's per-timestep constants, built once
         self._torch_tables: dict[tuple, torch.Tensor] = {}
         outputs = 2 if variance == "learned" else 1
@@ -469,15 +496,58 @@ class DDPM(GenerativeModel):
                                                       device=like.device)
         return self._torch_tables[key]
 
+    # -- importance-sampled timesteps (Nichol & Dhariwal, 2021, §3.3) ---------------------------------------
+    def timestep_probs(self) -> torch.Tensor:
+        """p_t, t = 0..T (p_0 = 0; float64): uniform until every L_t has ``HISTORY`` recorded values, then
+        p_t ∝ sqrt(mean of the last ``HISTORY`` L_t²), mixed with ``UNIFORM_MIX`` of the uniform distribution as
+        Nichol & Dhariwal's code does, so that every p_t > 0 and the weighted estimator stays unbiased."""
+        T = self.T
+        p = torch.zeros(T + 1, dtype=torch.float64, device=self.loss_history.device)
+        if bool((self.loss_history_count[1:] < HISTORY).any()):
+            p[1:] = 1.0 / T
+            return p
+        rms = self.loss_history[1:].pow(2).mean(-1).sqrt()
+        p[1:] = rms / rms.sum() * (1 - UNIFORM_MIX) + UNIFORM_MIX / T
+        return p
+
+    def record_losses(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Append each example's L_t to the history of its t (in batch order; each t keeps its last ``HISTORY``
+        values, in a ring whose next slot is its count modulo ``HISTORY``)."""
+        history, count = self.loss_history, self.loss_history_count
+        t = t.to(count.device)
+        order = torch.argsort(t, stable=True)
+        t_sorted, values = t[order], losses.detach().to(history)[order]
+        rank = torch.arange(len(t_sorted), device=t.device) - torch.searchsorted(t_sorted, t_sorted)
+        in_batch = torch.bincount(t_sorted, minlength=self.T + 1)
+        keep = rank >= in_batch[t_sorted] - HISTORY  # only the last HISTORY values of a t matter
+        slot = (count[t_sorted] + rank) % HISTORY
+        history[t_sorted[keep], slot[keep]] = values[keep]
+        count += in_batch
+
+    def _importance_timesteps(self, x: Any) -> tuple[Any, Any]:
+        """(t, 1/(T p_t)) per example, t drawn from :meth:`timestep_probs` by inverting its CDF at U(0, 1)."""
+        if is_jax(x):
+            raise UserError("ddpm: importance-sampled timesteps train on the torch engine only (engine='torch')")
+        p = self.timestep_probs()
+        cdf = p[1:].cumsum(0)
+        u = ppl.uniform((x.shape[0],), like=x).to(cdf)
+        t = torch.clamp(torch.searchsorted(cdf, u, right=True) + 1, max=self.T)
+        return t, (1.0 / (self.T * p[t])).to(x.dtype)
+
     def objective(self, x: Any) -> Any:
-        """Per example: the ``objective`` the config names (module docs), one t ~ U{1..T} per example."""
+        """Per example: the ``objective`` the config names (module docs), one t per example: t ~ U{1..T}, or
+        t ~ p_t with the sampled terms weighted by 1/(T p_t) (``timestep_sampling="importance"``)."""
         if ppl.get_backend() != "pyro":  # NumPyro binds the weights here; the torch engine trains pair.parameters()
             pyro.module("denoiser", self.denoiser)
         ops = _Ops(x)
         T, k = self.T, self._event()
         y = self.to_model_space(x)
         n = x.shape[0]
-        t_index = ppl.randint(1, T + 1, (n,), like=x)
+        importance = self.config.timestep_sampling == "importance"
+        if importance:
+            t_index, weight = self._importance_timesteps(x)
+        else:
+            t_index, weight = ppl.randint(1, T + 1, (n,), like=x), None
         eps = ppl.normal(tuple(y.shape), like=x)
         per_example = (n,) + (1,) * k
 
@@ -499,6 +569,8 @@ class DDPM(GenerativeModel):
             simple = per_ex((target - out) ** 2)
             if self.config.objective == "simple":
                 return simple
+            if importance:  # the hybrid's two terms share t: both weighted, so both stay unbiased
+                simple = weight * simple
         x0_hat = self._x0_from(out, x_t, sqrt_ab, sqrt_1mab)
         if v is None:
             sigma2 = at("sigma2")
@@ -509,8 +581,12 @@ class DDPM(GenerativeModel):
             bound_x0 = ops.stop(x0_hat) if self.config.objective == "hybrid" else x0_hat
         kl = _kl_normal(at("coef_x0") * (y - bound_x0), at("beta_tilde"), 0.0, sigma2, ops.log)
         nll = self._decoder_nll(x, y, bound_x0, ops)
-        step = ops.where(t_index.reshape(per_example) == 1, nll, kl)
-        vlb = T * per_ex(step) + self._prior_kl(y, ops.log)
+        term = per_ex(ops.where(t_index.reshape(per_example) == 1, nll, kl))  # L_{t−1} (L_0 at t = 1)
+        if importance:
+            if self.training:  # as batch norm's running statistics: training steps update the history
+                self.record_losses(t_index, term)
+            term = weight * term
+        vlb = T * term + self._prior_kl(y, ops.log)
         return vlb if simple is None else simple + self.config.vlb_weight * vlb
 
     # -- sampling ----------------------------------------------------------------------------------------
