@@ -303,7 +303,7 @@ def _importance_twins(likelihood: str = "bernoulli", objective: str = "vlb", **o
     uniform = DDPM.from_config({**uniform.config_dict(), **options}) if options else uniform
     importance = DDPM.from_config({**uniform.config_dict(), "timestep_sampling": "importance"})
     missing, unexpected = importance.load_state_dict(uniform.state_dict(), strict=False)
-    assert not unexpected and set(missing) == {"loss_history", "loss_history_count"}
+    assert not unexpected and set(missing) == {"timestep_history.values", "timestep_history.count"}
     return importance, uniform
 
 
@@ -317,20 +317,20 @@ def test_the_history_keeps_the_last_ten_values_of_each_timestep_and_sets_p_t():
     reference: dict[int, list[float]] = {t: [] for t in range(1, pair.T + 1)}
     for size in (3, 40, 1, 25, 64):
         t = torch.randint(1, pair.T + 1, (size,), generator=g)
-        values = torch.rand(size, generator=g, dtype=torch.float64)
-        assert torch.equal(pair.timestep_probs()[1:], torch.full((pair.T,), 1 / pair.T, dtype=torch.float64)) or \
+        values = torch.rand(size, generator=g)
+        assert torch.equal(pair.timestep_probs(), torch.full((pair.T,), 1 / pair.T)) or \
             all(len(v) >= HISTORY for v in reference.values())
         pair.record_losses(t, values)
         for ti, vi in zip(t.tolist(), values.tolist()):
             reference[ti].append(vi)
     for ti, kept in reference.items():
-        assert int(pair.loss_history_count[ti]) == len(kept)
-        assert sorted(pair.loss_history[ti].tolist()) == sorted(kept[-HISTORY:])
+        assert int(pair.timestep_history.count[ti - 1]) == len(kept)
+        assert sorted(pair.timestep_history.values[ti - 1].tolist()) == sorted(kept[-HISTORY:])
     assert all(len(v) >= HISTORY for v in reference.values())
     rms = torch.tensor([math.sqrt(sum(v ** 2 for v in kept[-HISTORY:]) / HISTORY) for kept in reference.values()],
-                       dtype=torch.float64)
+)
     expected = rms / rms.sum() * (1 - UNIFORM_MIX) + UNIFORM_MIX / pair.T
-    torch.testing.assert_close(pair.timestep_probs()[1:], expected)
+    torch.testing.assert_close(pair.timestep_probs(), expected)
 
 
 class Echo(nn.Module):
@@ -355,10 +355,10 @@ def test_the_importance_weighted_estimator_has_the_full_sums_mean_for_a_fixed_p(
         pair.denoiser = uniform.denoiser = Echo()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        pair.loss_history.copy_(torch.exp(3 * torch.randn(pair.T + 1, HISTORY, generator=g, dtype=torch.float64)))
-        pair.loss_history_count.fill_(HISTORY)
+        pair.timestep_history.values.copy_(torch.exp(3 * torch.randn(pair.T, HISTORY, generator=g)))
+        pair.timestep_history.count.fill_(HISTORY)
     p = pair.timestep_probs()
-    assert p[1:].max() / p[1:].min() > 10  # far from uniform
+    assert p.max() / p.min() > 10  # far from uniform
     pair.eval()
     x = _data("bernoulli")
     with torch.no_grad():
@@ -385,9 +385,9 @@ def test_importance_sampling_lowers_the_variance_where_the_terms_are_unequal():
         means = torch.stack([uniform.vlb_terms(x) for _ in range(100)]).mean((0, 1))[:-1]  # L_0 .. L_{T−1}
         assert means.max() / means.min() > 1e3
         pair.train()
-        while bool((pair.loss_history_count[1:] < 10).any()):
+        while bool((pair.timestep_history.count < 10).any()):
             pair.objective(x)
-        assert pair.timestep_probs()[1:].argmax() == means.argmax()
+        assert pair.timestep_probs().argmax() == means.argmax()
         pair.eval()
         draws = {name: torch.stack([p.objective(x) for _ in range(3000)]) for name, p in
                  (("importance", pair), ("uniform", uniform))}
@@ -401,11 +401,11 @@ def test_importance_sampling_lowers_the_variance_where_the_terms_are_unequal():
     assert (vu - vi > 4 * torch.hypot(si, su)).all(), (vi, vu, si, su)
 
 
-def test_importance_sampling_trains_on_the_torch_engine_and_carries_its_history():
-    """engine='auto' picks torch (the history is updated in place), engine='jax' is refused in one line; a
-    resumed run equals the uninterrupted one bit for bit, history included; simple + importance is refused."""
-    from ppgen.inference.options import OptionError
-
+@pytest.mark.parametrize("engine", ["torch", "jax"])
+def test_importance_sampling_trains_on_both_engines_and_carries_its_history(engine):
+    """The history is carried from step to step (on JAX in the mutable site, through the compiled epoch) and back
+    into the torch buffers: every training example's term is recorded; a resumed run equals the uninterrupted one
+    bit for bit, history included; simple + importance is refused in one line."""
     data = from_tensor(gaussian_data(256, 0))
     options = dict(timesteps=8, hidden=(16,), time_dim=8, likelihood="gaussian", objective="vlb",
                    timestep_sampling="importance")
@@ -413,21 +413,55 @@ def test_importance_sampling_trains_on_the_torch_engine_and_carries_its_history(
     for split in (False, True):
         torch.manual_seed(0)
         pair = DDPM((2,), **options)
-        kw = dict(batch_size=64, lr=1e-3, progress=False, callback=None, seed=3)
+        kw = dict(batch_size=64, lr=1e-3, progress=False, callback=None, seed=3, engine=engine)
         if split:
             fit = ppgen.fit(pair, data, epochs=2, **kw)
             pair = DDPM((2,), **options)
             fit = ppgen.fit(pair, data, epochs=4, resume=fit.checkpoint(), **kw)
         else:
             fit = ppgen.fit(pair, data, epochs=4, **kw)
-        assert fit.options["engine"] == "torch" and fit.stopped is None
+        assert fit.options["engine"] == engine and fit.stopped is None
         fits.append(pair.state_dict())
-    assert int(fits[0]["loss_history_count"].sum()) == 4 * 256
+    count, values = fits[0]["timestep_history.count"], fits[0]["timestep_history.values"]
+    assert int(count.sum()) == 4 * 256 and (count >= 10).all() and (values != 0).all()
     assert all(torch.equal(fits[0][k], fits[1][k]) for k in fits[0])
-    with pytest.raises(OptionError, match="torch"):
-        ppgen.fit(DDPM((2,), **options), data, epochs=1, engine="jax", progress=False)
     with pytest.raises(UserError, match="objective vlb or hybrid"):
         DDPM((2,), **{**options, "objective": "simple"})
+
+
+def test_the_importance_weighted_objective_runs_on_numpyro_with_the_same_mean():
+    """The JAX side (as the JAX engine traces it) with the same fixed p_t: the same mean as torch's, within 4 SE;
+    in training mode it records the terms into the mutable site (NumPyro carries them), on torch into the buffers."""
+    import jax
+    import numpyro
+
+    from ppgen.models.diffusion import HISTORY
+    from ppgen.ppl import backend
+
+    torch.manual_seed(0)
+    pair, _ = _importance_twins()
+    with torch.no_grad():
+        pair.timestep_history.values.copy_(torch.exp(3 * torch.randn(pair.T, HISTORY)))
+        pair.timestep_history.count.fill_(HISTORY)
+    pair.eval()
+    x = _data("bernoulli")
+    xj = jnp.asarray(x.numpy())
+
+    def one(key):
+        with backend("numpyro"), numpyro.handlers.seed(rng_seed=key):
+            return pair.objective(xj)
+
+    jax_draws = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.PRNGKey(0), 3000)))
+    with torch.no_grad():
+        torch_draws = torch.stack([pair.objective(x) for _ in range(3000)]).numpy()
+    diff = jax_draws.mean(0) - torch_draws.mean(0)
+    se = np.hypot(jax_draws.std(0), torch_draws.std(0)) / math.sqrt(3000)
+    assert (np.abs(diff) < 4 * se).all(), (diff, se)
+    pair.train()
+    with backend("numpyro"), numpyro.handlers.seed(rng_seed=1):
+        trace = numpyro.handlers.trace(lambda: pair.objective(xj)).get_trace()
+    recorded = trace["timestep_history$buffers"]["value"]
+    assert int(recorded["count"].sum()) == HISTORY * pair.T + len(x)
 
 
 # -- networks, config, sampling ----------------------------------------------------------------------------

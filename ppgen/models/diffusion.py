@@ -45,13 +45,12 @@ SVI engines), per example:
 Importance-sampled timesteps (``timestep_sampling="importance"``; Nichol & Dhariwal, 2021, §3.3; ``"vlb"`` and
 ``"hybrid"``): t ~ p_t instead of U{1..T}, and the sampled term L_{t−1} weighted by 1/(T p_t), so
 E_p[L_T + L_{t−1}/p_t] is still L_vlb. p_t ∝ sqrt(E[L_t²]) over a history of the last 10 values of each L_t
-(buffers ``loss_history``, ``loss_history_count``, written by each training-mode call of ``objective``, as batch
-norm's running statistics; in the checkpoint, so a resume is exact), mixed with 0.1% of the uniform distribution
-as their code does; uniform until every t has 10 values. In the hybrid both terms share t, so L_simple is
-weighted by 1/(T p_t) too (unbiased for its uniform mean; one denoiser call). The history is state carried from
-step to step: such a pair trains on the torch engine (``svi_engines``). The JAX engine could carry it as a
-NumPyro ``mutable`` site, as it carries batch-norm statistics (a buffer-only :class:`~ppgen.nn.Network` whose JAX
-function returns the ring's update through ``updates``), which is not built.
+(:class:`~ppgen.nn.history.LossHistory`, module ``timestep_history``: buffers written by each training-mode call
+of ``objective``, as batch norm's running statistics; in the checkpoint, so a resume is exact), mixed with 0.1%
+of the uniform distribution as their code does; uniform until every t has 10 values. In the hybrid both terms
+share t, so L_simple is weighted by 1/(T p_t) too (unbiased for its uniform mean; one denoiser call). Both SVI
+engines carry the history: the JAX engine in the module's NumPyro ``mutable`` site, through its compiled epoch,
+as it carries batch-norm statistics.
 
 Schedules: ``"linear"`` — −log α_t linear from 0.1/T to 20/T: Ho et al.'s β_t from 1e-4 to 0.02 at T = 1000 to
 first order, and for every T the same ᾱ_T = e^{−10.05} ≈ 4.3e-5 (β_t itself linear in t, scaled to T as Nichol &
@@ -80,6 +79,7 @@ from ppgen import ppl
 from ppgen.errors import UserError
 from ppgen.models.base import GenerativeModel
 from ppgen.nn import MLPDenoiser, UNetDenoiser
+from ppgen.nn.history import LossHistory
 from ppgen.ppl import dist, is_jax, pyro
 
 SCHEDULES = ("linear", "cosine")
@@ -188,9 +188,15 @@ class _Ops:
 
             self.log, self.sqrt, self.where, self.log_ndtr = jnp.log, jnp.sqrt, jnp.where, log_ndtr
             self.log1p, self.exp, self.stop, self.sigmoid = jnp.log1p, jnp.exp, jax.lax.stop_gradient, jax.nn.sigmoid
+            self.cumsum = jnp.cumsum
+            self.search_right = lambda sorted_, v: jnp.searchsorted(sorted_, v, side="right")
+            self.clip_max = lambda a, m: jnp.minimum(a, m)
         else:
             self.log, self.sqrt, self.where, self.log_ndtr = torch.log, torch.sqrt, torch.where, torch.special.log_ndtr
             self.log1p, self.exp, self.stop, self.sigmoid = torch.log1p, torch.exp, torch.Tensor.detach, torch.sigmoid
+            self.cumsum = lambda a: torch.cumsum(a, 0)
+            self.search_right = lambda sorted_, v: torch.searchsorted(sorted_, v.to(sorted_.dtype), right=True)
+            self.clip_max = lambda a, m: torch.clamp(a, max=m)
 
 
 def discretized_log_prob(y: Any, loc: Any, scale: float, levels: int, ops: _Ops) -> Any:
@@ -263,10 +269,8 @@ class DDPM(GenerativeModel):
         self.coef_x0[0] = self.coef_xt[0] = self.beta_tilde[0] = 0.0
         # log β̃_t for the learned variance; t = 1 has β̃_1 = 0 and no learned step (the decoder's variance is β_1)
         self.log_beta_tilde = np.log(np.where(np.arange(T + 1) >= 2, self.beta_tilde, 1.0))
-        if timestep_sampling == "importance":  # the last HISTORY values of each L_t (a ring per t) and how many
-            self.register_buffer("loss_history", torch.zeros(T + 1, HISTORY, dtype=torch.float64))
-            self.register_buffer("loss_history_count", torch.zeros(T + 1, dtype=torch.long))
-            self.svi_engines = ("torch",)  # the history is updated in place by each training step
+        # importance-sampled timesteps: the last HISTORY values of each L_{t−1} (row t − 1), p_t from them
+        self.timestep_history = LossHistory(T, HISTORY, UNIFORM_MIX) if timestep_sampling == "importance" else None
         self._tables: dict[str, np.ndarray] | None = None  # the objective's per-timestep constants, built once
         self._torch_tables: dict[tuple, torch.Tensor] = {}
         outputs = 2 if variance == "learned" else 1
@@ -498,41 +502,22 @@ class DDPM(GenerativeModel):
 
     # -- importance-sampled timesteps (Nichol & Dhariwal, 2021, §3.3) ---------------------------------------
     def timestep_probs(self) -> torch.Tensor:
-        """p_t, t = 0..T (p_0 = 0; float64): uniform until every L_t has ``HISTORY`` recorded values, then
-        p_t ∝ sqrt(mean of the last ``HISTORY`` L_t²), mixed with ``UNIFORM_MIX`` of the uniform distribution as
-        Nichol & Dhariwal's code does, so that every p_t > 0 and the weighted estimator stays unbiased."""
-        T = self.T
-        p = torch.zeros(T + 1, dtype=torch.float64, device=self.loss_history.device)
-        if bool((self.loss_history_count[1:] < HISTORY).any()):
-            p[1:] = 1.0 / T
-            return p
-        rms = self.loss_history[1:].pow(2).mean(-1).sqrt()
-        p[1:] = rms / rms.sum() * (1 - UNIFORM_MIX) + UNIFORM_MIX / T
-        return p
+        """p_t for t = 1..T (:class:`~ppgen.nn.history.LossHistory`): uniform until every L_{t−1} has ``HISTORY``
+        recorded values, then ∝ the root mean square of its last ``HISTORY``, mixed with ``UNIFORM_MIX`` uniform."""
+        return self.timestep_history(self.timestep_history.values)
 
     def record_losses(self, t: torch.Tensor, losses: torch.Tensor) -> None:
-        """Append each example's L_t to the history of its t (in batch order; each t keeps its last ``HISTORY``
-        values, in a ring whose next slot is its count modulo ``HISTORY``)."""
-        history, count = self.loss_history, self.loss_history_count
-        t = t.to(count.device)
-        order = torch.argsort(t, stable=True)
-        t_sorted, values = t[order], losses.detach().to(history)[order]
-        rank = torch.arange(len(t_sorted), device=t.device) - torch.searchsorted(t_sorted, t_sorted)
-        in_batch = torch.bincount(t_sorted, minlength=self.T + 1)
-        keep = rank >= in_batch[t_sorted] - HISTORY  # only the last HISTORY values of a t matter
-        slot = (count[t_sorted] + rank) % HISTORY
-        history[t_sorted[keep], slot[keep]] = values[keep]
-        count += in_batch
+        """Append each example's L_{t−1} to the history of its t (in batch order)."""
+        self.timestep_history(t - 1, losses)
 
-    def _importance_timesteps(self, x: Any) -> tuple[Any, Any]:
-        """(t, 1/(T p_t)) per example, t drawn from :meth:`timestep_probs` by inverting its CDF at U(0, 1)."""
-        if is_jax(x):
-            raise UserError("ddpm: importance-sampled timesteps train on the torch engine only (engine='torch')")
-        p = self.timestep_probs()
-        cdf = p[1:].cumsum(0)
-        u = ppl.uniform((x.shape[0],), like=x).to(cdf)
-        t = torch.clamp(torch.searchsorted(cdf, u, right=True) + 1, max=self.T)
-        return t, (1.0 / (self.T * p[t])).to(x.dtype)
+    def _importance_timesteps(self, x: Any, ops: _Ops) -> tuple[Any, Any]:
+        """(t, 1/(T p_t)) per example, t ~ p_t by inverting the CDF of :meth:`timestep_probs` at U(0, 1)."""
+        if ppl.get_backend() != "pyro":  # the history rides in the module's mutable site on NumPyro
+            pyro.module("timestep_history", self.timestep_history)
+        p = self.timestep_history(x)
+        u = ppl.uniform((x.shape[0],), like=x)
+        row = ops.clip_max(ops.search_right(ops.cumsum(p), u), self.T - 1)
+        return row + 1, 1.0 / (self.T * p[row])
 
     def objective(self, x: Any) -> Any:
         """Per example: the ``objective`` the config names (module docs), one t per example: t ~ U{1..T}, or
@@ -545,7 +530,7 @@ class DDPM(GenerativeModel):
         n = x.shape[0]
         importance = self.config.timestep_sampling == "importance"
         if importance:
-            t_index, weight = self._importance_timesteps(x)
+            t_index, weight = self._importance_timesteps(x, ops)
         else:
             t_index, weight = ppl.randint(1, T + 1, (n,), like=x), None
         eps = ppl.normal(tuple(y.shape), like=x)
@@ -584,7 +569,7 @@ class DDPM(GenerativeModel):
         term = per_ex(ops.where(t_index.reshape(per_example) == 1, nll, kl))  # L_{t−1} (L_0 at t = 1)
         if importance:
             if self.training:  # as batch norm's running statistics: training steps update the history
-                self.record_losses(t_index, term)
+                self.timestep_history(t_index - 1, term)
             term = weight * term
         vlb = T * term + self._prior_kl(y, ops.log)
         return vlb if simple is None else simple + self.config.vlb_weight * vlb
