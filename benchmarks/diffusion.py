@@ -8,23 +8,29 @@
                         memory, t ~ U{1..T}, x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, ‖ε − ε_θ(x_t, t)‖², Adam (fused), the
                         *same* denoiser module and schedule
 
-Every method's first epoch (warm-up, JAX compilation) is left out; the median epoch of the rest is reported, and
-the ratios ppgen/torch. Then images per second of ancestral sampling (T denoiser calls) and DDIM (``--ddim``
-steps each). ``modes``: ring-8 / grid-25, several seeds, the GAN table's protocol (2,500 samples,
+Both engines are measured the same way, in one process: one ``ppgen.fit`` whose callback runs an epoch of the plain
+loop after each of ppgen's epochs, ``--rounds`` rounds after a warm-up round (JAX compilation); each round's ratio
+is ppgen's images/s over the mean of the plain epochs on either side, and the median ratio is reported with its
+quartiles, range and a bootstrap 95% interval (as ``vqvae_speed.py``). Then images per second of ancestral
+sampling (T denoiser calls) and DDIM (``--ddim`` steps each).
+
+``modes``: ring-8 / grid-25, several seeds, the GAN table's protocol (2,500 samples,
 :func:`ppgen.evaluation.modes.evaluate_pair`), no rejection.
 
-    python benchmarks/diffusion.py speed --data digits --epochs 4            # ~1 min on a 2-core CPU
-    python benchmarks/diffusion.py speed --data mnist --denoiser unet --device cuda   # on a GPU
+    python benchmarks/diffusion.py speed --data digits --threads 1          # ~15 s on a 2-core CPU
+    python benchmarks/diffusion.py speed --data mnist --denoiser unet --device cuda --rounds 10  # on a GPU
     python benchmarks/diffusion.py modes --seeds 3 --epochs 30
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -40,17 +46,21 @@ def make_pair(x_shape, args, likelihood: str = "bernoulli") -> DDPM:
                 denoiser=args.denoiser, channels=args.channels)
 
 
-def torch_loop_speed(pair: DDPM, x: torch.Tensor, epochs: int, batch: int, lr: float, device: str) -> list[float]:
-    """Images/s per epoch of the plain PyTorch L_simple loop on ``pair.denoiser`` (the first epoch included)."""
-    net = pair.denoiser.to(device)
-    x = x.to(device)
+def torch_loop(pair: DDPM, data, batch: int, lr: float, device: str) -> Callable[[int], float]:
+    """The plain PyTorch L_simple loop on a copy of ``pair.denoiser`` (the same weights and schedule): a function
+    that runs epoch ``index`` and returns its images/s. Its examples are ``data.train_epoch(index)``, ppgen's
+    (a fresh binarization per epoch where the data set has dynamic binarization, drawn inside the timed epoch
+    as ppgen's loop draws it)."""
+    net = copy.deepcopy(pair.denoiser).to(device)
     opt = make_adam(net.parameters(), lr)
     alpha_bar = torch.as_tensor(pair.alpha_bar, dtype=torch.float32, device=device)
     k = len(pair.x_shape)
-    speeds = []
-    for _ in range(epochs):
+
+    def epoch(index: int) -> float:
+        g = torch.Generator().manual_seed(index)
         start = time.perf_counter()
-        order = torch.randperm(len(x), device=device)
+        x = data.train_epoch(index).to(device)
+        order = torch.randperm(len(x), generator=g).to(device)
         for i in range(0, len(x) - batch + 1, batch):
             x0 = 2 * x[order[i:i + batch]] - 1
             t = torch.randint(1, pair.T + 1, (batch,), device=device)
@@ -62,29 +72,54 @@ def torch_loop_speed(pair: DDPM, x: torch.Tensor, epochs: int, batch: int, lr: f
             opt.step()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        speeds.append((len(x) // batch) * batch / (time.perf_counter() - start))
-    return speeds
+        return (len(x) // batch) * batch / (time.perf_counter() - start)
+
+    return epoch
+
+
+def spread(ratios: list[float]) -> dict:
+    """Median, quartiles and range of per-round ratios, and a bootstrap 95% interval of their median."""
+    q = statistics.quantiles(ratios, n=4)
+    g = torch.Generator().manual_seed(0)
+    t = torch.tensor(ratios)
+    boot = t[torch.randint(len(t), (2000, len(t)), generator=g)].median(1).values
+    return {"median": statistics.median(ratios), "q1": q[0], "q3": q[2], "min": min(ratios), "max": max(ratios),
+            "ci95": [float(boot.quantile(0.025)), float(boot.quantile(0.975))], "rounds": len(ratios)}
+
+
+def alternate(pair: DDPM, data, engine: str, args) -> dict:
+    """One ``ppgen.fit`` of 1 + ``--rounds`` epochs whose callback runs one epoch of the plain loop after each of
+    ppgen's: the sequence O_0 P_0 O_1 P_1 …, O_0 and P_0 the warm-up (JAX compilation). Round r ≥ 1 gives the ratio
+    O_r / ((P_{r−1} + P_r) / 2), ppgen's epoch against the mean of the plain epochs on either side, so a trend in
+    the machine's load falls on both alike."""
+    plain = torch_loop(pair, data, args.batch, args.lr, args.device)
+    theirs: list[float] = []
+
+    def callback(fit) -> None:
+        theirs.append(plain(fit.state.epoch))
+
+    fit = ppgen.fit(pair, data, epochs=args.rounds + 1, batch_size=args.batch, lr=args.lr, engine=engine,
+                    device=args.device, callback=callback, progress=False)
+    ours = [r["images_per_s"] for r in fit.history]
+    ratios = [ours[r] / ((theirs[r - 1] + theirs[r]) / 2) for r in range(1, len(ours))]
+    s = spread(ratios)
+    name = f"ppgen (engine={engine})"
+    print(f"  {name:22s} {statistics.median(ours[1:]):8.0f} img/s, plain PyTorch loop {statistics.median(theirs[1:]):8.0f}"
+          f" img/s (medians); ratio per round: median {s['median']:.3f}, quartiles {s['q1']:.3f}–{s['q3']:.3f}, "
+          f"range {s['min']:.3f}–{s['max']:.3f}, bootstrap 95% interval of the median {s['ci95'][0]:.3f}–"
+          f"{s['ci95'][1]:.3f} ({s['rounds']} rounds)", flush=True)
+    return {"ppgen": statistics.median(ours[1:]), "plain": statistics.median(theirs[1:]), "ratio": s}
 
 
 def speed(args) -> dict:
     data = load(args.data)
-    x = data.train_epoch(0)
-    out: dict = {"data": args.data, "denoiser": args.denoiser, "T": args.timesteps, "batch": args.batch}
-    rows = {}
-    for engine in ("torch", "jax"):
+    out: dict = {"data": args.data, "denoiser": args.denoiser, "T": args.timesteps, "batch": args.batch,
+                 "torch_threads": torch.get_num_threads()}
+    print(data.describe(), f"| {args.denoiser} denoiser, T {args.timesteps}, batch {args.batch}, L_simple, torch "
+          f"threads {torch.get_num_threads()}, {args.rounds} alternating rounds", flush=True)
+    for engine in args.engines:
         torch.manual_seed(0)
-        pair = make_pair(data.x_shape, args)
-        fit = ppgen.fit(pair, data, epochs=args.epochs, batch_size=args.batch, lr=args.lr, engine=engine,
-                        device=args.device, callback=None, progress=False)
-        rows[f"ppgen (engine={engine})"] = [r["images_per_s"] for r in fit.history]
-    torch.manual_seed(0)
-    rows["torch"] = torch_loop_speed(make_pair(data.x_shape, args), x, args.epochs, args.batch, args.lr, args.device)
-    med = {name: statistics.median(v[1:]) for name, v in rows.items()}
-    for name, v in med.items():
-        print(f"  {name:22s} {v:10.0f} img/s (median of epochs 2..{args.epochs})")
-    for engine in ("torch", "jax"):
-        print(f"  ratio ppgen (engine={engine}) / torch loop: {med[f'ppgen (engine={engine})'] / med['torch']:.3f}")
-    out["train_images_per_s"] = med
+        out[f"train_{engine}"] = alternate(make_pair(data.x_shape, args), data, engine, args)
     torch.manual_seed(0)
     pair = make_pair(data.x_shape, args).to(args.device).eval()
     sampling = {}
@@ -136,7 +171,9 @@ def main(argv=None) -> dict:
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--timesteps", type=int, default=1000)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=4, help="modes: training epochs")
+    p.add_argument("--rounds", type=int, default=40, help="speed: alternating rounds (one epoch of each loop)")
+    p.add_argument("--engines", nargs="+", default=["torch", "jax"], choices=["torch", "jax"], help="speed")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--engine", default="jax", help="modes: the SVI engine")

@@ -29,7 +29,7 @@ log "1. SVI throughput, both engines"
 $PY benchmarks/svi_vae.py --device cuda --quick --json "$OUT/svi_vae.json" | tee "$OUT/svi_vae.txt"
 
 log "2. diffusion: training step and sampling (U-Net, MNIST 28x28)"
-$PY benchmarks/diffusion.py speed --data mnist --denoiser unet --device cuda --epochs 3 --samples 256 \
+$PY benchmarks/diffusion.py speed --data mnist --denoiser unet --device cuda --rounds 10 --samples 256 \
     --json "$OUT/diffusion.json" | tee "$OUT/diffusion.txt"
 
 log "3. NUTS ESS/s (16 digits x 2 chains, VAE latents)"

@@ -207,9 +207,9 @@ def is_jax(x: Any) -> bool:
     return isinstance(x, jax.Array)
 
 
-def _standard_draws(kind: str, shape: tuple[int, ...], like: Any) -> Any:
-    """``kind`` ("uniform" or "normal") standard draws on the active backend: torch's generator on Pyro (on
-    ``like``'s device); on NumPyro the key of the enclosing ``seed`` handler, so SVI's seeding covers them."""
+def _standard_draws(kind: str, shape: tuple[int, ...], like: Any, low: int = 0, high: int = 0) -> Any:
+    """``kind`` ("uniform", "normal" or "randint") standard draws on the active backend: torch's generator on Pyro
+    (on ``like``'s device); on NumPyro the key of the enclosing ``seed`` handler, so SVI's seeding covers them."""
     if get_backend() == "numpyro":
         import jax
         import numpyro
@@ -217,11 +217,16 @@ def _standard_draws(kind: str, shape: tuple[int, ...], like: Any) -> Any:
         key = numpyro.prng_key()
         if key is None:
             raise RuntimeError(f"ppgen.ppl.{kind} on NumPyro needs a seed handler (numpyro.handlers.seed)")
+        if kind == "randint":
+            return jax.random.randint(key, tuple(shape), low, high)
         return getattr(jax.random, kind)(key, tuple(shape))
     import torch
 
+    device = None if like is None else like.device
+    if kind == "randint":
+        return torch.randint(low, high, tuple(shape), device=device)
     draw = torch.rand if kind == "uniform" else torch.randn
-    return draw(tuple(shape), device=None if like is None else like.device)
+    return draw(tuple(shape), device=device)
 
 
 def uniform(shape: tuple[int, ...], like: Any = None) -> Any:
@@ -232,3 +237,9 @@ def uniform(shape: tuple[int, ...], like: Any = None) -> Any:
 def normal(shape: tuple[int, ...], like: Any = None) -> Any:
     """Draws of N(0, 1) on the active backend, for a family's own ``objective`` (as :func:`uniform`)."""
     return _standard_draws("normal", shape, like)
+
+
+def randint(low: int, high: int, shape: tuple[int, ...], like: Any = None) -> Any:
+    """Integers drawn uniformly from {low, …, high − 1} on the active backend (int64 on torch, int32 on JAX), for a
+    family's own ``objective`` (as :func:`uniform`; one kernel where ``floor(uniform · n)`` takes four)."""
+    return _standard_draws("randint", shape, like, low, high)

@@ -329,3 +329,17 @@ def test_a_batch_larger_than_the_data_is_the_whole_set_and_the_elbo_is_per_examp
         one_draw = elbo(start, x, num_samples=1)
     se = float(one_draw.std() / math.sqrt(len(x)))
     assert abs(row["elbo"] - reference) < 4 * se, (row["elbo"], reference, se)
+
+
+def test_all_finite_sees_every_nan_and_infinity_and_not_an_overflowing_sum():
+    """The torch engine's end-of-epoch weight check: a sum decides the common case, element by element only when
+    the sum is not finite (finite weights whose sum overflows float32 are still finite)."""
+    from ppgen.inference.svi import all_finite
+
+    ok = [torch.randn(3, 4), torch.randn(5, dtype=torch.float64)]
+    assert all_finite(ok) and all_finite([])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        w = torch.randn(3, 4)
+        w[1, 2] = bad
+        assert not all_finite([ok[0], w])
+    assert all_finite([torch.full((4,), 3e38)])  # its sum overflows float32, each element is finite

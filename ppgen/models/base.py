@@ -40,7 +40,7 @@ The protocol
 ``objective(x)`` / ``has_objective``
     A family's own unbiased estimator of the per-example negative ELBO (DDPM's
     uniformly sampled timestep), written against :mod:`ppgen.ppl` so both SVI engines
-    train it; draw its randomness with :func:`ppgen.ppl.uniform`. Without it the
+    train it; draw its randomness with :func:`ppgen.ppl.uniform` (``normal``, ``randint``). Without it the
     engines use their ELBO on ``model``/``guide``.
 ``closed_form_elbo(x)`` / ``has_closed_form_elbo``
     A family's per-example ELBO with its terms in closed form where the traced ELBO would

@@ -42,6 +42,16 @@ SVI engines), per example:
   on x̂_0 in that term, as theirs), so L_simple alone drives the mean. Learned variances need ``"vlb"`` or
   ``"hybrid"`` (L_simple gives v no gradient).
 
+Importance-sampled timesteps (``timestep_sampling="importance"``; Nichol & Dhariwal, 2021, §3.3; ``"vlb"`` and
+``"hybrid"``): t ~ p_t instead of U{1..T}, and the sampled term L_{t−1} weighted by 1/(T p_t), so
+E_p[L_T + L_{t−1}/p_t] is still L_vlb. p_t ∝ sqrt(E[L_t²]) over a history of the last 10 values of each L_t
+(:class:`~ppgen.nn.history.LossHistory`, module ``timestep_history``: buffers written by each training-mode call
+of ``objective``, as batch norm's running statistics; in the checkpoint, so a resume is exact), mixed with 0.1%
+of the uniform distribution as their code does; uniform until every t has 10 values. In the hybrid both terms
+share t, so L_simple is weighted by 1/(T p_t) too (unbiased for its uniform mean; one denoiser call). Both SVI
+engines carry the history: the JAX engine in the module's NumPyro ``mutable`` site, through its compiled epoch,
+as it carries batch-norm statistics.
+
 Schedules: ``"linear"`` — −log α_t linear from 0.1/T to 20/T: Ho et al.'s β_t from 1e-4 to 0.02 at T = 1000 to
 first order, and for every T the same ᾱ_T = e^{−10.05} ≈ 4.3e-5 (β_t itself linear in t, scaled to T as Nichol &
 Dhariwal do, would pass 1 for T < 20); ``"cosine"`` — ᾱ_t = f(t)/f(0), f(t) = cos²(π/2 · (t/T + s)/(1 + s)),
@@ -69,6 +79,7 @@ from ppgen import ppl
 from ppgen.errors import UserError
 from ppgen.models.base import GenerativeModel
 from ppgen.nn import MLPDenoiser, UNetDenoiser
+from ppgen.nn.history import LossHistory
 from ppgen.ppl import dist, is_jax, pyro
 
 SCHEDULES = ("linear", "cosine")
@@ -78,6 +89,9 @@ OBJECTIVES = ("simple", "vlb", "hybrid")
 SAMPLERS = ("ancestral", "ddim")
 DENOISERS = ("mlp", "unet")
 DECODERS = ("bernoulli", "gaussian", "discretized")
+TIMESTEP_SAMPLING = ("uniform", "importance")
+HISTORY = 10  # importance sampling: the last values of each L_t kept (Nichol & Dhariwal, 2021)
+UNIFORM_MIX = 0.001  # importance sampling: the share of the uniform distribution mixed into p_t (theirs)
 
 
 def _opt(default: Any, help_text: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -107,6 +121,10 @@ class DDPMConfig:
     channel_mult: tuple[int, ...] = _opt((1, 2), "U-Net channel multiplier per resolution level")
     attention: bool = _opt(False, "U-Net: a self-attention block at the lowest resolution")
     levels: int = _opt(256, "grey levels of the discretized decoder (data k/(levels-1) in [0, 1])")
+    timestep_sampling: str = _opt("uniform", "timesteps of the bound's term: uniform, or importance-sampled with "
+                                             "p_t ~ sqrt(E[L_t^2]) over the last 10 values of each L_t (Nichol & "
+                                             "Dhariwal 2021; needs --objective vlb or hybrid; torch engine)",
+                                  TIMESTEP_SAMPLING)
 
 
 def _check(config: DDPMConfig) -> None:
@@ -116,7 +134,8 @@ def _check(config: DDPMConfig) -> None:
     for name, value, known in (("schedule", c.schedule, SCHEDULES), ("prediction", c.prediction, PREDICTIONS),
                                ("variance", c.variance, VARIANCES), ("objective", c.objective, OBJECTIVES),
                                ("sampler", c.sampler, SAMPLERS), ("denoiser", c.denoiser, DENOISERS),
-                               ("likelihood", c.likelihood, DECODERS)):
+                               ("likelihood", c.likelihood, DECODERS),
+                               ("timestep sampling", c.timestep_sampling, TIMESTEP_SAMPLING)):
         if value not in known:
             raise UserError(f"ddpm: unknown {name} {value!r}; choose one of {', '.join(known)}")
     if not 0 <= c.sample_steps <= c.timesteps:
@@ -125,6 +144,9 @@ def _check(config: DDPMConfig) -> None:
     if c.variance == "learned" and c.objective == "simple":
         raise UserError("ddpm: a learned variance (--variance learned) is trained by the bound only; use --objective "
                         "hybrid or vlb")
+    if c.timestep_sampling == "importance" and c.objective == "simple":
+        raise UserError("ddpm: importance-sampled timesteps (--timestep-sampling importance) weight the bound's terms; "
+                        "use --objective vlb or hybrid")
     if c.eta < 0 or c.vlb_weight < 0:
         raise UserError(f"ddpm: --eta and --vlb-weight must be non-negative, got {c.eta} and {c.vlb_weight}")
     if c.attention and c.denoiser != "unet":
@@ -166,13 +188,15 @@ class _Ops:
 
             self.log, self.sqrt, self.where, self.log_ndtr = jnp.log, jnp.sqrt, jnp.where, log_ndtr
             self.log1p, self.exp, self.stop, self.sigmoid = jnp.log1p, jnp.exp, jax.lax.stop_gradient, jax.nn.sigmoid
-            self.table = lambda a: jnp.asarray(a, dtype=like.dtype)
-            self.index = lambda u, n: jnp.clip(jnp.floor(u * n), 0, n - 1).astype(jnp.int32)
+            self.cumsum = jnp.cumsum
+            self.search_right = lambda sorted_, v: jnp.searchsorted(sorted_, v, side="right")
+            self.clip_max = lambda a, m: jnp.minimum(a, m)
         else:
             self.log, self.sqrt, self.where, self.log_ndtr = torch.log, torch.sqrt, torch.where, torch.special.log_ndtr
             self.log1p, self.exp, self.stop, self.sigmoid = torch.log1p, torch.exp, torch.Tensor.detach, torch.sigmoid
-            self.table = lambda a: torch.as_tensor(a, dtype=like.dtype, device=like.device)
-            self.index = lambda u, n: torch.clamp(torch.floor(u * n), 0, n - 1).long()
+            self.cumsum = lambda a: torch.cumsum(a, 0)
+            self.search_right = lambda sorted_, v: torch.searchsorted(sorted_, v.to(sorted_.dtype), right=True)
+            self.clip_max = lambda a, m: torch.clamp(a, max=m)
 
 
 def discretized_log_prob(y: Any, loc: Any, scale: float, levels: int, ops: _Ops) -> Any:
@@ -225,10 +249,11 @@ class DDPM(GenerativeModel):
                  prediction: str = "eps", variance: str = "beta", objective: str = "simple",
                  vlb_weight: float = 0.001, sampler: str = "ancestral", sample_steps: int = 0, eta: float = 0.0,
                  denoiser: str = "mlp", time_dim: int = 64, channels: int = 32, channel_mult: Sequence[int] = (1, 2),
-                 levels: int = 256, attention: bool = False):
+                 levels: int = 256, attention: bool = False, timestep_sampling: str = "uniform"):
         config = DDPMConfig(tuple(x_shape), likelihood, tuple(hidden), int(timesteps), schedule, prediction, variance,
                             objective, float(vlb_weight), sampler, int(sample_steps), float(eta), denoiser,
-                            int(time_dim), int(channels), tuple(channel_mult), bool(attention), int(levels))
+                            int(time_dim), int(channels), tuple(channel_mult), bool(attention), int(levels),
+                            timestep_sampling)
         _check(config)
         super().__init__(config)
         T = config.timesteps
@@ -244,6 +269,10 @@ class DDPM(GenerativeModel):
         self.coef_x0[0] = self.coef_xt[0] = self.beta_tilde[0] = 0.0
         # log β̃_t for the learned variance; t = 1 has β̃_1 = 0 and no learned step (the decoder's variance is β_1)
         self.log_beta_tilde = np.log(np.where(np.arange(T + 1) >= 2, self.beta_tilde, 1.0))
+        # importance-sampled timesteps: the last HISTORY values of each L_{t−1} (row t − 1), p_t from them
+        self.timestep_history = LossHistory(T, HISTORY, UNIFORM_MIX) if timestep_sampling == "importance" else None
+        self._tables: dict[str, np.ndarray] | None = None  # the objective's per-timestep constants, built once
+        self._torch_tables: dict[tuple, torch.Tensor] = {}
         outputs = 2 if variance == "learned" else 1
         if denoiser == "mlp":
             self.denoiser = MLPDenoiser(x_shape, hidden, time_dim, outputs=outputs)
@@ -446,50 +475,103 @@ class DDPM(GenerativeModel):
         lower-variance ELBO; ``ppgen evaluate`` and the validation ELBO use it)."""
         return -self.vlb_terms(x).sum(-1)
 
+    def _objective_tables(self) -> dict[str, np.ndarray]:
+        """The per-timestep constants the objective gathers at t (index 0..T), computed once. At t = 1 the KL branch
+        is never selected; its variances there are 1 so it stays finite."""
+        if self._tables is None:
+            T = self.T
+            later = np.arange(T + 1) >= 2
+            self._tables = {
+                "sqrt_ab": np.sqrt(self.alpha_bar), "sqrt_1mab": np.sqrt(1 - self.alpha_bar),
+                "coef_x0": self.coef_x0, "beta_tilde": np.where(later, self.beta_tilde, 1.0),
+                "sigma2": np.array([self.step_variance(t) if t >= 2 else 1.0 for t in range(T + 1)]),
+                "log_beta": np.log(np.where(later, self.betas, 1.0)), "log_beta_tilde": self.log_beta_tilde}
+        return self._tables
+
+    def _table(self, name: str, like: Any) -> Any:
+        """The objective's table ``name`` as an array of ``like``'s backend (torch: cached per dtype and device)."""
+        if is_jax(like):
+            import jax.numpy as jnp
+
+            return jnp.asarray(self._objective_tables()[name], dtype=like.dtype)
+        key = (name, like.dtype, like.device)
+        if key not in self._torch_tables:
+            self._torch_tables[key] = torch.as_tensor(self._objective_tables()[name], dtype=like.dtype,
+                                                      device=like.device)
+        return self._torch_tables[key]
+
+    # -- importance-sampled timesteps (Nichol & Dhariwal, 2021, §3.3) ---------------------------------------
+    def timestep_probs(self) -> torch.Tensor:
+        """p_t for t = 1..T (:class:`~ppgen.nn.history.LossHistory`): uniform until every L_{t−1} has ``HISTORY``
+        recorded values, then ∝ the root mean square of its last ``HISTORY``, mixed with ``UNIFORM_MIX`` uniform."""
+        return self.timestep_history(self.timestep_history.values)
+
+    def record_losses(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Append each example's L_{t−1} to the history of its t (in batch order)."""
+        self.timestep_history(t - 1, losses)
+
+    def _importance_timesteps(self, x: Any, ops: _Ops) -> tuple[Any, Any]:
+        """(t, 1/(T p_t)) per example, t ~ p_t by inverting the CDF of :meth:`timestep_probs` at U(0, 1)."""
+        if ppl.get_backend() != "pyro":  # the history rides in the module's mutable site on NumPyro
+            pyro.module("timestep_history", self.timestep_history)
+        p = self.timestep_history(x)
+        u = ppl.uniform((x.shape[0],), like=x)
+        row = ops.clip_max(ops.search_right(ops.cumsum(p), u), self.T - 1)
+        return row + 1, 1.0 / (self.T * p[row])
+
     def objective(self, x: Any) -> Any:
-        """Per example: the ``objective`` the config names (module docs), one t ~ U{1..T} per example."""
-        pyro.module("denoiser", self.denoiser)
+        """Per example: the ``objective`` the config names (module docs), one t per example: t ~ U{1..T}, or
+        t ~ p_t with the sampled terms weighted by 1/(T p_t) (``timestep_sampling="importance"``)."""
+        if ppl.get_backend() != "pyro":  # NumPyro binds the weights here; the torch engine trains pair.parameters()
+            pyro.module("denoiser", self.denoiser)
         ops = _Ops(x)
         T, k = self.T, self._event()
         y = self.to_model_space(x)
         n = x.shape[0]
-        t_index = ops.index(ppl.uniform((n,), like=x), T) + 1  # 1..T
+        importance = self.config.timestep_sampling == "importance"
+        if importance:
+            t_index, weight = self._importance_timesteps(x, ops)
+        else:
+            t_index, weight = ppl.randint(1, T + 1, (n,), like=x), None
         eps = ppl.normal(tuple(y.shape), like=x)
         per_example = (n,) + (1,) * k
 
-        def at(table: np.ndarray) -> Any:
-            return ops.table(table)[t_index].reshape(per_example)
+        def at(name: str) -> Any:
+            return self._table(name, x)[t_index].reshape(per_example)
 
-        ab = at(self.alpha_bar)
-        sqrt_ab, sqrt_1mab = ops.sqrt(ab), ops.sqrt(1 - ab)
+        sqrt_ab, sqrt_1mab = at("sqrt_ab"), at("sqrt_1mab")
         x_t = sqrt_ab * y + sqrt_1mab * eps
         out = self.denoiser(x_t, t_index * 1.0)
         out, v = out if self.config.variance == "learned" else (out, None)
-        x0_hat = self._x0_from(out, x_t, sqrt_ab, sqrt_1mab)
 
         def per_ex(v: Any) -> Any:
             return v.reshape((n, -1)).sum(-1)
 
         simple = None
         if self.config.objective != "vlb":
-            target = {"eps": eps, "x0": y, "v": sqrt_ab * eps - sqrt_1mab * y}[self.config.prediction]
+            prediction = self.config.prediction
+            target = eps if prediction == "eps" else y if prediction == "x0" else sqrt_ab * eps - sqrt_1mab * y
             simple = per_ex((target - out) ** 2)
             if self.config.objective == "simple":
                 return simple
-        # the KL branch at t = 1 is never selected; its variances there are set to 1 so it stays finite
-        safe_tilde = np.where(np.arange(T + 1) >= 2, self.beta_tilde, 1.0)
+            if importance:  # the hybrid's two terms share t: both weighted, so both stay unbiased
+                simple = weight * simple
+        x0_hat = self._x0_from(out, x_t, sqrt_ab, sqrt_1mab)
         if v is None:
-            sigma2 = at(np.array([self.step_variance(t) if t >= 2 else 1.0 for t in range(T + 1)]))
+            sigma2 = at("sigma2")
             bound_x0 = x0_hat
         else:  # log σ² = u log β + (1 − u) log β̃; in the hybrid the bound trains the variance only
             u = ops.sigmoid(v)
-            log_beta = np.log(np.where(np.arange(T + 1) >= 2, self.betas, 1.0))
-            sigma2 = ops.exp(u * at(log_beta) + (1 - u) * at(self.log_beta_tilde))
+            sigma2 = ops.exp(u * at("log_beta") + (1 - u) * at("log_beta_tilde"))
             bound_x0 = ops.stop(x0_hat) if self.config.objective == "hybrid" else x0_hat
-        kl = _kl_normal(at(self.coef_x0) * (y - bound_x0), at(safe_tilde), 0.0, sigma2, ops.log)
+        kl = _kl_normal(at("coef_x0") * (y - bound_x0), at("beta_tilde"), 0.0, sigma2, ops.log)
         nll = self._decoder_nll(x, y, bound_x0, ops)
-        step = ops.where(t_index.reshape(per_example) == 1, nll, kl)
-        vlb = T * per_ex(step) + self._prior_kl(y, ops.log)
+        term = per_ex(ops.where(t_index.reshape(per_example) == 1, nll, kl))  # L_{t−1} (L_0 at t = 1)
+        if importance:
+            if self.training:  # as batch norm's running statistics: training steps update the history
+                self.timestep_history(t_index - 1, term)
+            term = weight * term
+        vlb = T * term + self._prior_kl(y, ops.log)
         return vlb if simple is None else simple + self.config.vlb_weight * vlb
 
     # -- sampling ----------------------------------------------------------------------------------------

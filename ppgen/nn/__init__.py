@@ -2,6 +2,7 @@
 
 from ppgen.nn.autoregressive import MaskedConv2d, PixelCNNDecoder
 from ppgen.nn.denoisers import MLPDenoiser, TimeEmbedding, UNetDenoiser
+from ppgen.nn.history import LossHistory
 from ppgen.nn.lower import NotLowerable, jax_params, lower
 from ppgen.nn.networks import (
     ConvDecoder,
@@ -14,4 +15,4 @@ from ppgen.nn.networks import (
 )
 from ppgen.nn.norm import BatchNorm
 
-__all__ = ["BatchNorm", "MaskedConv2d", "PixelCNNDecoder", "MLPDenoiser", "TimeEmbedding", "UNetDenoiser", "ConvDecoder", "ConvEncoder", "DeterministicMLP", "GaussianMLP", "MLPDecoder", "MLPEncoder", "Network", "NotLowerable", "jax_params", "lower"]
+__all__ = ["BatchNorm", "MaskedConv2d", "PixelCNNDecoder", "MLPDenoiser", "TimeEmbedding", "UNetDenoiser", "ConvDecoder", "ConvEncoder", "DeterministicMLP", "GaussianMLP", "LossHistory", "MLPDecoder", "MLPEncoder", "Network", "NotLowerable", "jax_params", "lower"]
