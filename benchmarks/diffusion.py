@@ -43,7 +43,7 @@ from ppgen.models.diffusion import DDPM
 
 def make_pair(x_shape, args, likelihood: str = "bernoulli") -> DDPM:
     return DDPM(x_shape, likelihood=likelihood, hidden=tuple(args.hidden), timesteps=args.timesteps,
-                denoiser=args.denoiser, channels=args.channels)
+                denoiser=args.denoiser, channels=args.channels, sampler=args.sampler, sample_steps=args.sample_steps)
 
 
 def torch_loop(pair: DDPM, data, batch: int, lr: float, device: str) -> Callable[[int], float]:
@@ -177,6 +177,8 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--engine", default="jax", help="modes: the SVI engine")
+    p.add_argument("--sampler", default="ancestral", choices=["ancestral", "ddim"], help="modes: how samples are drawn")
+    p.add_argument("--sample-steps", type=int, default=0, help="modes: DDIM steps (0: T)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--samples", type=int, default=64, help="speed: images drawn at once")
     p.add_argument("--ddim", type=int, default=50, help="speed: DDIM steps")
