@@ -16,11 +16,13 @@
   stax networks through ``numpyro.module``, ``SVI`` + ``Trace_ELBO``) with ppgen's
   parametrization (softplus scale + 1e-4, Bernoulli logits) and the whole epoch under
   ``jax.jit`` (``lax.scan`` over minibatches).
+* :func:`spread` — the summary of per-round ppgen/baseline ratios the alternating benchmarks print.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from contextlib import ExitStack
 
 import pyro
@@ -234,3 +236,13 @@ def numpyro_epoch_fn(x_train, z_dim: int = 50, hidden_dim: int = 400, batch_size
 
 def images_per_s(images: int, seconds: float) -> float:
     return images / seconds if seconds > 0 else math.nan
+
+
+def spread(ratios: list[float]) -> dict:
+    """Median, quartiles and range of per-round ratios, and a bootstrap 95% interval of their median."""
+    q = statistics.quantiles(ratios, n=4)
+    g = torch.Generator().manual_seed(0)
+    t = torch.tensor(ratios)
+    boot = t[torch.randint(len(t), (2000, len(t)), generator=g)].median(1).values
+    return {"median": statistics.median(ratios), "q1": q[0], "q3": q[2], "min": min(ratios), "max": max(ratios),
+            "ci95": [float(boot.quantile(0.025)), float(boot.quantile(0.975))], "rounds": len(ratios)}

@@ -29,8 +29,10 @@ import copy
 import json
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -39,6 +41,9 @@ from ppgen.data import load
 from ppgen.evaluation.modes import evaluate_pair, summarize
 from ppgen.inference.svi import make_adam
 from ppgen.models.diffusion import DDPM
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _baselines import spread  # noqa: E402
 
 
 def make_pair(x_shape, args, likelihood: str = "bernoulli") -> DDPM:
@@ -75,16 +80,6 @@ def torch_loop(pair: DDPM, data, batch: int, lr: float, device: str) -> Callable
         return (len(x) // batch) * batch / (time.perf_counter() - start)
 
     return epoch
-
-
-def spread(ratios: list[float]) -> dict:
-    """Median, quartiles and range of per-round ratios, and a bootstrap 95% interval of their median."""
-    q = statistics.quantiles(ratios, n=4)
-    g = torch.Generator().manual_seed(0)
-    t = torch.tensor(ratios)
-    boot = t[torch.randint(len(t), (2000, len(t)), generator=g)].median(1).values
-    return {"median": statistics.median(ratios), "q1": q[0], "q3": q[2], "min": min(ratios), "max": max(ratios),
-            "ci95": [float(boot.quantile(0.025)), float(boot.quantile(0.975))], "rounds": len(ratios)}
 
 
 def alternate(pair: DDPM, data, engine: str, args) -> dict:

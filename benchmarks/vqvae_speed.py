@@ -26,7 +26,9 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.nn import functional as F
@@ -34,6 +36,9 @@ from torch.nn import functional as F
 import ppgen
 from ppgen.data import load
 from ppgen.models.vqvae import VQVAE, fit_prior
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _baselines import spread  # noqa: E402
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -111,16 +116,6 @@ def plain_prior_epoch(net, opt, codes: torch.Tensor, batch: int, seed: int) -> f
         loss.backward()
         opt.step()
     return steps * batch / (time.perf_counter() - start)
-
-
-def spread(ratios: list[float]) -> dict:
-    """Median, quartiles and range of per-round ratios, and a bootstrap 95% interval of their median."""
-    q = statistics.quantiles(ratios, n=4)
-    g = torch.Generator().manual_seed(0)
-    t = torch.tensor(ratios)
-    boot = t[torch.randint(len(t), (2000, len(t)), generator=g)].median(1).values
-    return {"median": statistics.median(ratios), "q1": q[0], "q3": q[2], "min": min(ratios), "max": max(ratios),
-            "ci95": [float(boot.quantile(0.025)), float(boot.quantile(0.975))], "rounds": len(ratios)}
 
 
 def describe(name: str, unit: str, ours: list[float], theirs: list[float], ratios: list[float]) -> dict:

@@ -197,29 +197,35 @@ def test_sampled_timestep_estimator_equals_the_full_sum_and_the_traced_elbo(like
     assert ((b - c).abs() < 4 * torch.hypot(sb, sc)).all(), (b, c, sb, sc)
 
 
-@pytest.mark.parametrize("likelihood, variance", [("bernoulli", "beta"), ("discretized", "beta"),
-                                                  ("bernoulli", "learned")])
-def test_the_objective_runs_on_numpyro_with_the_same_mean(likelihood, variance):
-    """The JAX side of the hook (as the JAX engine traces it) gives the same L_simple + λ L_vlb, within 4 SE."""
+def assert_objective_means_agree(pair: DDPM, x: torch.Tensor, draws: int = 3000) -> None:
+    """The objective hook traced on NumPyro (as the JAX engine runs it) and on Pyro: per-example means within
+    4 SE of their difference over ``draws`` independent draws each."""
     import jax
     import numpyro
 
     from ppgen.ppl import backend
 
-    torch.manual_seed(0)
-    pair, x = _random_pair(likelihood, "eps", variance, objective="hybrid"), _data(likelihood)
     xj = jnp.asarray(x.numpy())
 
     def one(key):
         with backend("numpyro"), numpyro.handlers.seed(rng_seed=key):
             return pair.objective(xj)
 
-    jax_draws = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.PRNGKey(0), 3000)))
+    jax_draws = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.PRNGKey(0), draws)))
     with torch.no_grad():
-        torch_draws = torch.stack([pair.objective(x) for _ in range(3000)]).numpy()
+        torch_draws = torch.stack([pair.objective(x) for _ in range(draws)]).numpy()
     diff = jax_draws.mean(0) - torch_draws.mean(0)
-    se = np.hypot(jax_draws.std(0), torch_draws.std(0)) / math.sqrt(3000)
+    se = np.hypot(jax_draws.std(0), torch_draws.std(0)) / math.sqrt(draws)
     assert (np.abs(diff) < 4 * se).all(), (diff, se)
+
+
+@pytest.mark.parametrize("likelihood, variance", [("bernoulli", "beta"), ("discretized", "beta"),
+                                                  ("bernoulli", "learned")])
+def test_the_objective_runs_on_numpyro_with_the_same_mean(likelihood, variance):
+    """The JAX side of the hook (as the JAX engine traces it) gives the same L_simple + λ L_vlb, within 4 SE."""
+    torch.manual_seed(0)
+    pair, x = _random_pair(likelihood, "eps", variance, objective="hybrid"), _data(likelihood)
+    assert_objective_means_agree(pair, x)
 
 
 def test_discretized_decoder_is_a_distribution_over_the_levels_and_checks_its_data():
@@ -432,7 +438,6 @@ def test_importance_sampling_trains_on_both_engines_and_carries_its_history(engi
 def test_the_importance_weighted_objective_runs_on_numpyro_with_the_same_mean():
     """The JAX side (as the JAX engine traces it) with the same fixed p_t: the same mean as torch's, within 4 SE;
     in training mode it records the terms into the mutable site (NumPyro carries them), on torch into the buffers."""
-    import jax
     import numpyro
 
     from ppgen.models.diffusion import HISTORY
@@ -447,16 +452,7 @@ def test_the_importance_weighted_objective_runs_on_numpyro_with_the_same_mean():
     x = _data("bernoulli")
     xj = jnp.asarray(x.numpy())
 
-    def one(key):
-        with backend("numpyro"), numpyro.handlers.seed(rng_seed=key):
-            return pair.objective(xj)
-
-    jax_draws = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.PRNGKey(0), 3000)))
-    with torch.no_grad():
-        torch_draws = torch.stack([pair.objective(x) for _ in range(3000)]).numpy()
-    diff = jax_draws.mean(0) - torch_draws.mean(0)
-    se = np.hypot(jax_draws.std(0), torch_draws.std(0)) / math.sqrt(3000)
-    assert (np.abs(diff) < 4 * se).all(), (diff, se)
+    assert_objective_means_agree(pair, x)
     pair.train()
     with backend("numpyro"), numpyro.handlers.seed(rng_seed=1):
         trace = numpyro.handlers.trace(lambda: pair.objective(xj)).get_trace()
