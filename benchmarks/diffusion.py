@@ -48,7 +48,8 @@ from _baselines import spread  # noqa: E402
 
 def make_pair(x_shape, args, likelihood: str = "bernoulli") -> DDPM:
     return DDPM(x_shape, likelihood=likelihood, hidden=tuple(args.hidden), timesteps=args.timesteps,
-                denoiser=args.denoiser, channels=args.channels, sampler=args.sampler, sample_steps=args.sample_steps)
+                denoiser=args.denoiser, channels=args.channels, sampler=args.sampler, sample_steps=args.sample_steps,
+                ema=args.ema)
 
 
 def torch_loop(pair: DDPM, data, batch: int, lr: float, device: str) -> Callable[[int], float]:
@@ -174,6 +175,7 @@ def main(argv=None) -> dict:
     p.add_argument("--engine", default="jax", help="modes: the SVI engine")
     p.add_argument("--sampler", default="ancestral", choices=["ancestral", "ddim"], help="modes: how samples are drawn")
     p.add_argument("--sample-steps", type=int, default=0, help="modes: DDIM steps (0: T)")
+    p.add_argument("--ema", type=float, default=0.0, help="decay of the weights' moving average sampled with (0: off)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--samples", type=int, default=64, help="speed: images drawn at once")
     p.add_argument("--ddim", type=int, default=50, help="speed: DDIM steps")

@@ -637,3 +637,69 @@ def test_evaluation_elbo_is_the_closed_form_bound_and_agrees_with_the_traced_elb
         diff = estimate.mean(0) - traced.mean(0)
         se = torch.hypot(estimate.std(0), traced.std(0)) / math.sqrt(2000)
         assert (diff.abs() < 4 * se).all(), (diff, se)
+
+
+# -- the weights' moving average (Ho et al. sample with it) -----------------------------------------------
+def test_weight_average_follows_its_recursion_on_torch_and_jax():
+    """θ̄_{n+1} = d_n θ̄_n + (1 − d_n) θ_n, d_n = min(decay, (1 + n)/(10 + n)), against the recursion in float64
+    over five weight draws; the JAX function gives the torch update's values from the same weights."""
+    from ppgen.nn.average import WeightAverage
+
+    torch.manual_seed(0)
+    net = MLPDenoiser((2,), (8,), 8)
+    average = WeightAverage(net, decay=0.5)
+    expected = {k: v.double().clone() for k, v in average.shadow.named_parameters()}
+    for n in range(5):
+        for p in net.parameters():
+            p.data.normal_()
+        jax_params = {k: jnp.asarray(v.numpy()) for k, v in average.state_dict().items()}
+        updates: dict = {}
+        average.jax_function()(jax_params, {k: jnp.asarray(v.detach().numpy()) for k, v in net.state_dict().items()},
+                               updates=updates)
+        average.update(net)  # torch: no weights bound, so in place
+        d = min(0.5, (1 + n) / (10 + n))
+        for name, p in net.named_parameters():
+            expected[name] = d * expected[name] + (1 - d) * p.detach().double()
+            mine = dict(average.shadow.named_parameters())[name]
+            assert torch.allclose(mine.double(), expected[name], atol=1e-6)
+            assert np.allclose(np.asarray(updates["shadow." + name]), mine.numpy(), atol=1e-6)
+        assert int(average.count) == n + 1 and int(updates["count"]) == n + 1
+    assert not any(p.requires_grad for p in average.parameters())
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(net, decay=1.0)
+
+
+@pytest.mark.parametrize("engine", ["torch", "jax"])
+def test_ema_is_carried_by_both_engines_used_in_evaluation_and_resumed_exactly(engine):
+    """One update per training step on each engine (JAX: in the mutable site, back into the torch weights); the
+    evaluation-mode network is the average, the training-mode one the trained weights; a resumed run equals the
+    uninterrupted one bit for bit, the average included; a decay outside [0, 1) is one line."""
+    data = from_tensor(gaussian_data(256, 0))
+    options = dict(timesteps=8, hidden=(16,), time_dim=8, likelihood="gaussian", ema=0.9)
+    states = []
+    for split in (False, True):
+        torch.manual_seed(0)
+        pair = DDPM((2,), **options)
+        kw = dict(batch_size=64, lr=1e-2, progress=False, callback=None, seed=3, engine=engine)
+        if split:
+            fit = ppgen.fit(pair, data, epochs=2, **kw)
+            pair = DDPM((2,), **options)
+            fit = ppgen.fit(pair, data, epochs=4, resume=fit.checkpoint(), **kw)
+        else:
+            fit = ppgen.fit(pair, data, epochs=4, **kw)
+        assert fit.options["engine"] == engine and fit.stopped is None
+        states.append(pair.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert int(states[0]["ema.count"]) == 4 * 256 // 64
+    raw, averaged = states[0]["denoiser.layers.0.weight"], states[0]["ema.shadow.layers.0.weight"]
+    assert not torch.equal(raw, averaged) and (raw - averaged).abs().max() < 0.5
+    x = data.train[:5]
+    pair.train()
+    assert pair.network is pair.denoiser
+    pair.eval()
+    assert pair.network is pair.ema.shadow
+    by_hand = pair._x0_from(pair.ema.shadow(x, torch.full((5,), 3.0)), x, math.sqrt(pair.alpha_bar[3]),
+                            math.sqrt(1 - pair.alpha_bar[3]))
+    assert torch.allclose(pair.predict_x0(x, 3), by_hand)
+    with pytest.raises(UserError, match="--ema"):
+        DDPM((2,), **{**options, "ema": 1.0})

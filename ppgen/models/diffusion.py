@@ -57,6 +57,13 @@ first order, and for every T the same ᾱ_T = e^{−10.05} ≈ 4.3e-5 (β_t itse
 Dhariwal do, would pass 1 for T < 20); ``"cosine"`` — ᾱ_t = f(t)/f(0), f(t) = cos²(π/2 · (t/T + s)/(1 + s)),
 s = 0.008, β_t capped at 0.999 (Nichol & Dhariwal, 2021).
 
+Weights' moving average (``ema`` = its decay; Ho et al. sample with decay 0.9999): every training step moves a frozen
+copy of the denoiser towards the trained weights (:class:`~ppgen.nn.average.WeightAverage`, with TensorFlow's warm-up
+d_n = min(decay, (1 + n)/(10 + n))), and in evaluation mode — sampling, the bound, ``ppgen evaluate`` — the pair
+computes with the copy (``network``). The copy is state carried between steps, as the timestep history: in the
+checkpoint, and on the JAX engine in the module's ``mutable`` site. It is updated inside the objective, before the
+step's optimizer update, so after n steps it averages the weights θ_0 … θ_{n−1}.
+
 Sampling (``generate``): ancestral, x_T ~ p(x_T), x_{t−1} ~ p_θ(x_{t−1} | x_t), then the decoder's mean at x_1;
 or DDIM (Song et al., 2021) over S = ``sample_steps`` timesteps τ_S = T > … > τ_1 = 1 with
 x_s = √ᾱ_s x̂_0 + √(1 − ᾱ_s − σ²) ε̂ + σ z, σ = η √((1 − ᾱ_s)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_s), then the decoder's
@@ -79,6 +86,7 @@ from ppgen import ppl
 from ppgen.errors import UserError
 from ppgen.models.base import GenerativeModel
 from ppgen.nn import MLPDenoiser, UNetDenoiser
+from ppgen.nn.average import WeightAverage
 from ppgen.nn.history import LossHistory
 from ppgen.ppl import dist, is_jax, pyro
 
@@ -125,6 +133,8 @@ class DDPMConfig:
                                              "p_t ~ sqrt(E[L_t^2]) over the last 10 values of each L_t (Nichol & "
                                              "Dhariwal 2021; needs --objective vlb or hybrid; torch engine)",
                                   TIMESTEP_SAMPLING)
+    ema: float = _opt(0.0, "decay of an exponential moving average of the denoiser's weights, which sampling and "
+                           "evaluation use (Ho et al. 0.9999; 0.999 for runs of a few thousand steps; 0: off)")
 
 
 def _check(config: DDPMConfig) -> None:
@@ -151,6 +161,8 @@ def _check(config: DDPMConfig) -> None:
         raise UserError(f"ddpm: --eta and --vlb-weight must be non-negative, got {c.eta} and {c.vlb_weight}")
     if c.attention and c.denoiser != "unet":
         raise UserError("ddpm: --attention is a block of the U-Net; add --denoiser unet")
+    if not 0 <= c.ema < 1:
+        raise UserError(f"ddpm: --ema is the decay of the weights' moving average, in [0, 1) (0: off), got {c.ema}")
     if c.levels < 2:
         raise UserError(f"ddpm: --levels must be at least 2, got {c.levels}")
     if not c.hidden or min(c.hidden) < 1 or c.time_dim < 4 or c.time_dim % 2 or c.channels < 1:
@@ -249,11 +261,11 @@ class DDPM(GenerativeModel):
                  prediction: str = "eps", variance: str = "beta", objective: str = "simple",
                  vlb_weight: float = 0.001, sampler: str = "ancestral", sample_steps: int = 0, eta: float = 0.0,
                  denoiser: str = "mlp", time_dim: int = 64, channels: int = 32, channel_mult: Sequence[int] = (1, 2),
-                 levels: int = 256, attention: bool = False, timestep_sampling: str = "uniform"):
+                 levels: int = 256, attention: bool = False, timestep_sampling: str = "uniform", ema: float = 0.0):
         config = DDPMConfig(tuple(x_shape), likelihood, tuple(hidden), int(timesteps), schedule, prediction, variance,
                             objective, float(vlb_weight), sampler, int(sample_steps), float(eta), denoiser,
                             int(time_dim), int(channels), tuple(channel_mult), bool(attention), int(levels),
-                            timestep_sampling)
+                            timestep_sampling, float(ema))
         _check(config)
         super().__init__(config)
         T = config.timesteps
@@ -282,6 +294,14 @@ class DDPM(GenerativeModel):
                                              attention=attention)
             except ValueError as err:
                 raise UserError(f"ddpm: {err}") from None
+        # Ho et al. sample with an exponential moving average of the weights (ppgen.nn.average)
+        self.ema = WeightAverage(self.denoiser, ema) if ema > 0 else None
+
+    @property
+    def network(self) -> Any:
+        """The denoiser that computes: the weights' moving average in evaluation mode (sampling, the bound) when
+        ``ema`` is on, the trained weights otherwise."""
+        return self.ema.shadow if self.ema is not None and not self.training else self.denoiser
 
     # -- the schedule's pieces a test (or a subclass) may replace ----------------------------------------
     @property
@@ -333,7 +353,7 @@ class DDPM(GenerativeModel):
         lead = x_t.shape[: len(x_t.shape) - self._event()]
         if isinstance(t, int):
             t = x_t.reshape(tuple(lead) + (-1,))[..., 0] * 0 + float(t)
-        out = self.denoiser(x_t, t)
+        out = self.network(x_t, t)
         return out if self.config.variance == "learned" else (out, None)
 
     def _x0_from(self, out: Any, x_t: Any, sqrt_ab: Any, sqrt_1mab: Any) -> Any:
@@ -524,6 +544,10 @@ class DDPM(GenerativeModel):
         t ~ p_t with the sampled terms weighted by 1/(T p_t) (``timestep_sampling="importance"``)."""
         if ppl.get_backend() != "pyro":  # NumPyro binds the weights here; the torch engine trains pair.parameters()
             pyro.module("denoiser", self.denoiser)
+        if self.ema is not None and self.training:  # the average of the weights before this step's update
+            if ppl.get_backend() != "pyro":
+                pyro.module("denoiser_ema", self.ema)
+            self.ema.update(self.denoiser)
         ops = _Ops(x)
         T, k = self.T, self._event()
         y = self.to_model_space(x)
@@ -541,7 +565,7 @@ class DDPM(GenerativeModel):
 
         sqrt_ab, sqrt_1mab = at("sqrt_ab"), at("sqrt_1mab")
         x_t = sqrt_ab * y + sqrt_1mab * eps
-        out = self.denoiser(x_t, t_index * 1.0)
+        out = self.network(x_t, t_index * 1.0)
         out, v = out if self.config.variance == "learned" else (out, None)
 
         def per_ex(v: Any) -> Any:

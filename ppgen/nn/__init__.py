@@ -1,6 +1,7 @@
 """Networks the models use; each can be lowered to a pure JAX function."""
 
 from ppgen.nn.autoregressive import MaskedConv2d, PixelCNNDecoder
+from ppgen.nn.average import WeightAverage
 from ppgen.nn.denoisers import MLPDenoiser, TimeEmbedding, UNetDenoiser
 from ppgen.nn.history import LossHistory
 from ppgen.nn.lower import NotLowerable, jax_params, lower
@@ -15,4 +16,4 @@ from ppgen.nn.networks import (
 )
 from ppgen.nn.norm import BatchNorm
 
-__all__ = ["BatchNorm", "MaskedConv2d", "PixelCNNDecoder", "MLPDenoiser", "TimeEmbedding", "UNetDenoiser", "ConvDecoder", "ConvEncoder", "DeterministicMLP", "GaussianMLP", "LossHistory", "MLPDecoder", "MLPEncoder", "Network", "NotLowerable", "jax_params", "lower"]
+__all__ = ["BatchNorm", "MaskedConv2d", "PixelCNNDecoder", "MLPDenoiser", "TimeEmbedding", "UNetDenoiser", "ConvDecoder", "ConvEncoder", "DeterministicMLP", "GaussianMLP", "LossHistory", "MLPDecoder", "MLPEncoder", "Network", "NotLowerable", "jax_params", "lower", "WeightAverage"]
