@@ -74,6 +74,7 @@ Song et al. do (the bound never clips).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -631,7 +632,7 @@ class DDPM(GenerativeModel):
         if self.config.sampler == "ddim":
             return self.sample_ddim(n)
         x = self._start(n)
-        for t in range(self.T, 1, -1):
+        for t in _bar(range(self.T, 1, -1), "ancestral sampling"):
             _, mean, variance = self.reverse_step(x, t, clip=True)
             x = mean + variance ** 0.5 * torch.randn_like(x)
         return self._decoder_mean(self._sampling_x0(x, 1))
@@ -642,7 +643,7 @@ class DDPM(GenerativeModel):
         eta = self.config.eta if eta is None else eta
         taus = self.ddim_timesteps(steps)
         x = self._start(n)
-        for t, s in zip(taus[:-1], taus[1:]):
+        for t, s in _bar(list(zip(taus[:-1], taus[1:])), "DDIM sampling"):
             ab_t, ab_s = float(self.alpha_bar[t]), float(self.alpha_bar[s])
             x0_hat = self._sampling_x0(x, t)
             eps_hat = (x - math.sqrt(ab_t) * x0_hat) / math.sqrt(1 - ab_t)
@@ -650,3 +651,12 @@ class DDPM(GenerativeModel):
             x = (math.sqrt(ab_s) * x0_hat + math.sqrt(max(1 - ab_s - sigma ** 2, 0.0)) * eps_hat
                  + sigma * torch.randn_like(x))
         return self._decoder_mean(self._sampling_x0(x, taus[-1]))
+
+
+def _bar(steps: Any, what: str) -> Any:
+    """``steps`` with a progress bar on stderr when it is a terminal and the chain is long."""
+    from tqdm import tqdm
+
+    steps = list(steps)
+    return tqdm(steps, desc=what, leave=False, file=sys.stderr, mininterval=0.5,
+                disable=len(steps) < 50 or not sys.stderr.isatty())
