@@ -132,28 +132,47 @@ def speed(args) -> dict:
     return out
 
 
+def with_sampler(pair: DDPM, sampler: str) -> DDPM:
+    """``pair`` sampling by ``sampler``: "ancestral" (all T steps) or "ddim-S" (S steps, η = 0); a prefix "raw-"
+    samples with the trained weights instead of their moving average (when ``--ema`` is on)."""
+    raw = sampler.startswith("raw-")
+    name = sampler.removeprefix("raw-")
+    steps = int(name.split("-")[1]) if name.startswith("ddim-") else 0
+    config = {**pair.config_dict(), "sampler": "ddim" if steps else "ancestral", "sample_steps": steps}
+    other = type(pair).from_config(config)
+    other.load_state_dict(pair.state_dict())
+    return other.train(raw)  # training mode computes with the trained weights, evaluation mode with the average
+
+
 def modes(args) -> dict:
     out = {}
+    samplers = args.samplers or [f"ddim-{args.sample_steps or args.timesteps}" if args.sampler == "ddim"
+                                 else "ancestral"]
     for name in args.mixtures:
         data = load(name)
-        reports = []
-        for seed in range(args.seeds):
+        reports: dict[str, list] = {s: [] for s in samplers}
+        for seed in range(args.seed_start, args.seed_start + args.seeds):
             torch.manual_seed(seed)
             pair = make_pair(data.x_shape, args, likelihood="gaussian")
             start = time.perf_counter()
             ppgen.fit(pair, data, epochs=args.epochs, batch_size=args.batch, lr=args.lr, engine=args.engine,
                       seed=seed, callback=None, progress=False)
-            pair.eval()
-            report = evaluate_pair(pair, name, seed=seed)
-            report["seconds"] = round(time.perf_counter() - start, 1)
-            reports.append(report)
-            print(f"  {name} seed {seed}: {report['modes']}/{report['n_modes']} modes, high quality "
-                  f"{100 * report['high_quality']:.1f}%, reverse KL {report['reverse_kl']:.3f} ({report['seconds']} s)")
-        s = summarize(reports)
-        print(f"{name}: modes {s['modes']:.1f} ± {s['modes_se']:.1f}, high quality {100 * s['high_quality']:.1f} ± "
-              f"{100 * s['high_quality_se']:.1f}% over {s['seeds']} seeds")
-        out[name] = {"summary": s, "runs": [{k: r[k] for k in ("modes", "high_quality", "reverse_kl", "seconds")}
-                                            for r in reports]}
+            seconds = round(time.perf_counter() - start, 1)
+            for sampler in samplers:
+                report = evaluate_pair(with_sampler(pair, sampler), name, seed=seed)
+                report["seconds"] = seconds
+                reports[sampler].append(report)
+                print(f"  {name} seed {seed} {sampler}: {report['modes']}/{report['n_modes']} modes, high quality "
+                      f"{100 * report['high_quality']:.1f}%, reverse KL {report['reverse_kl']:.3f} (trained in "
+                      f"{seconds} s)", flush=True)
+        out[name] = {}
+        for sampler, runs in reports.items():
+            s = summarize(runs)
+            print(f"{name} {sampler}: modes {s['modes']:.1f} ± {s['modes_se']:.1f}, high quality "
+                  f"{100 * s['high_quality']:.1f} ± {100 * s['high_quality_se']:.1f}% over {s['seeds']} seeds",
+                  flush=True)
+            out[name][sampler] = {"summary": s, "runs": [{k: r[k] for k in ("modes", "high_quality", "reverse_kl",
+                                                                             "seconds")} for r in runs]}
     return out
 
 
@@ -163,6 +182,9 @@ def main(argv=None) -> dict:
     p.add_argument("--data", default="digits")
     p.add_argument("--mixtures", nargs="+", default=["ring8", "grid25"])
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seed-start", type=int, default=0, help="modes: the first seed (split seeds over processes)")
+    p.add_argument("--samplers", nargs="+", help="modes: evaluate each trained pair with each of these: ancestral, "
+                                                  "ddim-S; raw-... with the trained weights instead of their average")
     p.add_argument("--denoiser", choices=["mlp", "unet"], default="mlp")
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     p.add_argument("--channels", type=int, default=32)
