@@ -573,7 +573,7 @@ def test_ddim_with_the_exact_denoiser_recovers_the_data_distribution():
 
 # -- the command line ------------------------------------------------------------------------------------------
 CLI_FAST = ["--data", "digits", "--timesteps", "10", "--hidden", "32", "--time-dim", "8", "--batch-size", "128",
-            "--no-progress", "--select", "last"]
+            "--no-progress", "--select", "last", "--ema", "0.9"]
 
 
 def test_cli_train_evaluate_sample_resume_and_errors(tmp_path, capsys):
@@ -587,7 +587,8 @@ def test_cli_train_evaluate_sample_resume_and_errors(tmp_path, capsys):
     assert main(["train", "ddpm", "--resume", str(split), "--epochs", "3", "--no-progress"]) == 0
     a = torch.load(straight / "model.pt", weights_only=True)
     b = torch.load(split / "model.pt", weights_only=True)
-    assert all(torch.equal(a[k], b[k]) for k in a)  # resume is bit-exact
+    assert all(torch.equal(a[k], b[k]) for k in a)  # resume is bit-exact, the weights' average included
+    assert "ema.count" in a and int(a["ema.count"]) > 0
     capsys.readouterr()
     assert main(["evaluate", str(straight), "--iwae", "8", "--limit", "100", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
