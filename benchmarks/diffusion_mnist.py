@@ -17,10 +17,13 @@ In one process:
    images/s beside each row. With ``--ema`` the denoiser's weights are averaged during training (Ho et al.) and
    each snapshot is scored twice: with the trained weights and with their moving average.
 
-Sample grids (ppgen.plots) go to ``--out``; ``--json`` writes every figure.
+Reference rows: the 500 held-out grey digits, and one Bernoulli draw of them (the floor for a model of binary
+digits). The budget clock (``--clock``) is the process's CPU time by default: on a shared machine wall time measures
+the other jobs; ``--clock wall`` on a quiet one. Sample grids (ppgen.plots) go to ``--out``; ``--json`` writes every
+figure.
 
-    python benchmarks/diffusion_mnist.py --times 1,4 --ema 0.999 --threads 2
-    python benchmarks/diffusion_mnist.py --times 1,4,30 --ema 0.999 --threads 2 --n-ancestral 1000
+    python benchmarks/diffusion_mnist.py --times 4 --ema 0.999 --n-ancestral 100     # README rows; --times 30 too
+    python benchmarks/diffusion_mnist.py --times 1,4,30 --ema 0.999 --n-ancestral 1000 # ~1 CPU-hour of sampling
 """
 
 from __future__ import annotations
@@ -163,15 +166,30 @@ def snapshot(pair: DDPM, times: float, state: dict, grey, classifier, args) -> l
     return rows
 
 
-def table(rows: list[dict], vae_row: dict, vae_seconds: float, args) -> str:
-    lines = ["| | FID | KID×10³ | IS | precision | recall | samples | sampling img/s |", "|---|---|---|---|---|---|---|---|",
-             f"| VAE, {args.epochs} epochs ({vae_seconds:.0f} s) | {vae_row['fid']:.2f} | {1e3 * vae_row['kid']:.0f} | "
-             f"{vae_row['is']:.2f} | {vae_row['precision']:.3f} | {vae_row['recall']:.3f} | {vae_row['n_fake']} | |"]
+def reference_rows(grey, classifier, seed: int) -> dict:
+    """The held-out grey digits, and one Bernoulli draw of them (the floor for a model of binary digits)."""
+    torch.manual_seed(seed)
+    rows = {"real (val)": sample_quality(grey.val, grey, classifier=classifier, seed=seed),
+            "binarized real (val)": sample_quality(torch.bernoulli(grey.val.float()), grey, classifier=classifier,
+                                                   seed=seed)}
+    for name, r in rows.items():
+        print(f"{name}: FID {r['fid']:.2f}, KID×1e3 {1e3 * r['kid']:.0f}, IS {r['is']:.2f}, P {r['precision']:.3f}, "
+              f"R {r['recall']:.3f} ({r['n_fake']} digits)", flush=True)
+    return rows
+
+
+def table(rows: list[dict], references: dict, vae_row: dict, vae_seconds: float, args) -> str:
+    lines = ["| | FID | KID×10³ | IS | precision | recall | samples | img/s | img/CPU-s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {r['fid']:.2f} | {1e3 * r['kid']:.0f} | {r['is']:.2f} | {r['precision']:.3f} | "
+              f"{r['recall']:.3f} | {r['n_fake']} | | |" for name, r in references.items()]
+    lines += [f"| VAE, {args.epochs} epochs ({vae_seconds:.0f} s) | {vae_row['fid']:.2f} | {1e3 * vae_row['kid']:.0f} | "
+             f"{vae_row['is']:.2f} | {vae_row['precision']:.3f} | {vae_row['recall']:.3f} | {vae_row['n_fake']} | | |"]
     for r in rows:
         weights = " + EMA" if r["ema"] else ""
         lines.append(f"| DDPM, {r['times']:g}× ({r['seconds']:.0f} s, {r['epochs']} ep){weights}, {r['sampler']} | "
                      f"{r['fid']:.2f} | {1e3 * r['kid']:.0f} | {r['is']:.2f} | {r['precision']:.3f} | "
-                     f"{r['recall']:.3f} | {r['n_fake']} | {r['images_per_s']:,.0f} |")
+                     f"{r['recall']:.3f} | {r['n_fake']} | {r['images_per_s']:,.1f} | {r['images_per_cpu_s']:,.1f} |")
     return "\n".join(lines)
 
 
@@ -183,6 +201,7 @@ def main(argv=None) -> int:
     classifier, accuracy = feature_classifier(grey)
     print(f"feature classifier: test accuracy {accuracy:.4f}", flush=True)
 
+    references = reference_rows(grey, classifier, args.seed)
     if args.vae_seconds > 0:
         vae_seconds, vae_row = args.vae_seconds, None
         print(f"W fixed at {vae_seconds:g} s (no VAE trained)", flush=True)
@@ -203,14 +222,15 @@ def main(argv=None) -> int:
     state: dict = {"seconds": 0.0, "wall": 0.0, "epochs": 0, "checkpoint": None, "loss": None}
     rows: list[dict] = []
     result = {"settings": {k: str(v) for k, v in vars(args).items()}, "classifier_accuracy": accuracy,
-              "vae_seconds": vae_seconds, "clock": args.clock, "vae": vae_row, "rows": rows}
+              "vae_seconds": vae_seconds, "clock": args.clock, "vae": vae_row,
+              "references": references, "rows": rows}
     out_json = args.json or args.out / "metrics.json"
     for times in args.times:
         train_until(pair, data, times * vae_seconds, state, args)
         rows.extend(snapshot(pair, times, state, grey, classifier, args))
         out_json.write_text(json.dumps(result, indent=1))
     if vae_row is not None:
-        print("\n" + table(rows, vae_row, vae_seconds, args))
+        print("\n" + table(rows, references, vae_row, vae_seconds, args))
     print(f"wrote {out_json} and sample grids in {args.out}")
     return 0
 
