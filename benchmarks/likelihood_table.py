@@ -19,6 +19,12 @@ ppgen VAE's images/s relative to it.
     python benchmarks/likelihood_table.py --epochs 20 --k 1000            # bundled MNIST, modest
     python benchmarks/likelihood_table.py --data /path/to/mnist-idx --epochs 100 --k 5000 \\
         --ais-steps 10000 --device cuda                                    # full MNIST (IDX files)
+    python benchmarks/likelihood_table.py --models ddpm-unet --epochs 20 --ddpm-steps 100 --ddpm-k 10 \
+        --ddpm-iw-points 100 --ddpm-timestep-sampling importance --ais-models none --baseline-epochs 0 [--grey]
+
+DDPM rows (issue 11): the bound L_vlb on the test digits (every term in closed form) with its terms by t, and the
+importance-weighted bound over --ddpm-k forward trajectories on a stratified subset; ``--grey`` trains them on the
+8-bit grey levels with the discretized decoder and adds bits/dim.
 """
 
 from __future__ import annotations
