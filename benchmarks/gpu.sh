@@ -2,6 +2,7 @@
 # ppgen on a GPU machine, in one go (a few minutes; not part of CI, which has no GPU):
 #   1. SVI throughput of both engines (784-400-50 VAE, batch 256) beside plain torch  [benchmarks/svi_vae.py]
 #   2. a diffusion training step (U-Net on MNIST, torch and JAX engines) and sampling  [benchmarks/diffusion.py]
+#      and the CIFAR-10 estimate: 50 timed steps of the 128-channel U-Net at batch 128   [benchmarks/cifar_estimate.py]
 #   3. NUTS ESS/s on VAE latents (JAX on its default device: the GPU with jax[cuda12])  [benchmarks/nuts_latents.py]
 #   4. with 2+ GPUs: data-parallel images/s and the NCCL all-reduce per step            [benchmarks/scaling.py]
 #   5. every family and backend trains one epoch with --device cuda                     [ppgen train]
@@ -31,6 +32,7 @@ $PY benchmarks/svi_vae.py --device cuda --quick --json "$OUT/svi_vae.json" | tee
 log "2. diffusion: training step and sampling (U-Net, MNIST 28x28)"
 $PY benchmarks/diffusion.py speed --data mnist --denoiser unet --device cuda --rounds 10 --samples 256 \
     --json "$OUT/diffusion.json" | tee "$OUT/diffusion.txt"
+$PY benchmarks/cifar_estimate.py --device cuda --steps 50 --amp bf16 | tee "$OUT/cifar_estimate.txt"
 
 log "3. NUTS ESS/s (16 digits x 2 chains, VAE latents)"
 $PY benchmarks/nuts_latents.py --epochs 3 --digits 16 --skip-pyro | tee "$OUT/nuts.txt"
