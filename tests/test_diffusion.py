@@ -407,19 +407,15 @@ def test_importance_sampling_lowers_the_variance_where_the_terms_are_unequal():
     assert (vu - vi > 4 * torch.hypot(si, su)).all(), (vi, vu, si, su)
 
 
-@pytest.mark.parametrize("engine", ["torch", "jax"])
-def test_importance_sampling_trains_on_both_engines_and_carries_its_history(engine):
-    """The history is carried from step to step (on JAX in the mutable site, through the compiled epoch) and back
-    into the torch buffers: every training example's term is recorded; a resumed run equals the uninterrupted one
-    bit for bit, history included; simple + importance is refused in one line."""
+def straight_and_resumed(options: dict, engine: str, lr: float) -> tuple[list[dict], DDPM]:
+    """The state dicts of a DDPM on 256 Gaussian points after 4 epochs straight and after 2 + a resume to 4 (the
+    same seeds), and the resumed pair."""
     data = from_tensor(gaussian_data(256, 0))
-    options = dict(timesteps=8, hidden=(16,), time_dim=8, likelihood="gaussian", objective="vlb",
-                   timestep_sampling="importance")
-    fits = []
+    states = []
     for split in (False, True):
         torch.manual_seed(0)
         pair = DDPM((2,), **options)
-        kw = dict(batch_size=64, lr=1e-3, progress=False, callback=None, seed=3, engine=engine)
+        kw = dict(batch_size=64, lr=lr, progress=False, callback=None, seed=3, engine=engine)
         if split:
             fit = ppgen.fit(pair, data, epochs=2, **kw)
             pair = DDPM((2,), **options)
@@ -427,7 +423,18 @@ def test_importance_sampling_trains_on_both_engines_and_carries_its_history(engi
         else:
             fit = ppgen.fit(pair, data, epochs=4, **kw)
         assert fit.options["engine"] == engine and fit.stopped is None
-        fits.append(pair.state_dict())
+        states.append(pair.state_dict())
+    return states, pair
+
+
+@pytest.mark.parametrize("engine", ["torch", "jax"])
+def test_importance_sampling_trains_on_both_engines_and_carries_its_history(engine):
+    """The history is carried from step to step (on JAX in the mutable site, through the compiled epoch) and back
+    into the torch buffers: every training example's term is recorded; a resumed run equals the uninterrupted one
+    bit for bit, history included; simple + importance is refused in one line."""
+    options = dict(timesteps=8, hidden=(16,), time_dim=8, likelihood="gaussian", objective="vlb",
+                   timestep_sampling="importance")
+    fits, _ = straight_and_resumed(options, engine, lr=1e-3)
     count, values = fits[0]["timestep_history.count"], fits[0]["timestep_history.values"]
     assert int(count.sum()) == 4 * 256 and (count >= 10).all() and (values != 0).all()
     assert all(torch.equal(fits[0][k], fits[1][k]) for k in fits[0])
@@ -675,21 +682,9 @@ def test_ema_is_carried_by_both_engines_used_in_evaluation_and_resumed_exactly(e
     """One update per training step on each engine (JAX: in the mutable site, back into the torch weights); the
     evaluation-mode network is the average, the training-mode one the trained weights; a resumed run equals the
     uninterrupted one bit for bit, the average included; a decay outside [0, 1) is one line."""
-    data = from_tensor(gaussian_data(256, 0))
     options = dict(timesteps=8, hidden=(16,), time_dim=8, likelihood="gaussian", ema=0.9)
-    states = []
-    for split in (False, True):
-        torch.manual_seed(0)
-        pair = DDPM((2,), **options)
-        kw = dict(batch_size=64, lr=1e-2, progress=False, callback=None, seed=3, engine=engine)
-        if split:
-            fit = ppgen.fit(pair, data, epochs=2, **kw)
-            pair = DDPM((2,), **options)
-            fit = ppgen.fit(pair, data, epochs=4, resume=fit.checkpoint(), **kw)
-        else:
-            fit = ppgen.fit(pair, data, epochs=4, **kw)
-        assert fit.options["engine"] == engine and fit.stopped is None
-        states.append(pair.state_dict())
+    states, pair = straight_and_resumed(options, engine, lr=1e-2)
+    data = from_tensor(gaussian_data(256, 0))
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert int(states[0]["ema.count"]) == 4 * 256 // 64
     raw, averaged = states[0]["denoiser.layers.0.weight"], states[0]["ema.shadow.layers.0.weight"]
