@@ -52,13 +52,16 @@ def make_pair(x_shape, args, likelihood: str = "bernoulli") -> DDPM:
                 ema=args.ema)
 
 
-def torch_loop(pair: DDPM, data, batch: int, lr: float, device: str) -> Callable[[int], float]:
+def torch_loop(pair: DDPM, data, batch: int, lr: float, device: str, ema: float = 0.0) -> Callable[[int], float]:
     """The plain PyTorch L_simple loop on a copy of ``pair.denoiser`` (the same weights and schedule): a function
     that runs epoch ``index`` and returns its images/s. Its examples are ``data.train_epoch(index)``, ppgen's
     (a fresh binarization per epoch where the data set has dynamic binarization, drawn inside the timed epoch
-    as ppgen's loop draws it)."""
+    as ppgen's loop draws it). With ``ema`` > 0 it keeps a moving average of the weights after every step, as
+    the diffusers training examples do (``EMAModel.step``), so ppgen's ``--ema`` is compared like for like."""
     net = copy.deepcopy(pair.denoiser).to(device)
     opt = make_adam(net.parameters(), lr)
+    params = list(net.parameters())
+    shadow = [p.detach().clone() for p in params] if ema > 0 else []
     alpha_bar = torch.as_tensor(pair.alpha_bar, dtype=torch.float32, device=device)
     k = len(pair.x_shape)
 
@@ -76,6 +79,9 @@ def torch_loop(pair: DDPM, data, batch: int, lr: float, device: str) -> Callable
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if shadow:
+                with torch.no_grad():
+                    torch._foreach_lerp_(shadow, params, 1.0 - ema)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         return (len(x) // batch) * batch / (time.perf_counter() - start)
@@ -88,7 +94,7 @@ def alternate(pair: DDPM, data, engine: str, args) -> dict:
     ppgen's: the sequence O_0 P_0 O_1 P_1 …, O_0 and P_0 the warm-up (JAX compilation). Round r ≥ 1 gives the ratio
     O_r / ((P_{r−1} + P_r) / 2), ppgen's epoch against the mean of the plain epochs on either side, so a trend in
     the machine's load falls on both alike."""
-    plain = torch_loop(pair, data, args.batch, args.lr, args.device)
+    plain = torch_loop(pair, data, args.batch, args.lr, args.device, args.ema)
     theirs: list[float] = []
 
     def callback(fit) -> None:
@@ -137,7 +143,7 @@ def with_sampler(pair: DDPM, sampler: str) -> DDPM:
     samples with the trained weights instead of their moving average (when ``--ema`` is on)."""
     raw = sampler.startswith("raw-")
     name = sampler.removeprefix("raw-")
-    steps = int(name.split("-")[1]) if name.startswith("ddim-") else 0
+    steps = int(name[5:]) if name.startswith("ddim-") else 0
     config = {**pair.config_dict(), "sampler": "ddim" if steps else "ancestral", "sample_steps": steps}
     other = type(pair).from_config(config)
     other.load_state_dict(pair.state_dict())
@@ -204,6 +210,12 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
+    for sampler in args.samplers or []:
+        name = sampler.removeprefix("raw-")
+        if name != "ancestral" and not (name.startswith("ddim-") and name[5:].isdigit()
+                                        and 1 <= int(name[5:]) <= args.timesteps):
+            p.error(f"--samplers: unknown sampler {sampler!r}; give ancestral or ddim-S with 1 <= S <= --timesteps "
+                    f"({args.timesteps}), each optionally prefixed raw-")
     if args.threads:
         torch.set_num_threads(args.threads)
     result = speed(args) if args.what == "speed" else modes(args)

@@ -673,6 +673,11 @@ def test_weight_average_follows_its_recursion_on_torch_and_jax():
             assert np.allclose(np.asarray(updates["shadow." + name]), mine.numpy(), atol=1e-6)
         assert int(average.count) == n + 1 and int(updates["count"]) == n + 1
     assert not any(p.requires_grad for p in average.parameters())
+    net.double(), average.double()  # new buffer objects: the update lists the tensors again
+    for b in net.buffers():
+        b.add_(1.0)
+    average.update(net)
+    assert all(torch.equal(a, b) for a, b in zip(average.shadow.buffers(), net.buffers())) and list(net.buffers())
     with pytest.raises(ValueError, match="decay"):
         WeightAverage(net, decay=1.0)
 

@@ -46,20 +46,37 @@ class WeightAverage(Network):
     def forward(self, net: nn.Module) -> None:
         """Torch: one update of the shadow towards ``net``'s weights, in place."""
         with torch.no_grad():
-            d = min(self.decay, (1.0 + float(self.count)) / (WARMUP + float(self.count)))
-            mine = [p for _, p in self.shadow.named_parameters()]
-            theirs = [p.detach() for _, p in net.named_parameters()]
-            torch._foreach_lerp_(mine, theirs, 1.0 - d)
-            for mine_b, theirs_b in zip(self.shadow.buffers(), net.buffers()):
-                mine_b.copy_(theirs_b)
-            self.count += 1
+            mine, theirs, mine_buffers, their_buffers = self._tensors_of(net)
+            if self.count.is_cpu:  # reading the count costs nothing here
+                n = float(self.count)
+                weight: Any = 1.0 - min(self.decay, (1.0 + n) / (WARMUP + n))
+            else:  # on a GPU d_n stays a tensor there: reading the count would wait for the device every step
+                n = self.count.to(mine[0].dtype if mine else torch.float32)
+                weight = 1.0 - torch.clamp((1.0 + n) / (WARMUP + n), max=self.decay)
+            torch._foreach_lerp_(mine, theirs, weight)
+            if mine_buffers:
+                torch._foreach_copy_(mine_buffers, their_buffers)
+            self.count.add_(1)
+
+    def _tensors_of(self, net: nn.Module) -> tuple[list[torch.Tensor], ...]:
+        """The shadow's parameters, ``net``'s, the shadow's buffers and ``net``'s, in order; listed once per network
+        (the training step's hot path). ``load_state_dict`` keeps these tensor objects; ``to`` / ``cuda`` of the
+        pair may replace buffers, so :meth:`_apply` lists them again."""
+        if getattr(self, "_listed", None) is None or self._listed[0] is not net:
+            self._listed = (net, list(self.shadow.parameters()), list(net.parameters()), list(self.shadow.buffers()),
+                            list(net.buffers()))
+        return self._listed[1:]
+
+    def _apply(self, fn, recurse: bool = True):
+        self._listed = None
+        return super()._apply(fn, recurse)
 
     def update(self, net: nn.Module) -> None:
         """One update towards ``net``'s current weights, on the backend in use: torch in place; on NumPyro from the
         weights ``pyro.module`` bound to ``net``, into the mutable site ``pyro.module`` bound to this average."""
         mine, theirs = ppl.bound_weights(self), ppl.bound_weights(net)
         if mine is None or theirs is None:
-            self(net)
+            self.forward(net)  # (not through nn.Module.__call__'s hooks: once per training step)
             return
         updates: dict[str, Any] = {}
         self.jax_function()(mine.weights, theirs.weights, updates=updates)
