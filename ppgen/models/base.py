@@ -56,12 +56,25 @@ The protocol
 ``check_data(x)``
     Raises :class:`~ppgen.errors.UserError` (one line, what to do) when ``x`` cannot
     be observed.
+``topic_words()`` / ``sample_proportions(x, n)`` / ``has_topics``
+    A topic model's topic-word scores (topics × vocabulary: β for a product of experts, log p(w | topic) for a
+    mixture) and ``n`` draws of the topic proportions θ ~ q(θ | x) per document, (n, documents, topics);
+    ``ppgen topics`` and the topic figures of ``ppgen evaluate`` work on any pair that has them.
+``sample_steps_option`` / ``sample_steps_config`` / ``in_steps(steps)`` / ``samples_in_steps``
+    For a family that samples in a chosen number of steps: the config field that sets it and any other
+    config values sampling in steps needs (a DDIM sampler); ``in_steps(S)`` is the pair rebuilt with them, the
+    same weights (``ppgen sample --steps S``). ``None`` (the default) for the others.
+``stages``
+    Training stages the family adds after ``ppgen train`` (:class:`Stage`: a second fit on the trained pair,
+    e.g. a learned prior over discrete codes). The ``ppgen`` command makes one subcommand per declared stage
+    and the one training loop trains it; no other file names the stage.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -80,6 +93,34 @@ def switch(value: bool | str) -> bool:
     if isinstance(value, bool):
         return value
     raise UserError(f"expected on or off, got {value!r}")
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A training stage a family adds after ``ppgen train``: ``ppgen <name> RUN`` fits ``module(pair)`` (the rest of
+    the pair stays fixed) by minimizing the mean of ``loss(pair, batch)`` over ``examples(pair, x)`` of the run's
+    training data, in the one training loop (NaN stop with the last good weights, a checkpoint per epoch,
+    resume), then calls ``finish(pair)`` (the pair uses what it learned).
+
+    ``ready(pair)`` says why the stage cannot run yet (``None``: it can); ``metric`` names the per-example loss in
+    the history (``val_<metric>`` on the validation split); ``weights`` are the prefixes of the ``state_dict``
+    entries the stage writes (they go into the run's checkpoint, so training stage one on keeps them);
+    ``options`` overrides the stage's training defaults (epochs, batch_size, lr); ``samples`` ends the title of
+    the samples.png the stage redraws.
+    """
+
+    name: str
+    help: str
+    description: str
+    module: Callable[[Any], nn.Module]
+    examples: Callable[[Any, torch.Tensor], torch.Tensor]
+    loss: Callable[[Any, torch.Tensor], torch.Tensor]
+    metric: str
+    weights: tuple[str, ...]
+    finish: Callable[[Any], None]
+    ready: Callable[[Any], str | None] = lambda pair: None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    samples: str = "after the stage"
+
 
 #: name -> pair class, filled when a family's class is defined (see ``__init_subclass__``)
 REGISTRY: dict[str, type[GenerativeModel]] = {}
@@ -104,6 +145,12 @@ class GenerativeModel(nn.Module):
     has_guide: bool = True
     #: whether ``guide`` is a point mass q(z|x) = δ(z − z(x)): every draw of it is the same z(x)
     point_mass_guide: ClassVar[bool] = False
+    #: the config field with the number of sampling steps, for a family that samples in steps (else None)
+    sample_steps_option: ClassVar[str | None] = None
+    #: other config values that sampling in a chosen number of steps needs
+    sample_steps_config: ClassVar[dict[str, Any]] = {}
+    #: training stages after ``ppgen train`` (each becomes a ``ppgen`` subcommand)
+    stages: ClassVar[tuple[Stage, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -150,9 +197,22 @@ class GenerativeModel(nn.Module):
         """A family's own figures on held-out examples ``x`` (see the module docs); none by default."""
         return {}
 
+    def topic_words(self) -> torch.Tensor:  # pragma: no cover - optional
+        """Topic-word scores, (topics, vocabulary), for a topic model (see the module docs)."""
+        raise NotImplementedError(f"{self.name or type(self).__name__} has no topics")
+
+    def sample_proportions(self, x: torch.Tensor, n: int) -> torch.Tensor:  # pragma: no cover - optional
+        """``n`` draws of the topic proportions θ ~ q(θ | x), (n, documents, topics), for a topic model."""
+        raise NotImplementedError(f"{self.name or type(self).__name__} has no topics")
+
     # -- what a caller may ask ------------------------------------------------------
+    @classmethod
+    def declares(cls, method: str) -> bool:
+        """Whether the family defines ``method`` of the protocol itself (not the default)."""
+        return getattr(cls, method) is not getattr(GenerativeModel, method)
+
     def _overrides(self, method: str) -> bool:
-        return getattr(type(self), method) is not getattr(GenerativeModel, method)
+        return type(self).declares(method)
 
     @property
     def can_generate(self) -> bool:
@@ -165,6 +225,10 @@ class GenerativeModel(nn.Module):
     @property
     def can_reconstruct(self) -> bool:
         return self.has_encoder and self._overrides("reconstruct")
+
+    @property
+    def has_topics(self) -> bool:
+        return self._overrides("topic_words") and self._overrides("sample_proportions")
 
     @property
     def has_objective(self) -> bool:
@@ -215,6 +279,19 @@ class GenerativeModel(nn.Module):
             if f.name not in values and "absent" in f.metadata:
                 values[f.name] = f.metadata["absent"]
         return cls(**values)
+
+    @property
+    def samples_in_steps(self) -> bool:
+        return self.sample_steps_option is not None
+
+    def in_steps(self, steps: int) -> GenerativeModel:
+        """The pair rebuilt to sample in ``steps`` steps, with the same weights (see the module docs)."""
+        if self.sample_steps_option is None:
+            raise UserError(f"{self.who} does not sample in steps")
+        config = {**self.config_dict(), **self.sample_steps_config, self.sample_steps_option: steps}
+        faster = type(self).from_config(config)
+        faster.load_state_dict(self.state_dict())
+        return faster.eval()
 
     def check_data(self, x: torch.Tensor, what: str = "data") -> None:
         """Raise :class:`UserError` if ``x`` cannot be observed by this pair."""

@@ -256,6 +256,8 @@ class DDPM(GenerativeModel):
 
     name = "ddpm"
     Config = DDPMConfig
+    sample_steps_option = "sample_steps"  # `ppgen sample --steps S`: DDIM in S steps
+    sample_steps_config = {"sampler": "ddim"}
 
     def __init__(self, x_shape: Sequence[int] = (1, 28, 28), likelihood: str = "bernoulli",
                  hidden: Sequence[int] = (256, 256), timesteps: int = 100, schedule: str = "linear",

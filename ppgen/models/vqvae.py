@@ -15,7 +15,8 @@ The pair. The latent site ``"z"`` is the grid of code indices k ∈ {1..K}^{h×w
 * **model** p(k) p(x | e_k): stage one, a uniform prior, log p(k) = −hw log K (the "KL" of the
   paper is that constant); stage two, an autoregressive prior over the grid in raster order,
   p(k) = Π_ij p(k_ij | k_<ij), a small PixelCNN with masked convolutions (van den Oord et al., 2016)
-  fitted by maximum likelihood on the codes of the training set (:func:`fit_prior`).
+  fitted by maximum likelihood on the codes of the training set (the stage ``prior``: ``ppgen prior RUN``,
+  or :func:`ppgen.inference.stages.fit_stage` with ``name='prior'``).
 
 The bound. For any q over the discrete grids, log p(x) ≥ E_q[log p(x, k) − log q(k | x)]. With
 q a point mass (probability one at k(x), entropy zero) it is
@@ -57,7 +58,6 @@ still kept, for usage and restarts).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,7 +68,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ppgen.errors import UserError
-from ppgen.models.base import LIKELIHOODS, GenerativeModel, observation_dist, observation_mean
+from ppgen.models.base import LIKELIHOODS, GenerativeModel, Stage, observation_dist, observation_mean
 from ppgen.nn import parallel
 from ppgen.ppl import dist, pyro
 
@@ -341,7 +341,7 @@ class VQVAE(GenerativeModel):
             return self.quantize(x)[1]
 
     def code_prior(self) -> CodeGridPrior:
-        """p(k): the PixelCNN once :func:`fit_prior` has run, else uniform."""
+        """p(k): the PixelCNN once the stage ``prior`` has run, else uniform."""
         return CodeGridPrior(self.prior_net if bool(self.prior_fitted) else None, self.config.codes, self.grid)
 
     def observation(self, z_q: torch.Tensor):
@@ -439,70 +439,38 @@ def _check_config(c: VQVAEConfig) -> None:
     grid_of(c.x_shape, c.downsample)
 
 
-# -- stage two ----------------------------------------------------------------------------------------------------
-def prior_state(pair: VQVAE) -> dict[str, torch.Tensor]:
-    """The entries of ``pair.state_dict()`` that hold its prior over the codes: the PixelCNN and ``prior_fitted``."""
-    return {k: v.detach().clone() for k, v in pair.state_dict().items()
-            if k.startswith("prior_net.") or k == "prior_fitted"}
-
-
-def fit_prior(pair: VQVAE, data: Any, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-              fresh_codes: bool = True, log=None) -> list[dict[str, float]]:
-    """Fit the PixelCNN prior by maximum likelihood on the codes k(x) of the training set, then make the pair use it.
-
-    ``data`` is a :class:`ppgen.data.Dataset` (with ``fresh_codes``, epoch e uses the codes of
-    ``data.train_epoch(e)``, a fresh binarization under dynamic binarization; else those of epoch 0 throughout, as
-    the reference implementations extract them once; validation NLL on ``data.val``) or a tensor of training
-    images. The encoder, codebook and decoder stay fixed. Returns one row per epoch: ``prior_nll`` (training,
-    nats per grid), ``val_prior_nll`` (where there is validation data), ``seconds`` (the training steps),
-    ``grids_per_s`` (grids trained per second of those) and ``extract_seconds`` (encoding that epoch's codes).
-    Raises a one-line UserError before stage one has trained (no codebook step has run).
-    """
+# -- stage two: ``ppgen prior RUN`` (declared in ``VQVAE.stages``, trained by the one training loop) -------------------
+def _prior_ready(pair: VQVAE) -> str | None:
     if int(pair.quantizer.steps) == 0:
-        raise UserError("the VQ-VAE has not been trained yet (stage one): train it first "
-                        "(ppgen train vqvae ...), then fit its prior")
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise UserError("fit_prior needs epochs >= 1, batch_size >= 1 and lr > 0")
-    device = pair.quantizer.embed.device
-    train = data.train_epoch if hasattr(data, "train_epoch") else (lambda e: data)
-    val = getattr(data, "val", torch.empty(0))
-    was_training = pair.training
-    pair.eval()
-    val_codes = pair.codes(val.to(device)) if len(val) else None
-    net = pair.prior_net
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    history = []
-    codes = None
-    for epoch in range(epochs):
-        start = time.perf_counter()
-        if codes is None or fresh_codes:
-            codes = pair.codes(train(epoch).to(device))
-        extract = time.perf_counter() - start
-        start = time.perf_counter()
-        order = torch.randperm(len(codes), generator=g).to(device)
-        batch = min(batch_size, len(codes))
-        steps = max(1, len(codes) // batch)
-        total = 0.0
-        net.train()
-        for step in range(steps):
-            kb = codes[order[step * batch:(step + 1) * batch]]
-            optimizer.zero_grad(set_to_none=True)
-            loss = -net.log_prob(kb).mean()
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-        seconds = time.perf_counter() - start
-        row = {"epoch": epoch + 1, "prior_nll": total / steps, "seconds": seconds, "grids_per_s": steps * batch / seconds,
-               "extract_seconds": extract}
-        net.eval()
-        if val_codes is not None:
-            with torch.no_grad():
-                row["val_prior_nll"] = float(-net.log_prob(val_codes).mean())
-        history.append(row)
-        if log is not None:
-            log(f"prior epoch {epoch + 1:3d}  train NLL {row['prior_nll']:8.3f}"
-                + (f"  val NLL {row['val_prior_nll']:8.3f}" if "val_prior_nll" in row else "") + " nats per grid")
+        return ("the VQ-VAE has not been trained yet (stage one): train it first (ppgen train vqvae ...), then fit "
+                "its prior")
+    return None
+
+
+def _prior_nll(pair: VQVAE, k: torch.Tensor) -> torch.Tensor:
+    """−log p(k) per grid under the PixelCNN, in nats."""
+    return -pair.prior_net.log_prob(k)
+
+
+def _use_prior(pair: VQVAE) -> None:
     pair.prior_fitted.fill_(True)
-    pair.train(was_training)
-    return history
+
+
+PRIOR = Stage(
+    name="prior",
+    help="vqvae stage two: fit an autoregressive prior (PixelCNN) over a run's codes",
+    description="Fit the PixelCNN prior of a trained VQ-VAE run by maximum likelihood on the codes of its training "
+                "data; the run then samples codes from it and its bound is log p(x|z_q) + log p_prior(z_q). Rewrites "
+                "model.pt, samples.png and the checkpoint (a later `ppgen train --resume RUN` keeps training with the "
+                "prior), adds prior_history.csv and metrics.json's \"prior\".",
+    module=lambda pair: pair.prior_net,
+    examples=lambda pair, x: pair.codes(x),
+    loss=_prior_nll,
+    metric="prior_nll",
+    weights=("prior_net.", "prior_fitted"),
+    finish=_use_prior,
+    ready=_prior_ready,
+    options={"epochs": 20, "batch_size": 64, "lr": 1e-3},
+    samples="codes from the learned prior",
+)
+VQVAE.stages = (PRIOR,)

@@ -1,0 +1,16 @@
+"""``ppgen models``: the registered model families, one per line."""
+
+from __future__ import annotations
+
+
+def add(sub) -> None:
+    sub.add_parser("models", help="list the model families", description="List the model families, one per line."
+                   ).set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ppgen import models
+
+    for name, line in models.describe().items():
+        print(f"{name:14s} {line}")
+    return 0
