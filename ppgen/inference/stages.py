@@ -68,6 +68,7 @@ class StageExamples:
         self.pair, self.stage, self.data = pair, stage, data
         self.train = data.train
         self.seconds = 0.0  # how long the last ``train_epoch`` took to derive its examples
+        self._derived: tuple[torch.Tensor, torch.Tensor] | None = None  # (data, examples) of the last epoch
 
     def examples(self, x: torch.Tensor) -> torch.Tensor:
         """``stage.examples`` of ``x`` with the pair in evaluation mode and no gradient (the pair is fixed)."""
@@ -81,10 +82,14 @@ class StageExamples:
             self.pair.train(was_training)
 
     def train_epoch(self, index: int) -> torch.Tensor:
+        """The examples of epoch ``index``'s training data (derived again only where those data changed: a fresh
+        binarization gives fresh examples, fixed data keep theirs; the pair is fixed during the stage)."""
         start = time.perf_counter()
-        examples = self.examples(self.data.train_epoch(index))
+        x = self.data.train_epoch(index)
+        if self._derived is None or self._derived[0] is not x:
+            self._derived = (x, self.examples(x))
         self.seconds = time.perf_counter() - start
-        return examples
+        return self._derived[1]
 
 
 @dataclass
@@ -157,7 +162,7 @@ def validation_loss(stage, examples: StageExamples) -> Callable[[Fit], dict]:
 
 def fit_stage(pair, name: str, data, *, resume: dict | None = None, progress: bool | None = False,
               on_epoch_end: Callable[[Fit], None] | None = None, **options: Any) -> Fit:
-    """Fit the stage ``name`` of ``pair`` on the :class:`~ppgen.data.Dataset` ``data`` (options: epochs,
+    """Fit the stage ``name`` of ``pair`` on the :class:`~ppgen.data.Dataset` (or tensor) ``data`` (options: epochs,
     batch_size, lr, seed; the stage's own defaults otherwise), then make the pair use it; one history row per
     epoch (``<metric>``, ``val_<metric>`` where there is validation data, ``examples_per_s`` over the training
     steps, ``extract_seconds`` deriving the epoch's examples, the loop's timings).
@@ -165,6 +170,10 @@ def fit_stage(pair, name: str, data, *, resume: dict | None = None, progress: bo
     Refused in one line where the stage cannot run yet (``stage.ready``). A NaN or infinite loss stops it with the
     last good epoch's weights (``fit.stopped`` says so); the pair then uses those.
     """
+    from ppgen.data import Dataset, from_tensor
+
+    if not isinstance(data, Dataset):  # a tensor of training examples
+        data = from_tensor(torch.as_tensor(data))
     stage = stage_named(pair, name)
     problem = stage.ready(pair)
     if problem:
