@@ -143,3 +143,23 @@ def test_model_flags_and_their_choices_come_from_the_config_fields(monkeypatch, 
     action = next(a for a in parser._actions if a.dest == "mixing")
     assert action.option_strings == ["--mixing"] and action.choices == offered
     assert "one/two: how it mixes (default: the family's own)" == action.help
+
+
+def test_a_family_adds_its_own_subcommand_by_declaring_a_stage(monkeypatch, capsys):
+    """A stage declared on a family (here a VQ-VAE variant under another name) becomes ``ppgen <stage>`` with the
+    stage's own help and defaults; nothing in the shared layers names it."""
+    from ppgen.models.base import Stage
+
+    warmup = Stage(name="warmup", help="the toy's warm-up stage", description="Warm the toy up.",
+                   module=PRIOR.module, examples=PRIOR.examples, loss=PRIOR.loss, metric="toy_nll",
+                   weights=PRIOR.weights, finish=PRIOR.finish, options={"epochs": 7})
+    toy = type("Toy", (VQVAE,), {"stages": (warmup,)})  # unnamed: not registered by its definition
+    monkeypatch.setitem(models.REGISTRY, "toy", toy)
+    with pytest.raises(SystemExit) as exc:
+        main(["warmup", "--help"])
+    shown = capsys.readouterr().out
+    assert exc.value.code == 0 and "Warm the toy up." in shown and "(toy)" in shown and "(default 7)" in shown
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    listed = capsys.readouterr().out
+    assert "warmup" in listed and "the toy's warm-up stage" in listed and "prior" in listed
