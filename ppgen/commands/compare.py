@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from ppgen.commands.args import non_negative
 from ppgen.errors import UserError
 
 
-def add(sub) -> None:
+def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="NUTS on p(z|x) beside the encoder's q(z|x): distances and the inference gap",
                        description="Sample p(z | x, θ) with NUTS (NumPyro; the trained decoder fixed) for test "
                                    "points, compare it with the encoder's q(z | x) (KL, W2, interval coverage, PSIS "
@@ -27,7 +28,7 @@ def add(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ppgen import runs, workflows
 
     if args.points < 1 or args.chains < 1 or args.samples < 1 or args.warmup < 0 or args.steps < 0 or args.iwae < 1:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 
-def add(sub) -> None:
+
+def add(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("data", help="list the bundled data sets", description="List the bundled data sets, one per line; "
                    "any path to IDX files, .npz or .npy also works as --data.").set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ppgen import data
 
     for name, line in data.describe().items():

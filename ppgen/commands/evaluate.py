@@ -3,6 +3,7 @@ sample quality, and the same after rejection sampling."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from ppgen.commands.args import (
 )
 
 
-def add(sub) -> None:
+def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="held-out ELBO, IWAE log-likelihood, KL per dimension, active units",
                        description="Evaluate a trained run on held-out data: ELBO, the IWAE-K estimate of log p(x) "
                                    "(and bits/dim), KL per latent dimension, active units and I(x; z).")
@@ -42,7 +43,7 @@ def add(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ppgen import workflows
 
     if args.rejection:

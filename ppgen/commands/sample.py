@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from ppgen.commands.args import add_rejection, check_rejection, non_negative, positive
 
 
-def add(sub) -> None:
+def add(sub: argparse._SubParsersAction) -> None:
     from ppgen.workflows.sample import steps_families
 
     p = sub.add_parser("sample", help="draw from a trained model into a picture or .npy file",
@@ -22,7 +23,7 @@ def add(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ppgen import workflows
 
     rejection = None

@@ -4,12 +4,13 @@ built from the declaration: its name, help and description, and flags from
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from ppgen.commands.args import add_option_flags
 
 
-def add(sub) -> None:
+def add(sub: argparse._SubParsersAction) -> None:
     from ppgen.inference.stages import StageOptions
     from ppgen.workflows import declared_stages
 
@@ -25,7 +26,7 @@ def add(sub) -> None:
         p.set_defaults(func=run, stage=name)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ppgen import workflows
     from ppgen.inference.options import cli_flags
     from ppgen.inference.stages import StageOptions

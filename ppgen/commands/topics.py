@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 from ppgen.commands.args import positive
 
 
-def add(sub) -> None:
+def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("topics", help="a topic model's topics: top words and NPMI coherence",
                        description="Print each topic's top words with its NPMI coherence (document co-occurrence "
                                    "on the run's held-out documents, or on --reference), best first; write "
@@ -22,7 +23,7 @@ def add(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ppgen import workflows
 
     result = workflows.topics_run(args.run, n=args.words, split=args.split, reference=args.reference)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ RESUME_ALLOWED = ("command", "func", "model", "model_keys", "resume", "epochs", 
 NAMED_FAMILIES = 4
 
 
-def add(sub) -> None:
+def add(sub: argparse._SubParsersAction) -> None:
     from ppgen.workflows import CLI_DEFAULTS
 
     p = sub.add_parser("train", help="train a model (SVI, or adversarially) and write a run directory",
@@ -92,7 +93,7 @@ def _shown(value) -> str:
     return ",".join(str(v) for v in value) if isinstance(value, tuple | list) else str(value)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ppgen import workflows
     from ppgen.inference import distributed
 
