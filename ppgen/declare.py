@@ -80,7 +80,8 @@ def as_switch(v: Any) -> Any:
     return ("on" if v else "off") if isinstance(v, bool) else v
 
 
-def _converting(check: Check, convert: Callable[[Any], Any]) -> Check:
+def with_convert(check: Check, convert: Callable[[Any], Any]) -> Check:
+    """``check``, carrying ``convert`` (applied by :func:`validate` before the check)."""
     check.convert = convert  # type: ignore[attr-defined]
     return check
 
@@ -101,7 +102,7 @@ def whole_at_least(least: int, unit: str = "") -> Check:
     def check(v: Any) -> str | None:
         return None if _is_int(v) and v >= least else said
 
-    return _converting(check, as_int)
+    return with_convert(check, as_int)
 
 
 def probability(v: Any) -> str | None:
@@ -130,9 +131,9 @@ def fraction(v: Any) -> str | None:
 
 
 for _check in (positive_int, nonnegative_int, seed_int):
-    _converting(_check, as_int)
+    with_convert(_check, as_int)
 for _check in (probability, positive_float, nonnegative_float, decay_rate, fraction):
-    _converting(_check, as_float)
+    with_convert(_check, as_float)
 
 
 def one_of(choices: tuple[str, ...], what: str) -> Check:
@@ -149,7 +150,7 @@ def on_off(v: Any) -> str | None:
 
 
 on_off.choices = SWITCH  # type: ignore[attr-defined]
-_converting(on_off, as_switch)
+with_convert(on_off, as_switch)
 
 
 def device_name(v: Any) -> str | None:
@@ -165,7 +166,7 @@ def sizes(v: Any) -> str | None:
     return "must be one or more positive whole numbers such as 400 or 512,256"
 
 
-_converting(sizes, as_sizes)
+with_convert(sizes, as_sizes)
 
 
 def shape(v: Any) -> str | None:
@@ -175,7 +176,7 @@ def shape(v: Any) -> str | None:
     return "must be the shape of one example: positive whole numbers such as (1, 28, 28)"
 
 
-_converting(shape, as_sizes)
+with_convert(shape, as_sizes)
 
 
 def optional_sizes(v: Any) -> str | None:

@@ -3,9 +3,10 @@
 A family subclasses :class:`GenerativeModel`, sets ``name`` and ``Config`` (a frozen
 dataclass that round-trips through JSON, each field declared once with its default,
 check and help by :func:`ppgen.declare.option`) and writes ``model`` and ``guide`` side
-by side; ``Family(**options)`` builds ``Config(**options)``, whose ``__post_init__`` checks
-them (:func:`ppgen.declare.validate`, then the checks that involve several fields), and the
-family's ``__init__`` builds its networks from ``self.config``. Defining the class registers it under ``name`` (``ppgen models`` lists it); no
+by side. ``Family(**options)`` builds ``Config(**options)``, whose ``__post_init__`` checks
+them (:func:`ppgen.declare.validate`, then the checks that involve several fields); the
+family's ``__init__(*args, **options)`` then builds its networks from ``self.config``.
+Defining the class registers it under ``name`` (``ppgen models`` lists it); no
 other file needs to know it. Nothing outside this module probes a pair with
 ``getattr``/``hasattr``: everything a caller may ask is declared here, with a default.
 

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ppgen.declare import OptionError, as_sizes, boolean, option, sizes, validate
+from ppgen.declare import OptionError, as_sizes, boolean, option, sizes, validate, with_convert
 from ppgen.models.base import GenerativeModel, likelihood_option, observation_dist, observation_mean, x_shape_option
 from ppgen.nn import GaussianMLP, MLPDecoder
 from ppgen.ppl import dist, pyro
@@ -56,7 +56,7 @@ def stages(v: Any) -> str | None:
                             "e.g. (400, 200) or ((400,), (200,))")
 
 
-stages.convert = as_stages  # type: ignore[attr-defined]
+with_convert(stages, as_stages)
 
 
 def latent_sizes(v: Any) -> str | None:
@@ -64,7 +64,7 @@ def latent_sizes(v: Any) -> str | None:
     return problem and "every latent size must be a positive whole number, one per layer, bottom first, e.g. (50, 20)"
 
 
-latent_sizes.convert = as_sizes  # type: ignore[attr-defined]
+with_convert(latent_sizes, as_sizes)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import torch
 from pyro.distributions import TorchDistribution, constraints
 from torch import nn
 
-from ppgen.declare import as_int, option, positive_int, validate
+from ppgen.declare import as_int, option, positive_int, validate, with_convert
 from ppgen.errors import UserError
 from ppgen.models.base import GenerativeModel, check_observations, x_shape_option
 from ppgen.nn import Network
@@ -45,7 +45,7 @@ def _hidden_units(v: Any) -> str | None:
     return positive_int(v) and "must be a positive whole number (the number of hidden units)"
 
 
-_hidden_units.convert = _one_size  # type: ignore[attr-defined]
+with_convert(_hidden_units, _one_size)
 
 
 @dataclass(frozen=True)
