@@ -27,7 +27,8 @@ LAYERS = [
     {"ppgen.sites", "ppgen.ppl"},
 ]
 #: leaves anyone may use; they import only each other (``runs`` rebuilds pairs, so it may also use models)
-LEAVES = {"ppgen.data": set(), "ppgen.plots": set(), "ppgen.errors": set(), "ppgen.runs": {"ppgen.models"}}
+LEAVES = {"ppgen.data": set(), "ppgen.plots": set(), "ppgen.errors": set(), "ppgen.declare": set(),
+          "ppgen.runs": {"ppgen.models"}}
 
 
 def module_name(path: Path) -> str:

@@ -1,8 +1,12 @@
 """The pair protocol: what every backend, estimator and workflow may ask of a model/guide pair.
 
 A family subclasses :class:`GenerativeModel`, sets ``name`` and ``Config`` (a frozen
-dataclass that round-trips through JSON) and writes ``model`` and ``guide`` side by
-side. Defining the class registers it under ``name`` (``ppgen models`` lists it); no
+dataclass that round-trips through JSON, each field declared once with its default,
+check and help by :func:`ppgen.declare.option`) and writes ``model`` and ``guide`` side
+by side. ``Family(**options)`` builds ``Config(**options)``, whose ``__post_init__`` checks
+them (:func:`ppgen.declare.validate`, then the checks that involve several fields); the
+family's ``__init__(*args, **options)`` then builds its networks from ``self.config``.
+Defining the class registers it under ``name`` (``ppgen models`` lists it); no
 other file needs to know it. Nothing outside this module probes a pair with
 ``getattr``/``hasattr``: everything a caller may ask is declared here, with a default.
 
@@ -80,19 +84,21 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ppgen.declare import one_of, option, shape
 from ppgen.errors import UserError
 
 LIKELIHOODS = ("bernoulli", "cbernoulli", "gaussian")
-SWITCH = ("on", "off")
 
 
-def switch(value: bool | str) -> bool:
-    """A config switch given as True/False or "on"/"off" (the CLI's ``--batch-norm on|off``)."""
-    if value in SWITCH:
-        return value == "on"
-    if isinstance(value, bool):
-        return value
-    raise UserError(f"expected on or off, got {value!r}")
+def x_shape_option(default: tuple[int, ...]) -> Any:
+    """The ``x_shape`` field every family's ``Config`` has: set from the data by ``ppgen train``, not a flag."""
+    return option(default, shape, "shape of one example (ppgen train sets it from the data)", cli=False)
+
+
+def likelihood_option(default: str = "bernoulli", choices: tuple[str, ...] = LIKELIHOODS) -> Any:
+    """The observation model p(x | z), one of ``choices``."""
+    return option(default, one_of(choices, "likelihood"), "observation model p(x|z): " + ", ".join(choices))
+
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
@@ -162,9 +168,18 @@ class GenerativeModel(nn.Module):
                                 f"{cls.__module__}.{cls.__qualname__}")
             REGISTRY[name] = cls
 
-    def __init__(self, config: Any):
+    def __init__(self, *args: Any, **options: Any):
+        """``Family(**options)`` is ``Family(Family.Config(**options))``: the config checks every option against its
+        declaration (positional values bind in the Config's field order); the family then builds its networks from
+        ``self.config``. A family's ``__init__`` takes ``(*args, **options)`` and repeats no default."""
         super().__init__()
-        self.config = config
+        self.config = self._config_of(args, options)
+
+    @classmethod
+    def _config_of(cls, args: tuple, options: dict[str, Any]) -> Any:
+        if len(args) == 1 and not options and (cls.Config is object or isinstance(args[0], cls.Config)):
+            return args[0]  # a built config (any object, for a pair that declares no Config)
+        return cls.Config(*args, **options)
 
     # -- the pair -----------------------------------------------------------------
     def model(self, x: torch.Tensor) -> None:  # pragma: no cover - abstract
@@ -312,8 +327,8 @@ def check_observations(x: torch.Tensor, x_shape: tuple[int, ...], likelihood: st
         raise UserError(f"{what} holds NaN or infinite values in {bad} example(s); remove or impute them")
     if likelihood == "bernoulli" and not ((x == 0) | (x == 1)).all():
         raise UserError(
-            f"{what} is not binary but the likelihood is Bernoulli; binarize it (--binarize dynamic|static|threshold) "
-            "or use --likelihood cbernoulli or gaussian"
+            f"{what} is not binary but the likelihood is Bernoulli; binarize it (binarize: dynamic, static or "
+            "threshold) or use likelihood cbernoulli or gaussian"
         )
     if likelihood == "cbernoulli" and ((x < 0) | (x > 1)).any():
         raise UserError(f"{what} lies outside [0, 1] but the likelihood is continuous Bernoulli; rescale it to [0, 1]")
