@@ -14,6 +14,14 @@ The protocol
     ``data_plate``; plates nested inside it (words of a document, pixels) are summed
     per example by :mod:`ppgen.sites`, the one place where log densities become
     per-example numbers.
+``inputs`` / ``model(x, *inputs)``, ``guide(x, *inputs)``
+    The names of the data set's input columns (:mod:`ppgen.data`: labels, covariates) the pair
+    takes beside x, in the order ``model`` and ``guide`` take them; ``()`` by default, and then
+    everything calls ``model(x)``. Every engine, estimator and NUTS hands each example's row of
+    each column beside it (the same shuffle, the same chunks; inside a ``particles`` plate the
+    columns keep the data plate's shape, so a network broadcasts them against z). A missing
+    entry is −1 in an integer column and NaN in a float one (``ppgen.data.observed`` gives the
+    mask); ``check_inputs`` says whether the pair accepts the columns.
 ``has_guide``
     False for an implicit generator without an encoder: no ELBO, no q(z|x).
 ``latent_sites``
@@ -56,6 +64,8 @@ The protocol
 ``check_data(x)``
     Raises :class:`~ppgen.errors.UserError` (one line, what to do) when ``x`` cannot
     be observed.
+``check_inputs(x, inputs)``
+    Likewise for the input columns beside ``x``: by default one row per example of each.
 """
 
 from __future__ import annotations
@@ -104,6 +114,8 @@ class GenerativeModel(nn.Module):
     has_guide: bool = True
     #: whether ``guide`` is a point mass q(z|x) = δ(z − z(x)): every draw of it is the same z(x)
     point_mass_guide: ClassVar[bool] = False
+    #: the data set's input columns ``model(x, *inputs)`` and ``guide(x, *inputs)`` take beside x
+    inputs: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -219,6 +231,17 @@ class GenerativeModel(nn.Module):
     def check_data(self, x: torch.Tensor, what: str = "data") -> None:
         """Raise :class:`UserError` if ``x`` cannot be observed by this pair."""
         check_observations(x, self.x_shape, self.likelihood, what)
+
+    def check_inputs(self, x: torch.Tensor, inputs: tuple[torch.Tensor, ...], what: str = "data") -> None:
+        """Raise :class:`UserError` unless ``inputs`` are the pair's columns for ``x``: one per name in
+        ``self.inputs``, each with one row per example."""
+        if len(inputs) != len(self.inputs):
+            raise UserError(f"{self.who} takes the input columns ({', '.join(self.inputs) or 'none'}) beside x but "
+                            f"was given {len(inputs)}; pass one column per name, in that order")
+        for name, column in zip(self.inputs, inputs):
+            if column.shape[:1] != x.shape[:1]:
+                raise UserError(f"{what}: input column {name!r} has {column.shape[0] if column.ndim else 0} rows "
+                                f"but there are {x.shape[0]} examples; give one row per example")
 
 
 def check_observations(x: torch.Tensor, x_shape: tuple[int, ...], likelihood: str, what: str = "data") -> None:
