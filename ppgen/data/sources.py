@@ -281,6 +281,20 @@ def labels_of(columns: dict[str, np.ndarray]) -> np.ndarray | None:
     return next((columns[k] for k in LABEL_KEYS if k in columns and columns[k].dtype.kind == "i"), None)
 
 
+def is_table(name: str) -> bool:
+    """Whether ``name`` is a CSV file of numbers (a table of examples), not a text corpus: a ``.csv`` path named
+    without ``:COLUMN`` whose header has no ``text`` column (:mod:`ppgen.data.text` reads those)."""
+    path = Path(name)
+    if path.suffix.lower() != ".csv" or not path.is_file():
+        return False
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = f.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return "text" not in [h.strip() for h in header.split(",")]
+
+
 def csv_file(path: Path, inputs: tuple[str, ...] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A CSV file with a header row: the columns named in ``inputs`` (default: a column named ``y``,
     ``labels`` or ``targets``, if any) are input columns, every other column is a feature of x (N, D).
