@@ -249,6 +249,24 @@ def test_nuts_per_point_sees_each_points_inputs():
             assert abs(draws[:, :, p, j].mean() - exact[p, j]) < Z * sd[j] / math.sqrt(ess), (p, j)
 
 
+def test_pyros_nuts_per_point_sees_each_points_inputs():
+    """The fallback sampler (Pyro's NUTS, for a pair that does not lower) runs each point with its own label."""
+    import arviz as az
+
+    from ppgen.inference import mcmc
+
+    pair = ConditionalLinear()
+    x, y = linear_data(pair, 2, seed=4)
+    out, _, _ = mcmc._pyro_nuts(pair, x, True, inputs=(y,), chains=2, warmup=150, samples=300, seed=0,
+                                target_accept=0.8, max_tree_depth=6, dense_mass=False)
+    exact = pair.posterior_mean(x, y).detach().numpy()
+    sd = pair.encoder.sd.detach().numpy()
+    for p in range(2):
+        for j in range(K):
+            draws = out["z"][:, :, p, j]
+            assert abs(draws.mean() - exact[p, j]) < Z * sd[j] / math.sqrt(float(az.ess(draws))), (p, j)
+
+
 # -- the conditional VAE ---------------------------------------------------------------------------------------------
 def small_cvae(seed: int = 0, **kw):
     torch.manual_seed(seed)
@@ -377,3 +395,19 @@ def test_cvae_refuses_missing_or_out_of_range_labels():
         ppgen.fit(pair, from_tensor(x), backend="svi", epochs=1, progress=False)
     with pytest.raises(UserError, match="encode"):
         pair.encode(x)
+
+
+def test_cvae_config_and_weights_round_trip():
+    import json
+
+    from ppgen.models import CVAE
+
+    pair = small_cvae(hidden=(16,), z_dim=2, classes=4, label_column="digit")
+    assert pair.inputs == ("digit",)
+    again = CVAE.from_config(json.loads(json.dumps(pair.config_dict())))
+    assert again.config == pair.config
+    again.load_state_dict(pair.state_dict())
+    x = torch.bernoulli(torch.full((6, 1, 8, 8), 0.5))
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(again.reconstruct(x, y), pair.reconstruct(x, y))

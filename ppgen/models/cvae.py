@@ -22,7 +22,7 @@ sum W_x x + W_y one-hot(y) = W_x x + W_y[:, y]: a learned vector per class added
 hidden layer's pre-activation (:class:`LabelledMLP`), which broadcasts over the particles an
 estimator draws and lowers to JAX (a row lookup), so both SVI engines and NUTS run the pair.
 
-Labels. The pair reads the input column ``label`` (default ``y``, the bundled digits' labels)
+Labels. The pair reads the input column ``label_column`` (default ``y``, the bundled digits' labels)
 and needs it for every example, as integers 0 ≤ y < ``classes``: ``check_inputs`` refuses a
 column with missing entries (−1, see :mod:`ppgen.data`) and says what to do. Enumerating a
 missing label (the semi-supervised M2 model) is another family.
@@ -106,7 +106,8 @@ class CVAEConfig:
     likelihood: str = "bernoulli"
     hidden: tuple[int, ...] = (400,)
     classes: int = field(default=10, metadata={"help": "number of classes of the label y (0 .. classes-1)"})
-    label: str = field(default="y", metadata={"help": "the data set's input column holding the label"})
+    label_column: str = field(default="y", metadata={"help": "the data set's input column holding the label "
+                                                            "(bundled digits: y)"})
 
 
 class CVAE(GenerativeModel):
@@ -116,16 +117,16 @@ class CVAE(GenerativeModel):
     Config = CVAEConfig
 
     def __init__(self, x_shape: Sequence[int] = (1, 28, 28), z_dim: int = 20, likelihood: str = "bernoulli",
-                 hidden: Sequence[int] = (400,), classes: int = 10, label: str = "y"):
+                 hidden: Sequence[int] = (400,), classes: int = 10, label_column: str = "y"):
         if likelihood not in LIKELIHOODS:
             raise UserError(f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
         if int(z_dim) < 1 or not hidden or min(hidden) < 1:
             raise UserError("z_dim and every hidden size must be positive integers")
         if int(classes) < 2:
             raise UserError(f"classes must be at least 2, got {classes!r}")
-        if not isinstance(label, str) or not label:
-            raise UserError("label must name the data set's column that holds the labels (e.g. y)")
-        config = CVAEConfig(tuple(x_shape), int(z_dim), likelihood, tuple(hidden), int(classes), label)
+        if not isinstance(label_column, str) or not label_column:
+            raise UserError("label_column must name the data set's column that holds the labels (e.g. y)")
+        config = CVAEConfig(tuple(x_shape), int(z_dim), likelihood, tuple(hidden), int(classes), label_column)
         super().__init__(config)
         n_params = 2 if likelihood == "gaussian" else 1
         self.encoder = LabelledEncoder(config.x_shape, config.classes, config.z_dim, config.hidden)
@@ -134,7 +135,7 @@ class CVAE(GenerativeModel):
     @property
     def inputs(self) -> tuple[str, ...]:
         """The one input column: the label."""
-        return (self.config.label,)
+        return (self.config.label_column,)
 
     def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
         pyro.module("decoder", self.decoder)
@@ -152,7 +153,7 @@ class CVAE(GenerativeModel):
         """Every example needs its label, a whole number in [0, classes)."""
         super().check_inputs(x, inputs, what)
         (y,) = inputs
-        name = self.config.label
+        name = self.config.label_column
         if y.is_floating_point() or y.dtype == torch.bool or y.ndim != 1:
             raise UserError(f"{what}: the conditional VAE's column {name!r} must hold one class index per example "
                             f"(integers), got {y.dtype} shaped {tuple(y.shape)}; save the labels as integers")
