@@ -19,8 +19,14 @@ and −1 (:data:`MISSING_LABEL`) where the value is missing; a float column hold
 there. An ``.npz`` key ``<name>_mask`` (0/1 per example) marks missing entries of column
 ``<name>``; NaN in a labels array and an empty CSV cell mean missing too. The pair sees
 the column as stored; :func:`observed` gives the mask of present entries (on torch or JAX
-arrays), e.g. for ``obs_mask=`` of a label site. A pair that needs every entry refuses the
-column in its ``check_inputs``.
+arrays). A pair that only scores the label where it is present masks that term::
+
+    seen = observed(y)
+    pyro.sample("y", dist.Categorical(logits=f(z)).mask(seen), obs=y * seen)
+
+(an unlabelled example then contributes log p(x, z) alone); one that sums a missing label
+out (the semi-supervised M2 model) marks that site for enumeration with the same mask. A
+pair that needs every entry refuses the column in its ``check_inputs`` (the conditional VAE).
 
 Splits. The bundled digits come sorted by label, so the train/validation/test
 split is a seeded *stratified random* split (``split_seed``, default 0): by
