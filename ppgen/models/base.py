@@ -38,7 +38,8 @@ The protocol
     have (EMA codebooks) declares ("torch",), one that runs faster on torch lists it first (the VAE's
     PixelCNN decoder), and ``engine="auto"`` then picks torch, saying why.
 ``generate(n)`` / ``can_generate``
-    n draws of E[x | z] at z ~ p(z) (or of the generator).
+    n draws of E[x | z] at z ~ p(z) (or of the generator); a pair with inputs takes them after ``n``
+    (the conditional VAE: ``generate(n, labels)``, an int for all n draws or one per draw).
 ``encode(x)`` / ``has_encoder``; ``reconstruct(x)`` / ``can_reconstruct``
     Mean and scale of the bottom latent under q(z | x); E[x | mean of q(z | x)].
 ``point_mass_guide`` / ``guide_draws(k)``
