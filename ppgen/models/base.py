@@ -18,6 +18,14 @@ The protocol
     ``data_plate``; plates nested inside it (words of a document, pixels) are summed
     per example by :mod:`ppgen.sites`, the one place where log densities become
     per-example numbers.
+``inputs`` / ``model(x, *inputs)``, ``guide(x, *inputs)``
+    The names of the data set's input columns (:mod:`ppgen.data`: labels, covariates) the pair
+    takes beside x, in the order ``model`` and ``guide`` take them; ``()`` by default, and then
+    everything calls ``model(x)``. Every engine, estimator and NUTS hands each example's row of
+    each column beside it (the same shuffle, the same chunks; inside a ``particles`` plate the
+    columns keep the data plate's shape, so a network broadcasts them against z). A missing
+    entry is −1 in an integer column and NaN in a float one (``ppgen.data.observed`` gives the
+    mask); ``check_inputs`` says whether the pair accepts the columns.
 ``has_guide``
     False for an implicit generator without an encoder: no ELBO, no q(z|x).
 ``latent_sites``
@@ -34,7 +42,8 @@ The protocol
     have (EMA codebooks) declares ("torch",), one that runs faster on torch lists it first (the VAE's
     PixelCNN decoder), and ``engine="auto"`` then picks torch, saying why.
 ``generate(n)`` / ``can_generate``
-    n draws of E[x | z] at z ~ p(z) (or of the generator).
+    n draws of E[x | z] at z ~ p(z) (or of the generator); a pair with inputs takes them after ``n``
+    (the conditional VAE: ``generate(n, labels)``, an int for all n draws or one per draw).
 ``encode(x)`` / ``has_encoder``; ``reconstruct(x)`` / ``can_reconstruct``
     Mean and scale of the bottom latent under q(z | x); E[x | mean of q(z | x)].
 ``point_mass_guide`` / ``guide_draws(k)``
@@ -72,6 +81,8 @@ The protocol
     Training stages the family adds after ``ppgen train`` (:class:`Stage`: a second fit on the trained pair,
     e.g. a learned prior over discrete codes). The ``ppgen`` command makes one subcommand per declared stage
     and the one training loop trains it; no other file names the stage.
+``check_inputs(x, inputs)``
+    Likewise for the input columns beside ``x``: by default one row per example of each.
 """
 
 from __future__ import annotations
@@ -157,6 +168,8 @@ class GenerativeModel(nn.Module):
     sample_steps_config: ClassVar[dict[str, Any]] = {}
     #: training stages after ``ppgen train`` (each becomes a ``ppgen`` subcommand)
     stages: ClassVar[tuple[Stage, ...]] = ()
+    #: the data set's input columns ``model(x, *inputs)`` and ``guide(x, *inputs)`` take beside x
+    inputs: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -311,6 +324,17 @@ class GenerativeModel(nn.Module):
     def check_data(self, x: torch.Tensor, what: str = "data") -> None:
         """Raise :class:`UserError` if ``x`` cannot be observed by this pair."""
         check_observations(x, self.x_shape, self.likelihood, what)
+
+    def check_inputs(self, x: torch.Tensor, inputs: tuple[torch.Tensor, ...], what: str = "data") -> None:
+        """Raise :class:`UserError` unless ``inputs`` are the pair's columns for ``x``: one per name in
+        ``self.inputs``, each with one row per example."""
+        if len(inputs) != len(self.inputs):
+            raise UserError(f"{self.who} takes the input columns ({', '.join(self.inputs) or 'none'}) beside x but "
+                            f"was given {len(inputs)}; pass one column per name, in that order")
+        for name, column in zip(self.inputs, inputs):
+            if column.shape[:1] != x.shape[:1]:
+                raise UserError(f"{what}: input column {name!r} has {column.shape[0] if column.ndim else 0} rows "
+                                f"but there are {x.shape[0]} examples; give one row per example")
 
 
 def check_observations(x: torch.Tensor, x_shape: tuple[int, ...], likelihood: str, what: str = "data") -> None:
