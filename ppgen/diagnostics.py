@@ -47,37 +47,59 @@ def log_likelihood(pair, x: torch.Tensor, latents: dict[str, torch.Tensor], dims
                    budget: int = 4_000_000) -> dict[str, np.ndarray]:
     """log p(x_n | latents) of every observed site, per draw and example: {site: (draws, data)}.
 
-    ``latents[site]`` is shaped (draws, data, *event) for a site in the data plate (``"data"``
-    in ``dims[site]``) and (draws, *event) for a global one; each is placed at its own plate
-    dims and the densities reduced per example by :mod:`ppgen.sites` (plates nested in the
-    data plate summed, the site's scale applied once).
+    ``latents[site]`` is in the :func:`ppgen.inference.mcmc.canonical` layout, (draws, [data], *other plates,
+    *event); each is placed back at its own plate dims (:func:`place`) and the densities reduced per example by
+    :mod:`ppgen.sites` (plates nested in the data plate summed, the site's scale applied once).
     """
     from ppgen import sites
 
     n = next(iter(latents.values())).shape[0]
     chunk = max(1, budget // max(1, x.numel()))
-    where = sites.data_dims(pair, x, pair.model)
+    traced = model_sites(pair, x)
     parts: dict[str, list] = {}
     with torch.no_grad():
         for start in range(0, n, chunk):
             sl = slice(start, min(n, start + chunk))
-            values = {k: sites.place(v[sl], where.get(k) if "data" in dims.get(k, []) else None,
-                                     pair.max_plate_nesting) for k, v in latents.items()}
+            values = {k: place(v[sl], traced[k], pair.max_plate_nesting, pair.data_plate) for k, v in latents.items()}
             tr = sites.trace_conditioned(pair.model, pair, x, values, sl.stop - sl.start)
             for name, lp in sites.observed_log_likelihood(tr, pair.data_plate, exclude=values).items():
                 parts.setdefault(name, []).append(lp.cpu().numpy())
     return {k: np.concatenate(v, 0) for k, v in parts.items()}
 
 
+def model_sites(pair, x: torch.Tensor) -> dict[str, dict]:
+    """The model's sample sites from one Pyro trace on the first example (their plates and event shapes)."""
+    from ppgen.inference.mcmc import _pyro_latent_sites
+
+    with torch.no_grad():
+        return _pyro_latent_sites(pair, x[:1])
+
+
+def place(value: torch.Tensor, site: dict, max_plate_nesting: int, data_plate: str = "data") -> torch.Tensor:
+    """The inverse of :func:`~ppgen.inference.mcmc.canonical` inside a ``particles`` plate: (P, [data], *other
+    plates, *event) to (P, *batch, *event), each plate's axis at its own dim, size-1 axes elsewhere."""
+    from ppgen.inference.mcmc import site_plates
+
+    plates = site_plates(site, data_plate)
+    value = torch.as_tensor(value)
+    order = sorted(range(len(plates)), key=lambda i: plates[i][1])  # outermost plate first
+    value = value.permute(0, *[1 + i for i in order], *range(1 + len(plates), value.dim()))
+    batch = [1] * max_plate_nesting
+    for axis, i in enumerate(order):
+        batch[max_plate_nesting + plates[i][1]] = value.shape[1 + axis]
+    return value.reshape((value.shape[0], *batch, *value.shape[1 + len(plates):]))
+
+
 def guide_draws(pair, x: torch.Tensor, n: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
     """``n`` draws of every latent site from the guide at ``x``: {site: (n, *site shape)} and their dims.
 
-    A site in the data plate comes as (n, data, *event), a global one as (n, *event).
+    A site in the data plate comes as (n, data, *event), a global one as (n, *event) (the
+    :func:`~ppgen.inference.mcmc.canonical` layout: other plates keep their axes).
     """
     import pyro
 
     from ppgen import sites
-    from ppgen.inference.mcmc import site_dims
+    from ppgen.inference.mcmc import canonical, site_dims
 
     pyro.set_rng_seed(seed)
     with torch.no_grad():
@@ -87,8 +109,7 @@ def guide_draws(pair, x: torch.Tensor, n: int, seed: int = 0) -> tuple[dict[str,
     for name, site in latent.items():
         v = site["value"]
         v = v.expand((n,) + v.shape[1:]) if v.shape[0] == 1 else v
-        in_data = any(f.name == pair.data_plate for f in site["cond_indep_stack"])
-        out[name] = sites.unplace(v, len(site["fn"].event_shape), in_data)
+        out[name] = canonical(v, site, pair.data_plate, lead=1)
     return out, site_dims(latent, list(latent), pair.data_plate)
 
 
