@@ -153,6 +153,8 @@ def _from_guide(pair, x: torch.Tensor, *, num_samples: int, chains: int, seed: i
     az = _az()
     pair.eval()
     latents, dims = guide_draws(pair, x, num_samples, seed)
+    model_latent = {k for k, s in model_sites(pair, x).items() if not s["is_observed"]}
+    latents = {k: v for k, v in latents.items() if k in model_latent}  # an autoguide's own sites left out
     posterior = {k: _chain_draw(v.cpu().numpy(), chains) for k, v in latents.items()}
     data_coords = list(range(len(x))) if data_coords is None else list(data_coords)
     groups: dict[str, Any] = {"posterior": posterior}
@@ -205,10 +207,12 @@ def _from_nuts(fit, log_lik: bool):
 
 
 def compare_inference_data(pair, nuts_fit, seed: int = 0, log_lik: bool = True):
-    """The encoder's q(z | x) and NUTS at the same points, combined along ``inference`` (svi / nuts)."""
+    """The guide and NUTS on the same data, combined along ``inference`` (svi / nuts): the encoder's q(z | x) at
+    NUTS's points, or — a whole-model NUTS fit — the guide's posterior of every unknown (a non-amortized pair:
+    global latents), the model's latent sites only."""
     nuts = _from_nuts(nuts_fit, log_lik)
     chains, draws = nuts.posterior.sizes["chain"], nuts.posterior.sizes["draw"]
-    data_coords = nuts.posterior.coords["data"].values.tolist()
+    data_coords = nuts_fit.state.get("coords", {}).get("data", list(range(len(nuts_fit.state["x"]))))
     svi = _from_guide(pair, nuts_fit.state["x"], num_samples=chains * draws, chains=chains, seed=seed,
                       log_lik=log_lik, data_coords=data_coords)
     return combine({"svi": svi, "nuts": nuts})

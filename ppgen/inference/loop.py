@@ -32,6 +32,7 @@ import copy
 import dataclasses
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,10 +63,17 @@ class EpochPlan:
     steps: int
     tick: Callable[..., None] = lambda n=1, **postfix: None
     group: Group = field(default_factory=Group)  # data-parallel: this process's place (world 1: alone)
+    examples: int = 0  # the examples one step's loss stands for; 0: the batch
 
     def rows(self, order: torch.Tensor, step: int) -> torch.Tensor:
         """This process's rows of step ``step``'s batch in the epoch's ``order`` (all of them when alone)."""
         return self.group.shard(self.x, order, step, self.batch)
+
+    @property
+    def step_examples(self) -> int:
+        """The examples one step's loss stands for (:func:`examples_per_step`); an epoch's per-example figure is
+        its summed loss over ``steps × step_examples``."""
+        return self.examples or self.batch
 
 
 @dataclass
@@ -92,6 +100,25 @@ class Engine:
     #: the torch modules a data-parallel run keeps equal across processes (weights and buffers); none: the
     #: engine runs in one process only
     modules: Callable[[Any], list] = lambda state: []
+
+
+def examples_per_step(pair, x: torch.Tensor, batch: int) -> int:
+    """The examples one step's loss stands for: the data plate's full size N when the model subsamples it
+    (``pyro.plate("data", N, subsample_size=B)``: its terms are scaled by N/B, so the loss estimates the
+    objective of all N examples), else the ``batch``. From one trace of the model at ``x`` (the RNG untouched)."""
+    from pyro import poutine
+
+    from ppgen import sites
+
+    devices = [x.device] if x.is_cuda else []
+    with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False), torch.no_grad(), \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not registered in the param store.*")  # frozen weights
+        try:
+            where = sites.layout(poutine.trace(pair.model).get_trace(x), pair.data_plate)
+        except UserError:  # no site in the data plate: nothing is scaled
+            return batch
+    return where.full_size if where.full_size != where.examples else batch
 
 
 def batching(n: int, batch_size: int) -> tuple[int, int]:
@@ -166,6 +193,7 @@ def run(engine: Engine, pair, data, options: Any, *, backend: str, resume: dict 
     wall = fit.history[-1]["wall"] if fit.history else 0.0
     device = next(iter(pair.parameters()), torch.empty(0)).device
     last_good = engine.snapshot(state)
+    examples = examples_per_step(pair, data.train_epoch(0)[:batch].to(device), batch) if backend == "svi" else 0
     with pyro.validation_enabled(False):
         for index in range(fit.state.epoch, options.epochs):
             seed = epoch_seed(options.seed, index)
@@ -179,7 +207,7 @@ def run(engine: Engine, pair, data, options: Any, *, backend: str, resume: dict 
                     bar.set_postfix(**postfix)
 
             plan = EpochPlan(index=index, epochs=options.epochs, seed=seed, x=data.train_epoch(index).to(device),
-                             batch=batch, steps=steps, tick=tick, group=group)
+                             batch=batch, steps=steps, tick=tick, group=group, examples=examples)
             try:
                 state, result = engine.epoch(state, plan)
             except distributed.PeerLost as err:

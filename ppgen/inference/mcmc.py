@@ -57,16 +57,36 @@ CACHE_SIZE = 8
 # -- the pair's model on NumPyro with the weights as arguments ------------------------------
 def numpyro_model(pair):
     """``model(x, params)``: the pair's model on NumPyro, its ``pyro.module`` param sites set to ``params``
-    by ``handlers.substitute`` (NumPyro's own mechanism; ``params`` may be tracers)."""
+    by ``handlers.substitute`` (NumPyro's own mechanism; ``params`` may be tracers), its data plate whole
+    (:func:`whole_plate`: NUTS conditions on every example it is given, never on a random subsample)."""
     from numpyro import handlers
 
     from ppgen.ppl import backend
 
     def model(x, params):
-        with backend("numpyro"), handlers.substitute(data=params):
+        with backend("numpyro"), handlers.substitute(data=params), whole_plate(pair.data_plate):
             pair.model(x)
 
     return model
+
+
+def whole_plate(name: str):
+    """A NumPyro handler under which ``plate(name, N, subsample_size=B)`` holds all N indices (scale 1).
+
+    A model that subsamples its data plate (Pyro's idiom for minibatch SVI: the local terms scaled by N/B)
+    would ask NUTS for random subsample indices (NumPyro: "Missing random key to generate subsample indices");
+    the posterior NUTS samples is the one given all N examples, so the plate's subsample becomes ``arange(N)``.
+    """
+    import jax.numpy as jnp
+    from numpyro.primitives import Messenger
+
+    class WholePlate(Messenger):
+        def process_message(self, msg):
+            if msg["type"] == "plate" and msg["name"] == name and msg["value"] is None:
+                size = msg["args"][0]
+                msg["value"], msg["args"] = jnp.arange(size), (size, None)
+
+    return WholePlate()
 
 
 def network_params(pair, x: torch.Tensor) -> dict[str, Any]:
@@ -76,7 +96,7 @@ def network_params(pair, x: torch.Tensor) -> dict[str, Any]:
     from ppgen.ppl import backend
 
     xj = _to_jax(x)
-    with backend("numpyro"):
+    with backend("numpyro"), whole_plate(pair.data_plate):
         trace = handlers.trace(handlers.seed(pair.model, 0)).get_trace(xj)
     return {name: site["value"] for name, site in trace.items() if site["type"] == "param"}
 
