@@ -69,10 +69,10 @@ def log_likelihood(pair, x: torch.Tensor, latents: dict[str, torch.Tensor], dims
 
 def model_sites(pair, x: torch.Tensor) -> dict[str, dict]:
     """The model's sample sites from one Pyro trace on the first example (their plates and event shapes)."""
-    from ppgen.inference.mcmc import _pyro_latent_sites
+    from ppgen.inference.mcmc import pyro_sample_sites
 
     with torch.no_grad():
-        return _pyro_latent_sites(pair, x[:1])
+        return pyro_sample_sites(pair, x[:1])
 
 
 def place(value: torch.Tensor, site: dict, max_plate_nesting: int, data_plate: str = "data") -> torch.Tensor:
@@ -314,10 +314,15 @@ def _plt():
 
 
 def plot_forest(combined, path: Path, point_index: int = 0, var: str = "z", max_dims: int = 16) -> Path:
-    """Encoder (svi) beside NUTS per latent dimension for one point: ArviZ's forest plot."""
+    """The guide (svi) beside NUTS per latent dimension, for one point (a global site: the site): ArviZ's forest
+    plot."""
     az = _az()
     methods = combined.posterior.coords[METHOD_DIM].values.tolist()
-    one = combined.posterior[var].isel(data=point_index)
+    one = combined.posterior[var]
+    title = f"{var}: 90% intervals"
+    if "data" in one.dims:  # a per-point latent: one point's; a global one has no data dim
+        one = one.isel(data=point_index)
+        title = f"{var} of point {combined.posterior.coords['data'].values[point_index]}: 90% intervals"
     other = [d for d in one.dims if d not in ("chain", "draw", METHOD_DIM)]
     if other:
         one = one.isel({other[0]: slice(max_dims)})
@@ -326,7 +331,7 @@ def plot_forest(combined, path: Path, point_index: int = 0, var: str = "z", max_
     axes = az.plot_forest(parts, model_names=methods, var_names=[var], combined=True, hdi_prob=0.9,
                           figsize=(6, 1 + 0.45 * one.shape[-1] if other else 3))
     fig = np.asarray(axes).ravel()[0].figure
-    fig.suptitle(f"{var} of point {combined.posterior.coords['data'].values[point_index]}: 90% intervals")
+    fig.suptitle(title)
     return _save(fig, path)
 
 

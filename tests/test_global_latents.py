@@ -173,10 +173,14 @@ def test_compare_global_puts_the_guide_beside_nuts(nuts_fit):
     assert worse["kl"] > 10 * row["kl"] + 0.5 and worse["coverage90"] < 0.7
 
 
-def test_combined_inference_data_holds_the_models_sites(nuts_fit):
+def test_combined_inference_data_holds_the_models_sites(nuts_fit, tmp_path):
+    from ppgen.evaluation.likelihood import global_latents
+
     pair = nuts_fit.pair
     pair.subsample = None
+    assert global_latents(pair, nuts_fit.state["x"]) == ["w"]  # what tells compare to run NUTS on the whole model
     combined = diagnostics.compare_inference_data(pair, nuts_fit, log_lik=False)
+    assert diagnostics.plot_forest(combined, tmp_path / "forest.png", var="w").stat().st_size > 1000
     assert combined.posterior["w"].dims == ("chain", "draw", diagnostics.METHOD_DIM, "w_dim")
     assert combined.posterior[diagnostics.METHOD_DIM].values.tolist() == ["svi", "nuts"]
     assert list(combined.posterior.data_vars) == ["w"]
@@ -193,3 +197,10 @@ def test_iwae_and_ais_refuse_a_global_latent_in_one_line():
             call()
         text = str(err.value)
         assert "\n" not in text and "'w'" in text and "ELBO" in text and "compare_global" in text
+
+
+def test_whole_model_nuts_refuses_a_plate_declared_larger_than_the_data():
+    pair, x = exact_pair()  # the plate declares N = 200 examples
+    with pytest.raises(UserError, match="declares 200 examples but NUTS is given 150") as err:
+        ppgen.fit(pair, x[:150], backend="nuts", chains=1, warmup=5, samples=5)
+    assert "\n" not in str(err.value)

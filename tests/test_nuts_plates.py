@@ -22,6 +22,7 @@ from support import known_ppca
 import ppgen
 from ppgen import diagnostics
 from ppgen.models import PPCA
+from ppgen.models.ppca import LinearGaussianDecoder
 from ppgen.ppl import dist, pyro
 
 with warnings.catch_warnings():
@@ -99,3 +100,26 @@ def test_compare_inference_data_lines_up_svi_and_nuts(nuts_fit):
     nuts = table.loc[[i for i in table.index if i.startswith("z[nuts")]]
     se = np.hypot(svi["mcse_mean"].values, nuts["mcse_mean"].values)
     assert np.all(np.abs(svi["mean"].values - nuts["mean"].values) < 4 * se)
+
+
+class CloneDecoder(LinearGaussianDecoder):
+    """The PPCA decoder written with an op the JAX lowering does not know (``.clone()``): Pyro's NUTS runs it."""
+
+    def forward(self, z):
+        loc = self.linear(z).clone()
+        return loc, torch.exp(self.log_sigma) + 0 * loc
+
+
+def test_pyro_fallback_gives_the_same_layout(capsys):
+    pair = coords_ppca()
+    odd = CloneDecoder(2, 5)
+    odd.load_state_dict(pair.decoder.state_dict())
+    pair.decoder = odd
+    x = _points(pair, 2)
+    fit = ppgen.fit(pair, x, backend="nuts", points=2, chains=1, warmup=60, samples=60, seed=0)
+    assert "falling back to Pyro's NUTS" in capsys.readouterr().err
+    assert fit.samples["z"].shape == (1, 60, 2, 2) and fit.state["dims"]["z"] == ["data", "z_dim"]
+    ll = diagnostics.to_inference_data(fit).log_likelihood["x"]
+    z = torch.as_tensor(fit.samples["z"][0, :3].copy())
+    by_hand = torch.distributions.Normal(z @ pair.W.T + pair.mu, pair.sigma).log_prob(x).sum(-1)
+    assert np.allclose(ll.values[0, :3], by_hand.detach().numpy(), atol=1e-4)

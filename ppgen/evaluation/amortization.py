@@ -501,7 +501,8 @@ def compare(pair, nuts_fit, *, steps: int = 1000, lr: float = 0.02, elbo_samples
     from ppgen.diagnostics import nuts_report
 
     if nuts_fit.options.get("points") is None:
-        raise UserError("compare needs a NUTS fit over chosen points (ppgen.fit(..., backend='nuts', points=...))")
+        raise UserError("compare needs a NUTS fit over chosen points (ppgen.fit(..., backend='nuts', points=...)); "
+                        "for a whole-model fit of a non-amortized pair use compare_global")
     x = nuts_fit.state["x"]
     draws = nuts_draws(nuts_fit, latent_site(pair))
     g = gaps(pair, x, steps=steps, lr=lr, elbo_samples=elbo_samples, iwae_k=iwae_k, ais_steps=ais_steps, seed=seed)
@@ -613,14 +614,13 @@ def _site_convergence(samples) -> dict[str, float]:
 
 def format_global_table(result: dict[str, Any]) -> str:
     """The per-site table of :func:`compare_global`."""
-    heads = ["site", "KL", "W2", "cov50", "cov90", "k̂", "r_hat", "ESS", "div"]
-    keys = ["site", "kl", "w2", "coverage50", "coverage90", "khat", "r_hat_max", "ess_bulk_min", "divergences"]
-    fmts = ["{:>12}", "{:8.3f}", "{:7.3f}", "{:6.2f}", "{:6.2f}", "{:6.2f}", "{:6.3f}", "{:7.0f}", "{:5d}"]
-    lines = ["  ".join(h.rjust(len(f.format(0 if "d" in f else ("" if ">" in f else 0.0)))) for h, f in
-                       zip(heads, fmts))]
-    for row in result["sites"]:
-        lines.append("  ".join(f.format(row[k]) for k, f in zip(keys, fmts)))
-    return "\n".join(lines)
+    cols = [("site", "site", "{:>12}"), ("kl", "KL", "{:8.3f}"), ("w2", "W2", "{:7.3f}"),
+            ("coverage50", "cov50", "{:6.2f}"), ("coverage90", "cov90", "{:6.2f}"), ("khat", "k̂", "{:6.2f}"),
+            ("r_hat_max", "r_hat", "{:6.3f}"), ("ess_bulk_min", "ESS", "{:7.0f}"), ("divergences", "div", "{:5d}")]
+    rows = [[fmt.format(row[key]) for key, _, fmt in cols] for row in result["sites"]]
+    widths = [max([len(head)] + [len(r[i]) for r in rows]) for i, (_, head, _) in enumerate(cols)]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths))
+                     for line in [[head for _, head, _ in cols], *rows])
 
 
 def format_table(result: dict[str, Any]) -> str:

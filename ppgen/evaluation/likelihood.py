@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # annotations only
     from ppgen.data import Dataset
     from ppgen.inference.fit import Fit
 
-__all__ = ["bits_per_dim", "elbo", "iwae", "log_weights", "refuse_global_latents"]
+__all__ = ["bits_per_dim", "elbo", "iwae", "global_latents", "log_weights", "refuse_global_latents"]
 
 
 def _chunks(n: int, size: int):
@@ -66,6 +66,17 @@ def iwae(pair, x: torch.Tensor, k: int = 1000, budget: int = 8_000_000) -> torch
     return torch.cat(out)
 
 
+def global_latents(pair, x: torch.Tensor) -> list[str]:
+    """The model's latent sites outside the data plate (shared by every example), from one trace at ``x[:1]``."""
+    from pyro import poutine
+
+    from ppgen import sites
+
+    with torch.no_grad():
+        trace = poutine.trace(pair.model).get_trace(x[:1])
+    return [n for n in sites.global_sites(trace, pair.data_plate) if not trace.nodes[n]["is_observed"]]
+
+
 def refuse_global_latents(pair, x: torch.Tensor, what: str) -> None:
     """Raise :class:`UserError` (one line, what to use instead) when the model has a latent outside the data plate.
 
@@ -74,13 +85,7 @@ def refuse_global_latents(pair, x: torch.Tensor, what: str) -> None:
     does not exist. The ELBO is linear in the per-example terms (global terms split 1/N), so its sum over
     examples is the joint ELBO; the posterior of w is checked against whole-model NUTS.
     """
-    from pyro import poutine
-
-    from ppgen import sites
-
-    with torch.no_grad():
-        trace = poutine.trace(pair.model).get_trace(x[:1])
-    latent = [n for n in sites.global_sites(trace, pair.data_plate) if not trace.nodes[n]["is_observed"]]
+    latent = global_latents(pair, x)
     if latent:
         raise UserError(f"{what} estimates log p(x) per example, but latent {', '.join(map(repr, latent))} is global "
                         f"(outside the data plate {pair.data_plate!r}, shared by every example): use the ELBO "

@@ -216,12 +216,12 @@ def _devices(chain_method: str) -> int:
 def _structure(pair) -> tuple | None:
     """What the compiled code depends on: the pair's class and config; None (do not cache) for a pair whose
     config is not a dataclass (a user's own pair may keep its architecture anywhere)."""
-    import dataclasses
     import json
 
-    if not dataclasses.is_dataclass(pair.config):
+    try:
+        config = json.dumps(pair.config_dict(), sort_keys=True)
+    except TypeError:  # dataclasses.asdict of a config that is not a dataclass
         return None
-    config = json.dumps(pair.config_dict(), sort_keys=True)
     return (type(pair).__module__, type(pair).__qualname__, config)
 
 
@@ -362,6 +362,7 @@ def fit_nuts(
     else:
         x, idx, split = data.train, None, "train"
     pair.check_data(x, f"{split} data")
+    subsampled = _check_whole_plate(pair, x) if idx is None else False
     options = dict(points=None if idx is None else idx.tolist(), split=split, chains=int(chains), warmup=int(warmup),
                    samples=int(samples), seed=seed, target_accept=target_accept, max_tree_depth=max_tree_depth,
                    dense_mass=dense_mass, chain_method=chain_method)
@@ -374,6 +375,10 @@ def fit_nuts(
         if not fallback:
             raise UserError(f"this pair cannot be lowered to JAX ({err}); pass fallback=True to use Pyro's NUTS "
                             "or write the network from ppgen.nn layers") from None
+        if subsampled:
+            raise UserError(f"this pair cannot be lowered to JAX ({err}) and its data plate subsamples itself, which "
+                            "Pyro's NUTS cannot undo: write the network from ppgen.nn layers or declare the plate "
+                            "without subsample_size") from None
         print(f"ppgen: NUTS on NumPyro is not possible ({err}); falling back to Pyro's NUTS, which is much slower",
               file=sys.stderr)
         samples_, stats, extra = _pyro_nuts(pair, x, idx is not None, **options)
@@ -384,6 +389,23 @@ def fit_nuts(
     coords = {"data": (idx if idx is not None else np.arange(len(x))).tolist()}
     state = {"x": x.detach().cpu(), "sample_stats": stats, "engine": engine, "coords": coords, **extra}
     return Fit(pair=pair, backend="nuts", history=[stats_summary], state=state, options=options, samples=samples_)
+
+
+def _check_whole_plate(pair, x: torch.Tensor) -> bool:
+    """Whole-model NUTS conditions on every example: the data plate's declared size must be the examples given.
+    Whether the model subsamples the plate (NumPyro's NUTS then runs it whole: :func:`whole_plate`)."""
+    from pyro import poutine
+
+    from ppgen import sites
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not registered in the param store.*")
+        where = sites.layout(poutine.trace(pair.model).get_trace(x), pair.data_plate)
+    if where.full_size != len(x):
+        raise UserError(f"the data plate {pair.data_plate!r} declares {where.full_size} examples but NUTS is given "
+                        f"{len(x)} (the training split): NUTS conditions on the whole plate; declare its size as the "
+                        "number of examples the model is given")
+    return where.examples != where.full_size
 
 
 def _numpyro_nuts(pair, x: torch.Tensor, per_point: bool, *, chains, warmup, samples, seed, target_accept,
@@ -444,7 +466,7 @@ def _pyro_nuts(pair, x: torch.Tensor, per_point: bool, *, chains, warmup, sample
     from pyro.infer import MCMC, NUTS
 
     units = [x[i : i + 1] for i in range(len(x))] if per_point else [x]
-    traced = _pyro_latent_sites(pair, units[0])
+    traced = pyro_sample_sites(pair, units[0])
     draws: dict[str, list] = {}
     diverging = np.zeros((chains, samples, len(units)), dtype=bool)
     step = np.zeros((chains, samples, len(units)), dtype=np.float32)
@@ -472,7 +494,7 @@ def _pyro_nuts(pair, x: torch.Tensor, per_point: bool, *, chains, warmup, sample
     return out, stats, {"dims": site_dims(traced, list(traced), pair.data_plate)}
 
 
-def _pyro_latent_sites(pair, x: torch.Tensor) -> dict[str, dict]:
+def pyro_sample_sites(pair, x: torch.Tensor) -> dict[str, dict]:
     """The model's sample sites (plate subsample sites left out) from one Pyro trace at ``x``."""
     from pyro import poutine
     from pyro.poutine.util import site_is_subsample
