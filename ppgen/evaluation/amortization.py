@@ -13,22 +13,27 @@ from NUTS (:mod:`ppgen.inference.mcmc`):
   (PSIS, Vehtari et al. 2015, via ``az.psislw``): above 0.7 q is an unreliable
   proposal.
 
-A Dirichlet guide (the Dirichlet-VAE: θ on the simplex, which NUTS samples through NumPyro's stick-breaking
-transform) is compared on the simplex: its moments and Beta marginals are closed form (:class:`DirichletQ`),
-p̂ is the Dirichlet matched to the NUTS draws' moments (:func:`dirichlet_fit`) for the KL, W2 uses both
-distributions' mean and covariance, and q* is the best Dirichlet for the document alone.
+One posterior interface (:data:`Posterior`: draws, log_prob, entropy, intervals, the family member fitted to
+draws, KL, q* of the family), so the gap and the NUTS comparison are written once. Two families have it: the
+:class:`Gaussian` (diagonal or full) and the :class:`DirichletQ` (the Dirichlet-VAE: θ on the simplex, which
+NUTS samples through NumPyro's stick-breaking transform; its moments and Beta marginals are closed form, p̂ is
+the Dirichlet matched to the NUTS draws' moments (:func:`dirichlet_fit`), W2 uses both distributions' mean and
+covariance, and q* is the best Dirichlet for the document alone).
+
+A pair whose guide is not amortized (global latents only: regression weights, eight schools) has no per-point
+posterior: :func:`compare_global` puts the guide's posterior of every unknown beside NUTS over the whole model,
+site by site, with the same distances, coverage and k̂ (of the joint weights).
 
 The inference gap of Cremer, Li & Duvenaud (2018)::
 
     log p(x) − ELBO[q_encoder] = (log p(x) − ELBO[q*])  +  (ELBO[q*] − ELBO[q_encoder])
                                    approximation gap          amortization gap
 
-with q* the best Gaussian of the encoder's family for this x alone (diagonal for
-a diagonal encoder, full covariance for a full one), found by stochastic
-gradient ascent on its ELBO warm-started at the encoder. ELBO[q] = E_q[log p(x,
-z)] + H[q], the entropy in closed form; ELBO[q*] and ELBO[q_encoder] use the same
-standard-normal draws (common random numbers), so their difference — the
-amortization gap — has a small Monte Carlo error. log p(x) is the larger of the
+with q* the best member of the encoder's family for this x alone (a diagonal Gaussian for a diagonal encoder, a
+full one for a full one, a Dirichlet for a Dirichlet), found by stochastic gradient ascent on its ELBO
+warm-started at the encoder. ELBO[q] = E_q[log p(x, z)] + H[q], the entropy in closed form; ELBO[q*] and
+ELBO[q_encoder] use draws from one seed (for Gaussians the same standard-normal draws: common random numbers),
+and the amortization gap's standard error is that of the per-draw differences. log p(x) is the larger of the
 IWAE-K estimates with q* and with the encoder as proposals (both stochastic
 lower bounds; Cremer et al. likewise take the best of their estimators), or
 AIS if asked.
