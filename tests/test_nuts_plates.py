@@ -123,3 +123,20 @@ def test_pyro_fallback_gives_the_same_layout(capsys):
     z = torch.as_tensor(fit.samples["z"][0, :3].copy())
     by_hand = torch.distributions.Normal(z @ pair.W.T + pair.mu, pair.sigma).log_prob(x).sum(-1)
     assert np.allclose(ll.values[0, :3], by_hand.detach().numpy(), atol=1e-4)
+
+
+def test_compare_table_on_the_nested_pair(nuts_fit):
+    """The encoder is the exact posterior: its ELBO is log p(x) (4 SE), log p(x) (the best IWAE estimate, one of
+    them exact) is not below it, the amortization gap vanishes up to Monte Carlo error, its intervals cover
+    NUTS's draws at their level (4 binomial SE at the bulk ESS)."""
+    from ppgen.evaluation import amortization as am
+
+    pair, x = nuts_fit.pair, nuts_fit.state["x"]
+    result = am.compare(pair, nuts_fit, steps=50, elbo_samples=500, iwae_k=500)
+    exact = pair.log_marginal(x).detach().double()
+    for i, row in enumerate(result["points"]):
+        assert abs(row["elbo_encoder"] - float(exact[i])) < 4 * row["elbo_encoder_se"] + 1e-4
+        assert row["log_px"] > float(exact[i]) - 1e-3
+        assert abs(row["amortization_gap"]) < 4 * row["amortization_gap_se"] + 0.01
+        se90 = np.sqrt(0.9 * 0.1 / row["ess_bulk_min"])
+        assert abs(row["coverage90"] - 0.9) < 4 * se90
