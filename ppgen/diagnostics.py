@@ -62,17 +62,21 @@ def log_likelihood(pair, x: torch.Tensor, latents: dict[str, torch.Tensor], dims
             sl = slice(start, min(n, start + chunk))
             values = {k: place(v[sl], traced[k], pair.max_plate_nesting, pair.data_plate) for k, v in latents.items()}
             tr = sites.trace_conditioned(pair.model, pair, x, values, sl.stop - sl.start)
+            if sites.layout(tr, pair.data_plate).examples != x.shape[0]:
+                raise UserError(f"the model subsamples its data plate {pair.data_plate!r} itself, so its log-likelihood "
+                                f"covers a random few of the {x.shape[0]} examples: pass log_lik=False, or declare the "
+                                "plate over the rows it is given (subsample_size=len(x))")
             for name, lp in sites.observed_log_likelihood(tr, pair.data_plate, exclude=values).items():
                 parts.setdefault(name, []).append(lp.cpu().numpy())
     return {k: np.concatenate(v, 0) for k, v in parts.items()}
 
 
 def model_sites(pair, x: torch.Tensor) -> dict[str, dict]:
-    """The model's sample sites from one Pyro trace on the first example (their plates and event shapes)."""
+    """The model's sample sites from one Pyro trace at ``x`` (their plates and event shapes)."""
     from ppgen.inference.mcmc import pyro_sample_sites
 
     with torch.no_grad():
-        return pyro_sample_sites(pair, x[:1])
+        return pyro_sample_sites(pair, x)
 
 
 def place(value: torch.Tensor, site: dict, max_plate_nesting: int, data_plate: str = "data") -> torch.Tensor:
@@ -176,7 +180,7 @@ def _observed_dims(pair, x: torch.Tensor) -> dict[str, list[str]]:
     from pyro.poutine.util import site_is_subsample
 
     with pyro.validation_enabled(False), torch.no_grad():
-        tr = poutine.trace(pair.model).get_trace(x[:1])
+        tr = poutine.trace(pair.model).get_trace(x)
     return {k: ["data"] + [f"{k}_dim_{i}" for i in range(x.dim() - 1)]
             for k, s in tr.nodes.items() if s["type"] == "sample" and s["is_observed"] and not site_is_subsample(s)}
 

@@ -15,6 +15,7 @@ bulk ESS; the KL between two fitted Gaussians from Wilks: 2n·KL ~ χ²_df, df =
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from types import SimpleNamespace
@@ -209,8 +210,7 @@ def test_compare_global_puts_the_guide_beside_nuts(nuts_fit):
     is seen."""
     from scipy.stats import chi2
 
-    pair = nuts_fit.pair
-    pair.subsample = None  # the same posterior; the joint weights of the PSIS check need every example
+    pair, _ = exact_pair()  # the same posterior, the plate over every row: the joint weights of k̂ need them all
     result = am.compare_global(pair, nuts_fit, guide_samples=4000, seed=0)
     (row,) = result["sites"]
     assert row["site"] == "w" and row["divergences"] == 0
@@ -230,15 +230,19 @@ def test_compare_global_puts_the_guide_beside_nuts(nuts_fit):
 def test_combined_inference_data_holds_the_models_sites(nuts_fit, tmp_path):
     from ppgen.evaluation.likelihood import global_latents
 
-    pair = nuts_fit.pair
-    pair.subsample = None
+    pair, _ = exact_pair()
     assert global_latents(pair, nuts_fit.state["x"]) == ["w"]  # what tells compare to run NUTS on the whole model
     combined = diagnostics.compare_inference_data(pair, nuts_fit, log_lik=False)
     assert diagnostics.plot_forest(combined, tmp_path / "forest.png", var="w").stat().st_size > 1000
     assert combined.posterior["w"].dims == ("chain", "draw", diagnostics.METHOD_DIM, "w_dim")
     assert combined.posterior[diagnostics.METHOD_DIM].values.tolist() == ["svi", "nuts"]
     assert list(combined.posterior.data_vars) == ["w"]
-    idata = diagnostics.to_inference_data(nuts_fit)
+    # the fit's own pair subsamples 20 of its rows: Pyro cannot run it whole, so no log-likelihood, said in one line
+    with pytest.raises(UserError, match="subsamples its data plate") as err:
+        diagnostics.to_inference_data(nuts_fit)
+    assert "\n" not in str(err.value)
+    assert "log_likelihood" not in diagnostics.to_inference_data(nuts_fit, log_lik=False).groups()
+    idata = diagnostics.to_inference_data(dataclasses.replace(nuts_fit, pair=pair))
     assert idata.log_likelihood["y"].dims == ("chain", "draw", "data")
     assert idata.log_likelihood["y"].shape == (2, 500, N)
 
