@@ -262,3 +262,22 @@ def test_whole_model_nuts_refuses_a_plate_declared_larger_than_the_data():
     with pytest.raises(UserError, match="declares 200 examples but NUTS is given 150") as err:
         ppgen.fit(pair, x[:150], backend="nuts", chains=1, warmup=5, samples=5)
     assert "\n" not in str(err.value)
+
+
+def test_an_autoguides_posterior_goes_beside_nuts_with_the_models_sites_only(nuts_fit):
+    """Pyro's AutoMultivariateNormal as the guide (fitted here by plain Pyro SVI): the table and ArviZ name the
+    model's site ``w`` only, not the autoguide's own latent; the fitted guide is a usable proposal (k̂ < 0.7)."""
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer.autoguide import AutoMultivariateNormal
+    from pyro.optim import ClippedAdam
+
+    pair, x = exact_pair()
+    guide = AutoMultivariateNormal(pair.model)
+    svi = SVI(pair.model, guide, ClippedAdam({"lr": 0.02, "lrd": 0.999}), Trace_ELBO())
+    for _ in range(1500):
+        svi.step(x)
+    pair.guide = guide
+    result = am.compare_global(pair, nuts_fit, guide_samples=2000, seed=0)
+    assert [r["site"] for r in result["sites"]] == ["w"] and result["overall"]["khat"] < 0.7
+    combined = diagnostics.compare_inference_data(pair, nuts_fit, log_lik=False)
+    assert list(combined.posterior.data_vars) == ["w"]
