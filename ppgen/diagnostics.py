@@ -47,37 +47,63 @@ def log_likelihood(pair, x: torch.Tensor, latents: dict[str, torch.Tensor], dims
                    budget: int = 4_000_000) -> dict[str, np.ndarray]:
     """log p(x_n | latents) of every observed site, per draw and example: {site: (draws, data)}.
 
-    ``latents[site]`` is shaped (draws, data, *event) for a site in the data plate (``"data"``
-    in ``dims[site]``) and (draws, *event) for a global one; each is placed at its own plate
-    dims and the densities reduced per example by :mod:`ppgen.sites` (plates nested in the
-    data plate summed, the site's scale applied once).
+    ``latents[site]`` is in the :func:`ppgen.inference.mcmc.canonical` layout, (draws, [data], *other plates,
+    *event); each is placed back at its own plate dims (:func:`place`) and the densities reduced per example by
+    :mod:`ppgen.sites` (plates nested in the data plate summed, the site's scale applied once).
     """
     from ppgen import sites
 
     n = next(iter(latents.values())).shape[0]
     chunk = max(1, budget // max(1, x.numel()))
-    where = sites.data_dims(pair, x, pair.model)
+    traced = model_sites(pair, x)
     parts: dict[str, list] = {}
     with torch.no_grad():
         for start in range(0, n, chunk):
             sl = slice(start, min(n, start + chunk))
-            values = {k: sites.place(v[sl], where.get(k) if "data" in dims.get(k, []) else None,
-                                     pair.max_plate_nesting) for k, v in latents.items()}
+            values = {k: place(v[sl], traced[k], pair.max_plate_nesting, pair.data_plate) for k, v in latents.items()}
             tr = sites.trace_conditioned(pair.model, pair, x, values, sl.stop - sl.start)
+            if sites.layout(tr, pair.data_plate).examples != x.shape[0]:
+                raise UserError(f"the model subsamples its data plate {pair.data_plate!r} itself, so its log-likelihood "
+                                f"covers a random few of the {x.shape[0]} examples: pass log_lik=False, or declare the "
+                                "plate over the rows it is given (subsample_size=len(x))")
             for name, lp in sites.observed_log_likelihood(tr, pair.data_plate, exclude=values).items():
                 parts.setdefault(name, []).append(lp.cpu().numpy())
     return {k: np.concatenate(v, 0) for k, v in parts.items()}
 
 
+def model_sites(pair, x: torch.Tensor) -> dict[str, dict]:
+    """The model's sample sites from one Pyro trace at ``x`` (their plates and event shapes)."""
+    from ppgen.inference.mcmc import pyro_sample_sites
+
+    with torch.no_grad():
+        return pyro_sample_sites(pair, x)
+
+
+def place(value: torch.Tensor, site: dict, max_plate_nesting: int, data_plate: str = "data") -> torch.Tensor:
+    """The inverse of :func:`~ppgen.inference.mcmc.canonical` inside a ``particles`` plate: (P, [data], *other
+    plates, *event) to (P, *batch, *event), each plate's axis at its own dim, size-1 axes elsewhere."""
+    from ppgen.inference.mcmc import site_plates
+
+    plates = site_plates(site, data_plate)
+    value = torch.as_tensor(value)
+    order = sorted(range(len(plates)), key=lambda i: plates[i][1])  # outermost plate first
+    value = value.permute(0, *[1 + i for i in order], *range(1 + len(plates), value.dim()))
+    batch = [1] * max_plate_nesting
+    for axis, i in enumerate(order):
+        batch[max_plate_nesting + plates[i][1]] = value.shape[1 + axis]
+    return value.reshape((value.shape[0], *batch, *value.shape[1 + len(plates):]))
+
+
 def guide_draws(pair, x: torch.Tensor, n: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
     """``n`` draws of every latent site from the guide at ``x``: {site: (n, *site shape)} and their dims.
 
-    A site in the data plate comes as (n, data, *event), a global one as (n, *event).
+    A site in the data plate comes as (n, data, *event), a global one as (n, *event) (the
+    :func:`~ppgen.inference.mcmc.canonical` layout: other plates keep their axes).
     """
     import pyro
 
     from ppgen import sites
-    from ppgen.inference.mcmc import site_dims
+    from ppgen.inference.mcmc import canonical, site_dims
 
     pyro.set_rng_seed(seed)
     with torch.no_grad():
@@ -87,8 +113,7 @@ def guide_draws(pair, x: torch.Tensor, n: int, seed: int = 0) -> tuple[dict[str,
     for name, site in latent.items():
         v = site["value"]
         v = v.expand((n,) + v.shape[1:]) if v.shape[0] == 1 else v
-        in_data = any(f.name == pair.data_plate for f in site["cond_indep_stack"])
-        out[name] = sites.unplace(v, len(site["fn"].event_shape), in_data)
+        out[name] = canonical(v, site, pair.data_plate, lead=1)
     return out, site_dims(latent, list(latent), pair.data_plate)
 
 
@@ -132,6 +157,8 @@ def _from_guide(pair, x: torch.Tensor, *, num_samples: int, chains: int, seed: i
     az = _az()
     pair.eval()
     latents, dims = guide_draws(pair, x, num_samples, seed)
+    model_latent = {k for k, s in model_sites(pair, x).items() if not s["is_observed"]}
+    latents = {k: v for k, v in latents.items() if k in model_latent}  # an autoguide's own sites left out
     posterior = {k: _chain_draw(v.cpu().numpy(), chains) for k, v in latents.items()}
     data_coords = list(range(len(x))) if data_coords is None else list(data_coords)
     groups: dict[str, Any] = {"posterior": posterior}
@@ -153,7 +180,7 @@ def _observed_dims(pair, x: torch.Tensor) -> dict[str, list[str]]:
     from pyro.poutine.util import site_is_subsample
 
     with pyro.validation_enabled(False), torch.no_grad():
-        tr = poutine.trace(pair.model).get_trace(x[:1])
+        tr = poutine.trace(pair.model).get_trace(x)
     return {k: ["data"] + [f"{k}_dim_{i}" for i in range(x.dim() - 1)]
             for k, s in tr.nodes.items() if s["type"] == "sample" and s["is_observed"] and not site_is_subsample(s)}
 
@@ -184,10 +211,12 @@ def _from_nuts(fit, log_lik: bool):
 
 
 def compare_inference_data(pair, nuts_fit, seed: int = 0, log_lik: bool = True):
-    """The encoder's q(z | x) and NUTS at the same points, combined along ``inference`` (svi / nuts)."""
+    """The guide and NUTS on the same data, combined along ``inference`` (svi / nuts): the encoder's q(z | x) at
+    NUTS's points, or — a whole-model NUTS fit — the guide's posterior of every unknown (a non-amortized pair:
+    global latents), the model's latent sites only."""
     nuts = _from_nuts(nuts_fit, log_lik)
     chains, draws = nuts.posterior.sizes["chain"], nuts.posterior.sizes["draw"]
-    data_coords = nuts.posterior.coords["data"].values.tolist()
+    data_coords = nuts_fit.state.get("coords", {}).get("data", list(range(len(nuts_fit.state["x"]))))
     svi = _from_guide(pair, nuts_fit.state["x"], num_samples=chains * draws, chains=chains, seed=seed,
                       log_lik=log_lik, data_coords=data_coords)
     return combine({"svi": svi, "nuts": nuts})
@@ -289,10 +318,15 @@ def _plt():
 
 
 def plot_forest(combined, path: Path, point_index: int = 0, var: str = "z", max_dims: int = 16) -> Path:
-    """Encoder (svi) beside NUTS per latent dimension for one point: ArviZ's forest plot."""
+    """The guide (svi) beside NUTS per latent dimension, for one point (a global site: the site): ArviZ's forest
+    plot."""
     az = _az()
     methods = combined.posterior.coords[METHOD_DIM].values.tolist()
-    one = combined.posterior[var].isel(data=point_index)
+    one = combined.posterior[var]
+    title = f"{var}: 90% intervals"
+    if "data" in one.dims:  # a per-point latent: one point's; a global one has no data dim
+        one = one.isel(data=point_index)
+        title = f"{var} of point {combined.posterior.coords['data'].values[point_index]}: 90% intervals"
     other = [d for d in one.dims if d not in ("chain", "draw", METHOD_DIM)]
     if other:
         one = one.isel({other[0]: slice(max_dims)})
@@ -301,7 +335,7 @@ def plot_forest(combined, path: Path, point_index: int = 0, var: str = "z", max_
     axes = az.plot_forest(parts, model_names=methods, var_names=[var], combined=True, hdi_prob=0.9,
                           figsize=(6, 1 + 0.45 * one.shape[-1] if other else 3))
     fig = np.asarray(axes).ravel()[0].figure
-    fig.suptitle(f"{var} of point {combined.posterior.coords['data'].values[point_index]}: 90% intervals")
+    fig.suptitle(title)
     return _save(fig, path)
 
 

@@ -133,6 +133,9 @@ def _anneal(target: LatentTarget, z, betas: torch.Tensor, step_size: float, leap
 def _target(pair, x: torch.Tensor, chains: int, init: str, inputs: tuple[torch.Tensor, ...] = ()) -> LatentTarget:
     if init not in ("prior", "guide"):
         raise UserError(f"AIS init must be 'prior' or 'guide', got {init!r}")
+    from ppgen.evaluation.likelihood import refuse_global_latents
+
+    refuse_global_latents(pair, x, "AIS", inputs)
     return LatentTarget(pair, x, chains, base=init, what="AIS", inputs=inputs)
 
 

@@ -13,22 +13,27 @@ from NUTS (:mod:`ppgen.inference.mcmc`):
   (PSIS, Vehtari et al. 2015, via ``az.psislw``): above 0.7 q is an unreliable
   proposal.
 
-A Dirichlet guide (the Dirichlet-VAE: θ on the simplex, which NUTS samples through NumPyro's stick-breaking
-transform) is compared on the simplex: its moments and Beta marginals are closed form (:class:`DirichletQ`),
-p̂ is the Dirichlet matched to the NUTS draws' moments (:func:`dirichlet_fit`) for the KL, W2 uses both
-distributions' mean and covariance, and q* is the best Dirichlet for the document alone.
+One posterior interface (:data:`Posterior`: draws, log_prob, entropy, intervals, the family member fitted to
+draws, KL, q* of the family), so the gap and the NUTS comparison are written once. Two families have it: the
+:class:`Gaussian` (diagonal or full) and the :class:`DirichletQ` (the Dirichlet-VAE: θ on the simplex, which
+NUTS samples through NumPyro's stick-breaking transform; its moments and Beta marginals are closed form, p̂ is
+the Dirichlet matched to the NUTS draws' moments (:func:`dirichlet_fit`), W2 uses both distributions' mean and
+covariance, and q* is the best Dirichlet for the document alone).
+
+A pair whose guide is not amortized (global latents only: regression weights, eight schools) has no per-point
+posterior: :func:`compare_global` puts the guide's posterior of every unknown beside NUTS over the whole model,
+site by site, with the same distances, coverage and k̂ (of the joint weights).
 
 The inference gap of Cremer, Li & Duvenaud (2018)::
 
     log p(x) − ELBO[q_encoder] = (log p(x) − ELBO[q*])  +  (ELBO[q*] − ELBO[q_encoder])
                                    approximation gap          amortization gap
 
-with q* the best Gaussian of the encoder's family for this x alone (diagonal for
-a diagonal encoder, full covariance for a full one), found by stochastic
-gradient ascent on its ELBO warm-started at the encoder. ELBO[q] = E_q[log p(x,
-z)] + H[q], the entropy in closed form; ELBO[q*] and ELBO[q_encoder] use the same
-standard-normal draws (common random numbers), so their difference — the
-amortization gap — has a small Monte Carlo error. log p(x) is the larger of the
+with q* the best member of the encoder's family for this x alone (a diagonal Gaussian for a diagonal encoder, a
+full one for a full one, a Dirichlet for a Dirichlet), found by stochastic gradient ascent on its ELBO
+warm-started at the encoder. ELBO[q] = E_q[log p(x, z)] + H[q], the entropy in closed form; ELBO[q*] and
+ELBO[q_encoder] use draws from one seed (for Gaussians the same standard-normal draws: common random numbers),
+and the amortization gap's standard error is that of the per-draw differences. log p(x) is the larger of the
 IWAE-K estimates with q* and with the encoder as proposals (both stochastic
 lower bounds; Cremer et al. likewise take the best of their estimators), or
 AIS if asked.
@@ -136,6 +141,34 @@ class Gaussian:
         """z = loc + L ε for ε shaped (S, P, k)."""
         return self.loc + (self.tril @ eps.unsqueeze(-1)).squeeze(-1)
 
+    def draws(self, n: int, seed: int) -> torch.Tensor:
+        """n draws (n, P, k) from standard-normal noise seeded by ``seed``: two Gaussians drawn with one seed share
+        their noise (common random numbers)."""
+        g = torch.Generator(device=self.loc.device).manual_seed(seed)
+        return self.sample(torch.randn((n,) + self.loc.shape, generator=g, device=self.loc.device))
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return self.dist().log_prob(z)
+
+    def interval(self, level: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each coordinate's central ``level`` interval, loc ± Φ⁻¹(½ + level/2) · scale: (lower, upper), each (P, k)."""
+        half = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + level / 2)).item()
+        return self.loc - half * self.scale, self.loc + half * self.scale
+
+    def fitted(self, draws: torch.Tensor) -> Gaussian:
+        """The Gaussian of the draws (P, S, k): their mean and covariance (p̂ for the KL)."""
+        m, S = gaussian_fit(draws)
+        return Gaussian(m, torch.linalg.cholesky(S), False)
+
+    def kl(self, other: Gaussian) -> torch.Tensor:
+        return gaussian_kl(self.loc, self.cov, other.loc, other.cov)
+
+    def optimized(self, pair, x: torch.Tensor, steps: int, lr: float, seed: int) -> Gaussian:
+        return optimize_gaussian(pair, x, self, steps=steps, lr=lr, seed=seed)
+
+    #: why AIS cannot run with this family of q (None: it can)
+    ais_refusal = None
+
 
 @dataclass
 class DirichletQ:
@@ -174,6 +207,37 @@ class DirichletQ:
         b = a.sum(-1, keepdims=True) - a
         lo, hi = beta.ppf(0.5 - level / 2, a, b), beta.ppf(0.5 + level / 2, a, b)
         return torch.as_tensor(lo), torch.as_tensor(hi)
+
+    def draws(self, n: int, seed: int) -> torch.Tensor:
+        """n draws (n, P, k), torch's Gamma sampler seeded by ``seed``."""
+        with torch.random.fork_rng(devices=[self.concentration.device] if self.concentration.is_cuda else []):
+            torch.manual_seed(seed)
+            return self.dist().sample((n,))
+
+    def log_prob(self, theta: torch.Tensor) -> torch.Tensor:
+        return self.dist().log_prob(theta)
+
+    def fitted(self, draws: torch.Tensor) -> DirichletQ:
+        """The Dirichlet matched to the draws' moments (:func:`dirichlet_fit`), p̂ for the KL."""
+        return DirichletQ(dirichlet_fit(draws))
+
+    def kl(self, other: DirichletQ) -> torch.Tensor:
+        return kl_divergence(torch.distributions.Dirichlet(self.concentration.double()),
+                             torch.distributions.Dirichlet(other.concentration.double()))
+
+    def optimized(self, pair, x: torch.Tensor, steps: int, lr: float, seed: int) -> DirichletQ:
+        return optimize_dirichlet(pair, x, self, steps=steps, lr=lr, seed=seed)
+
+    ais_refusal = ("AIS moves real-valued latents by HMC; the Dirichlet-VAE's θ lives on the simplex: "
+                   "leave --ais off (the IWAE estimates bound log p(x))")
+
+
+#: what the gap and the NUTS comparison ask of a per-point posterior q (both :class:`Gaussian` and
+#: :class:`DirichletQ` provide it): ``loc``/``cov``/``scale`` (P, k, …), ``draws(n, seed)`` (n, P, k),
+#: ``log_prob(z)`` (n, P), ``entropy()`` (P,), ``interval(level)`` → (lower, upper), ``fitted(draws)`` (the
+#: member of q's family matched to draws (P, S, k)), ``kl(other)``, ``optimized(pair, x, …)`` (q* of the family,
+#: warm-started at q) and ``ais_refusal``.
+Posterior = Gaussian | DirichletQ
 
 
 def dirichlet_fit(draws: torch.Tensor) -> torch.Tensor:
@@ -345,41 +409,6 @@ def optimize_dirichlet(pair, x: torch.Tensor, start: DirichletQ, steps: int = 10
     return DirichletQ(log_alpha.detach().exp().float())
 
 
-def _dirichlet_draws(q: DirichletQ, n: int, seed: int) -> torch.Tensor:
-    with torch.random.fork_rng(devices=[q.concentration.device] if q.concentration.is_cuda else []):
-        torch.manual_seed(seed)
-        return q.dist().sample((n,))
-
-
-def _dirichlet_gaps(pair, x: torch.Tensor, enc: DirichletQ, *, steps: int, lr: float, elbo_samples: int,
-                    iwae_k: int, seed: int, q_star: DirichletQ | None) -> dict[str, Any]:
-    """:func:`gaps` for a Dirichlet guide: q* in the Dirichlet family; the two ELBOs from independent draws (a
-    Dirichlet draw has no shared standard-normal noise), so the amortization gap's SE combines both."""
-    q_star = q_star or optimize_dirichlet(pair, x, enc, steps=steps, lr=lr, seed=seed)
-    out: dict[str, Any] = {"q_star": q_star, "encoder": enc}
-    estimates, elbos, ses, per_draw = {}, {}, {}, {}
-    for name, q, offset in (("encoder", enc, 1), ("qstar", q_star, 2)):
-        theta = _dirichlet_draws(q, elbo_samples, seed + offset)
-        with torch.no_grad():
-            per_draw[name] = _chunked_log_joint(pair, x, theta).double()
-        elbos[name] = per_draw[name].mean(0) + q.entropy().double()
-        ses[name] = per_draw[name].std(0) / math.sqrt(elbo_samples)
-        theta = _dirichlet_draws(q, iwae_k, seed + 10 + offset)
-        with torch.no_grad():
-            log_w = _chunked_log_joint(pair, x, theta).double() - q.dist().log_prob(theta).double()
-        estimates[f"iwae_{name}"] = torch.logsumexp(log_w, 0) - math.log(iwae_k)
-    log_px = torch.stack(list(estimates.values())).max(0).values
-    out.update({
-        "log_px": log_px, "log_px_estimates": estimates,
-        "elbo_encoder": elbos["encoder"], "elbo_encoder_se": ses["encoder"],
-        "elbo_qstar": elbos["qstar"], "elbo_qstar_se": ses["qstar"],
-        "approximation_gap": log_px - elbos["qstar"], "approximation_gap_se": ses["qstar"],
-        "amortization_gap": elbos["qstar"] - elbos["encoder"],
-        "amortization_gap_se": (ses["qstar"] ** 2 + ses["encoder"] ** 2).sqrt(),
-    })
-    return out
-
-
 def elbo_of(pair, x: torch.Tensor, q: Gaussian, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """ELBO per point at the draws z = q.loc + L ε, and the per-draw values E_q part (for standard errors)."""
     with torch.no_grad():
@@ -387,40 +416,39 @@ def elbo_of(pair, x: torch.Tensor, q: Gaussian, eps: torch.Tensor) -> tuple[torc
     return lj.mean(0) + q.entropy(), lj
 
 
-def iwae_of(pair, x: torch.Tensor, q: Gaussian, eps: torch.Tensor) -> torch.Tensor:
-    """IWAE-K with q as proposal, K = eps.shape[0]: log (1/K) Σ p(x, z_k)/q(z_k)."""
+def iwae_of(pair, x: torch.Tensor, q, k_or_eps: int | torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """IWAE-K with q as proposal: log (1/K) Σ p(x, z_k)/q(z_k), z_k = ``q.draws(K, seed)`` (or, for a Gaussian,
+    z = loc + L ε at given noise ε shaped (K, P, k))."""
+    z = q.sample(k_or_eps) if torch.is_tensor(k_or_eps) else q.draws(k_or_eps, seed)
     with torch.no_grad():
-        z = q.sample(eps)
-        log_w = _chunked_log_joint(pair, x, z).double() - q.dist().log_prob(z).double()
-    return torch.logsumexp(log_w, 0) - math.log(eps.shape[0])
+        log_w = _chunked_log_joint(pair, x, z).double() - q.log_prob(z).double()
+    return torch.logsumexp(log_w, 0) - math.log(z.shape[0])
 
 
 def gaps(pair, x: torch.Tensor, *, steps: int = 1000, lr: float = 0.02, elbo_samples: int = 2000,
-         iwae_k: int = 5000, ais_steps: int = 0, seed: int = 0, q_star: Gaussian | None = None) -> dict[str, Any]:
+         iwae_k: int = 5000, ais_steps: int = 0, seed: int = 0, q_star: Posterior | None = None) -> dict[str, Any]:
     """The Cremer et al. (2018) decomposition per point (see module docs), with standard errors.
 
-    Returns ``log_px``, ``elbo_encoder``, ``elbo_qstar``, ``approximation_gap``,
-    ``amortization_gap`` (tensors (P,)), their standard errors and ``q_star``.
+    q* is the best member of the encoder's family (Gaussian or Dirichlet, :data:`Posterior`) for each point.
+    ELBO[q] = mean over draws of log p(x, z) + H[q]; both ELBOs use draws from one seed (common random numbers
+    for Gaussians), so the amortization gap's standard error is that of the per-draw differences.
+    Returns ``log_px``, ``elbo_encoder``, ``elbo_qstar``, ``approximation_gap``, ``amortization_gap``
+    (tensors (P,)), their standard errors, ``q_star`` and ``encoder``.
     """
     pair.eval()
     enc = encoder_q(pair, x)
-    if isinstance(enc, DirichletQ):
-        if ais_steps:
-            raise UserError("AIS moves real-valued latents by HMC; the Dirichlet-VAE's θ lives on the simplex: "
-                            "leave --ais off (the IWAE estimates bound log p(x))")
-        return _dirichlet_gaps(pair, x, enc, steps=steps, lr=lr, elbo_samples=elbo_samples, iwae_k=iwae_k,
-                               seed=seed, q_star=q_star)
-    q_star = q_star or optimize_gaussian(pair, x, enc, steps=steps, lr=lr, seed=seed)
-    g = torch.Generator(device=x.device).manual_seed(seed + 1)
-    eps = torch.randn((elbo_samples,) + enc.loc.shape, generator=g, device=x.device)
-    elbo_enc, lj_enc = elbo_of(pair, x, enc, eps)
-    elbo_star, lj_star = elbo_of(pair, x, q_star, eps)  # same ε: common random numbers
-    n = elbo_samples
-    se_enc = lj_enc.double().std(0) / math.sqrt(n)
-    se_star = lj_star.double().std(0) / math.sqrt(n)
-    se_amort = (lj_star.double() - lj_enc.double()).std(0) / math.sqrt(n)
-    eps_k = torch.randn((iwae_k,) + enc.loc.shape, generator=g, device=x.device)
-    estimates = {"iwae_encoder": iwae_of(pair, x, enc, eps_k), "iwae_qstar": iwae_of(pair, x, q_star, eps_k)}
+    if ais_steps and enc.ais_refusal:
+        raise UserError(enc.ais_refusal)
+    q_star = q_star or enc.optimized(pair, x, steps, lr, seed)
+    per_draw, elbos = {}, {}
+    for name, q in (("encoder", enc), ("qstar", q_star)):
+        with torch.no_grad():
+            per_draw[name] = _chunked_log_joint(pair, x, q.draws(elbo_samples, seed + 1)).double()
+        elbos[name] = per_draw[name].mean(0) + q.entropy().double()
+    se = {name: lj.std(0) / math.sqrt(elbo_samples) for name, lj in per_draw.items()}
+    se_amort = (per_draw["qstar"] - per_draw["encoder"]).std(0) / math.sqrt(elbo_samples)
+    estimates = {"iwae_encoder": iwae_of(pair, x, enc, iwae_k, seed + 10),
+                 "iwae_qstar": iwae_of(pair, x, q_star, iwae_k, seed + 10)}
     if ais_steps:
         from ppgen.evaluation.ais import ais
 
@@ -428,10 +456,10 @@ def gaps(pair, x: torch.Tensor, *, steps: int = 1000, lr: float = 0.02, elbo_sam
     log_px = torch.stack(list(estimates.values())).max(0).values
     return {
         "log_px": log_px, "log_px_estimates": estimates,
-        "elbo_encoder": elbo_enc.double(), "elbo_encoder_se": se_enc,
-        "elbo_qstar": elbo_star.double(), "elbo_qstar_se": se_star,
-        "approximation_gap": log_px - elbo_star.double(), "approximation_gap_se": se_star,
-        "amortization_gap": elbo_star.double() - elbo_enc.double(), "amortization_gap_se": se_amort,
+        "elbo_encoder": elbos["encoder"], "elbo_encoder_se": se["encoder"],
+        "elbo_qstar": elbos["qstar"], "elbo_qstar_se": se["qstar"],
+        "approximation_gap": log_px - elbos["qstar"], "approximation_gap_se": se["qstar"],
+        "amortization_gap": elbos["qstar"] - elbos["encoder"], "amortization_gap_se": se_amort,
         "q_star": q_star, "encoder": enc,
     }
 
@@ -444,41 +472,26 @@ def nuts_draws(nuts_fit, site: str = "z") -> torch.Tensor:
     return torch.as_tensor(a.reshape(a.shape[0], -1, a.shape[-1]).copy())
 
 
-def against_nuts(pair, x: torch.Tensor, draws: torch.Tensor, q: Gaussian | None = None, psis_samples: int = 2000,
-                 seed: int = 0) -> dict[str, torch.Tensor]:
-    """KL(q ‖ p̂), W2(q, p̂), coverage of q's 50/90% intervals and PSIS k̂ per point."""
+def against_nuts(pair, x: torch.Tensor, draws: torch.Tensor, q: Posterior | None = None,
+                 psis_samples: int = 2000, seed: int = 0) -> dict[str, torch.Tensor]:
+    """KL(q ‖ p̂), W2(q, p̂), coverage of q's 50/90% intervals and PSIS k̂ per point, for any :data:`Posterior`.
+
+    p̂ is the member of q's family fitted to the NUTS draws (P, S, k) (:meth:`Gaussian.fitted`: mean and
+    covariance; :meth:`DirichletQ.fitted`: moments); W2 uses both distributions' means and covariances (on the
+    simplex both covariances are singular, rank k − 1, and ``sqrtm`` warns: silenced); k̂ is that of the weights
+    p(x, z)/q(z), z ~ q.
+    """
     q = q or encoder_q(pair, x)
-    if isinstance(q, DirichletQ):
-        return _against_nuts_dirichlet(pair, x, draws, q, psis_samples, seed)
     m, S = gaussian_fit(draws)
-    out = {"kl": gaussian_kl(q.loc, q.cov, m, S), "w2": gaussian_w2(q.loc, q.cov, m, S),
-           "coverage50": coverage(q.loc, q.scale, draws, 0.5), "coverage90": coverage(q.loc, q.scale, draws, 0.9)}
-    g = torch.Generator(device=x.device).manual_seed(seed + 2)
-    eps = torch.randn((psis_samples,) + q.loc.shape, generator=g, device=x.device)
-    with torch.no_grad():
-        z = q.sample(eps)
-        log_w = _chunked_log_joint(pair, x, z).double() - q.dist().log_prob(z).double()
-    out["khat"] = psis_khat(log_w)
-    return out
-
-
-def _against_nuts_dirichlet(pair, x: torch.Tensor, draws: torch.Tensor, q: DirichletQ, psis_samples: int,
-                            seed: int) -> dict[str, torch.Tensor]:
-    """:func:`against_nuts` for a Dirichlet q: KL(q ‖ p̂) with p̂ the Dirichlet matched to the NUTS draws'
-    moments (closed form), W2 between the two distributions' Gaussian moment fits on the simplex, coverage of
-    q's Beta-marginal intervals, PSIS k̂ of p(x, θ)/q(θ), θ ~ q."""
-    p_hat = torch.distributions.Dirichlet(dirichlet_fit(draws))
-    q64 = torch.distributions.Dirichlet(q.concentration.double())
-    m, S = gaussian_fit(draws)
-    with warnings.catch_warnings():  # both covariances are singular on the simplex (rank k − 1): sqrtm warns
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         w2 = gaussian_w2(q.loc, q.cov, m, S)
-    out = {"kl": kl_divergence(q64, p_hat), "w2": w2,
+    out = {"kl": q.kl(q.fitted(draws)), "w2": w2,
            "coverage50": interval_coverage(*q.interval(0.5), draws),
            "coverage90": interval_coverage(*q.interval(0.9), draws)}
-    theta = _dirichlet_draws(q, psis_samples, seed + 2)
+    z = q.draws(psis_samples, seed + 2)
     with torch.no_grad():
-        log_w = _chunked_log_joint(pair, x, theta).double() - q.dist().log_prob(theta).double()
+        log_w = _chunked_log_joint(pair, x, z).double() - q.log_prob(z).double()
     out["khat"] = psis_khat(log_w)
     return out
 
@@ -493,7 +506,8 @@ def compare(pair, nuts_fit, *, steps: int = 1000, lr: float = 0.02, elbo_samples
     from ppgen.diagnostics import nuts_report
 
     if nuts_fit.options.get("points") is None:
-        raise UserError("compare needs a NUTS fit over chosen points (ppgen.fit(..., backend='nuts', points=...))")
+        raise UserError("compare needs a NUTS fit over chosen points (ppgen.fit(..., backend='nuts', points=...)); "
+                        "for a whole-model fit of a non-amortized pair use compare_global")
     x = nuts_fit.state["x"]
     draws = nuts_draws(nuts_fit, latent_site(pair))
     g = gaps(pair, x, steps=steps, lr=lr, elbo_samples=elbo_samples, iwae_k=iwae_k, ais_steps=ais_steps, seed=seed)
@@ -517,6 +531,101 @@ def compare(pair, nuts_fit, *, steps: int = 1000, lr: float = 0.02, elbo_samples
     overall["r_hat_max"] = max(r["r_hat_max"] for r in rows)
     overall["ess_bulk_min"] = min(r["ess_bulk_min"] for r in rows)
     return {"points": rows, "overall": overall, "engine": report["engine"]}
+
+
+# -- a non-amortized pair: the guide's posterior of every unknown beside whole-model NUTS ----------------------
+def _flat(a, lead: int) -> torch.Tensor:
+    """(lead axes..., *site shape) as (1, draws, k): one "point" whose coordinates are the site's entries."""
+    a = torch.as_tensor(np.array(a, dtype=np.float64))
+    return a.reshape(1, math.prod(a.shape[:lead]), -1)
+
+
+def empirical_interval(draws: torch.Tensor, level: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The central ``level`` interval of draws (P, S, k) per coordinate: their (½ ∓ level/2) quantiles, (P, k)."""
+    q = torch.quantile(draws, torch.tensor([0.5 - level / 2, 0.5 + level / 2], dtype=draws.dtype), dim=1)
+    return q[0], q[1]
+
+
+def compare_global(pair, nuts_fit, *, guide_samples: int = 4000, psis_samples: int = 2000,
+                   seed: int = 0) -> dict[str, Any]:
+    r"""SVI's posterior of every unknown beside whole-model NUTS, a row per latent site of the model.
+
+    For a pair whose guide is not amortized (global latents: regression weights, eight schools' μ and τ) the
+    guide *is* the posterior q(w). Per site, with its entries as coordinates (k of them):
+
+    * ``kl`` = KL(q̂ ‖ p̂), ``w2`` = W2(q̂, p̂) between the Gaussians fitted to the guide's draws (q̂) and to
+      NUTS's draws (p̂) — any guide, autoguides included, is read through its draws;
+    * ``coverage50`` / ``coverage90`` — the share of NUTS draws inside the guide's central 50% / 90% intervals
+      (the quantiles of its draws), averaged over coordinates;
+    * ``khat`` — PSIS k̂ of the joint weights p(x_{1:N}, w)/q(w), w ~ q (the same in every row: the weights are
+      of the whole posterior), log w = Σ_n of :func:`ppgen.sites.log_weights` (global terms split 1/N per
+      example, so the sum is the joint);
+    * NUTS's r_hat, bulk ESS of the site and the fit's divergences.
+
+    ``nuts_fit`` is NUTS over every unknown (``ppgen.fit(pair, data, backend="nuts")``, no ``points``).
+    """
+    from ppgen.diagnostics import guide_draws, model_sites
+
+    if nuts_fit.options.get("points") is not None:
+        raise UserError("compare_global needs NUTS over every unknown (ppgen.fit(pair, data, backend='nuts') "
+                        "without points); for per-point latents use compare")
+    x = nuts_fit.state["x"]
+    pair.eval()
+    latent = [k for k, s in model_sites(pair, x).items() if not s["is_observed"]]
+    q_draws, _ = guide_draws(pair, x, guide_samples, seed)
+    missing = [k for k in latent if k not in q_draws or k not in nuts_fit.samples]
+    if missing:
+        raise UserError(f"the guide draws no {missing}: a guide for whole-model comparison samples every latent "
+                        "site of the model")
+    torch.manual_seed(seed + 2)
+    log_w = sites.log_weights(pair, x, psis_samples).double().sum(-1, keepdim=True)  # (S, 1): the joint
+    khat = float(psis_khat(log_w)[0])
+    stats = nuts_fit.state["sample_stats"]
+    divergences = int(np.sum(stats["diverging"]))
+    rows = []
+    for name in latent:
+        p = _flat(nuts_fit.samples[name], 2)
+        q = _flat(q_draws[name].cpu(), 1)
+        qg, pg = Gaussian(*_moments(q)), Gaussian(*_moments(p))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            w2 = gaussian_w2(qg.loc, qg.cov, pg.loc, pg.cov)
+        row = {"site": name, "kl": float(qg.kl(pg)[0]), "w2": float(w2[0]),
+               "coverage50": float(interval_coverage(*empirical_interval(q, 0.5), p)[0]),
+               "coverage90": float(interval_coverage(*empirical_interval(q, 0.9), p)[0]),
+               "khat": khat, **_site_convergence(nuts_fit.samples[name]), "divergences": divergences}
+        rows.append(row)
+    overall = {"khat": khat, "divergences": divergences, "r_hat_max": max(r["r_hat_max"] for r in rows),
+               "ess_bulk_min": min(r["ess_bulk_min"] for r in rows)}
+    return {"sites": rows, "overall": overall, "engine": nuts_fit.state.get("engine")}
+
+
+def _moments(draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(loc, scale_tril, diagonal=False) of the Gaussian fitted to draws (1, S, k)."""
+    m, S = gaussian_fit(draws)
+    k = S.shape[-1]
+    return m, torch.linalg.cholesky(S + 1e-12 * torch.eye(k, dtype=S.dtype)), False
+
+
+def _site_convergence(samples) -> dict[str, float]:
+    """Worst r_hat and smallest bulk ESS over a site's entries (ArviZ)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import arviz as az
+
+        ds = az.convert_to_dataset({"v": np.asarray(samples)})
+        return {"r_hat_max": float(az.rhat(ds)["v"].max()), "ess_bulk_min": float(az.ess(ds, method="bulk")["v"].min())}
+
+
+def format_global_table(result: dict[str, Any]) -> str:
+    """The per-site table of :func:`compare_global`."""
+    cols = [("site", "site", "{:>12}"), ("kl", "KL", "{:8.3f}"), ("w2", "W2", "{:7.3f}"),
+            ("coverage50", "cov50", "{:6.2f}"), ("coverage90", "cov90", "{:6.2f}"), ("khat", "k̂", "{:6.2f}"),
+            ("r_hat_max", "r_hat", "{:6.3f}"), ("ess_bulk_min", "ESS", "{:7.0f}"), ("divergences", "div", "{:5d}")]
+    rows = [[fmt.format(row[key]) for key, _, fmt in cols] for row in result["sites"]]
+    widths = [max([len(head)] + [len(r[i]) for r in rows]) for i, (_, head, _) in enumerate(cols)]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths))
+                     for line in [[head for _, head, _ in cols], *rows])
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ppgen.errors import UserError
 from ppgen.sites import log_weights
 
 if TYPE_CHECKING:  # annotations only
     from ppgen.data import Dataset
     from ppgen.inference.fit import Fit
 
-__all__ = ["bits_per_dim", "elbo", "iwae", "log_weights"]
+__all__ = ["bits_per_dim", "elbo", "iwae", "global_latents", "log_weights", "refuse_global_latents"]
 
 
 def _chunks(n: int, size: int):
@@ -55,6 +56,8 @@ def iwae(pair, x: torch.Tensor, k: int = 1000, budget: int = 8_000_000,
     if k < 1:
         raise ValueError("k must be at least 1")
     k = pair.guide_draws(k)
+    if k > 1:
+        refuse_global_latents(pair, x, "IWAE with k > 1", inputs)
     k_chunk, b_chunk = _budget(pair, k, budget)
     options = {} if k == 1 else {"globals": "raise"}  # IWAE_1 is the ELBO: linear, global sites split 1/N
     out = []
@@ -64,6 +67,33 @@ def iwae(pair, x: torch.Tensor, k: int = 1000, budget: int = 8_000_000,
                  for ks in _chunks(k, k_chunk)]
         out.append(torch.logsumexp(torch.stack(parts), 0) - math.log(k))
     return torch.cat(out)
+
+
+def global_latents(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> list[str]:
+    """The model's latent sites outside the data plate (shared by every example), from one trace at ``x[:1]``."""
+    from pyro import poutine
+
+    from ppgen import sites
+
+    with torch.no_grad():
+        trace = poutine.trace(pair.model).get_trace(x[:1], *(c[:1] for c in inputs))
+    return [n for n in sites.global_sites(trace, pair.data_plate) if not trace.nodes[n]["is_observed"]]
+
+
+def refuse_global_latents(pair, x: torch.Tensor, what: str, inputs: tuple[torch.Tensor, ...] = ()) -> None:
+    """Raise :class:`UserError` (one line, what to use instead) when the model has a latent outside the data plate.
+
+    A global latent w is shared by every example, so p(x_n) = ∫ p(x_n | w) p(w) dw per example is not what
+    the model's posterior couples (p(x_{1:N}) ≠ Π_n p(x_n)): a per-example importance weight or annealing path
+    does not exist. The ELBO is linear in the per-example terms (global terms split 1/N), so its sum over
+    examples is the joint ELBO; the posterior of w is checked against whole-model NUTS.
+    """
+    latent = global_latents(pair, x, inputs)
+    if latent:
+        raise UserError(f"{what} estimates log p(x) per example, but latent {', '.join(map(repr, latent))} is global "
+                        f"(outside the data plate {pair.data_plate!r}, shared by every example): use the ELBO "
+                        "(ppgen.evaluation.elbo; summed over examples it is the joint ELBO) and whole-model NUTS "
+                        "beside the guide (ppgen.evaluation.amortization.compare_global)")
 
 
 def elbo(pair, x: torch.Tensor, num_samples: int = 1, budget: int = 8_000_000,

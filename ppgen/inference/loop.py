@@ -32,6 +32,7 @@ import copy
 import dataclasses
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,7 @@ class EpochPlan:
     tick: Callable[..., None] = lambda n=1, **postfix: None
     group: Group = field(default_factory=Group)  # data-parallel: this process's place (world 1: alone)
     inputs: tuple[torch.Tensor, ...] = ()  # the pair's input columns, row i beside x[i], on the device
+    examples: int = 0  # the examples one step's loss stands for; 0: the batch
 
     def rows(self, order: torch.Tensor, step: int) -> torch.Tensor:
         """This process's rows of step ``step``'s batch in the epoch's ``order`` (all of them when alone)."""
@@ -71,6 +73,11 @@ class EpochPlan:
     def input_rows(self, order: torch.Tensor, step: int) -> tuple[torch.Tensor, ...]:
         """The input columns' rows beside :meth:`rows` (the same examples, in the same order)."""
         return tuple(self.group.shard(column, order, step, self.batch) for column in self.inputs)
+    @property
+    def step_examples(self) -> int:
+        """The examples one step's loss stands for (:func:`examples_per_step`); an epoch's per-example figure is
+        its summed loss over ``steps × step_examples``."""
+        return self.examples or self.batch
 
 
 @dataclass
@@ -97,6 +104,25 @@ class Engine:
     #: the torch modules a data-parallel run keeps equal across processes (weights and buffers); none: the
     #: engine runs in one process only
     modules: Callable[[Any], list] = lambda state: []
+
+
+def examples_per_step(pair, x: torch.Tensor, batch: int, inputs: tuple[torch.Tensor, ...] = ()) -> int:
+    """The examples one step's loss stands for: the data plate's full size N when the model subsamples it
+    (``pyro.plate("data", N, subsample_size=B)``: its terms are scaled by N/B, so the loss estimates the
+    objective of all N examples), else the ``batch``. From one trace of the model at ``x`` (the RNG untouched)."""
+    from pyro import poutine
+
+    from ppgen import sites
+
+    devices = [x.device] if x.is_cuda else []
+    with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False), torch.no_grad(), \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not registered in the param store.*")  # frozen weights
+        try:
+            where = sites.layout(poutine.trace(pair.model).get_trace(x, *inputs), pair.data_plate)
+        except UserError:  # no site in the data plate: nothing is scaled
+            return batch
+    return where.full_size if where.full_size != where.examples else batch
 
 
 def batching(n: int, batch_size: int) -> tuple[int, int]:
@@ -171,6 +197,9 @@ def run(engine: Engine, pair, data, options: Any, *, backend: str, resume: dict 
     wall = fit.history[-1]["wall"] if fit.history else 0.0
     device = next(iter(pair.parameters()), torch.empty(0)).device
     last_good = engine.snapshot(state)
+    examples = (examples_per_step(pair, data.train_epoch(0)[:batch].to(device), batch,
+                                  tuple(c[:batch].to(device) for c in data.train_epoch_inputs(0, pair.inputs)))
+                if backend == "svi" else 0)
     with pyro.validation_enabled(False):
         for index in range(fit.state.epoch, options.epochs):
             seed = epoch_seed(options.seed, index)
@@ -184,7 +213,7 @@ def run(engine: Engine, pair, data, options: Any, *, backend: str, resume: dict 
                     bar.set_postfix(**postfix)
 
             plan = EpochPlan(index=index, epochs=options.epochs, seed=seed, x=data.train_epoch(index).to(device),
-                             batch=batch, steps=steps, tick=tick, group=group,
+                             batch=batch, steps=steps, tick=tick, group=group, examples=examples,
                              inputs=tuple(c.to(device) for c in data.train_epoch_inputs(index, pair.inputs)))
             try:
                 state, result = engine.epoch(state, plan)

@@ -57,17 +57,37 @@ CACHE_SIZE = 8
 # -- the pair's model on NumPyro with the weights as arguments ------------------------------
 def numpyro_model(pair):
     """``model(x, params)``: the pair's model on NumPyro, its ``pyro.module`` param sites set to ``params``
-    by ``handlers.substitute`` (NumPyro's own mechanism; ``params`` may be tracers). For a pair with input
-    columns ``x`` is the tuple (x, *inputs)."""
+    by ``handlers.substitute`` (NumPyro's own mechanism; ``params`` may be tracers), its data plate whole
+    (:func:`whole_plate`: NUTS conditions on every example it is given, never on a random subsample). For a pair
+    with input columns ``x`` is the tuple (x, *inputs)."""
     from numpyro import handlers
 
     from ppgen.ppl import backend
 
     def model(x, params):
-        with backend("numpyro"), handlers.substitute(data=params):
+        with backend("numpyro"), handlers.substitute(data=params), whole_plate(pair.data_plate):
             pair.model(*x) if isinstance(x, tuple) else pair.model(x)
 
     return model
+
+
+def whole_plate(name: str):
+    """A NumPyro handler under which ``plate(name, N, subsample_size=B)`` holds all N indices (scale 1).
+
+    A model that subsamples its data plate (Pyro's idiom for minibatch SVI: the local terms scaled by N/B)
+    would ask NUTS for random subsample indices (NumPyro: "Missing random key to generate subsample indices");
+    the posterior NUTS samples is the one given all N examples, so the plate's subsample becomes ``arange(N)``.
+    """
+    import jax.numpy as jnp
+    from numpyro.primitives import Messenger
+
+    class WholePlate(Messenger):
+        def process_message(self, msg):
+            if msg["type"] == "plate" and msg["name"] == name and msg["value"] is None:
+                size = msg["args"][0]
+                msg["value"], msg["args"] = jnp.arange(size), (size, None)
+
+    return WholePlate()
 
 
 def network_params(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> dict[str, Any]:
@@ -77,7 +97,7 @@ def network_params(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ())
     from ppgen.ppl import backend
 
     xj = _to_jax(x)
-    with backend("numpyro"):
+    with backend("numpyro"), whole_plate(pair.data_plate):
         trace = handlers.trace(handlers.seed(pair.model, 0)).get_trace(xj, *(_column_to_jax(c) for c in inputs))
     return {name: site["value"] for name, site in trace.items() if site["type"] == "param"}
 
@@ -206,10 +226,15 @@ def _devices(chain_method: str) -> int:
     return n if chain_method in ("auto", "parallel") and n > 1 else 1
 
 
-def _structure(pair) -> tuple:
+def _structure(pair) -> tuple | None:
+    """What the compiled code depends on: the pair's class and config; None (do not cache) for a pair whose
+    config is not a dataclass (a user's own pair may keep its architecture anywhere)."""
     import json
 
-    config = json.dumps(pair.config_dict(), sort_keys=True)
+    try:
+        config = json.dumps(pair.config_dict(), sort_keys=True)
+    except TypeError:  # dataclasses.asdict of a config that is not a dataclass
+        return None
     return (type(pair).__module__, type(pair).__qualname__, config)
 
 
@@ -219,7 +244,10 @@ def sampler(pair, x_example, params, **options) -> _Sampler:
     The key is the pair's class and config, not the object: weights are arguments,
     so a freshly trained or reloaded pair of the same architecture reuses the code.
     """
-    key = _structure(pair) + tuple(sorted(options.items())) + (_shapes(x_example),)
+    structure = _structure(pair)
+    if structure is None:
+        return _Sampler(pair, x_example, params, **options)
+    key = structure + tuple(sorted(options.items())) + (_shapes(x_example),)
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
@@ -235,12 +263,46 @@ def latent_sites(trace: dict) -> dict[str, dict]:
     return {name: s for name, s in trace.items() if s["type"] == "sample" and not s["is_observed"]}
 
 
+def site_plates(site: dict, data_plate: str = "data") -> list[tuple[str, int]]:
+    """The vectorized plates around a site as (name, dim): the data plate first, then the others outermost
+    first (most negative dim first); an estimator's ``particles`` plate is left out."""
+    frames = [(f.name, f.dim) for f in site["cond_indep_stack"] if f.dim is not None and f.name != "particles"]
+    data = [fr for fr in frames if fr[0] == data_plate]
+    return data + sorted((fr for fr in frames if fr[0] != data_plate), key=lambda fr: fr[1])
+
+
+def canonical(value, site: dict, data_plate: str = "data", lead: int = 0):
+    """A site's value (lead..., *batch, *event) in ppgen's layout (lead..., [data], *other plates, *event).
+
+    The batch axes a plate names are kept, the data plate's first (wherever the model declared it: at dim −2
+    under a plate of coordinates, say); every other batch axis is a broadcast axis of size 1 and is dropped.
+    ``lead`` leading axes (draws, chains) pass through. Works on numpy and torch arrays.
+    """
+    event = len(site["fn"].event_shape)
+    batch = value.ndim - lead - event
+    plates = site_plates(site, data_plate)
+    width = max([batch] + [-dim for _, dim in plates])
+    if width > batch:  # a plate wider than the value's batch shape: size-1 axes to add in front
+        value = value.reshape(tuple(value.shape[:lead]) + (1,) * (width - batch) + tuple(value.shape[lead:]))
+        batch = width
+    axes = [lead + batch + dim for _, dim in plates]
+    dropped = [lead + i for i in range(batch) if lead + i not in axes]
+    if any(value.shape[a] != 1 for a in dropped):
+        raise UserError(f"site {site['name']!r} varies along a batch dim no plate names (shape "
+                        f"{tuple(value.shape[lead:])}); declare that dim with a pyro.plate")
+    order = list(range(lead)) + axes + dropped + list(range(lead + batch, value.ndim))
+    value = value.permute(*order) if hasattr(value, "permute") else value.transpose(order)
+    keep = tuple(value.shape[: lead + len(axes)]) + tuple(value.shape[lead + batch:])
+    return value.reshape(keep)
+
+
 def site_dims(trace: dict, names, data_plate: str = "data") -> dict[str, list[str]]:
-    """ArviZ dimension names of sites: their plates (``data``) then one name per event dimension."""
+    """ArviZ dimension names of sites in the :func:`canonical` layout: ``data`` for the data plate, the other
+    plates' names, then one name per event dimension."""
     dims = {}
     for name in names:
         site = trace[name]
-        plates = [f.name for f in site["cond_indep_stack"] if f.name == data_plate]
+        plates = ["data" if p == data_plate else p for p, _ in site_plates(site, data_plate)]
         n_event = len(site["fn"].event_shape)
         event = [f"{name}_dim"] if n_event == 1 else [f"{name}_dim_{i}" for i in range(n_event)]
         dims[name] = plates + event
@@ -317,6 +379,7 @@ def fit_nuts(
         inputs = tuple(c[torch.as_tensor(idx)] for c in inputs)
     pair.check_data(x, f"{split} data")
     pair.check_inputs(x, inputs, f"{split} data")
+    subsampled = _check_whole_plate(pair, x, inputs) if idx is None else False
     options = dict(points=None if idx is None else idx.tolist(), split=split, chains=int(chains), warmup=int(warmup),
                    samples=int(samples), seed=seed, target_accept=target_accept, max_tree_depth=max_tree_depth,
                    dense_mass=dense_mass, chain_method=chain_method)
@@ -329,6 +392,10 @@ def fit_nuts(
         if not fallback:
             raise UserError(f"this pair cannot be lowered to JAX ({err}); pass fallback=True to use Pyro's NUTS "
                             "or write the network from ppgen.nn layers") from None
+        if subsampled:
+            raise UserError(f"this pair cannot be lowered to JAX ({err}) and its data plate subsamples itself, which "
+                            "Pyro's NUTS cannot undo: write the network from ppgen.nn layers or declare the plate "
+                            "without subsample_size") from None
         print(f"ppgen: NUTS on NumPyro is not possible ({err}); falling back to Pyro's NUTS, which is much slower",
               file=sys.stderr)
         samples_, stats, extra = _pyro_nuts(pair, x, idx is not None, inputs=inputs, **options)
@@ -340,6 +407,23 @@ def fit_nuts(
     state = {"x": x.detach().cpu(), "sample_stats": stats, "engine": engine, "coords": coords, **extra,
              "inputs": {name: c.detach().cpu() for name, c in zip(pair.inputs, inputs)}}
     return Fit(pair=pair, backend="nuts", history=[stats_summary], state=state, options=options, samples=samples_)
+
+
+def _check_whole_plate(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> bool:
+    """Whole-model NUTS conditions on every example: the data plate's declared size must be the examples given.
+    Whether the model subsamples the plate (NumPyro's NUTS then runs it whole: :func:`whole_plate`)."""
+    from pyro import poutine
+
+    from ppgen import sites
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not registered in the param store.*")
+        where = sites.layout(poutine.trace(pair.model).get_trace(x, *inputs), pair.data_plate)
+    if where.full_size != len(x):
+        raise UserError(f"the data plate {pair.data_plate!r} declares {where.full_size} examples but NUTS is given "
+                        f"{len(x)} (the training split): NUTS conditions on the whole plate; declare its size as the "
+                        "number of examples the model is given")
+    return where.examples != where.full_size
 
 
 def _numpyro_nuts(pair, x: torch.Tensor, per_point: bool, *, chains, warmup, samples, seed, target_accept,
@@ -361,16 +445,18 @@ def _numpyro_nuts(pair, x: torch.Tensor, per_point: bool, *, chains, warmup, sam
     values, stats, inv_mass = s(jax.random.PRNGKey(seed), xs, params)
     n_units = len(x) if per_point else 1
 
-    def arrange(a, plate_axis: bool):
+    def arrange(a, site=None):
+        if site is not None:  # (unit·chain, draw, [data], *other plates, *event)
+            a = canonical(np.asarray(a), site, pair.data_plate, lead=2)
+            if per_point:
+                a = a[:, :, 0]  # drop the size-1 data plate of each point
         a = np.asarray(a).reshape((n_units, chains) + a.shape[1:])  # (unit, chain, draw, ...)
         a = np.moveaxis(a, 0, 2)  # (chain, draw, unit, ...)
-        if not per_point:
-            return a[:, :, 0]
-        return a[:, :, :, 0] if plate_axis else a  # drop the size-1 data plate of each point
+        return a if per_point else a[:, :, 0]
 
     sites = latent_sites(s.trace)
-    out = {name: arrange(values[name], per_point) for name in sites}
-    stat_arrays = {k: arrange(v, False) for k, v in stats.items() if k != "warmup_divergences"}
+    out = {name: arrange(values[name], site) for name, site in sites.items()}
+    stat_arrays = {k: arrange(v) for k, v in stats.items() if k != "warmup_divergences"}
     warm = np.asarray(stats["warmup_divergences"]).reshape(n_units, chains)
     extra = {"inverse_mass_matrix": jax.tree.map(lambda a: np.asarray(a).reshape((n_units, chains) + a.shape[1:]),
                                                  inv_mass),
@@ -401,6 +487,7 @@ def _pyro_nuts(pair, x: torch.Tensor, per_point: bool, *, chains, warmup, sample
 
     units = [x[i : i + 1] for i in range(len(x))] if per_point else [x]
     unit_inputs = [tuple(c[i : i + 1] for c in inputs) for i in range(len(x))] if per_point else [tuple(inputs)]
+    traced = pyro_sample_sites(pair, units[0], unit_inputs[0])
     draws: dict[str, list] = {}
     diverging = np.zeros((chains, samples, len(units)), dtype=bool)
     step = np.zeros((chains, samples, len(units)), dtype=np.float32)
@@ -414,7 +501,7 @@ def _pyro_nuts(pair, x: torch.Tensor, per_point: bool, *, chains, warmup, sample
                 warnings.filterwarnings("ignore", message=".*not registered in the param store.*")
                 mcmc.run(xu, *unit_inputs[u])
             for name, v in mcmc.get_samples().items():
-                v = v.detach().cpu().numpy()
+                v = canonical(v.detach().cpu().numpy(), traced[name], pair.data_plate, lead=1)
                 draws.setdefault(name, [[None] * chains for _ in units])[u][c] = v[:, 0] if per_point else v
             diverging[c, np.asarray(kernel._divergences, dtype=np.int64), u] = True
             step[c, :, u] = float(kernel.step_size)
@@ -425,13 +512,14 @@ def _pyro_nuts(pair, x: torch.Tensor, per_point: bool, *, chains, warmup, sample
     stats = {"diverging": diverging, "step_size": step}
     if not per_point:
         stats = {k: v[:, :, 0] for k, v in stats.items()}
-    return out, stats, {"dims": _pyro_site_dims(pair, units[0], unit_inputs[0])}
+    return out, stats, {"dims": site_dims(traced, list(traced), pair.data_plate)}
 
 
-def _pyro_site_dims(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> dict[str, list[str]]:
+def pyro_sample_sites(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> dict[str, dict]:
+    """The model's sample sites (plate subsample sites left out) from one Pyro trace at ``x`` (and its inputs)."""
     from pyro import poutine
     from pyro.poutine.util import site_is_subsample
 
-    trace = poutine.trace(pair.model).get_trace(x, *inputs)
-    sites = {n: s for n, s in trace.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)}
-    return site_dims(sites, list(sites), pair.data_plate)
+    with torch.no_grad():
+        trace = poutine.trace(pair.model).get_trace(x, *inputs)
+    return {n: s for n, s in trace.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)}

@@ -318,12 +318,12 @@ def _torch_epoch(state: TorchState, plan: loop.EpochPlan) -> tuple[TorchState, l
         state.optimizer.step()
         total += value
         if step % 10 == 0:
-            plan.tick(1, elbo=f"{-total / ((step + 1) * plan.batch):.2f}")
+            plan.tick(1, elbo=f"{-total / ((step + 1) * plan.step_examples):.2f}")
         else:
             plan.tick(1)
     if not all_finite(list(pair.parameters())):
         return state, loop.EpochResult(stop="weights became NaN or infinite")
-    row = {**loop.objective_row(pair, total / (plan.steps * plan.batch)), "beta": b}
+    row = {**loop.objective_row(pair, total / (plan.steps * plan.step_examples)), "beta": b}
     if accepted:
         row.update(mcmc_acceptance=sum(accepted) / len(accepted), mcmc_step_size=state.mcmc_step_size)
     return state, loop.EpochResult(row)

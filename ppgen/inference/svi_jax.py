@@ -326,7 +326,7 @@ def _epoch(state: JaxState, plan: loop.EpochPlan) -> tuple[JaxState, loop.EpochR
     if not bool(finite):
         return state, loop.EpochResult(stop="weights became NaN or infinite")
     state.svi_state, state.synced = new_state, False
-    loss = float(losses.sum()) / (plan.steps * plan.batch)
+    loss = float(losses.sum()) / (plan.steps * plan.step_examples)
     return state, loop.EpochResult({**loop.objective_row(state.pair, loss), "beta": betas[-1]})
 
 
