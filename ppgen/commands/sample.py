@@ -19,7 +19,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=non_negative, default=0)
     p.add_argument("--steps", type=positive, metavar="S", help=f"{'/'.join(steps_families())}: sample in S steps "
                    "(a pair that samples in a chosen number of steps; at most its own)")
-    p.add_argument("--label", type=labels, metavar="K", help="a pair that generates given a label (cvae): draw "
+    p.add_argument("--label", type=labels, metavar="K", help="a pair with an input column (a label): draw "
                    "x ~ p(x | y=K) for every sample, or give -n labels as a comma list (e.g. 0,1,2,3)")
     add_rejection(p)
     p.set_defaults(func=run)

@@ -48,7 +48,7 @@ def _check_labels(run_dir: Path, rejection: dict | None, steps: int | None) -> N
     config = runs.read_config(run_dir)
     columns = config.get("inputs") or list(runs.load_pair(run_dir).inputs)
     if not columns:
-        raise UserError(f"--label needs a pair that generates given a label (e.g. cvae); {run_dir} holds a "
+        raise UserError(f"--label needs a pair that generates given an input column (a label); {run_dir} holds a "
                         f"{config.get('model', 'pair')} that takes no input columns: drop --label")
     if rejection is not None or steps is not None:
         raise UserError("--label draws from the pair itself: drop --rejection and --steps")
