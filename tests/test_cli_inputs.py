@@ -6,7 +6,9 @@ Exact answers:
   each split's labels in the split's order (same seed): the run's figures are log p(x | y) bounds, not of x alone;
 * ``ppgen evaluate`` reports the ELBO and IWAE-K given the test labels, equal to the estimators called by hand;
 * ``ppgen sample --label`` writes exactly ``pair.generate(n, labels)`` under the same seed, and other labels give
-  other draws (the label reaches the decoder);
+  other draws (the label reaches the decoder); after 60 epochs (about 30 s) a logistic regression trained on the
+  grey 8x8 digits (96% held-out accuracy) reads the asked label in at least 7 of 8 draws of every class (all
+  80 measured);
 * every refusal (a label for a pair without inputs, a label out of range, a missing label in the data, the
   adversarial backend, ``compare``) is exit 2 with one line, before anything is written.
 """
@@ -39,8 +41,8 @@ def one_line_error(capsys, code: int, *words: str) -> str:
 @pytest.fixture(scope="module")
 def cvae_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cvae") / "run"
-    assert run_cli("train", "cvae", "--data", "digits", "--epochs", 2, "--hidden", 64, "--z-dim", 4, "--out", out,
-                   "--no-progress") == 0
+    assert run_cli("train", "cvae", "--data", "digits", "--epochs", 60, "--hidden", 128, "--z-dim", 4, "--batch-size",
+                   64, "--out", out, "--no-progress") == 0
     return out
 
 
@@ -104,6 +106,18 @@ def test_sample_with_a_label_is_the_pairs_conditional_generation(cvae_run, tmp_p
     one_line_error(capsys, run_cli("sample", cvae_run, "--label", 1, "--rejection", "--out", tmp_path / "x.npy"),
                    "--rejection")
     assert not (tmp_path / "x.npy").exists()
+
+
+def test_sampled_digits_show_the_asked_label(cvae_run, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    grey = load("digits", binarize=None)
+    classifier = LogisticRegression(max_iter=2000).fit(grey.train.flatten(1).numpy(), grey.train_labels.numpy())
+    assert classifier.score(grey.test.flatten(1).numpy(), grey.test_labels.numpy()) > 0.9
+    for label in range(10):
+        assert run_cli("sample", cvae_run, "--label", label, "-n", 8, "--out", tmp_path / "s.npy") == 0
+        read = classifier.predict(np.load(tmp_path / "s.npy").reshape(8, -1))
+        assert (read == label).sum() >= 7, (label, read)
 
 
 def test_compare_and_the_adversarial_backend_refuse_a_pair_with_inputs(cvae_run, tmp_path, capsys):
