@@ -191,3 +191,15 @@ def test_csv_input_columns_are_recorded_and_reach_the_pair(tmp_path, capsys):
                    "--likelihood", "gaussian", "--out", tmp_path / "wrong", "--no-progress")
     one_line_error(capsys, code, "'y'")  # the pair reads column y by default; the data has group
     assert not (tmp_path / "wrong").exists()
+
+
+def test_label_needs_a_generate_that_takes_labels(tmp_path):
+    """A pair with input columns whose ``generate(n)`` takes no labels is refused in one line naming the fix."""
+    from test_inputs import ConditionalLinear
+
+    from ppgen.errors import UserError
+    from ppgen.workflows.sample import _check_labels
+
+    with pytest.raises(UserError, match=r"generate\(n\) takes no labels") as err:
+        _check_labels(ConditionalLinear(), tmp_path)
+    assert "\n" not in str(err.value)

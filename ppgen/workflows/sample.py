@@ -24,7 +24,9 @@ def sample_run(run_dir: Path, n: int, out: Path, seed: int = 0, steps: int | Non
     all n draws, or n labels)."""
     runs.check_output_file(out, (".png", ".npy"))
     if labels is not None:
-        _check_labels(run_dir, rejection, steps)
+        if rejection is not None or steps is not None:
+            raise UserError("--label draws from the pair itself: drop --rejection and --steps")
+        _check_labels(runs.load_pair(run_dir), run_dir)
     sampler = ratio_sampler(run_dir, **rejection) if rejection is not None else runs.load_pair(run_dir)
     if steps is not None:
         if rejection is not None or not sampler.samples_in_steps:
@@ -43,15 +45,18 @@ def sample_run(run_dir: Path, n: int, out: Path, seed: int = 0, steps: int | Non
         plots.sample_grid(x, out, f"{n} samples from {run_dir}{given}")
 
 
-def _check_labels(run_dir: Path, rejection: dict | None, steps: int | None) -> None:
-    """``--label`` needs a pair that generates given an input column, and neither rejection nor fewer steps."""
-    config = runs.read_config(run_dir)
-    columns = config.get("inputs") or list(runs.load_pair(run_dir).inputs)
-    if not columns:
+def _check_labels(pair, run_dir: Path) -> None:
+    """``--label`` needs a pair with input columns whose ``generate(n, labels)`` takes them."""
+    import inspect
+
+    if not pair.inputs:
         raise UserError(f"--label needs a pair that generates given an input column (a label); {run_dir} holds a "
-                        f"{config.get('model', 'pair')} that takes no input columns: drop --label")
-    if rejection is not None or steps is not None:
-        raise UserError("--label draws from the pair itself: drop --rejection and --steps")
+                        f"{pair.name or type(pair).__name__} that takes no input columns: drop --label")
+    parameters = inspect.signature(pair.generate).parameters.values()
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    if len(positional) < 2:
+        raise UserError(f"{pair.who} takes input columns ({', '.join(pair.inputs)}) but its generate(n) takes no "
+                        "labels: give it generate(n, labels) to sample given them, or drop --label")
 
 
 def steps_families() -> list[str]:
