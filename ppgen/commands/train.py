@@ -41,6 +41,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--binarize", choices=["dynamic", "static", "threshold", "none"],
                    help="binarization for Bernoulli likelihoods (default: dynamic for mnist/digits, none otherwise)")
     d.add_argument("--split-seed", type=non_negative, help="seed of the stratified train/val/test split (default 0)")
+    d.add_argument("--inputs", type=column_names, metavar="NAMES", help="a CSV file's input columns, comma-separated "
+                   "(e.g. y,dose): passed to the model beside x, not part of x (default: its y/labels/targets "
+                   "column, if any)")
     t = p.add_argument_group("training (SVI; the flags come from ppgen.inference.options.SVIOptions)")
     add_option_flags(t, SVIOptions, defaults=CLI_DEFAULTS)
     t.add_argument("--select", choices=["best", "last"], help="keep the best-validation epoch (default) or the last")
@@ -173,9 +176,18 @@ def _new_config(args) -> dict:
         raise UserError(f"{args.model} has no option(s) {', '.join('--' + k.replace('_', '-') for k in unsupported)}")
     binarize = {"none": None, None: "default"}.get(args.binarize, args.binarize)
     data_options = {"name": args.data or "mnist", "binarize": binarize, "seed": args.seed or 0,
-                    "split_seed": args.split_seed or 0}
+                    "split_seed": args.split_seed or 0, "inputs": args.inputs}
     train_options = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k, None) is not None}
     return workflows.make_config(args.model, model_options, data_options, train_options)
+
+
+def column_names(text: str) -> list[str]:
+    """``--inputs``: comma-separated column names, each non-empty and named once."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected distinct column names separated by commas such as y,dose, got "
+                                         f"{text!r}")
+    return names
 
 
 def interrupted_message(model: str, out: Path) -> str:

@@ -27,6 +27,10 @@ parents, as Sønderby et al. report it), activity is Cov_x of E_q[z_l] (the guid
 averaged over the S draws of the layers it depends on), and I is the mutual information
 between z_l and the guide's inputs to it (x and the drawn parent layers), by the same
 estimator. :func:`report` uses it whenever a pair has more than one latent site.
+
+A pair with input columns (``pair.inputs``: a label, covariates) takes them beside x in every function
+(``inputs``, one row per example): q(z | x, inputs), the prior p(z | inputs), and I(x; z) then is the
+information z carries about x under the inputs observed with it.
 """
 
 from __future__ import annotations
@@ -39,22 +43,24 @@ from torch.distributions import Independent, Normal, kl_divergence
 from ppgen import sites
 from ppgen.errors import UserError
 
+Inputs = tuple[torch.Tensor, ...]
 
-def _gaussian_q(pair, x: torch.Tensor) -> Normal:
+
+def _gaussian_q(pair, x: torch.Tensor, inputs: Inputs = ()) -> Normal:
     if not pair.has_encoder:
         raise UserError(f"{pair.who} has no encoder q(z | x): no per-dimension collapse diagnostics")
     with torch.no_grad():
-        loc, scale = pair.encode(x)
+        loc, scale = pair.encode(x, *inputs)
     return Normal(loc, scale)
 
 
-def prior(pair, x: torch.Tensor, seed: int = 0) -> Normal:
+def prior(pair, x: torch.Tensor, seed: int = 0, inputs: Inputs = ()) -> Normal:
     """The model's prior site of the bottom latent (``pair.latent_sites[-1]``) per example and dimension,
     (N, k), its parents (if any) drawn from the guide; a :class:`UserError` unless it is Normal."""
     name = pair.latent_sites[-1]
     with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), torch.no_grad():
         torch.manual_seed(seed)
-        guide_tr, model_tr = sites.trace_pair(pair, x, 1)
+        guide_tr, model_tr = sites.trace_pair(pair, x, 1, inputs)
     site = model_tr.nodes[name]
     p = _base_normal(site["fn"])
     if p is None:
@@ -66,19 +72,19 @@ def prior(pair, x: torch.Tensor, seed: int = 0) -> Normal:
                     for t in (p.loc, p.scale)))
 
 
-def kl_per_dim(pair, x: torch.Tensor, samples: int = 64, seed: int = 0) -> torch.Tensor:
+def kl_per_dim(pair, x: torch.Tensor, samples: int = 64, seed: int = 0, inputs: Inputs = ()) -> torch.Tensor:
     """Average over examples of KL(q(z_j|x) ‖ p(z_j)) for every latent dimension j, p the model's prior site:
     closed form for a Normal prior, else a Monte Carlo estimate from ``samples`` guide draws per example."""
-    q = _gaussian_q(pair, x)
+    q = _gaussian_q(pair, x, inputs)
     name = pair.latent_sites[-1]
     with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), torch.no_grad():
         torch.manual_seed(seed)
-        _, model_tr = sites.trace_pair(pair, x, 1)
+        _, model_tr = sites.trace_pair(pair, x, 1, inputs)
     if _base_normal(model_tr.nodes[name]["fn"]) is not None:
-        return kl_divergence(q, prior(pair, x)).mean(0)
+        return kl_divergence(q, prior(pair, x, inputs=inputs)).mean(0)
     with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), torch.no_grad():
         torch.manual_seed(seed)
-        guide_tr, model_tr = sites.trace_pair(pair, x, samples)
+        guide_tr, model_tr = sites.trace_pair(pair, x, samples, inputs)
     g_site, p_site = guide_tr.nodes[name], model_tr.nodes[name]
     z = g_site["value"]
     per_dim = _base(g_site["fn"]).log_prob(z) - _base(p_site["fn"]).log_prob(z)  # event dims kept
@@ -86,16 +92,16 @@ def kl_per_dim(pair, x: torch.Tensor, samples: int = 64, seed: int = 0) -> torch
     return per_dim.reshape(samples, x.shape[0], -1).mean((0, 1))
 
 
-def active_units(pair, x: torch.Tensor, threshold: float = 0.01) -> tuple[int, torch.Tensor]:
+def active_units(pair, x: torch.Tensor, threshold: float = 0.01, inputs: Inputs = ()) -> tuple[int, torch.Tensor]:
     """Number of active units and the per-unit activity Cov_x(E_q[z_u])."""
-    q = _gaussian_q(pair, x)
+    q = _gaussian_q(pair, x, inputs)
     activity = q.loc.var(0, unbiased=True)
     return int((activity > threshold).sum()), activity
 
 
-def mutual_information(pair, x: torch.Tensor, seed: int = 0) -> float:
+def mutual_information(pair, x: torch.Tensor, seed: int = 0, inputs: Inputs = ()) -> float:
     """Estimate of I(x; z) in nats (one draw of z per example)."""
-    q = _gaussian_q(pair, x)
+    q = _gaussian_q(pair, x, inputs)
     g = torch.Generator(device=x.device).manual_seed(seed)
     z = q.loc + q.scale * torch.randn(q.loc.shape, generator=g, device=x.device)
     neg_entropy = q.log_prob(z).sum(-1).mean()
@@ -131,11 +137,12 @@ def _base_normal(fn):
     return fn if isinstance(fn, Normal) else None
 
 
-def layer_report(pair, x: torch.Tensor, samples: int = 10, seed: int = 0, threshold: float = 0.01) -> dict[str, dict]:
+def layer_report(pair, x: torch.Tensor, samples: int = 10, seed: int = 0, threshold: float = 0.01,
+                 inputs: Inputs = ()) -> dict[str, dict]:
     """Per latent site, outermost first (the pair's ``latent_sites`` order): KL per dimension, active units, I."""
     with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), torch.no_grad():
         torch.manual_seed(seed)
-        guide_tr, model_tr = sites.trace_pair(pair, x, samples)
+        guide_tr, model_tr = sites.trace_pair(pair, x, samples, inputs)
     out = {}
     for name, site in sites.sample_sites(guide_tr).items():
         if site["is_observed"]:
@@ -162,7 +169,7 @@ def layer_report(pair, x: torch.Tensor, samples: int = 10, seed: int = 0, thresh
     return {name: out[name] for name in order + [n for n in out if n not in order]}  # outermost first
 
 
-def report(pair, x: torch.Tensor) -> dict:
+def report(pair, x: torch.Tensor, inputs: Inputs = ()) -> dict:
     """KL per dimension, active units and mutual information, as plain numbers.
 
     With several latent layers the totals add over layers, ``kl_per_dim`` lists every
@@ -172,7 +179,7 @@ def report(pair, x: torch.Tensor) -> dict:
     if not pair.has_guide:
         raise UserError(f"{pair.who} has no guide q(z | x): no collapse diagnostics")
     if len(pair.latent_sites) > 1 or not pair.has_encoder:
-        layers = layer_report(pair, x)
+        layers = layer_report(pair, x, inputs=inputs)
         bottom_first = list(layers.values())[::-1]
         return {"kl_total": sum(v["kl_total"] for v in bottom_first),
                 "kl_per_dim": [d for v in bottom_first for d in v["kl_per_dim"]],
@@ -180,12 +187,12 @@ def report(pair, x: torch.Tensor) -> dict:
                 "activity": [d for v in bottom_first for d in v["activity"]],
                 "mutual_information": bottom_first[0]["mutual_information"] if bottom_first else 0.0,
                 "layers": layers}
-    kl = kl_per_dim(pair, x)
-    au, activity = active_units(pair, x)
+    kl = kl_per_dim(pair, x, inputs=inputs)
+    au, activity = active_units(pair, x, inputs=inputs)
     return {
         "kl_total": float(kl.sum()),
         "kl_per_dim": [round(float(v), 4) for v in kl],
         "active_units": au,
         "activity": [round(float(v), 4) for v in activity],
-        "mutual_information": mutual_information(pair, x),
+        "mutual_information": mutual_information(pair, x, inputs=inputs),
     }

@@ -90,20 +90,22 @@ def _flat_latents(values: dict[str, torch.Tensor], names: tuple[str, ...], lead:
 
 @torch.no_grad()
 def guide_sbc(pair, n: int = 1000, draws: int = 99, directions: torch.Tensor | None = None, bins: int = 10,
-              seed: int = 0) -> SBCResult:
+              seed: int = 0, inputs: tuple[torch.Tensor, ...] = ()) -> SBCResult:
     """SBC of ``pair``'s guide: ``n`` (z, x) simulated from the model, ``draws`` guide draws per x; the test
     quantities are every coordinate of the flattened latents and, if given, the projections onto the columns
-    of ``directions`` (D, m)."""
+    of ``directions`` (D, m). A pair with input columns simulates x_i ~ p(x | z_i, inputs_i) and draws
+    q(z | x_i, inputs_i) with the first ``n`` rows of ``inputs`` (one column per name in ``pair.inputs``)."""
     if not pair.has_guide:
         raise UserError(f"{pair.who} has no guide q(z|x) to calibrate")
     if n < bins or draws < 1:
         raise UserError(f"SBC needs at least {bins} simulations and 1 draw per simulation, got n={n}, draws={draws}")
-    x, truth_values = simulate(pair, n, seed)
+    x, truth_values = simulate(pair, n, seed, inputs)
+    inputs = tuple(c[:n] for c in inputs)
     latent = tuple(name for name in pair.latent_sites if name in truth_values)
     truth = _flat_latents(truth_values, latent, 1)  # (N, D)
     with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
         torch.manual_seed(seed + 1)
-        guide_tr, _ = sites.trace_pair(pair, x, draws)
+        guide_tr, _ = sites.trace_pair(pair, x, draws, inputs)
     found = sites.sample_sites(guide_tr)
     placed = {name: sites.unplace(found[name]["value"], len(found[name]["fn"].event_shape), True) for name in latent}
     sample = _flat_latents(placed, latent, 2)  # (L, N, D)

@@ -204,6 +204,9 @@ def _init_with(critic: torch.nn.Module | None):
         if world > 1 and (o.batch_size // world) % o.pack:
             raise UserError(f"each of the {world} processes takes {o.batch_size // world} examples of a batch, not a "
                             f"multiple of pack={o.pack}; give --batch-size a multiple of {world * o.pack}")
+        if pair.inputs:
+            raise UserError(f"{pair.who} takes input columns ({', '.join(pair.inputs)}) beside x; the adversarial "
+                            "backend trains a generator of x alone: train it with backend='svi'")
         torch.manual_seed(o.seed)
         check_pair(pair, x0, o.loss, o.x_draw)
         net = critic if critic is not None else _make_critic(pair, x0, o)

@@ -13,33 +13,52 @@ from ppgen import evaluation, runs
 
 
 def run_data(config: dict, grey_levels: bool = False) -> datasets.Dataset:
-    """The data set of a run's ``config`` with the run's split; ``grey_levels``: without binarization (what
+    """The data set of a run's ``config`` with the run's split and input columns (``data.inputs``: a CSV file's
+    columns named by ``--inputs``; None: as the loader decides); ``grey_levels``: without binarization (what
     generated examples are compared with: a Bernoulli pair's samples are its pixel probabilities, E[x|z])."""
     options = config.get("data", {})
     binarize = None if grey_levels else options.get("binarize", "default")
+    inputs = options.get("inputs")
     return datasets.load(options.get("name", "mnist"), binarize=binarize, seed=options.get("seed", 0),
-                         split_seed=options.get("split_seed", 0))
+                         split_seed=options.get("split_seed", 0), inputs=None if inputs is None else tuple(inputs))
+
+
+def split_inputs(pair, data: datasets.Dataset, split: str, device: torch.device | None = None,
+                 limit: int | None = None) -> tuple[torch.Tensor, ...]:
+    """The pair's input columns (``pair.inputs``) of ``split``, row i beside example i, the first ``limit`` rows, on
+    ``device``; ``()`` for a pair without inputs. The training split's are those beside ``train_epoch(0)``."""
+    columns = data.train_epoch_inputs(0, pair.inputs) if split == "train" else data.inputs(split, pair.inputs)
+    return tuple((c[:limit] if limit else c).to(device or c.device) for c in columns)
+
+
+def check_split_inputs(pair, data: datasets.Dataset) -> None:
+    """``pair.check_inputs`` on every non-empty split: a missing column or an entry the pair refuses is one line."""
+    for split in ("train", "val", "test"):
+        x = data.train_epoch(0) if split == "train" else getattr(data, split)
+        if len(x) or split == "train":
+            pair.check_inputs(x, split_inputs(pair, data, split), f"{data.name} {split} data")
 
 
 def device_of(pair) -> torch.device:
     return next(pair.parameters()).device
 
 
-def has_density(pair, x: torch.Tensor) -> bool:
-    """Whether ELBO/IWAE apply: the pair has a guide and its observed site is not a Delta (an implicit generator)."""
+def has_density(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> bool:
+    """Whether ELBO/IWAE apply: the pair has a guide and its observed site is not a Delta (an implicit generator).
+    ``inputs``: the pair's input columns beside ``x``."""
     from pyro import poutine
     from pyro.distributions import Delta
 
     if not pair.has_guide:
         return False
     with torch.no_grad():
-        trace = poutine.trace(pair.model).get_trace(x)
+        trace = poutine.trace(pair.model).get_trace(x, *inputs)
     observed = [s for s in trace.nodes.values() if s["type"] == "sample" and s["is_observed"]]
     return not any(isinstance(getattr(s["fn"], "base_dist", s["fn"]), Delta) for s in observed)
 
 
 def quick_metrics(pair, data: datasets.Dataset, seed: int = 0) -> dict:
-    """Single-sample ELBO on train/validation/test (seeded)."""
+    """Single-sample ELBO on train/validation/test (seeded), each split with its input columns."""
     out: dict[str, Any] = {}
     pair.eval()
     with torch.random.fork_rng(devices=[]):
@@ -47,7 +66,9 @@ def quick_metrics(pair, data: datasets.Dataset, seed: int = 0) -> dict:
         for split in ("train", "val", "test"):
             x = data.train_epoch(0) if split == "train" else getattr(data, split)
             if len(x):
-                out[f"{split}_elbo"] = float(evaluation.elbo(pair, x.to(device_of(pair))).mean())
+                device = device_of(pair)
+                inputs = split_inputs(pair, data, split, device)
+                out[f"{split}_elbo"] = float(evaluation.elbo(pair, x.to(device), inputs=inputs).mean())
     return out
 
 

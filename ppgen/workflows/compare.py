@@ -28,6 +28,10 @@ def compare_run(run_dir, out=None, *, points: int = 16, chains: int = 4, warmup:
     run_dir = Path(run_dir)
     config = runs.read_config(run_dir)
     pair = runs.load_pair(run_dir)
+    if pair.inputs:
+        raise UserError(f"ppgen compare does not yet take a pair with input columns ({pair.name} takes "
+                        f"{', '.join(pair.inputs)}): the encoder's side of the comparison is drawn without them; use "
+                        "ppgen evaluate (ELBO, IWAE, AIS given the inputs)")
     latent_site(pair)
     data = run_data(config)
     start = time.perf_counter()

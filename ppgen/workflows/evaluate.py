@@ -12,7 +12,7 @@ import torch
 from ppgen import evaluation, runs
 from ppgen.errors import UserError
 from ppgen.evaluation.samples import METRICS
-from ppgen.workflows.common import has_density, mode_metrics, run_data
+from ppgen.workflows.common import has_density, mode_metrics, run_data, split_inputs
 from ppgen.workflows.topics import topic_metrics
 
 
@@ -24,7 +24,8 @@ def evaluate_run(run_dir: Path, iwae_k: int = 1000, split: str = "test", limit: 
     With ``ais_steps`` also AIS with that many intermediate distributions (and, with
     ``bdmc_points``, BDMC's lower/upper bounds on as many points simulated from the model).
     A pair with topics gets perplexity, NPMI and diversity instead of the per-dimension KL; a pair's own
-    figures (``family_metrics``) come under ``family_metrics``.
+    figures (``family_metrics``) come under ``family_metrics``. A pair with input columns (``pair.inputs``) is
+    evaluated with the split's columns beside its examples: log p(x | inputs).
     """
     if ais_steps is not None:
         from ppgen.evaluation.ais import check_steps
@@ -38,11 +39,13 @@ def evaluate_run(run_dir: Path, iwae_k: int = 1000, split: str = "test", limit: 
     if len(x) == 0:
         raise UserError(f"the {split} split of {data.name} is empty; choose --split train, val or test")
     pair.check_data(x, f"{split} data")
+    inputs = split_inputs(pair, data, split, limit=len(x))
+    pair.check_inputs(x, inputs, f"{data.name} {split} data")
     if iwae_k < 1:
         raise UserError("--iwae needs K >= 1")
     result: dict[str, Any] = {"run": str(run_dir), "split": split, "n": len(x)}
     result.update(mode_metrics(pair, data.name, seed=seed))
-    if not has_density(pair, x[:2]):  # an implicit generator: no likelihood, so no ELBO/IWAE/AIS
+    if not has_density(pair, x[:2], tuple(c[:2] for c in inputs)):  # an implicit generator: no likelihood, so no ELBO/IWAE/AIS
         result["seconds"] = 0.0
         result["note"] = (f"{pair.name} has no density p(x|z) or no guide q(z|x): no ELBO or log-likelihood "
                           "(score its samples with --fid, --kid, --is, --pr)")
@@ -50,10 +53,10 @@ def evaluate_run(run_dir: Path, iwae_k: int = 1000, split: str = "test", limit: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         t = time.perf_counter()
-        elbo = evaluation.elbo(pair, x, num_samples=elbo_samples)
+        elbo = evaluation.elbo(pair, x, num_samples=elbo_samples, inputs=inputs)
         result["elbo"] = float(elbo.mean())
         result["elbo_se"] = float(elbo.std() / len(x) ** 0.5)
-        ll = evaluation.iwae(pair, x, k=iwae_k)
+        ll = evaluation.iwae(pair, x, k=iwae_k, inputs=inputs)
         result[f"iwae_{iwae_k}"] = float(ll.mean())
         result[f"iwae_{iwae_k}_se"] = float(ll.std() / len(x) ** 0.5)
         result["nll"] = -float(ll.mean())
@@ -66,12 +69,13 @@ def evaluate_run(run_dir: Path, iwae_k: int = 1000, split: str = "test", limit: 
         from ppgen.evaluation.ais import summary
 
         t = time.perf_counter()
-        result.update(summary(pair, x, ais_steps, chains=ais_chains, bdmc_points=bdmc_points, seed=seed))
+        result.update(summary(pair, x, ais_steps, chains=ais_chains, bdmc_points=bdmc_points, seed=seed,
+                              inputs=inputs))
         result["ais_seconds"] = round(time.perf_counter() - t, 2)
     if pair.has_topics:  # perplexity, coherence, diversity (no per-dimension KL)
         result.update(topic_metrics(pair, data, x, elbo, ll, iwae_k))
     elif pair.has_encoder:
-        result.update(evaluation.report(pair, x))
+        result.update(evaluation.report(pair, x, inputs))
     family = pair.family_metrics(x)
     if family:
         result["family_metrics"] = family

@@ -20,7 +20,15 @@ from ppgen.inference import fit as backend_fit
 from ppgen.inference.loop import restore_best
 from ppgen.inference.options import AdversarialOptions, OptionError, SVIOptions, as_dict, flag_of
 from ppgen.inference.options import make as make_options
-from ppgen.workflows.common import device_of, has_density, mode_metrics, quick_metrics, run_data
+from ppgen.workflows.common import (
+    check_split_inputs,
+    device_of,
+    has_density,
+    mode_metrics,
+    quick_metrics,
+    run_data,
+    split_inputs,
+)
 
 #: what ``ppgen train`` sets differently from the library's defaults (a run trains longer than a quick fit)
 CLI_DEFAULTS = {"epochs": 30}
@@ -88,6 +96,7 @@ def _build(config: dict, data: datasets.Dataset):
         options.setdefault("num_data", (config.get("model_config") or {}).get("num_data") or len(data.train))
     pair = cls.from_config(options)
     config["model_config"] = pair.config_dict()
+    config["inputs"] = list(pair.inputs)  # the data set's columns the pair takes beside x
     return pair
 
 
@@ -111,6 +120,7 @@ def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = F
     select = train.get("select", "best" if backend == "svi" else "last")
     backend_options(backend, train)  # a damaged or hand-edited config is refused before anything is opened
     pair.check_data(data.train_epoch(0), f"{data.name} training data")
+    check_split_inputs(pair, data)
     checkpoint = _resumable_checkpoint(out, pair, backend, train) if resume else None
     if not distributed.is_writer():  # data-parallel: the other processes train their shards and write nothing
         return _train_shard(pair, data, backend, config, checkpoint)
@@ -177,7 +187,7 @@ def _train(pair, data: datasets.Dataset, backend: str, select: str, checkpoint: 
         restore_best(fit)
     run_dir = run.path
     runs.save_torch(run_dir / runs.MODEL, pair.state_dict())
-    density = has_density(pair, data.train[:2])
+    density = has_density(pair, data.train[:2], split_inputs(pair, data, "train", device_of(pair), limit=2))
     metrics: dict[str, Any] = quick_metrics(pair, data) if density else {}
     metrics.update(mode_metrics(pair, data.name))
     last = fit.history[-1] if fit.history else {}
@@ -187,8 +197,9 @@ def _train(pair, data: datasets.Dataset, backend: str, select: str, checkpoint: 
         metrics.update(best_epoch=fit.state.best_epoch, engine=fit.options.get("engine"))
     runs.write_json(run_dir / runs.METRICS, metrics)
     pictures(pair, data, fit.history, run_dir)
-    if density and backend == "svi" and posterior_fits(pair, data.train[:1], log=log):
-        write_posterior(fit, data, run_dir)
+    if density and backend == "svi" and posterior_fits(pair, data.train[:1], log=log,
+                                                       inputs=split_inputs(pair, data, "train", limit=1)):
+        write_posterior(fit, data, run_dir, log=log)
     return metrics
 
 
@@ -196,15 +207,17 @@ def _train(pair, data: datasets.Dataset, backend: str, select: str, checkpoint: 
 POSTERIOR_VALUES = 50_000_000
 
 
-def posterior_fits(pair, x: torch.Tensor, points: int = 16, draws: int = 1000, log=print) -> bool:
+def posterior_fits(pair, x: torch.Tensor, points: int = 16, draws: int = 1000, log=print,
+                   inputs: tuple[torch.Tensor, ...] = ()) -> bool:
     """Whether posterior.nc (``draws`` of every latent for ``points`` examples) stays under POSTERIOR_VALUES; if not,
-    say so (a diffusion model's T latents shaped like x are too many to keep)."""
+    say so (a diffusion model's T latents shaped like x are too many to keep). ``inputs``: the pair's input columns
+    beside ``x``."""
     from pyro import poutine
 
     from ppgen.sites import sample_sites
 
     with torch.no_grad():
-        guide_tr = poutine.trace(pair.guide).get_trace(x[:1])  # one example
+        guide_tr = poutine.trace(pair.guide).get_trace(x[:1], *(c[:1] for c in inputs))  # one example
     per_example = sum(s["value"].numel() for s in sample_sites(guide_tr).values() if not s["is_observed"])
     if per_example * points * draws <= POSTERIOR_VALUES:
         return True
@@ -213,13 +226,24 @@ def posterior_fits(pair, x: torch.Tensor, points: int = 16, draws: int = 1000, l
     return False
 
 
-def write_posterior(fit, data: datasets.Dataset, run_dir: Path, points: int = 16, seed: int = 0) -> None:
-    """posterior.nc: ArviZ draws of q(z | x) (4 chains x 250) for the first test examples."""
+def write_posterior(fit, data: datasets.Dataset, run_dir: Path, points: int = 16, seed: int = 0, log=print) -> None:
+    """posterior.nc: ArviZ draws of q(z | x) (4 chains x 250) for the first test examples (with their input columns,
+    for a pair that takes them)."""
+    import inspect
+
     from ppgen.diagnostics import to_inference_data
 
-    x = (data.test if len(data.test) else data.train)[:points].to(device_of(fit.pair))
+    split = "test" if len(data.test) else "train"
+    x = getattr(data, split)[:points].to(device_of(fit.pair))
+    extra = {}
+    if fit.pair.inputs:
+        if "inputs" not in inspect.signature(to_inference_data).parameters:
+            log(f"posterior.nc not written: ArviZ draws of a pair with input columns ({', '.join(fit.pair.inputs)}) "
+                "are not supported yet")
+            return
+        extra["inputs"] = split_inputs(fit.pair, data, split, device_of(fit.pair), limit=points)
     with torch.random.fork_rng(devices=[]):
-        idata = to_inference_data(fit, x=x, num_samples=1000, chains=4, seed=seed)
+        idata = to_inference_data(fit, x=x, num_samples=1000, chains=4, seed=seed, **extra)
     runs.write_netcdf(run_dir / "posterior.nc", idata)
 
 
@@ -242,12 +266,15 @@ def pictures(pair, data: datasets.Dataset, history: list[dict], run_dir: Path, s
         if pair.can_generate:
             plots.sample_grid(pair.generate(64 if data.is_images else 2500).cpu(), run_dir / "samples.png",
                               f"{pair.name} samples (means of p(x|z), z ~ p(z))")
+        split = "test" if len(data.test) else "train"
         test = (data.test if len(data.test) else data.train)[:1000].to(device_of(pair))
+        inputs = split_inputs(pair, data, split, device_of(pair), limit=1000)  # the pair's columns beside test
         if pair.can_reconstruct and data.is_images:
-            plots.reconstructions(test[:16].cpu(), pair.reconstruct(test[:16]).cpu(), run_dir / "reconstructions.png")
+            plots.reconstructions(test[:16].cpu(), pair.reconstruct(test[:16], *(c[:16] for c in inputs)).cpu(),
+                                  run_dir / "reconstructions.png")
         if pair.has_encoder:
             labels = data.test_labels if len(data.test) else data.train_labels
-            plots.latent_scatter(pair.encode(test)[0].cpu(), None if labels is None else labels[:1000],
+            plots.latent_scatter(pair.encode(test, *inputs)[0].cpu(), None if labels is None else labels[:1000],
                                  run_dir / "latents.png")
     if history:
         plots.loss_curve(history, run_dir / "loss.png")
