@@ -91,6 +91,10 @@ class StageExamples:
         self.seconds = time.perf_counter() - start
         return self._derived[1]
 
+    def train_epoch_inputs(self, index: int, names: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
+        """No input columns: a stage fits a module on examples derived from x alone."""
+        return ()
+
 
 @dataclass
 class StageState:
