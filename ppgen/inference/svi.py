@@ -209,14 +209,20 @@ def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchSt
     pair.to(device)
     loss_fn = (ObjectiveLoss(pair) if pair.has_objective
                else make_elbo(options.elbo, options.num_particles, pair.max_plate_nesting, options.free_bits))
-    optimizer = make_adam(pair.parameters(), options.lr, options.adam_beta1)
     step_size = options.mcmc_step_size
     if options.mcmc_steps > 0:
         hmc.check_pair(pair, data.train_epoch(0)[:2].to(device))
+    engine_state = None
     if resume is not None:
         engine_state = loop.state_from_checkpoint(resume).engine
         if isinstance(engine_state.get("optimizer"), list):
             raise UserError("this checkpoint was written by engine='jax'; resume it with engine='jax'")
+    # as Pyro's SVI: the parameters are those of a traced run's param sites (pyro.param, pyro.module, an
+    # autoguide's, made on that first run), with every other weight of the pair
+    batch, _ = loop.batching(len(data.train), options.batch_size)
+    params = traced_parameters(pair, data.train_epoch(0)[:batch].to(device), options.seed)
+    optimizer = make_adam(params, options.lr, options.adam_beta1)
+    if engine_state is not None:
         _load_weights(pair, resume["model"])
         try:
             optimizer.load_state_dict(engine_state["optimizer"])
@@ -229,6 +235,17 @@ def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchSt
         state.guide_params = guide_parameters(pair, data.train_epoch(0)[:2].to(device))
         state.guide_optimizer = make_adam(state.guide_params, options.lr, options.adam_beta1)
     return state
+
+
+def traced_parameters(pair, x: torch.Tensor, seed: int = 0) -> list[torch.nn.Parameter]:
+    """The pair's weights (``pair.parameters()``, in order), after a trial run of its guide and model on ``x`` has
+    made those created on first call (:meth:`~ppgen.models.base.GenerativeModel.trial_run`), and any other
+    tensor a param site of that run trains (Pyro's SVI takes ``site["value"].unconstrained()``)."""
+    traced = pair.trial_run(x, seed=seed)
+    params = {id(p): p for p in pair.parameters()}
+    for p in traced:
+        params.setdefault(id(p), p)
+    return list(params.values())
 
 
 def guide_parameters(pair, x: torch.Tensor) -> list[torch.nn.Parameter]:
