@@ -88,7 +88,7 @@ def guide_draws(pair, x: torch.Tensor, n: int, seed: int = 0) -> tuple[dict[str,
               if not s["is_observed"] and not s.get("infer", {}).get("is_auxiliary")}
     out = {}
     for name, site in latent.items():
-        v = site["value"]
+        v = site["value"].detach()  # (a point-mass guide's value may be its parameter itself)
         v = v.expand((n,) + v.shape[1:]) if v.shape[0] == 1 else v
         in_data = any(f.name == pair.data_plate for f in site["cond_indep_stack"])
         out[name] = sites.unplace(v, len(site["fn"].event_shape), in_data)

@@ -258,8 +258,10 @@ def test_autoguide_posterior_matches_the_conjugate_posterior(kind, engine):
     to 4 MCSE as well. The ArviZ posterior holds the model's latent site w only."""
     x, mean, cov = regression_data()
     pair = Regression(x_shape=(3,), guide=kind)
-    fit = ppgen.fit(pair, x, engine=engine, epochs=2500, batch_size=len(x), lr=0.01, seed=0, progress=False,
-                    num_particles=8)
+    # 64 particles per step: Adam's stationary wobble around the optimum (∝ lr × gradient noise) stays near
+    # 1 MCSE; with 8 particles it reached 4 (measured)
+    fit = ppgen.fit(pair, x, engine=engine, epochs=1200, batch_size=len(x), lr=0.01, seed=0, progress=False,
+                    num_particles=64)
     assert fit.options["engine"] == engine
     idata = ppgen.diagnostics.to_inference_data(fit, x=x, num_samples=1000, chains=4, log_lik=False)
     assert list(idata.posterior.data_vars) == ["w"]
@@ -314,5 +316,5 @@ def test_two_pairs_with_the_same_param_names_do_not_share_them():
         svi.step(x)
     assert float(b.param_value("df")) != pytest.approx(2.0)
     assert float(b.param_value("df")) != float(a.param_value("df"))
-    assert list(pyro.get_param_store().keys()) == ["df"] and float(pyro.param("df")) == 9.0
+    assert list(pyro.get_param_store().keys()) == ["df"] and pyro.param("df").item() == 9.0
     pyro.clear_param_store()
