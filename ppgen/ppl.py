@@ -379,6 +379,21 @@ def _pyro_messenger_class():
 _MESSENGER: list[type] = []
 
 
+def trained_tensors(traces: Any) -> list[torch.Tensor]:
+    """The tensors the param sites of Pyro ``traces`` train, once each, in trace order: as Pyro's SVI collects
+    them, the unconstrained value behind each site's value (the value itself where it has none)."""
+    found: dict[int, torch.Tensor] = {}
+    for trace in traces:
+        for site in trace.nodes.values():
+            if site["type"] != "param":
+                continue
+            link = getattr(site["value"], "unconstrained", None)
+            tensor = link() if link is not None else site["value"]
+            if tensor is not None and tensor.requires_grad and tensor.is_leaf:
+                found.setdefault(id(tensor), tensor)
+    return list(found.values())
+
+
 _STORE_FIELDS = ("_params", "_param_to_name", "_constraints")
 
 

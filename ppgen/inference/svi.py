@@ -249,15 +249,14 @@ def traced_parameters(pair, x: torch.Tensor, seed: int = 0) -> list[torch.nn.Par
 
 
 def guide_parameters(pair, x: torch.Tensor) -> list[torch.nn.Parameter]:
-    """The weights the guide registers (its ``pyro.param`` sites, those of ``pyro.module`` included)."""
-    trace = poutine.trace(pair.guide).get_trace(x)
-    seen: dict[int, torch.nn.Parameter] = {}
-    for site in trace.nodes.values():
-        if site["type"] == "param" and site["value"].requires_grad:
-            seen.setdefault(id(site["value"]), site["value"])
+    """The weights the guide registers (its ``pyro.param`` sites, those of ``pyro.module`` included; the
+    unconstrained tensor behind a constrained one)."""
+    from ppgen.ppl import trained_tensors
+
+    seen = trained_tensors([poutine.trace(pair.guide).get_trace(x)])
     if not seen:
         raise UserError(f"{pair.who}'s guide has no weights: aggressive encoder updates have nothing to update")
-    return list(seen.values())
+    return seen
 
 
 def _aggressive_inner(state: TorchState, x: torch.Tensor, model, guide, g: torch.Generator, batch: int) -> bool:

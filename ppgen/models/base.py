@@ -176,15 +176,7 @@ class GenerativeModel(nn.Module):
             for i, a in enumerate(args):
                 if isinstance(a, torch.Tensor):
                     self.register_buffer(f"trial_arg_{i}", a[:1].detach().clone())
-        trained = {}
-        for trace in (guide_trace, model_trace):
-            for site in trace.nodes.values() if trace is not None else ():
-                if site["type"] == "param":
-                    weak = getattr(site["value"], "unconstrained", None)
-                    p = weak() if weak is not None else site["value"]
-                    if p is not None and p.requires_grad and p.is_leaf:
-                        trained.setdefault(id(p), p)
-        return list(trained.values())
+        return ppl.trained_tensors([t for t in (guide_trace, model_trace) if t is not None])
 
     def make_room(self, state: dict[str, torch.Tensor], prefix: str = "") -> None:
         """Create in this (fresh) pair what ``state`` holds and first calls make: its ``pyro.param`` entries and an
