@@ -18,6 +18,11 @@ function when called on a JAX array, so the same model body works on both sides.
 
 Only what both libraries spell the same way is routed; where NumPyro lacks a
 distribution that Pyro has (``ContinuousBernoulli``) ppgen supplies it here.
+
+Parameters belong to the pair that registers them (:class:`OwnParams`, :func:`param_owner`): a
+``pyro.param`` is an ``nn.Parameter`` of the pair on Pyro and a ``numpyro.param`` started at the pair's
+value on NumPyro, whose trained values :func:`load_numpyro_params` copies back. :func:`autoguide` is
+Pyro's autoguide on Pyro and NumPyro's namesake on NumPyro, with the trained values mapped between them.
 """
 
 from __future__ import annotations
@@ -253,7 +258,7 @@ def randint(low: int, high: int, shape: tuple[int, ...], like: Any = None) -> An
 # ``pyro.param`` keeps its values in one process-wide store, so two pairs with a parameter named "df"
 # would share it, and nothing ties the value to the pair that ``state_dict``, checkpoints and ``ppgen.load``
 # carry. A pair owns its parameters instead: while its model or guide runs (:func:`param_owner`), Pyro's
-# store is the pair's own scope (``ParamStoreDict.scope``), and a ``pyro.param`` seen for the first time is
+# store holds the pair's own scope (as ``ParamStoreDict.scope`` does), and a ``pyro.param`` seen the first time is
 # created as an ``nn.Parameter`` (the UNCONSTRAINED value u; the site's value is T(u), T = transform_to of
 # its constraint) in the pair's :class:`OwnParams`. On NumPyro the same ``pyro.param`` is ``numpyro.param``
 # initialised at the value the pair holds, so NumPyro's SVI starts where the pair is and ppgen copies the
@@ -273,8 +278,6 @@ def _decode(safe: str) -> str:
 
 
 def _is_module_attribute(name: str) -> bool:
-    from torch import nn
-
     return hasattr(nn.Module, name) or name in ("training", "_parameters", "_buffers", "_modules")
 
 

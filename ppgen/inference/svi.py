@@ -221,6 +221,7 @@ def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchSt
     # autoguide's, made on that first run), with every other weight of the pair
     batch, _ = loop.batching(len(data.train), options.batch_size)
     params = traced_parameters(pair, data.train_epoch(0)[:batch].to(device), options.seed)
+    pair.to(device)  # what the trial run made from the model's (CPU) initial values; the tensors stay the same
     optimizer = make_adam(params, options.lr, options.adam_beta1)
     if engine_state is not None:
         _load_weights(pair, resume["model"])
