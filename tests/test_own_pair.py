@@ -300,6 +300,32 @@ def test_jax_engine_refuses_an_autoguide_it_cannot_map():
     assert fit.options["engine"] == "torch" and "Pyro only" in messages[0]
 
 
+class RawAutoNormal(Regression):
+    """The regression with Pyro's own ``AutoNormal`` (not ``ppgen.ppl.autoguide``)."""
+
+    name = "test_own_raw_autonormal"
+
+    def __init__(self, x_shape=(3,), guide="AutoNormal"):
+        super().__init__(x_shape, guide)
+        self.auto = pyro.infer.autoguide.AutoNormal(self.model)
+
+
+def test_pyros_own_autoguide_trains_on_torch_and_auto_says_how_to_reach_jax():
+    """Pyro's own autoguide is trained by the torch engine and reloads into a fresh pair; ``auto`` picks torch and
+    says to write it with ``ppgen.ppl.autoguide`` for the JAX engine."""
+    x, mean, _ = regression_data()
+    messages = []
+    pair = RawAutoNormal()
+    fit = ppgen.inference.fit(pair, from_tensor(x), backend="svi", epochs=300, batch_size=12, lr=0.02,
+                              progress=False, announce=messages.append)
+    assert fit.options["engine"] == "torch" and "ppgen.ppl.autoguide('AutoNormal', self.model)" in messages[0]
+    trained = pair.auto.locs.w.detach()
+    assert (trained - mean.float()).abs().max() < 0.5  # moved from its prior-median start towards μ
+    fresh = RawAutoNormal()
+    fresh.load_state_dict(pair.state_dict())
+    assert torch.equal(fresh.auto.locs.w.detach(), trained)
+
+
 # -- (e) no sharing -----------------------------------------------------------------------------------------------
 def test_two_pairs_with_the_same_param_names_do_not_share_them():
     """Training one pair moves its own df only; the other pair and Pyro's global store keep theirs; and Pyro's own

@@ -58,6 +58,10 @@ def check_covered(pair, sites: dict[str, Any], params: dict[str, Any] | None = N
         if isinstance(module, OwnParams) or (isinstance(module, AutoGuide) and module.numpyro_values()):
             covered |= {id(p) for p in module.parameters()}
     loose = [name for name, p in pair.named_parameters() if p.requires_grad and id(p) not in covered]
+    raw = _pyro_autoguides(pair, covered)
+    if raw:
+        raise CannotLower(f"cannot train Pyro's own autoguide {raw[0]} (write it as "
+                          f"ppgen.ppl.autoguide('{raw[0]}', self.model) for NumPyro's namesake)")
     if loose:
         raise CannotLower(f"trains only weights inside ppgen.nn networks registered with pyro.module, pyro.param "
                           f"sites and the autoguides ppgen maps to NumPyro, and {type(pair).__name__} has others "
@@ -66,6 +70,14 @@ def check_covered(pair, sites: dict[str, Any], params: dict[str, Any] | None = N
     if unknown:
         raise CannotLower(f"cannot carry the NumPyro param site(s) {', '.join(unknown[:3])} back into "
                           f"{type(pair).__name__}")
+
+
+def _pyro_autoguides(pair, covered: set[int]) -> list[str]:
+    """Class names of Pyro autoguides in the pair whose parameters do not reach NumPyro."""
+    from pyro.infer.autoguide import AutoGuide as PyroAutoGuide
+
+    return [type(m).__name__ for m in pair.modules()
+            if isinstance(m, PyroAutoGuide) and any(id(p) not in covered for p in m.parameters())]
 
 
 def module_sites(pair, x: torch.Tensor) -> dict[str, Any]:
