@@ -108,10 +108,13 @@ def guide_draws(pair, x: torch.Tensor, n: int, seed: int = 0) -> tuple[dict[str,
     pyro.set_rng_seed(seed)
     with torch.no_grad():
         guide_tr = sites.trace_conditioned(pair.guide, pair, x, {}, n)
-    latent = {k: s for k, s in sites.sample_sites(guide_tr).items() if not s["is_observed"]}
+    # the model's latent sites only: an autoguide's internal draws (``_AutoMultivariateNormal_latent``,
+    # ``b_unconstrained``) are auxiliary sites
+    latent = {k: s for k, s in sites.sample_sites(guide_tr).items()
+              if not s["is_observed"] and not s.get("infer", {}).get("is_auxiliary")}
     out = {}
     for name, site in latent.items():
-        v = site["value"]
+        v = site["value"].detach()  # (a point-mass guide's value may be its parameter itself)
         v = v.expand((n,) + v.shape[1:]) if v.shape[0] == 1 else v
         out[name] = canonical(v, site, pair.data_plate, lead=1)
     return out, site_dims(latent, list(latent), pair.data_plate)

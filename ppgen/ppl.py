@@ -18,6 +18,11 @@ function when called on a JAX array, so the same model body works on both sides.
 
 Only what both libraries spell the same way is routed; where NumPyro lacks a
 distribution that Pyro has (``ContinuousBernoulli``) ppgen supplies it here.
+
+Parameters belong to the pair that registers them (:class:`OwnParams`, :func:`param_owner`): a
+``pyro.param`` is an ``nn.Parameter`` of the pair on Pyro and a ``numpyro.param`` started at the pair's
+value on NumPyro, whose trained values :func:`load_numpyro_params` copies back. :func:`autoguide` is
+Pyro's autoguide on Pyro and NumPyro's namesake on NumPyro, with the trained values mapped between them.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ import contextlib
 import importlib
 from collections.abc import Iterator
 from typing import Any
+
+import torch
+from torch import nn
+from torch.distributions import constraints, transform_to
 
 _BACKENDS = {
     "pyro": {"pyro": "pyro", "dist": "pyro.distributions"},
@@ -192,7 +201,6 @@ class _LazyClass:
         return self._cls(*args, **kwargs)
 
 
-pyro = _Proxy("pyro", {"numpyro": {"module": _numpyro_module}})
 dist = _Proxy("dist", {"numpyro": {"ContinuousBernoulli": _LazyClass(_numpyro_continuous_bernoulli)}})
 
 
@@ -243,3 +251,446 @@ def randint(low: int, high: int, shape: tuple[int, ...], like: Any = None) -> An
     """Integers drawn uniformly from {low, …, high − 1} on the active backend (int64 on torch, int32 on JAX), for a
     family's own ``objective`` (as :func:`uniform`; one kernel where ``floor(uniform · n)`` takes four)."""
     return _standard_draws("randint", shape, like, low, high)
+
+
+# -- parameters a pair owns ------------------------------------------------------------------------------
+#
+# ``pyro.param`` keeps its values in one process-wide store, so two pairs with a parameter named "df"
+# would share it, and nothing ties the value to the pair that ``state_dict``, checkpoints and ``ppgen.load``
+# carry. A pair owns its parameters instead: while its model or guide runs (:func:`param_owner`), Pyro's
+# store holds the pair's own scope (as ``ParamStoreDict.scope`` does), and a ``pyro.param`` seen the first time is
+# created as an ``nn.Parameter`` (the UNCONSTRAINED value u; the site's value is T(u), T = transform_to of
+# its constraint) in the pair's :class:`OwnParams`. On NumPyro the same ``pyro.param`` is ``numpyro.param``
+# initialised at the value the pair holds, so NumPyro's SVI starts where the pair is and ppgen copies the
+# trained values back (:func:`load_numpyro_params`).
+
+
+def _encode(name: str) -> str:
+    """``name`` as a parameter name torch accepts (no ".", not an attribute of nn.Module); see :func:`_decode`."""
+    safe = name.replace("%", "%25").replace(".", "%2E")
+    return "%" + safe if not safe or _is_module_attribute(safe) else safe
+
+
+def _decode(safe: str) -> str:
+    if safe.startswith("%") and safe[1:3] not in ("25", "2E"):
+        safe = safe[1:]
+    return safe.replace("%2E", ".").replace("%25", "%")
+
+
+def _is_module_attribute(name: str) -> bool:
+    return hasattr(nn.Module, name) or name in ("training", "_parameters", "_buffers", "_modules")
+
+
+class OwnParams(nn.Module):
+    """The ``pyro.param`` values of one pair: name -> unconstrained ``nn.Parameter`` u, with its constraint.
+
+    The value the model sees is T(u), T = ``torch.distributions.transform_to(constraint)``; Adam steps u.
+    ``store_state`` is the pair's scope of Pyro's param store: its own params and those ``pyro.module`` and
+    Pyro modules (autoguides) register while the pair runs.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.constraints: dict[str, Any] = {}
+        self.store_state: dict[str, dict] = {}
+
+    def names(self) -> list[str]:
+        return [_decode(k) for k in self._parameters]
+
+    def __contains__(self, name: str) -> bool:
+        return _encode(name) in self._parameters
+
+    def unconstrained(self, name: str) -> nn.Parameter:
+        return self._parameters[_encode(name)]
+
+    def constraint(self, name: str, default: Any = None) -> Any:
+        return self.constraints.get(name, default)
+
+    def value(self, name: str) -> torch.Tensor:
+        """The constrained value T(u) (differentiable in u)."""
+        return transform_to(self.constraint(name, constraints.real))(self.unconstrained(name))
+
+    def adopt(self, name: str, init: Any, constraint: Any) -> nn.Parameter:
+        """Create the parameter ``name`` at the constrained value ``init``: u = T⁻¹(init)."""
+        with torch.no_grad():
+            u = transform_to(constraint).inv(torch.as_tensor(init).detach()).clone().contiguous()
+        p = nn.Parameter(u)
+        self.register_parameter(_encode(name), p)
+        self.constraints[name] = constraint
+        return p
+
+    def make_room(self, name: str, like: torch.Tensor) -> None:
+        """An entry ``name`` shaped like ``like`` (a state dict loaded into a fresh pair); its constraint is the
+        one the next ``pyro.param(name, ..., constraint=...)`` gives."""
+        if name not in self:
+            self.register_parameter(_encode(name), nn.Parameter(torch.zeros_like(like)))
+
+    def release(self, root: nn.Module) -> None:
+        """Drop the entries that another module under ``root`` owns too (a Pyro module's ``PyroParam``, which
+        Pyro creates through ``pyro.param``): each parameter is kept, and saved, once."""
+        elsewhere = {id(p) for m in root.modules() if m is not self for p in m._parameters.values()}
+        for key in [k for k, p in self._parameters.items() if id(p) in elsewhere]:
+            del self._parameters[key]
+            self.constraints.pop(_decode(key), None)
+
+    def set_value(self, name: str, value: Any) -> None:
+        """Set the constrained value in place: u ← T⁻¹(value)."""
+        u = self.unconstrained(name)
+        with torch.no_grad():
+            u.copy_(transform_to(self.constraint(name, constraints.real)).inv(torch.as_tensor(value, dtype=u.dtype)))
+
+
+#: the holders of the pairs whose model or guide is running, innermost last
+_owners: list[Any] = []
+
+
+def _pyro_messenger_class():
+    from pyro.poutine.messenger import Messenger
+
+    class AdoptParams(Messenger):
+        """Creates a new ``pyro.param`` as the holder's ``nn.Parameter`` and puts it in the active store scope."""
+
+        def __init__(self, holder):
+            super().__init__()
+            self.holder = holder
+
+        def _pyro_param(self, msg: dict) -> None:
+            import pyro as real_pyro
+
+            name = msg["args"][0]
+            init = msg["args"][1] if len(msg["args"]) > 1 else msg["kwargs"].get("init_tensor")
+            constraint = msg["kwargs"].get("constraint", constraints.real)
+            store = real_pyro.get_param_store()
+            if name in store:
+                return
+            if name in self.holder:  # loaded into a fresh pair: the store of this run has not seen it yet
+                p = self.holder.unconstrained(name)
+                self.holder.constraints[name] = constraint
+            elif init is None:
+                return  # Pyro's own error for a parameter read before it was created
+            else:
+                if callable(init) and not hasattr(init, "shape"):
+                    init = init()
+                if isinstance(init, nn.Parameter):  # a module's own weight (pyro.module): Pyro keeps that object
+                    return
+                p = self.holder.adopt(name, init, constraint)
+            store.set_state({"params": {name: p}, "constraints": {name: constraint}})
+
+    return AdoptParams
+
+
+_MESSENGER: list[type] = []
+
+
+def trained_tensors(traces: Any) -> list[torch.Tensor]:
+    """The tensors the param sites of Pyro ``traces`` train, once each, in trace order: as Pyro's SVI collects
+    them, the unconstrained value behind each site's value (the value itself where it has none)."""
+    found: dict[int, torch.Tensor] = {}
+    for trace in traces:
+        for site in trace.nodes.values():
+            if site["type"] != "param":
+                continue
+            link = getattr(site["value"], "unconstrained", None)
+            tensor = link() if link is not None else site["value"]
+            if tensor is not None and tensor.requires_grad and tensor.is_leaf:
+                found.setdefault(id(tensor), tensor)
+    return list(found.values())
+
+
+_STORE_FIELDS = ("_params", "_param_to_name", "_constraints")
+
+
+@contextlib.contextmanager
+def _store_scope(store: Any, state: dict[str, dict]) -> Iterator[None]:
+    """Pyro's param store holds ``state`` within the block (``ParamStoreDict.scope`` without its copies, which
+    also strip the ``unconstrained`` link Pyro's SVI follows from an unconstrained site's value)."""
+    saved = tuple(getattr(store, f) for f in _STORE_FIELDS)
+    for f in _STORE_FIELDS:
+        setattr(store, f, state.setdefault(f, {}))
+    try:
+        yield
+    finally:
+        for f, old in zip(_STORE_FIELDS, saved):
+            state[f] = getattr(store, f)  # (``pyro.clear_param_store()`` inside replaces the dicts)
+            setattr(store, f, old)
+
+
+@contextlib.contextmanager
+def param_owner(holder: Any) -> Iterator[None]:
+    """Run the enclosed model code with ``holder`` (an :class:`OwnParams`) owning its ``pyro.param`` values.
+
+    On Pyro: the param store holds the holder's scope (entered once however deeply pair code nests) and a new
+    ``pyro.param`` becomes the holder's ``nn.Parameter``. On NumPyro: ``pyro.param`` starts from the holder's
+    values (see :func:`_numpyro_param`).
+    """
+    if get_backend() == "numpyro":
+        _owners.append(holder)
+        try:
+            yield
+        finally:
+            _owners.pop()
+        return
+    import pyro as real_pyro
+
+    if not _MESSENGER:
+        _MESSENGER.append(_pyro_messenger_class())
+    enter_scope = not (_owners and _owners[-1] is holder)
+    scope = _store_scope(real_pyro.get_param_store(), holder.store_state) if enter_scope else contextlib.nullcontext()
+    _owners.append(holder)
+    try:
+        with scope, _MESSENGER[0](holder):
+            yield
+    finally:
+        _owners.pop()
+
+
+def _numpyro_constraint(c: Any) -> Any:
+    """A torch/Pyro constraint as NumPyro's (NumPyro's own passes through); NotImplementedError where none fits."""
+    import numpyro.distributions.constraints as nc
+
+    if c is None or isinstance(c, nc.Constraint):
+        return c if c is not None else nc.real
+    kind = type(c).__name__
+    simple = {"_Real": nc.real, "_Simplex": nc.simplex, "_LowerCholesky": nc.lower_cholesky,
+              "_CorrCholesky": nc.corr_cholesky, "_PositiveDefinite": nc.positive_definite,
+              "_SoftplusPositive": nc.softplus_positive, "_SoftplusLowerCholesky": nc.softplus_lower_cholesky,
+              "_OrderedVector": nc.ordered_vector, "_PositiveOrderedVector": nc.positive_ordered_vector}
+    if simple.get(kind) is not None:
+        return simple[kind]
+    if kind == "_IndependentConstraint":
+        return nc.independent(_numpyro_constraint(c.base_constraint), c.reinterpreted_batch_ndims)
+    if kind in ("_GreaterThan", "_GreaterThanEq"):
+        return nc.positive if float(c.lower_bound) == 0.0 and kind == "_GreaterThan" else nc.greater_than(c.lower_bound)
+    if kind == "_LessThan":
+        return nc.less_than(c.upper_bound)
+    if kind in ("_Interval", "_HalfOpenInterval"):
+        lo, hi = float(c.lower_bound), float(c.upper_bound)
+        return nc.unit_interval if (lo, hi) == (0.0, 1.0) else nc.interval(lo, hi)
+    raise NotImplementedError(f"the constraint {c} has no NumPyro counterpart in ppgen")
+
+
+def _to_jax(value: Any) -> Any:
+    import jax.numpy as jnp
+
+    if hasattr(value, "detach"):
+        return jnp.asarray(value.detach().cpu().numpy())
+    return jnp.asarray(value)
+
+
+def _numpyro_param(name: str, init_value: Any = None, **kwargs) -> Any:
+    """``pyro.param`` on NumPyro: ``numpyro.param`` initialised at the value the running pair holds (so SVI starts
+    from the pair and NUTS, evaluation see the trained value), torch inits and constraints translated."""
+    import numpyro
+
+    holder = _owners[-1] if _owners else None
+    if holder is not None and name in holder:
+        init_value = holder.value(name)
+        if holder.constraint(name) is not None:
+            kwargs["constraint"] = holder.constraint(name)
+    elif callable(init_value) and not hasattr(init_value, "shape"):
+        init_value = init_value()  # Pyro's lazy init takes no key
+    if "constraint" in kwargs:
+        kwargs["constraint"] = _numpyro_constraint(kwargs["constraint"])
+    return numpyro.param(name, None if init_value is None else _to_jax(init_value), **kwargs)
+
+
+def load_numpyro_params(root: Any, params: dict[str, Any], skip: set[str] = frozenset()) -> set[str]:
+    """Copy trained NumPyro param sites (constrained values) into the holders and autoguides under the torch
+    module ``root``; returns the names taken (``skip``: names handled elsewhere, the ``pyro.module`` sites)."""
+    import numpy as np
+
+    taken: set[str] = set()
+    for module in root.modules():
+        if isinstance(module, AutoGuide):
+            taken |= module.load_numpyro(params)
+        elif isinstance(module, OwnParams):
+            for name in module.names():
+                if name in params and name not in skip:
+                    module.set_value(name, torch.from_numpy(np.array(params[name])))
+                    taken.add(name)
+    return taken
+
+
+def numpyro_param_names(root: Any) -> set[str]:
+    """The NumPyro param sites that holders and autoguides under ``root`` can carry back."""
+    names: set[str] = set()
+    for module in root.modules():
+        if isinstance(module, AutoGuide):
+            names |= set(module.numpyro_values())
+        elif isinstance(module, OwnParams):
+            names |= set(module.names())
+    return names
+
+
+# -- autoguides on both backends ----------------------------------------------------------------------------
+#: the autoguides whose trained values ppgen maps between Pyro and NumPyro (NumPyro's namesake, prefix "auto")
+NUMPYRO_AUTOGUIDES = ("AutoNormal", "AutoDiagonalNormal", "AutoMultivariateNormal", "AutoDelta")
+
+
+def _leaf(module: nn.Module, dotted: str) -> tuple[nn.Module, str]:
+    *path, attr = dotted.split(".")
+    for part in path:
+        module = module._modules[part]
+    return module, attr
+
+
+def _pyro_module_value(module: nn.Module, dotted: str) -> torch.Tensor:
+    """The constrained value of a Pyro module's parameter (a ``PyroParam`` or a plain ``nn.Parameter``)."""
+    module, attr = _leaf(module, dotted)
+    if attr in getattr(module, "_pyro_params", {}):
+        constraint = module._pyro_params[attr][0]
+        return transform_to(constraint)(module._parameters[attr + "_unconstrained"]).detach()
+    return module._parameters[attr].detach()
+
+
+def _set_pyro_module_value(module: nn.Module, dotted: str, value: torch.Tensor) -> None:
+    module, attr = _leaf(module, dotted)
+    with torch.no_grad():
+        if attr in getattr(module, "_pyro_params", {}):
+            constraint = module._pyro_params[attr][0]
+            target = module._parameters[attr + "_unconstrained"]
+            target.copy_(transform_to(constraint).inv(value.to(target.dtype)))
+        else:
+            module._parameters[attr].copy_(value)
+
+
+class AutoGuide(nn.Module):
+    """Pyro's autoguide ``kind`` on the Pyro backend and NumPyro's namesake on NumPyro, as one guide.
+
+    ``ppgen.ppl.autoguide("AutoNormal", self.model)`` in a pair's ``__init__``; its ``guide(x)`` calls it. Both
+    are built on their first call (they trace the model). Pyro's guide is the one the pair keeps
+    (``state_dict``); NumPyro's starts from its values and its trained values are mapped back, site by site
+    and role by role:
+
+    * ``AutoNormal``: per site, loc (unconstrained space) and scale — ``{site}_auto_loc``/``_scale`` on NumPyro;
+    * ``AutoDelta``: per site, the point (constrained space) — ``{site}_auto_loc``;
+    * ``AutoDiagonalNormal``: loc and scale of the flattened unconstrained latent — ``auto_loc``/``auto_scale``;
+    * ``AutoMultivariateNormal``: loc and the Cholesky factor L of Σ = L Lᵀ; Pyro keeps L = diag(s) U with U
+      unit lower triangular, NumPyro L itself (``auto_scale_tril``).
+
+    The two libraries may flatten the sites in different orders: vectors are permuted, and Σ is permuted
+    (P Σ Pᵀ) and factorised again, so the mapping is exact up to rounding. Other autoguides run on Pyro only;
+    on NumPyro they raise NotImplementedError, which the JAX engine reports as the reason it cannot run the pair.
+    """
+
+    def __init__(self, kind: str, model: Any, **options: Any):
+        super().__init__()
+        import pyro.infer.autoguide as pyro_autoguides
+
+        if not hasattr(pyro_autoguides, kind):
+            raise ValueError(f"Pyro has no autoguide {kind!r}")
+        self.kind = kind
+        self.options = options
+        object.__setattr__(self, "_model", model)  # the pair's bound model: not a submodule
+        self.pyro_guide = getattr(pyro_autoguides, kind)(model, **options)
+        self._numpyro_guide: Any = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if get_backend() == "numpyro":
+            return self._numpyro_call(*args, **kwargs)
+        return self.pyro_guide(*args, **kwargs)
+
+    @property
+    def built(self) -> bool:
+        """Whether Pyro's guide has run once (and so made its parameters)."""
+        return self.pyro_guide.prototype_trace is not None
+
+    # -- NumPyro ----------------------------------------------------------------------------------------
+    def _numpyro_call(self, *args: Any, **kwargs: Any) -> Any:
+        from numpyro import handlers
+
+        if self._numpyro_guide is None:
+            if self.kind not in NUMPYRO_AUTOGUIDES:
+                raise NotImplementedError(f"the autoguide {self.kind} runs on Pyro only (ppgen maps "
+                                          f"{', '.join(NUMPYRO_AUTOGUIDES)} to NumPyro)")
+            if set(self.options) - {"init_scale"}:
+                raise NotImplementedError(f"the {self.kind} options {sorted(set(self.options) - {'init_scale'})} "
+                                          "are Pyro's; NumPyro's autoguide takes init_scale only")
+            import numpyro.infer.autoguide as numpyro_autoguides
+
+            guide = getattr(numpyro_autoguides, self.kind)(self._model, **self.options)
+            guide._setup_prototype(*args, **kwargs)  # its site order and shapes, before the values are mapped
+            self._numpyro_guide = guide
+        values = {k: _to_jax(v) for k, v in self.numpyro_values().items()} if self.built else {}
+        with handlers.substitute(data=values):  # SVI's own substitution (outside) takes precedence
+            return self._numpyro_guide(*args, **kwargs)
+
+    def _sites(self) -> list[tuple[str, int]]:
+        """(site, size of its unconstrained value) in Pyro's flattening order."""
+        trace = self.pyro_guide.prototype_trace
+        shapes = getattr(self.pyro_guide, "_unconstrained_shapes", {})
+        return [(name, int(torch.Size(shapes[name]).numel()) if name in shapes else 0)
+                for name, _ in trace.iter_stochastic_nodes()]
+
+    def _permutation(self) -> torch.Tensor:
+        """Indices p with numpyro_vector = pyro_vector[p]."""
+        offsets, start = {}, 0
+        for name, size in self._sites():
+            offsets[name] = (start, size)
+            start += size
+        order = list(self._numpyro_guide._init_locs) if self._numpyro_guide is not None else list(offsets)
+        return torch.cat([torch.arange(offsets[n][0], offsets[n][0] + offsets[n][1]) for n in order])
+
+    def numpyro_values(self) -> dict[str, torch.Tensor]:
+        """Pyro's trained values as NumPyro's param sites (constrained), by name; {} before the first call or
+        for a kind with no mapping."""
+        if not self.built or self.kind not in NUMPYRO_AUTOGUIDES:
+            return {}
+        g, out = self.pyro_guide, {}
+        if self.kind in ("AutoNormal", "AutoDelta"):
+            for name, _ in g.prototype_trace.iter_stochastic_nodes():
+                if self.kind == "AutoNormal":
+                    out[f"{name}_auto_loc"] = _pyro_module_value(g.locs, name)
+                    out[f"{name}_auto_scale"] = _pyro_module_value(g.scales, name)
+                else:
+                    out[f"{name}_auto_loc"] = _pyro_module_value(g, name)
+            return out
+        p = self._permutation()
+        out["auto_loc"] = _pyro_module_value(g, "loc")[p]
+        scale = _pyro_module_value(g, "scale")
+        if self.kind == "AutoDiagonalNormal":
+            out["auto_scale"] = scale[p]
+        else:
+            tril = scale[..., None] * _pyro_module_value(g, "scale_tril")
+            cov = (tril @ tril.T)[p][:, p]
+            out["auto_scale_tril"] = torch.linalg.cholesky(cov.double()).to(tril.dtype)
+        return out
+
+    def load_numpyro(self, params: dict[str, Any]) -> set[str]:
+        """Set Pyro's guide from NumPyro's trained param sites; returns the names used."""
+        import numpy as np
+
+        names = set(self.numpyro_values()) & set(params)
+        if not names:
+            return set()
+        value = {k: torch.from_numpy(np.array(params[k])) for k in names}
+        g = self.pyro_guide
+        if self.kind in ("AutoNormal", "AutoDelta"):
+            for name, _ in g.prototype_trace.iter_stochastic_nodes():
+                if self.kind == "AutoNormal":
+                    _set_pyro_module_value(g.locs, name, value[f"{name}_auto_loc"])
+                    _set_pyro_module_value(g.scales, name, value[f"{name}_auto_scale"])
+                else:
+                    _set_pyro_module_value(g, name, value[f"{name}_auto_loc"])
+            return names
+        inverse = torch.argsort(self._permutation())
+        _set_pyro_module_value(g, "loc", value["auto_loc"][inverse])
+        if self.kind == "AutoDiagonalNormal":
+            _set_pyro_module_value(g, "scale", value["auto_scale"][inverse])
+            return names
+        tril = value["auto_scale_tril"].double()
+        cov = (tril @ tril.T)[inverse][:, inverse]
+        chol = torch.linalg.cholesky(cov)
+        scale = torch.diagonal(chol)
+        _set_pyro_module_value(g, "scale", scale.float())
+        _set_pyro_module_value(g, "scale_tril", (chol / scale[:, None]).float())
+        return names
+
+
+def autoguide(kind: str, model: Any, **options: Any) -> AutoGuide:
+    """Pyro's autoguide ``kind`` for ``model`` (a pair's ``self.model``), NumPyro's namesake on the JAX engine;
+    see :class:`AutoGuide`."""
+    return AutoGuide(kind, model, **options)
+
+
+pyro = _Proxy("pyro", {"numpyro": {"module": _numpyro_module, "param": _numpyro_param}})

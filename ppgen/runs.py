@@ -227,7 +227,14 @@ def load_checkpoint(run_dir: Path) -> dict:
 
 
 def check_weights(pair, state: dict[str, torch.Tensor], path: Path) -> None:
-    """UserError unless ``state`` has exactly the names and shapes of ``pair``'s weights."""
+    """UserError unless ``state`` has exactly the names and shapes of ``pair``'s weights (once the fresh pair has
+    made what its first call makes: ``pyro.param`` values, an autoguide's parameters)."""
+    try:
+        pair.make_room(state)
+    except Exception as err:  # the kept example inputs do not run through this pair's model
+        raise UserError(f"{path}: weights do not fit the model in {CONFIG} ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:120] if str(err) else ''}); it belongs to another model: "
+                        "retrain, or copy the run's own file") from None
     own = pair.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))

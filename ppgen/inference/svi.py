@@ -209,15 +209,23 @@ def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchSt
     pair.to(device)
     loss_fn = (ObjectiveLoss(pair) if pair.has_objective
                else make_elbo(options.elbo, options.num_particles, pair.max_plate_nesting, options.free_bits))
-    optimizer = make_adam(pair.parameters(), options.lr, options.adam_beta1)
     step_size = options.mcmc_step_size
     inputs0 = tuple(c[:2].to(device) for c in data.train_epoch_inputs(0, pair.inputs))
     if options.mcmc_steps > 0:
         hmc.check_pair(pair, data.train_epoch(0)[:2].to(device), inputs0)
+    engine_state = None
     if resume is not None:
         engine_state = loop.state_from_checkpoint(resume).engine
         if isinstance(engine_state.get("optimizer"), list):
             raise UserError("this checkpoint was written by engine='jax'; resume it with engine='jax'")
+    # as Pyro's SVI: the parameters are those of a traced run's param sites (pyro.param, pyro.module, an
+    # autoguide's, made on that first run), with every other weight of the pair
+    batch, _ = loop.batching(len(data.train), options.batch_size)
+    params = traced_parameters(pair, data.train_epoch(0)[:batch].to(device), options.seed,
+                               tuple(c[:batch].to(device) for c in data.train_epoch_inputs(0, pair.inputs)))
+    pair.to(device)  # what the trial run made from the model's (CPU) initial values; the tensors stay the same
+    optimizer = make_adam(params, options.lr, options.adam_beta1)
+    if engine_state is not None:
         _load_weights(pair, resume["model"])
         try:
             optimizer.load_state_dict(engine_state["optimizer"])
@@ -232,16 +240,27 @@ def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchSt
     return state
 
 
+def traced_parameters(pair, x: torch.Tensor, seed: int = 0,
+                      inputs: tuple[torch.Tensor, ...] = ()) -> list[torch.nn.Parameter]:
+    """The pair's weights (``pair.parameters()``, in order), after a trial run of its guide and model on ``x`` (and
+    its input columns) has made those created on first call (:meth:`~ppgen.models.base.GenerativeModel.trial_run`),
+    and any other tensor a param site of that run trains (Pyro's SVI takes ``site["value"].unconstrained()``)."""
+    traced = pair.trial_run(x, *inputs, seed=seed)
+    params = {id(p): p for p in pair.parameters()}
+    for p in traced:
+        params.setdefault(id(p), p)
+    return list(params.values())
+
+
 def guide_parameters(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> list[torch.nn.Parameter]:
-    """The weights the guide registers (its ``pyro.param`` sites, those of ``pyro.module`` included)."""
-    trace = poutine.trace(pair.guide).get_trace(x, *inputs)
-    seen: dict[int, torch.nn.Parameter] = {}
-    for site in trace.nodes.values():
-        if site["type"] == "param" and site["value"].requires_grad:
-            seen.setdefault(id(site["value"]), site["value"])
+    """The weights the guide registers (its ``pyro.param`` sites, those of ``pyro.module`` included; the
+    unconstrained tensor behind a constrained one)."""
+    from ppgen.ppl import trained_tensors
+
+    seen = trained_tensors([poutine.trace(pair.guide).get_trace(x, *inputs)])
     if not seen:
         raise UserError(f"{pair.who}'s guide has no weights: aggressive encoder updates have nothing to update")
-    return list(seen.values())
+    return seen
 
 
 def _aggressive_inner(state: TorchState, x: torch.Tensor, model, guide, g: torch.Generator, batch: int,

@@ -47,14 +47,37 @@ class CannotLower(Exception):
 
 
 # -- the pair on NumPyro --------------------------------------------------------------------------
-def check_covered(pair, sites: dict[str, Any]) -> None:
-    """Raise :class:`CannotLower` when some trainable weight of the pair belongs to no ``pyro.module`` site."""
+def check_covered(pair, sites: dict[str, Any], params: dict[str, Any] | None = None) -> None:
+    """Raise :class:`CannotLower` unless every trainable weight of the pair reaches NumPyro and comes back: the
+    weights of ``pyro.module`` sites, ``pyro.param`` values and an autoguide's (mapped to NumPyro's namesake);
+    and unless every NumPyro param site (``params``) is one of those."""
+    from ppgen.ppl import AutoGuide, OwnParams, numpyro_param_names
+
     covered = {id(p) for module in sites.values() for p in module.parameters()}
+    for module in pair.modules():
+        if isinstance(module, OwnParams) or (isinstance(module, AutoGuide) and module.numpyro_values()):
+            covered |= {id(p) for p in module.parameters()}
     loose = [name for name, p in pair.named_parameters() if p.requires_grad and id(p) not in covered]
+    raw = _pyro_autoguides(pair, covered)
+    if raw:
+        raise CannotLower(f"cannot train Pyro's own autoguide {raw[0]} (write it as "
+                          f"ppgen.ppl.autoguide('{raw[0]}', self.model) for NumPyro's namesake)")
     if loose:
-        raise CannotLower(f"trains only weights inside ppgen.nn networks registered with pyro.module, and "
-                          f"{type(pair).__name__} has others "
+        raise CannotLower(f"trains only weights inside ppgen.nn networks registered with pyro.module, pyro.param "
+                          f"sites and the autoguides ppgen maps to NumPyro, and {type(pair).__name__} has others "
                           f"({', '.join(loose[:3])})")
+    unknown = sorted(set(params or {}) - set(sites) - numpyro_param_names(pair))
+    if unknown:
+        raise CannotLower(f"cannot carry the NumPyro param site(s) {', '.join(unknown[:3])} back into "
+                          f"{type(pair).__name__}")
+
+
+def _pyro_autoguides(pair, covered: set[int]) -> list[str]:
+    """Class names of Pyro autoguides in the pair whose parameters do not reach NumPyro."""
+    from pyro.infer.autoguide import AutoGuide as PyroAutoGuide
+
+    return [type(m).__name__ for m in pair.modules()
+            if isinstance(m, PyroAutoGuide) and any(id(p) not in covered for p in m.parameters())]
 
 
 def module_sites(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> dict[str, Any]:
@@ -175,14 +198,19 @@ def unflatten_state(tensors: list[torch.Tensor], like):
     return jax.tree_util.tree_unflatten(treedef, restored)
 
 
-def copy_into_torch(sites: dict[str, Any], params: dict[str, dict], buffers: dict[str, dict] | None = None) -> None:
+def copy_into_torch(sites: dict[str, Any], params: dict[str, dict], buffers: dict[str, dict] | None = None,
+                    pair: Any = None) -> None:
     """Load the NumPyro parameters (one dict per module site) and the buffers of its mutable sites (batch
-    norm's running statistics, ``name + "$buffers"``) into the torch modules."""
+    norm's running statistics, ``name + "$buffers"``) into the torch modules; with ``pair``, also every other
+    trained param site: ``pyro.param`` values and autoguides' (:func:`ppgen.ppl.load_numpyro_params`)."""
     from ppgen.nn.networks import BUFFERS_SUFFIX
+    from ppgen.ppl import load_numpyro_params
 
     for name, module in sites.items():
         state = {**params[name], **(buffers or {}).get(name + BUFFERS_SUFFIX, {})}
         module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+    if pair is not None:
+        load_numpyro_params(pair, params, skip=set(sites))
 
 
 def torch_buffers(sites: dict[str, Any], like: dict[str, dict]) -> dict[str, dict]:
@@ -281,14 +309,19 @@ def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
                             " resume with the model options it was written with") from None
     batch, steps = loop.batching(len(data.train), options.batch_size)
     x0_torch = data.train_epoch(0)[:batch].cpu()
-    inputs0 = tuple(jnp.asarray(c[:batch].cpu().numpy()) for c in data.train_epoch_inputs(0, pair.inputs))
+    inputs_torch = tuple(c[:batch].cpu() for c in data.train_epoch_inputs(0, pair.inputs))
+    inputs0 = tuple(jnp.asarray(c.numpy()) for c in inputs_torch)
+    # one Pyro run makes what the pair creates on first call (pyro.param values with their constraints, an
+    # autoguide's parameters); NumPyro then starts from the values the pair keeps: every pyro.param and
+    # autoguide site is initialised at them (ppgen.ppl), as the networks are at their torch weights
+    pair.trial_run(x0_torch, *inputs_torch, seed=options.seed)
     model, guide = scaled_model_guide(pair)
     loss_fn = make_numpyro_elbo(options.elbo, options.num_particles)
     svi = SVI(model, guide, numpyro.optim.Adam(options.lr, b1=options.adam_beta1), loss_fn)
     try:
         with recording_modules() as sites:
             svi_state = svi.init(jax.random.PRNGKey(options.seed), jnp.asarray(x0_torch.numpy()), 1.0, *inputs0)
-        check_covered(pair, sites)
+        check_covered(pair, sites, svi.get_params(svi_state))
         check_buffers(svi_state, options)
     except NotLowerable as err:
         raise CannotLower(f"cannot lower this model's networks ({err})") from None
@@ -332,7 +365,8 @@ def _epoch(state: JaxState, plan: loop.EpochPlan) -> tuple[JaxState, loop.EpochR
 
 def _sync(state: JaxState) -> None:
     if not state.synced:
-        copy_into_torch(state.sites, state.svi.get_params(state.svi_state), state.svi_state.mutable_state)
+        copy_into_torch(state.sites, state.svi.get_params(state.svi_state), state.svi_state.mutable_state,
+                        state.pair)
         state.synced = True
 
 

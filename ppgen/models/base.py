@@ -83,11 +83,29 @@ The protocol
     and the one training loop trains it; no other file names the stage.
 ``check_inputs(x, inputs)``
     Likewise for the input columns beside ``x``: by default one row per example of each.
+
+Parameters
+----------
+Everything a pair registers is its own, trained by both SVI engines and carried by ``state_dict``
+(checkpoints, ``model.pt``, ``ppgen.load``, ``--resume``): the weights of its torch modules (``pyro.module``
+networks), its ``pyro.param`` sites and the parameters an autoguide makes on its first call. ``model``,
+``guide``, ``objective``, ``closed_form_elbo`` and ``generate`` run with the pair owning its ``pyro.param``
+values (:func:`ppgen.ppl.param_owner`): a new one becomes an ``nn.Parameter`` (its unconstrained value u; the
+model sees T(u) for its constraint's transform T) in ``pyro_params``, keyed by name (``state_dict`` key
+``pyro_params.NAME``, "." written "%2E"); Pyro's param store is the pair's own scope, so two pairs with a
+``pyro.param("df")`` never share it, and Pyro's own SVI on ``pair.model``/``pair.guide`` trains the same
+values. ``param_value(name)`` reads one. ``trial_run(x)`` runs guide and model once so that every parameter
+made on first call exists (engines call it before building their optimizer); where that made any, the pair
+keeps one example of the inputs (buffers ``trial_arg_I``) so that a fresh pair can make them again, with their
+constraints, before ``load_state_dict`` (a state dict holds tensors only). An autoguide as the guide:
+``self.auto = ppgen.ppl.autoguide("AutoNormal", self.model)`` and ``def guide(self, x): self.auto(x)`` (Pyro's
+on torch, NumPyro's namesake on the JAX engine, see :class:`ppgen.ppl.AutoGuide`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -95,6 +113,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ppgen import ppl
 from ppgen.declare import one_of, option, shape
 from ppgen.errors import UserError
 
@@ -180,6 +199,10 @@ class GenerativeModel(nn.Module):
                 raise TypeError(f"two families named {name!r}: {known.__module__}.{known.__qualname__} and "
                                 f"{cls.__module__}.{cls.__qualname__}")
             REGISTRY[name] = cls
+        for method in OWNING_METHODS:
+            fn = cls.__dict__.get(method)
+            if callable(fn) and not getattr(fn, "_owns_params", False):
+                setattr(cls, method, _owning(fn))
 
     def __init__(self, *args: Any, **options: Any):
         """``Family(**options)`` is ``Family(Family.Config(**options))``: the config checks every option against its
@@ -187,12 +210,65 @@ class GenerativeModel(nn.Module):
         ``self.config``. A family's ``__init__`` takes ``(*args, **options)`` and repeats no default."""
         super().__init__()
         self.config = self._config_of(args, options)
+        self.pyro_params = ppl.OwnParams()
+        self._register_load_state_dict_pre_hook(_make_room_hook, with_module=True)
 
     @classmethod
     def _config_of(cls, args: tuple, options: dict[str, Any]) -> Any:
         if len(args) == 1 and not options and (cls.Config is object or isinstance(args[0], cls.Config)):
             return args[0]  # a built config (any object, for a pair that declares no Config)
         return cls.Config(*args, **options)
+
+    # -- parameters (see the module docs) -------------------------------------------------
+    def param_value(self, name: str) -> torch.Tensor:
+        """The constrained value of the pair's ``pyro.param`` ``name``."""
+        if name not in self.pyro_params:
+            raise KeyError(f"{self.who} has no pyro.param {name!r} (it has {self.pyro_params.names()})")
+        return self.pyro_params.value(name).detach()
+
+    def trial_run(self, *args: Any, seed: int = 0) -> list[torch.Tensor]:
+        """Run guide and model once on ``args`` (x and its input columns; eval mode, torch's RNG forked and seeded
+        with ``seed``) so that every parameter made on first call exists; keep one example of the arguments if
+        that made any (a ``pyro.param``, an autoguide's), for :meth:`make_room`. Returns the tensors the run's
+        param sites train (their unconstrained values, as Pyro's SVI collects them)."""
+        from pyro import poutine
+
+        before = {id(p) for p in self.parameters()}
+        was_training = self.training
+        device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
+        self.eval()
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                guide_trace = poutine.trace(self.guide).get_trace(*args) if self.has_guide else None
+                fn = self.model if guide_trace is None else poutine.replay(self.model, trace=guide_trace)
+                model_trace = poutine.trace(fn).get_trace(*args)
+        finally:
+            self.train(was_training)
+        self.pyro_params.release(self)
+        if any(id(p) not in before for p in self.parameters()):
+            for i, a in enumerate(args):
+                if isinstance(a, torch.Tensor):
+                    self.register_buffer(f"trial_arg_{i}", a[:1].detach().clone())
+        return ppl.trained_tensors([t for t in (guide_trace, model_trace) if t is not None])
+
+    def make_room(self, state: dict[str, torch.Tensor], prefix: str = "") -> None:
+        """Create in this (fresh) pair what ``state`` holds and first calls make: its ``pyro.param`` entries and an
+        autoguide's parameters (a trial run on the kept example inputs, which also gives the constraints)."""
+        examples = sorted((int(k[len(prefix) + 10:]), v) for k, v in state.items()
+                          if k.startswith(f"{prefix}trial_arg_") and k[len(prefix) + 10:].isdigit())
+        if examples and not any(n.startswith("trial_arg_") for n, _ in self.named_buffers(recurse=False)):
+            args = [None] * (examples[-1][0] + 1)
+            for i, v in examples:
+                args[i] = v
+            self.trial_run(*args)
+            for i, v in examples:
+                if f"trial_arg_{i}" not in self._buffers:
+                    self.register_buffer(f"trial_arg_{i}", v.detach().clone())
+        own = f"{prefix}pyro_params."
+        for key, value in state.items():
+            if key.startswith(own) and "." not in key[len(own):]:
+                self.pyro_params.make_room(ppl._decode(key[len(own):]), value)
 
     # -- the pair -----------------------------------------------------------------
     def model(self, x: torch.Tensor) -> None:  # pragma: no cover - abstract
@@ -335,6 +411,27 @@ class GenerativeModel(nn.Module):
             if column.shape[:1] != x.shape[:1]:
                 raise UserError(f"{what}: input column {name!r} has {column.shape[0] if column.ndim else 0} rows "
                                 f"but there are {x.shape[0]} examples; give one row per example")
+
+
+#: the methods that run with the pair owning its ``pyro.param`` values
+OWNING_METHODS = ("model", "guide", "objective", "closed_form_elbo", "generate")
+
+
+def _owning(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        holder = self.__dict__.get("_modules", {}).get("pyro_params")
+        if holder is None:  # before GenerativeModel.__init__ ran
+            return method(self, *args, **kwargs)
+        with ppl.param_owner(holder):
+            return method(self, *args, **kwargs)
+
+    run._owns_params = True
+    return run
+
+
+def _make_room_hook(module: GenerativeModel, state: dict, prefix: str, *args: Any) -> None:
+    module.make_room(state, prefix)
 
 
 def check_observations(x: torch.Tensor, x_shape: tuple[int, ...], likelihood: str, what: str = "data") -> None:
