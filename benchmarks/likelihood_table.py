@@ -43,9 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ppgen  # noqa: E402
 from ppgen.data import load  # noqa: E402
 from ppgen.evaluation import ais, bdmc, elbo, iwae, layer_report  # noqa: E402
+from ppgen.inference.stages import fit_stage  # noqa: E402
 from ppgen.models import DLGM, NADE, VAE, HierarchicalVAE, LadderVAE  # noqa: E402
 from ppgen.models.diffusion import DDPM  # noqa: E402
-from ppgen.models.vqvae import VQVAE, fit_prior  # noqa: E402
+from ppgen.models.vqvae import VQVAE  # noqa: E402
 
 Z, HIDDEN = (50, 20), ((400,), (200,))
 MODELS = {
@@ -267,8 +268,8 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         fit = ppgen.fit(pair, data, backend="svi", **options)
         if name == "vqvae":  # stage two: the autoregressive prior over the codes, then the bound uses it
-            prior = fit_prior(pair, data, epochs=args.prior_epochs or args.epochs, batch_size=args.batch_size,
-                              seed=args.seed)
+            prior = fit_stage(pair, "prior", data, epochs=args.prior_epochs or args.epochs,
+                              batch_size=args.batch_size, seed=args.seed).history
         speeds = [r["images_per_s"] for r in fit.history[1:] or fit.history]
         row = {"train_seconds": time.perf_counter() - t, "images_per_s": sum(speeds) / len(speeds),
                "train_elbo": fit.history[-1].get("elbo"), "val_elbo": fit.history[-1].get("val_elbo"),

@@ -8,7 +8,7 @@ the last snapshot is trained as ``likelihood_table.py --models vqvae --epochs N`
 threads, the same pair) and:
 
 1. its test bound under the uniform prior, and the sample quality of codes drawn uniformly → decoder;
-2. its PixelCNN prior is fitted for as many epochs as stage one ran (``fit_prior``, as ``likelihood_table.py``
+2. its PixelCNN prior is fitted for as many epochs as stage one ran (the stage ``prior``, as ``likelihood_table.py``
    does), then its test bound (the leaderboard's NLL: −[log p(x|z_q) + log p_prior(k)], exact for every IWAE K
    with a point-mass guide) and the sample quality of codes from the learned prior → decoder.
 
@@ -40,7 +40,7 @@ from ppgen import plots  # noqa: E402
 from ppgen.data import load  # noqa: E402
 from ppgen.evaluation import iwae  # noqa: E402
 from ppgen.evaluation.samples import feature_classifier, sample_quality  # noqa: E402
-from ppgen.models.vqvae import fit_prior  # noqa: E402
+from ppgen.inference.stages import fit_stage  # noqa: E402
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -72,7 +72,7 @@ def snapshot(pair, data, grey, classifier, epochs: int, args, out_dir: Path) -> 
     row["uniform"] = bound(pair, x, args.seed)
     row["uniform"].update(sample_quality(pair, grey, n=args.n, classifier=classifier, seed=args.seed))
     start = time.perf_counter()
-    history = fit_prior(pair, data, epochs=epochs, batch_size=args.batch_size, seed=args.seed)
+    history = fit_stage(pair, "prior", data, epochs=epochs, batch_size=args.batch_size, seed=args.seed).history
     pair.eval()
     row["prior_seconds"] = time.perf_counter() - start
     row["prior_val_nll"] = history[-1].get("val_prior_nll")

@@ -7,8 +7,8 @@ the *same* encoder/decoder modules (deep copies of ppgen's, so the same weights)
 EMA update and restarts, the loss rec + β‖z_e − sg(e)‖², minibatches indexed from an in-memory tensor
 shuffled by ``randperm``, the same batch size and ``torch.optim.Adam``.
 
-Stage two. ppgen: :func:`ppgen.models.vqvae.fit_prior`; plain: the same PixelCNN in a hand-written loop, on
-codes extracted once. Throughput counts the training steps; ``fit_prior`` by default also re-encodes the codes
+Stage two. ppgen: the stage ``prior`` (:func:`ppgen.inference.stages.fit_stage`, the one training loop); plain: the same PixelCNN in a hand-written loop, on
+codes extracted once. Throughput counts the training steps; the stage also re-encodes the codes
 of each epoch's fresh binarization, whose time is reported beside it (``extract_seconds`` per epoch).
 
 Throughput is images (grids) per second over whole epochs after a warm-up epoch of each. The two loops alternate
@@ -35,7 +35,8 @@ from torch.nn import functional as F
 
 import ppgen
 from ppgen.data import load
-from ppgen.models.vqvae import VQVAE, fit_prior
+from ppgen.inference.stages import fit_stage
+from ppgen.models.vqvae import VQVAE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _baselines import spread  # noqa: E402
@@ -154,7 +155,7 @@ def stage_one(pair: VQVAE, data, x: torch.Tensor, args) -> tuple[dict, VQVAE]:
 
 
 def stage_two(pair: VQVAE, data, x: torch.Tensor, args) -> dict:
-    """The prior likewise: one ``fit_prior`` epoch (its grids/s over the training steps) beside one plain epoch on
+    """The prior likewise: one epoch of the stage ``prior`` (its grids/s over the training steps) beside one plain epoch on
     the same codes, alternating; the re-encoding of fresh codes is timed apart."""
     pair.eval()
     codes = pair.codes(x)
@@ -165,7 +166,7 @@ def stage_two(pair: VQVAE, data, x: torch.Tensor, args) -> dict:
     trial = copy.deepcopy(pair)
     for r in range(args.repeats):
         def step_ours(r=r):
-            return fit_prior(trial, data, epochs=1, batch_size=args.batch_size, seed=r)[0]
+            return fit_stage(trial, "prior", data, epochs=1, batch_size=args.batch_size, seed=r).history[0]
 
         if r % 2 == 0:
             row = step_ours()
@@ -173,13 +174,13 @@ def stage_two(pair: VQVAE, data, x: torch.Tensor, args) -> dict:
         else:
             b = plain_prior_epoch(net, opt, codes, args.batch_size, r)
             row = step_ours()
-        ours.append(row["grids_per_s"])
+        ours.append(row["examples_per_s"])
         theirs.append(b)
-        ratios.append(row["grids_per_s"] / b)
+        ratios.append(row["examples_per_s"] / b)
         extract.append(row["extract_seconds"])
     result = describe("stage two (prior)", "grids/s", ours, theirs, ratios)
     result["extract_seconds_per_epoch"] = statistics.median(extract)
-    print(f"  (fit_prior also re-encodes each epoch's fresh codes: {statistics.median(extract):.2f} s per epoch, "
+    print(f"  (the stage also re-encodes each epoch's fresh codes: {statistics.median(extract):.2f} s per epoch, "
           "outside the timed steps)")
     return result
 

@@ -105,7 +105,8 @@ def save_torch(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def write_history(run_dir: Path, history: list[dict]) -> None:
+def write_history(run_dir: Path, history: list[dict], name: str = HISTORY) -> None:
+    """``history`` (one dict per epoch) as CSV ``name`` in ``run_dir``, one column per key any row has."""
     if not history:
         return
     keys = list(dict.fromkeys(k for row in history for k in row))
@@ -113,7 +114,22 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=keys)
     writer.writeheader()
     writer.writerows(history)
-    atomic_write_bytes(Path(run_dir) / HISTORY, buffer.getvalue().encode())
+    atomic_write_bytes(Path(run_dir) / name, buffer.getvalue().encode())
+
+
+def write_netcdf(path: Path, idata: Any) -> None:
+    """An ArviZ InferenceData as netCDF at ``path``, via a temporary file beside it and an atomic rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        idata.to_netcdf(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 # -- reading a run -------------------------------------------------------------------------------

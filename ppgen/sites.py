@@ -210,41 +210,43 @@ def latent_and_observed(trace: poutine.Trace, latent: Collection[str], data_plat
 
 
 # -- traces of a pair ----------------------------------------------------------------------------------
-def trace_pair(pair: Any, x: torch.Tensor, particles: int) -> tuple[poutine.Trace, poutine.Trace]:
+def trace_pair(pair: Any, x: torch.Tensor, particles: int,
+               inputs: tuple[torch.Tensor, ...] = ()) -> tuple[poutine.Trace, poutine.Trace]:
     """(guide trace, model trace): the guide traced inside a vectorized ``particles`` plate at dim
     −(max_plate_nesting + 1), the model replayed on its draws (encoder once per example, decoder once
-    per particle)."""
+    per particle); ``inputs`` are the pair's input columns beside ``x`` (one row per example)."""
     with pyro.validation_enabled(False), particles_plate(pair, particles):
-        guide_tr = poutine.trace(pair.guide).get_trace(x)
-        model_tr = poutine.trace(poutine.replay(pair.model, trace=guide_tr)).get_trace(x)
+        guide_tr = poutine.trace(pair.guide).get_trace(x, *inputs)
+        model_tr = poutine.trace(poutine.replay(pair.model, trace=guide_tr)).get_trace(x, *inputs)
     return guide_tr, model_tr
 
 
 def trace_conditioned(fn: Callable, pair: Any, x: torch.Tensor, values: dict[str, torch.Tensor],
-                      particles: int | None) -> poutine.Trace:
+                      particles: int | None, inputs: tuple[torch.Tensor, ...] = ()) -> poutine.Trace:
     """``fn`` (the model or the guide) traced with ``values`` fixed, inside a ``particles`` plate when
     ``particles`` is given (then every value carries the particle dim in front)."""
     with pyro.validation_enabled(False):
         if particles is None:
-            return poutine.trace(poutine.condition(fn, data=values)).get_trace(x)
+            return poutine.trace(poutine.condition(fn, data=values)).get_trace(x, *inputs)
         with particles_plate(pair, particles):
-            return poutine.trace(poutine.condition(fn, data=values)).get_trace(x)
+            return poutine.trace(poutine.condition(fn, data=values)).get_trace(x, *inputs)
 
 
 def log_joint(pair: Any, x: torch.Tensor, values: dict[str, torch.Tensor], particles: int | None = None,
-              globals: str = "split") -> torch.Tensor:
+              globals: str = "split", inputs: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
     r"""log p(x_n, z_{p,n}) per particle and example with the latents fixed at ``values``: (P, N) or (N,).
 
     Differentiable in ``values`` and in the pair's parameters.
     """
-    trace = trace_conditioned(pair.model, pair, x, values, particles)
+    trace = trace_conditioned(pair.model, pair, x, values, particles, inputs)
     return log_density(trace, pair.data_plate, globals)
 
 
-def log_weights(pair: Any, x: torch.Tensor, k: int, globals: str = "split") -> torch.Tensor:
+def log_weights(pair: Any, x: torch.Tensor, k: int, globals: str = "split",
+                inputs: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
     r"""log w_{k,n} = log p(x_n, z_{k,n}) − log q(z_{k,n} | x_n), z ~ q, for k particles: shape (k, N)."""
     with torch.no_grad():  # a distribution may compute lazily (NADE): keep it out of autograd
-        guide_tr, model_tr = trace_pair(pair, x, k)
+        guide_tr, model_tr = trace_pair(pair, x, k, inputs)
         where = layout(model_tr, pair.data_plate)
         log_p = log_density(model_tr, pair.data_plate, globals, where=where)
         return log_p - log_density(guide_tr, pair.data_plate, globals, where=where).to(log_p)
@@ -265,11 +267,12 @@ def global_sites(trace: poutine.Trace, data_plate: str = "data") -> list[str]:
 
 
 # -- values between a site's plate layout and (particles, examples, *event) ------------------------------
-def data_dims(pair: Any, x: torch.Tensor, fn: Callable | None = None) -> dict[str, int | None]:
+def data_dims(pair: Any, x: torch.Tensor, fn: Callable | None = None,
+              inputs: tuple[torch.Tensor, ...] = ()) -> dict[str, int | None]:
     """The data plate's dim of every latent sample site of ``fn`` (default: the guide; None for a global
     site), from one trace on the first example."""
     with pyro.validation_enabled(False), torch.no_grad():
-        trace = poutine.trace(fn or pair.guide).get_trace(x[:1])
+        trace = poutine.trace(fn or pair.guide).get_trace(x[:1], *(c[:1] for c in inputs))
     out = {}
     for name, site in sample_sites(trace).items():
         if not site["is_observed"]:

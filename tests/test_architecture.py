@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent / "ppgen"
 
 #: DESIGN.md's arrows, top to bottom: a module may import its own layer and the layers below it
 LAYERS = [
-    {"ppgen.cli", "ppgen.demo", "ppgen", "ppgen.api", "ppgen.__main__"},
+    {"ppgen.cli", "ppgen.commands", "ppgen.demo", "ppgen", "ppgen.api", "ppgen.__main__"},
     {"ppgen.workflows"},
     {"ppgen.evaluation", "ppgen.diagnostics"},
     {"ppgen.inference"},
@@ -27,7 +27,8 @@ LAYERS = [
     {"ppgen.sites", "ppgen.ppl"},
 ]
 #: leaves anyone may use; they import only each other (``runs`` rebuilds pairs, so it may also use models)
-LEAVES = {"ppgen.data": set(), "ppgen.plots": set(), "ppgen.errors": set(), "ppgen.runs": {"ppgen.models"}}
+LEAVES = {"ppgen.data": set(), "ppgen.plots": set(), "ppgen.errors": set(), "ppgen.declare": set(),
+          "ppgen.runs": {"ppgen.models"}}
 
 
 def module_name(path: Path) -> str:
@@ -120,7 +121,7 @@ def rank(group: str) -> int:
 
 def test_the_import_graph_reads_lazy_imports():
     edges = graph()
-    assert "ppgen.diagnostics" in edges["ppgen.workflows"]  # imported inside a function there
+    assert "ppgen.diagnostics" in edges["ppgen.workflows.compare"]  # imported inside a function there
     assert "ppgen.inference.svi_jax" in edges["ppgen.inference.svi"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
@@ -196,3 +197,82 @@ def test_the_compiled_sampler_cache_is_bounded(monkeypatch):
     assert len(mcmc._CACHE) == 2 and len(made) == 4  # warmup=1 was evicted by 3, so built again
     mcmc.sampler(Pair(), torch.zeros(1, 2), {}, warmup=1)
     assert len(made) == 4  # the most recent ones are reused
+
+
+# -- no family knowledge in the shared layers ----------------------------------------------------------------------
+#: the layers that work from the registry and the declared protocol only (DESIGN.md: "a family adds its own stage or
+#: report through the protocol, never by name here"; "an engine never special-cases a model class or name")
+SHARED = sorted([ROOT / "cli.py", *(ROOT / "commands").rglob("*.py"), *(ROOT / "workflows").rglob("*.py"),
+                 *(ROOT / "inference").rglob("*.py"), *(ROOT / "evaluation").rglob("*.py")])
+
+
+def family_names() -> tuple[set[str], set[str]]:
+    """(the registered families' names, their pair and Config class names)."""
+    from ppgen.models import REGISTRY
+
+    return set(REGISTRY), {cls.__name__ for cls in REGISTRY.values()} | {cls.Config.__name__ for cls in REGISTRY.values()}
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef))]
+    return {id(n.body[0].value) for n in nodes
+            if n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+
+
+def _identifiers(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Name):
+        return [node.id]
+    if isinstance(node, ast.Attribute):
+        return [node.attr]
+    if isinstance(node, ast.alias):
+        return [*node.name.split("."), *([node.asname] if node.asname else [])]
+    if isinstance(node, ast.ImportFrom):
+        return (node.module or "").split(".")
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return [node.name]
+    if isinstance(node, ast.arg):
+        return [node.arg]
+    if isinstance(node, ast.keyword) and node.arg:
+        return [node.arg]
+    return []
+
+
+def family_mentions(source: str, names: set[str], classes: set[str]) -> list[str]:
+    """Where ``source`` names a family: an identifier that is, or has as an ``_``-separated part, a family's name
+    (any case) or class name (``VAE_NETS``, ``from ppgen.models.vqvae import ...``, ``isinstance(p, VQVAE)``), or a
+    string literal with a family's name as a word (``== "vqvae"``, ``"ppgen train prodlda"``). Docstrings and
+    comments are documentation and may cite a family as an example; a class name inside a message is prose
+    ("a VQ-VAE's codes") and is not matched, the lower-case name a user types is."""
+    tree = ast.parse(source)
+    docs = _docstrings(tree)
+    found = []
+    for node in ast.walk(tree):
+        for ident in _identifiers(node):
+            parts = ident.split("_")
+            spans = {"_".join(parts[i:j]) for i in range(len(parts)) for j in range(i + 1, len(parts) + 1)}
+            hit = sorted(s for s in spans if s.lower() in names or s in classes)
+            if hit:
+                found.append(f"line {node.lineno}: identifier {ident}")
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            words = set(re.findall(r"[A-Za-z0-9_]+", node.value))
+            hit = sorted(words & names)
+            if hit:
+                found.append(f"line {node.lineno}: string {node.value[:60]!r} names {', '.join(hit)}")
+    return found
+
+
+def test_the_family_check_finds_names_and_classes():
+    names, classes = {"vqvae", "factor_analysis"}, {"VQVAE", "VQVAEConfig"}
+    source = ('"""Docstrings may cite vqvae."""\nfrom ppgen.models.vqvae import PRIOR\nVQVAE_NETS = 1\n'
+              'def f(pair):\n    """vqvae"""\n    # vqvae in a comment\n    return pair.name == "vqvae" or '
+              'isinstance(pair, VQVAE) or f"train factor_analysis {pair}"\nok = "a VQ-VAE\'s codes", "vqvaes"\n')
+    found = family_mentions(source, names, classes)
+    assert [line.split(":")[0] for line in found] == ["line 2", "line 3", "line 7", "line 7", "line 7"], found
+
+
+@pytest.mark.parametrize("path", SHARED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_family_is_named_in_the_shared_layers(path):
+    """The shared layers know families only through the registry and the protocol: a family with its own options,
+    command, stage or report is one file (``ppgen/models/<family>.py``)."""
+    names, classes = family_names()
+    assert family_mentions(path.read_text(), names, classes) == []

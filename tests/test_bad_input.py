@@ -20,8 +20,9 @@ import pytest
 import torch
 from test_data import write_idx
 
-from ppgen import plots, runs, workflows
+from ppgen import plots, runs
 from ppgen.cli import main
+from ppgen.workflows import train as train_workflow
 
 TINY = ["--z-dim", "2", "--hidden", "16", "--epochs", "1", "--no-progress"]
 DIGITS = ["--data", "digits", *TINY]
@@ -493,7 +494,7 @@ def test_an_orphan_checkpoint_temp_file_is_cleaned_when_the_run_is_opened(tmp_pa
 
 
 def _interrupt_after(epochs: int):
-    real = workflows.backend_fit
+    real = train_workflow.backend_fit
 
     def fit(*args, on_epoch_end, **kwargs):
         def end(f):
@@ -510,7 +511,7 @@ def _interrupt_after(epochs: int):
 
 @pytest.mark.parametrize("epochs, needle", [(0, "nothing was written"), (1, "--resume")])
 def test_ctrl_c_advice_matches_what_exists(tmp_path, capsys, monkeypatch, epochs, needle):
-    monkeypatch.setattr(workflows, "backend_fit", _interrupt_after(epochs))
+    monkeypatch.setattr(train_workflow, "backend_fit", _interrupt_after(epochs))
     out = tmp_path / "run"
     assert run_cli("train", "vae", "--data", "digits", "--z-dim", "2", "--hidden", "16", "--epochs", "3",
                    "--no-progress", "--out", out) == 130

@@ -528,7 +528,7 @@ def test_attention_block_starts_as_the_identity_and_then_mixes_every_pixel():
     h = torch.randn(1, 4, 5, 5, requires_grad=True)
     block(h)[0, :, 0, 0].sum().backward()
     assert (h.grad.abs().sum(1) > 0).all()
-    with pytest.raises(UserError, match="--denoiser unet"):
+    with pytest.raises(UserError, match="denoiser=.unet."):
         DDPM((2,), likelihood="gaussian", attention=True)
 
 
@@ -702,5 +702,5 @@ def test_ema_is_carried_by_both_engines_used_in_evaluation_and_resumed_exactly(e
     by_hand = pair._x0_from(pair.ema.shadow(x, torch.full((5,), 3.0)), x, math.sqrt(pair.alpha_bar[3]),
                             math.sqrt(1 - pair.alpha_bar[3]))
     assert torch.allclose(pair.predict_x0(x, 3), by_hand)
-    with pytest.raises(UserError, match="--ema"):
+    with pytest.raises(UserError, match="option ema=1.0"):
         DDPM((2,), **{**options, "ema": 1.0})

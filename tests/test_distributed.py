@@ -144,7 +144,7 @@ def test_each_rank_takes_its_slice_of_every_steps_batch():
 
 
 def test_nproc_is_dropped_from_the_launched_command_line():
-    from ppgen.cli import _without_nproc
+    from ppgen.commands.train import without_nproc as _without_nproc
 
     argv = ["train", "vae", "--nproc", "2", "--epochs", "3", "--nproc=4"]
     assert _without_nproc(argv) == ["train", "vae", "--epochs", "3"]

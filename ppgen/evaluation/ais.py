@@ -130,10 +130,10 @@ def _anneal(target: LatentTarget, z, betas: torch.Tensor, step_size: float, leap
     return log_w[: target.shape[0] - tune], (sum(accepted) / len(accepted) if accepted else float("nan"))
 
 
-def _target(pair, x: torch.Tensor, chains: int, init: str) -> LatentTarget:
+def _target(pair, x: torch.Tensor, chains: int, init: str, inputs: tuple[torch.Tensor, ...] = ()) -> LatentTarget:
     if init not in ("prior", "guide"):
         raise UserError(f"AIS init must be 'prior' or 'guide', got {init!r}")
-    return LatentTarget(pair, x, chains, base=init, what="AIS")
+    return LatentTarget(pair, x, chains, base=init, what="AIS", inputs=inputs)
 
 
 def _summarize(log_w: torch.Tensor, sign: float, acceptance: float, steps: int) -> AISResult:
@@ -158,8 +158,10 @@ def _chunk_size(pair, chains: int, budget: int) -> int:
 
 def ais(pair, x: torch.Tensor, steps: int = 1000, chains: int = 16, leapfrog: int = 10, step_size: float = 0.1,
         init: str = "prior", schedule_kind: str = "sigmoid", target_accept: float = 0.65, tune: int = 2,
-        seed: int | None = 0, budget: int = 4_000_000) -> AISResult:
-    """AIS estimate of log p(x) per example with ``steps`` intermediate distributions and ``chains`` chains.
+        seed: int | None = 0, budget: int = 4_000_000, inputs: tuple[torch.Tensor, ...] = ()) -> AISResult:
+    """AIS estimate of log p(x) per example with ``steps`` intermediate distributions and ``chains`` chains;
+    of log p(x | inputs) for a pair with input columns (``inputs``, one row per example: the path runs with them
+    fixed).
 
     Points are processed in chunks of at most ``budget`` pixels × chains. ``tune`` extra
     chains per point adapt the step size and carry no weight (``tune=0``: fixed step size).
@@ -173,46 +175,54 @@ def ais(pair, x: torch.Tensor, steps: int = 1000, chains: int = 16, leapfrog: in
             torch.manual_seed(seed)
         size = _chunk_size(pair, chains + tune, budget)
         for start in range(0, x.shape[0], size):
-            target = _target(pair, x[start:start + size], chains + tune, init)
+            target = _target(pair, x[start:start + size], chains + tune, init,
+                             tuple(c[start:start + size] for c in inputs))
             log_w, acc = _anneal(target, target.z0, betas, step_size, leapfrog, target_accept, tune)
             results.append((log_w, acc))
     log_w = torch.cat([r[0] for r in results], 1)
     return _summarize(log_w, 1.0, sum(r[1] for r in results) / len(results), steps)
 
 
-def simulate(pair, n: int, seed: int | None = 0) -> tuple[torch.Tensor, dict]:
-    """(x, z) ~ p(x, z): ``n`` joint draws from the model (the observed site sampled, not conditioned)."""
+def simulate(pair, n: int, seed: int | None = 0, inputs: tuple[torch.Tensor, ...] = ()) -> tuple[torch.Tensor, dict]:
+    """(x, z) ~ p(x, z): ``n`` joint draws from the model (the observed site sampled, not conditioned); given the
+    first ``n`` rows of ``inputs`` for a pair with input columns."""
+    if any(len(c) < n for c in inputs):
+        raise UserError(f"BDMC simulates {n} points and needs {n} rows of every input column; ask for fewer points")
+    inputs = tuple(c[:n] for c in inputs)
     device = next(pair.parameters()).device
     template = torch.zeros((n, *pair.x_shape), device=device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         if seed is not None:
             torch.manual_seed(seed)
         with pyro.validation_enabled(False):
-            conditioned = poutine.trace(pair.model).get_trace(template)
+            conditioned = poutine.trace(pair.model).get_trace(template, *inputs)
             observed = [name for name, s in conditioned.nodes.items()
                         if s["type"] == "sample" and s["is_observed"] and not site_is_subsample(s)]
             if len(observed) != 1:
                 raise UserError("BDMC simulates data from the model and needs exactly one observed site")
-            trace = poutine.trace(poutine.uncondition(pair.model)).get_trace(template)
+            trace = poutine.trace(poutine.uncondition(pair.model)).get_trace(template, *inputs)
     latents = {name: s["value"] for name, s in trace.nodes.items() if is_latent(s) and name != observed[0]}
     return trace.nodes[observed[0]]["value"].detach(), latents
 
 
 def bdmc(pair, n: int = 100, steps: int = 1000, chains: int = 16, leapfrog: int = 10, step_size: float = 0.1,
          init: str = "prior", schedule_kind: str = "sigmoid", target_accept: float = 0.65, tune: int = 2,
-         seed: int = 0) -> BDMCResult:
-    """Bidirectional Monte Carlo on ``n`` points simulated from the model: lower ≤ log p(x) ≤ upper.
+         seed: int = 0, inputs: tuple[torch.Tensor, ...] = ()) -> BDMCResult:
+    """Bidirectional Monte Carlo on ``n`` points simulated from the model: lower ≤ log p(x) ≤ upper (given the
+    first ``n`` rows of ``inputs`` for a pair with input columns).
 
     The forward chain is :func:`ais`; the reverse chain starts every chain at the exact
     posterior sample that generated x and anneals β from 1 to 0.
     """
     _check(steps, chains, leapfrog, tune)
-    x, latents = simulate(pair, n, seed)
-    lower = ais(pair, x, steps, chains, leapfrog, step_size, init, schedule_kind, target_accept, tune, seed=seed + 1)
+    x, latents = simulate(pair, n, seed, inputs)
+    inputs = tuple(c[:n] for c in inputs)
+    lower = ais(pair, x, steps, chains, leapfrog, step_size, init, schedule_kind, target_accept, tune, seed=seed + 1,
+                inputs=inputs)
     betas = schedule(steps, schedule_kind).flip(0)
     with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
         torch.manual_seed(seed + 2)
-        target = _target(pair, x, chains + tune, init)
+        target = _target(pair, x, chains + tune, init, inputs)
         z = target.flatten({name: v.expand(target.shape + v.shape[1:]) for name, v in latents.items()})
         log_w, acc = _anneal(target, z, betas, step_size, leapfrog, target_accept, tune)
     return BDMCResult(x=x, lower=lower, upper=_summarize(log_w, -1.0, acc, steps))
@@ -223,15 +233,16 @@ def check_steps(steps: int) -> None:
     _check(steps, 1, 1, 0)
 
 
-def summary(pair, x: torch.Tensor, steps: int, chains: int = 16, bdmc_points: int = 0, seed: int = 0) -> dict:
+def summary(pair, x: torch.Tensor, steps: int, chains: int = 16, bdmc_points: int = 0, seed: int = 0,
+            inputs: tuple[torch.Tensor, ...] = ()) -> dict:
     """The AIS rows of a likelihood table: mean log p(x), its MC error, bits/dim and, on request, BDMC."""
     check_steps(steps)
     if not pair.latent_sites:
         return {"ais_note": "no latent variables: the ELBO/IWAE value is the exact log p(x)"}
-    result = ais(pair, x, steps=steps, chains=chains, seed=seed)
+    result = ais(pair, x, steps=steps, chains=chains, seed=seed, inputs=inputs)
     out = {f"ais_{steps}": result.mean, f"ais_{steps}_se": result.mean_se, "ais_acceptance": result.acceptance,
            "ais_bits_per_dim": float((-result.log_px / (math.log(2) * math.prod(pair.x_shape))).mean())}
     if bdmc_points:
-        both = bdmc(pair, n=bdmc_points, steps=steps, chains=chains, seed=seed)
+        both = bdmc(pair, n=bdmc_points, steps=steps, chains=chains, seed=seed, inputs=inputs)
         out.update(bdmc_points=bdmc_points, bdmc_lower=both.lower.mean, bdmc_upper=both.upper.mean, bdmc_gap=both.gap)
     return out

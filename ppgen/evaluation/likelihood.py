@@ -44,8 +44,10 @@ def _budget(pair, k: int, budget: int) -> tuple[int, int]:
     return k_chunk, max(1, rows // k_chunk)
 
 
-def iwae(pair, x: torch.Tensor, k: int = 1000, budget: int = 8_000_000) -> torch.Tensor:
-    """IWAE_k estimate of log p(x) per example (a lower bound that tightens with k).
+def iwae(pair, x: torch.Tensor, k: int = 1000, budget: int = 8_000_000,
+         inputs: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+    """IWAE_k estimate of log p(x) per example (a lower bound that tightens with k); for a pair with input columns
+    (``inputs``, one row per example), of log p(x | inputs).
 
     A pair with a point-mass guide is evaluated with one draw: its IWAE_k equals its ELBO exactly for
     every k (:meth:`~ppgen.models.base.GenerativeModel.guide_draws`).
@@ -57,26 +59,30 @@ def iwae(pair, x: torch.Tensor, k: int = 1000, budget: int = 8_000_000) -> torch
     options = {} if k == 1 else {"globals": "raise"}  # IWAE_1 is the ELBO: linear, global sites split 1/N
     out = []
     for rows in _chunks(x.shape[0], b_chunk):
-        parts = [torch.logsumexp(log_weights(pair, x[rows], len(range(*ks.indices(k))), **options), 0)
+        parts = [torch.logsumexp(log_weights(pair, x[rows], len(range(*ks.indices(k))), **options,
+                                             inputs=tuple(c[rows] for c in inputs)), 0)
                  for ks in _chunks(k, k_chunk)]
         out.append(torch.logsumexp(torch.stack(parts), 0) - math.log(k))
     return torch.cat(out)
 
 
-def elbo(pair, x: torch.Tensor, num_samples: int = 1, budget: int = 8_000_000) -> torch.Tensor:
+def elbo(pair, x: torch.Tensor, num_samples: int = 1, budget: int = 8_000_000,
+         inputs: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
     """Monte Carlo ELBO per example, averaged over ``num_samples`` draws of q (one for a point-mass q: exact); for a
     pair that declares ``closed_form_elbo`` (DDPM's bound, every KL in closed form), the mean of that many of its
-    estimates."""
+    estimates. ``inputs``: the pair's input columns beside ``x`` (one row per example)."""
     if pair.has_closed_form_elbo:
         rows = max(1, budget // 8 // math.prod(pair.x_shape))  # a denoiser call holds a few such batches
         with torch.no_grad():
-            return torch.cat([torch.stack([pair.closed_form_elbo(x[r]) for _ in range(num_samples)]).mean(0)
+            return torch.cat([torch.stack([pair.closed_form_elbo(x[r], *(c[r] for c in inputs))
+                                           for _ in range(num_samples)]).mean(0)
                               for r in _chunks(x.shape[0], rows)])
     num_samples = pair.guide_draws(num_samples)
     k_chunk, b_chunk = _budget(pair, num_samples, budget)
     out = []
     for rows in _chunks(x.shape[0], b_chunk):
-        sums = [log_weights(pair, x[rows], len(range(*ks.indices(num_samples)))).sum(0)
+        sums = [log_weights(pair, x[rows], len(range(*ks.indices(num_samples))),
+                            inputs=tuple(c[rows] for c in inputs)).sum(0)
                 for ks in _chunks(num_samples, k_chunk)]
         out.append(torch.stack(sums).sum(0) / num_samples)
     return torch.cat(out)
@@ -94,9 +100,10 @@ def validation_callback(data: Dataset, seed: int = 0):
             return {}
         fit.pair.eval()
         device = next(fit.pair.parameters()).device
+        inputs = tuple(c.to(device) for c in data.inputs("val", fit.pair.inputs))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            value = float(elbo(fit.pair, data.val.to(device)).mean())
+            value = float(elbo(fit.pair, data.val.to(device), inputs=inputs).mean())
         fit.pair.train()
         return {"val_elbo": value}
 

@@ -123,7 +123,7 @@ def check_pair(pair, x: torch.Tensor, loss: str, x_draw: str) -> None:
                 guide_draw(pair, x[:2])
             except NotImplementedError:
                 raise UserError(f"{who}: loss='ali' needs a guide q(z|x) (an encoder) and this pair has none; build "
-                                "it with an encoder (gan: encoder=True) or use loss='ns', 'wgan-gp' or 'lsgan'") from None
+                                "the pair with an encoder q(z|x) or use loss='ns', 'wgan-gp' or 'lsgan'") from None
 
 
 # -- losses ---------------------------------------------------------------------------------------

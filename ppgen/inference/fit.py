@@ -53,9 +53,10 @@ class TrainState(_ItemAccess):
 
 @dataclass
 class SamplerState(_ItemAccess):
-    """What a sampler (NUTS) leaves beside its draws: the observed examples ``x``, the per-draw statistics
-    (chain, draw[, point]), the engine that ran ("numpyro" or "pyro"), the coordinates and dims of ArviZ's
-    groups, and ``extra`` (the adapted inverse mass matrix); ``state["inverse_mass_matrix"]`` reads ``extra``."""
+    """What a sampler (NUTS) leaves beside its draws: the observed examples ``x`` and their input columns
+    (``inputs``, by name), the per-draw statistics (chain, draw[, point]), the engine that ran ("numpyro" or
+    "pyro"), the coordinates and dims of ArviZ's groups, and ``extra`` (the adapted inverse mass matrix);
+    ``state["inverse_mass_matrix"]`` reads ``extra``."""
 
     _more = "extra"
 
@@ -65,6 +66,7 @@ class SamplerState(_ItemAccess):
     coords: dict = field(default_factory=dict)
     dims: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -67,11 +67,11 @@ class LatentTarget:
     """
 
     def __init__(self, pair: Any, x: torch.Tensor, chains: int, base: str = "prior", start: str | None = None,
-                 what: str = "HMC"):
+                 what: str = "HMC", inputs: tuple[torch.Tensor, ...] = ()):
         start = start or base
         if base not in STARTS or start not in STARTS:
             raise UserError(f"{what} starts from 'prior' or 'guide', got {base!r}/{start!r}")
-        self.pair, self.x, self.base = pair, x, base
+        self.pair, self.x, self.base, self.inputs = pair, x, base, tuple(inputs)
         self.shape = (chains, x.shape[0])
         begin = self._trace(pair.guide if start == "guide" else pair.model, {})
         latent = {name: site for name, site in begin.nodes.items() if is_latent(site)}
@@ -92,7 +92,7 @@ class LatentTarget:
         self.z0 = self.flatten({name: begin.nodes[name]["value"] for name, _ in self.sites})
 
     def _trace(self, fn, values: dict):
-        return site_rules.trace_conditioned(fn, self.pair, self.x, values, self.shape[0])
+        return site_rules.trace_conditioned(fn, self.pair, self.x, values, self.shape[0], self.inputs)
 
     def flatten(self, values: dict) -> torch.Tensor:
         return torch.cat([values[name].reshape(self.shape + (-1,)) for name, _ in self.sites], -1).detach()
@@ -158,10 +158,10 @@ class Refined:
 
 
 def refine(pair: Any, x: torch.Tensor, steps: int, step_size: float, leapfrog: int,
-           start: torch.Tensor | None = None, chains: int = 1) -> Refined:
+           start: torch.Tensor | None = None, chains: int = 1, inputs: tuple[torch.Tensor, ...] = ()) -> Refined:
     """``steps`` HMC transitions targeting p(z | x) ∝ p(x, z) per example, started at a draw of the guide
     (or at ``start``, shaped (chains, B, D)); the step size stays fixed along the chain."""
-    target = LatentTarget(pair, x, chains, base="prior", start="guide", what="MCMC inside training")
+    target = LatentTarget(pair, x, chains, base="prior", start="guide", what="MCMC inside training", inputs=inputs)
     z = target.z0 if start is None else start.detach()
     rates = []
     for _ in range(steps):
@@ -178,10 +178,11 @@ def adapt_step_size(step_size: float, acceptance: float, target_accept: float) -
     return min(1.0, max(1e-4, step_size * math.exp(acceptance - target_accept)))
 
 
-def check_pair(pair: Any, x: torch.Tensor) -> None:
+def check_pair(pair: Any, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> None:
     """Raise :class:`UserError` unless HMC can move the pair's latents (real-valued, inside the data plate)."""
     with torch.no_grad():
-        LatentTarget(pair, x[:2], 1, base="prior", start="guide", what="MCMC inside training")
+        LatentTarget(pair, x[:2], 1, base="prior", start="guide", what="MCMC inside training",
+                     inputs=tuple(c[:2] for c in inputs))
 
 
 def split_gradients(params: list[torch.Tensor], guide_loss: torch.Tensor, model_loss: torch.Tensor) -> None:

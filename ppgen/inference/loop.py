@@ -66,10 +66,15 @@ class EpochPlan:
     steps: int
     tick: Callable[..., None] = lambda n=1, **postfix: None
     group: Group = field(default_factory=Group)  # data-parallel: this process's place (world 1: alone)
+    inputs: tuple[torch.Tensor, ...] = ()  # the pair's input columns, row i beside x[i], on the device
 
     def rows(self, order: torch.Tensor, step: int) -> torch.Tensor:
         """This process's rows of step ``step``'s batch in the epoch's ``order`` (all of them when alone)."""
         return self.group.shard(self.x, order, step, self.batch)
+
+    def input_rows(self, order: torch.Tensor, step: int) -> tuple[torch.Tensor, ...]:
+        """The input columns' rows beside :meth:`rows` (the same examples, in the same order)."""
+        return tuple(self.group.shard(column, order, step, self.batch) for column in self.inputs)
 
 
 @dataclass
@@ -191,7 +196,8 @@ def run(engine: Engine, pair, data, options: Any, *, backend: str, resume: dict 
                     bar.set_postfix(**postfix)
 
             plan = EpochPlan(index=index, epochs=options.epochs, seed=seed, x=data.train_epoch(index).to(device),
-                             batch=batch, steps=steps, tick=tick, group=group)
+                             batch=batch, steps=steps, tick=tick, group=group,
+                             inputs=tuple(c.to(device) for c in data.train_epoch_inputs(index, pair.inputs)))
             try:
                 state, result = engine.epoch(state, plan)
             except distributed.PeerLost as err:

@@ -57,19 +57,20 @@ CACHE_SIZE = 8
 # -- the pair's model on NumPyro with the weights as arguments ------------------------------
 def numpyro_model(pair):
     """``model(x, params)``: the pair's model on NumPyro, its ``pyro.module`` param sites set to ``params``
-    by ``handlers.substitute`` (NumPyro's own mechanism; ``params`` may be tracers)."""
+    by ``handlers.substitute`` (NumPyro's own mechanism; ``params`` may be tracers). For a pair with input
+    columns ``x`` is the tuple (x, *inputs)."""
     from numpyro import handlers
 
     from ppgen.ppl import backend
 
     def model(x, params):
         with backend("numpyro"), handlers.substitute(data=params):
-            pair.model(x)
+            pair.model(*x) if isinstance(x, tuple) else pair.model(x)
 
     return model
 
 
-def network_params(pair, x: torch.Tensor) -> dict[str, Any]:
+def network_params(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> dict[str, Any]:
     """The current weights of the model's ``pyro.module`` sites, as JAX arrays keyed by site name."""
     from numpyro import handlers
 
@@ -77,7 +78,7 @@ def network_params(pair, x: torch.Tensor) -> dict[str, Any]:
 
     xj = _to_jax(x)
     with backend("numpyro"):
-        trace = handlers.trace(handlers.seed(pair.model, 0)).get_trace(xj)
+        trace = handlers.trace(handlers.seed(pair.model, 0)).get_trace(xj, *(_column_to_jax(c) for c in inputs))
     return {name: site["value"] for name, site in trace.items() if site["type"] == "param"}
 
 
@@ -85,6 +86,18 @@ def _to_jax(x: torch.Tensor):
     import jax.numpy as jnp
 
     return jnp.asarray(x.detach().cpu().numpy().astype(np.float32))
+
+
+def _column_to_jax(column: torch.Tensor):
+    """An input column as a JAX array of its own kind (class indices stay integers)."""
+    import jax.numpy as jnp
+
+    return jnp.asarray(column.detach().cpu().numpy())
+
+
+def _shapes(x) -> tuple:
+    """The shape of the examples (of each array of the tuple (x, *inputs))."""
+    return tuple(tuple(a.shape) for a in x) if isinstance(x, tuple) else tuple(x.shape)
 
 
 # -- the compiled, vectorized sampler ---------------------------------------------------------
@@ -157,7 +170,7 @@ class _Sampler:
     def __call__(self, key, xs, params):
         import jax
 
-        b = xs.shape[0]
+        b = (xs[0] if isinstance(xs, tuple) else xs).shape[0]
         k_init, k_run = jax.random.split(key)
         z0 = self.find(jax.random.split(k_init, b), xs, params)
         keys = jax.random.split(k_run, b)
@@ -206,7 +219,7 @@ def sampler(pair, x_example, params, **options) -> _Sampler:
     The key is the pair's class and config, not the object: weights are arguments,
     so a freshly trained or reloaded pair of the same architecture reuses the code.
     """
-    key = _structure(pair) + tuple(sorted(options.items())) + (tuple(x_example.shape),)
+    key = _structure(pair) + tuple(sorted(options.items())) + (_shapes(x_example),)
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
@@ -299,14 +312,18 @@ def fit_nuts(
         x, idx, split = select_points(data, points, split)
     else:
         x, idx, split = data.train, None, "train"
+    inputs = data.inputs(split, pair.inputs)
+    if idx is not None:  # the chosen points' own rows of the input columns
+        inputs = tuple(c[torch.as_tensor(idx)] for c in inputs)
     pair.check_data(x, f"{split} data")
+    pair.check_inputs(x, inputs, f"{split} data")
     options = dict(points=None if idx is None else idx.tolist(), split=split, chains=int(chains), warmup=int(warmup),
                    samples=int(samples), seed=seed, target_accept=target_accept, max_tree_depth=max_tree_depth,
                    dense_mass=dense_mass, chain_method=chain_method)
     pair.eval()
     start = time.perf_counter()
     try:
-        samples_, stats, extra = _numpyro_nuts(pair, x, idx is not None, **options)
+        samples_, stats, extra = _numpyro_nuts(pair, x, idx is not None, inputs=inputs, **options)
         engine = "numpyro"
     except NotLowerable as err:
         if not fallback:
@@ -314,33 +331,36 @@ def fit_nuts(
                             "or write the network from ppgen.nn layers") from None
         print(f"ppgen: NUTS on NumPyro is not possible ({err}); falling back to Pyro's NUTS, which is much slower",
               file=sys.stderr)
-        samples_, stats, extra = _pyro_nuts(pair, x, idx is not None, **options)
+        samples_, stats, extra = _pyro_nuts(pair, x, idx is not None, inputs=inputs, **options)
         engine = "pyro"
     wall = time.perf_counter() - start
     stats_summary = {"divergences": int(np.sum(stats["diverging"])), "wall": wall, "engine": engine,
                      "mean_tree_depth": float(np.mean(stats["tree_depth"])) if "tree_depth" in stats else None}
     coords = {"data": (idx if idx is not None else np.arange(len(x))).tolist()}
     state = SamplerState(x=x.detach().cpu(), sample_stats=stats, engine=engine, coords=coords,
-                         dims=extra.pop("dims", {}), extra=extra)
+                         dims=extra.pop("dims", {}), extra=extra,
+                         inputs={name: c.detach().cpu() for name, c in zip(pair.inputs, inputs)})
     return Fit(pair=pair, backend="nuts", history=[stats_summary], state=state, options=options, samples=samples_)
 
 
 def _numpyro_nuts(pair, x: torch.Tensor, per_point: bool, *, chains, warmup, samples, seed, target_accept,
-                  max_tree_depth, dense_mass, chain_method, **_) -> tuple[dict, dict, dict]:
+                  max_tree_depth, dense_mass, chain_method, inputs: tuple[torch.Tensor, ...] = (),
+                  **_) -> tuple[dict, dict, dict]:
     import jax
     import jax.numpy as jnp
 
-    params = network_params(pair, x[:1])
-    xj = _to_jax(x)
-    units = xj[:, None] if per_point else xj[None]  # one independent posterior per unit
+    params = network_params(pair, x[:1], tuple(c[:1] for c in inputs))
+    xj = _to_jax(x) if not inputs else (_to_jax(x), *(_column_to_jax(c) for c in inputs))  # a point's x and inputs
+    units = jax.tree.map(lambda a: a[:, None] if per_point else a[None], xj)  # one independent posterior per unit
+    first = jax.tree.map(lambda a: a[0], units)
     devices = _devices(chain_method)
     if per_point:
-        _check_local(_eager_trace(pair, units[0], params), pair.data_plate)
-    s = sampler(pair, units[0], params, warmup=warmup, samples=samples, dense_mass=dense_mass,
+        _check_local(_eager_trace(pair, first, params), pair.data_plate)
+    s = sampler(pair, first, params, warmup=warmup, samples=samples, dense_mass=dense_mass,
                 target_accept=target_accept, max_tree_depth=max_tree_depth, devices=devices)
-    xs = jnp.repeat(units, chains, axis=0)  # (unit, chain) flattened, unit-major
+    xs = jax.tree.map(lambda a: jnp.repeat(a, chains, axis=0), units)  # (unit, chain) flattened, unit-major
     values, stats, inv_mass = s(jax.random.PRNGKey(seed), xs, params)
-    n_units = units.shape[0]
+    n_units = len(x) if per_point else 1
 
     def arrange(a, plate_axis: bool):
         a = np.asarray(a).reshape((n_units, chains) + a.shape[1:])  # (unit, chain, draw, ...)
@@ -375,12 +395,13 @@ def frozen(module) -> Iterator[None]:
 
 
 def _pyro_nuts(pair, x: torch.Tensor, per_point: bool, *, chains, warmup, samples, seed, target_accept,
-               max_tree_depth, dense_mass, **_) -> tuple[dict, dict, dict]:
+               max_tree_depth, dense_mass, inputs: tuple[torch.Tensor, ...] = (), **_) -> tuple[dict, dict, dict]:
     """Pyro's NUTS (jit on), one unit (point or whole data set) and one chain at a time."""
     import pyro
     from pyro.infer import MCMC, NUTS
 
     units = [x[i : i + 1] for i in range(len(x))] if per_point else [x]
+    unit_inputs = [tuple(c[i : i + 1] for c in inputs) for i in range(len(x))] if per_point else [tuple(inputs)]
     draws: dict[str, list] = {}
     diverging = np.zeros((chains, samples, len(units)), dtype=bool)
     step = np.zeros((chains, samples, len(units)), dtype=np.float32)
@@ -392,7 +413,7 @@ def _pyro_nuts(pair, x: torch.Tensor, per_point: bool, *, chains, warmup, sample
             mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup, disable_progbar=True)
             with frozen(pair), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*not registered in the param store.*")
-                mcmc.run(xu)
+                mcmc.run(xu, *unit_inputs[u])
             for name, v in mcmc.get_samples().items():
                 v = v.detach().cpu().numpy()
                 draws.setdefault(name, [[None] * chains for _ in units])[u][c] = v[:, 0] if per_point else v
@@ -405,13 +426,13 @@ def _pyro_nuts(pair, x: torch.Tensor, per_point: bool, *, chains, warmup, sample
     stats = {"diverging": diverging, "step_size": step}
     if not per_point:
         stats = {k: v[:, :, 0] for k, v in stats.items()}
-    return out, stats, {"dims": _pyro_site_dims(pair, units[0])}
+    return out, stats, {"dims": _pyro_site_dims(pair, units[0], unit_inputs[0])}
 
 
-def _pyro_site_dims(pair, x: torch.Tensor) -> dict[str, list[str]]:
+def _pyro_site_dims(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> dict[str, list[str]]:
     from pyro import poutine
     from pyro.poutine.util import site_is_subsample
 
-    trace = poutine.trace(pair.model).get_trace(x)
+    trace = poutine.trace(pair.model).get_trace(x, *inputs)
     sites = {n: s for n, s in trace.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)}
     return site_dims(sites, list(sites), pair.data_plate)

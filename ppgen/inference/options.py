@@ -4,19 +4,36 @@ A field carries its help text, its CLI flag and its check in ``metadata``; the
 ``ppgen`` command derives its flags from these declarations (:func:`cli_flags`), the
 engines read the validated values, and a run's ``config.json`` stores them (the
 dataclasses round-trip through JSON). A bad value raises :class:`OptionError`, which
-names the *option* (``lr``); the CLI rewrites it to name the *flag* (``--lr``).
+names the *option* (``lr``); the CLI rewrites it to name the *flag* (``--lr``). The declaration
+machinery (:func:`option`, the checks, :func:`validate`, :class:`OptionError`) lives in the leaf
+:mod:`ppgen.declare`, which the model families' configs use too; its names are importable from here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ppgen.errors import UserError
+from ppgen.declare import (  # noqa: F401  (the checks and the declaration are importable from here too)
+    OptionError,
+    adam_betas,
+    boolean,
+    cli_flags,
+    decay_rate,
+    device_name,
+    nonnegative_float,
+    nonnegative_int,
+    one_of,
+    option,
+    optional_name,
+    optional_sizes,
+    positive_float,
+    positive_int,
+    probability,
+    seed_int,
+    validate,
+)
 from ppgen.ppl import ELBOS
 
 ENGINES = ("auto", "torch", "jax")
@@ -26,90 +43,6 @@ LOSSES = ("ns", "minimax", "wgan-gp", "lsgan", "ali")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 X_DRAWS = ("rsample", "mean")
 CRITIC_NETS = ("auto", "mlp", "conv")
-
-
-class OptionError(UserError):
-    """A bad option value; ``option`` is its name, ``problem`` what is wrong and what to do."""
-
-    def __init__(self, option: str, value: Any, problem: str):
-        self.option, self.value, self.problem = option, value, problem
-        super().__init__(f"option {option}={value!r}: {problem}")
-
-
-# -- checks: each returns what is wrong, or None ---------------------------------------------------
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def positive_int(v: Any) -> str | None:
-    return None if _is_int(v) and v >= 1 else "must be a positive whole number (1 or more)"
-
-
-def nonnegative_int(v: Any) -> str | None:
-    return None if _is_int(v) and v >= 0 else "must be a whole number, 0 or more"
-
-
-def probability(v: Any) -> str | None:
-    return None if _is_number(v) and 0 < v < 1 else "must be a number strictly between 0 and 1"
-
-
-def seed_int(v: Any) -> str | None:
-    return None if _is_int(v) and 0 <= v < 2**63 else "must be a whole number, 0 or more"
-
-
-def positive_float(v: Any) -> str | None:
-    return None if _is_number(v) and math.isfinite(v) and v > 0 else "must be a positive finite number"
-
-
-def nonnegative_float(v: Any) -> str | None:
-    return None if _is_number(v) and math.isfinite(v) and v >= 0 else "must be a finite number, 0 or more"
-
-
-def one_of(choices: tuple[str, ...], what: str) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        return None if v in choices else f"unknown {what}; choose one of {', '.join(choices)}"
-
-    check.choices = choices  # the CLI offers them
-    return check
-
-
-def device_name(v: Any) -> str | None:
-    if isinstance(v, str) and re.fullmatch(r"cpu|cuda(:\d+)?", v):
-        return None
-    return "use cpu, cuda or cuda:N (lower case)"
-
-
-def optional_sizes(v: Any) -> str | None:
-    if v is None or (isinstance(v, tuple | list) and v and all(_is_int(h) and h >= 1 for h in v)):
-        return None
-    return "must be positive layer sizes such as 128,128"
-
-
-def optional_name(v: Any) -> str | None:
-    return None if v is None or isinstance(v, str) else "must be a metric name such as val_elbo, or None"
-
-
-def adam_betas(v: Any) -> str | None:
-    ok = isinstance(v, tuple | list) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v)
-    return None if ok else "must be two numbers in [0, 1)"
-
-
-def decay_rate(v: Any) -> str | None:
-    return None if _is_number(v) and 0 <= v < 1 else "must be a number in [0, 1)"
-
-
-def boolean(v: Any) -> str | None:
-    return None if isinstance(v, bool) else "must be true or false"
-
-
-def option(default: Any, check: Callable[[Any], str | None], help: str, flag: str | None = None,
-           cli: bool = True) -> Any:
-    """A declared option: its default, its check, its help text and (``cli=False``: none) its CLI flag."""
-    return field(default=default, metadata={"check": check, "help": help, "flag": flag, "cli": cli})
 
 
 def _epochs() -> Any:
@@ -126,14 +59,6 @@ def _seed() -> Any:
 
 def _device() -> Any:
     return option("cpu", device_name, "cpu, cuda or cuda:N")
-
-
-def validate(options: Any) -> None:
-    """Check every field of an options dataclass; raise :class:`OptionError` for the first bad one."""
-    for f in dataclasses.fields(options):
-        problem = f.metadata["check"](getattr(options, f.name))
-        if problem:
-            raise OptionError(f.name, getattr(options, f.name), problem)
 
 
 def supported(declared: Any, *, engines: tuple[str, ...] = ALL_ENGINES, feature: str | None = None,
@@ -304,14 +229,13 @@ def as_dict(options: Any) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items()}
 
 
-def cli_flags(cls: type) -> list[tuple[str, dataclasses.Field]]:
-    """(flag, field) of every option the ``ppgen`` command exposes, in declaration order."""
-    return [(f.metadata["flag"] or f.name.replace("_", "-"), f) for f in dataclasses.fields(cls) if f.metadata["cli"]]
-
-
 def flag_of(option_name: str) -> str:
-    """The CLI flag of an option, for messages (``num_particles`` -> ``--particles``)."""
-    for cls in (SVIOptions, AdversarialOptions):
+    """The CLI flag of an option, for messages (``num_particles`` -> ``--particles``): a training option's, else
+    a model option's (a family's ``Config`` field with ``metadata["flag"]``), else the name with dashes."""
+    from ppgen.models import REGISTRY
+
+    configs = [cls.Config for cls in REGISTRY.values() if dataclasses.is_dataclass(cls.Config)]
+    for cls in (SVIOptions, AdversarialOptions, *configs):
         for flag, f in cli_flags(cls):
             if f.name == option_name:
                 return "--" + flag

@@ -83,15 +83,15 @@ class ObjectiveLoss:
     def __init__(self, pair):
         self.pair = pair
 
-    def differentiable_loss(self, model: Callable, guide: Callable, x: torch.Tensor) -> torch.Tensor:
-        return self.pair.objective(x).sum()
+    def differentiable_loss(self, model: Callable, guide: Callable, x: torch.Tensor, *inputs) -> torch.Tensor:
+        return self.pair.objective(x, *inputs).sum()
 
 
-def _loss_and_grads(loss_fn, model, guide, x) -> float:
+def _loss_and_grads(loss_fn, model, guide, x, *inputs) -> float:
     """Backpropagate the negative ELBO into the networks' ``.grad``; return its value."""
     if isinstance(loss_fn, RenyiELBO):
-        return float(loss_fn.loss_and_grads(model, guide, x))  # RenyiELBO: backward happens inside
-    loss = loss_fn.differentiable_loss(model, guide, x)
+        return float(loss_fn.loss_and_grads(model, guide, x, *inputs))  # RenyiELBO: backward happens inside
+    loss = loss_fn.differentiable_loss(model, guide, x, *inputs)
     loss.backward()
     return loss.item()
 
@@ -146,8 +146,9 @@ def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchSt
                               data_plate=pair.data_plate, backend_name="pyro"))
     optimizer = make_adam(pair.parameters(), options.lr, options.adam_beta1)
     step_size = options.mcmc_step_size
+    inputs0 = tuple(c[:2].to(device) for c in data.train_epoch_inputs(0, pair.inputs))
     if options.mcmc_steps > 0:
-        hmc.check_pair(pair, data.train_epoch(0)[:2].to(device))
+        hmc.check_pair(pair, data.train_epoch(0)[:2].to(device), inputs0)
     if resume is not None:
         engine_state = loop.state_from_checkpoint(resume).engine
         if isinstance(engine_state.get("optimizer"), list):
@@ -161,14 +162,14 @@ def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchSt
         step_size = float(engine_state.get("mcmc_step_size", step_size))
     state = TorchState(pair, options, optimizer, loss_fn, step_size)
     if options.aggressive_epochs > 0:
-        state.guide_params = guide_parameters(pair, data.train_epoch(0)[:2].to(device))
+        state.guide_params = guide_parameters(pair, data.train_epoch(0)[:2].to(device), inputs0)
         state.guide_optimizer = make_adam(state.guide_params, options.lr, options.adam_beta1)
     return state
 
 
-def guide_parameters(pair, x: torch.Tensor) -> list[torch.nn.Parameter]:
+def guide_parameters(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> list[torch.nn.Parameter]:
     """The weights the guide registers (its ``pyro.param`` sites, those of ``pyro.module`` included)."""
-    trace = poutine.trace(pair.guide).get_trace(x)
+    trace = poutine.trace(pair.guide).get_trace(x, *inputs)
     seen: dict[int, torch.nn.Parameter] = {}
     for site in trace.nodes.values():
         if site["type"] == "param" and site["value"].requires_grad:
@@ -178,14 +179,15 @@ def guide_parameters(pair, x: torch.Tensor) -> list[torch.nn.Parameter]:
     return list(seen.values())
 
 
-def _aggressive_inner(state: TorchState, x: torch.Tensor, model, guide, g: torch.Generator, batch: int) -> bool:
+def _aggressive_inner(state: TorchState, x: torch.Tensor, model, guide, g: torch.Generator, batch: int,
+                      inputs: tuple[torch.Tensor, ...] = ()) -> bool:
     """Guide-only steps on fresh minibatches until the windowed loss stops falling (He et al., 2019, Alg. 1);
     False if a loss was not finite."""
     window, previous, current = 5, math.inf, []
     for _ in range(state.options.aggressive_steps):
-        xb = x[torch.randint(len(x), (batch,), generator=g).to(x.device)]
+        rows = torch.randint(len(x), (batch,), generator=g).to(x.device)
         state.guide_optimizer.zero_grad(set_to_none=True)
-        value = _loss_and_grads(state.loss_fn, model, guide, xb)
+        value = _loss_and_grads(state.loss_fn, model, guide, x[rows], *(c[rows] for c in inputs))
         if not math.isfinite(value):
             return False
         state.guide_optimizer.step()
@@ -206,12 +208,13 @@ def _load_weights(pair, weights: dict) -> None:
                         "resume with the model options it was written with") from None
 
 
-def _mcmc_loss_and_grads(state: TorchState, model: Callable, guide: Callable, x: torch.Tensor) -> tuple[float, float]:
+def _mcmc_loss_and_grads(state: TorchState, model: Callable, guide: Callable, x: torch.Tensor,
+                         inputs: tuple[torch.Tensor, ...] = ()) -> tuple[float, float]:
     """Hoffman (2017): the guide's ELBO gradient, the model's gradient at the refined z; (loss, acceptance)."""
     o, pair = state.options, state.pair
-    guide_loss = state.loss_fn.differentiable_loss(model, guide, x)
-    chain = hmc.refine(pair, x, o.mcmc_steps, state.mcmc_step_size, o.mcmc_leapfrog)
-    model_loss = -sites.log_joint(pair, x, chain.values, particles=1).sum()
+    guide_loss = state.loss_fn.differentiable_loss(model, guide, x, *inputs)
+    chain = hmc.refine(pair, x, o.mcmc_steps, state.mcmc_step_size, o.mcmc_leapfrog, inputs=inputs)
+    model_loss = -sites.log_joint(pair, x, chain.values, particles=1, inputs=inputs).sum()
     hmc.split_gradients([p for p in pair.parameters() if p.requires_grad], guide_loss, model_loss)
     state.mcmc_step_size = hmc.adapt_step_size(state.mcmc_step_size, chain.acceptance, o.mcmc_accept)
     return guide_loss.item(), chain.acceptance
@@ -223,7 +226,7 @@ def _torch_epoch(state: TorchState, plan: loop.EpochPlan) -> tuple[TorchState, l
     order = torch.randperm(len(plan.x), generator=g).to(plan.x.device)
     total, b, accepted = 0.0, o.beta, []
     for step in range(plan.steps):
-        xb = plan.rows(order, step)
+        xb, inputs_b = plan.rows(order, step), plan.input_rows(order, step)
         b = beta_at(plan.index, step, plan.steps, o.beta, o.anneal_epochs)
         scale = ScaleLatents(b) if b != 1.0 else None
         model, guide = (pair.model, pair.guide) if scale is None else (scale(pair.model), scale(pair.guide))
@@ -231,14 +234,14 @@ def _torch_epoch(state: TorchState, plan: loop.EpochPlan) -> tuple[TorchState, l
             shard = distributed.ShardScale(plan.group.world, pair.data_plate)
             model, guide = shard(model), shard(guide)
         aggressive = plan.index + step / plan.steps < o.aggressive_epochs
-        if aggressive and not _aggressive_inner(state, plan.x, model, guide, g, plan.batch):
+        if aggressive and not _aggressive_inner(state, plan.x, model, guide, g, plan.batch, plan.inputs):
             return state, loop.EpochResult(stop="loss became non-finite in an aggressive guide step", stop_step=step)
         state.optimizer.zero_grad(set_to_none=True)
         if o.mcmc_steps > 0:  # (data-parallel: each process adapts its own HMC step size on its shard)
-            value, acceptance = _mcmc_loss_and_grads(state, model, guide, xb)
+            value, acceptance = _mcmc_loss_and_grads(state, model, guide, xb, inputs_b)
             accepted.append(acceptance)
         else:
-            value = _loss_and_grads(state.loss_fn, model, guide, xb)
+            value = _loss_and_grads(state.loss_fn, model, guide, xb, *inputs_b)
         # data-parallel: the ELBO sums over the plate, so the gradients (and loss) of the shards add up to one
         # process's on the whole batch
         (value,) = plan.group.reduce_step(pair.parameters(), [value], mean=False)
@@ -369,6 +372,7 @@ def fit_svi(pair, data, *, options: SVIOptions | None = None, progress: bool | N
     opts = options_of(SVIOptions, options, values)
     check_pair_options(pair, opts)
     pair.check_data(data.train_epoch(0), "training data")
+    pair.check_inputs(data.train_epoch(0), data.train_epoch_inputs(0, pair.inputs), "training data")
     if resume is not None:
         written_by = resume.get("options", {}).get("engine", "torch") if isinstance(resume, dict) else "torch"
         written_by = written_by if written_by in ("torch", "jax") else "torch"

@@ -57,7 +57,7 @@ def check_covered(pair, sites: dict[str, Any]) -> None:
                           f"({', '.join(loose[:3])})")
 
 
-def module_sites(pair, x: torch.Tensor) -> dict[str, Any]:
+def module_sites(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> dict[str, Any]:
     """The torch module behind each ``pyro.module`` site of the guide and the model, by site name
     (one eager NumPyro run of each)."""
     import jax.numpy as jnp
@@ -66,14 +66,16 @@ def module_sites(pair, x: torch.Tensor) -> dict[str, Any]:
     from ppgen.ppl import backend, recording_modules
 
     xj = jnp.asarray(x.detach().cpu().numpy())
+    inputs_j = tuple(jnp.asarray(c.detach().cpu().numpy()) for c in inputs)
     with recording_modules() as seen, backend("numpyro"):
         for fn in (pair.guide, pair.model) if pair.has_guide else (pair.model,):
-            handlers.trace(handlers.seed(fn, 0)).get_trace(xj)
+            handlers.trace(handlers.seed(fn, 0)).get_trace(xj, *inputs_j)
     return seen
 
 
 def scaled_model_guide(pair) -> tuple[Callable, Callable]:
-    """``model(x, beta)`` and ``guide(x, beta)`` on NumPyro: the pair's, latent sites scaled by ``beta``.
+    """``model(x, beta, *inputs)`` and ``guide(x, beta, *inputs)`` on NumPyro: the pair's, latent sites scaled by
+    ``beta``, with the pair's input columns after it.
 
     A pair with its own ``objective`` becomes a model with one ``numpyro.factor`` site (−objective)
     and an empty guide, so NumPyro's ``Trace_ELBO`` loss is the objective.
@@ -83,19 +85,19 @@ def scaled_model_guide(pair) -> tuple[Callable, Callable]:
     from ppgen.ppl import ScaleLatents, backend
 
     if pair.has_objective:
-        def objective_model(x, beta):
+        def objective_model(x, beta, *inputs):
             with backend("numpyro"):
-                numpyro.factor("objective", -pair.objective(x).sum())
+                numpyro.factor("objective", -pair.objective(x, *inputs).sum())
 
-        return objective_model, lambda x, beta: None
+        return objective_model, lambda x, beta, *inputs: None
 
-    def model(x, beta):
+    def model(x, beta, *inputs):
         with backend("numpyro"), ScaleLatents(beta):
-            pair.model(x)
+            pair.model(x, *inputs)
 
-    def guide(x, beta):
+    def guide(x, beta, *inputs):
         with backend("numpyro"), ScaleLatents(beta):
-            pair.guide(x)
+            pair.guide(x, *inputs)
 
     return model, guide
 
@@ -176,18 +178,19 @@ def check_buffers(svi_state, options: SVIOptions) -> Any:
 
 
 def make_epoch_fn(svi, n: int, steps: int, batch_size: int):
-    """``epoch(state, x, key, betas) -> (state, losses, finite)``: one shuffled pass, ``lax.scan`` over steps,
-    jitted; ``finite`` says whether every parameter is finite at the end."""
+    """``epoch(state, x, key, betas, columns=()) -> (state, losses, finite)``: one shuffled pass, ``lax.scan`` over
+    steps, jitted; ``columns`` (the pair's input columns) are indexed with x's rows; ``finite`` says whether every
+    parameter is finite at the end."""
     import jax
     import jax.numpy as jnp
 
     @jax.jit
-    def epoch(state, x, key, betas):
+    def epoch(state, x, key, betas, columns=()):
         idx = jax.random.permutation(key, n)[: steps * batch_size].reshape(steps, batch_size)
 
         def body(s, inputs):
             i, b = inputs
-            return svi.update(s, x[i], b)
+            return svi.update(s, x[i], b, *(c[i] for c in columns))
 
         state, losses = jax.lax.scan(body, state, (idx, betas))
         leaves = jax.tree_util.tree_leaves(svi.get_params(state))
@@ -209,6 +212,7 @@ class JaxState:
     sites: dict[str, Any]
     x_cache: tuple = (None, None)
     synced: bool = True
+    inputs_cache: tuple = (None, ())  # (the plan's input columns, as JAX arrays)
 
 
 def _check_device(device: str) -> None:
@@ -241,12 +245,13 @@ def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
                             " resume with the model options it was written with") from None
     batch, steps = loop.batching(len(data.train), options.batch_size)
     x0_torch = data.train_epoch(0)[:batch].cpu()
+    inputs0 = tuple(jnp.asarray(c[:batch].cpu().numpy()) for c in data.train_epoch_inputs(0, pair.inputs))
     model, guide = scaled_model_guide(pair)
     loss_fn = make_elbo(options.elbo, options.num_particles, backend_name="numpyro")
     svi = SVI(model, guide, numpyro.optim.Adam(options.lr, b1=options.adam_beta1), loss_fn)
     try:
         with recording_modules() as sites:
-            svi_state = svi.init(jax.random.PRNGKey(options.seed), jnp.asarray(x0_torch.numpy()), 1.0)
+            svi_state = svi.init(jax.random.PRNGKey(options.seed), jnp.asarray(x0_torch.numpy()), 1.0, *inputs0)
         check_covered(pair, sites)
         check_buffers(svi_state, options)
     except CannotLower:
@@ -262,7 +267,7 @@ def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
         svi_state = svi_state._replace(optim_state=unflatten_state(engine_state.get("optimizer"),
                                                                    svi_state.optim_state))
     epoch_fn = make_epoch_fn(svi, len(data.train), steps, batch)
-    trial(pair, model, guide, epoch_fn, svi_state, x0_torch, len(data.train), steps)
+    trial(pair, model, guide, epoch_fn, svi_state, x0_torch, inputs0, len(data.train), steps)
     return JaxState(pair, options, svi, svi_state, epoch_fn, sites)
 
 
@@ -271,8 +276,8 @@ def _cannot_run(pair, err: Exception) -> str:
     return f"cannot run {type(pair).__name__} on NumPyro ({type(err).__name__}: {first})"
 
 
-def trial(pair, model: Callable, guide: Callable, epoch_fn: Callable, svi_state, x0: torch.Tensor, n: int,
-          steps: int) -> None:
+def trial(pair, model: Callable, guide: Callable, epoch_fn: Callable, svi_state, x0: torch.Tensor,
+          inputs0: tuple, n: int, steps: int) -> None:
     """Raise :class:`CannotLower` unless the pair runs on NumPyro as it does on Pyro: the guide draws every latent
     site of the model (a guide written with Pyro's own primitives draws nothing there, and NumPyro would silently
     take the model's prior instead), and one step of the compiled epoch traces (shapes only: nothing is compiled
@@ -284,16 +289,19 @@ def trial(pair, model: Callable, guide: Callable, epoch_fn: Callable, svi_state,
     xj = jnp.asarray(x0.numpy())
     try:
         if not pair.has_objective:
-            guide_tr = handlers.trace(handlers.seed(guide, 0)).get_trace(xj, 1.0)
-            model_tr = handlers.trace(handlers.replay(handlers.seed(model, 1), guide_tr)).get_trace(xj, 1.0)
+            guide_tr = handlers.trace(handlers.seed(guide, 0)).get_trace(xj, 1.0, *inputs0)
+            model_tr = handlers.trace(handlers.replay(handlers.seed(model, 1), guide_tr)).get_trace(xj, 1.0, *inputs0)
             missing = [name for name, site in model_tr.items()
                        if site["type"] == "sample" and not site["is_observed"] and name not in guide_tr]
             if missing:
                 raise CannotLower(f"its guide draws no value of the model's latent site {', '.join(missing)} on "
                                   "NumPyro (a guide written with Pyro's own primitives, such as a Pyro autoguide, "
                                   "runs on the torch engine only)")
-        data = jax.ShapeDtypeStruct((n, *xj.shape[1:]), xj.dtype)
-        jax.eval_shape(epoch_fn, svi_state, data, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((steps,), jnp.float32))
+        def whole(a):  # the shape of a training column from its first rows: the compiled epoch indexes all n
+            return jax.ShapeDtypeStruct((n, *a.shape[1:]), a.dtype)
+
+        jax.eval_shape(epoch_fn, svi_state, whole(xj), jax.random.PRNGKey(0),
+                       jax.ShapeDtypeStruct((steps,), jnp.float32), tuple(whole(c) for c in inputs0))
     except CannotLower:
         raise
     except Exception as err:  # noqa: BLE001 - whatever NumPyro or JAX raised: the pair does not run there
@@ -309,8 +317,11 @@ def _epoch(state: JaxState, plan: loop.EpochPlan) -> tuple[JaxState, loop.EpochR
     betas = [beta_at(plan.index, step, plan.steps, o.beta, o.anneal_epochs) for step in range(plan.steps)]
     if plan.x is not state.x_cache[0]:  # a fresh draw (dynamic binarization), else the same tensor as before
         state.x_cache = (plan.x, jnp.asarray(plan.x.cpu().numpy()))
+    seen = state.inputs_cache[0]
+    if seen is None or len(seen) != len(plan.inputs) or any(a is not b for a, b in zip(seen, plan.inputs)):
+        state.inputs_cache = (plan.inputs, tuple(jnp.asarray(c.cpu().numpy()) for c in plan.inputs))
     new_state, losses, finite = state.epoch_fn(state.svi_state._replace(rng_key=sample_key), state.x_cache[1],
-                                               perm_key, jnp.asarray(betas, dtype=jnp.float32))
+                                               perm_key, jnp.asarray(betas, dtype=jnp.float32), state.inputs_cache[1])
     losses = np.asarray(losses, dtype=np.float64)
     plan.tick(plan.steps)
     if not np.isfinite(losses).all():

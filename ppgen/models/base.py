@@ -1,8 +1,12 @@
 """The pair protocol: what every backend, estimator and workflow may ask of a model/guide pair.
 
 A family subclasses :class:`GenerativeModel`, sets ``name`` and ``Config`` (a frozen
-dataclass that round-trips through JSON) and writes ``model`` and ``guide`` side by
-side. Defining the class registers it under ``name`` (``ppgen models`` lists it); no
+dataclass that round-trips through JSON, each field declared once with its default,
+check and help by :func:`ppgen.declare.option`) and writes ``model`` and ``guide`` side
+by side. ``Family(**options)`` builds ``Config(**options)``, whose ``__post_init__`` checks
+them (:func:`ppgen.declare.validate`, then the checks that involve several fields); the
+family's ``__init__(*args, **options)`` then builds its networks from ``self.config``.
+Defining the class registers it under ``name`` (``ppgen models`` lists it); no
 other file needs to know it. Nothing outside this module probes a pair with
 ``getattr``/``hasattr``: everything a caller may ask is declared here, with a default.
 
@@ -14,6 +18,14 @@ The protocol
     ``data_plate``; plates nested inside it (words of a document, pixels) are summed
     per example by :mod:`ppgen.sites`, the one place where log densities become
     per-example numbers.
+``inputs`` / ``model(x, *inputs)``, ``guide(x, *inputs)``
+    The names of the data set's input columns (:mod:`ppgen.data`: labels, covariates) the pair
+    takes beside x, in the order ``model`` and ``guide`` take them; ``()`` by default, and then
+    everything calls ``model(x)``. Every engine, estimator and NUTS hands each example's row of
+    each column beside it (the same shuffle, the same chunks; inside a ``particles`` plate the
+    columns keep the data plate's shape, so a network broadcasts them against z). A missing
+    entry is −1 in an integer column and NaN in a float one (``ppgen.data.observed`` gives the
+    mask); ``check_inputs`` says whether the pair accepts the columns.
 ``has_guide``
     False for an implicit generator without an encoder: no ELBO, no q(z|x).
 ``latent_sites``
@@ -30,7 +42,8 @@ The protocol
     have (EMA codebooks) declares ("torch",), one that runs faster on torch lists it first (the VAE's
     PixelCNN decoder), and ``engine="auto"`` then picks torch, saying why.
 ``generate(n)`` / ``can_generate``
-    n draws of E[x | z] at z ~ p(z) (or of the generator).
+    n draws of E[x | z] at z ~ p(z) (or of the generator); a pair with inputs takes them after ``n``
+    (the conditional VAE: ``generate(n, labels)``, an int for all n draws or one per draw).
 ``encode(x)`` / ``has_encoder``; ``reconstruct(x)`` / ``can_reconstruct``
     Mean and scale of the bottom latent under q(z | x); E[x | mean of q(z | x)].
 ``point_mass_guide`` / ``guide_draws(k)``
@@ -56,30 +69,75 @@ The protocol
 ``check_data(x)``
     Raises :class:`~ppgen.errors.UserError` (one line, what to do) when ``x`` cannot
     be observed.
+``topic_words()`` / ``sample_proportions(x, n)`` / ``has_topics``
+    A topic model's topic-word scores (topics × vocabulary: β for a product of experts, log p(w | topic) for a
+    mixture) and ``n`` draws of the topic proportions θ ~ q(θ | x) per document, (n, documents, topics);
+    ``ppgen topics`` and the topic figures of ``ppgen evaluate`` work on any pair that has them.
+``sample_steps_option`` / ``sample_steps_config`` / ``in_steps(steps)`` / ``samples_in_steps``
+    For a family that samples in a chosen number of steps: the config field that sets it and any other
+    config values sampling in steps needs (a DDIM sampler); ``in_steps(S)`` is the pair rebuilt with them, the
+    same weights (``ppgen sample --steps S``). ``None`` (the default) for the others.
+``stages``
+    Training stages the family adds after ``ppgen train`` (:class:`Stage`: a second fit on the trained pair,
+    e.g. a learned prior over discrete codes). The ``ppgen`` command makes one subcommand per declared stage
+    and the one training loop trains it; no other file names the stage.
+``check_inputs(x, inputs)``
+    Likewise for the input columns beside ``x``: by default one row per example of each.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from ppgen.declare import one_of, option, shape
 from ppgen.errors import UserError
 
 LIKELIHOODS = ("bernoulli", "cbernoulli", "gaussian")
-SWITCH = ("on", "off")
 
 
-def switch(value: bool | str) -> bool:
-    """A config switch given as True/False or "on"/"off" (the CLI's ``--batch-norm on|off``)."""
-    if value in SWITCH:
-        return value == "on"
-    if isinstance(value, bool):
-        return value
-    raise UserError(f"expected on or off, got {value!r}")
+def x_shape_option(default: tuple[int, ...]) -> Any:
+    """The ``x_shape`` field every family's ``Config`` has: set from the data by ``ppgen train``, not a flag."""
+    return option(default, shape, "shape of one example (ppgen train sets it from the data)", cli=False)
+
+
+def likelihood_option(default: str = "bernoulli", choices: tuple[str, ...] = LIKELIHOODS) -> Any:
+    """The observation model p(x | z), one of ``choices``."""
+    return option(default, one_of(choices, "likelihood"), "observation model p(x|z): " + ", ".join(choices))
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A training stage a family adds after ``ppgen train``: ``ppgen <name> RUN`` fits ``module(pair)`` (the rest of
+    the pair stays fixed) by minimizing the mean of ``loss(pair, batch)`` over ``examples(pair, x)`` of the run's
+    training data, in the one training loop (NaN stop with the last good weights, a checkpoint per epoch,
+    resume), then calls ``finish(pair)`` (the pair uses what it learned).
+
+    ``ready(pair)`` says why the stage cannot run yet (``None``: it can); ``metric`` names the per-example loss in
+    the history (``val_<metric>`` on the validation split); ``weights`` are the prefixes of the ``state_dict``
+    entries the stage writes (they go into the run's checkpoint, so training stage one on keeps them);
+    ``options`` overrides the stage's training defaults (epochs, batch_size, lr); ``samples`` ends the title of
+    the samples.png the stage redraws.
+    """
+
+    name: str
+    help: str
+    description: str
+    module: Callable[[Any], nn.Module]
+    examples: Callable[[Any, torch.Tensor], torch.Tensor]
+    loss: Callable[[Any, torch.Tensor], torch.Tensor]
+    metric: str
+    weights: tuple[str, ...]
+    finish: Callable[[Any], None]
+    ready: Callable[[Any], str | None] = lambda pair: None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    samples: str = "after the stage"
+
 
 #: name -> pair class, filled when a family's class is defined (see ``__init_subclass__``)
 REGISTRY: dict[str, type[GenerativeModel]] = {}
@@ -104,6 +162,14 @@ class GenerativeModel(nn.Module):
     has_guide: bool = True
     #: whether ``guide`` is a point mass q(z|x) = δ(z − z(x)): every draw of it is the same z(x)
     point_mass_guide: ClassVar[bool] = False
+    #: the config field with the number of sampling steps, for a family that samples in steps (else None)
+    sample_steps_option: ClassVar[str | None] = None
+    #: other config values that sampling in a chosen number of steps needs
+    sample_steps_config: ClassVar[dict[str, Any]] = {}
+    #: training stages after ``ppgen train`` (each becomes a ``ppgen`` subcommand)
+    stages: ClassVar[tuple[Stage, ...]] = ()
+    #: the data set's input columns ``model(x, *inputs)`` and ``guide(x, *inputs)`` take beside x
+    inputs: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -115,9 +181,18 @@ class GenerativeModel(nn.Module):
                                 f"{cls.__module__}.{cls.__qualname__}")
             REGISTRY[name] = cls
 
-    def __init__(self, config: Any):
+    def __init__(self, *args: Any, **options: Any):
+        """``Family(**options)`` is ``Family(Family.Config(**options))``: the config checks every option against its
+        declaration (positional values bind in the Config's field order); the family then builds its networks from
+        ``self.config``. A family's ``__init__`` takes ``(*args, **options)`` and repeats no default."""
         super().__init__()
-        self.config = config
+        self.config = self._config_of(args, options)
+
+    @classmethod
+    def _config_of(cls, args: tuple, options: dict[str, Any]) -> Any:
+        if len(args) == 1 and not options and (cls.Config is object or isinstance(args[0], cls.Config)):
+            return args[0]  # a built config (any object, for a pair that declares no Config)
+        return cls.Config(*args, **options)
 
     # -- the pair -----------------------------------------------------------------
     def model(self, x: torch.Tensor) -> None:  # pragma: no cover - abstract
@@ -150,9 +225,22 @@ class GenerativeModel(nn.Module):
         """A family's own figures on held-out examples ``x`` (see the module docs); none by default."""
         return {}
 
+    def topic_words(self) -> torch.Tensor:  # pragma: no cover - optional
+        """Topic-word scores, (topics, vocabulary), for a topic model (see the module docs)."""
+        raise NotImplementedError(f"{self.name or type(self).__name__} has no topics")
+
+    def sample_proportions(self, x: torch.Tensor, n: int) -> torch.Tensor:  # pragma: no cover - optional
+        """``n`` draws of the topic proportions θ ~ q(θ | x), (n, documents, topics), for a topic model."""
+        raise NotImplementedError(f"{self.name or type(self).__name__} has no topics")
+
     # -- what a caller may ask ------------------------------------------------------
+    @classmethod
+    def declares(cls, method: str) -> bool:
+        """Whether the family defines ``method`` of the protocol itself (not the default)."""
+        return getattr(cls, method) is not getattr(GenerativeModel, method)
+
     def _overrides(self, method: str) -> bool:
-        return getattr(type(self), method) is not getattr(GenerativeModel, method)
+        return type(self).declares(method)
 
     @property
     def can_generate(self) -> bool:
@@ -165,6 +253,10 @@ class GenerativeModel(nn.Module):
     @property
     def can_reconstruct(self) -> bool:
         return self.has_encoder and self._overrides("reconstruct")
+
+    @property
+    def has_topics(self) -> bool:
+        return self._overrides("topic_words") and self._overrides("sample_proportions")
 
     @property
     def has_objective(self) -> bool:
@@ -216,9 +308,33 @@ class GenerativeModel(nn.Module):
                 values[f.name] = f.metadata["absent"]
         return cls(**values)
 
+    @property
+    def samples_in_steps(self) -> bool:
+        return self.sample_steps_option is not None
+
+    def in_steps(self, steps: int) -> GenerativeModel:
+        """The pair rebuilt to sample in ``steps`` steps, with the same weights (see the module docs)."""
+        if self.sample_steps_option is None:
+            raise UserError(f"{self.who} does not sample in steps")
+        config = {**self.config_dict(), **self.sample_steps_config, self.sample_steps_option: steps}
+        faster = type(self).from_config(config)
+        faster.load_state_dict(self.state_dict())
+        return faster.eval()
+
     def check_data(self, x: torch.Tensor, what: str = "data") -> None:
         """Raise :class:`UserError` if ``x`` cannot be observed by this pair."""
         check_observations(x, self.x_shape, self.likelihood, what)
+
+    def check_inputs(self, x: torch.Tensor, inputs: tuple[torch.Tensor, ...], what: str = "data") -> None:
+        """Raise :class:`UserError` unless ``inputs`` are the pair's columns for ``x``: one per name in
+        ``self.inputs``, each with one row per example."""
+        if len(inputs) != len(self.inputs):
+            raise UserError(f"{self.who} takes the input columns ({', '.join(self.inputs) or 'none'}) beside x but "
+                            f"was given {len(inputs)}; pass one column per name, in that order")
+        for name, column in zip(self.inputs, inputs):
+            if column.shape[:1] != x.shape[:1]:
+                raise UserError(f"{what}: input column {name!r} has {column.shape[0] if column.ndim else 0} rows "
+                                f"but there are {x.shape[0]} examples; give one row per example")
 
 
 def check_observations(x: torch.Tensor, x_shape: tuple[int, ...], likelihood: str, what: str = "data") -> None:
@@ -235,8 +351,8 @@ def check_observations(x: torch.Tensor, x_shape: tuple[int, ...], likelihood: st
         raise UserError(f"{what} holds NaN or infinite values in {bad} example(s); remove or impute them")
     if likelihood == "bernoulli" and not ((x == 0) | (x == 1)).all():
         raise UserError(
-            f"{what} is not binary but the likelihood is Bernoulli; binarize it (--binarize dynamic|static|threshold) "
-            "or use --likelihood cbernoulli or gaussian"
+            f"{what} is not binary but the likelihood is Bernoulli; binarize it (binarize: dynamic, static or "
+            "threshold) or use likelihood cbernoulli or gaussian"
         )
     if likelihood == "cbernoulli" and ((x < 0) | (x > 1)).any():
         raise UserError(f"{what} lies outside [0, 1] but the likelihood is continuous Bernoulli; rescale it to [0, 1]")

@@ -75,8 +75,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -84,8 +83,21 @@ import torch
 from pyro.distributions import TorchDistribution, constraints
 
 from ppgen import ppl
+from ppgen.declare import (
+    OptionError,
+    boolean,
+    fraction,
+    nonnegative_float,
+    nonnegative_int,
+    one_of,
+    option,
+    positive_int,
+    sizes,
+    validate,
+    whole_at_least,
+)
 from ppgen.errors import UserError
-from ppgen.models.base import GenerativeModel
+from ppgen.models.base import GenerativeModel, likelihood_option, x_shape_option
 from ppgen.nn import MLPDenoiser, UNetDenoiser
 from ppgen.nn.average import WeightAverage
 from ppgen.nn.history import LossHistory
@@ -103,71 +115,55 @@ HISTORY = 10  # importance sampling: the last values of each L_t kept (Nichol & 
 UNIFORM_MIX = 0.001  # importance sampling: the share of the uniform distribution mixed into p_t (theirs)
 
 
-def _opt(default: Any, help_text: str, choices: tuple[str, ...] | None = None) -> Any:
-    metadata = {"help": help_text} if choices is None else {"help": help_text, "choices": choices}
-    return field(default=default, metadata=metadata)
+def _time_dim(v: Any) -> str | None:
+    ok = isinstance(v, int) and not isinstance(v, bool) and v >= 4 and v % 2 == 0
+    return None if ok else "must be an even whole number, at least 4 (sines and cosines in pairs)"
 
 
 @dataclass(frozen=True)
 class DDPMConfig:
-    x_shape: tuple[int, ...] = (1, 28, 28)
-    likelihood: str = "bernoulli"
-    hidden: tuple[int, ...] = (256, 256)
-    timesteps: int = _opt(100, "diffusion steps T")
-    schedule: str = _opt("linear", "beta schedule", SCHEDULES)
-    prediction: str = _opt("eps", "what the denoiser predicts", PREDICTIONS)
-    variance: str = _opt("beta", "reverse-step variance sigma_t^2: beta, beta_tilde, or learned between them "
-                                 "(needs --objective vlb or hybrid)", VARIANCES)
-    objective: str = _opt("simple", "training objective: simple (eps loss), vlb (sampled-timestep bound), hybrid",
-                          OBJECTIVES)
-    vlb_weight: float = _opt(0.001, "lambda of the hybrid objective L_simple + lambda L_vlb")
-    sampler: str = _opt("ancestral", "generate by ancestral sampling or DDIM", SAMPLERS)
-    sample_steps: int = _opt(0, "DDIM steps (0: T)")
-    eta: float = _opt(0.0, "DDIM eta (0 deterministic, 1 ancestral-like)")
-    denoiser: str = _opt("mlp", "denoising network", DENOISERS)
-    time_dim: int = _opt(64, "size of the sinusoidal time embedding")
-    channels: int = _opt(32, "U-Net base channels")
-    channel_mult: tuple[int, ...] = _opt((1, 2), "U-Net channel multiplier per resolution level")
-    attention: bool = _opt(False, "U-Net: a self-attention block at the lowest resolution")
-    levels: int = _opt(256, "grey levels of the discretized decoder (data k/(levels-1) in [0, 1])")
-    timestep_sampling: str = _opt("uniform", "timesteps of the bound's term: uniform, or importance-sampled with "
-                                             "p_t ~ sqrt(E[L_t^2]) over the last 10 values of each L_t (Nichol & "
-                                             "Dhariwal 2021; needs --objective vlb or hybrid; torch engine)",
-                                  TIMESTEP_SAMPLING)
-    ema: float = _opt(0.0, "decay of an exponential moving average of the denoiser's weights, which sampling and "
-                           "evaluation use (Ho et al. 0.9999; 0.999 for runs of a few thousand steps; 0: off)")
+    x_shape: tuple[int, ...] = x_shape_option((1, 28, 28))
+    likelihood: str = likelihood_option("bernoulli", DECODERS)
+    hidden: tuple[int, ...] = option((256, 256), sizes, "hidden layer sizes of the MLP denoiser")
+    timesteps: int = option(100, whole_at_least(1, "step"), "diffusion steps T")
+    schedule: str = option("linear", one_of(SCHEDULES, "schedule"), "beta schedule")
+    prediction: str = option("eps", one_of(PREDICTIONS, "prediction"), "what the denoiser predicts")
+    variance: str = option("beta", one_of(VARIANCES, "variance"), "reverse-step variance sigma_t^2: beta, beta_tilde, "
+                           "or learned between them (needs objective vlb or hybrid)")
+    objective: str = option("simple", one_of(OBJECTIVES, "objective"), "training objective: simple (eps loss), vlb "
+                            "(sampled-timestep bound), hybrid")
+    vlb_weight: float = option(0.001, nonnegative_float, "lambda of the hybrid objective L_simple + lambda L_vlb")
+    sampler: str = option("ancestral", one_of(SAMPLERS, "sampler"), "generate by ancestral sampling or DDIM")
+    sample_steps: int = option(0, nonnegative_int, "DDIM steps (0: T)")
+    eta: float = option(0.0, nonnegative_float, "DDIM eta (0 deterministic, 1 ancestral-like)")
+    denoiser: str = option("mlp", one_of(DENOISERS, "denoiser"), "denoising network")
+    time_dim: int = option(64, _time_dim, "size of the sinusoidal time embedding")
+    channels: int = option(32, positive_int, "U-Net base channels")
+    channel_mult: tuple[int, ...] = option((1, 2), sizes, "U-Net channel multiplier per resolution level")
+    attention: bool = option(False, boolean, "U-Net: a self-attention block at the lowest resolution")
+    levels: int = option(256, whole_at_least(2, "levels"), "grey levels of the discretized decoder (data "
+                         "k/(levels-1) in [0, 1])")
+    timestep_sampling: str = option("uniform", one_of(TIMESTEP_SAMPLING, "timestep sampling"), "timesteps of the "
+                                    "bound's term: uniform, or importance-sampled with p_t ~ sqrt(E[L_t^2]) over the "
+                                    "last 10 values of each L_t (Nichol & Dhariwal 2021; needs objective vlb or "
+                                    "hybrid; torch engine)")
+    ema: float = option(0.0, fraction, "decay of an exponential moving average of the denoiser's weights, which "
+                        "sampling and evaluation use (Ho et al. 0.9999; 0.999 for runs of a few thousand steps; 0: off)")
 
-
-def _check(config: DDPMConfig) -> None:
-    c = config
-    if c.timesteps < 1:
-        raise UserError(f"ddpm: the number of diffusion steps T (--timesteps) must be at least 1, got {c.timesteps}")
-    for name, value, known in (("schedule", c.schedule, SCHEDULES), ("prediction", c.prediction, PREDICTIONS),
-                               ("variance", c.variance, VARIANCES), ("objective", c.objective, OBJECTIVES),
-                               ("sampler", c.sampler, SAMPLERS), ("denoiser", c.denoiser, DENOISERS),
-                               ("likelihood", c.likelihood, DECODERS),
-                               ("timestep sampling", c.timestep_sampling, TIMESTEP_SAMPLING)):
-        if value not in known:
-            raise UserError(f"ddpm: unknown {name} {value!r}; choose one of {', '.join(known)}")
-    if not 0 <= c.sample_steps <= c.timesteps:
-        raise UserError(f"ddpm: DDIM steps (--sample-steps) must be between 1 and T = {c.timesteps} (0 for T), "
-                        f"got {c.sample_steps}")
-    if c.variance == "learned" and c.objective == "simple":
-        raise UserError("ddpm: a learned variance (--variance learned) is trained by the bound only; use --objective "
-                        "hybrid or vlb")
-    if c.timestep_sampling == "importance" and c.objective == "simple":
-        raise UserError("ddpm: importance-sampled timesteps (--timestep-sampling importance) weight the bound's terms; "
-                        "use --objective vlb or hybrid")
-    if c.eta < 0 or c.vlb_weight < 0:
-        raise UserError(f"ddpm: --eta and --vlb-weight must be non-negative, got {c.eta} and {c.vlb_weight}")
-    if c.attention and c.denoiser != "unet":
-        raise UserError("ddpm: --attention is a block of the U-Net; add --denoiser unet")
-    if not 0 <= c.ema < 1:
-        raise UserError(f"ddpm: --ema is the decay of the weights' moving average, in [0, 1) (0: off), got {c.ema}")
-    if c.levels < 2:
-        raise UserError(f"ddpm: --levels must be at least 2, got {c.levels}")
-    if not c.hidden or min(c.hidden) < 1 or c.time_dim < 4 or c.time_dim % 2 or c.channels < 1:
-        raise UserError("ddpm: hidden sizes and --channels must be positive and --time-dim even and at least 4")
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.sample_steps > self.timesteps:
+            raise OptionError("sample_steps", self.sample_steps, f"DDIM steps must be between 1 and T = "
+                              f"{self.timesteps} (0 for T)")
+        if self.variance == "learned" and self.objective == "simple":
+            raise OptionError("variance", self.variance, "a learned variance is trained by the bound only; use "
+                              "objective='hybrid' or 'vlb'")
+        if self.timestep_sampling == "importance" and self.objective == "simple":
+            raise OptionError("timestep_sampling", self.timestep_sampling, "importance-sampled timesteps weight the "
+                              "bound's terms; use objective vlb or hybrid")
+        if self.attention and self.denoiser != "unet":
+            raise OptionError("attention", self.attention, "a self-attention block is part of the U-Net; use "
+                              "denoiser='unet'")
 
 
 def beta_schedule(name: str, timesteps: int) -> np.ndarray:
@@ -256,21 +252,14 @@ class DDPM(GenerativeModel):
 
     name = "ddpm"
     Config = DDPMConfig
+    sample_steps_option = "sample_steps"  # `ppgen sample --steps S`: DDIM in S steps
+    sample_steps_config = {"sampler": "ddim"}
 
-    def __init__(self, x_shape: Sequence[int] = (1, 28, 28), likelihood: str = "bernoulli",
-                 hidden: Sequence[int] = (256, 256), timesteps: int = 100, schedule: str = "linear",
-                 prediction: str = "eps", variance: str = "beta", objective: str = "simple",
-                 vlb_weight: float = 0.001, sampler: str = "ancestral", sample_steps: int = 0, eta: float = 0.0,
-                 denoiser: str = "mlp", time_dim: int = 64, channels: int = 32, channel_mult: Sequence[int] = (1, 2),
-                 levels: int = 256, attention: bool = False, timestep_sampling: str = "uniform", ema: float = 0.0):
-        config = DDPMConfig(tuple(x_shape), likelihood, tuple(hidden), int(timesteps), schedule, prediction, variance,
-                            objective, float(vlb_weight), sampler, int(sample_steps), float(eta), denoiser,
-                            int(time_dim), int(channels), tuple(channel_mult), bool(attention), int(levels),
-                            timestep_sampling, float(ema))
-        _check(config)
-        super().__init__(config)
-        T = config.timesteps
-        betas = np.concatenate([[0.0], beta_schedule(schedule, T)])  # index t = 0..T
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)
+        c = self.config
+        T = c.timesteps
+        betas = np.concatenate([[0.0], beta_schedule(c.schedule, T)])  # index t = 0..T
         alpha_bar = np.cumprod(1.0 - betas)
         prev = np.concatenate([[1.0], alpha_bar[:-1]])  # ᾱ_{t−1}
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -283,20 +272,20 @@ class DDPM(GenerativeModel):
         # log β̃_t for the learned variance; t = 1 has β̃_1 = 0 and no learned step (the decoder's variance is β_1)
         self.log_beta_tilde = np.log(np.where(np.arange(T + 1) >= 2, self.beta_tilde, 1.0))
         # importance-sampled timesteps: the last HISTORY values of each L_{t−1} (row t − 1), p_t from them
-        self.timestep_history = LossHistory(T, HISTORY, UNIFORM_MIX) if timestep_sampling == "importance" else None
+        self.timestep_history = LossHistory(T, HISTORY, UNIFORM_MIX) if c.timestep_sampling == "importance" else None
         self._tables: dict[str, np.ndarray] | None = None  # the objective's per-timestep constants, built once
         self._torch_tables: dict[tuple, torch.Tensor] = {}
-        outputs = 2 if variance == "learned" else 1
-        if denoiser == "mlp":
-            self.denoiser = MLPDenoiser(x_shape, hidden, time_dim, outputs=outputs)
+        outputs = 2 if c.variance == "learned" else 1
+        if c.denoiser == "mlp":
+            self.denoiser = MLPDenoiser(c.x_shape, c.hidden, c.time_dim, outputs=outputs)
         else:
             try:
-                self.denoiser = UNetDenoiser(x_shape, channels, channel_mult, time_dim, outputs=outputs,
-                                             attention=attention)
+                self.denoiser = UNetDenoiser(c.x_shape, c.channels, c.channel_mult, c.time_dim, outputs=outputs,
+                                             attention=c.attention)
             except ValueError as err:
                 raise UserError(f"ddpm: {err}") from None
         # Ho et al. sample with an exponential moving average of the weights (ppgen.nn.average)
-        self.ema = WeightAverage(self.denoiser, ema) if ema > 0 else None
+        self.ema = WeightAverage(self.denoiser, c.ema) if c.ema > 0 else None
 
     @property
     def network(self) -> Any:
@@ -337,8 +326,8 @@ class DDPM(GenerativeModel):
             k = x * (self.config.levels - 1)
             if ((x < 0) | (x > 1)).any() or ((k - k.round()).abs() > 1e-3).any():
                 raise UserError(f"{what} is not on the grid of {self.config.levels} grey levels in [0, 1] that the "
-                                "discretized decoder observes; give --levels for the data, --binarize none, or "
-                                "--likelihood gaussian")
+                                "discretized decoder observes; give the data's grey levels (levels), leave the data "
+                                "unbinarized, or use likelihood='gaussian'")
 
     # -- the pair ---------------------------------------------------------------------------------------
     def to_model_space(self, x: Any) -> Any:

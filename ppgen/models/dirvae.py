@@ -27,7 +27,6 @@ engine only); ``batch_norm="off"`` trains on both engines.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -53,13 +52,6 @@ class DirVAE(ProdLDA):
     name = "dirvae"
     Config = DirVAEConfig
     _encoder_kind = "dirichlet"
-
-    def __init__(self, x_shape: Sequence[int] = (2000,), topics: int = 20, hidden: Sequence[int] = (100, 100),
-                 alpha: float = 1.0, dropout: float = 0.2, batch_norm: bool | str = "on", decoder: str = "poe"):
-        super().__init__(x_shape, topics, hidden, alpha, dropout, batch_norm, decoder)
-
-    def _config(self, *values):
-        return DirVAEConfig(*values)
 
     def _prior_like(self, x):
         return dist.Dirichlet(full(self.config.topics, self.config.alpha, x))

@@ -29,25 +29,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ppgen.errors import UserError
-from ppgen.models.hierarchical import LayeredModel, check_likelihood, layer_spec
+from ppgen.models.hierarchical import LayeredConfig, LayeredModel
 from ppgen.nn import DeterministicMLP, GaussianMLP, Network
 from ppgen.ppl import dist, pyro
 
 
 @dataclass(frozen=True)
-class DLGMConfig:
-    x_shape: tuple[int, ...] = (1, 28, 28)
-    z_dims: tuple[int, ...] = (50, 20)
-    hidden: tuple = ((400,), (200,))
-    likelihood: str = "bernoulli"
-    skip: bool = False
+class DLGMConfig(LayeredConfig):
+    """The layered options (:class:`~ppgen.models.hierarchical.LayeredConfig`); one layer is enough."""
+
+    min_layers: ClassVar[int] = 1
 
 
 class MeanNet(Network):
@@ -74,17 +72,16 @@ class DLGM(LayeredModel):
     name = "dlgm"
     Config = DLGMConfig
 
-    def __init__(self, x_shape: Sequence[int] = (1, 28, 28), z_dims: Sequence[int] = (50, 20),
-                 hidden: Any = ((400,), (200,)), likelihood: str = "bernoulli", skip: bool = False):
-        check_likelihood(likelihood)
-        z_dims, stages = layer_spec(z_dims, hidden, "DLGM", min_layers=1)
-        super().__init__(DLGMConfig(tuple(x_shape), z_dims, stages, likelihood, bool(skip)))
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)
+        c = self.config
+        z_dims, stages = c.z_dims, c.hidden
         self._set_layers(z_dims)
-        self.decoder = self._make_decoder(x_shape, stages[0], skip)
+        self.decoder = self._make_decoder(c.x_shape, stages[0], c.skip)
         self.prior_nets = nn.ModuleList(MeanNet(z_dims[i + 1], z_dims[i], stages[i + 1][::-1])
                                         for i in range(len(z_dims) - 1))
-        self.recognition = DeterministicMLP(x_shape, stages[0])
-        features = stages[0][-1] if stages[0] else int(torch.Size(x_shape).numel())
+        self.recognition = DeterministicMLP(c.x_shape, stages[0])
+        features = stages[0][-1] if stages[0] else int(torch.Size(c.x_shape).numel())
         self.noise_heads = nn.ModuleList(GaussianMLP(features, d) for d in z_dims)
 
     def model(self, x: torch.Tensor) -> None:

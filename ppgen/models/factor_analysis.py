@@ -27,20 +27,28 @@ encoder). The sites are ``mu``, ``noise``, ``loadings_diag``, ``loadings_lower``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from ppgen.errors import UserError
-from ppgen.models.base import GenerativeModel
+from ppgen.declare import OptionError, option, positive_int, validate
+from ppgen.models.base import GenerativeModel, x_shape_option
 from ppgen.models.ppca import LinearGaussianEncoder
 from ppgen.ppl import dist, is_jax, pyro
 
 
 @dataclass(frozen=True)
 class FactorAnalysisConfig:
-    x_shape: tuple[int, ...] = (5,)
-    z_dim: int = 1
+    x_shape: tuple[int, ...] = x_shape_option((5,))
+    z_dim: int = option(1, positive_int, "latent factors k (fewer than the data's dimensions)")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if len(self.x_shape) != 1:
+            raise OptionError("x_shape", self.x_shape, "factor analysis models vectors: flatten the data first")
+        if self.z_dim >= self.x_shape[0]:
+            raise OptionError("z_dim", self.z_dim, f"factor analysis needs 1 <= z_dim < x_dim = {self.x_shape[0]}")
 
 
 def _embedding(d: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -65,14 +73,9 @@ class FactorAnalysis(GenerativeModel):
     likelihood = "gaussian"
     latent_sites = ("mu", "noise", "loadings_diag", "loadings_lower", "z")
 
-    def __init__(self, x_shape=(5,), z_dim: int = 1):
-        x_shape = (x_shape,) if isinstance(x_shape, int) else tuple(x_shape)
-        if len(x_shape) != 1:
-            raise UserError(f"factor analysis models vectors; got x_shape={x_shape}: flatten the data first")
-        if not 1 <= z_dim < x_shape[0]:
-            raise UserError(f"factor analysis needs 1 <= z_dim < x_dim = {x_shape[0]}, got {z_dim}")
-        super().__init__(FactorAnalysisConfig(x_shape, int(z_dim)))
-        d, k = x_shape[0], int(z_dim)
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)
+        d, k = self.dims
         self.diag_embed, self.lower_embed = _embedding(d, k)
         self.n_lower = self.lower_embed.shape[0]
         self.encoder = LinearGaussianEncoder(d, k)

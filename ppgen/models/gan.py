@@ -19,29 +19,51 @@ images), "identity" for points (the default otherwise), or "tanh".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from ppgen.declare import OptionError, boolean, nonnegative_float, one_of, option, positive_int, sizes, validate
 from ppgen.errors import UserError
-from ppgen.models.base import GenerativeModel
+from ppgen.models.base import GenerativeModel, x_shape_option
 from ppgen.nn import MLPEncoder
 from ppgen.nn.critics import ConvGenerator, MLPGenerator
 from ppgen.ppl import dist, pyro
 
 OUTPUTS = ("identity", "sigmoid", "tanh")
+NETS = ("mlp", "conv")
+
+
+def _output(v: Any) -> str | None:
+    if v is None or v in OUTPUTS:
+        return None
+    return f"unknown generator output; choose one of {', '.join(OUTPUTS)} (or None: sigmoid for images, else identity)"
+
+
+_output.choices = OUTPUTS  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
 class GANConfig:
-    x_shape: tuple[int, ...] = (2,)
-    z_dim: int = 2
-    hidden: tuple[int, ...] = (128, 128, 128)
-    net: str = "mlp"
-    output: str = "identity"
-    encoder: bool = False
-    noise: float = 0.0
+    x_shape: tuple[int, ...] = x_shape_option((2,))
+    z_dim: int = option(2, positive_int, "latent dimensions")
+    hidden: tuple[int, ...] = option((128, 128, 128), sizes, "hidden layer sizes of the generator (MLP; the conv "
+                                     "generator uses the last as its width)")
+    net: str = option("mlp", one_of(NETS, "network"), "generator network: mlp, or conv for images (H, W divisible "
+                      "by 4)")
+    output: str | None = option(None, _output, "squashing of G's output: sigmoid (the default for images), "
+                                "identity (the default otherwise) or tanh")
+    encoder: bool = option(False, boolean, "add an encoder q(z|x) (BiGAN/ALI)")
+    noise: float = option(0.0, nonnegative_float, "standard deviation of Gaussian noise on x (0: x is a Delta site)")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.output is None:
+            object.__setattr__(self, "output", "sigmoid" if len(self.x_shape) == 3 else "identity")
+        if self.net == "conv" and (len(self.x_shape) != 3 or self.x_shape[1] % 4 or self.x_shape[2] % 4):
+            raise OptionError("net", self.net, f"needs images (C, H, W) with H, W divisible by 4, got "
+                              f"x_shape={self.x_shape}; use net='mlp'")
 
 
 class GAN(GenerativeModel):
@@ -52,28 +74,14 @@ class GAN(GenerativeModel):
     #: ``ppgen train gan`` trains it adversarially unless told otherwise
     default_backend = "adversarial"
 
-    def __init__(self, x_shape: Sequence[int] = (2,), z_dim: int = 2, hidden: Sequence[int] = (128, 128, 128),
-                 net: str = "mlp", output: str | None = None, encoder: bool = False, noise: float = 0.0):
-        x_shape, hidden = tuple(int(s) for s in x_shape), tuple(int(h) for h in hidden)
-        if output is None:
-            output = "sigmoid" if len(x_shape) == 3 else "identity"
-        if output not in OUTPUTS:
-            raise UserError(f"unknown generator output {output!r}; choose one of {', '.join(OUTPUTS)}")
-        if z_dim < 1 or not hidden or min(hidden) < 1:
-            raise UserError("z_dim and every hidden size must be positive integers")
-        if noise < 0:
-            raise UserError(f"noise must be >= 0 (0 makes x a Delta site), got {noise}")
-        super().__init__(GANConfig(x_shape, int(z_dim), hidden, net, output, bool(encoder), float(noise)))
-        if net == "mlp":
-            self.generator = MLPGenerator(z_dim, x_shape, hidden, output)
-        elif net == "conv":
-            if len(x_shape) != 3 or x_shape[1] % 4 or x_shape[2] % 4:
-                raise UserError(f"net='conv' needs images (C, H, W) with H, W divisible by 4, got {x_shape}; "
-                                "use net='mlp'")
-            self.generator = ConvGenerator(z_dim, x_shape, hidden[-1], output=output)
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)
+        c = self.config
+        if c.net == "mlp":
+            self.generator = MLPGenerator(c.z_dim, c.x_shape, c.hidden, c.output)
         else:
-            raise UserError(f"unknown network {net!r}; choose 'mlp' or 'conv'")
-        self.encoder = MLPEncoder(x_shape, z_dim, hidden[::-1]) if encoder else None
+            self.generator = ConvGenerator(c.z_dim, c.x_shape, c.hidden[-1], output=c.output)
+        self.encoder = MLPEncoder(c.x_shape, c.z_dim, c.hidden[::-1]) if c.encoder else None
 
     @property
     def has_guide(self) -> bool:

@@ -47,8 +47,8 @@ NumPyro backend and ppgen falls back, with a notice). Pyro's linear kernel has o
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import pyro
 import pyro.contrib.gp as gp
@@ -56,8 +56,9 @@ import torch
 from pyro.nn.module import PyroParam
 from torch.distributions import constraints
 
+from ppgen.declare import OptionError, nonnegative_int, one_of, option, positive_int, sizes, validate
 from ppgen.errors import UserError
-from ppgen.models.base import GenerativeModel
+from ppgen.models.base import GenerativeModel, likelihood_option, x_shape_option
 from ppgen.nn import MLPEncoder, NotLowerable
 from ppgen.ppl import dist
 from ppgen.ppl import is_jax as ppl_is_jax
@@ -72,13 +73,19 @@ GH_NODES = 20
 
 @dataclass(frozen=True)
 class GPVAEConfig:
-    x_shape: tuple[int, ...] = (1, 8, 8)
-    z_dim: int = field(default=2, metadata={"help": "latent dimensions Q"})
-    inducing: int = field(default=64, metadata={"help": "number of inducing points M"})
-    kernel: str = field(default="rbf", metadata={"help": "GP kernel", "choices": KERNELS})
-    hidden: tuple[int, ...] = field(default=(128,), metadata={"help": "encoder hidden sizes"})
-    likelihood: str = field(default="bernoulli", metadata={"help": "observation model", "choices": GP_LIKELIHOODS})
-    num_data: int = field(default=0, metadata={"help": "training-set size N (0: the minibatch size)"})
+    x_shape: tuple[int, ...] = x_shape_option((1, 8, 8))
+    z_dim: int = option(2, positive_int, "latent dimensions Q")
+    inducing: int = option(64, positive_int, "number of inducing points M")
+    kernel: str = option("rbf", one_of(KERNELS, "kernel"), "GP kernel")
+    hidden: tuple[int, ...] = option((128,), sizes, "encoder hidden sizes")
+    likelihood: str = likelihood_option("bernoulli", GP_LIKELIHOODS)
+    num_data: int = option(0, nonnegative_int, "training-set size N (0: the minibatch size)")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.num_data and self.inducing > self.num_data:
+            raise OptionError("inducing", self.inducing, f"more inducing points than the {self.num_data} training "
+                              "examples; use at most the number of examples")
 
 
 class LinearARD(gp.kernels.DotProduct):
@@ -116,17 +123,15 @@ class GPVAE(GenerativeModel):
     Config = GPVAEConfig
     svi_engines = ("torch",)
 
-    def __init__(self, x_shape: Sequence[int] = (1, 8, 8), z_dim: int = 2, inducing: int = 64, kernel: str = "rbf",
-                 hidden: Sequence[int] = (128,), likelihood: str = "bernoulli", num_data: int = 0):
-        config = GPVAEConfig(tuple(x_shape), int(z_dim), int(inducing), kernel, tuple(hidden), likelihood,
-                             int(num_data))
-        _check_config(config)
-        super().__init__(config)
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)
+        config = self.config
         d = math.prod(config.x_shape)
         self.jitter = JITTER  # added to K_uu's diagonal before its Cholesky factor
         self.encoder = MLPEncoder(config.x_shape, config.z_dim, config.hidden)
-        lik = gp.likelihoods.Gaussian() if likelihood == "gaussian" else gp.likelihoods.Binary()
-        self.gp = gp.models.VariationalSparseGP(torch.zeros(1, config.z_dim), None, make_kernel(kernel, config.z_dim),
+        lik = gp.likelihoods.Gaussian() if config.likelihood == "gaussian" else gp.likelihoods.Binary()
+        self.gp = gp.models.VariationalSparseGP(torch.zeros(1, config.z_dim), None,
+                                                make_kernel(config.kernel, config.z_dim),
                                                 torch.randn(config.inducing, config.z_dim), lik, latent_shape=(d,),
                                                 num_data=config.num_data or None, whiten=True, jitter=JITTER)
         # q(v) starts narrower than the prior (S = 0.1 I), so the decoder's mean, not its noise, drives early fits
@@ -214,7 +219,7 @@ class GPVAE(GenerativeModel):
         super().check_data(x, what)
         if not self.config.num_data and x.shape[0] < self.config.inducing:
             raise UserError(f"{what} has {x.shape[0]} examples, fewer than the {self.config.inducing} inducing "
-                            "points; use --inducing at most the number of examples")
+                            "points; use at most that many inducing points (inducing)")
 
     # -- closed forms (tests, benchmarks) --------------------------------------------------------------------------
     def optimal_q(self, z: torch.Tensor, y: torch.Tensor) -> None:
@@ -261,17 +266,3 @@ def bernoulli_expectation(y: torch.Tensor, loc: torch.Tensor, var: torch.Tensor,
 def _sites(trace) -> dict:
     trace.compute_log_prob()
     return {k: v for k, v in trace.nodes.items() if v["type"] == "sample" and "log_prob_sum" in v}
-
-
-def _check_config(config: GPVAEConfig) -> None:
-    if config.z_dim < 1:
-        raise UserError(f"gpvae: the latent size must be at least 1, got z_dim={config.z_dim}")
-    if config.kernel not in KERNELS:
-        raise UserError(f"gpvae: unknown kernel {config.kernel!r}; choose one of {', '.join(KERNELS)}")
-    if config.likelihood not in GP_LIKELIHOODS:
-        raise UserError(f"gpvae: unknown likelihood {config.likelihood!r}; choose one of {', '.join(GP_LIKELIHOODS)}")
-    if config.inducing < 1 or not config.hidden or min(config.hidden) < 1:
-        raise UserError("gpvae: the number of inducing points and every hidden size must be positive integers")
-    if config.num_data and config.inducing > config.num_data:
-        raise UserError(f"gpvae: {config.inducing} inducing points but only {config.num_data} training examples; "
-                        "use --inducing at most the number of examples")

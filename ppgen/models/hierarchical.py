@@ -20,56 +20,76 @@ layer per stage. The generative network of stage l mirrors its guide network.
 free bits and KL warm-up come from the SVI backend (``free_bits=``, ``anneal_epochs=``).
 
 This module also holds what the three layered families (this one, ``DLGM``, ``LadderVAE``)
-share: the layer-list checks and the helpers evaluation and plotting use.
+share: their declared options (:class:`LayeredConfig`, with the layer-list checks) and the helpers
+evaluation and plotting use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ppgen.errors import UserError
-from ppgen.models.base import LIKELIHOODS, GenerativeModel, observation_dist, observation_mean
+from ppgen.declare import OptionError, as_sizes, boolean, option, sizes, validate, with_convert
+from ppgen.models.base import GenerativeModel, likelihood_option, observation_dist, observation_mean, x_shape_option
 from ppgen.nn import GaussianMLP, MLPDecoder
 from ppgen.ppl import dist, pyro
 
 
-def layer_spec(z_dims: Sequence[int] | int, hidden: Any, family: str, min_layers: int = 1
-               ) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
-    """Check and normalize a layer list: (z_1, ..., z_L) and one hidden-size tuple per stage.
-
-    Raises :class:`UserError` when the lists do not chain: a different number of hidden
-    stages than stochastic layers, fewer than ``min_layers`` layers, or a size < 1.
-    """
-    z_dims = (z_dims,) if isinstance(z_dims, int) else tuple(z_dims)
-    if len(z_dims) < min_layers:
-        raise UserError(f"{family} needs at least {min_layers} stochastic layers, got z_dims={z_dims}; "
-                        f"give one size per layer, bottom first, e.g. z_dims=(50, 20)")
-    if any(not isinstance(d, int) or d < 1 for d in z_dims):
-        raise UserError(f"{family}: every latent size must be a positive integer, got z_dims={z_dims}")
-    hidden = tuple(hidden)
-    if all(isinstance(h, int) for h in hidden):
-        stages = tuple((h,) for h in hidden)
-    elif all(isinstance(h, (tuple, list)) for h in hidden):
-        stages = tuple(tuple(h) for h in hidden)
-    else:
-        raise UserError(f"{family}: hidden must be one int per stage or one list of ints per stage, got {hidden}")
-    if len(stages) != len(z_dims):
-        raise UserError(f"{family}: the layer list does not chain: {len(stages)} hidden stage(s) for {len(z_dims)} "
-                        f"stochastic layer(s) z_dims={z_dims}; give one hidden list per layer, bottom first, "
-                        f"e.g. z_dims=(50, 20), hidden=((400,), (200,))")
-    if any(not isinstance(h, int) or h < 1 for stage in stages for h in stage):
-        raise UserError(f"{family}: every hidden size must be a positive integer, got hidden={stages}")
-    return z_dims, stages
+def as_stages(v: Any) -> Any:
+    """A layer list's hidden sizes as one tuple per stage: a flat (400, 200) is one hidden layer per stage."""
+    if isinstance(v, tuple | list) and v and all(isinstance(h, int) and not isinstance(h, bool) for h in v):
+        return tuple((h,) for h in v)
+    if isinstance(v, tuple | list) and all(isinstance(h, tuple | list) for h in v):
+        return tuple(tuple(h) for h in v)
+    return v
 
 
-def check_likelihood(likelihood: str) -> None:
-    if likelihood not in LIKELIHOODS:
-        raise UserError(f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
+def stages(v: Any) -> str | None:
+    """One tuple of hidden sizes per stage (a stage may have none: an affine map)."""
+    ok = isinstance(v, tuple) and v and all(
+        isinstance(stage, tuple) and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in stage)
+        for stage in v)
+    return None if ok else ("must be one positive int per stage or one list of positive ints per stage, bottom first, "
+                            "e.g. (400, 200) or ((400,), (200,))")
+
+
+with_convert(stages, as_stages)
+
+
+def latent_sizes(v: Any) -> str | None:
+    problem = sizes(v)
+    return problem and "every latent size must be a positive whole number, one per layer, bottom first, e.g. (50, 20)"
+
+
+with_convert(latent_sizes, as_sizes)
+
+
+@dataclass(frozen=True)
+class LayeredConfig:
+    """The options the layered families (this one, ``DLGM``, ``LadderVAE``) declare alike; each family's
+    ``Config`` subclasses it. Layers are given bottom-up, and the lists must chain: one hidden stage per layer."""
+
+    #: the fewest stochastic layers the family has
+    min_layers: ClassVar[int] = 2
+    x_shape: tuple[int, ...] = x_shape_option((1, 28, 28))
+    z_dims: tuple[int, ...] = option((50, 20), latent_sizes, "latent sizes per layer, bottom first, e.g. 50,20")
+    hidden: tuple[tuple[int, ...], ...] = option(((400,), (200,)), stages, "hidden sizes per stage, bottom first: "
+                                                 "one per stage (400,200) or a list per stage")
+    likelihood: str = likelihood_option()
+    skip: bool = option(False, boolean, "Skip-VAE decoder: z_1 enters every layer of p(x | z_1)")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if len(self.z_dims) < self.min_layers:
+            raise OptionError("z_dims", self.z_dims, f"needs at least {self.min_layers} stochastic layers; give one "
+                              "size per layer, bottom first, e.g. z_dims=(50, 20)")
+        if len(self.hidden) != len(self.z_dims):
+            raise OptionError("hidden", self.hidden, f"the layer list does not chain: {len(self.hidden)} hidden "
+                              f"stage(s) for {len(self.z_dims)} stochastic layer(s) z_dims={self.z_dims}; give one "
+                              "hidden list per layer, bottom first, e.g. z_dims=(50, 20), hidden=((400,), (200,))")
 
 
 class LayeredModel(GenerativeModel):
@@ -141,12 +161,8 @@ class LayeredModel(GenerativeModel):
 
 
 @dataclass(frozen=True)
-class HierarchicalVAEConfig:
-    x_shape: tuple[int, ...] = (1, 28, 28)
-    z_dims: tuple[int, ...] = (50, 20)
-    hidden: tuple = ((400,), (200,))
-    likelihood: str = "bernoulli"
-    skip: bool = False
+class HierarchicalVAEConfig(LayeredConfig):
+    """The layered options (:class:`LayeredConfig`), at least two layers."""
 
 
 class HierarchicalVAE(LayeredModel):
@@ -155,16 +171,14 @@ class HierarchicalVAE(LayeredModel):
     name = "hvae"
     Config = HierarchicalVAEConfig
 
-    def __init__(self, x_shape: Sequence[int] = (1, 28, 28), z_dims: Sequence[int] = (50, 20),
-                 hidden: Any = ((400,), (200,)), likelihood: str = "bernoulli", skip: bool = False):
-        check_likelihood(likelihood)
-        z_dims, stages = layer_spec(z_dims, hidden, "HierarchicalVAE", min_layers=2)
-        super().__init__(HierarchicalVAEConfig(tuple(x_shape), z_dims, stages, likelihood, bool(skip)))
-        self._set_layers(z_dims)
-        self.decoder = self._make_decoder(x_shape, stages[0], skip)
-        self.prior_nets = self._make_prior_nets(stages)
-        inputs = [tuple(x_shape), *((d,) for d in z_dims[:-1])]
-        self.encoders = nn.ModuleList(GaussianMLP(i, d, h) for i, d, h in zip(inputs, z_dims, stages))
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)
+        c = self.config
+        self._set_layers(c.z_dims)
+        self.decoder = self._make_decoder(c.x_shape, c.hidden[0], c.skip)
+        self.prior_nets = self._make_prior_nets(c.hidden)
+        inputs = [c.x_shape, *((d,) for d in c.z_dims[:-1])]
+        self.encoders = nn.ModuleList(GaussianMLP(i, d, h) for i, d, h in zip(inputs, c.z_dims, c.hidden))
 
     def model(self, x: torch.Tensor) -> None:
         pyro.module("decoder", self.decoder)

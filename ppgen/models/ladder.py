@@ -39,30 +39,27 @@ deterministic layers of f_l (and, mirrored, of the prior network).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ppgen.models.base import SWITCH, switch
-from ppgen.models.hierarchical import LayeredModel, check_likelihood, layer_spec
+from ppgen.declare import on_off, option
+from ppgen.models.hierarchical import LayeredConfig, LayeredModel
 from ppgen.nn import DeterministicMLP, GaussianMLP
 from ppgen.ppl import dist, pyro
 
 
 @dataclass(frozen=True)
-class LadderVAEConfig:
-    x_shape: tuple[int, ...] = (1, 28, 28)
-    z_dims: tuple[int, ...] = (50, 20)
-    hidden: tuple = ((400,), (200,))
-    likelihood: str = "bernoulli"
-    skip: bool = False
-    batch_norm: str = field(default="on", metadata={"help": "batch-normalize the bottom-up deterministic layers",
-                                                    "choices": SWITCH, "absent": "off"})  # runs before it: off
-    batch_norm_top_down: str = field(default="off", metadata={
-        "help": "also batch-normalize the hidden layers of the prior networks and the decoder", "choices": SWITCH})
+class LadderVAEConfig(LayeredConfig):
+    """The layered options (:class:`~ppgen.models.hierarchical.LayeredConfig`, at least two layers) and batch
+    normalization."""
+
+    batch_norm: str = option("on", on_off, "batch-normalize the bottom-up deterministic layers",
+                             absent="off")  # runs written before the option had none
+    batch_norm_top_down: str = option("off", on_off, "also batch-normalize the hidden layers of the prior networks "
+                                      "and the decoder")
 
 
 def precision_weighted(loc_a, scale_a, loc_b, scale_b):
@@ -81,22 +78,18 @@ class LadderVAE(LayeredModel):
     name = "lvae"
     Config = LadderVAEConfig
 
-    def __init__(self, x_shape: Sequence[int] = (1, 28, 28), z_dims: Sequence[int] = (50, 20),
-                 hidden: Any = ((400,), (200,)), likelihood: str = "bernoulli", skip: bool = False,
-                 batch_norm: bool | str = "on", batch_norm_top_down: bool | str = "off"):
-        check_likelihood(likelihood)
-        z_dims, stages = layer_spec(z_dims, hidden, "LadderVAE", min_layers=2)
-        batch_norm, batch_norm_top_down = switch(batch_norm), switch(batch_norm_top_down)
-        super().__init__(LadderVAEConfig(tuple(x_shape), z_dims, stages, likelihood, bool(skip),
-                                         "on" if batch_norm else "off", "on" if batch_norm_top_down else "off"))
-        self._set_layers(z_dims)
-        self.decoder = self._make_decoder(x_shape, stages[0], skip, batch_norm_top_down)
-        self.prior_nets = self._make_prior_nets(stages, batch_norm_top_down)
-        ups, heads, width = [], [], math.prod(x_shape)
-        for i, stage in enumerate(stages):
-            ups.append(DeterministicMLP(tuple(x_shape) if i == 0 else (width,), stage, batch_norm=batch_norm))
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)
+        c = self.config
+        batch_norm, batch_norm_top_down = c.batch_norm == "on", c.batch_norm_top_down == "on"
+        self._set_layers(c.z_dims)
+        self.decoder = self._make_decoder(c.x_shape, c.hidden[0], c.skip, batch_norm_top_down)
+        self.prior_nets = self._make_prior_nets(c.hidden, batch_norm_top_down)
+        ups, heads, width = [], [], math.prod(c.x_shape)
+        for i, stage in enumerate(c.hidden):
+            ups.append(DeterministicMLP(c.x_shape if i == 0 else (width,), stage, batch_norm=batch_norm))
             width = stage[-1] if stage else width
-            heads.append(GaussianMLP(width, z_dims[i]))
+            heads.append(GaussianMLP(width, c.z_dims[i]))
         self.up = nn.ModuleList(ups)
         self.heads = nn.ModuleList(heads)
 

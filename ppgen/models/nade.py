@@ -23,21 +23,38 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from pyro.distributions import TorchDistribution, constraints
 from torch import nn
 
+from ppgen.declare import as_int, option, positive_int, validate, with_convert
 from ppgen.errors import UserError
-from ppgen.models.base import GenerativeModel, check_observations
+from ppgen.models.base import GenerativeModel, check_observations, x_shape_option
 from ppgen.nn import Network
 from ppgen.ppl import pyro
 
 
+def _one_size(v: Any) -> Any:
+    """The CLI's ``--hidden 500`` arrives as (500,): NADE has one hidden layer, so one size."""
+    return v[0] if isinstance(v, tuple | list) and len(v) == 1 else as_int(v)
+
+
+def _hidden_units(v: Any) -> str | None:
+    return positive_int(v) and "must be a positive whole number (the number of hidden units)"
+
+
+with_convert(_hidden_units, _one_size)
+
+
 @dataclass(frozen=True)
 class NADEConfig:
-    x_shape: tuple[int, ...] = (1, 28, 28)
-    hidden: int = 500
+    x_shape: tuple[int, ...] = x_shape_option((1, 28, 28))
+    hidden: int = option(500, _hidden_units, "hidden units H of the shared input weights")
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 class NADENet(Network):
@@ -119,14 +136,9 @@ class NADE(GenerativeModel):
     likelihood = "bernoulli"
     latent_sites: tuple[str, ...] = ()
 
-    def __init__(self, x_shape: Sequence[int] = (1, 28, 28), hidden: int = 500):
-        x_shape = (x_shape,) if isinstance(x_shape, int) else tuple(x_shape)
-        if isinstance(hidden, (tuple, list)) and len(hidden) == 1:  # the CLI's --hidden 500
-            hidden = hidden[0]
-        if not isinstance(hidden, int) or hidden < 1:
-            raise UserError(f"NADE: hidden must be a positive integer (the number of hidden units), got {hidden!r}")
-        super().__init__(NADEConfig(x_shape, hidden))
-        self.net = NADENet(math.prod(x_shape), hidden)
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)
+        self.net = NADENet(math.prod(self.config.x_shape), self.config.hidden)
 
     def model(self, x: torch.Tensor) -> None:
         pyro.module("nade", self.net)
@@ -141,7 +153,7 @@ class NADE(GenerativeModel):
         check_observations(x, self.x_shape, "gaussian", what)  # shape and finiteness
         if not ((x == 0) | (x == 1)).all():
             raise UserError(f"{what} is not binary but NADE models binary vectors; binarize it "
-                            "(--binarize dynamic|static|threshold)")
+                            "(binarize: dynamic, static or threshold)")
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact log p(x) per example."""

@@ -18,21 +18,29 @@ so at the optimum the ELBO equals log p(x): the tests check every estimator
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ppgen.errors import UserError
-from ppgen.models.base import GenerativeModel
+from ppgen.declare import OptionError, option, positive_int, validate
+from ppgen.models.base import GenerativeModel, x_shape_option
 from ppgen.nn import Network
 from ppgen.ppl import dist, pyro
 
 
 @dataclass(frozen=True)
 class PPCAConfig:
-    x_shape: tuple[int, ...] = (2,)
-    z_dim: int = 1
+    x_shape: tuple[int, ...] = x_shape_option((2,))
+    z_dim: int = option(1, positive_int, "latent dimensions (at most the data's)")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if len(self.x_shape) != 1:
+            raise OptionError("x_shape", self.x_shape, "PPCA models vectors: flatten the data first")
+        if self.z_dim > self.x_shape[0]:
+            raise OptionError("z_dim", self.z_dim, f"PPCA needs 1 <= z_dim <= x_dim = {self.x_shape[0]}")
 
 
 class LinearGaussianDecoder(Network):
@@ -69,15 +77,11 @@ class PPCA(GenerativeModel):
     Config = PPCAConfig
     likelihood = "gaussian"
 
-    def __init__(self, x_shape=(2,), z_dim: int = 1):
-        x_shape = (x_shape,) if isinstance(x_shape, int) else tuple(x_shape)
-        if len(x_shape) != 1:
-            raise UserError(f"PPCA models vectors; got x_shape={x_shape}: flatten the data first")
-        if not 1 <= z_dim <= x_shape[0]:
-            raise UserError(f"PPCA needs 1 <= z_dim <= x_dim = {x_shape[0]}, got {z_dim}")
-        super().__init__(PPCAConfig(x_shape, int(z_dim)))
-        self.decoder = LinearGaussianDecoder(z_dim, x_shape[0])
-        self.encoder = LinearGaussianEncoder(x_shape[0], z_dim)
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)
+        (d,), k = self.config.x_shape, self.config.z_dim
+        self.decoder = LinearGaussianDecoder(k, d)
+        self.encoder = LinearGaussianEncoder(d, k)
 
     def model(self, x: torch.Tensor) -> None:
         pyro.module("decoder", self.decoder)

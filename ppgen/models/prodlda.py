@@ -28,16 +28,17 @@ compiled JAX epoch cannot have. ``batch_norm="off"`` gives a pair that lowers an
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import pyro.distributions as pyro_dist
 import torch
 from torch.distributions.utils import lazy_property
 
 from ppgen.data.text import SparseCounts
+from ppgen.declare import fraction, on_off, one_of, option, positive_float, sizes, validate, whole_at_least
 from ppgen.errors import UserError
-from ppgen.models.base import SWITCH, GenerativeModel, switch
+from ppgen.models.base import GenerativeModel, x_shape_option
 from ppgen.nn.topics import DECODERS, BowEncoder, TopicDecoder
 from ppgen.ppl import dist, get_backend
 from ppgen.ppl import pyro as ppl_pyro
@@ -131,13 +132,16 @@ DECODER_HELP = "decoder: product of experts (ProdLDA) or LDA's mixture of multin
 
 @dataclass(frozen=True)
 class ProdLDAConfig:
-    x_shape: tuple[int, ...] = (2000,)
-    topics: int = field(default=20, metadata={"help": TOPICS_HELP})
-    hidden: tuple[int, ...] = (100, 100)
-    alpha: float = field(default=1.0, metadata={"help": ALPHA_HELP})
-    dropout: float = field(default=0.2, metadata={"help": DROPOUT_HELP})
-    batch_norm: str = field(default="on", metadata={"help": BATCH_NORM_HELP, "choices": SWITCH})
-    decoder: str = field(default="poe", metadata={"help": DECODER_HELP, "choices": DECODERS})
+    x_shape: tuple[int, ...] = x_shape_option((2000,))
+    topics: int = option(20, whole_at_least(2, "topics"), TOPICS_HELP)
+    hidden: tuple[int, ...] = option((100, 100), sizes, "encoder hidden layer sizes")
+    alpha: float = option(1.0, positive_float, ALPHA_HELP)
+    dropout: float = option(0.2, fraction, DROPOUT_HELP)
+    batch_norm: str = option("on", on_off, BATCH_NORM_HELP)
+    decoder: str = option("poe", one_of(DECODERS, "decoder"), DECODER_HELP)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 class ProdLDA(GenerativeModel):
@@ -147,28 +151,18 @@ class ProdLDA(GenerativeModel):
     Config = ProdLDAConfig
     likelihood = "multinomial"
 
-    def __init__(self, x_shape: Sequence[int] = (2000,), topics: int = 20, hidden: Sequence[int] = (100, 100),
-                 alpha: float = 1.0, dropout: float = 0.2, batch_norm: bool | str = "on", decoder: str = "poe"):
-        if int(topics) < 2:
-            raise UserError(f"a topic model needs at least 2 topics, got {topics}")
-        if not alpha > 0:
-            raise UserError(f"the Dirichlet prior needs alpha > 0, got {alpha}")
-        if decoder not in DECODERS:
-            raise UserError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
-        batch_norm = switch(batch_norm)
-        super().__init__(self._config(tuple(x_shape), int(topics), tuple(hidden), float(alpha), float(dropout),
-                                      "on" if batch_norm else "off", decoder))
-        vocab = math.prod(x_shape)
-        self.encoder = BowEncoder(vocab, int(topics), hidden, dropout, batch_norm, kind=self._encoder_kind)
-        self.decoder = TopicDecoder(int(topics), vocab, decoder, dropout, batch_norm,
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)
+        c = self.config
+        batch_norm = c.batch_norm == "on"
+        vocab = math.prod(c.x_shape)
+        self.encoder = BowEncoder(vocab, c.topics, c.hidden, c.dropout, batch_norm, kind=self._encoder_kind)
+        self.decoder = TopicDecoder(c.topics, vocab, c.decoder, c.dropout, batch_norm,
                                     softmax_input=self._encoder_kind == "normal")
         if batch_norm:
             self.svi_engines = ("torch",)
 
     _encoder_kind = "normal"
-
-    def _config(self, *values):
-        return ProdLDAConfig(*values)
 
     @property
     def topics(self) -> int:

@@ -51,16 +51,33 @@ the encoder does (σ² = −W₀(−e^{−1−2δ}), W₀ Lambert's function; :f
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
+from ppgen.declare import (
+    OptionError,
+    boolean,
+    nonnegative_float,
+    nonnegative_int,
+    one_of,
+    option,
+    positive_int,
+    sizes,
+    validate,
+)
 from ppgen.errors import UserError
-from ppgen.models.base import LIKELIHOODS, GenerativeModel, observation_dist, observation_mean
+from ppgen.models.base import (
+    GenerativeModel,
+    likelihood_option,
+    observation_dist,
+    observation_mean,
+    x_shape_option,
+)
 from ppgen.nn import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, PixelCNNDecoder
 from ppgen.ppl import dist, pyro
 
@@ -90,21 +107,28 @@ def committed_rate(scale: float) -> float:
 
 @dataclass(frozen=True)
 class VAEConfig:
-    x_shape: tuple[int, ...] = (1, 28, 28)
-    z_dim: int = 50
-    likelihood: str = "bernoulli"
-    hidden: tuple[int, ...] = (400,)
-    net: str = field(default="mlp", metadata={"help": "decoder network: mlp, conv, or pixelcnn (autoregressive, "
-                                                      "with an MLP encoder)", "choices": NETS})
-    skip: bool = False
-    flows: int = field(default=0, metadata={"help": "inverse autoregressive flows on q(z|x) (Kingma et al. 2016), "
-                                                    "conditioned on the encoder's hidden state; torch engine only"})
-    ar_channels: int = field(default=16, metadata={"help": "channels of the PixelCNN decoder (--net pixelcnn)"})
-    ar_layers: int = field(default=3, metadata={"help": "residual masked 3x3 layers of the PixelCNN decoder "
-                                                        "(--net pixelcnn)"})
-    committed_rate: float = field(default=0.0, metadata={
-        "help": "delta-VAE (Razavi et al. 2019): fix the guide's scale so every latent dimension's KL is at least "
-                "this many nats (0: learned scale)"})
+    x_shape: tuple[int, ...] = x_shape_option((1, 28, 28))
+    z_dim: int = option(50, positive_int, "latent dimensions")
+    likelihood: str = likelihood_option()
+    hidden: tuple[int, ...] = option((400,), sizes, "hidden layer sizes of the encoder (the decoder mirrors them)")
+    net: str = option("mlp", one_of(NETS, "network"), "decoder network: mlp, conv, or pixelcnn (autoregressive, with "
+                      "an MLP encoder)")
+    skip: bool = option(False, boolean, "Skip-VAE decoder: z enters every layer")
+    flows: int = option(0, nonnegative_int, "inverse autoregressive flows on q(z|x) (Kingma et al. 2016), conditioned "
+                        "on the encoder's hidden state; torch engine only")
+    ar_channels: int = option(16, positive_int, "channels of the PixelCNN decoder (net pixelcnn)")
+    ar_layers: int = option(3, nonnegative_int, "residual masked 3x3 layers of the PixelCNN decoder (net pixelcnn)")
+    committed_rate: float = option(0.0, nonnegative_float, "delta-VAE (Razavi et al. 2019): fix the guide's scale so "
+                                   "every latent dimension's KL is at least this many nats (0: learned scale)")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.flows and self.committed_rate:
+            raise OptionError("committed_rate", self.committed_rate, "flows reshape q(z|x) and committed_rate fixes "
+                              "its scale: use one of them (flows=0 or committed_rate=0)")
+        if self.net != "mlp" and len(self.x_shape) != 3:
+            raise OptionError("net", self.net, f"needs images shaped (C, H, W), got x_shape={self.x_shape}; "
+                              "use net='mlp'")
 
 
 def _iaf_step(z_dim: int, context_dim: int, reverse: bool) -> ConditionalAffineAutoregressive:
@@ -121,48 +145,27 @@ class VAE(GenerativeModel):
     name = "vae"
     Config = VAEConfig
 
-    def __init__(self, x_shape: Sequence[int] = (1, 28, 28), z_dim: int = 50, likelihood: str = "bernoulli",
-                 hidden: Sequence[int] = (400,), net: str = "mlp", skip: bool = False, flows: int = 0,
-                 ar_channels: int = 16, ar_layers: int = 3, committed_rate: float = 0.0):
-        config = VAEConfig(tuple(x_shape), int(z_dim), likelihood, tuple(hidden), net, bool(skip), int(flows),
-                           int(ar_channels), int(ar_layers), float(committed_rate))
-        if likelihood not in LIKELIHOODS:
-            raise UserError(f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
-        if z_dim < 1 or not hidden or min(hidden) < 1:
-            raise UserError("z_dim and every hidden size must be positive integers")
-        if not isinstance(flows, int) or isinstance(flows, bool) or flows < 0:
-            raise UserError(f"flows must be a whole number, 0 or more, got {flows!r}")
-        if ar_channels < 1 or ar_layers < 0:
-            raise UserError("ar_channels must be at least 1 and ar_layers at least 0")
-        if committed_rate < 0 or not math.isfinite(committed_rate):
-            raise UserError(f"committed_rate must be 0 (learned guide scale) or a positive number of nats, "
-                            f"got {committed_rate!r}")
-        if flows and committed_rate:
-            raise UserError("flows reshape q(z|x) and committed_rate fixes its scale: use one of them")
-        super().__init__(config)
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)
+        c = self.config
         #: the fixed guide scale of the delta-VAE, or None (learned)
-        self.fixed_scale = committed_scale(committed_rate) if committed_rate > 0 else None
-        self.autoregressive = net == "pixelcnn"
-        n_params = 2 if likelihood == "gaussian" else 1
-        if net == "pixelcnn":
-            if len(x_shape) != 3:
-                raise UserError(f"net='pixelcnn' needs images shaped (C, H, W), got {tuple(x_shape)}; use net='mlp'")
-            self.encoder = MLPEncoder(x_shape, z_dim, hidden)
-            self.decoder = PixelCNNDecoder(z_dim, x_shape, ar_channels, ar_layers, skip=skip, n_params=n_params)
-        elif net == "mlp":
-            self.encoder = MLPEncoder(x_shape, z_dim, hidden)
-            self.decoder = MLPDecoder(z_dim, x_shape, hidden[::-1], skip=skip, n_params=n_params)
-        elif net == "conv":
-            if len(x_shape) != 3:
-                raise UserError(f"net='conv' needs images shaped (C, H, W), got {tuple(x_shape)}; use net='mlp'")
+        self.fixed_scale = committed_scale(c.committed_rate) if c.committed_rate > 0 else None
+        self.autoregressive = c.net == "pixelcnn"
+        n_params = 2 if c.likelihood == "gaussian" else 1
+        if c.net == "pixelcnn":
+            self.encoder = MLPEncoder(c.x_shape, c.z_dim, c.hidden)
+            self.decoder = PixelCNNDecoder(c.z_dim, c.x_shape, c.ar_channels, c.ar_layers, skip=c.skip,
+                                           n_params=n_params)
+        elif c.net == "mlp":
+            self.encoder = MLPEncoder(c.x_shape, c.z_dim, c.hidden)
+            self.decoder = MLPDecoder(c.z_dim, c.x_shape, c.hidden[::-1], skip=c.skip, n_params=n_params)
+        else:
             try:
-                self.encoder = ConvEncoder(x_shape, z_dim, hidden)
-                self.decoder = ConvDecoder(z_dim, x_shape, hidden, skip=skip, n_params=n_params)
+                self.encoder = ConvEncoder(c.x_shape, c.z_dim, c.hidden)
+                self.decoder = ConvDecoder(c.z_dim, c.x_shape, c.hidden, skip=c.skip, n_params=n_params)
             except ValueError as err:
                 raise UserError(str(err)) from None
-        else:
-            raise UserError(f"unknown network {net!r}; choose one of {', '.join(NETS)}")
-        self.flows = nn.ModuleList(_iaf_step(z_dim, hidden[-1], reverse=k % 2 == 1) for k in range(flows))
+        self.flows = nn.ModuleList(_iaf_step(c.z_dim, c.hidden[-1], reverse=k % 2 == 1) for k in range(c.flows))
 
     @property
     def svi_engines(self) -> tuple[str, ...]:

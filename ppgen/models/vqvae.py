@@ -15,7 +15,8 @@ The pair. The latent site ``"z"`` is the grid of code indices k ∈ {1..K}^{h×w
 * **model** p(k) p(x | e_k): stage one, a uniform prior, log p(k) = −hw log K (the "KL" of the
   paper is that constant); stage two, an autoregressive prior over the grid in raster order,
   p(k) = Π_ij p(k_ij | k_<ij), a small PixelCNN with masked convolutions (van den Oord et al., 2016)
-  fitted by maximum likelihood on the codes of the training set (:func:`fit_prior`).
+  fitted by maximum likelihood on the codes of the training set (the stage ``prior``: ``ppgen prior RUN``,
+  or :func:`ppgen.inference.stages.fit_stage` with ``name='prior'``).
 
 The bound. For any q over the discrete grids, log p(x) ≥ E_q[log p(x, k) − log q(k | x)]. With
 q a point mass (probability one at k(x), entropy zero) it is
@@ -57,9 +58,8 @@ still kept, for usage and restarts).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -67,8 +67,25 @@ from pyro.distributions import TorchDistribution, constraints
 from torch import nn
 from torch.nn import functional as F
 
-from ppgen.errors import UserError
-from ppgen.models.base import LIKELIHOODS, GenerativeModel, observation_dist, observation_mean
+from ppgen.declare import (
+    OptionError,
+    fraction,
+    nonnegative_float,
+    nonnegative_int,
+    one_of,
+    option,
+    positive_int,
+    validate,
+    whole_at_least,
+)
+from ppgen.models.base import (
+    GenerativeModel,
+    Stage,
+    likelihood_option,
+    observation_dist,
+    observation_mean,
+    x_shape_option,
+)
 from ppgen.nn import parallel
 from ppgen.ppl import dist, pyro
 
@@ -77,21 +94,31 @@ CODEBOOKS = ("ema", "loss")
 
 @dataclass(frozen=True)
 class VQVAEConfig:
-    x_shape: tuple[int, ...] = (1, 28, 28)
-    codes: int = field(default=64, metadata={"help": "K, the number of codebook vectors"})
-    code_dim: int = field(default=16, metadata={"help": "D, the size of each codebook vector"})
-    downsample: int = field(default=2, metadata={"help": "stride-2 convolutions of the encoder: the code grid is "
-                                                         "H/2^d x W/2^d"})
-    channels: int = field(default=64, metadata={"help": "channels of the encoder's and decoder's convolutions"})
-    likelihood: str = "bernoulli"
-    commitment: float = field(default=0.25, metadata={"help": "beta, the weight of the commitment loss"})
-    codebook: str = field(default="ema", metadata={"help": "how the codebook learns: exponential moving averages "
-                                                           "or its loss", "choices": CODEBOOKS})
-    decay: float = field(default=0.99, metadata={"help": "decay of the codebook's moving averages"})
-    restart_below: float = field(default=1.0, metadata={
-        "help": "restart a code whose average count per batch falls below this (0: never)"})
-    prior_channels: int = field(default=64, metadata={"help": "channels of the PixelCNN prior over the codes"})
-    prior_layers: int = field(default=4, metadata={"help": "masked 3x3 layers of the PixelCNN prior"})
+    x_shape: tuple[int, ...] = x_shape_option((1, 28, 28))
+    codes: int = option(64, whole_at_least(2, "codes"), "K, the number of codebook vectors")
+    code_dim: int = option(16, positive_int, "D, the size of each codebook vector")
+    downsample: int = option(2, nonnegative_int, "stride-2 convolutions of the encoder: the code grid is "
+                             "H/2^d x W/2^d")
+    channels: int = option(64, positive_int, "channels of the encoder's and decoder's convolutions")
+    likelihood: str = likelihood_option()
+    commitment: float = option(0.25, nonnegative_float, "beta, the weight of the commitment loss")
+    codebook: str = option("ema", one_of(CODEBOOKS, "codebook update"), "how the codebook learns: exponential "
+                           "moving averages or its loss")
+    decay: float = option(0.99, fraction, "decay of the codebook's moving averages")
+    restart_below: float = option(1.0, nonnegative_float, "restart a code whose average count per batch falls below "
+                                  "this (0: never)")
+    prior_channels: int = option(64, positive_int, "channels of the PixelCNN prior over the codes")
+    prior_layers: int = option(4, nonnegative_int, "masked 3x3 layers of the PixelCNN prior")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if len(self.x_shape) != 3:
+            raise OptionError("x_shape", self.x_shape, "vqvae needs images shaped (C, H, W)")
+        _, h, w = self.x_shape
+        if h % 2 ** self.downsample or w % 2 ** self.downsample:
+            fits = [d for d in range(0, 8) if h % 2 ** d == 0 and w % 2 ** d == 0]
+            raise OptionError("downsample", self.downsample, f"a code grid of {h}/2^{self.downsample} x "
+                              f"{w}/2^{self.downsample} does not fit a {h}x{w} image; choose one of {fits}")
 
 
 # -- networks ----------------------------------------------------------------------------------------
@@ -305,20 +332,13 @@ class VQVAE(GenerativeModel):
     svi_engines = ("torch",)  # the EMA codebook update is a side effect of the training step
     point_mass_guide = True  # q(k | x) = δ_{k(x)}: IWAE_K = ELBO for every K, one draw is exact
 
-    def __init__(self, x_shape: Sequence[int] = (1, 28, 28), codes: int = 64, code_dim: int = 16,
-                 downsample: int = 2, channels: int = 64, likelihood: str = "bernoulli", commitment: float = 0.25,
-                 codebook: str = "ema", decay: float = 0.99, restart_below: float = 1.0, prior_channels: int = 64,
-                 prior_layers: int = 4):
-        x_shape = tuple(x_shape)
-        config = VQVAEConfig(x_shape, int(codes), int(code_dim), int(downsample), int(channels), likelihood,
-                             float(commitment), codebook, float(decay), float(restart_below), int(prior_channels),
-                             int(prior_layers))
-        _check_config(config)
-        super().__init__(config)
-        c = config
-        self.grid = grid_of(x_shape, c.downsample)
-        self.encoder = VQEncoder(x_shape, c.channels, c.code_dim, c.downsample)
-        self.decoder = VQDecoder(x_shape, c.channels, c.code_dim, c.downsample, 2 if likelihood == "gaussian" else 1)
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)
+        c = self.config
+        self.grid = grid_of(c.x_shape, c.downsample)
+        self.encoder = VQEncoder(c.x_shape, c.channels, c.code_dim, c.downsample)
+        self.decoder = VQDecoder(c.x_shape, c.channels, c.code_dim, c.downsample,
+                                 2 if c.likelihood == "gaussian" else 1)
         self.quantizer = Codebook(c.codes, c.code_dim, c.codebook == "ema", c.decay, c.restart_below)
         self.prior_net = PixelCNNPrior(c.codes, c.prior_channels, c.prior_layers)
         self.register_buffer("prior_fitted", torch.zeros((), dtype=torch.bool))
@@ -341,7 +361,7 @@ class VQVAE(GenerativeModel):
             return self.quantize(x)[1]
 
     def code_prior(self) -> CodeGridPrior:
-        """p(k): the PixelCNN once :func:`fit_prior` has run, else uniform."""
+        """p(k): the PixelCNN once the stage ``prior`` has run, else uniform."""
         return CodeGridPrior(self.prior_net if bool(self.prior_fitted) else None, self.config.codes, self.grid)
 
     def observation(self, z_q: torch.Tensor):
@@ -411,98 +431,44 @@ class VQVAE(GenerativeModel):
 
 
 def grid_of(x_shape: Sequence[int], downsample: int) -> tuple[int, int]:
-    """The code grid (h, w) = (H / 2^d, W / 2^d), or a one-line UserError when it does not fit the image."""
-    if len(x_shape) != 3:
-        raise UserError(f"vqvae needs images shaped (C, H, W), got examples shaped {tuple(x_shape)}")
+    """The code grid (h, w) = (H / 2^d, W / 2^d) of images shaped ``x_shape`` (:class:`VQVAEConfig` checks that
+    it fits)."""
     _, h, w = x_shape
-    f = 2 ** downsample
-    if downsample < 0 or h % f or w % f:
-        fits = [d for d in range(0, 8) if h % 2 ** d == 0 and w % 2 ** d == 0]
-        raise UserError(f"vqvae: a code grid of {h}/2^{downsample} x {w}/2^{downsample} does not fit a {h}x{w} "
-                        f"image; choose --downsample from {fits}")
-    return h // f, w // f
+    return h // 2 ** downsample, w // 2 ** downsample
 
 
-def _check_config(c: VQVAEConfig) -> None:
-    if c.codes < 2:
-        raise UserError(f"vqvae needs at least 2 codes (--codes K with K >= 2), got {c.codes}")
-    if c.likelihood not in LIKELIHOODS:
-        raise UserError(f"unknown likelihood {c.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
-    if c.codebook not in CODEBOOKS:
-        raise UserError(f"unknown codebook update {c.codebook!r}; choose one of {', '.join(CODEBOOKS)}")
-    if not 0 <= c.decay < 1:
-        raise UserError(f"--decay must lie in [0, 1), got {c.decay}")
-    if c.commitment < 0 or c.restart_below < 0:
-        raise UserError("--commitment and --restart-below must be at least 0")
-    if min(c.code_dim, c.channels, c.prior_channels) < 1 or c.prior_layers < 0:
-        raise UserError("--code-dim, --channels and --prior-channels must be at least 1, --prior-layers at least 0")
-    grid_of(c.x_shape, c.downsample)
-
-
-# -- stage two ----------------------------------------------------------------------------------------------------
-def prior_state(pair: VQVAE) -> dict[str, torch.Tensor]:
-    """The entries of ``pair.state_dict()`` that hold its prior over the codes: the PixelCNN and ``prior_fitted``."""
-    return {k: v.detach().clone() for k, v in pair.state_dict().items()
-            if k.startswith("prior_net.") or k == "prior_fitted"}
-
-
-def fit_prior(pair: VQVAE, data: Any, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-              fresh_codes: bool = True, log=None) -> list[dict[str, float]]:
-    """Fit the PixelCNN prior by maximum likelihood on the codes k(x) of the training set, then make the pair use it.
-
-    ``data`` is a :class:`ppgen.data.Dataset` (with ``fresh_codes``, epoch e uses the codes of
-    ``data.train_epoch(e)``, a fresh binarization under dynamic binarization; else those of epoch 0 throughout, as
-    the reference implementations extract them once; validation NLL on ``data.val``) or a tensor of training
-    images. The encoder, codebook and decoder stay fixed. Returns one row per epoch: ``prior_nll`` (training,
-    nats per grid), ``val_prior_nll`` (where there is validation data), ``seconds`` (the training steps),
-    ``grids_per_s`` (grids trained per second of those) and ``extract_seconds`` (encoding that epoch's codes).
-    Raises a one-line UserError before stage one has trained (no codebook step has run).
-    """
+# -- stage two: ``ppgen prior RUN`` (declared in ``VQVAE.stages``, trained by the one training loop) -------------------
+def _prior_ready(pair: VQVAE) -> str | None:
     if int(pair.quantizer.steps) == 0:
-        raise UserError("the VQ-VAE has not been trained yet (stage one): train it first "
-                        "(ppgen train vqvae ...), then fit its prior")
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise UserError("fit_prior needs epochs >= 1, batch_size >= 1 and lr > 0")
-    device = pair.quantizer.embed.device
-    train = data.train_epoch if hasattr(data, "train_epoch") else (lambda e: data)
-    val = getattr(data, "val", torch.empty(0))
-    was_training = pair.training
-    pair.eval()
-    val_codes = pair.codes(val.to(device)) if len(val) else None
-    net = pair.prior_net
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    history = []
-    codes = None
-    for epoch in range(epochs):
-        start = time.perf_counter()
-        if codes is None or fresh_codes:
-            codes = pair.codes(train(epoch).to(device))
-        extract = time.perf_counter() - start
-        start = time.perf_counter()
-        order = torch.randperm(len(codes), generator=g).to(device)
-        batch = min(batch_size, len(codes))
-        steps = max(1, len(codes) // batch)
-        total = 0.0
-        net.train()
-        for step in range(steps):
-            kb = codes[order[step * batch:(step + 1) * batch]]
-            optimizer.zero_grad(set_to_none=True)
-            loss = -net.log_prob(kb).mean()
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-        seconds = time.perf_counter() - start
-        row = {"epoch": epoch + 1, "prior_nll": total / steps, "seconds": seconds, "grids_per_s": steps * batch / seconds,
-               "extract_seconds": extract}
-        net.eval()
-        if val_codes is not None:
-            with torch.no_grad():
-                row["val_prior_nll"] = float(-net.log_prob(val_codes).mean())
-        history.append(row)
-        if log is not None:
-            log(f"prior epoch {epoch + 1:3d}  train NLL {row['prior_nll']:8.3f}"
-                + (f"  val NLL {row['val_prior_nll']:8.3f}" if "val_prior_nll" in row else "") + " nats per grid")
+        return ("the VQ-VAE has not been trained yet (stage one): train it first (ppgen train vqvae ...), then fit "
+                "its prior")
+    return None
+
+
+def _prior_nll(pair: VQVAE, k: torch.Tensor) -> torch.Tensor:
+    """−log p(k) per grid under the PixelCNN, in nats."""
+    return -pair.prior_net.log_prob(k)
+
+
+def _use_prior(pair: VQVAE) -> None:
     pair.prior_fitted.fill_(True)
-    pair.train(was_training)
-    return history
+
+
+PRIOR = Stage(
+    name="prior",
+    help="vqvae stage two: fit an autoregressive prior (PixelCNN) over a run's codes",
+    description="Fit the PixelCNN prior of a trained VQ-VAE run by maximum likelihood on the codes of its training "
+                "data; the run then samples codes from it and its bound is log p(x|z_q) + log p_prior(z_q). Rewrites "
+                "model.pt, samples.png and the checkpoint (a later `ppgen train --resume RUN` keeps training with the "
+                "prior), adds prior_history.csv and metrics.json's \"prior\".",
+    module=lambda pair: pair.prior_net,
+    examples=lambda pair, x: pair.codes(x),
+    loss=_prior_nll,
+    metric="prior_nll",
+    weights=("prior_net.", "prior_fitted"),
+    finish=_use_prior,
+    ready=_prior_ready,
+    options={"epochs": 20, "batch_size": 64, "lr": 1e-3},
+    samples="codes from the learned prior",
+)
+VQVAE.stages = (PRIOR,)

@@ -1,0 +1,40 @@
+"""``ppgen <stage> RUN``: one subcommand per training stage a registered family declares (``GenerativeModel.stages``),
+built from the declaration: its name, help and description, and flags from
+:class:`ppgen.inference.stages.StageOptions` with the stage's own defaults."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ppgen.commands.args import add_option_flags
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    from ppgen.inference.stages import StageOptions
+    from ppgen.workflows import declared_stages
+
+    for name, declared in declared_stages().items():
+        families = [family for family, _ in declared]
+        stage = declared[0][1]
+        p = sub.add_parser(name, help=stage.help, description=stage.description)
+        p.add_argument("run", type=Path, help=f"a run directory written by `ppgen train` ({' or '.join(families)})")
+        add_option_flags(p, StageOptions, defaults=stage.options)
+        p.add_argument("--resume", action="store_true", help=f"continue from RUN/{name}_checkpoint.pt (--epochs: "
+                       "the new total)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.set_defaults(func=run, stage=name)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ppgen import workflows
+    from ppgen.inference.options import cli_flags
+    from ppgen.inference.stages import StageOptions
+
+    options = {f.name: getattr(args, f.name) for _, f in cli_flags(StageOptions) if getattr(args, f.name) is not None}
+    result = workflows.stage_run(args.run, args.stage, options, resume=args.resume,
+                                 progress=False if args.no_progress else None)
+    metric = workflows.declared_stages()[args.stage][0][1].metric
+    shown = [f"{k} {result[k]:.2f}" for k in (metric, f"val_{metric}", "val_elbo", "test_elbo") if k in result]
+    print(f"wrote {args.run}: " + ", ".join(shown))
+    return 1 if result.get("stopped") else 0

@@ -1,0 +1,187 @@
+"""``ppgen train MODEL``: train a pair by SVI or adversarially into a run directory (or continue one)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from ppgen.commands.args import add_flag, add_option_flags, choices_of, modes_line, non_negative, positive
+from ppgen.errors import UserError
+from ppgen.inference.options import AdversarialOptions, SVIOptions, cli_flags
+
+#: the run's options that are not a family's (a family's config field of the same name is not offered twice)
+TRAIN_KEYS = tuple(dict.fromkeys([f.name for _, f in cli_flags(SVIOptions) + cli_flags(AdversarialOptions)]
+                                 + ["select", "backend"]))
+#: options a resumed run takes from its config (only --epochs, the new total, may be given)
+RESUME_ALLOWED = ("command", "func", "model", "model_keys", "resume", "epochs", "no_progress", "nproc", "argv")
+#: how many declaring families a model flag's help names (a field most families declare names none)
+NAMED_FAMILIES = 4
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    from ppgen.workflows import CLI_DEFAULTS
+
+    p = sub.add_parser("train", help="train a model (SVI, or adversarially) and write a run directory",
+                       description="Train a model/guide pair by SVI (Pyro), or adversarially against a critic "
+                                   "(--backend adversarial, the default of an implicit generator), and write a run "
+                                   "directory: config.json, checkpoint.pt, model.pt, metrics.json, history.csv and "
+                                   "pictures.")
+    p.add_argument("model", help="model family (see `ppgen models`)")
+    p.add_argument("--data", help="bundled name (see `ppgen data`) or a path: IDX folder/file, .npz, .npy "
+                   "(default mnist)")
+    p.add_argument("--out", type=Path, help="run directory to create (default runs/<model>)")
+    p.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in RUN (its config is reused; "
+                   "--epochs sets the new total)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    m = p.add_argument_group("model (the flags come from the families' Config fields; see `ppgen models`)")
+    p.set_defaults(model_keys=add_model_flags(m))
+    d = p.add_argument_group("data")
+    d.add_argument("--binarize", choices=["dynamic", "static", "threshold", "none"],
+                   help="binarization for Bernoulli likelihoods (default: dynamic for mnist/digits, none otherwise)")
+    d.add_argument("--split-seed", type=non_negative, help="seed of the stratified train/val/test split (default 0)")
+    t = p.add_argument_group("training (SVI; the flags come from ppgen.inference.options.SVIOptions)")
+    add_option_flags(t, SVIOptions, defaults=CLI_DEFAULTS)
+    t.add_argument("--select", choices=["best", "last"], help="keep the best-validation epoch (default) or the last")
+    a = p.add_argument_group("adversarial (--backend adversarial; --lr sets both players' rates, default 2e-4)")
+    a.add_argument("--backend", choices=["svi", "adversarial"],
+                   help="training backend (default: the family's own, svi for most)")
+    add_option_flags(a, AdversarialOptions, skip={f.name for _, f in cli_flags(SVIOptions)}, defaults=CLI_DEFAULTS)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=positive, help="data-parallel: train in this many processes on this machine "
+                   "(torch.distributed, as `torchrun --nproc-per-node N -m ppgen train ...`; --batch-size is the "
+                   "whole batch, split between them)")
+    p.set_defaults(func=run)
+
+
+def model_fields() -> dict[str, list[tuple[str, dataclasses.Field]]]:
+    """Every field a registered family's ``Config`` declares (but the data's shape) -> (family, field) pairs."""
+    from ppgen.models import REGISTRY
+
+    fields: dict[str, list[tuple[str, dataclasses.Field]]] = {}
+    for family, cls in sorted(REGISTRY.items()):
+        for f in dataclasses.fields(cls.Config):
+            if f.name != "x_shape" and f.name not in TRAIN_KEYS:
+                fields.setdefault(f.name, []).append((family, f))
+    return fields
+
+
+def add_model_flags(group) -> tuple[str, ...]:
+    """A flag for every option the registered families' ``Config`` fields declare, so a family's options need no edit
+    here: the type from the annotation (int, float, str, bool, tuple of ints), the help from ``metadata["help"]``,
+    the flag name from ``metadata["flag"]`` (else the field's name), and the choices, where every family declaring
+    the field declares them (``metadata["choices"]`` or its check's ``choices``), their union."""
+    fields = model_fields()
+    for key, declared in fields.items():
+        families = [family for family, _ in declared]
+        first = declared[0][1]
+        described = next((f for _, f in declared if f.metadata.get("help")), first)
+        help_text = described.metadata.get("help", key.replace("_", " "))
+        if len(families) <= NAMED_FAMILIES:
+            help_text = f"{'/'.join(families)}: {help_text}"
+        defaults = {_shown(f.default) for _, f in declared if f.default is not dataclasses.MISSING}
+        help_text += f" (default {defaults.pop()})" if len(defaults) == 1 else " (default: the family's own)"
+        each = [choices_of(f) for _, f in declared]
+        choices = tuple(dict.fromkeys(c for cs in each for c in cs)) if all(each) else None
+        flag = "--" + (first.metadata.get("flag") or key.replace("_", "-"))
+        add_flag(group, flag, first, help_text.replace("%", "%%"), choices)
+    return tuple(fields)
+
+
+def _shown(value) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, tuple | list) else str(value)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ppgen import workflows
+    from ppgen.inference import distributed
+
+    if args.nproc and args.nproc > 1 and distributed.launched() == 1:
+        return distributed.launch(args.nproc, without_nproc(args.argv))
+    progress = False if args.no_progress else None
+    if args.resume is not None:
+        config = _resume_config(args)
+        out = args.resume
+    else:
+        config = _new_config(args)
+        out = args.out or Path("runs") / args.model.lower()
+    try:
+        metrics = workflows.train_run(config, out, resume=args.resume is not None, overwrite=args.overwrite,
+                                      progress=progress)
+    except distributed.PeerLost as err:
+        raise distributed.PeerLost(f"{err}; continue with `ppgen train {args.model} --resume {out}`") from None
+    except KeyboardInterrupt:
+        if distributed.is_writer():
+            print(interrupted_message(args.model, out), file=sys.stderr)
+        return 130
+    finally:
+        distributed.leave()
+    if not distributed.is_writer():
+        return 1 if metrics.get("stopped") else 0
+    print(f"wrote {out}: " + ", ".join(result_line(metrics)))
+    return 1 if metrics.get("stopped") else 0
+
+
+def result_line(metrics: dict) -> list[str]:
+    """What ``ppgen train`` prints of a run's metrics: the ELBOs, mode coverage; else the players' last losses."""
+    shown = [f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith("_elbo") and v is not None]
+    if "modes" in metrics:
+        shown.append(modes_line(metrics))
+    shown += [f"{label} {metrics[k]:.4f}" for k, label in (("loss_d", "critic loss"), ("loss_g", "generator loss"))
+              if k in metrics and not shown]
+    return shown
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """The command line less its ``--nproc N`` (each launched process is one of the N)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def _resume_config(args) -> dict:
+    """The run's own config with the new --epochs; any other option is refused (it would be ignored)."""
+    from ppgen import runs
+
+    given = sorted(k for k, v in vars(args).items() if k not in RESUME_ALLOWED and v not in (None, False))
+    if given:
+        names = ", ".join("--" + k.replace("_", "-").replace("num-particles", "particles") for k in given)
+        raise UserError(f"--resume continues the run with its own options; drop {names} (only --epochs, the new "
+                        "total, may change)")
+    config = runs.open_run(args.resume)
+    if config["model"] != args.model.lower():
+        raise UserError(f"{args.resume} holds a {config['model']} run, not {args.model}; name the same model")
+    if args.epochs is not None:
+        config["train"]["epochs"] = args.epochs
+    return config
+
+
+def _new_config(args) -> dict:
+    from ppgen import models, workflows
+
+    model_options = {k: getattr(args, k) for k in args.model_keys if getattr(args, k) is not None}
+    fields = set(models.get(args.model).Config.__dataclass_fields__)
+    unsupported = sorted(set(model_options) - fields)
+    if unsupported:
+        raise UserError(f"{args.model} has no option(s) {', '.join('--' + k.replace('_', '-') for k in unsupported)}")
+    binarize = {"none": None, None: "default"}.get(args.binarize, args.binarize)
+    data_options = {"name": args.data or "mnist", "binarize": binarize, "seed": args.seed or 0,
+                    "split_seed": args.split_seed or 0}
+    train_options = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k, None) is not None}
+    return workflows.make_config(args.model, model_options, data_options, train_options)
+
+
+def interrupted_message(model: str, out: Path) -> str:
+    """What to do after Ctrl-C, as the run directory now stands."""
+    from ppgen import runs
+
+    if runs.is_run_dir(out) and (out / runs.CHECKPOINT).exists():
+        return f"ppgen: interrupted; continue with `ppgen train {model} --resume {out}`"
+    return f"ppgen: interrupted before the first checkpoint; nothing was written to {out} (start the run again)"

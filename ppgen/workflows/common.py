@@ -1,0 +1,78 @@
+"""What several commands share: a run's data (loaded one way), the pair's device, quick ELBOs, mode coverage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ppgen import data as datasets
+from ppgen import evaluation, runs
+
+
+def run_data(config: dict, grey_levels: bool = False) -> datasets.Dataset:
+    """The data set of a run's ``config`` with the run's split; ``grey_levels``: without binarization (what
+    generated examples are compared with: a Bernoulli pair's samples are its pixel probabilities, E[x|z])."""
+    options = config.get("data", {})
+    binarize = None if grey_levels else options.get("binarize", "default")
+    return datasets.load(options.get("name", "mnist"), binarize=binarize, seed=options.get("seed", 0),
+                         split_seed=options.get("split_seed", 0))
+
+
+def device_of(pair) -> torch.device:
+    return next(pair.parameters()).device
+
+
+def has_density(pair, x: torch.Tensor) -> bool:
+    """Whether ELBO/IWAE apply: the pair has a guide and its observed site is not a Delta (an implicit generator)."""
+    from pyro import poutine
+    from pyro.distributions import Delta
+
+    if not pair.has_guide:
+        return False
+    with torch.no_grad():
+        trace = poutine.trace(pair.model).get_trace(x)
+    observed = [s for s in trace.nodes.values() if s["type"] == "sample" and s["is_observed"]]
+    return not any(isinstance(getattr(s["fn"], "base_dist", s["fn"]), Delta) for s in observed)
+
+
+def quick_metrics(pair, data: datasets.Dataset, seed: int = 0) -> dict:
+    """Single-sample ELBO on train/validation/test (seeded)."""
+    out: dict[str, Any] = {}
+    pair.eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for split in ("train", "val", "test"):
+            x = data.train_epoch(0) if split == "train" else getattr(data, split)
+            if len(x):
+                out[f"{split}_elbo"] = float(evaluation.elbo(pair, x.to(device_of(pair))).mean())
+    return out
+
+
+#: the figures of mode coverage a run keeps (ring8/grid25)
+MODE_KEYS = ("modes", "n_modes", "high_quality", "reverse_kl")
+
+
+def mode_metrics(sampler, data_name: str, seed: int = 0) -> dict:
+    """Mode coverage (modes captured, share of high-quality samples, reverse KL) of anything that generates, on
+    ring8/grid25; else {}."""
+    from ppgen.data.sources import MIXTURES
+    from ppgen.evaluation.modes import evaluate_pair
+
+    if data_name not in MIXTURES:
+        return {}
+    if isinstance(sampler, torch.nn.Module):
+        sampler.eval()
+    report = evaluate_pair(sampler, data_name, seed=seed)
+    return {k: report[k] for k in MODE_KEYS}
+
+
+def read_metrics(run_dir: Path) -> dict:
+    """metrics.json of a run, or {} where it is missing or damaged."""
+    try:
+        metrics = json.loads((Path(run_dir) / runs.METRICS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}

@@ -1,0 +1,271 @@
+"""``ppgen train``: a run's config (every option validated before anything is written), training on either
+backend into a run directory with a checkpoint per epoch, then the selected weights, metrics, pictures and
+posterior.nc."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ppgen import data as datasets
+from ppgen import models, plots, runs
+from ppgen.errors import UserError
+from ppgen.evaluation.likelihood import validation_callback
+from ppgen.inference import distributed
+from ppgen.inference import fit as backend_fit
+from ppgen.inference.loop import restore_best
+from ppgen.inference.options import AdversarialOptions, OptionError, SVIOptions, as_dict, flag_of
+from ppgen.inference.options import make as make_options
+from ppgen.workflows.common import device_of, has_density, mode_metrics, quick_metrics, run_data
+
+#: what ``ppgen train`` sets differently from the library's defaults (a run trains longer than a quick fit)
+CLI_DEFAULTS = {"epochs": 30}
+#: the adversarial backend's learning rate for both players (``--lr`` sets both)
+ADVERSARIAL_LR = 2e-4
+#: options of the run, not of an engine
+RUN_OPTIONS = {"select": "best"}
+BACKENDS = ("svi", "adversarial")
+
+
+def _option_names(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def backend_options(backend: str, train: dict) -> Any:
+    """The validated options dataclass of ``backend`` for a run's ``train`` section (without run options)."""
+    values = {k: v for k, v in train.items() if k not in RUN_OPTIONS and k != "backend"}
+    if backend == "adversarial":
+        lr = values.pop("lr", ADVERSARIAL_LR)
+        values.setdefault("lr_g", lr)
+        values.setdefault("lr_d", lr)
+        return make_options(AdversarialOptions, values)
+    return make_options(SVIOptions, values)
+
+
+def make_config(model: str, model_options: dict, data_options: dict, train_options: dict) -> dict:
+    """The run's config; ``train_options["backend"]`` defaults to the family's ``default_backend`` (SVI).
+
+    Every training option is validated here (:mod:`ppgen.inference.options`), before anything is written.
+    """
+    cls = models.get(model)
+    train_options = dict(train_options)
+    backend = train_options.pop("backend", None) or cls.default_backend
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    adversarial = backend == "adversarial"
+    own = _option_names(AdversarialOptions) | {"lr"} if adversarial else _option_names(SVIOptions) | set(RUN_OPTIONS)
+    wrong = sorted(k for k in train_options if k not in own)
+    if wrong:
+        other = "svi" if adversarial else "adversarial"
+        raise OptionError(wrong[0], train_options[wrong[0]], f"only for --backend {other}, not {backend}; drop "
+                          f"{'it' if len(wrong) == 1 else 'it (and ' + ', '.join(flag_of(k) for k in wrong[1:]) + ')'}"
+                          f" or choose --backend {other}")
+    train = {**CLI_DEFAULTS, **({} if adversarial else RUN_OPTIONS), **train_options}
+    options = backend_options(backend, train)  # validates; the config records every value
+    train = {**as_dict(options), **{k: train[k] for k in RUN_OPTIONS if k in train}}
+    train.pop("monitor", None)  # set by --select
+    declared = {f.name: f.default for f in dataclasses.fields(cls.Config)}
+    likelihood = model_options.get("likelihood", declared.get("likelihood"))
+    if adversarial and likelihood != "bernoulli" and data_options.get("binarize", "default") == "default":
+        data_options = {**data_options, "binarize": None}  # a generator learns grey levels, not binarized digits
+    return {"model": cls.name, "model_options": model_options, "data": data_options,
+            "train": {**train, "backend": backend}}
+
+
+def _build(config: dict, data: datasets.Dataset):
+    cls = models.get(config["model"])
+    options = dict(config["model_options"])
+    trained = config.get("model_config", {}).get("x_shape") if isinstance(config.get("model_config"), dict) else None
+    options.setdefault("x_shape", trained or data.x_shape)  # a resumed run keeps the shape it was trained on
+    if tuple(options["x_shape"]) != data.x_shape:
+        raise UserError(f"the model expects examples shaped {tuple(options['x_shape'])} but {data.name} has "
+                        f"{data.x_shape}; give data of that shape (a resumed run needs the data it was trained on)")
+    if "num_data" in {f.name for f in dataclasses.fields(cls.Config)}:  # a family scaled by the training-set size
+        options.setdefault("num_data", (config.get("model_config") or {}).get("num_data") or len(data.train))
+    pair = cls.from_config(options)
+    config["model_config"] = pair.config_dict()
+    return pair
+
+
+def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = False, progress: bool | None = None,
+              log=print) -> dict:
+    """Train the run described by ``config`` into ``out`` (or continue it); return its metrics.
+
+    Every check (output folder, data, model, checkpoint) runs before anything is written; a new run
+    appears at ``out`` only with its first checkpoint, and a resumed one changes only from then on.
+    """
+    out = Path(out)
+    if resume:
+        runs.open_run(out)
+    else:
+        runs.check_new_run_dir(out, overwrite)
+    data = run_data(config)
+    torch.manual_seed(config["train"].get("seed", 0))  # the networks' initial weights
+    pair = _build(config, data)
+    train = dict(config["train"])
+    backend = train.get("backend", "svi")
+    select = train.get("select", "best" if backend == "svi" else "last")
+    backend_options(backend, train)  # a damaged or hand-edited config is refused before anything is opened
+    pair.check_data(data.train_epoch(0), f"{data.name} training data")
+    checkpoint = _resumable_checkpoint(out, pair, backend, train) if resume else None
+    if not distributed.is_writer():  # data-parallel: the other processes train their shards and write nothing
+        return _train_shard(pair, data, backend, config, checkpoint)
+    log(data.describe())
+    start = time.perf_counter()
+
+    def body(run: runs.RunWriter) -> dict:
+        return _train(pair, data, backend, select, checkpoint, run, progress, log, start)
+
+    opened = runs.resumed_run(out, config) if resume else runs.new_run(out, config, overwrite=overwrite)
+    with opened as run:
+        return body(run)
+
+
+def _train_shard(pair, data: datasets.Dataset, backend: str, config: dict, checkpoint: dict | None) -> dict:
+    """A data-parallel process other than rank 0: the same training, no files, no log, no progress bar."""
+    options = backend_options(backend, config["train"])
+    kwargs = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    if backend == "svi":
+        kwargs["announce"] = lambda message: None
+    fit = backend_fit(pair, data, backend=backend, progress=False, resume=checkpoint, **kwargs)
+    return {"epochs": fit.state.epoch, "stopped": fit.stopped}
+
+
+def _resumable_checkpoint(run_dir: Path, pair, backend: str, train: dict) -> dict:
+    """The run's checkpoint, checked against the rebuilt pair, its backend and the new number of epochs."""
+    checkpoint = runs.load_checkpoint(run_dir)
+    if checkpoint.get("backend", backend) != backend:
+        raise UserError(f"{run_dir} was trained with the {checkpoint['backend']} backend, not {backend}; resume it "
+                        "with its own backend")
+    runs.check_weights(pair, checkpoint["model"], run_dir / runs.CHECKPOINT)
+    done = checkpoint["state"].get("epoch", 0)
+    if isinstance(train.get("epochs"), int) and done >= train["epochs"]:
+        raise UserError(f"{run_dir} already trained {done} epochs; nothing to resume: give --epochs above {done}")
+    return checkpoint
+
+
+def _train(pair, data: datasets.Dataset, backend: str, select: str, checkpoint: dict | None, run: runs.RunWriter,
+           progress, log, start: float) -> dict:
+    """Train on either backend with a checkpoint per epoch; then the selected weights, metrics and pictures."""
+    config = run.config
+    options = backend_options(backend, config["train"])
+    kwargs = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    callback = None
+    if backend == "svi":
+        kwargs["monitor"] = "val_elbo" if select == "best" else None
+        kwargs["announce"] = log
+        callback = with_family_metrics(validation_callback(data, options.seed), data)
+
+    def on_epoch_end(fit) -> None:
+        if backend == "svi" and config["train"].get("engine") != fit.options.get("engine"):
+            config["train"]["engine"] = fit.options["engine"]  # what `auto` chose: a resume uses the same
+            if run.checkpoints:  # (before the first checkpoint, the config is written with it)
+                runs.write_json(run.path / runs.CONFIG, config)
+        run.save_checkpoint(fit)
+        _log_epoch(fit, log)
+
+    fit = backend_fit(pair, data, backend=backend, progress=progress, resume=checkpoint, callback=callback,
+                      on_epoch_end=on_epoch_end, **kwargs)
+    run.require_checkpoint(fit.stopped)
+    if fit.stopped:
+        log(f"training stopped: {fit.stopped}")
+    if select == "best":
+        restore_best(fit)
+    run_dir = run.path
+    runs.save_torch(run_dir / runs.MODEL, pair.state_dict())
+    density = has_density(pair, data.train[:2])
+    metrics: dict[str, Any] = quick_metrics(pair, data) if density else {}
+    metrics.update(mode_metrics(pair, data.name))
+    last = fit.history[-1] if fit.history else {}
+    metrics.update({k: last[k] for k in ("loss_d", "loss_g", "w_distance") if k in last})
+    metrics.update(epochs=fit.state.epoch, train_seconds=round(time.perf_counter() - start, 2), stopped=fit.stopped)
+    if backend == "svi":
+        metrics.update(best_epoch=fit.state.best_epoch, engine=fit.options.get("engine"))
+    runs.write_json(run_dir / runs.METRICS, metrics)
+    pictures(pair, data, fit.history, run_dir)
+    if density and backend == "svi" and posterior_fits(pair, data.train[:1], log=log):
+        write_posterior(fit, data, run_dir)
+    return metrics
+
+
+#: the most latent values posterior.nc holds (16 points x 1,000 draws x the latents per example)
+POSTERIOR_VALUES = 50_000_000
+
+
+def posterior_fits(pair, x: torch.Tensor, points: int = 16, draws: int = 1000, log=print) -> bool:
+    """Whether posterior.nc (``draws`` of every latent for ``points`` examples) stays under POSTERIOR_VALUES; if not,
+    say so (a diffusion model's T latents shaped like x are too many to keep)."""
+    from pyro import poutine
+
+    from ppgen.sites import sample_sites
+
+    with torch.no_grad():
+        guide_tr = poutine.trace(pair.guide).get_trace(x[:1])  # one example
+    per_example = sum(s["value"].numel() for s in sample_sites(guide_tr).values() if not s["is_observed"])
+    if per_example * points * draws <= POSTERIOR_VALUES:
+        return True
+    log(f"posterior.nc not written: {points} examples x {draws} draws x {per_example} latent values per example "
+        f"exceed {POSTERIOR_VALUES:,}")
+    return False
+
+
+def write_posterior(fit, data: datasets.Dataset, run_dir: Path, points: int = 16, seed: int = 0) -> None:
+    """posterior.nc: ArviZ draws of q(z | x) (4 chains x 250) for the first test examples."""
+    from ppgen.diagnostics import to_inference_data
+
+    x = (data.test if len(data.test) else data.train)[:points].to(device_of(fit.pair))
+    with torch.random.fork_rng(devices=[]):
+        idata = to_inference_data(fit, x=x, num_samples=1000, chains=4, seed=seed)
+    runs.write_netcdf(run_dir / "posterior.nc", idata)
+
+
+def _log_epoch(fit, log) -> None:
+    row = fit.history[-1]
+    val = f"  val ELBO {row['val_elbo']:8.2f}" if "val_elbo" in row else ""
+    if "elbo" in row or "objective" in row:
+        text = (f"train ELBO {row['elbo']:8.2f}" if "elbo" in row else f"train objective {row['objective']:8.4f}") + val
+    else:
+        text = f"loss D {row['loss_d']:8.4f}  loss G {row['loss_g']:8.4f}" + (
+            f"  W estimate {row['w_distance']:8.4f}" if "w_distance" in row else "")
+    log(f"epoch {row['epoch']:3d}  {text}  {row['images_per_s']:7.0f} img/s")
+
+
+def pictures(pair, data: datasets.Dataset, history: list[dict], run_dir: Path, seed: int = 0) -> None:
+    """samples.png (a pair that can generate), reconstructions.png, loss.png and latents.png in ``run_dir``."""
+    pair.eval()
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if pair.can_generate:
+            plots.sample_grid(pair.generate(64 if data.is_images else 2500).cpu(), run_dir / "samples.png",
+                              f"{pair.name} samples (means of p(x|z), z ~ p(z))")
+        test = (data.test if len(data.test) else data.train)[:1000].to(device_of(pair))
+        if pair.can_reconstruct and data.is_images:
+            plots.reconstructions(test[:16].cpu(), pair.reconstruct(test[:16]).cpu(), run_dir / "reconstructions.png")
+        if pair.has_encoder:
+            labels = data.test_labels if len(data.test) else data.train_labels
+            plots.latent_scatter(pair.encode(test)[0].cpu(), None if labels is None else labels[:1000],
+                                 run_dir / "latents.png")
+    if history:
+        plots.loss_curve(history, run_dir / "loss.png")
+
+
+def with_family_metrics(callback, data: datasets.Dataset):
+    """``callback`` followed by the pair's own figures on the validation split (``pair.family_metrics``, e.g. a
+    codebook's usage and perplexity), prefixed ``val_``, in each epoch's history row."""
+    def callback_and_family_metrics(fit) -> dict:
+        row = dict(callback(fit) or {})
+        if len(data.val):
+            fit.pair.eval()
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                family = fit.pair.family_metrics(data.val.to(device_of(fit.pair)))
+            fit.pair.train()
+            row.update({f"val_{k}": v for k, v in family.items()})
+        return row
+
+    return callback_and_family_metrics
+
+
