@@ -1,11 +1,16 @@
 r"""The SVI backend: maximize an ELBO over the pair's networks with Adam, on the torch or the JAX engine.
 
-``ppgen.fit(pair, data, backend="svi", **options)`` with :class:`~ppgen.inference.options.SVIOptions`.
+``ppgen.fit(pair, data, backend="svi", **options)`` or ``ppgen.fit(pair, data, options=SVIOptions(...))``
+(:class:`~ppgen.inference.options.SVIOptions`, built once and handed to the engine as it is).
 Engines (``engine=``): ``"torch"`` (Pyro SVI, below), ``"jax"`` (NumPyro SVI on the lowered
 pair, each epoch one compiled call: :mod:`ppgen.inference.svi_jax`) and ``"auto"`` (the
-default): the JAX engine wherever the pair lowers and every chosen option is supported
-there (free bits and aggressive encoder updates are torch-only), the torch engine otherwise; the choice is printed once on
-stderr and recorded in ``fit.options["engine"]``. Both run inside the one training loop
+default): the engines of the pair's ``svi_engines`` that every chosen option allows (an option
+declares its engines: :func:`~ppgen.inference.options.unsupported`), tried in order. Trying is
+the engine's initialization, a trial on the pair (the JAX engine checks that its guide draws the
+model's latents on NumPyro and traces one step of the compiled epoch); an engine that fails it is
+skipped for the next, and the choice, with the failure that caused it, is printed once on stderr and
+recorded in ``fit.options["engine"]``. An engine asked for by name that cannot run the pair is one
+:class:`~ppgen.errors.UserError` line saying why. Both run inside the one training loop
 (:mod:`ppgen.inference.loop`).
 
 Objectives (``elbo=``):
