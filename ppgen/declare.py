@@ -194,6 +194,14 @@ def adam_betas(v: Any) -> str | None:
     return None if ok else "must be two numbers in [0, 1)"
 
 
+def column_name(v: Any) -> str | None:
+    """A data set's column name: free text (no list of choices), not empty."""
+    return None if isinstance(v, str) and v else "must name one of the data set's columns (e.g. y)"
+
+
+column_name.free_text = True  # a string option without choices: the CLI offers none
+
+
 def boolean(v: Any) -> str | None:
     return None if isinstance(v, bool) else "must be true or false"
 

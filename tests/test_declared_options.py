@@ -52,7 +52,8 @@ def test_every_field_is_declared_with_help_and_check(cls, f):
     assert callable(f.metadata.get("check")), f"{cls.name}.{f.name}: no check"
     assert f.metadata["check"](f.default) is None, f"{cls.name}.{f.name}: its default fails its own check"
     assert "--" not in f.metadata["help"], f"{cls.name}.{f.name}: the help names a flag"
-    if isinstance(f.default, str):  # the CLI offers a string option's choices
+    if isinstance(f.default, str) and not getattr(f.metadata["check"], "free_text", False):
+        # the CLI offers a string option's choices (a name such as a data column is free text)
         assert f.default in f.metadata["choices"] == f.metadata["check"].choices
 
 
@@ -85,8 +86,11 @@ def bad_values(f: dataclasses.Field) -> list[Any]:
     negative = _negative(f.default)
     if negative is not None:
         out.append(negative)
-    if isinstance(f.default, str) or f.metadata.get("choices"):
+    if f.metadata.get("choices") or (isinstance(f.default, str) and not getattr(f.metadata["check"], "free_text",
+                                                                                False)):
         out.append("no-such-choice")
+    elif isinstance(f.default, str):  # free text (a column's name): the empty name
+        out.append("")
     if isinstance(f.default, bool):
         out.append("yes")
     return out
@@ -147,6 +151,8 @@ def test_other_accepted_forms_become_the_declared_form():
 # -- run directories written before the declarations --------------------------------------------------------------
 #: the keyword calls, and the ``model_config`` the version before the declarations wrote for them (config.json)
 OPTIONS = {
+    "cvae": {"x_shape": (1, 8, 8), "z_dim": 3, "likelihood": "gaussian", "hidden": (16,), "classes": 4,
+             "label_column": "digit"},
     "ddpm": dict(x_shape=(1, 8, 8), likelihood="discretized", hidden=(32,), timesteps=7, schedule="cosine",
                  variance="learned", objective="hybrid", sampler="ddim", sample_steps=3, denoiser="unet", channels=8,
                  attention=True, levels=16, ema=0.999),
@@ -167,6 +173,8 @@ OPTIONS = {
                   commitment=0.5, codebook="loss", decay=0.9, restart_below=0.0, prior_channels=8, prior_layers=1),
 }
 WRITTEN = {
+    "cvae": {"x_shape": [1, 8, 8], "z_dim": 3, "likelihood": "gaussian", "hidden": [16], "classes": 4,
+             "label_column": "digit"},
     "ddpm": {"x_shape": [1, 8, 8], "likelihood": "discretized", "hidden": [32], "timesteps": 7, "schedule": "cosine",
              "prediction": "eps", "variance": "learned", "objective": "hybrid", "vlb_weight": 0.001,
              "sampler": "ddim", "sample_steps": 3, "eta": 0.0, "denoiser": "unet", "time_dim": 64, "channels": 8,

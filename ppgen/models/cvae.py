@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,8 +40,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ppgen.data import MISSING_LABEL
+from ppgen.declare import column_name, option, positive_int, sizes, validate, whole_at_least
 from ppgen.errors import UserError
-from ppgen.models.base import LIKELIHOODS, GenerativeModel, observation_dist, observation_mean
+from ppgen.models.base import GenerativeModel, likelihood_option, observation_dist, observation_mean, x_shape_option
 from ppgen.nn import Network
 from ppgen.ppl import dist, pyro
 
@@ -101,13 +102,15 @@ class LabelledDecoder(Network):
 
 @dataclass(frozen=True)
 class CVAEConfig:
-    x_shape: tuple[int, ...] = (1, 28, 28)
-    z_dim: int = field(default=20, metadata={"help": "dimension of the latent z (the style the label leaves open)"})
-    likelihood: str = "bernoulli"
-    hidden: tuple[int, ...] = (400,)
-    classes: int = field(default=10, metadata={"help": "number of classes of the label y (0 .. classes-1)"})
-    label_column: str = field(default="y", metadata={"help": "the data set's input column holding the label "
-                                                            "(bundled digits: y)"})
+    x_shape: tuple[int, ...] = x_shape_option((1, 28, 28))
+    z_dim: int = option(20, positive_int, "dimension of the latent z (the style the label leaves open)")
+    likelihood: str = likelihood_option()
+    hidden: tuple[int, ...] = option((400,), sizes, "hidden layer sizes of the encoder (the decoder mirrors them)")
+    classes: int = option(10, whole_at_least(2), "number of classes of the label y (0 .. classes-1)")
+    label_column: str = option("y", column_name, "the data set's input column holding the label (bundled digits: y)")
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 class CVAE(GenerativeModel):
@@ -116,21 +119,12 @@ class CVAE(GenerativeModel):
     name = "cvae"
     Config = CVAEConfig
 
-    def __init__(self, x_shape: Sequence[int] = (1, 28, 28), z_dim: int = 20, likelihood: str = "bernoulli",
-                 hidden: Sequence[int] = (400,), classes: int = 10, label_column: str = "y"):
-        if likelihood not in LIKELIHOODS:
-            raise UserError(f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
-        if int(z_dim) < 1 or not hidden or min(hidden) < 1:
-            raise UserError("z_dim and every hidden size must be positive integers")
-        if int(classes) < 2:
-            raise UserError(f"classes must be at least 2, got {classes!r}")
-        if not isinstance(label_column, str) or not label_column:
-            raise UserError("label_column must name the data set's column that holds the labels (e.g. y)")
-        config = CVAEConfig(tuple(x_shape), int(z_dim), likelihood, tuple(hidden), int(classes), label_column)
-        super().__init__(config)
-        n_params = 2 if likelihood == "gaussian" else 1
-        self.encoder = LabelledEncoder(config.x_shape, config.classes, config.z_dim, config.hidden)
-        self.decoder = LabelledDecoder(config.z_dim, config.classes, config.x_shape, config.hidden[::-1], n_params)
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)
+        c = self.config
+        n_params = 2 if c.likelihood == "gaussian" else 1
+        self.encoder = LabelledEncoder(c.x_shape, c.classes, c.z_dim, c.hidden)
+        self.decoder = LabelledDecoder(c.z_dim, c.classes, c.x_shape, c.hidden[::-1], n_params)
 
     @property
     def inputs(self) -> tuple[str, ...]:
