@@ -144,5 +144,7 @@ def options_of(cls: type, options: Any, values: dict[str, Any]) -> Any:
         return make(cls, values)
     if not isinstance(options, cls):
         raise UserError(f"options must be a {cls.__name__}, got {type(options).__name__}")
-    return make(cls, {**{f.name: getattr(options, f.name) for f in dataclasses.fields(cls)}, **values}) if values \
-        else options
+    if not values:
+        return options
+    fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(cls)}
+    return make(cls, {**fields, **values})  # checked again as a whole: a replaced field may clash with another

@@ -339,8 +339,8 @@ def start_engine(pair, data, options: SVIOptions, resume: dict | None,
     """The first engine of :func:`engine_candidates` whose initialization — its trial: the JAX engine traces one
     step of the compiled epoch — runs the pair, and its state. Falling back is said in the one announced line; an
     engine chosen by hand that cannot run the pair is one :class:`UserError` line naming the reason."""
-    names, why = engine_candidates(pair, options)
-    for i, name in enumerate(names):
+    names, why = engine_candidates(pair, options)  # at least one
+    for name in names:
         engine = _engine(name)
         try:
             state = loop.initial_state(engine, pair, data, options, resume)
@@ -349,13 +349,12 @@ def start_engine(pair, data, options: SVIOptions, resume: dict | None,
                 others = [e for e in pair.svi_engines if e != name]
                 instead = f"; use engine='{others[0]}' or 'auto'" if others else ""
                 raise UserError(f"engine='{name}' cannot train {pair.who}: {err}{instead}") from None
-            if i + 1 == len(names):
+            if name == names[-1]:
                 raise UserError(f"no SVI engine can train {pair.who}: engine '{name}': {err}") from None
             why = f"engine {name} cannot train {pair.who}: {err}"
             continue
         _announce(options, name, why, announce)
         return engine, state
-    raise AssertionError("engine_candidates returned no engine")
 
 
 @register("svi", SVIOptions)
