@@ -201,7 +201,7 @@ def ppgen_jax_epoch_fn(x_train, seed: int = 0, engine_epoch: bool = False):
     from numpyro.infer import SVI, Trace_ELBO
 
     from ppgen.inference import svi_jax
-    from ppgen.ppl import backend
+    from ppgen.ppl import backend, make_elbo
 
     torch.manual_seed(seed)
     pair = ppgen.models.VAE(x_shape=tuple(x_train.shape[1:]), z_dim=Z, hidden=(HIDDEN,))
@@ -209,7 +209,7 @@ def ppgen_jax_epoch_fn(x_train, seed: int = 0, engine_epoch: bool = False):
     steps = len(x) // BATCH
     if engine_epoch:
         model, guide = svi_jax.scaled_model_guide(pair)
-        svi = SVI(model, guide, numpyro.optim.Adam(LR), svi_jax.make_numpyro_elbo("trace", 1))
+        svi = SVI(model, guide, numpyro.optim.Adam(LR), make_elbo("trace", backend_name="numpyro"))
         state = svi.init(jax.random.PRNGKey(seed), x[:BATCH], 1.0)
         epoch_fn, betas = svi_jax.make_epoch_fn(svi, len(x), steps, BATCH), jnp.ones(steps, dtype=jnp.float32)
 

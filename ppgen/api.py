@@ -22,10 +22,11 @@ def fit(pair, data: Any, backend: str = "svi", **options) -> Fit:
     """
     if not isinstance(data, Dataset):
         data = from_tensor(torch.as_tensor(data))
+    given = options.get("options")  # the backend's options object, if one was passed (keywords replace its fields)
     if backend == "svi" and "callback" not in options and len(data.val):
-        options["callback"] = validation_callback(data, options.get("seed", 0))
+        options["callback"] = validation_callback(data, options.get("seed", getattr(given, "seed", 0)))
     result = backend_fit(pair, data, backend=backend, **options)
-    if options.get("monitor"):
+    if options.get("monitor", getattr(given, "monitor", None)):
         restore_best(result)
     return result
 

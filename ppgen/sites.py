@@ -105,37 +105,60 @@ def layout(trace: poutine.Trace, data_plate: str = "data") -> Layout:
     return Layout(data.dim, data.size, full, particles.dim, particles.size)
 
 
-def _keep(lp: torch.Tensor, dims: list[int]) -> torch.Tensor:
-    """Move the batch dims ``dims`` (negative) to the front, in that order, and sum every other dim."""
-    width = max([-d for d in dims] + [lp.dim()])
-    lp = lp.reshape((1,) * (width - lp.dim()) + tuple(lp.shape))
-    front = [width + d for d in dims]
-    rest = [i for i in range(width) if i not in front]
-    lp = lp.permute(front + rest)
-    return lp.reshape(tuple(lp.shape[: len(front)]) + (-1,)).sum(-1)
+def _sum_except(lp: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    """(H, *batch) -> (H, *kept): keep dim 0 and the batch dims ``dims`` (negative, counted from the right), moved
+    in that order behind it; sum every other batch dim."""
+    batch = lp.dim() - 1
+    width = max([-d for d in dims] + [batch])
+    lp = lp.reshape((lp.shape[0],) + (1,) * (width - batch) + tuple(lp.shape[1:]))
+    front = [1 + width + d for d in dims]
+    rest = [i for i in range(1, width + 1) if i not in front]
+    lp = lp.permute([0] + front + rest)
+    return lp.reshape(tuple(lp.shape[: 1 + len(front)]) + (-1,)).sum(-1)
 
 
 def site_log_prob(site: dict, where: Layout, data_plate: str = "data", globals: str = "split") -> torch.Tensor:
     r"""One site's ℓ_s[p, n] (see the module docs), shaped ``where.shape``."""
+    return per_example(site, site["fn"].log_prob(site["value"]), where, data_plate, globals)
+
+
+def per_example(site: dict, density: Any, where: Layout, data_plate: str = "data", globals: str = "split",
+                trailing: int = 0) -> torch.Tensor:
+    r"""The module's rule applied to ``density``, a term of site s over its batch shape (its log density, or a
+    closed-form KL at the site) followed by ``trailing`` dims of its own, which are kept::
+
+        d_s[p, n, *t] = Σ_{other dims} mask_s · scale_s · density[..., *t]     (data plate's N/B divided out)
+
+    shaped ``where.shape`` + the trailing shape.
+    """
     if globals not in GLOBALS:
         raise ValueError(f"globals must be one of {GLOBALS}, got {globals!r}")
-    lp = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site.get("mask"))
+    density = density if torch.is_tensor(density) else torch.as_tensor(density)
+    tail = tuple(density.shape[density.dim() - trailing:]) if trailing else ()
+    if trailing:  # the trailing dims, flattened, lead: (T, *batch), so the batch dims keep their negative places
+        density = density.reshape(tuple(density.shape[: density.dim() - trailing]) + (-1,)).movedim(-1, 0)
+    else:
+        density = density.unsqueeze(0)
+    lp = scale_and_mask(density, site["scale"], site.get("mask"))
     frames = {f.name: f for f in site["cond_indep_stack"] if f.dim is not None}
     data = frames.get(data_plate)
     particles = frames.get(PARTICLES) if where.particles is not None else None
     dims = ([particles.dim] if particles is not None else []) + ([data.dim] if data is not None else [])
-    lp = _keep(lp if torch.is_tensor(lp) else torch.as_tensor(lp), dims)
+    lp = _sum_except(lp, dims)
     if particles is None and where.particles is not None:
-        lp = lp.unsqueeze(0)
+        lp = lp.unsqueeze(1)
+    shape = (lp.shape[0], *where.shape)
     if data is None:
         if globals == "raise":
             raise UserError(f"site {site['name']!r} lies outside the data plate {data_plate!r} (a global "
                             "variable): this estimator needs per-example densities; use the ELBO, or fix the "
                             "global variables")
-        return (lp / where.full_size).unsqueeze(-1).expand(where.shape)
-    if data.full_size is not None and data.full_size != data.size:
-        lp = lp * (data.size / data.full_size)  # divide out the data plate's own minibatch factor N/B
-    return lp.expand(where.shape)
+        lp = (lp / where.full_size).unsqueeze(-1).expand(shape)
+    else:
+        if data.full_size is not None and data.full_size != data.size:
+            lp = lp * (data.size / data.full_size)  # divide out the data plate's own minibatch factor N/B
+        lp = lp.expand(shape)
+    return lp.movedim(0, -1).reshape(where.shape + tail) if trailing else lp[0]
 
 
 def site_log_probs(trace: poutine.Trace, data_plate: str = "data", globals: str = "split",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -18,6 +19,7 @@ from ppgen.inference.adversarial import (
     guide_draw,
     model_draw,
 )
+from ppgen.inference.options import AdversarialOptions, OptionError
 from ppgen.models import GAN, REGISTRY, VAE
 from ppgen.nn.critics import ConvCritic, MLPCritic, critic_for
 
@@ -210,3 +212,20 @@ def test_ns_gan_covers_the_ring_of_eight():
               lr_decay=True, progress=False)
     report = evaluate_pair(pair, "ring8")
     assert report["modes"] == 8 and report["high_quality"] > 0.5
+
+
+def test_lr_sets_both_players_rates_and_lr_g_lr_d_set_one():
+    declared = {f.name: f.default for f in dataclasses.fields(AdversarialOptions)}
+    assert declared["lr"] == 2e-4 and declared["lr_g"] is None and declared["lr_d"] is None  # one default
+    assert (AdversarialOptions().generator_lr, AdversarialOptions().critic_lr) == (2e-4, 2e-4)
+    both = AdversarialOptions(lr=1e-3)
+    assert (both.generator_lr, both.critic_lr) == (1e-3, 1e-3)
+    one = AdversarialOptions(lr=1e-3, lr_d=5e-4)
+    assert (one.generator_lr, one.critic_lr) == (1e-3, 5e-4)
+    with pytest.raises(OptionError, match="lr_g"):
+        AdversarialOptions(lr_g=-1.0)
+    data = _gaussian_data(n=256)
+    fit = ppgen.fit(GAN(x_shape=(2,), z_dim=1, hidden=(8,)), data, backend="adversarial", epochs=1, batch_size=128,
+                    options=AdversarialOptions(lr=1e-3, lr_d=5e-4), progress=False)
+    rates = {k: fit.state.engine[k]["param_groups"][0]["lr"] for k in ("optimizer_g", "optimizer_d")}
+    assert rates == {"optimizer_g": 1e-3, "optimizer_d": 5e-4}

@@ -130,7 +130,8 @@ def test_training_with_mcmc_runs_on_the_vae_and_reports_its_chain():
     seen = []
     fit = ppgen.fit(pair, x, backend="svi", epochs=2, batch_size=64, mcmc_steps=2, mcmc_leapfrog=3,
                     progress=False, announce=seen.append)
-    assert seen == ["SVI engine torch (MCMC inside training (mcmc_steps) is torch-only)"]
+    assert seen == ["SVI engine torch (MCMC inside training (mcmc_steps) needs engine='torch' because its HMC "
+                    "transitions run on Pyro traces (ppgen.inference.hmc))"]
     row = fit.history[-1]
     assert math.isfinite(row["elbo"]) and 0 < row["mcmc_acceptance"] <= 1 and row["mcmc_step_size"] > 0
     after = pair.state_dict()

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import re
 
+import pyro
+import pyro.distributions as pdist
 import pytest
 import torch
 from conftest import mean_se
@@ -16,7 +20,9 @@ from torch.distributions import Bernoulli, Normal, kl_divergence
 import ppgen
 from ppgen.errors import UserError
 from ppgen.evaluation import elbo, iwae
-from ppgen.inference.svi import FreeBitsELBO, ScaleLatents, beta_at, make_elbo
+from ppgen.inference.options import OptionError, SVIOptions, unsupported
+from ppgen.inference.svi import beta_at, choose_engine
+from ppgen.ppl import FreeBitsELBO, ScaleLatents, make_elbo
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -343,3 +349,111 @@ def test_all_finite_sees_every_nan_and_infinity_and_not_an_overflowing_sum():
         w[1, 2] = bad
         assert not all_finite([ok[0], w])
     assert all_finite([torch.full((4,), 3e38)])  # its sum overflows float32, each element is finite
+
+
+# -- one log-density rule: free bits weighs a site as ppgen.sites does ------------------------------------------
+
+
+def _observation_masked(pair, keep):
+    """The tiny VAE's model with only its observation masked (``poutine.mask``): rows ~keep add no log p(x|z)."""
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", pdist.Normal(0.0, 1.0).expand([3]).to_event(1))
+            with poutine.mask(mask=keep):
+                pyro.sample("x", pdist.Bernoulli(logits=pair.decoder(z)).to_event(1), obs=x)
+
+    return model
+
+
+def test_free_bits_zero_applies_an_observations_mask_as_pyro_does():
+    """λ = 0 is Pyro's TraceMeanField_ELBO exactly (same draw), also with a masked observation: the mask is applied."""
+    pair, x = tiny_vae(), binary(16)
+    keep = torch.arange(16) % 3 != 0
+    model = _observation_masked(pair, keep)
+    torch.manual_seed(5)
+    got = FreeBitsELBO(0.0).differentiable_loss(model, pair.guide, x)
+    torch.manual_seed(5)
+    want = TraceMeanField_ELBO().differentiable_loss(model, pair.guide, x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    torch.manual_seed(5)
+    unmasked = TraceMeanField_ELBO().differentiable_loss(_observation_masked(pair, torch.ones(16, dtype=torch.bool)),
+                                                         pair.guide, x)
+    assert abs(float((unmasked - got).detach())) > 1.0  # the masked rows' log p(x|z) is really left out
+
+
+class _FixedDrawNormal(pdist.Normal):
+    """N(loc, scale) whose reparameterized draw is loc + scale · eps for a given eps: the same z for the same rows."""
+
+    def __init__(self, loc, scale, eps):
+        super().__init__(loc, scale)
+        self.eps = eps
+
+    def expand(self, batch_shape, _instance=None):
+        assert tuple(batch_shape) == tuple(self.batch_shape)  # the plate's shape already
+        return self
+
+    def rsample(self, sample_shape=()):
+        return self.loc + self.scale * self.eps
+
+
+def _guide_drawing(pair, eps):
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = pair.encoder(x)
+            pyro.sample("z", _FixedDrawNormal(loc, scale, eps).to_event(1))
+
+    return guide
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 5.0])
+def test_free_bits_with_masked_examples_is_free_bits_with_those_examples_removed(lam):
+    """Masking whole examples (model and guide under ``poutine.mask``) gives the loss of the batch without them,
+    floor included: a masked example counts neither in a dimension's mean KL nor in the floor's weight. The draws
+    of z are fixed (the same eps per row), so the two losses are equal up to float rounding."""
+    pair, x = tiny_vae(), binary(16)
+    with torch.no_grad():  # spread the dimensions' KLs apart, so λ = 0.3 floors some and not others
+        pair.encoder.loc.bias.copy_(torch.tensor([0.0, 1.0, 2.5]))
+    keep = torch.arange(16) % 3 != 0
+    eps = torch.randn(16, 3, generator=torch.Generator().manual_seed(7))
+    loss = FreeBitsELBO(lam).differentiable_loss
+    masked = loss(poutine.mask(pair.model, mask=keep), poutine.mask(_guide_drawing(pair, eps), mask=keep), x)
+    removed = loss(pair.model, _guide_drawing(pair, eps[keep]), x[keep])
+    torch.testing.assert_close(masked, removed, rtol=1e-5, atol=1e-4)
+    everything = loss(pair.model, _guide_drawing(pair, eps), x)
+    assert abs(float((everything - masked).detach())) > 1.0  # the masked rows really count when unmasked
+
+
+# -- options reach the engines as one object; each option says which engines run it ---------------------------
+
+
+def test_a_torch_only_option_is_declared_once_and_every_check_reads_the_declaration():
+    torch_only = {f.name for f in dataclasses.fields(SVIOptions) if f.metadata.get("engines") == ("torch",)}
+    assert torch_only == {"free_bits", "mcmc_steps", "aggressive_epochs"}
+    for name, value in (("free_bits", 0.5), ("mcmc_steps", 1), ("aggressive_epochs", 1.0)):
+        options = SVIOptions(**{name: value})
+        assert unsupported(options, "torch") == [] and unsupported(SVIOptions(), "jax") == []
+        [(option, reason)] = unsupported(options, "jax")
+        assert option == name and "needs engine='torch' because" in reason
+        assert choose_engine(tiny_vae(), options) == ("torch", reason)  # auto
+        with pytest.raises(OptionError, match=f"{re.escape(reason)}; use engine='auto', or leave {name}"):
+            SVIOptions(engine="jax", **{name: value})
+
+
+def test_options_come_as_one_object_or_as_keywords_with_the_same_run():
+    data = grey_dataset()
+    common = dict(epochs=2, batch_size=64, lr=3e-3, engine="torch", seed=4)
+    by_keywords = fit_torch(tiny_vae(), data, progress=False, **common)
+    by_object = ppgen.fit(tiny_vae(), data, options=SVIOptions(**common), progress=False)
+    def figures(fit):  # the training and the validation ELBO (seeded by the options' seed) of every epoch
+        return [(r["elbo"], r["val_elbo"]) for r in fit.history]
+
+    assert figures(by_object) == figures(by_keywords)
+    replaced = ppgen.fit(tiny_vae(), data, options=SVIOptions(**{**common, "lr": 1.0}), lr=3e-3, progress=False)
+    assert figures(replaced) == figures(by_keywords)  # keywords replace the object's fields
+    assert by_object.options == by_keywords.options
+    with pytest.raises(UserError, match="options must be a SVIOptions"):
+        ppgen.fit(tiny_vae(), data, options=dict(common))
+    with pytest.raises(UserError, match="not an option of SVIOptions"):
+        ppgen.fit(tiny_vae(), data, options=SVIOptions(**common), learning_rate=1e-3)
+    with pytest.raises(UserError, match="takes its settings as keywords"):
+        ppgen.fit(tiny_vae(), data, backend="nuts", options=SVIOptions())

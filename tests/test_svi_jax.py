@@ -20,13 +20,8 @@ from support import assert_same_run, binary, grey_dataset, resume_at_epoch_two, 
 import ppgen
 from ppgen.errors import UserError
 from ppgen.evaluation import iwae
-from ppgen.inference.svi import ScaleLatents
-from ppgen.inference.svi_jax import (
-    make_numpyro_elbo,
-    networks_read_numpyro_params,
-    scaled_model_guide,
-    unflatten_state,
-)
+from ppgen.inference.svi_jax import networks_read_numpyro_params, scaled_model_guide, unflatten_state
+from ppgen.ppl import ScaleLatents, make_elbo
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -36,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def jax_losses(pair, x: torch.Tensor, elbo: str, beta: float, draws: int, num_particles: int = 1) -> torch.Tensor:
     """``draws`` independent NumPyro losses of the pair at its current weights (vmapped over keys)."""
     model, guide = scaled_model_guide(pair)
-    loss_fn = make_numpyro_elbo(elbo, num_particles)
+    loss_fn = make_elbo(elbo, num_particles, backend_name="numpyro")
     xj = jnp.asarray(x.numpy())
     with networks_read_numpyro_params(pair) as nets:
         params = {name: net.jax_params() for name, net in nets.items()}
@@ -82,7 +77,7 @@ def test_trained_weights_are_copied_back_and_give_the_same_log_joint():
     assert any(not torch.equal(before[k], v) for k, v in pair.state_dict().items())  # it trained
     # the JAX side's parameters, rebuilt from the checkpointed optimizer state, are the torch weights
     model, guide = scaled_model_guide(pair)
-    svi = SVI(model, guide, numpyro.optim.Adam(3e-3), make_numpyro_elbo("trace", 1))
+    svi = SVI(model, guide, numpyro.optim.Adam(3e-3), make_elbo("trace", backend_name="numpyro"))
     x = data.val[:8]
     xj = jnp.asarray(x.numpy())
     with networks_read_numpyro_params(pair):
@@ -260,3 +255,72 @@ def test_the_jax_engine_leaves_frozen_weights_alone():
     after = pair.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+
+
+# -- auto never picks an engine that cannot run the pair ---------------------------------------------------------
+
+
+class _PyroOnlyGuide(ppgen.models.base.GenerativeModel):
+    """x_n ~ N(f(μ), I) with a global μ ~ N(0, I), f a ppgen.nn network; the guide q(μ) is written with Pyro's own
+    primitives (as a Pyro autoguide is), so on NumPyro it draws nothing and NumPyro would silently use the prior."""
+
+    latent_sites = ("mu",)
+
+    def __init__(self):
+        super().__init__(None)
+        torch.manual_seed(0)
+        self.decoder = ppgen.nn.MLPDecoder(2, (6,), (8,))
+
+    @property
+    def x_shape(self):
+        return (6,)
+
+    def model(self, x):
+        from ppgen.ppl import dist
+        from ppgen.ppl import pyro as ppl
+
+        ppl.module("decoder", self.decoder)
+        mu = ppl.sample("mu", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        with ppl.plate("data", x.shape[0]):
+            ppl.sample("x", dist.Normal(self.decoder(mu), 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        import pyro
+        import pyro.distributions as pdist
+
+        loc = pyro.param("q_mu_loc", torch.zeros(2))
+        pyro.sample("mu", pdist.Normal(loc, 1.0).to_event(1))
+
+
+def test_auto_falls_back_to_torch_when_numpyro_cannot_run_the_guide_and_jax_by_hand_is_one_line():
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(0))
+    said = []
+    fit = ppgen.fit(_PyroOnlyGuide(), x, epochs=1, batch_size=32, progress=False, announce=said.append)
+    assert fit.options["engine"] == "torch" and len(fit.history) == 1
+    assert said == ["SVI engine torch (engine jax cannot train _PyroOnlyGuide: its guide draws no value of "
+                    "the model's latent site mu on NumPyro (a guide written with Pyro's own primitives, such as a "
+                    "Pyro autoguide, runs on the torch engine only))"]
+    with pytest.raises(UserError) as refused:
+        ppgen.fit(_PyroOnlyGuide(), x, epochs=1, batch_size=32, engine="jax", progress=False)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("engine='jax' cannot train _PyroOnlyGuide: its guide draws no value of the "
+                              "model's latent site mu on NumPyro")
+
+
+def test_an_error_raised_inside_jax_during_the_trial_is_a_reason_to_fall_back():
+    """A model whose code fails only when JAX traces the compiled step (a Python branch on a traced value) is
+    found by the trial, before training starts."""
+    class BranchesOnValues(ppgen.models.VAE):
+        def model(self, x):
+            if (x.sum() > 0) if not isinstance(x, torch.Tensor) else True:  # fine eagerly, not under jit
+                super().model(x)
+
+    pair = BranchesOnValues(x_shape=(12,), z_dim=3, hidden=(16,))
+    said = []
+    fit = ppgen.fit(pair, binary(64), epochs=1, batch_size=32, progress=False, announce=said.append)
+    assert fit.options["engine"] == "torch"
+    assert len(said) == 1 and said[0].startswith("SVI engine torch (engine jax cannot train vae:"
+                                                 " cannot run BranchesOnValues on NumPyro (")
+    with pytest.raises(UserError, match=r"^engine='jax' cannot train vae: cannot run "):
+        ppgen.fit(pair, binary(64), epochs=1, batch_size=32, engine="jax", progress=False)

@@ -23,8 +23,8 @@ With critic output D (a logit for the GAN losses) on real x and generated x̃:
   non-saturating swap L_G = softplus(D(x, ẑ)) + softplus(−D(x̃, z)).
 
 ``n_critic`` critic steps per generator step (5 is WGAN-GP's default); each player has
-its own optimizer (``optimizer_g``/``optimizer_d`` ∈ adam, rmsprop, sgd; ``lr_g``/``lr_d``;
-Adam ``betas``); ``lr_decay=True`` lowers both learning rates linearly to 0 over the run
+its own optimizer (``optimizer_g``/``optimizer_d`` ∈ adam, rmsprop, sgd; ``lr`` for both, or ``lr_g``/``lr_d``
+for one; Adam ``betas``); ``lr_decay=True`` lowers both learning rates linearly to 0 over the run
 (per epoch), which lets the generator settle on narrow modes instead of orbiting them. ``pack=m`` is PacGAN (Lin et al., 2018): the critic scores m examples
 at once. The critic comes from :func:`ppgen.nn.critics.critic_for`, chosen by data shape
 (``critic_net="mlp"`` forces an MLP on images), unless one is passed. An epoch is one pass of the critic over the training data.
@@ -39,7 +39,6 @@ NaN/inf loss restores the last good epoch (generator and critic) and says so.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,8 +51,8 @@ from torch.nn import functional as F
 
 from ppgen.errors import UserError
 from ppgen.inference import distributed, loop
-from ppgen.inference.fit import Fit, register
-from ppgen.inference.options import LOSSES, OPTIMIZERS, X_DRAWS, AdversarialOptions, make
+from ppgen.inference.fit import Fit, options_of, register
+from ppgen.inference.options import LOSSES, OPTIMIZERS, X_DRAWS, AdversarialOptions
 from ppgen.nn.critics import critic_for
 
 __all__ = ["LOSSES", "OPTIMIZERS", "X_DRAWS", "critic_loss", "fit_adversarial", "generator_loss", "gradient_penalty",
@@ -212,8 +211,8 @@ def _init_with(critic: torch.nn.Module | None):
         net = critic if critic is not None else _make_critic(pair, x0, o)
         pair.to(device)
         net.to(device)
-        opt_g = make_optimizer(o.optimizer_g, pair.parameters(), o.lr_g, tuple(o.betas))
-        opt_d = make_optimizer(o.optimizer_d, net.parameters(), o.lr_d, tuple(o.betas))
+        opt_g = make_optimizer(o.optimizer_g, pair.parameters(), o.generator_lr, tuple(o.betas))
+        opt_d = make_optimizer(o.optimizer_d, net.parameters(), o.critic_lr, tuple(o.betas))
         if resume is not None:
             saved = loop.state_from_checkpoint(resume).engine
             try:
@@ -273,7 +272,7 @@ def _step_generator(state: AdversarialState, xb, group: loop.Group) -> float:
 def _epoch(state: AdversarialState, plan: loop.EpochPlan) -> tuple[AdversarialState, loop.EpochResult]:
     o = state.options
     if o.lr_decay:
-        for opt, lr in ((state.opt_g, o.lr_g), (state.opt_d, o.lr_d)):
+        for opt, lr in ((state.opt_g, o.generator_lr), (state.opt_d, o.critic_lr)):
             for group in opt.param_groups:
                 group["lr"] = lr * (1 - plan.index / plan.epochs)
     g = torch.Generator().manual_seed(plan.seed)
@@ -320,29 +319,25 @@ def engine(critic: torch.nn.Module | None = None) -> loop.Engine:
         checkpoint=lambda s: {"critic": s.critic.state_dict(), "optimizer_g": s.opt_g.state_dict(),
                               "optimizer_d": s.opt_d.state_dict()},
         modules=lambda s: [s.pair, s.critic],
-        advice="Lower the learning rates (lr_g, lr_d) or try loss='wgan-gp'")
+        advice="Lower the learning rate (lr) or try loss='wgan-gp'")
 
 
-@register("adversarial")
-def fit_adversarial(pair, data, *, critic: torch.nn.Module | None = None, progress: bool | None = None,
-                    callback: Callable[[Fit], dict | None] | None = None,
+@register("adversarial", AdversarialOptions)
+def fit_adversarial(pair, data, *, options: AdversarialOptions | None = None, critic: torch.nn.Module | None = None,
+                    progress: bool | None = None, callback: Callable[[Fit], dict | None] | None = None,
                     on_epoch_end: Callable[[Fit], None] | None = None, resume: dict | None = None,
-                    **options) -> Fit:
+                    **values) -> Fit:
     """Train ``pair``'s generator adversarially; returns a :class:`Fit` with one history row per epoch.
 
-    ``options`` are :class:`~ppgen.inference.options.AdversarialOptions`. The critic is
-    ``fit.critic`` (its weights also in ``fit.state.engine["critic"]``).
+    ``options`` is an :class:`~ppgen.inference.options.AdversarialOptions`, or its fields come as keywords
+    (``values``, which also replace the object's). The critic is ``fit.critic`` (its weights also in
+    ``fit.state.engine["critic"]``).
     """
-    opts = make(AdversarialOptions, options)
+    opts = options_of(AdversarialOptions, options, values)
     pair.check_data(data.train_epoch(0), "training data")
     eng = engine(critic)
-    holder: dict[str, AdversarialState] = {}
-
-    def init(*args):
-        holder["state"] = eng.init(*args)
-        return holder["state"]
-
-    fit = loop.run(dataclasses.replace(eng, init=init), pair, data, opts, backend="adversarial", resume=resume,
-                   progress=progress, callback=callback, on_epoch_end=on_epoch_end)
-    fit.critic = holder["state"].critic
+    state = loop.initial_state(eng, pair, data, opts, resume)
+    fit = loop.run(eng, pair, data, opts, backend="adversarial", resume=resume, progress=progress,
+                   callback=callback, on_epoch_end=on_epoch_end, state=state)
+    fit.critic = state.critic
     return fit

@@ -46,6 +46,10 @@ from ppgen.inference.distributed import Group
 from ppgen.inference.fit import Fit, TrainState
 
 
+class CannotRun(Exception):
+    """An engine cannot run this pair with these options, found by its ``init`` (the message says why)."""
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch`` (0-based) of a run seeded ``seed``."""
     return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**62)
@@ -170,18 +174,26 @@ def state_from_checkpoint(checkpoint: dict) -> TrainState:
     return TrainState(**{k: v for k, v in saved.items() if k in names})
 
 
+def initial_state(engine: Engine, pair, data, options: Any, resume: dict | None = None) -> Any:
+    """``engine``'s initial state for ``pair`` in training mode (batch statistics in batch norm, whatever an
+    evaluation left): what :func:`run` starts from; a backend that tries engines in turn calls it itself."""
+    pair.train()
+    return engine.init(pair, data, options, resume)
+
+
 def run(engine: Engine, pair, data, options: Any, *, backend: str, resume: dict | None = None,
         progress: bool | None = None, callback: Callable[[Fit], dict | None] | None = None,
-        on_epoch_end: Callable[[Fit], None] | None = None, extra_options: dict | None = None) -> Fit:
-    """Train ``pair`` on ``data`` with ``engine`` for ``options.epochs`` epochs (in total, counting a resume)."""
+        on_epoch_end: Callable[[Fit], None] | None = None, extra_options: dict | None = None,
+        state: Any = None) -> Fit:
+    """Train ``pair`` on ``data`` with ``engine`` for ``options.epochs`` epochs (in total, counting a resume),
+    from ``state`` (built by :func:`initial_state`) or from a new one."""
     from ppgen.inference.options import as_dict
 
     batch, steps = batching(len(data.train), options.batch_size)
     group = distributed.join(options.device)
     if group.world > 1:
         distributed.check_batch(batch, group)
-    pair.train()  # training mode (batch statistics in batch norm), whatever an evaluation left
-    state = engine.init(pair, data, options, resume)
+    state = initial_state(engine, pair, data, options, resume) if state is None else state
     if group.world > 1:
         if not engine.modules(state):
             raise UserError(f"the {engine.name} engine trains in one process only; start it without torchrun")

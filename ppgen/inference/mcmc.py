@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from ppgen.errors import UserError
-from ppgen.inference.fit import Fit, register
+from ppgen.inference.fit import Fit, SamplerState, register
 
 CHAIN_METHODS = ("auto", "vectorized", "parallel")
 #: compiled samplers, most recently used last; at most CACHE_SIZE are kept
@@ -404,8 +404,9 @@ def fit_nuts(
     stats_summary = {"divergences": int(np.sum(stats["diverging"])), "wall": wall, "engine": engine,
                      "mean_tree_depth": float(np.mean(stats["tree_depth"])) if "tree_depth" in stats else None}
     coords = {"data": (idx if idx is not None else np.arange(len(x))).tolist()}
-    state = {"x": x.detach().cpu(), "sample_stats": stats, "engine": engine, "coords": coords, **extra,
-             "inputs": {name: c.detach().cpu() for name, c in zip(pair.inputs, inputs)}}
+    state = SamplerState(x=x.detach().cpu(), sample_stats=stats, engine=engine, coords=coords,
+                         dims=extra.pop("dims", {}), extra=extra,
+                         inputs={name: c.detach().cpu() for name, c in zip(pair.inputs, inputs)})
     return Fit(pair=pair, backend="nuts", history=[stats_summary], state=state, options=options, samples=samples_)
 
 

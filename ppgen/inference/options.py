@@ -12,7 +12,7 @@ machinery (:func:`option`, the checks, :func:`validate`, :class:`OptionError`) l
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ppgen.declare import (  # noqa: F401  (the checks and the declaration are importable from here too)
@@ -34,9 +34,11 @@ from ppgen.declare import (  # noqa: F401  (the checks and the declaration are i
     seed_int,
     validate,
 )
+from ppgen.ppl import ELBOS
 
-ELBOS = ("trace", "analytic", "iwae")
 ENGINES = ("auto", "torch", "jax")
+#: the SVI engines an option runs on unless its declaration says otherwise (:func:`supported`)
+ALL_ENGINES = ("torch", "jax")
 LOSSES = ("ns", "minimax", "wgan-gp", "lsgan", "ali")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 X_DRAWS = ("rsample", "mean")
@@ -59,28 +61,84 @@ def _device() -> Any:
     return option("cpu", device_name, "cpu, cuda or cuda:N")
 
 
+def supported(declared: Any, *, engines: tuple[str, ...] = ALL_ENGINES, feature: str | None = None,
+              why: str | None = None, one_process: str | None = None, shapes_elbo: bool = False) -> Any:
+    """A declared option with what runs it, read by :func:`unsupported`, :func:`one_process_only` and
+    :func:`elbo_options_in_use` (nowhere else).
+
+    ``engines``: the SVI engines that can run it when it is on (its value is not its default); ``feature`` names
+    what it turns on and ``why`` says why the other engines cannot. ``one_process``: why it cannot be split over
+    data-parallel processes (None: it can). ``shapes_elbo``: it shapes the ELBO, so a pair trained on its own
+    objective leaves it at its default.
+    """
+    metadata = {**declared.metadata, "engines": engines, "feature": feature, "why": why, "one_process": one_process,
+                "shapes_elbo": shapes_elbo}
+    return field(default=declared.default, metadata=metadata)
+
+
+def _in_use(options: Any, f: dataclasses.Field) -> bool:
+    return getattr(options, f.name) != f.default
+
+
+def unsupported(options: Any, engine: str) -> list[tuple[str, str]]:
+    """(option, reason) for every option in use that ``engine`` cannot run, e.g.
+    ``("free_bits", "free bits needs engine='torch' because NumPyro has no free-bits ELBO")``."""
+    out = []
+    for f in dataclasses.fields(options):
+        engines = f.metadata.get("engines", ALL_ENGINES)
+        if engine not in engines and _in_use(options, f):
+            needs = " or ".join(f"'{e}'" for e in engines)
+            out.append((f.name, f"{f.metadata['feature']} needs engine={needs} because {f.metadata['why']}"))
+    return out
+
+
+def one_process_only(options: Any) -> list[tuple[str, str]]:
+    """(option, why) for every option in use that cannot be split over data-parallel processes."""
+    return [(f.name, f.metadata["one_process"]) for f in dataclasses.fields(options)
+            if f.metadata.get("one_process") and _in_use(options, f)]
+
+
+def elbo_options_in_use(options: Any) -> list[str]:
+    """The options in use that shape the ELBO (meaningless for a pair trained on its own objective)."""
+    return [f.name for f in dataclasses.fields(options) if f.metadata.get("shapes_elbo") and _in_use(options, f)]
+
+
 @dataclass(frozen=True)
 class SVIOptions:
-    """Options of the SVI backend (both engines)."""
+    """Options of the SVI backend (both engines; an option declared ``supported(engines=...)`` runs on those only)."""
 
     epochs: int = _epochs()
     batch_size: int = _batch_size()
     lr: float = option(1e-3, positive_float, "Adam learning rate")
     adam_beta1: float = option(0.9, decay_rate, "Adam's first-moment decay beta1 (the ProdLDA paper's code: 0.99)")
-    elbo: str = option("trace", one_of(ELBOS, "ELBO"), "objective: trace (Trace_ELBO), analytic (closed-form KL), iwae")
-    num_particles: int = option(1, positive_int, "samples of q per example (the IWAE K)", flag="particles")
-    beta: float = option(1.0, nonnegative_float, "KL weight (beta-VAE)")
-    anneal_epochs: float = option(0.0, nonnegative_float, "linear KL warm-up from 0 to beta over this many epochs")
-    free_bits: float = option(0.0, nonnegative_float, "free-bits floor per latent dimension, in nats (torch engine)")
-    mcmc_steps: int = option(0, nonnegative_int, "MCMC inside training (Hoffman 2017): HMC transitions that refine "
-                             "the guide's z toward p(z|x) before the model's gradient; 0 is off (torch engine)")
+    elbo: str = supported(option("trace", one_of(ELBOS, "ELBO"), "objective: trace (Trace_ELBO), analytic "
+                                 "(closed-form KL), iwae"), shapes_elbo=True)
+    num_particles: int = supported(option(1, positive_int, "samples of q per example (the IWAE K)", flag="particles"),
+                                   shapes_elbo=True)
+    beta: float = supported(option(1.0, nonnegative_float, "KL weight (beta-VAE)"), shapes_elbo=True)
+    anneal_epochs: float = supported(option(0.0, nonnegative_float, "linear KL warm-up from 0 to beta over this many "
+                                            "epochs"), shapes_elbo=True)
+    free_bits: float = supported(
+        option(0.0, nonnegative_float, "free-bits floor per latent dimension, in nats (torch engine)"),
+        engines=("torch",), feature="free bits", why="NumPyro has no free-bits ELBO", shapes_elbo=True,
+        one_process="the free-bits floor is taken on the batch mean of each KL, which does not split over processes")
+    mcmc_steps: int = supported(
+        option(0, nonnegative_int, "MCMC inside training (Hoffman 2017): HMC transitions that refine the guide's z "
+               "toward p(z|x) before the model's gradient; 0 is off (torch engine)"),
+        engines=("torch",), feature="MCMC inside training (mcmc_steps)",
+        why="its HMC transitions run on Pyro traces (ppgen.inference.hmc)",
+        shapes_elbo=True)
     mcmc_step_size: float = option(0.05, positive_float, "initial HMC step size of --mcmc-steps, adapted toward "
                                    "--mcmc-accept between minibatches")
     mcmc_leapfrog: int = option(5, positive_int, "leapfrog steps per HMC transition of --mcmc-steps")
     mcmc_accept: float = option(0.8, probability, "target acceptance rate of the --mcmc-steps step size")
-    aggressive_epochs: float = option(0.0, nonnegative_float, "aggressive encoder updates (He et al. 2019) for this "
-                                      "many epochs: before each model step, guide-only steps until the loss stops "
-                                      "improving (torch engine)")
+    aggressive_epochs: float = supported(
+        option(0.0, nonnegative_float, "aggressive encoder updates (He et al. 2019) for this many epochs: before "
+               "each model step, guide-only steps until the loss stops improving (torch engine)"),
+        engines=("torch",), feature="the aggressive encoder phase (aggressive_epochs)",
+        why="its inner loop stops on the loss, which a compiled epoch cannot",
+        shapes_elbo=True,
+        one_process="the aggressive phase's guide-only steps draw their own minibatches in each process")
     aggressive_steps: int = option(50, positive_int, "most guide-only steps per model step in the aggressive phase",
                                    cli=False)
     seed: int = _seed()
@@ -93,18 +151,17 @@ class SVIOptions:
         validate(self)
         if self.elbo == "iwae" and self.num_particles < 2:
             raise OptionError("num_particles", self.num_particles, "the IWAE objective needs num_particles >= 2 (e.g. 5)")
-        if self.engine == "jax" and self.free_bits > 0:
-            raise OptionError("engine", self.engine, "free bits needs engine='torch' (NumPyro has no free-bits "
-                              "ELBO); use engine='torch' or 'auto'")
-        if self.mcmc_steps > 0 and self.engine == "jax":
-            raise OptionError("engine", self.engine, "MCMC inside training (mcmc_steps) needs engine='torch'; use "
-                              "engine='torch' or 'auto'")
+        problems = unsupported(self, self.engine) if self.engine != "auto" else []
+        if problems:
+            name, reason = problems[0]
+            raise OptionError("engine", self.engine, f"{reason}; use engine='auto', or leave {name} at its default")
         if self.mcmc_steps > 0 and self.elbo == "iwae":
             raise OptionError("mcmc_steps", self.mcmc_steps, "MCMC inside training refines one draw of q per "
                               "example; use elbo='trace' or 'analytic' with it")
-        if self.engine == "jax" and self.aggressive_epochs > 0:
-            raise OptionError("engine", self.engine, "aggressive encoder updates need engine='torch' (a data-dependent "
-                              "inner loop per step); use engine='torch' or 'auto'")
+
+
+def optional_positive(v: Any) -> str | None:
+    return None if v is None else positive_float(v)
 
 
 @dataclass(frozen=True)
@@ -115,8 +172,10 @@ class AdversarialOptions:
     epochs: int = _epochs()
     batch_size: int = _batch_size()
     n_critic: int = option(1, positive_int, "critic steps per generator step (WGAN-GP usually 5)")
-    lr_g: float = option(2e-4, positive_float, "generator (and encoder) learning rate", cli=False)
-    lr_d: float = option(2e-4, positive_float, "critic learning rate", cli=False)
+    lr: float = option(2e-4, positive_float, "Adam learning rate of both players (lr_g / lr_d set one of them)")
+    lr_g: float | None = option(None, optional_positive, "generator (and encoder) learning rate (default: lr)",
+                                cli=False)
+    lr_d: float | None = option(None, optional_positive, "critic learning rate (default: lr)", cli=False)
     betas: tuple[float, float] = option((0.5, 0.999), adam_betas, "Adam betas of both players", cli=False)
     optimizer_g: str = option("adam", one_of(OPTIMIZERS, "optimizer"), "generator optimizer", cli=False)
     optimizer_d: str = option("adam", one_of(OPTIMIZERS, "optimizer"), "critic optimizer", cli=False)
@@ -135,6 +194,16 @@ class AdversarialOptions:
         validate(self)
         if self.batch_size % self.pack:
             raise OptionError("batch_size", self.batch_size, f"must be a multiple of pack={self.pack}")
+
+    @property
+    def generator_lr(self) -> float:
+        """The generator's (and encoder's) learning rate: ``lr_g``, else ``lr``."""
+        return self.lr if self.lr_g is None else self.lr_g
+
+    @property
+    def critic_lr(self) -> float:
+        """The critic's learning rate: ``lr_d``, else ``lr``."""
+        return self.lr if self.lr_d is None else self.lr_d
 
 
 def beta_at(epoch: int, step: int, steps_per_epoch: int, beta: float, anneal_epochs: float) -> float:

@@ -1,11 +1,16 @@
 r"""The SVI backend: maximize an ELBO over the pair's networks with Adam, on the torch or the JAX engine.
 
-``ppgen.fit(pair, data, backend="svi", **options)`` with :class:`~ppgen.inference.options.SVIOptions`.
+``ppgen.fit(pair, data, backend="svi", **options)`` or ``ppgen.fit(pair, data, options=SVIOptions(...))``
+(:class:`~ppgen.inference.options.SVIOptions`, built once and handed to the engine as it is).
 Engines (``engine=``): ``"torch"`` (Pyro SVI, below), ``"jax"`` (NumPyro SVI on the lowered
 pair, each epoch one compiled call: :mod:`ppgen.inference.svi_jax`) and ``"auto"`` (the
-default): the JAX engine wherever the pair lowers and every chosen option is supported
-there (free bits and aggressive encoder updates are torch-only), the torch engine otherwise; the choice is printed once on
-stderr and recorded in ``fit.options["engine"]``. Both run inside the one training loop
+default): the engines of the pair's ``svi_engines`` that every chosen option allows (an option
+declares its engines: :func:`~ppgen.inference.options.unsupported`), tried in order. Trying is
+the engine's initialization, a trial on the pair (the JAX engine checks that its guide draws the
+model's latents on NumPyro and traces one step of the compiled epoch); an engine that fails it is
+skipped for the next, and the choice, with the failure that caused it, is printed once on stderr and
+recorded in ``fit.options["engine"]``. An engine asked for by name that cannot run the pair is one
+:class:`~ppgen.errors.UserError` line saying why. Both run inside the one training loop
 (:mod:`ppgen.inference.loop`).
 
 Objectives (``elbo=``):
@@ -57,75 +62,24 @@ from typing import Any
 
 import torch
 from pyro import poutine
-from pyro.distributions import Independent, Normal
-from pyro.distributions.kl import kl_divergence
-from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
-from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
+from pyro.infer import RenyiELBO
 
 from ppgen import sites
 from ppgen.errors import UserError
 from ppgen.inference import distributed, hmc, loop
-from ppgen.inference.fit import Fit, register
-from ppgen.inference.options import ELBOS, OptionError, SVIOptions, beta_at, make
+from ppgen.inference.fit import Fit, options_of, register
+from ppgen.inference.options import (
+    ELBOS,
+    OptionError,
+    SVIOptions,
+    beta_at,
+    elbo_options_in_use,
+    one_process_only,
+    unsupported,
+)
+from ppgen.ppl import FreeBitsELBO, ScaleLatents, make_elbo
 
 __all__ = ["ELBOS", "FreeBitsELBO", "ScaleLatents", "beta_at", "choose_engine", "fit_svi", "make_adam", "make_elbo"]
-
-
-class ScaleLatents(Messenger):
-    """Multiply the log-density of every *latent* sample site by ``factor`` (β)."""
-
-    def __init__(self, factor: float):
-        super().__init__()
-        self.factor = factor
-
-    def _process_message(self, msg: dict) -> None:
-        if msg["type"] == "sample" and not msg["is_observed"]:
-            msg["scale"] = msg["scale"] * self.factor
-
-
-def _unwrap(fn) -> tuple[Any, int]:
-    extra = 0
-    while isinstance(fn, Independent):
-        extra += fn.reinterpreted_batch_ndims
-        fn = fn.base_dist
-    return fn, extra
-
-
-class FreeBitsELBO:
-    """ELBO with the free-bits KL floor of Kingma et al. (2016), one floor per latent dimension.
-
-    loss = −Σ_obs log p(x|z) + β Σ_sites Σ_j max(λ, mean_batch KL_j) · B.
-    KL_j is closed-form for Normal q and p, else the single-sample log q − log p.
-    """
-
-    def __init__(self, free_bits: float):
-        self.free_bits = free_bits
-
-    def differentiable_loss(self, model: Callable, guide: Callable, *args) -> torch.Tensor:
-        guide_tr = poutine.trace(guide).get_trace(*args)
-        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
-        loss = 0.0
-        for name, site in model_tr.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site):  # a plate's subsample site is no latent
-                continue
-            if site["is_observed"]:
-                loss = loss - site["fn"].log_prob(site["value"]).sum() * site["scale"]
-                continue
-            q_site = guide_tr.nodes[name]
-            q, q_extra = _unwrap(q_site["fn"])
-            p, _ = _unwrap(site["fn"])
-            if isinstance(q, Normal) and isinstance(p, Normal):
-                kl = kl_divergence(q, p.expand(q.batch_shape))  # (..., B, dims)
-                batch_dims = kl.dim() - q_extra
-                per_dim = kl.reshape(kl.shape[:batch_dims] + (-1,))
-            else:
-                value = q_site["value"]
-                per_dim = (q_site["fn"].log_prob(value) - site["fn"].log_prob(value)).unsqueeze(-1)
-            n = per_dim.reshape(-1, per_dim.shape[-1]).shape[0]
-            floored = torch.clamp(per_dim.reshape(-1, per_dim.shape[-1]).mean(0), min=self.free_bits)
-            loss = loss + floored.sum() * n * q_site["scale"]
-        return loss
 
 
 class ObjectiveLoss:
@@ -136,24 +90,6 @@ class ObjectiveLoss:
 
     def differentiable_loss(self, model: Callable, guide: Callable, x: torch.Tensor, *inputs) -> torch.Tensor:
         return self.pair.objective(x, *inputs).sum()
-
-
-def make_elbo(name: str, num_particles: int, max_plate_nesting: int, free_bits: float = 0.0):
-    """The Pyro ELBO object for ``name`` (see module docs)."""
-    if free_bits > 0:
-        return FreeBitsELBO(free_bits)
-    if name == "trace":
-        return Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
-                          max_plate_nesting=max_plate_nesting)
-    if name == "analytic":
-        return TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
-                                   max_plate_nesting=max_plate_nesting)
-    if name == "iwae":
-        if num_particles < 2:
-            raise UserError("the IWAE objective needs num_particles >= 2 (e.g. --particles 5)")
-        return RenyiELBO(alpha=0.0, num_particles=num_particles, vectorize_particles=True,
-                         max_plate_nesting=max_plate_nesting)
-    raise UserError(f"unknown ELBO {name!r}; choose one of {', '.join(ELBOS)}")
 
 
 def _loss_and_grads(loss_fn, model, guide, x, *inputs) -> float:
@@ -179,15 +115,18 @@ def make_adam(params, lr: float, beta1: float = 0.9) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), foreach=True)
 
 
-def check_objective_options(pair, options: SVIOptions) -> None:
-    """A pair with its own objective is trained on it: the ELBO options do not apply."""
-    if not pair.has_objective:
-        return
-    for name, default in (("elbo", "trace"), ("num_particles", 1), ("beta", 1.0), ("anneal_epochs", 0.0),
-                          ("free_bits", 0.0), ("mcmc_steps", 0), ("aggressive_epochs", 0.0)):
-        if getattr(options, name) != default:
-            raise OptionError(name, getattr(options, name), f"{pair.who} is trained on its own objective; "
-                              "leave this option at its default")
+def check_pair_options(pair, options: SVIOptions) -> None:
+    """Refuse options the pair or the run cannot use: those that shape the ELBO for a pair trained on its own
+    objective, those that do not split over data-parallel processes."""
+    shaping = elbo_options_in_use(options) if pair.has_objective else []
+    if shaping:
+        raise OptionError(shaping[0], getattr(options, shaping[0]), f"{pair.who} is trained on its own objective; "
+                          "leave this option at its default")
+    unsplittable = one_process_only(options) if distributed.launched() > 1 else []
+    if unsplittable:
+        name, why = unsplittable[0]
+        raise OptionError(name, getattr(options, name), f"{why}; train with one process or leave {name} at its "
+                          "default")
 
 
 # -- the torch engine -----------------------------------------------------------------------------
@@ -208,7 +147,8 @@ def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchSt
     device = loop.check_torch_device(options.device)
     pair.to(device)
     loss_fn = (ObjectiveLoss(pair) if pair.has_objective
-               else make_elbo(options.elbo, options.num_particles, pair.max_plate_nesting, options.free_bits))
+               else make_elbo(options.elbo, options.num_particles, pair.max_plate_nesting, free_bits=options.free_bits,
+                              data_plate=pair.data_plate, backend_name="pyro"))
     step_size = options.mcmc_step_size
     inputs0 = tuple(c[:2].to(device) for c in data.train_epoch_inputs(0, pair.inputs))
     if options.mcmc_steps > 0:
@@ -372,44 +312,78 @@ TORCH_ENGINE = loop.Engine(
 
 
 # -- the backend ----------------------------------------------------------------------------------
-def choose_engine(pair, options: SVIOptions) -> tuple[str, str]:
-    """(engine, why) for ``options.engine``; "auto" picks jax unless an option or the pair rules it out.
-
-    Whether the pair lowers is found when the JAX engine initializes (:func:`fit_svi` falls back then).
-    """
+def engine_candidates(pair, options: SVIOptions) -> tuple[list[str], str]:
+    """The engines to try for ``options.engine``, in order, and why the first: "auto" prefers jax unless an
+    option, the pair's ``svi_engines`` or the device rules it out; the next is tried when the one before cannot
+    run the pair (:func:`fit_svi`)."""
     if distributed.launched() > 1 and options.engine != "torch" and "torch" in pair.svi_engines:
-        return "torch", (f"data-parallel over {distributed.launched()} processes runs on the torch engine; the JAX "
-                         "engine trains in one process")
+        return ["torch"], (f"data-parallel over {distributed.launched()} processes runs on the torch engine; the "
+                           "JAX engine trains in one process")
     if options.engine != "auto":
         if options.engine not in pair.svi_engines:
             raise OptionError("engine", options.engine, f"{pair.who} trains only on engine "
                               f"{' or '.join(pair.svi_engines)} (see its svi_engines)")
-        return options.engine, "asked for"
+        return [options.engine], "asked for"
     if "jax" not in pair.svi_engines:
-        return "torch", f"{pair.who} trains only on the torch engine"
-    if options.free_bits > 0:
-        return "torch", "free bits is torch-only"
-    if options.mcmc_steps > 0:
-        return "torch", "MCMC inside training (mcmc_steps) is torch-only"
-    if options.aggressive_epochs > 0:
-        return "torch", "aggressive encoder updates are torch-only"
+        return ["torch"], f"{pair.who} trains only on the torch engine"
+    ruled_out = unsupported(options, "jax")
+    if ruled_out:
+        return ["torch"], ruled_out[0][1]
     if pair.svi_engines[0] == "torch":
-        return "torch", f"{pair.who} as configured runs faster on the torch engine (its svi_engines)"
+        return list(pair.svi_engines), f"{pair.who} as configured runs faster on the torch engine (its svi_engines)"
     if options.device.startswith("cuda"):
         import jax
 
         if jax.default_backend() != "gpu":
-            return "torch", "JAX sees no GPU"
-    return "jax", "the pair lowers to JAX"
+            return ["torch"], "JAX sees no GPU"
+    return list(pair.svi_engines), "the pair lowers to JAX"
 
 
-@register("svi")
-def fit_svi(pair, data, *, progress: bool | None = None, callback: Callable[[Fit], dict | None] | None = None,
-            on_epoch_end: Callable[[Fit], None] | None = None, resume: dict | None = None,
-            announce: Callable[[str], None] | None = None, **options) -> Fit:
+def choose_engine(pair, options: SVIOptions) -> tuple[str, str]:
+    """(engine, why): the first engine :func:`fit_svi` tries (it falls back to the next if that one's trial fails)."""
+    names, why = engine_candidates(pair, options)
+    return names[0], why
+
+
+def _engine(name: str) -> loop.Engine:
+    if name == "jax":
+        from ppgen.inference import svi_jax
+
+        return svi_jax.JAX_ENGINE
+    return TORCH_ENGINE
+
+
+def start_engine(pair, data, options: SVIOptions, resume: dict | None,
+                 announce: Callable[[str], None] | None = None) -> tuple[loop.Engine, Any]:
+    """The first engine of :func:`engine_candidates` whose initialization — its trial: the JAX engine traces one
+    step of the compiled epoch — runs the pair, and its state. Falling back is said in the one announced line; an
+    engine chosen by hand that cannot run the pair is one :class:`UserError` line naming the reason."""
+    names, why = engine_candidates(pair, options)  # at least one
+    for name in names:
+        engine = _engine(name)
+        try:
+            state = loop.initial_state(engine, pair, data, options, resume)
+        except loop.CannotRun as err:
+            if options.engine == name:
+                others = [e for e in pair.svi_engines if e != name]
+                instead = f"; use engine='{others[0]}' or 'auto'" if others else ""
+                raise UserError(f"engine='{name}' cannot train {pair.who}: {err}{instead}") from None
+            if name == names[-1]:
+                raise UserError(f"no SVI engine can train {pair.who}: engine '{name}': {err}") from None
+            why = f"engine {name} cannot train {pair.who}: {err}"
+            continue
+        _announce(options, name, why, announce)
+        return engine, state
+
+
+@register("svi", SVIOptions)
+def fit_svi(pair, data, *, options: SVIOptions | None = None, progress: bool | None = None,
+            callback: Callable[[Fit], dict | None] | None = None, on_epoch_end: Callable[[Fit], None] | None = None,
+            resume: dict | None = None, announce: Callable[[str], None] | None = None, **values) -> Fit:
     """Train ``pair`` by SVI; returns a :class:`Fit` whose ``history`` has one row per epoch.
 
-    ``options`` are :class:`~ppgen.inference.options.SVIOptions`. ``callback(fit)`` runs after
+    ``options`` is an :class:`~ppgen.inference.options.SVIOptions`, or its fields come as keywords
+    (``values``, which also replace the object's). ``callback(fit)`` runs after
     every epoch and may return held-out metrics to add to that epoch's row; with
     ``monitor="val_elbo"`` the weights of the best epoch by that metric are kept in
     ``fit.state.best`` (:func:`ppgen.inference.loop.restore_best` restores them).
@@ -418,14 +392,8 @@ def fit_svi(pair, data, *, progress: bool | None = None, callback: Callable[[Fit
     the engine that wrote it. With ``engine="auto"`` the choice is announced once through
     ``announce`` (default: a line on stderr).
     """
-    opts = make(SVIOptions, options)
-    check_objective_options(pair, opts)
-    if distributed.launched() > 1 and opts.free_bits > 0:
-        raise OptionError("free_bits", opts.free_bits, "the free-bits floor is taken on the batch mean of each KL, "
-                          "which does not split over processes; train with one process or without free bits")
-    if distributed.launched() > 1 and opts.aggressive_epochs > 0:
-        raise OptionError("aggressive_epochs", opts.aggressive_epochs, "the aggressive phase's guide-only steps draw "
-                          "their own minibatches in each process; train it with one process")
+    opts = options_of(SVIOptions, options, values)
+    check_pair_options(pair, opts)
     pair.check_data(data.train_epoch(0), "training data")
     pair.check_inputs(data.train_epoch(0), data.train_epoch_inputs(0, pair.inputs), "training data")
     if resume is not None:
@@ -436,24 +404,9 @@ def fit_svi(pair, data, *, progress: bool | None = None, callback: Callable[[Fit
         elif opts.engine != written_by:
             raise UserError(f"this checkpoint was written by engine='{written_by}'; resume it with "
                             f"engine='{written_by}' (or 'auto')")
-    name, why = choose_engine(pair, opts)
-    if name == "jax":
-        from ppgen.inference import svi_jax
-
-        try:
-            state0 = svi_jax.JAX_ENGINE.init(pair, data, opts, resume)
-        except svi_jax.CannotLower as err:
-            if opts.engine == "jax":
-                raise UserError(f"engine='jax' {err}; use engine='torch'") from None
-            name, why = "torch", str(err)
-        else:
-            _announce(opts, "jax", why, announce)
-            engine = dataclasses.replace(svi_jax.JAX_ENGINE, init=lambda *_: state0)
-            return loop.run(engine, pair, data, opts, backend="svi", resume=resume, progress=progress,
-                            callback=callback, on_epoch_end=on_epoch_end)
-    _announce(opts, "torch", why, announce)
-    return loop.run(TORCH_ENGINE, pair, data, opts, backend="svi", resume=resume, progress=progress,
-                    callback=callback, on_epoch_end=on_epoch_end)
+    engine, state = start_engine(pair, data, opts, resume, announce)
+    return loop.run(engine, pair, data, opts, backend="svi", resume=resume, progress=progress, callback=callback,
+                    on_epoch_end=on_epoch_end, state=state)
 
 
 def _announce(options: SVIOptions, name: str, why: str, announce: Callable[[str], None] | None) -> None:

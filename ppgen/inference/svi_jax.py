@@ -12,7 +12,7 @@ runs its torch.fx lowering (:mod:`ppgen.nn.lower`). One epoch — the minibatch 
 Objectives are NumPyro's: ``"trace"`` ``Trace_ELBO``, ``"analytic"`` ``TraceMeanField_ELBO``,
 ``"iwae"`` ``RenyiELBO(alpha=0)`` with K = ``num_particles``; a pair with its own
 ``objective`` is trained on it through a ``numpyro.factor`` site. β and its warm-up scale
-the latent sites (:class:`ScaleLatents`); the per-step β values enter the compiled epoch as
+the latent sites (:class:`ppgen.ppl.ScaleLatents`); the per-step β values enter the compiled epoch as
 an array, so annealing is per step, as in the torch engine, without recompiling. Free bits
 is torch-only. Buffers (:class:`ppgen.nn.norm.BatchNorm`'s running statistics) are NumPyro
 ``mutable`` sites, carried in the SVI state from step to step and copied back with the weights;
@@ -39,10 +39,10 @@ import torch
 
 from ppgen.errors import UserError
 from ppgen.inference import loop
-from ppgen.inference.options import ELBOS, SVIOptions, beta_at
+from ppgen.inference.options import SVIOptions, beta_at, unsupported
 
 
-class CannotLower(Exception):
+class CannotLower(loop.CannotRun):
     """The pair or an option cannot run on the JAX engine (the message says why)."""
 
 
@@ -96,23 +96,6 @@ def module_sites(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -
     return seen
 
 
-def _scale_latents_class():
-    from numpyro.primitives import Messenger
-
-    class ScaleLatents(Messenger):
-        """Multiply the log-density of every *latent* sample site by ``factor`` (β; may be traced)."""
-
-        def __init__(self, fn=None, factor=1.0):
-            self.factor = factor
-            super().__init__(fn)
-
-        def process_message(self, msg: dict) -> None:
-            if msg["type"] == "sample" and not msg["is_observed"]:
-                msg["scale"] = self.factor if msg.get("scale") is None else msg["scale"] * self.factor
-
-    return ScaleLatents
-
-
 def scaled_model_guide(pair) -> tuple[Callable, Callable]:
     """``model(x, beta, *inputs)`` and ``guide(x, beta, *inputs)`` on NumPyro: the pair's, latent sites scaled by
     ``beta``, with the pair's input columns after it.
@@ -122,9 +105,8 @@ def scaled_model_guide(pair) -> tuple[Callable, Callable]:
     """
     import numpyro
 
-    from ppgen.ppl import backend
+    from ppgen.ppl import ScaleLatents, backend
 
-    ScaleLatents = _scale_latents_class()
     if pair.has_objective:
         def objective_model(x, beta, *inputs):
             with backend("numpyro"):
@@ -133,11 +115,11 @@ def scaled_model_guide(pair) -> tuple[Callable, Callable]:
         return objective_model, lambda x, beta, *inputs: None
 
     def model(x, beta, *inputs):
-        with backend("numpyro"), ScaleLatents(factor=beta):
+        with backend("numpyro"), ScaleLatents(beta):
             pair.model(x, *inputs)
 
     def guide(x, beta, *inputs):
-        with backend("numpyro"), ScaleLatents(factor=beta):
+        with backend("numpyro"), ScaleLatents(beta):
             pair.guide(x, *inputs)
 
     return model, guide
@@ -156,21 +138,6 @@ def networks_read_numpyro_params(pair, x: torch.Tensor | None = None) -> Iterato
     sites = module_sites(pair, x)
     with backend("numpyro"):
         yield sites
-
-
-def make_numpyro_elbo(name: str, num_particles: int):
-    """The NumPyro ELBO object for ``name`` (the torch engine's choices, see :mod:`ppgen.inference.svi`)."""
-    from numpyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
-
-    if name == "trace":
-        return Trace_ELBO(num_particles=num_particles)
-    if name == "analytic":
-        return TraceMeanField_ELBO(num_particles=num_particles)
-    if name == "iwae":
-        if num_particles < 2:
-            raise UserError("the IWAE objective needs num_particles >= 2 (e.g. --particles 5)")
-        return RenyiELBO(alpha=0.0, num_particles=num_particles)
-    raise UserError(f"unknown ELBO {name!r}; choose one of {', '.join(ELBOS)}")
 
 
 def flatten_state(optim_state) -> list[torch.Tensor]:
@@ -255,7 +222,7 @@ def make_epoch_fn(svi, n: int, steps: int, batch_size: int):
 
         state, losses = jax.lax.scan(body, state, (idx, betas))
         leaves = jax.tree_util.tree_leaves(svi.get_params(state))
-        return state, losses, jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in leaves]))
+        return state, losses, jnp.all(jnp.asarray([jnp.isfinite(leaf).all() for leaf in leaves], dtype=bool))
 
     return epoch
 
@@ -291,14 +258,11 @@ def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
     from numpyro.infer import SVI
 
     from ppgen.nn import NotLowerable
-    from ppgen.ppl import recording_modules
+    from ppgen.ppl import make_elbo, recording_modules
 
-    if options.mcmc_steps > 0:
-        raise CannotLower("has no MCMC inside training (mcmc_steps is torch-only)")
-    if options.free_bits > 0:
-        raise CannotLower("has no free bits (NumPyro has no free-bits ELBO)")
-    if options.aggressive_epochs > 0:
-        raise CannotLower("has no aggressive encoder updates (torch engine only)")
+    ruled_out = unsupported(options, "jax")
+    if ruled_out:
+        raise CannotLower(ruled_out[0][1])
     _check_device(options.device)
     pair.to("cpu")
     if resume is not None:
@@ -316,17 +280,19 @@ def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
     # autoguide site is initialised at them (ppgen.ppl), as the networks are at their torch weights
     pair.trial_run(x0_torch, *inputs_torch, seed=options.seed)
     model, guide = scaled_model_guide(pair)
-    loss_fn = make_numpyro_elbo(options.elbo, options.num_particles)
+    loss_fn = make_elbo(options.elbo, options.num_particles, backend_name="numpyro")
     svi = SVI(model, guide, numpyro.optim.Adam(options.lr, b1=options.adam_beta1), loss_fn)
     try:
         with recording_modules() as sites:
             svi_state = svi.init(jax.random.PRNGKey(options.seed), jnp.asarray(x0_torch.numpy()), 1.0, *inputs0)
         check_covered(pair, sites, svi.get_params(svi_state))
         check_buffers(svi_state, options)
+    except CannotLower:
+        raise
     except NotLowerable as err:
         raise CannotLower(f"cannot lower this model's networks ({err})") from None
-    except (TypeError, AttributeError, NotImplementedError, ValueError) as err:  # model code NumPyro cannot run
-        raise CannotLower(f"cannot run {type(pair).__name__} on NumPyro ({str(err).splitlines()[0][:160]})") from None
+    except Exception as err:  # noqa: BLE001 - model code NumPyro cannot run, whatever NumPyro or JAX raised
+        raise CannotLower(_cannot_run(pair, err)) from None
     if svi_state.mutable_state is not None:  # svi.init ran the networks once: start from torch's buffers instead
         svi_state = svi_state._replace(mutable_state=torch_buffers(sites, svi_state.mutable_state))
     if resume is not None:
@@ -334,7 +300,45 @@ def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
         svi_state = svi_state._replace(optim_state=unflatten_state(engine_state.get("optimizer"),
                                                                    svi_state.optim_state))
     epoch_fn = make_epoch_fn(svi, len(data.train), steps, batch)
+    trial(pair, model, guide, epoch_fn, svi_state, x0_torch, inputs0, len(data.train), steps)
     return JaxState(pair, options, svi, svi_state, epoch_fn, sites)
+
+
+def _cannot_run(pair, err: Exception) -> str:
+    first = (str(err).strip().splitlines() or [""])[0][:160]
+    return f"cannot run {type(pair).__name__} on NumPyro ({type(err).__name__}: {first})"
+
+
+def trial(pair, model: Callable, guide: Callable, epoch_fn: Callable, svi_state, x0: torch.Tensor,
+          inputs0: tuple, n: int, steps: int) -> None:
+    """Raise :class:`CannotLower` unless the pair runs on NumPyro as it does on Pyro: the guide draws every latent
+    site of the model (a guide written with Pyro's own primitives draws nothing there, and NumPyro would silently
+    take the model's prior instead), and one step of the compiled epoch traces (shapes only: nothing is compiled
+    or run). Any error NumPyro or JAX raises counts."""
+    import jax
+    import jax.numpy as jnp
+    from numpyro import handlers
+
+    xj = jnp.asarray(x0.numpy())
+    try:
+        if not pair.has_objective:
+            guide_tr = handlers.trace(handlers.seed(guide, 0)).get_trace(xj, 1.0, *inputs0)
+            model_tr = handlers.trace(handlers.replay(handlers.seed(model, 1), guide_tr)).get_trace(xj, 1.0, *inputs0)
+            missing = [name for name, site in model_tr.items()
+                       if site["type"] == "sample" and not site["is_observed"] and name not in guide_tr]
+            if missing:
+                raise CannotLower(f"its guide draws no value of the model's latent site {', '.join(missing)} on "
+                                  "NumPyro (a guide written with Pyro's own primitives, such as a Pyro autoguide, "
+                                  "runs on the torch engine only)")
+        def whole(a):  # the shape of a training column from its first rows: the compiled epoch indexes all n
+            return jax.ShapeDtypeStruct((n, *a.shape[1:]), a.dtype)
+
+        jax.eval_shape(epoch_fn, svi_state, whole(xj), jax.random.PRNGKey(0),
+                       jax.ShapeDtypeStruct((steps,), jnp.float32), tuple(whole(c) for c in inputs0))
+    except CannotLower:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever NumPyro or JAX raised: the pair does not run there
+        raise CannotLower(_cannot_run(pair, err)) from None
 
 
 def _epoch(state: JaxState, plan: loop.EpochPlan) -> tuple[JaxState, loop.EpochResult]:
