@@ -47,7 +47,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     t = p.add_argument_group("training (SVI; the flags come from ppgen.inference.options.SVIOptions)")
     add_option_flags(t, SVIOptions, defaults=CLI_DEFAULTS)
     t.add_argument("--select", choices=["best", "last"], help="keep the best-validation epoch (default) or the last")
-    a = p.add_argument_group("adversarial (--backend adversarial; --lr sets both players' rates, default 2e-4)")
+    adversarial_lr = AdversarialOptions.__dataclass_fields__["lr"].default
+    a = p.add_argument_group(f"adversarial (--backend adversarial; --lr sets both players' rates, default "
+                             f"{adversarial_lr:g})")
     a.add_argument("--backend", choices=["svi", "adversarial"],
                    help="training backend (default: the family's own, svi for most)")
     add_option_flags(a, AdversarialOptions, skip={f.name for _, f in cli_flags(SVIOptions)}, defaults=CLI_DEFAULTS)

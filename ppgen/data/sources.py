@@ -333,8 +333,8 @@ def _cell(text: str, path: Path, column: str, row: int) -> float:
     try:
         return float(text)
     except ValueError:
-        raise UserError(f"{path}: row {row}, column {column!r} holds {text!r}, not a number; every feature must be "
-                        "a number") from None
+        raise UserError(f"{path}: row {row}, column {column!r} holds {text!r}, not a number; a table's features "
+                        f"must be numbers (a text corpus needs a column named text, or name it: {path}:{column})") from None
 
 
 def _csv_column(cells: list[str], path: Path, name: str) -> np.ndarray:

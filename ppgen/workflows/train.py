@@ -32,8 +32,6 @@ from ppgen.workflows.common import (
 
 #: what ``ppgen train`` sets differently from the library's defaults (a run trains longer than a quick fit)
 CLI_DEFAULTS = {"epochs": 30}
-#: the adversarial backend's learning rate for both players (``--lr`` sets both)
-ADVERSARIAL_LR = 2e-4
 #: options of the run, not of an engine
 RUN_OPTIONS = {"select": "best"}
 BACKENDS = ("svi", "adversarial")
@@ -46,12 +44,7 @@ def _option_names(cls) -> set[str]:
 def backend_options(backend: str, train: dict) -> Any:
     """The validated options dataclass of ``backend`` for a run's ``train`` section (without run options)."""
     values = {k: v for k, v in train.items() if k not in RUN_OPTIONS and k != "backend"}
-    if backend == "adversarial":
-        lr = values.pop("lr", ADVERSARIAL_LR)
-        values.setdefault("lr_g", lr)
-        values.setdefault("lr_d", lr)
-        return make_options(AdversarialOptions, values)
-    return make_options(SVIOptions, values)
+    return make_options(AdversarialOptions if backend == "adversarial" else SVIOptions, values)
 
 
 def make_config(model: str, model_options: dict, data_options: dict, train_options: dict) -> dict:
@@ -65,7 +58,7 @@ def make_config(model: str, model_options: dict, data_options: dict, train_optio
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     adversarial = backend == "adversarial"
-    own = _option_names(AdversarialOptions) | {"lr"} if adversarial else _option_names(SVIOptions) | set(RUN_OPTIONS)
+    own = _option_names(AdversarialOptions) if adversarial else _option_names(SVIOptions) | set(RUN_OPTIONS)
     wrong = sorted(k for k in train_options if k not in own)
     if wrong:
         other = "svi" if adversarial else "adversarial"
@@ -138,10 +131,8 @@ def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = F
 def _train_shard(pair, data: datasets.Dataset, backend: str, config: dict, checkpoint: dict | None) -> dict:
     """A data-parallel process other than rank 0: the same training, no files, no log, no progress bar."""
     options = backend_options(backend, config["train"])
-    kwargs = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
-    if backend == "svi":
-        kwargs["announce"] = lambda message: None
-    fit = backend_fit(pair, data, backend=backend, progress=False, resume=checkpoint, **kwargs)
+    quiet = {"announce": lambda message: None} if backend == "svi" else {}
+    fit = backend_fit(pair, data, backend=backend, options=options, progress=False, resume=checkpoint, **quiet)
     return {"epochs": fit.state.epoch, "stopped": fit.stopped}
 
 
@@ -163,11 +154,11 @@ def _train(pair, data: datasets.Dataset, backend: str, select: str, checkpoint: 
     """Train on either backend with a checkpoint per epoch; then the selected weights, metrics and pictures."""
     config = run.config
     options = backend_options(backend, config["train"])
-    kwargs = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    svi_only = {}
     callback = None
     if backend == "svi":
-        kwargs["monitor"] = "val_elbo" if select == "best" else None
-        kwargs["announce"] = log
+        options = dataclasses.replace(options, monitor="val_elbo" if select == "best" else None)
+        svi_only["announce"] = log
         callback = with_family_metrics(validation_callback(data, options.seed), data)
 
     def on_epoch_end(fit) -> None:
@@ -178,8 +169,8 @@ def _train(pair, data: datasets.Dataset, backend: str, select: str, checkpoint: 
         run.save_checkpoint(fit)
         _log_epoch(fit, log)
 
-    fit = backend_fit(pair, data, backend=backend, progress=progress, resume=checkpoint, callback=callback,
-                      on_epoch_end=on_epoch_end, **kwargs)
+    fit = backend_fit(pair, data, backend=backend, options=options, progress=progress, resume=checkpoint,
+                      callback=callback, on_epoch_end=on_epoch_end, **svi_only)
     run.require_checkpoint(fit.stopped)
     if fit.stopped:
         log(f"training stopped: {fit.stopped}")
