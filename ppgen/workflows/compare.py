@@ -39,6 +39,7 @@ def compare_run(run_dir, out=None, *, points: int | None = None, chains: int = 4
     shared = global_latents(pair, data.train, split_inputs(pair, data, "train", limit=1))
     out = Path(out) if out is not None else run_dir / "compare"
     if shared:
+        _check_globals_only(pair, data, shared)
         if points is not None:
             log(f"--points ignored: {', '.join(shared)} {'is' if len(shared) == 1 else 'are'} global (shared by every "
                 "example), so NUTS runs on the whole model over the training data")
@@ -47,6 +48,20 @@ def compare_run(run_dir, out=None, *, points: int | None = None, chains: int = 4
     return _compare_points(pair, data, run_dir, out, points=DEFAULT_POINTS if points is None else points,
                            chains=chains, warmup=warmup, samples=samples, split=split, steps=steps, iwae_k=iwae_k,
                            seed=seed, log=log)
+
+
+def _check_globals_only(pair, data, shared: list[str]) -> None:
+    """A whole-model comparison reads each site's entries as the coordinates of one Gaussian: per-example latents
+    beside the global ones would make that N times larger, so such a pair is refused in one line."""
+    from ppgen.diagnostics import model_sites
+
+    x, inputs = data.train[:1], split_inputs(pair, data, "train", limit=1)
+    local = [k for k, s in model_sites(pair, x, inputs).items() if not s["is_observed"] and k not in shared]
+    if local:
+        raise UserError(f"ppgen compare takes per-example latents or global ones, but {pair.name} has both (global "
+                        f"{', '.join(shared)}; per example {', '.join(local)}): run NUTS on it with "
+                        "ppgen.fit(pair, data, backend='nuts') and put the guide beside it with "
+                        "ppgen.diagnostics.compare_inference_data")
 
 
 def _compare_points(pair, data, run_dir: Path, out: Path, *, points: int, chains: int, warmup: int, samples: int,
