@@ -398,5 +398,6 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-__all__ = ["combine", "compare_inference_data", "guide_draws", "log_likelihood", "nuts_report", "plot_forest",
+__all__ = ["combine", "compare_inference_data", "guide_draws", "log_likelihood", "nuts_inputs", "nuts_report",
+           "plot_forest",
            "plot_gaps", "plot_pair", "point", "summary", "to_inference_data"]

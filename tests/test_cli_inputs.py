@@ -258,3 +258,15 @@ def test_label_needs_a_generate_that_takes_labels(tmp_path):
     with pytest.raises(UserError, match=r"generate\(n\) takes no labels") as err:
         _check_labels(ConditionalLinear(), tmp_path)
     assert "\n" not in str(err.value)
+
+
+def test_guide_draws_without_the_input_columns_are_one_line(cvae_run):
+    from types import SimpleNamespace
+
+    from ppgen.diagnostics import to_inference_data
+    from ppgen.errors import UserError
+
+    pair = runs.load_pair(cvae_run)
+    with pytest.raises(UserError, match="input columns") as err:
+        to_inference_data(SimpleNamespace(backend="svi", pair=pair), x=load("digits").test[:4])
+    assert "\n" not in str(err.value) and "(y)" in str(err.value)
