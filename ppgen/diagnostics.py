@@ -399,5 +399,4 @@ def _save(fig, path: Path) -> Path:
 
 
 __all__ = ["combine", "compare_inference_data", "guide_draws", "log_likelihood", "nuts_inputs", "nuts_report",
-           "plot_forest",
-           "plot_gaps", "plot_pair", "point", "summary", "to_inference_data"]
+           "plot_forest", "plot_gaps", "plot_pair", "point", "summary", "to_inference_data"]
