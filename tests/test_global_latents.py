@@ -296,3 +296,16 @@ def test_compare_global_on_a_self_subsampling_model_reports_no_khat(nuts_fit):
     se = math.sqrt(0.09 / row["ess_bulk_min"] + 2 * 0.05 * 0.95 / 2000)  # NUTS binomial + the guide's two quantiles
     assert math.isfinite(row["kl"]) and abs(row["coverage90"] - 0.9) < 4 * se
     assert am.format_global_table(result).splitlines()[1].split()[5] == "-"
+
+
+def test_the_whole_model_workflow_on_a_self_subsampling_model_writes_nuts_nc_without_log_likelihood(tmp_path):
+    from ppgen.workflows.compare import compare_whole_model
+
+    pair, x = exact_pair(subsample=20)
+    lines = []
+    result = compare_whole_model(pair, x, tmp_path, tmp_path / "out", chains=1, warmup=50, samples=50, seed=0,
+                                 log=lines.append)
+    assert result["overall"]["khat"] is None and any("subsamples its data plate" in line for line in lines)
+    nuts = az.from_netcdf(tmp_path / "out" / "nuts.nc")
+    assert "log_likelihood" not in nuts.groups() and nuts.posterior["w"].shape == (1, 50, D)
+    assert (tmp_path / "out" / "forest_w.png").exists() and (tmp_path / "out" / "compare.nc").exists()
