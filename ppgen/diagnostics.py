@@ -44,8 +44,9 @@ def _az():
 
 # -- log-likelihood and guide draws with Pyro (every backend's draws go through the same code) --------
 def log_likelihood(pair, x: torch.Tensor, latents: dict[str, torch.Tensor], dims: dict[str, list[str]],
-                   budget: int = 4_000_000) -> dict[str, np.ndarray]:
-    """log p(x_n | latents) of every observed site, per draw and example: {site: (draws, data)}.
+                   budget: int = 4_000_000, inputs: tuple[torch.Tensor, ...] = ()) -> dict[str, np.ndarray]:
+    """log p(x_n | latents) of every observed site, per draw and example: {site: (draws, data)}; for a pair with
+    input columns, log p(x_n | latents, inputs_n) (``inputs``: one row per example, beside ``x``).
 
     ``latents[site]`` is in the :func:`ppgen.inference.mcmc.canonical` layout, (draws, [data], *other plates,
     *event); each is placed back at its own plate dims (:func:`place`) and the densities reduced per example by
@@ -55,13 +56,13 @@ def log_likelihood(pair, x: torch.Tensor, latents: dict[str, torch.Tensor], dims
 
     n = next(iter(latents.values())).shape[0]
     chunk = max(1, budget // max(1, x.numel()))
-    traced = model_sites(pair, x)
+    traced = model_sites(pair, x, inputs)
     parts: dict[str, list] = {}
     with torch.no_grad():
         for start in range(0, n, chunk):
             sl = slice(start, min(n, start + chunk))
             values = {k: place(v[sl], traced[k], pair.max_plate_nesting, pair.data_plate) for k, v in latents.items()}
-            tr = sites.trace_conditioned(pair.model, pair, x, values, sl.stop - sl.start)
+            tr = sites.trace_conditioned(pair.model, pair, x, values, sl.stop - sl.start, inputs)
             if sites.layout(tr, pair.data_plate).examples != x.shape[0]:
                 raise UserError(f"the model subsamples its data plate {pair.data_plate!r} itself, so its log-likelihood "
                                 f"covers a random few of the {x.shape[0]} examples: pass log_lik=False, or declare the "
@@ -71,12 +72,13 @@ def log_likelihood(pair, x: torch.Tensor, latents: dict[str, torch.Tensor], dims
     return {k: np.concatenate(v, 0) for k, v in parts.items()}
 
 
-def model_sites(pair, x: torch.Tensor) -> dict[str, dict]:
-    """The model's sample sites from one Pyro trace at ``x`` (their plates and event shapes)."""
+def model_sites(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> dict[str, dict]:
+    """The model's sample sites from one Pyro trace at ``x`` and its input columns (their plates and event
+    shapes)."""
     from ppgen.inference.mcmc import pyro_sample_sites
 
     with torch.no_grad():
-        return pyro_sample_sites(pair, x)
+        return pyro_sample_sites(pair, x, inputs)
 
 
 def place(value: torch.Tensor, site: dict, max_plate_nesting: int, data_plate: str = "data") -> torch.Tensor:
@@ -94,8 +96,10 @@ def place(value: torch.Tensor, site: dict, max_plate_nesting: int, data_plate: s
     return value.reshape((value.shape[0], *batch, *value.shape[1 + len(plates):]))
 
 
-def guide_draws(pair, x: torch.Tensor, n: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
-    """``n`` draws of every latent site from the guide at ``x``: {site: (n, *site shape)} and their dims.
+def guide_draws(pair, x: torch.Tensor, n: int, seed: int = 0,
+                inputs: tuple[torch.Tensor, ...] = ()) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """``n`` draws of every latent site from the guide at ``x`` (and its input columns ``inputs``, one row per
+    example): {site: (n, *site shape)} and their dims.
 
     A site in the data plate comes as (n, data, *event), a global one as (n, *event) (the
     :func:`~ppgen.inference.mcmc.canonical` layout: other plates keep their axes).
@@ -107,7 +111,7 @@ def guide_draws(pair, x: torch.Tensor, n: int, seed: int = 0) -> tuple[dict[str,
 
     pyro.set_rng_seed(seed)
     with torch.no_grad():
-        guide_tr = sites.trace_conditioned(pair.guide, pair, x, {}, n)
+        guide_tr = sites.trace_conditioned(pair.guide, pair, x, {}, n, inputs)
     # the model's latent sites only: an autoguide's internal draws (``_AutoMultivariateNormal_latent``,
     # ``b_unconstrained``) are auxiliary sites
     latent = {k: s for k, s in sites.sample_sites(guide_tr).items()
@@ -122,12 +126,13 @@ def guide_draws(pair, x: torch.Tensor, n: int, seed: int = 0) -> tuple[dict[str,
 
 # -- InferenceData ------------------------------------------------------------------------------------
 def to_inference_data(fit, x: torch.Tensor | None = None, *, num_samples: int = 1000, chains: int = 4,
-                      seed: int = 0, log_lik: bool = True):
+                      seed: int = 0, log_lik: bool = True, inputs: tuple[torch.Tensor, ...] = ()):
     """ArviZ ``InferenceData`` of a fit's posterior (see module docs).
 
     For an SVI fit the guide is amortized: ``x`` are the examples whose q(z | x)
-    is drawn (``num_samples`` draws, arranged as ``chains`` chains). A NUTS fit
-    knows its examples.
+    is drawn (``num_samples`` draws, arranged as ``chains`` chains); a pair with
+    input columns (``pair.inputs``) takes theirs, one row per example, as ``inputs``
+    (q(z | x, y), log p(x | z, y)). A NUTS fit knows its examples and their inputs.
     """
     if fit.backend == "nuts":
         return _from_nuts(fit, log_lik)
@@ -136,7 +141,10 @@ def to_inference_data(fit, x: torch.Tensor | None = None, *, num_samples: int = 
                         "ppgen.diagnostics.to_inference_data(fit, x=data.test[:16])")
     if chains < 1 or num_samples < chains:
         raise UserError(f"need chains >= 1 and num_samples >= chains, got {chains} and {num_samples}")
-    return _from_guide(fit.pair, x, num_samples=num_samples, chains=chains, seed=seed, log_lik=log_lik)
+    inputs = tuple(inputs)
+    fit.pair.check_inputs(x, inputs, "the examples given")
+    return _from_guide(fit.pair, x, num_samples=num_samples, chains=chains, seed=seed, log_lik=log_lik,
+                       inputs=inputs)
 
 
 def _chain_draw(a: np.ndarray, chains: int) -> np.ndarray:
@@ -156,20 +164,21 @@ def _coords(dims: dict[str, list[str]], arrays: dict[str, np.ndarray], data_coor
 
 
 def _from_guide(pair, x: torch.Tensor, *, num_samples: int, chains: int, seed: int, log_lik: bool,
-                data_coords: Sequence[int] | None = None):
+                data_coords: Sequence[int] | None = None, inputs: tuple[torch.Tensor, ...] = ()):
     az = _az()
     pair.eval()
-    latents, dims = guide_draws(pair, x, num_samples, seed)
-    model_latent = {k for k, s in model_sites(pair, x).items() if not s["is_observed"]}
+    latents, dims = guide_draws(pair, x, num_samples, seed, inputs)
+    model_latent = {k for k, s in model_sites(pair, x, inputs).items() if not s["is_observed"]}
     latents = {k: v for k, v in latents.items() if k in model_latent}  # an autoguide's own sites left out
     posterior = {k: _chain_draw(v.cpu().numpy(), chains) for k, v in latents.items()}
     data_coords = list(range(len(x))) if data_coords is None else list(data_coords)
     groups: dict[str, Any] = {"posterior": posterior}
-    obs_dims = _observed_dims(pair, x)
+    obs_dims = _observed_dims(pair, x, inputs)
     dims = {**dims, **obs_dims}
     groups["observed_data"] = {k: x.detach().cpu().numpy() for k in obs_dims}
     if log_lik:
-        groups["log_likelihood"] = {k: _chain_draw(v, chains) for k, v in log_likelihood(pair, x, latents, dims).items()}
+        groups["log_likelihood"] = {k: _chain_draw(v, chains)
+                                    for k, v in log_likelihood(pair, x, latents, dims, inputs=inputs).items()}
     coords = _coords(dims, posterior, data_coords)
     for ds in obs_dims.values():
         for axis, d in enumerate(ds[1:]):
@@ -177,32 +186,39 @@ def _from_guide(pair, x: torch.Tensor, *, num_samples: int, chains: int, seed: i
     return az.from_dict(**groups, coords=coords, dims=dims, attrs={"method": "svi"})
 
 
-def _observed_dims(pair, x: torch.Tensor) -> dict[str, list[str]]:
+def _observed_dims(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> dict[str, list[str]]:
     import pyro
     from pyro import poutine
     from pyro.poutine.util import site_is_subsample
 
     with pyro.validation_enabled(False), torch.no_grad():
-        tr = poutine.trace(pair.model).get_trace(x)
+        tr = poutine.trace(pair.model).get_trace(x, *inputs)
     return {k: ["data"] + [f"{k}_dim_{i}" for i in range(x.dim() - 1)]
             for k, s in tr.nodes.items() if s["type"] == "sample" and s["is_observed"] and not site_is_subsample(s)}
+
+
+def nuts_inputs(fit) -> tuple[torch.Tensor, ...]:
+    """The input columns of a NUTS fit's examples (``fit.state["inputs"]``), in the pair's order; ``()`` without."""
+    recorded = fit.state.get("inputs") or {}
+    return tuple(recorded[name] for name in fit.pair.inputs)
 
 
 def _from_nuts(fit, log_lik: bool):
     az = _az()
     x = fit.state["x"]
+    inputs = nuts_inputs(fit)
     dims = {k: v for k, v in fit.state["dims"].items() if k in fit.samples}
     posterior = {k: np.asarray(v) for k, v in fit.samples.items()}
     chains, draws = next(iter(posterior.values())).shape[:2]
     stats = {k: np.asarray(v) for k, v in fit.state["sample_stats"].items()}
     per_point = fit.options.get("points") is not None
     stat_dims = {k: ["data"] for k in stats} if per_point else {}
-    obs_dims = _observed_dims(fit.pair, x)
+    obs_dims = _observed_dims(fit.pair, x, inputs)
     groups: dict[str, Any] = {"posterior": posterior, "sample_stats": stats,
                               "observed_data": {k: x.numpy() for k in obs_dims}}
     if log_lik:
         flat = {k: torch.tensor(v.reshape((chains * draws,) + v.shape[2:])) for k, v in posterior.items()}
-        ll = log_likelihood(fit.pair, x, flat, dims)
+        ll = log_likelihood(fit.pair, x, flat, dims, inputs=inputs)
         groups["log_likelihood"] = {k: v.reshape(chains, draws, -1) for k, v in ll.items()}
     data_coords = fit.state.get("coords", {}).get("data", list(range(len(x))))
     coords = _coords(dims, posterior, data_coords)
@@ -221,7 +237,7 @@ def compare_inference_data(pair, nuts_fit, seed: int = 0, log_lik: bool = True):
     chains, draws = nuts.posterior.sizes["chain"], nuts.posterior.sizes["draw"]
     data_coords = nuts_fit.state.get("coords", {}).get("data", list(range(len(nuts_fit.state["x"]))))
     svi = _from_guide(pair, nuts_fit.state["x"], num_samples=chains * draws, chains=chains, seed=seed,
-                      log_lik=log_lik, data_coords=data_coords)
+                      log_lik=log_lik, data_coords=data_coords, inputs=nuts_inputs(nuts_fit))
     return combine({"svi": svi, "nuts": nuts})
 
 
@@ -385,5 +401,5 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-__all__ = ["combine", "compare_inference_data", "guide_draws", "log_likelihood", "nuts_report", "plot_forest",
-           "plot_gaps", "plot_pair", "point", "summary", "to_inference_data"]
+__all__ = ["combine", "compare_inference_data", "guide_draws", "log_likelihood", "nuts_inputs", "nuts_report",
+           "plot_forest", "plot_gaps", "plot_pair", "point", "summary", "to_inference_data"]

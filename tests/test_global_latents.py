@@ -281,3 +281,31 @@ def test_an_autoguides_posterior_goes_beside_nuts_with_the_models_sites_only(nut
     assert [r["site"] for r in result["sites"]] == ["w"] and result["overall"]["khat"] < 0.7
     combined = diagnostics.compare_inference_data(pair, nuts_fit, log_lik=False)
     assert list(combined.posterior.data_vars) == ["w"]
+
+
+def test_compare_global_on_a_self_subsampling_model_reports_no_khat(nuts_fit):
+    """The fit's own pair subsamples 20 of its 200 rows: a Pyro trace holds 20 examples, not the joint density, so
+    k̂ is absent (None, a note saying why, "-" in the table) while the distances, read from draws, are still there."""
+    pair = nuts_fit.pair
+    m, cov = exact_posterior(nuts_fit.state["x"])
+    pair.set_guide(m.float(), cov.float())
+    result = am.compare_global(pair, nuts_fit, guide_samples=2000, seed=0)
+    (row,) = result["sites"]
+    assert row["khat"] is None and result["overall"]["khat"] is None
+    assert "subsamples its data plate" in result["overall"]["khat_note"]
+    se = math.sqrt(0.09 / row["ess_bulk_min"] + 2 * 0.05 * 0.95 / 2000)  # NUTS binomial + the guide's two quantiles
+    assert math.isfinite(row["kl"]) and abs(row["coverage90"] - 0.9) < 4 * se
+    assert am.format_global_table(result).splitlines()[1].split()[5] == "-"
+
+
+def test_the_whole_model_workflow_on_a_self_subsampling_model_writes_nuts_nc_without_log_likelihood(tmp_path):
+    from ppgen.workflows.compare import compare_whole_model
+
+    pair, x = exact_pair(subsample=20)
+    lines = []
+    result = compare_whole_model(pair, x, tmp_path, tmp_path / "out", chains=1, warmup=50, samples=50, seed=0,
+                                 log=lines.append)
+    assert result["overall"]["khat"] is None and any("subsamples its data plate" in line for line in lines)
+    nuts = az.from_netcdf(tmp_path / "out" / "nuts.nc")
+    assert "log_likelihood" not in nuts.groups() and nuts.posterior["w"].shape == (1, 50, D)
+    assert (tmp_path / "out" / "forest_w.png").exists() and (tmp_path / "out" / "compare.nc").exists()

@@ -14,9 +14,13 @@ def add(sub: argparse._SubParsersAction) -> None:
                        description="Sample p(z | x, θ) with NUTS (NumPyro; the trained decoder fixed) for test "
                                    "points, compare it with the encoder's q(z | x) (KL, W2, interval coverage, PSIS "
                                    "k-hat) and split log p(x) - ELBO into approximation and amortization gaps "
-                                   "(Cremer et al., 2018). Writes compare.nc (ArviZ), compare.json and pictures.")
+                                   "(Cremer et al., 2018). A model with global latents (shared by every example: "
+                                   "regression weights) gets NUTS on the whole model given the training data beside "
+                                   "the guide's q(w), a row per site. Writes compare.nc (ArviZ), compare.json and "
+                                   "pictures.")
     p.add_argument("run", type=Path, help="run directory written by `ppgen train`")
-    p.add_argument("--points", type=int, default=16, help="the first N points of the split (default 16)")
+    p.add_argument("--points", type=int, help="the first N points of the split (default 16; a model with global "
+                                                "latents takes the whole training split)")
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
     p.add_argument("--chains", type=int, default=4, help="NUTS chains per point (default 4)")
     p.add_argument("--warmup", type=int, default=500, help="NUTS warmup iterations (default 500)")
@@ -31,7 +35,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ppgen import runs, workflows
 
-    if args.points < 1 or args.chains < 1 or args.samples < 1 or args.warmup < 0 or args.steps < 0 or args.iwae < 1:
+    if (args.points is not None and args.points < 1) or args.chains < 1 or args.samples < 1 or args.warmup < 0 or args.steps < 0 or args.iwae < 1:
         raise UserError("--points, --chains, --samples and --iwae must be at least 1, --warmup and --steps at least 0")
     pair = runs.load_pair(args.run)
     if not pair.has_guide:

@@ -163,8 +163,9 @@ class Gaussian:
     def kl(self, other: Gaussian) -> torch.Tensor:
         return gaussian_kl(self.loc, self.cov, other.loc, other.cov)
 
-    def optimized(self, pair, x: torch.Tensor, steps: int, lr: float, seed: int) -> Gaussian:
-        return optimize_gaussian(pair, x, self, steps=steps, lr=lr, seed=seed)
+    def optimized(self, pair, x: torch.Tensor, steps: int, lr: float, seed: int,
+                  inputs: tuple[torch.Tensor, ...] = ()) -> Gaussian:
+        return optimize_gaussian(pair, x, self, steps=steps, lr=lr, seed=seed, inputs=inputs)
 
     #: why AIS cannot run with this family of q (None: it can)
     ais_refusal = None
@@ -225,8 +226,9 @@ class DirichletQ:
         return kl_divergence(torch.distributions.Dirichlet(self.concentration.double()),
                              torch.distributions.Dirichlet(other.concentration.double()))
 
-    def optimized(self, pair, x: torch.Tensor, steps: int, lr: float, seed: int) -> DirichletQ:
-        return optimize_dirichlet(pair, x, self, steps=steps, lr=lr, seed=seed)
+    def optimized(self, pair, x: torch.Tensor, steps: int, lr: float, seed: int,
+                  inputs: tuple[torch.Tensor, ...] = ()) -> DirichletQ:
+        return optimize_dirichlet(pair, x, self, steps=steps, lr=lr, seed=seed, inputs=inputs)
 
     ais_refusal = ("AIS moves real-valued latents by HMC; the Dirichlet-VAE's θ lives on the simplex: "
                    "leave --ais off (the IWAE estimates bound log p(x))")
@@ -257,8 +259,9 @@ def latent_site(pair) -> str:
     return names[0]
 
 
-def encoder_gaussian(pair, x: torch.Tensor) -> Gaussian:
-    """The guide's q(z | x) at each point as a Gaussian (Normal(loc, scale).to_event(1) or MultivariateNormal).
+def encoder_gaussian(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> Gaussian:
+    """The guide's q(z | x) at each point as a Gaussian (Normal(loc, scale).to_event(1) or MultivariateNormal); for a
+    pair with input columns, q(z | x, inputs) with ``inputs`` one row per point.
 
     The site may sit at any dim of the data plate (plates nested around it of size 1): its
     parameters are read per example, (P, k).
@@ -268,7 +271,7 @@ def encoder_gaussian(pair, x: torch.Tensor) -> Gaussian:
 
     site = latent_site(pair)
     with pyro.validation_enabled(False), torch.no_grad():
-        tr = poutine.trace(pair.guide).get_trace(x)
+        tr = poutine.trace(pair.guide).get_trace(x, *inputs)
     fn = tr.nodes[site]["fn"]
     base = fn
     while isinstance(base, torch.distributions.Independent):
@@ -287,23 +290,26 @@ def encoder_gaussian(pair, x: torch.Tensor) -> Gaussian:
                     "(or a Dirichlet one: encoder_q)")
 
 
-def encoder_q(pair, x: torch.Tensor) -> Gaussian | DirichletQ:
-    """The guide's q(z | x) per point: a :class:`Gaussian`, or a :class:`DirichletQ` for a Dirichlet guide."""
+def encoder_q(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> Gaussian | DirichletQ:
+    """The guide's q(z | x) (q(z | x, inputs) given input columns) per point: a :class:`Gaussian`, or a
+    :class:`DirichletQ` for a Dirichlet guide."""
     import pyro
     from pyro import poutine
 
     site = latent_site(pair)
     with pyro.validation_enabled(False), torch.no_grad():
-        fn = poutine.trace(pair.guide).get_trace(x).nodes[site]["fn"]
+        fn = poutine.trace(pair.guide).get_trace(x, *inputs).nodes[site]["fn"]
     while isinstance(fn, torch.distributions.Independent):
         fn = fn.base_dist
     if isinstance(fn, torch.distributions.Dirichlet):
         return DirichletQ(fn.concentration.expand(fn.batch_shape + fn.event_shape).reshape(x.shape[0], -1).detach())
-    return encoder_gaussian(pair, x)
+    return encoder_gaussian(pair, x, inputs)
 
 
-def log_joint(pair, x: torch.Tensor, z: torch.Tensor, data_dim: int | None = None) -> torch.Tensor:
-    r"""log p(x_n, z_{s,n}) per draw and point for z shaped (S, P, k): (S, P), by :func:`ppgen.sites.log_joint`.
+def log_joint(pair, x: torch.Tensor, z: torch.Tensor, data_dim: int | None = None,
+              inputs: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+    r"""log p(x_n, z_{s,n}) per draw and point for z shaped (S, P, k): (S, P), by :func:`ppgen.sites.log_joint`;
+    log p(x_n, z_{s,n} | inputs_n) for a pair with input columns (``inputs``, one row per point).
 
     z is placed at the latent site's data-plate dim (``data_dim``; read from one trace of the
     guide when not given) inside a ``particles`` plate of S draws; nested plates are summed per
@@ -311,22 +317,22 @@ def log_joint(pair, x: torch.Tensor, z: torch.Tensor, data_dim: int | None = Non
     """
     site = latent_site(pair)
     if data_dim is None:
-        data_dim = _data_dim(pair, x, site)
+        data_dim = _data_dim(pair, x, site, inputs)
     value = sites.place(z, data_dim, pair.max_plate_nesting)
-    return sites.log_joint(pair, x, {site: value}, particles=z.shape[0])
+    return sites.log_joint(pair, x, {site: value}, particles=z.shape[0], inputs=inputs)
 
 
-def _data_dim(pair, x: torch.Tensor, site: str) -> int:
-    dim = sites.data_dims(pair, x).get(site)
+def _data_dim(pair, x: torch.Tensor, site: str, inputs: tuple[torch.Tensor, ...] = ()) -> int:
+    dim = sites.data_dims(pair, x, inputs=inputs).get(site)
     if dim is None:
         raise UserError(f"the amortization gap needs the latent {site!r} inside the data plate {pair.data_plate!r}")
     return dim
 
 
-def _chunked_log_joint(pair, x, z, budget: int = 4_000_000) -> torch.Tensor:
+def _chunked_log_joint(pair, x, z, budget: int = 4_000_000, inputs: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
     per = max(1, budget // max(1, x.numel()))
-    dim = _data_dim(pair, x, latent_site(pair))
-    return torch.cat([log_joint(pair, x, z[i : i + per], dim) for i in range(0, z.shape[0], per)], 0)
+    dim = _data_dim(pair, x, latent_site(pair), inputs)
+    return torch.cat([log_joint(pair, x, z[i : i + per], dim, inputs) for i in range(0, z.shape[0], per)], 0)
 
 
 # -- per-point optimization of q* --------------------------------------------------------------------------
@@ -346,14 +352,15 @@ class _Frozen:
 
 
 def optimize_gaussian(pair, x: torch.Tensor, start: Gaussian | None = None, steps: int = 1000, lr: float = 0.02,
-                      samples: int = 16, seed: int = 0) -> Gaussian:
+                      samples: int = 16, seed: int = 0, inputs: tuple[torch.Tensor, ...] = ()) -> Gaussian:
     """q* per point: Adam on ELBO = E_q[log p(x, z)] + H[q], warm-started at ``start`` (the encoder).
 
     The points are optimized together but independently (the objective is a sum
     over points of functions of each point's own parameters). The learning rate
-    decays linearly to a tenth, so the last iterates average out the gradient noise.
+    decays linearly to a tenth, so the last iterates average out the gradient noise. ``inputs``: the points'
+    input columns (the model's density is then log p(x, z | inputs)).
     """
-    start = start or encoder_gaussian(pair, x)
+    start = start or encoder_gaussian(pair, x, inputs)
     loc = start.loc.clone().double().requires_grad_(True)
     diag = start.tril.diagonal(dim1=-2, dim2=-1).double()
     raw_diag = diag.log().clone().requires_grad_(True)
@@ -364,7 +371,7 @@ def optimize_gaussian(pair, x: torch.Tensor, start: Gaussian | None = None, step
     g = torch.Generator(device=x.device).manual_seed(seed)
     k = loc.shape[-1]
     xd = x.double() if x.is_floating_point() else x
-    dim = _data_dim(pair, x, latent_site(pair))
+    dim = _data_dim(pair, x, latent_site(pair), inputs)
     with _Frozen(pair):
         pair_dtype = next(pair.parameters()).dtype
         for _ in range(steps):
@@ -372,7 +379,7 @@ def optimize_gaussian(pair, x: torch.Tensor, start: Gaussian | None = None, step
             q = Gaussian(loc, tril, start.diagonal)
             eps = torch.randn((samples,) + loc.shape, generator=g, device=x.device, dtype=loc.dtype)
             z = q.sample(eps)
-            lj = log_joint(pair, xd.to(pair_dtype), z.to(pair_dtype), dim).double()
+            lj = log_joint(pair, xd.to(pair_dtype), z.to(pair_dtype), dim, inputs).double()
             loss = -(lj.mean(0) + q.entropy()).sum()
             opt.zero_grad()
             loss.backward()
@@ -383,7 +390,7 @@ def optimize_gaussian(pair, x: torch.Tensor, start: Gaussian | None = None, step
 
 
 def optimize_dirichlet(pair, x: torch.Tensor, start: DirichletQ, steps: int = 1000, lr: float = 0.02,
-                       samples: int = 16, seed: int = 0) -> DirichletQ:
+                       samples: int = 16, seed: int = 0, inputs: tuple[torch.Tensor, ...] = ()) -> DirichletQ:
     """q* per point within the Dirichlet family: Adam on log α of ELBO = E_q[log p(x, θ)] + H[q], θ drawn by
     torch's reparameterized Dirichlet (implicit Gamma gradients), warm-started at the encoder; as
     :func:`optimize_gaussian` otherwise."""
@@ -392,7 +399,7 @@ def optimize_dirichlet(pair, x: torch.Tensor, start: DirichletQ, steps: int = 10
     log_alpha = start.concentration.double().log().clone().requires_grad_(True)
     opt = torch.optim.Adam([log_alpha], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - 0.9 * i / max(1, steps))
-    dim = _data_dim(pair, x, latent_site(pair))
+    dim = _data_dim(pair, x, latent_site(pair), inputs)
     pair_dtype = next(pair.parameters()).dtype
     with _Frozen(pair), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), \
             pyro.validation_enabled(False):
@@ -400,7 +407,7 @@ def optimize_dirichlet(pair, x: torch.Tensor, start: DirichletQ, steps: int = 10
         for _ in range(steps):
             q = torch.distributions.Dirichlet(log_alpha.exp())
             theta = q.rsample((samples,))
-            lj = log_joint(pair, x.to(pair_dtype), theta.to(pair_dtype), dim).double()
+            lj = log_joint(pair, x.to(pair_dtype), theta.to(pair_dtype), dim, inputs).double()
             loss = -(lj.mean(0) + q.entropy()).sum()
             opt.zero_grad()
             loss.backward()
@@ -409,50 +416,54 @@ def optimize_dirichlet(pair, x: torch.Tensor, start: DirichletQ, steps: int = 10
     return DirichletQ(log_alpha.detach().exp().float())
 
 
-def elbo_of(pair, x: torch.Tensor, q: Gaussian, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def elbo_of(pair, x: torch.Tensor, q: Gaussian, eps: torch.Tensor,
+            inputs: tuple[torch.Tensor, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """ELBO per point at the draws z = q.loc + L ε, and the per-draw values E_q part (for standard errors)."""
     with torch.no_grad():
-        lj = _chunked_log_joint(pair, x, q.sample(eps))
+        lj = _chunked_log_joint(pair, x, q.sample(eps), inputs=inputs)
     return lj.mean(0) + q.entropy(), lj
 
 
-def iwae_of(pair, x: torch.Tensor, q, k_or_eps: int | torch.Tensor, seed: int = 0) -> torch.Tensor:
+def iwae_of(pair, x: torch.Tensor, q, k_or_eps: int | torch.Tensor, seed: int = 0,
+            inputs: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
     """IWAE-K with q as proposal: log (1/K) Σ p(x, z_k)/q(z_k), z_k = ``q.draws(K, seed)`` (or, for a Gaussian,
     z = loc + L ε at given noise ε shaped (K, P, k))."""
     z = q.sample(k_or_eps) if torch.is_tensor(k_or_eps) else q.draws(k_or_eps, seed)
     with torch.no_grad():
-        log_w = _chunked_log_joint(pair, x, z).double() - q.log_prob(z).double()
+        log_w = _chunked_log_joint(pair, x, z, inputs=inputs).double() - q.log_prob(z).double()
     return torch.logsumexp(log_w, 0) - math.log(z.shape[0])
 
 
 def gaps(pair, x: torch.Tensor, *, steps: int = 1000, lr: float = 0.02, elbo_samples: int = 2000,
-         iwae_k: int = 5000, ais_steps: int = 0, seed: int = 0, q_star: Posterior | None = None) -> dict[str, Any]:
+         iwae_k: int = 5000, ais_steps: int = 0, seed: int = 0, q_star: Posterior | None = None,
+         inputs: tuple[torch.Tensor, ...] = ()) -> dict[str, Any]:
     """The Cremer et al. (2018) decomposition per point (see module docs), with standard errors.
 
     q* is the best member of the encoder's family (Gaussian or Dirichlet, :data:`Posterior`) for each point.
     ELBO[q] = mean over draws of log p(x, z) + H[q]; both ELBOs use draws from one seed (common random numbers
     for Gaussians), so the amortization gap's standard error is that of the per-draw differences.
     Returns ``log_px``, ``elbo_encoder``, ``elbo_qstar``, ``approximation_gap``, ``amortization_gap``
-    (tensors (P,)), their standard errors, ``q_star`` and ``encoder``.
+    (tensors (P,)), their standard errors, ``q_star`` and ``encoder``. A pair with input columns takes the points'
+    ``inputs`` (every density and q given them: the gaps of log p(x | inputs)).
     """
     pair.eval()
-    enc = encoder_q(pair, x)
+    enc = encoder_q(pair, x, inputs)
     if ais_steps and enc.ais_refusal:
         raise UserError(enc.ais_refusal)
-    q_star = q_star or enc.optimized(pair, x, steps, lr, seed)
+    q_star = q_star or enc.optimized(pair, x, steps, lr, seed, inputs)
     per_draw, elbos = {}, {}
     for name, q in (("encoder", enc), ("qstar", q_star)):
         with torch.no_grad():
-            per_draw[name] = _chunked_log_joint(pair, x, q.draws(elbo_samples, seed + 1)).double()
+            per_draw[name] = _chunked_log_joint(pair, x, q.draws(elbo_samples, seed + 1), inputs=inputs).double()
         elbos[name] = per_draw[name].mean(0) + q.entropy().double()
     se = {name: lj.std(0) / math.sqrt(elbo_samples) for name, lj in per_draw.items()}
     se_amort = (per_draw["qstar"] - per_draw["encoder"]).std(0) / math.sqrt(elbo_samples)
-    estimates = {"iwae_encoder": iwae_of(pair, x, enc, iwae_k, seed + 10),
-                 "iwae_qstar": iwae_of(pair, x, q_star, iwae_k, seed + 10)}
+    estimates = {"iwae_encoder": iwae_of(pair, x, enc, iwae_k, seed + 10, inputs),
+                 "iwae_qstar": iwae_of(pair, x, q_star, iwae_k, seed + 10, inputs)}
     if ais_steps:
         from ppgen.evaluation.ais import ais
 
-        estimates["ais"] = ais(pair, x, steps=ais_steps, seed=seed).log_px.double()
+        estimates["ais"] = ais(pair, x, steps=ais_steps, seed=seed, inputs=inputs).log_px.double()
     log_px = torch.stack(list(estimates.values())).max(0).values
     return {
         "log_px": log_px, "log_px_estimates": estimates,
@@ -473,15 +484,15 @@ def nuts_draws(nuts_fit, site: str = "z") -> torch.Tensor:
 
 
 def against_nuts(pair, x: torch.Tensor, draws: torch.Tensor, q: Posterior | None = None,
-                 psis_samples: int = 2000, seed: int = 0) -> dict[str, torch.Tensor]:
+                 psis_samples: int = 2000, seed: int = 0, inputs: tuple[torch.Tensor, ...] = ()) -> dict[str, torch.Tensor]:
     """KL(q ‖ p̂), W2(q, p̂), coverage of q's 50/90% intervals and PSIS k̂ per point, for any :data:`Posterior`.
 
     p̂ is the member of q's family fitted to the NUTS draws (P, S, k) (:meth:`Gaussian.fitted`: mean and
     covariance; :meth:`DirichletQ.fitted`: moments); W2 uses both distributions' means and covariances (on the
     simplex both covariances are singular, rank k − 1, and ``sqrtm`` warns: silenced); k̂ is that of the weights
-    p(x, z)/q(z), z ~ q.
+    p(x, z)/q(z), z ~ q (p(x, z | inputs) given the points' input columns ``inputs``).
     """
-    q = q or encoder_q(pair, x)
+    q = q or encoder_q(pair, x, inputs)
     m, S = gaussian_fit(draws)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -491,7 +502,7 @@ def against_nuts(pair, x: torch.Tensor, draws: torch.Tensor, q: Posterior | None
            "coverage90": interval_coverage(*q.interval(0.9), draws)}
     z = q.draws(psis_samples, seed + 2)
     with torch.no_grad():
-        log_w = _chunked_log_joint(pair, x, z).double() - q.log_prob(z).double()
+        log_w = _chunked_log_joint(pair, x, z, inputs=inputs).double() - q.log_prob(z).double()
     out["khat"] = psis_khat(log_w)
     return out
 
@@ -503,16 +514,18 @@ def compare(pair, nuts_fit, *, steps: int = 1000, lr: float = 0.02, elbo_samples
     Columns: KL, W2, coverage50/90, k̂ of the encoder against NUTS; the same KL for q*;
     log p(x), ELBOs, both gaps (with standard errors); r_hat, ESS and divergences of NUTS.
     """
-    from ppgen.diagnostics import nuts_report
+    from ppgen.diagnostics import nuts_inputs, nuts_report
 
     if nuts_fit.options.get("points") is None:
         raise UserError("compare needs a NUTS fit over chosen points (ppgen.fit(..., backend='nuts', points=...)); "
                         "for a whole-model fit of a non-amortized pair use compare_global")
     x = nuts_fit.state["x"]
+    inputs = nuts_inputs(nuts_fit)  # the points' own input columns, as NUTS was given them
     draws = nuts_draws(nuts_fit, latent_site(pair))
-    g = gaps(pair, x, steps=steps, lr=lr, elbo_samples=elbo_samples, iwae_k=iwae_k, ais_steps=ais_steps, seed=seed)
-    enc = against_nuts(pair, x, draws, g["encoder"], seed=seed)
-    star = against_nuts(pair, x, draws, g["q_star"], seed=seed)
+    g = gaps(pair, x, steps=steps, lr=lr, elbo_samples=elbo_samples, iwae_k=iwae_k, ais_steps=ais_steps, seed=seed,
+             inputs=inputs)
+    enc = against_nuts(pair, x, draws, g["encoder"], seed=seed, inputs=inputs)
+    star = against_nuts(pair, x, draws, g["q_star"], seed=seed, inputs=inputs)
     report = nuts_report(nuts_fit)
     rows = []
     for i, p in enumerate(nuts_fit.options["points"]):
@@ -559,27 +572,31 @@ def compare_global(pair, nuts_fit, *, guide_samples: int = 4000, psis_samples: i
       (the quantiles of its draws), averaged over coordinates;
     * ``khat`` — PSIS k̂ of the joint weights p(x_{1:N}, w)/q(w), w ~ q (the same in every row: the weights are
       of the whole posterior), log w = Σ_n of :func:`ppgen.sites.log_weights` (global terms split 1/N per
-      example, so the sum is the joint);
+      example, so the sum is the joint); None when the model subsamples its data plate itself (Pyro then
+      traces a random few examples, so the joint density is not at hand: ``overall["khat_note"]`` says so);
     * NUTS's r_hat, bulk ESS of the site and the fit's divergences.
 
-    ``nuts_fit`` is NUTS over every unknown (``ppgen.fit(pair, data, backend="nuts")``, no ``points``).
+    ``nuts_fit`` is NUTS over every unknown (``ppgen.fit(pair, data, backend="nuts")``, no ``points``); a pair with
+    input columns (covariates) is traced with the ones NUTS was given (``nuts_fit.state["inputs"]``).
     """
-    from ppgen.diagnostics import guide_draws, model_sites
+    from ppgen.diagnostics import guide_draws, model_sites, nuts_inputs
 
     if nuts_fit.options.get("points") is not None:
         raise UserError("compare_global needs NUTS over every unknown (ppgen.fit(pair, data, backend='nuts') "
                         "without points); for per-point latents use compare")
     x = nuts_fit.state["x"]
+    inputs = nuts_inputs(nuts_fit)
     pair.eval()
-    latent = [k for k, s in model_sites(pair, x).items() if not s["is_observed"]]
-    q_draws, _ = guide_draws(pair, x, guide_samples, seed)
+    latent = [k for k, s in model_sites(pair, x, inputs).items() if not s["is_observed"]]
+    q_draws, _ = guide_draws(pair, x, guide_samples, seed, inputs)
     missing = [k for k in latent if k not in q_draws or k not in nuts_fit.samples]
     if missing:
         raise UserError(f"the guide draws no {missing}: a guide for whole-model comparison samples every latent "
                         "site of the model")
     torch.manual_seed(seed + 2)
-    log_w = sites.log_weights(pair, x, psis_samples).double().sum(-1, keepdim=True)  # (S, 1): the joint
-    khat = float(psis_khat(log_w)[0])
+    log_w = sites.log_weights(pair, x, psis_samples, inputs=inputs).double()  # (S, examples traced)
+    whole = log_w.shape[-1] == x.shape[0]
+    khat = float(psis_khat(log_w.sum(-1, keepdim=True))[0]) if whole else None  # the sum over all N: the joint
     stats = nuts_fit.state["sample_stats"]
     divergences = int(np.sum(stats["diverging"]))
     rows = []
@@ -597,6 +614,9 @@ def compare_global(pair, nuts_fit, *, guide_samples: int = 4000, psis_samples: i
         rows.append(row)
     overall = {"khat": khat, "divergences": divergences, "r_hat_max": max(r["r_hat_max"] for r in rows),
                "ess_bulk_min": min(r["ess_bulk_min"] for r in rows)}
+    if not whole:
+        overall["khat_note"] = (f"no k̂: the model subsamples its data plate {pair.data_plate!r} itself, so a trace "
+                                f"holds {log_w.shape[-1]} of the {x.shape[0]} examples and not the joint density")
     return {"sites": rows, "overall": overall, "engine": nuts_fit.state.get("engine")}
 
 
@@ -622,7 +642,7 @@ def format_global_table(result: dict[str, Any]) -> str:
     cols = [("site", "site", "{:>12}"), ("kl", "KL", "{:8.3f}"), ("w2", "W2", "{:7.3f}"),
             ("coverage50", "cov50", "{:6.2f}"), ("coverage90", "cov90", "{:6.2f}"), ("khat", "k̂", "{:6.2f}"),
             ("r_hat_max", "r_hat", "{:6.3f}"), ("ess_bulk_min", "ESS", "{:7.0f}"), ("divergences", "div", "{:5d}")]
-    rows = [[fmt.format(row[key]) for key, _, fmt in cols] for row in result["sites"]]
+    rows = [["-" if row[key] is None else fmt.format(row[key]) for key, _, fmt in cols] for row in result["sites"]]
     widths = [max([len(head)] + [len(r[i]) for r in rows]) for i, (_, head, _) in enumerate(cols)]
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths))
                      for line in [[head for _, head, _ in cols], *rows])

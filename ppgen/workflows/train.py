@@ -220,21 +220,13 @@ def posterior_fits(pair, x: torch.Tensor, points: int = 16, draws: int = 1000, l
 def write_posterior(fit, data: datasets.Dataset, run_dir: Path, points: int = 16, seed: int = 0, log=print) -> None:
     """posterior.nc: ArviZ draws of q(z | x) (4 chains x 250) for the first test examples (with their input columns,
     for a pair that takes them)."""
-    import inspect
-
     from ppgen.diagnostics import to_inference_data
 
     split = "test" if len(data.test) else "train"
     x = getattr(data, split)[:points].to(device_of(fit.pair))
-    extra = {}
-    if fit.pair.inputs:
-        if "inputs" not in inspect.signature(to_inference_data).parameters:
-            log(f"posterior.nc not written: ArviZ draws of a pair with input columns ({', '.join(fit.pair.inputs)}) "
-                "are not supported yet")
-            return
-        extra["inputs"] = split_inputs(fit.pair, data, split, device_of(fit.pair), limit=points)
+    inputs = split_inputs(fit.pair, data, split, device_of(fit.pair), limit=points)
     with torch.random.fork_rng(devices=[]):
-        idata = to_inference_data(fit, x=x, num_samples=1000, chains=4, seed=seed, **extra)
+        idata = to_inference_data(fit, x=x, num_samples=1000, chains=4, seed=seed, inputs=inputs)
     runs.write_netcdf(run_dir / "posterior.nc", idata)
 
 
