@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import torch
 
@@ -13,6 +14,10 @@ from ppgen.models import PPCA, VAE
 #: the points and NUTS settings shared by the diagnostics and amortization tests (one compiled sampler)
 POINTS = [1, 3, 5, 6]
 NUTS_OPTIONS = dict(points=POINTS, chains=4, warmup=200, samples=500, seed=0)
+#: a small VQ-VAE on the 8x8 digits: its options, and the same as ``ppgen train vqvae`` flags
+VQVAE_SMALL = dict(codes=16, code_dim=4, downsample=1, channels=16, prior_channels=16, prior_layers=2)
+VQVAE_FLAGS = ["--data", "digits", "--codes", "16", "--code-dim", "4", "--downsample", "1", "--channels", "16",
+               "--prior-channels", "16", "--prior-layers", "2", "--batch-size", "64", "--no-progress"]
 
 
 def known_ppca(guide_at_posterior: bool = True) -> PPCA:
@@ -84,3 +89,19 @@ def correlated_ppca(guide: str = "exact") -> PPCA:
     1/Λ_ii (Λ the posterior precision), no correlation — what mean-field SVI converges to."""
     pair = PPCA(x_shape=(5,), z_dim=2).set_params(CORRELATED_W, torch.zeros(5), 0.5)
     return pair.set_guide_to_mean_field() if guide == "mean-field" else pair.set_guide_to_posterior()
+
+
+def run_cli(*args) -> int:
+    """``ppgen ARGS`` in-process (paths and numbers as strings); argparse's exit (SystemExit) becomes the exit code."""
+    from ppgen.cli import main
+
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as exit_:
+        return int(exit_.code)
+
+
+def mean_se(values: torch.Tensor) -> tuple[float, float]:
+    """The mean of ``values`` (all elements) and its standard error, in float64."""
+    values = values.double().flatten()
+    return float(values.mean()), float(values.std(unbiased=True) / math.sqrt(values.numel()))

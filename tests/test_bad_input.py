@@ -18,22 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import run_cli
 from test_data import write_idx
 
 from ppgen import plots, runs
-from ppgen.cli import main
 from ppgen.workflows import train as train_workflow
 
 TINY = ["--z-dim", "2", "--hidden", "16", "--epochs", "1", "--no-progress"]
 DIGITS = ["--data", "digits", *TINY]
-
-
-def run_cli(*args) -> int:
-    """``ppgen ARGS`` in-process; argparse's exit (SystemExit) becomes the exit code."""
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as exit_:
-        return int(exit_.code)
 
 
 def snapshot(root: Path) -> dict:

@@ -12,15 +12,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from support import run_cli
 
 from ppgen import runs
 from ppgen.cli import main
 
 FAST = ["--data", "digits", "--z-dim", "4", "--hidden", "32", "--batch-size", "64", "--no-progress"]
-
-
-def run_cli(*args, capsys=None) -> int:
-    return main([str(a) for a in args])
 
 
 def test_train_evaluate_sample_and_load(tmp_path, capsys):

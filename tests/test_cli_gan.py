@@ -7,16 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from support import run_cli
 
 from ppgen import runs, workflows
-from ppgen.cli import main
 from ppgen.evaluation.modes import evaluate_pair
 
 FAST = ["--data", "ring8", "--hidden", "32,32", "--critic-hidden", "32,32", "--batch-size", "500", "--no-progress"]
-
-
-def run_cli(*args) -> int:
-    return main([str(a) for a in args])
 
 
 def test_backend_defaults_by_family_and_options_are_checked():

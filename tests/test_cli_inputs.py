@@ -27,14 +27,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from support import run_cli
 
 from ppgen import evaluation, runs
-from ppgen.cli import main
 from ppgen.data import load
-
-
-def run_cli(*args) -> int:
-    return main([str(a) for a in args])
 
 
 def one_line_error(capsys, code: int, *words: str) -> str:

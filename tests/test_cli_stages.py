@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from support import VQVAE_FLAGS as FAST
+from support import VQVAE_SMALL as SMALL
 
 import ppgen
 from ppgen import models
@@ -21,10 +23,6 @@ from ppgen.commands.train import add_model_flags
 from ppgen.inference.stages import fit_stage
 from ppgen.models.base import GenerativeModel
 from ppgen.models.vqvae import PRIOR, VQVAE
-
-SMALL = dict(codes=16, code_dim=4, downsample=1, channels=16, prior_channels=16, prior_layers=2)
-FAST = ["--data", "digits", "--codes", "16", "--code-dim", "4", "--downsample", "1", "--channels", "16",
-        "--prior-channels", "16", "--prior-layers", "2", "--batch-size", "64", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

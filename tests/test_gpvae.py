@@ -16,6 +16,7 @@ import math
 import pyro
 import pytest
 import torch
+from support import mean_se
 
 import ppgen
 from ppgen import cli, evaluation
@@ -293,9 +294,6 @@ def test_elbo_iwae_and_the_exact_marginal_in_order(small_linear_pair, float64):
         iwaes = evaluation.iwae(pair, rows, k=k).view(reps, n).sum(1)
         # and the raw importance weights: E_q[w_n] = exp(log p̃_n) exactly (the estimate behind IWAE is unbiased)
         ratio = (ppgen.sites.log_weights(pair, rows, k) - log_pn.repeat(reps)).exp().view(k, reps, n)
-
-    def mean_se(a):
-        return float(a.mean()), float(a.std() / math.sqrt(a.numel()))
 
     (e, se_e), (i, se_i) = mean_se(elbos), mean_se(iwaes)
     # the Monte Carlo ELBO is unbiased for the exact one (two-sided, 4 SE)

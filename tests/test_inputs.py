@@ -24,6 +24,7 @@ import pyro
 import pytest
 import torch
 from pyro.infer import Trace_ELBO
+from support import mean_se
 from torch import nn
 
 import ppgen
@@ -39,11 +40,6 @@ from ppgen.ppl import dist
 from ppgen.ppl import pyro as ppl_pyro
 
 Z = 4.0  # standard errors allowed for a statistical check
-
-
-def mean_se(d: torch.Tensor) -> tuple[float, float]:
-    d = d.double()
-    return float(d.mean()), float(d.std() / math.sqrt(len(d)))
 
 
 # -- data: input columns ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import numpy as np
 import pyro
 import pytest
 import torch
+from support import mean_se
 
 import ppgen
 from ppgen import cli, evaluation, models, runs, workflows
@@ -119,9 +120,6 @@ def _unregister_after_module():
 
 
 # -- shared, trained once per module -----------------------------------------------------------------
-def mean_se(values: torch.Tensor) -> tuple[float, float]:
-    values = values.double().flatten()
-    return float(values.mean()), float(values.std(unbiased=True) / math.sqrt(values.numel()))
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ import math
 
 import pytest
 import torch
+from support import VQVAE_FLAGS as FAST
+from support import VQVAE_SMALL as SMALL
 from torch.nn import functional as F
 
 import ppgen
@@ -22,10 +24,6 @@ from ppgen.cli import main
 from ppgen.errors import UserError
 from ppgen.inference.stages import fit_stage
 from ppgen.models.vqvae import VQVAE, Codebook, CodeGridPrior, PixelCNNPrior
-
-SMALL = dict(codes=16, code_dim=4, downsample=1, channels=16, prior_channels=16, prior_layers=2)
-FAST = ["--data", "digits", "--codes", "16", "--code-dim", "4", "--downsample", "1", "--channels", "16",
-        "--prior-channels", "16", "--prior-layers", "2", "--batch-size", "64", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
