@@ -33,11 +33,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import own_pairs as P
 import pytest
 import torch
 
 import ppgen
-import own_pairs as P
 from ppgen import diagnostics, runs
 from ppgen.data import Dataset, from_tensor
 from ppgen.errors import UserError
