@@ -22,7 +22,7 @@ The checks:
 * ArviZ: the posterior group holds exactly the model's latent sites;
 * save + load: the loaded pair has the same state and the same ELBO (same seed) as the trained one.
 
-The table of outcomes is printed at the end of the module (``-s`` not needed: it goes to the terminal reporter).
+The table of outcomes is printed at the end of the module (``-s`` not needed).
 """
 
 from __future__ import annotations
@@ -137,15 +137,19 @@ def record(name: str, column: str, fn: Callable[[], str]) -> None:
 
 @pytest.fixture(scope="module", autouse=True)
 def table(request):
+    """After the module: the table of outcomes (a Markdown table, then each cell's detail) on the terminal."""
     yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None or not OUTCOMES:
+    if not OUTCOMES:
         return
-    reporter.write_line("\nown pairs × ppgen tools:")
+    lines = ["", "| pair | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name in PAIRS:
-        for column in COLUMNS:
-            if (name, column) in OUTCOMES:
-                reporter.write_line(f"  {name:30s} {column:13s} {OUTCOMES[(name, column)][:160]}")
+        row = [OUTCOMES.get((name, c), "not run").split(":")[0].split(" (")[0] for c in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    lines += [""] + [f"{name} / {column}: {OUTCOMES[(name, column)]}" for name in PAIRS for column in COLUMNS
+                     if (name, column) in OUTCOMES]
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print("\n".join(lines))
 
 
 # -- shared fits --------------------------------------------------------------------------------------------------
