@@ -3,7 +3,7 @@ columns, a subsampled data plate), outside ppgen's families; docs/own_pair.md an
 the same pairs. tests/test_own_pair_table.py runs every ppgen tool on each.
 
 (A) ``StudentVAE``: a VAE whose likelihood is Student-t, its df and scale ``pyro.param`` with positive constraints;
-(B) ``LogisticRegression``: Bayesian logistic regression, global weights, ``AutoMultivariateNormal``, the
+(B) ``BayesianLogistic``: Bayesian logistic regression, global weights, ``AutoMultivariateNormal``, the
     features an input column ``u`` beside the label x;
 (C) ``EightSchools``: the non-centered eight schools, ``AutoNormal``, the standard errors an input column;
 (D) ``LabelledVAE``: a conditional VAE ``model(x, y)`` with the label an input column;
@@ -94,17 +94,17 @@ def student_vae_data(n: int = 128, d: int = 4, seed: int = 0) -> torch.Tensor:
 
 # -- (B) Bayesian logistic regression ------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class LogisticConfig:
+class BayesianLogisticConfig:
     x_shape: tuple[int, ...] = (1,)
     features: int = 5
 
 
-class LogisticRegression(GenerativeModel):
+class BayesianLogistic(GenerativeModel):
     r"""w ~ N(0, I),  b ~ N(0, 5²),  y_n | w, b ~ Bernoulli(σ(u_nᵀ w + b)): the label y_n is the example x_n, the
     features u_n the input column ``u``. The guide is Pyro's AutoMultivariateNormal over (w, b)."""
 
     name = "guide_logistic"
-    Config = LogisticConfig
+    Config = BayesianLogisticConfig
     inputs = ("u",)
     latent_sites = ("w", "b")
 

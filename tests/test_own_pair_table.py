@@ -78,7 +78,7 @@ def _labelled() -> Dataset:
 
 CASES = {
     "A student-t VAE": Case(P.StudentVAE, lambda: from_tensor(P.student_vae_data()), 64),
-    "B logistic (AutoMVN)": Case(P.LogisticRegression, _logistic, 64, points=None),
+    "B logistic (AutoMVN)": Case(P.BayesianLogistic, _logistic, 64, points=None),
     "C eight schools (AutoNormal)": Case(P.EightSchools, _schools, 8, points=None),
     "D conditional VAE": Case(P.LabelledVAE, _labelled, 64),
     # trained to convergence (cheap: one scalar site) so that compare_global has a good guide to put beside NUTS
@@ -212,7 +212,8 @@ def fit_and_check_moved(name: str, engine: str) -> str:
     assert not still, f"not trained: {still}"
     assert math.isfinite(fit.history[-1]["elbo"])
     own = [k.split(".", 1)[1] for k in before if k.startswith(("pyro_params.", "auto."))]
-    return f"{len(before)} tensors moved (incl. {', '.join(own) or 'networks only'}), ELBO {fit.history[-1]['elbo']:.2f}"
+    kept = f"incl. {', '.join(own)}" if own else "network weights"
+    return f"{len(before)} tensors moved ({kept}), ELBO {fit.history[-1]['elbo']:.2f}"
 
 
 @pytest.mark.parametrize("name", cells("fit torch"))
