@@ -92,19 +92,7 @@ INPUTS = ("B logistic (AutoMVN)", "C eight schools (AutoNormal)", "D conditional
 GLOBAL = ("B logistic (AutoMVN)", "C eight schools (AutoNormal)", "E global bias, subsampled")
 
 #: cells that fail today (a finding each): (pair, column) -> (the exception the cell raises, the reason)
-FAILS = {
-    **{(p, "compare"): (TypeError, "compare/compare_global trace the model or guide with x only (no input "
-                                   "columns): TypeError missing a required positional argument") for p in INPUTS},
-    **{(p, "ArviZ (SVI)"): (TypeError, "to_inference_data has no inputs= and traces the guide with x only: "
-                                       "TypeError missing a required positional argument") for p in INPUTS},
-    **{(p, "ArviZ (NUTS)"): (TypeError, "to_inference_data(nuts_fit) traces the model with x only "
-                                        "(_observed_dims): TypeError missing a required positional argument")
-       for p in INPUTS},
-    ("C eight schools (AutoNormal)", "save+load"): (
-        AssertionError, "a fresh pair remakes the autoguide's parameters from the one example it keeps "
-                        "(trial_arg_*: x[:1]), so AutoNormal's per-school theta_tilde locs come out of size 1, not 8, "
-                        "and ppgen.load refuses the run's own model.pt as 'another model'"),
-}
+FAILS: dict[tuple[str, str], tuple[type, str]] = {}  # none left: every cell works or refuses in one line
 #: cells that refuse in one line: (pair, column) -> what the line must name
 REFUSES = {**{(p, "IWAE"): "compare_global" for p in GLOBAL}, **{(p, "AIS"): "compare_global" for p in GLOBAL}}
 
@@ -203,7 +191,7 @@ def fit_and_check_moved(name: str, engine: str) -> str:
     case, data = CASES[name], data_of(name)
     pair = case.make()
     pair.trial_run(data.train[: case.batch_size], *columns_of(name, slice(0, case.batch_size)))
-    before = {k: v.clone() for k, v in pair.state_dict().items() if not k.startswith("trial_arg")}
+    before = {k: v.clone() for k, v in pair.state_dict().items() if not k.startswith("trial_")}  # not the trial's
     fit = ppgen.fit(pair, data, engine=engine, epochs=3, batch_size=case.batch_size, lr=case.lr, seed=0,
                     progress=False)
     assert fit.options["engine"] == engine
@@ -348,7 +336,8 @@ def test_compare_with_nuts(name):
 def test_arviz_of_the_guide(name):
     def run() -> str:
         pair, fit = trained(name)
-        idata = diagnostics.to_inference_data(fit, x=data_of(name).train[:8], num_samples=40, chains=2)
+        idata = diagnostics.to_inference_data(fit, x=data_of(name).train[:8], num_samples=40, chains=2,
+                                              inputs=columns_of(name, slice(0, 8)))
         assert sorted(idata.posterior.data_vars) == sorted(model_latents(pair, name))
         return f"posterior {list(idata.posterior.data_vars)}, groups {idata.groups()}"
 

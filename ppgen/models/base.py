@@ -96,7 +96,7 @@ model sees T(u) for its constraint's transform T) in ``pyro_params``, keyed by n
 ``pyro.param("df")`` never share it, and Pyro's own SVI on ``pair.model``/``pair.guide`` trains the same
 values. ``param_value(name)`` reads one. ``trial_run(x)`` runs guide and model once so that every parameter
 made on first call exists (engines call it before building their optimizer); where that made any, the pair
-keeps one example of the inputs (buffers ``trial_arg_I``) so that a fresh pair can make them again, with their
+keeps one example of the inputs and their number of rows (buffers ``trial_arg_I``, ``trial_rows``) so that a fresh pair can make them again, with their
 constraints, before ``load_state_dict`` (a state dict holds tensors only). An autoguide as the guide:
 ``self.auto = ppgen.ppl.autoguide("AutoNormal", self.model)`` and ``def guide(self, x): self.auto(x)`` (Pyro's
 on torch, NumPyro's namesake on the JAX engine, see :class:`ppgen.ppl.AutoGuide`).
@@ -247,9 +247,13 @@ class GenerativeModel(nn.Module):
             self.train(was_training)
         self.pyro_params.release(self)
         if any(id(p) not in before for p in self.parameters()):
+            # one example of each argument, and how many rows the run had: an autoguide over per-example latents
+            # (eight schools' theta) sizes its parameters by the rows, so a fresh pair runs on as many
             for i, a in enumerate(args):
                 if isinstance(a, torch.Tensor):
                     self.register_buffer(f"trial_arg_{i}", a[:1].detach().clone())
+            rows = next((len(a) for a in args if isinstance(a, torch.Tensor) and a.ndim), 1)
+            self.register_buffer("trial_rows", torch.tensor(rows))
         return ppl.trained_tensors([t for t in (guide_trace, model_trace) if t is not None])
 
     def make_room(self, state: dict[str, torch.Tensor], prefix: str = "") -> None:
@@ -258,13 +262,16 @@ class GenerativeModel(nn.Module):
         examples = sorted((int(k[len(prefix) + 10:]), v) for k, v in state.items()
                           if k.startswith(f"{prefix}trial_arg_") and k[len(prefix) + 10:].isdigit())
         if examples and not any(n.startswith("trial_arg_") for n, _ in self.named_buffers(recurse=False)):
+            rows = int(state.get(f"{prefix}trial_rows", torch.tensor(1)))
             args = [None] * (examples[-1][0] + 1)
             for i, v in examples:
-                args[i] = v
+                args[i] = v.expand(rows, *v.shape[1:]) if v.ndim else v
             self.trial_run(*args)
             for i, v in examples:
                 if f"trial_arg_{i}" not in self._buffers:
                     self.register_buffer(f"trial_arg_{i}", v.detach().clone())
+            if "trial_rows" not in self._buffers:
+                self.register_buffer("trial_rows", torch.tensor(rows))
         own = f"{prefix}pyro_params."
         for key, value in state.items():
             if key.startswith(own) and "." not in key[len(own):]:
