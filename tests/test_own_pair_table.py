@@ -125,7 +125,7 @@ def record(name: str, column: str, fn: Callable[[], str]) -> None:
 
 @pytest.fixture(scope="module", autouse=True)
 def table(request):
-    """After the module: the table of outcomes (a Markdown table, then each cell's detail) on the terminal."""
+    """After the module: the table of outcomes on the terminal (a Markdown table; each cell's detail with -v)."""
     yield
     if not OUTCOMES:
         return
@@ -133,8 +133,9 @@ def table(request):
     for name in PAIRS:
         row = [OUTCOMES.get((name, c), "not run").split(":")[0].split(" (")[0] for c in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(row) + " |")
-    lines += [""] + [f"{name} / {column}: {OUTCOMES[(name, column)]}" for name in PAIRS for column in COLUMNS
-                     if (name, column) in OUTCOMES]
+    if request.config.getoption("verbose") > 0:
+        lines += [""] + [f"{name} / {column}: {OUTCOMES[(name, column)]}" for name in PAIRS for column in COLUMNS
+                         if (name, column) in OUTCOMES]
     capture = request.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():
         print("\n".join(lines))
