@@ -1,0 +1,193 @@
+"""What both SVI engines train: the ELBO of a name (:func:`make_elbo`, Pyro's or NumPyro's, and ppgen's
+:class:`FreeBitsELBO`) and the KL weight β on the latent sites (:class:`ScaleLatents`, on whichever backend runs
+the wrapped code).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from ppgen.errors import UserError
+from ppgen.ppl.routing import get_backend
+
+# -- what both SVI engines train: the ELBO and the KL weight --------------------------------------------------------
+#: the ELBOs :func:`make_elbo` knows, by name
+ELBOS = ("trace", "analytic", "iwae")
+
+
+def _scale_latent_message(msg: dict, factor: Any) -> None:
+    if msg["type"] == "sample" and not msg["is_observed"]:
+        msg["scale"] = factor if msg.get("scale") is None else msg["scale"] * factor
+
+
+def _pyro_latent_scaler() -> type:
+    from pyro.poutine.messenger import Messenger
+
+    class PyroScaleLatents(Messenger):
+        def __init__(self, factor: Any):
+            super().__init__()
+            self.factor = factor
+
+        def _process_message(self, msg: dict) -> None:
+            _scale_latent_message(msg, self.factor)
+
+    return PyroScaleLatents
+
+
+def _numpyro_latent_scaler() -> type:
+    from numpyro.primitives import Messenger
+
+    class NumPyroScaleLatents(Messenger):
+        def __init__(self, factor: Any):
+            super().__init__(None)
+            self.factor = factor
+
+        def process_message(self, msg: dict) -> None:
+            _scale_latent_message(msg, self.factor)
+
+    return NumPyroScaleLatents
+
+
+@functools.cache
+def _latent_scaler(name: str) -> type:
+    return _pyro_latent_scaler() if name == "pyro" else _numpyro_latent_scaler()
+
+
+class ScaleLatents:
+    r"""Multiply the log density of every *latent* sample site by ``factor`` (β), on the backend that is active when
+    the code inside runs::
+
+        log p(x | z) + log p(z) − log q(z | x)   →   log p(x | z) + β (log p(z) − log q(z | x))
+
+    (wrapped around model and guide; observed sites keep their weight). A context manager
+    (``with ScaleLatents(beta): ...``) or a wrapper (``ScaleLatents(beta)(model)``); ``factor`` may be a traced JAX
+    value, so a compiled epoch takes a new β each step without recompiling.
+    """
+
+    def __init__(self, factor: Any):
+        self.factor = factor
+        self._entered: list[Any] = []
+
+    def __enter__(self) -> ScaleLatents:
+        handler = _latent_scaler(get_backend())(self.factor)
+        handler.__enter__()
+        self._entered.append(handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._entered.pop().__exit__(*exc)
+
+    def __call__(self, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def scaled(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return fn(*args, **kwargs)
+
+        return scaled
+
+
+def make_elbo(name: str, num_particles: int = 1, max_plate_nesting: int = 1, *, free_bits: float = 0.0,
+              data_plate: str = "data", backend_name: str | None = None) -> Any:
+    r"""The ELBO object of ``name`` for ``backend_name`` (default: the active backend), Pyro's or NumPyro's namesake.
+
+    * ``"trace"`` — ``Trace_ELBO``: log p(x, z) − log q(z|x) at z ~ q.
+    * ``"analytic"`` — ``TraceMeanField_ELBO``: E_q[log p(x|z)] − KL(q‖p), the KL in closed form where the
+      library has it.
+    * ``"iwae"`` — ``RenyiELBO(alpha=0)``, the bound of Burda et al. (2016): E log (1/K) Σ_k p(x, z_k)/q(z_k|x),
+      K = ``num_particles``, vectorized.
+    * ``free_bits = λ > 0`` (Pyro) — :class:`FreeBitsELBO`, any name.
+
+    On Pyro, K > 1 particles are vectorized in a plate outside the ``max_plate_nesting`` plates of the pair.
+    """
+    backend_name = backend_name or get_backend()
+    if name not in ELBOS:
+        raise UserError(f"unknown ELBO {name!r}; choose one of {', '.join(ELBOS)}")
+    if name == "iwae" and num_particles < 2:
+        raise UserError("the IWAE objective needs num_particles >= 2 (e.g. --particles 5)")
+    if free_bits > 0:
+        if backend_name != "pyro":
+            raise UserError("free bits has an ELBO on Pyro only (engine='torch')")
+        return FreeBitsELBO(free_bits, data_plate)
+    if backend_name == "numpyro":
+        from numpyro import infer
+    else:
+        from pyro import infer
+    if name == "iwae":
+        extra = {} if backend_name == "numpyro" else dict(vectorize_particles=True, max_plate_nesting=max_plate_nesting)
+        return infer.RenyiELBO(alpha=0.0, num_particles=num_particles, **extra)
+    cls = infer.Trace_ELBO if name == "trace" else infer.TraceMeanField_ELBO
+    extra = ({} if backend_name == "numpyro"
+             else dict(vectorize_particles=num_particles > 1, max_plate_nesting=max_plate_nesting))
+    return cls(num_particles=num_particles, **extra)
+
+
+class FreeBitsELBO:
+    r"""ELBO with the free-bits KL floor of Kingma et al. (2016), one floor per latent dimension (Pyro).
+
+    With the per-example terms of :mod:`ppgen.sites` (each site's mask and scale applied, plates nested in the
+    data plate summed) and N/B the data plate's minibatch factor::
+
+        loss = N/B · ( −Σ_n ℓ_obs[n] + Σ_s Σ_j max(λ W_s, K_sj) ),   K_sj = Σ_n w_s[n] KL_sj[n],   W_s = Σ_n w_s[n],
+
+    where w_s[n] is the weight (mask · scale) the guide's site s gives example n and KL_sj[n] the KL of dimension
+    j of site s at example n. Unmasked with scale β: W_s = βB and the term is βB · max(λ, mean_n KL_sj), each
+    dimension's batch-mean KL floored at λ; a masked example (w = 0) counts neither in the KL nor in the floor, so
+    masking examples is removing them. KL_sj is closed-form when q and p are Normal (weighted by the guide's site,
+    as Pyro's ``TraceMeanField_ELBO`` takes it), else the single draw ℓ_q − ℓ_p, each weighted by its own site,
+    one "dimension" per site. λ = 0 is ``TraceMeanField_ELBO``.
+    """
+
+    def __init__(self, free_bits: float, data_plate: str = "data"):
+        self.free_bits = free_bits
+        self.data_plate = data_plate
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Any:
+        from pyro import poutine
+
+        from ppgen import sites
+
+        guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
+        where = sites.layout(model_tr, self.data_plate)
+        observed, kl = 0.0, 0.0
+        for name, p_site in sites.sample_sites(model_tr).items():
+            if p_site["is_observed"]:
+                observed = observed + sites.site_log_prob(p_site, where, self.data_plate).sum()
+            else:
+                kl = kl + self._floored_kl(guide_tr.nodes[name], p_site, where)
+        return (where.full_size / where.examples) * (kl - observed)
+
+    def _floored_kl(self, q_site: dict, p_site: dict, where: Any) -> Any:
+        """Σ_j max(λ W, K_j) of one latent site (see the class docs)."""
+        import torch
+        from pyro.distributions import Normal
+        from pyro.distributions.kl import kl_divergence
+
+        from ppgen import sites
+
+        q, q_event = _without_independent(q_site["fn"])
+        p, _ = _without_independent(p_site["fn"])
+        if isinstance(q, Normal) and isinstance(p, Normal):
+            kl = kl_divergence(q, p.expand(q.batch_shape))  # (*batch, *event)
+            per_dim = sites.per_example(q_site, kl, where, self.data_plate, trailing=q_event)
+            per_dim = per_dim.reshape(where.shape + (-1,))
+        else:
+            per_dim = (sites.site_log_prob(q_site, where, self.data_plate)
+                       - sites.site_log_prob(p_site, where, self.data_plate)).unsqueeze(-1)
+        total = per_dim.reshape(-1, per_dim.shape[-1]).sum(0)  # K_j
+        ones = torch.ones(q_site["fn"].batch_shape, device=total.device)
+        weight = sites.per_example(q_site, ones, where, self.data_plate).sum()  # W
+        return torch.maximum(total, self.free_bits * weight).sum()
+
+
+def _without_independent(fn: Any) -> tuple[Any, int]:
+    """The distribution inside any ``Independent`` wrappers and the event dims they added."""
+    from pyro.distributions import Independent
+
+    extra = 0
+    while isinstance(fn, Independent):
+        extra += fn.reinterpreted_batch_ndims
+        fn = fn.base_dist
+    return fn, extra
