@@ -67,11 +67,19 @@ class Decoder(nn.Module):
 
 class TutorialVAE(nn.Module):
     """Pyro tutorial's VAE. Also usable as a pair by ``ppgen.evaluation`` (it has the
-    ``model``/``guide``/``max_plate_nesting``/``x_shape`` that the estimators read)."""
+    ``model``/``guide``/``max_plate_nesting``/``x_shape``/``inputs``/``has_closed_form_elbo``/``guide_draws``
+    that the estimators read)."""
 
     max_plate_nesting = 1
     data_plate = "data"
     x_shape = (X_DIM,)
+    inputs: tuple[str, ...] = ()  # no input columns beside x
+    has_closed_form_elbo = False  # the estimators trace model and guide
+
+    @staticmethod
+    def guide_draws(k: int) -> int:
+        """A Gaussian q: an estimator averaging over k draws needs k."""
+        return k
 
     def __init__(self, z_dim: int = 50, hidden_dim: int = 400):
         super().__init__()
