@@ -1,4 +1,4 @@
-r"""A Gaussian-process decoder: the amortized, minibatched Bayesian GPLVM (issue 14).
+r"""A Gaussian-process decoder: the amortized, minibatched Bayesian GPLVM.
 
 Model (Lawrence 2005; Titsias & Lawrence 2010), for N examples y_n ∈ R^D and latents z_n ∈ R^Q::
 
