@@ -309,3 +309,20 @@ def test_the_whole_model_workflow_on_a_self_subsampling_model_writes_nuts_nc_wit
     nuts = az.from_netcdf(tmp_path / "out" / "nuts.nc")
     assert "log_likelihood" not in nuts.groups() and nuts.posterior["w"].shape == (1, 50, D)
     assert (tmp_path / "out" / "forest_w.png").exists() and (tmp_path / "out" / "compare.nc").exists()
+
+
+def test_looking_at_the_plate_leaves_batch_norm_statistics_alone():
+    """The loop traces the model once to find the plate's size; that look must not be a training step: a decoder
+    with batch norm (ProdLDA's) keeps its running statistics, so a resumed run stays the uninterrupted one."""
+    from ppgen.inference.loop import examples_per_step
+
+    torch.manual_seed(0)
+    pair = ppgen.models.get("prodlda")(x_shape=(30,), topics=3, hidden=(8,))
+    x = torch.poisson(torch.full((16, 30), 2.0))
+    pair.train()
+    before = {k: v.clone() for k, v in pair.state_dict().items() if "running" in k or "batches" in k}
+    assert any("decoder" in k for k in before)  # the model's own batch norm
+    assert examples_per_step(pair, x, 16) == 16
+    assert pair.training
+    after = pair.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())

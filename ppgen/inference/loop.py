@@ -119,13 +119,17 @@ def examples_per_step(pair, x: torch.Tensor, batch: int, inputs: tuple[torch.Ten
     from ppgen import sites
 
     devices = [x.device] if x.is_cuda else []
-    with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False), torch.no_grad(), \
-            warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*not registered in the param store.*")  # frozen weights
-        try:
+    was_training = pair.training
+    pair.eval()  # a look, not a step: batch norm's running statistics must not move (resume stays bit-exact)
+    try:
+        with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False), torch.no_grad(), \
+                warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*not registered in the param store.*")  # frozen weights
             where = sites.layout(poutine.trace(pair.model).get_trace(x, *inputs), pair.data_plate)
-        except UserError:  # no site in the data plate: nothing is scaled
-            return batch
+    except UserError:  # no site in the data plate: nothing is scaled
+        return batch
+    finally:
+        pair.train(was_training)
     return where.full_size if where.full_size != where.examples else batch
 
 
