@@ -191,7 +191,7 @@ def optional_sizes(v: Any) -> str | None:
 
 
 def optional_name(v: Any) -> str | None:
-    return None if v is None or isinstance(v, str) else "must be a metric name such as val_elbo, or None"
+    return None if v is None or (isinstance(v, str) and v) else "must be a metric name such as val_elbo, or None"
 
 
 def adam_betas(v: Any) -> str | None:

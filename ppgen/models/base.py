@@ -49,6 +49,10 @@ The protocol
     (the conditional VAE: ``generate(n, labels)``, an int for all n draws or one per draw).
 ``encode(x)`` / ``has_encoder``; ``reconstruct(x)`` / ``can_reconstruct``
     Mean and scale of the bottom latent under q(z | x); E[x | mean of q(z | x)].
+``nuts_refusal``
+    Why NUTS cannot sample the pair's latents (discrete codes: NUTS follows gradients of log p(x, z) in z), or
+    None (the default): it can. ``ppgen compare`` and ``ppgen.fit(..., backend="nuts")`` refuse a pair that
+    declares one, in one line, before any work.
 ``point_mass_guide`` / ``guide_draws(k)``
     True for a guide that is a point mass q(z | x) = δ(z − z(x)) (a deterministic encoder: the VQ-VAE's
     codes). All its draws coincide, so an estimator averaging over K draws of it (IWAE_K, a Monte Carlo
@@ -187,6 +191,8 @@ class GenerativeModel(nn.Module):
     has_guide: bool = True
     #: whether the model observes bags of words (a text corpus's word counts)
     observes_word_counts: ClassVar[bool] = False
+    #: why NUTS cannot sample the latents (``ppgen compare``), or None: it can
+    nuts_refusal: ClassVar[str | None] = None
     #: whether ``guide`` is a point mass q(z|x) = δ(z − z(x)): every draw of it is the same z(x)
     point_mass_guide: ClassVar[bool] = False
     #: the config field with the number of sampling steps, for a family that samples in steps (else None)
