@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             warnings.filterwarnings("ignore", message="Encountered NaN")
             return args.func(args)
     except OptionError as err:  # the library names the option; the command names its flag
-        print(f"ppgen: error: {flag_of(err.option)} {_shown(err.value)}: {err.problem} "
+        fix = "; use " + " ".join(f"{flag_of(k)} {_shown(v)}" for k, v in err.fix.items()) if err.fix else ""
+        print(f"ppgen: error: {flag_of(err.option)} {_shown(err.value)}: {err.problem}{fix} "
               f"(see ppgen {args.command} --help)", file=sys.stderr)
         return 2
     except UserError as err:

@@ -40,11 +40,16 @@ SWITCH = ("on", "off")
 
 
 class OptionError(UserError):
-    """A bad option value; ``option`` is its name, ``problem`` what is wrong and what to do."""
+    """A bad option value; ``option`` is its name, ``problem`` what is wrong and what to do.
 
-    def __init__(self, option: str, value: Any, problem: str):
-        self.option, self.value, self.problem = option, value, problem
-        super().__init__(f"option {option}={value!r}: {problem}")
+    ``fix``: other options' values that make it right (``{"engine": "torch"}``), said after the problem as
+    ``engine='torch'`` here and as flags (``--engine torch``) by the ``ppgen`` command.
+    """
+
+    def __init__(self, option: str, value: Any, problem: str, fix: dict[str, Any] | None = None):
+        self.option, self.value, self.problem, self.fix = option, value, problem, dict(fix or {})
+        said = "; use " + ", ".join(f"{k}={v!r}" for k, v in self.fix.items()) if self.fix else ""
+        super().__init__(f"option {option}={value!r}: {problem}{said}")
 
 
 # -- conversions: the declared form of a value given in another accepted form (unchanged if none applies) ---------
@@ -186,7 +191,7 @@ def optional_sizes(v: Any) -> str | None:
 
 
 def optional_name(v: Any) -> str | None:
-    return None if v is None or isinstance(v, str) else "must be a metric name such as val_elbo, or None"
+    return None if v is None or (isinstance(v, str) and v) else "must be a metric name such as val_elbo, or None"
 
 
 def adam_betas(v: Any) -> str | None:
@@ -207,13 +212,28 @@ def boolean(v: Any) -> str | None:
 
 
 # -- the declaration -------------------------------------------------------------------------------------------
+#: the SVI engines an option runs on unless its declaration says otherwise (:func:`supported`)
+ALL_ENGINES = ("torch", "jax")
+
+
 def option(default: Any, check: Check, help: str, flag: str | None = None, cli: bool = True,
            absent: Any = MISSING) -> Any:
     """A declared option (a dataclass field): its default, check, help text and CLI flag (``cli=False``: none).
 
     ``flag`` is stored only where it differs from the field's name with dashes; ``absent`` is the value of a
     run written before the option existed (:meth:`ppgen.models.base.GenerativeModel.from_config` reads it).
+    The check is required and the default must pass it (a ``TypeError`` when the class is defined otherwise):
+    an option cannot be declared unchecked.
     """
+    if not callable(check):
+        raise TypeError(f"option(default={default!r}, ...): the check must be a function of the value returning "
+                        f"what is wrong or None, got {check!r}")
+    if not isinstance(help, str) or not help.strip():
+        raise TypeError(f"option(default={default!r}, ...): give a help text")
+    convert = getattr(check, "convert", None)
+    problem = check(convert(default) if convert is not None else default)
+    if problem:
+        raise TypeError(f"option(default={default!r}, ...): the default fails its own check ({problem})")
     metadata: dict[str, Any] = {"check": check, "help": help, "cli": cli}
     if flag is not None:
         metadata["flag"] = flag
@@ -224,14 +244,28 @@ def option(default: Any, check: Check, help: str, flag: str | None = None, cli: 
     return field(default=default, metadata=metadata)
 
 
+def non_finite(value: Any) -> bool:
+    """Whether ``value`` is, or holds (a tuple or list, nested), a NaN or infinite real number."""
+    if isinstance(value, tuple | list):
+        return any(non_finite(v) for v in value)
+    return _is_number(value) and not math.isfinite(value)
+
+
 def validate(options: Any) -> None:
     """Bring every field of a (frozen) options dataclass to its declared form and check it; raise
-    :class:`OptionError` for the first bad one. Call it first in the dataclass's ``__post_init__``."""
+    :class:`OptionError` for the first bad one. Call it first in the dataclass's ``__post_init__``.
+
+    Every field must have been declared by :func:`option` (a ``TypeError`` otherwise: a field without a check is
+    a programming error, never a silently accepted value), and whatever a field's check says, a NaN or infinite
+    number is refused (config.json would store it as null)."""
     for f in dataclasses.fields(options):
         check = f.metadata.get("check")
-        if check is None:
-            continue
+        if not callable(check):
+            raise TypeError(f"{type(options).__name__}.{f.name} is not declared with ppgen.declare.option(...): "
+                            "every option needs a check")
         value = getattr(options, f.name)
+        if non_finite(value):
+            raise OptionError(f.name, value, "must be a finite number (not NaN or infinite)")
         convert = getattr(check, "convert", None)
         if convert is not None:
             converted = convert(value)
@@ -243,7 +277,72 @@ def validate(options: Any) -> None:
             raise OptionError(f.name, value, problem)
 
 
+def check_values(cls: type, values: dict[str, Any]) -> None:
+    """Check each of ``values`` by its declaration in the options dataclass ``cls`` (its own check; the checks
+    involving several fields wait for the whole dataclass), so a bad value is refused before any work; a name
+    ``cls`` does not declare is left to the dataclass."""
+    declared = {f.name: f for f in dataclasses.fields(cls)}
+    for name, value in values.items():
+        f = declared.get(name)
+        if f is None:
+            continue
+        check = f.metadata["check"]
+        convert = getattr(check, "convert", None)
+        value = convert(value) if convert is not None else value
+        problem = "must be a finite number (not NaN or infinite)" if non_finite(value) else check(value)
+        if problem:
+            raise OptionError(name, value, problem)
+
+
 def cli_flags(cls: type) -> list[tuple[str, dataclasses.Field]]:
     """(flag, field) of every option the ``ppgen`` command exposes, in declaration order."""
     return [(f.metadata.get("flag") or f.name.replace("_", "-"), f) for f in dataclasses.fields(cls)
             if f.metadata.get("cli", True)]
+
+
+# -- what runs an option: engines, processes ---------------------------------------------------------------------
+def supported(declared: Any, *, engines: tuple[str, ...] = ALL_ENGINES, feature: str | None = None,
+              why: str | None = None, one_process: str | None = None, shapes_elbo: bool = False,
+              active: Callable[[Any], bool] | None = None) -> Any:
+    """A declared option (:func:`option`) with what runs it, read by :func:`unsupported` (and, for training
+    options, :func:`ppgen.inference.options.one_process_only` and ``elbo_options_in_use``).
+
+    ``engines``: the SVI engines that can run it when it is in use; ``feature`` names what it turns on and ``why``
+    says why the other engines cannot. It is in use when ``active(value)`` is true, by default when its value is not
+    its default (a switch that is on by default passes ``active=lambda v: v == "on"``). ``one_process``: why it
+    cannot be split over data-parallel processes (None: it can). ``shapes_elbo``: it shapes the ELBO, so a pair
+    trained on its own objective leaves it at its default. A training option or a family's ``Config`` field may be
+    declared this way.
+    """
+    metadata = {**declared.metadata, "engines": engines, "feature": feature, "why": why, "one_process": one_process,
+                "shapes_elbo": shapes_elbo, "active": active}
+    return field(default=declared.default, metadata=metadata)
+
+
+def in_use(options: Any, f: dataclasses.Field) -> bool:
+    """Whether the option ``f`` of ``options`` is in use: its declared ``active(value)``, else not its default."""
+    value = getattr(options, f.name)
+    active = f.metadata.get("active")
+    return bool(active(value)) if active is not None else value != f.default
+
+
+def unsupported(options: Any, engine: str) -> list[tuple[str, str]]:
+    """(option, reason) for every option of the options dataclass in use that ``engine`` cannot run, e.g.
+    ``("free_bits", "free bits needs engine='torch' because NumPyro has no free-bits ELBO")``."""
+    out = []
+    for f in dataclasses.fields(options):
+        engines = f.metadata.get("engines", ALL_ENGINES)
+        if engine not in engines and in_use(options, f):
+            needs = " or ".join(f"'{e}'" for e in engines)
+            out.append((f.name, f"{f.metadata['feature']} needs engine={needs} because {f.metadata['why']}"))
+    return out
+
+
+def refuse_unsupported(options: Any, engine: str) -> None:
+    """Raise :class:`OptionError` naming the first option of ``options`` in use that ``engine`` cannot run, with the
+    engine that can as the fix (the ``ppgen`` command says ``--engine torch``)."""
+    for f in dataclasses.fields(options):
+        engines = f.metadata.get("engines", ALL_ENGINES)
+        if engine not in engines and in_use(options, f):
+            [(_, reason)] = [(n, r) for n, r in unsupported(options, engine) if n == f.name]
+            raise OptionError(f.name, getattr(options, f.name), reason, fix={"engine": engines[0]})

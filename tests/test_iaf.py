@@ -111,7 +111,8 @@ def test_a_vae_with_flows_trains_on_torch_and_says_why():
     seen = []
     x = exact().marginal().sample((64,))
     fit = ppgen.fit(pair, x, backend="svi", epochs=1, batch_size=32, progress=False, announce=seen.append)
-    assert seen == ["SVI engine torch (vae trains only on the torch engine)"]
+    assert seen == ["SVI engine torch (a guide with inverse autoregressive flows needs engine='torch' because "
+                    "Pyro's flows do not lower to JAX)"]
     assert math.isfinite(fit.history[-1]["elbo"])
     with pytest.raises(UserError, match="flows"):
         VAE(x_shape=(5,), z_dim=2, flows=-1)

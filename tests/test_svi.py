@@ -435,8 +435,9 @@ def test_a_torch_only_option_is_declared_once_and_every_check_reads_the_declarat
         [(option, reason)] = unsupported(options, "jax")
         assert option == name and "needs engine='torch' because" in reason
         assert choose_engine(tiny_vae(), options) == ("torch", reason)  # auto
-        with pytest.raises(OptionError, match=f"{re.escape(reason)}; use engine='auto', or leave {name}"):
+        with pytest.raises(OptionError, match=f"{re.escape(reason)}; use engine='torch'") as refused:
             SVIOptions(engine="jax", **{name: value})
+        assert refused.value.option == name and refused.value.fix == {"engine": "torch"}
 
 
 def test_options_come_as_one_object_or_as_keywords_with_the_same_run():

@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     if (args.points is not None and args.points < 1) or args.chains < 1 or args.samples < 1 or args.warmup < 0 or args.steps < 0 or args.iwae < 1:
         raise UserError("--points, --chains, --samples and --iwae must be at least 1, --warmup and --steps at least 0")
     pair = runs.load_pair(args.run)
+    if pair.nuts_refusal:
+        raise UserError(f"ppgen compare runs NUTS on the latents, which cannot sample {pair.who}: {pair.nuts_refusal}")
     if not pair.has_guide:
         raise UserError(f"{args.run} holds a {pair.name} without a guide q(z|x); compare needs an encoder to compare "
                         "with NUTS (train a pair that has one)")

@@ -161,7 +161,13 @@ class Gaussian:
         return Gaussian(m, torch.linalg.cholesky(S), False)
 
     def kl(self, other: Gaussian) -> torch.Tensor:
-        return gaussian_kl(self.loc, self.cov, other.loc, other.cov)
+        """KL(self ‖ other), batched, in float64 from the Cholesky factors themselves: forming L Lᵀ and factoring it
+        again would lose a badly conditioned q (a posterior narrow in some directions, as wide as the prior in
+        others) to float32 rounding, and MultivariateNormal would refuse the covariance as not positive-definite."""
+        def exact(q: Gaussian) -> MultivariateNormal:
+            return MultivariateNormal(q.loc.double(), scale_tril=q.tril.double())
+
+        return kl_divergence(exact(self), exact(other))
 
     def optimized(self, pair, x: torch.Tensor, steps: int, lr: float, seed: int,
                   inputs: tuple[torch.Tensor, ...] = ()) -> Gaussian:

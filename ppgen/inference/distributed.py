@@ -227,12 +227,57 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or ``taskset``'s share), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _meminfo_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux ``/proc/self/statm``), None where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def check_nproc(nproc: int) -> None:
+    """Refuse, in one line, more data-parallel processes than the machine runs side by side: one per usable core
+    (each process computes; more only wait on each other), and no more than the available memory holds at this
+    process's size (each one imports the same libraries before it reads any data: a lower bound of its need)."""
+    cores = usable_cores()
+    if nproc > cores:
+        raise UserError(f"--nproc {nproc}: this machine gives this process {cores} core{'s' * (cores != 1)}, and "
+                        f"each training process needs one; use --nproc {cores} or fewer")
+    available, size = _meminfo_bytes("MemAvailable"), resident_bytes()
+    if available and size and nproc * size > available:
+        fits = max(1, available // size)
+        raise UserError(f"--nproc {nproc}: {available / 2**30:.1f} GiB of memory is available and each process "
+                        f"takes at least {size / 2**20:.0f} MiB before it reads the data; use --nproc {fits} or "
+                        "fewer")
+
+
 def launch(nproc: int, argv: list[str], grace_s: float = 30.0) -> int:
     """Run ``python -m ppgen ARGV`` in ``nproc`` processes on this machine, as torchrun does; their exit code.
 
     When one process fails, the others stop at their next collective with their own line; any still
     running after ``grace_s`` seconds are terminated.
     """
+    check_nproc(nproc)
     env = {**os.environ, "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(free_port())}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # as torchrun: no oversubscription

@@ -366,6 +366,8 @@ def fit_nuts(
     """
     from ppgen.nn import NotLowerable
 
+    if pair.nuts_refusal:
+        raise UserError(f"NUTS cannot sample {pair.who}: {pair.nuts_refusal}")
     if int(chains) < 1 or int(samples) < 1 or int(warmup) < 0:
         raise UserError(f"need chains >= 1, samples >= 1 and warmup >= 0 (got {chains}, {samples}, {warmup})")
     if not 0 < target_accept < 1:

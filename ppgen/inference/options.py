@@ -12,16 +12,18 @@ machinery (:func:`option`, the checks, :func:`validate`, :class:`OptionError`) l
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ppgen.declare import (  # noqa: F401  (the checks and the declaration are importable from here too)
+    ALL_ENGINES,
     OptionError,
     adam_betas,
     boolean,
     cli_flags,
     decay_rate,
     device_name,
+    in_use,
     nonnegative_float,
     nonnegative_int,
     one_of,
@@ -31,14 +33,15 @@ from ppgen.declare import (  # noqa: F401  (the checks and the declaration are i
     positive_float,
     positive_int,
     probability,
+    refuse_unsupported,
     seed_int,
+    supported,
+    unsupported,
     validate,
 )
 from ppgen.ppl import ELBOS
 
 ENGINES = ("auto", "torch", "jax")
-#: the SVI engines an option runs on unless its declaration says otherwise (:func:`supported`)
-ALL_ENGINES = ("torch", "jax")
 LOSSES = ("ns", "minimax", "wgan-gp", "lsgan", "ali")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 X_DRAWS = ("rsample", "mean")
@@ -61,46 +64,15 @@ def _device() -> Any:
     return option("cpu", device_name, "cpu, cuda or cuda:N")
 
 
-def supported(declared: Any, *, engines: tuple[str, ...] = ALL_ENGINES, feature: str | None = None,
-              why: str | None = None, one_process: str | None = None, shapes_elbo: bool = False) -> Any:
-    """A declared option with what runs it, read by :func:`unsupported`, :func:`one_process_only` and
-    :func:`elbo_options_in_use` (nowhere else).
-
-    ``engines``: the SVI engines that can run it when it is on (its value is not its default); ``feature`` names
-    what it turns on and ``why`` says why the other engines cannot. ``one_process``: why it cannot be split over
-    data-parallel processes (None: it can). ``shapes_elbo``: it shapes the ELBO, so a pair trained on its own
-    objective leaves it at its default.
-    """
-    metadata = {**declared.metadata, "engines": engines, "feature": feature, "why": why, "one_process": one_process,
-                "shapes_elbo": shapes_elbo}
-    return field(default=declared.default, metadata=metadata)
-
-
-def _in_use(options: Any, f: dataclasses.Field) -> bool:
-    return getattr(options, f.name) != f.default
-
-
-def unsupported(options: Any, engine: str) -> list[tuple[str, str]]:
-    """(option, reason) for every option in use that ``engine`` cannot run, e.g.
-    ``("free_bits", "free bits needs engine='torch' because NumPyro has no free-bits ELBO")``."""
-    out = []
-    for f in dataclasses.fields(options):
-        engines = f.metadata.get("engines", ALL_ENGINES)
-        if engine not in engines and _in_use(options, f):
-            needs = " or ".join(f"'{e}'" for e in engines)
-            out.append((f.name, f"{f.metadata['feature']} needs engine={needs} because {f.metadata['why']}"))
-    return out
-
-
 def one_process_only(options: Any) -> list[tuple[str, str]]:
     """(option, why) for every option in use that cannot be split over data-parallel processes."""
     return [(f.name, f.metadata["one_process"]) for f in dataclasses.fields(options)
-            if f.metadata.get("one_process") and _in_use(options, f)]
+            if f.metadata.get("one_process") and in_use(options, f)]
 
 
 def elbo_options_in_use(options: Any) -> list[str]:
     """The options in use that shape the ELBO (meaningless for a pair trained on its own objective)."""
-    return [f.name for f in dataclasses.fields(options) if f.metadata.get("shapes_elbo") and _in_use(options, f)]
+    return [f.name for f in dataclasses.fields(options) if f.metadata.get("shapes_elbo") and in_use(options, f)]
 
 
 @dataclass(frozen=True)
@@ -151,10 +123,8 @@ class SVIOptions:
         validate(self)
         if self.elbo == "iwae" and self.num_particles < 2:
             raise OptionError("num_particles", self.num_particles, "the IWAE objective needs num_particles >= 2 (e.g. 5)")
-        problems = unsupported(self, self.engine) if self.engine != "auto" else []
-        if problems:
-            name, reason = problems[0]
-            raise OptionError("engine", self.engine, f"{reason}; use engine='auto', or leave {name} at its default")
+        if self.engine != "auto":
+            refuse_unsupported(self, self.engine)
         if self.mcmc_steps > 0 and self.elbo == "iwae":
             raise OptionError("mcmc_steps", self.mcmc_steps, "MCMC inside training refines one draw of q per "
                               "example; use elbo='trace' or 'analytic' with it")

@@ -320,12 +320,17 @@ def engine_candidates(pair, options: SVIOptions) -> tuple[list[str], str]:
         return ["torch"], (f"data-parallel over {distributed.launched()} processes runs on the torch engine; the "
                            "JAX engine trains in one process")
     if options.engine != "auto":
+        refused = pair.unsupported_options(options.engine)
+        if refused:  # an option of the pair's config rules the engine out: name it, and the engine that runs it
+            name, reason = refused[0]
+            raise OptionError(name, getattr(pair.config, name), reason, fix={"engine": pair.svi_engines[0]})
         if options.engine not in pair.svi_engines:
             raise OptionError("engine", options.engine, f"{pair.who} trains only on engine "
                               f"{' or '.join(pair.svi_engines)} (see its svi_engines)")
         return [options.engine], "asked for"
     if "jax" not in pair.svi_engines:
-        return ["torch"], f"{pair.who} trains only on the torch engine"
+        refused = pair.unsupported_options("jax")
+        return ["torch"], refused[0][1] if refused else f"{pair.who} trains only on the torch engine"
     ruled_out = unsupported(options, "jax")
     if ruled_out:
         return ["torch"], ruled_out[0][1]

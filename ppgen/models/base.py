@@ -36,16 +36,23 @@ The protocol
     add their particle plate outside them.
 ``default_backend``
     The backend ``ppgen train`` uses unless told otherwise ("svi" or "adversarial").
-``svi_engines``
-    The SVI engines that can train the pair, in the order ``engine="auto"`` prefers them: ("jax", "torch")
-    by default (a compiled epoch); a family whose training step has side effects a compiled JAX epoch cannot
-    have (EMA codebooks) declares ("torch",), one that runs faster on torch lists it first (the VAE's
-    PixelCNN decoder), and ``engine="auto"`` then picks torch, saying why.
+``svi_engines`` / ``engine_preference`` / ``unsupported_options(engine)``
+    The SVI engines that can train the pair, in the order ``engine="auto"`` prefers them: the family's
+    ``engine_preference`` ("jax", "torch" by default: a compiled epoch; one that runs faster on torch lists it
+    first, the VAE's PixelCNN decoder) less the engines that an option of its config in use cannot run — a
+    ``Config`` field declared with :func:`ppgen.declare.supported` (the VAE's flows, ProdLDA's batch norm);
+    ``unsupported_options(engine)`` lists them, (option, reason), so that ``--engine jax`` is refused naming the
+    option and ``auto`` picks torch saying which option made it. A family whose training step has side effects a
+    compiled JAX epoch cannot have whatever its options (EMA codebooks) sets ``svi_engines = ("torch",)``.
 ``generate(n)`` / ``can_generate``
     n draws of E[x | z] at z ~ p(z) (or of the generator); a pair with inputs takes them after ``n``
     (the conditional VAE: ``generate(n, labels)``, an int for all n draws or one per draw).
 ``encode(x)`` / ``has_encoder``; ``reconstruct(x)`` / ``can_reconstruct``
     Mean and scale of the bottom latent under q(z | x); E[x | mean of q(z | x)].
+``nuts_refusal``
+    Why NUTS cannot sample the pair's latents (discrete codes: NUTS follows gradients of log p(x, z) in z), or
+    None (the default): it can. ``ppgen compare`` and ``ppgen.fit(..., backend="nuts")`` refuse a pair that
+    declares one, in one line, before any work.
 ``point_mass_guide`` / ``guide_draws(k)``
     True for a guide that is a point mass q(z | x) = δ(z − z(x)) (a deterministic encoder: the VQ-VAE's
     codes). All its draws coincide, so an estimator averaging over K draws of it (IWAE_K, a Monte Carlo
@@ -66,9 +73,11 @@ The protocol
 ``family_metrics(x)``
     A family's own held-out figures on examples ``x`` (VQ-VAE: codebook usage and perplexity), shown by
     ``ppgen evaluate`` and added to each epoch's history row; ``{}`` by default.
-``check_data(x)``
+``check_data(x)`` / ``observes_word_counts``
     Raises :class:`~ppgen.errors.UserError` (one line, what to do) when ``x`` cannot
-    be observed.
+    be observed. A family whose model observes bags of words (a text corpus's word counts, which reach it as
+    sparse rows: :class:`ppgen.data.text.SparseCounts`) sets ``observes_word_counts``; given a text corpus, any
+    other pair says in one line which families take text data.
 ``topic_words()`` / ``sample_proportions(x, n)`` / ``has_topics``
     A topic model's topic-word scores (topics × vocabulary: β for a product of experts, log p(w | topic) for a
     mixture) and ``n`` draws of the topic proportions θ ~ q(θ | x) per document, (n, documents, topics);
@@ -114,7 +123,8 @@ import torch
 from torch import nn
 
 from ppgen import ppl
-from ppgen.declare import one_of, option, shape
+from ppgen.data.text import SparseCounts
+from ppgen.declare import one_of, option, shape, unsupported
 from ppgen.errors import UserError
 
 LIKELIHOODS = ("bernoulli", "cbernoulli", "gaussian")
@@ -175,10 +185,14 @@ class GenerativeModel(nn.Module):
     data_plate: ClassVar[str] = "data"
     #: the backend ``ppgen train`` picks for this family
     default_backend: ClassVar[str] = "svi"
-    #: the SVI engines that can train it
-    svi_engines: ClassVar[tuple[str, ...]] = ("jax", "torch")
+    #: the SVI engines the family trains on, in the order ``engine="auto"`` prefers them (before options rule any out)
+    engine_preference: ClassVar[tuple[str, ...]] = ("jax", "torch")
     #: whether ``guide`` is a q(z|x) (an implicit generator without an encoder has none)
     has_guide: bool = True
+    #: whether the model observes bags of words (a text corpus's word counts)
+    observes_word_counts: ClassVar[bool] = False
+    #: why NUTS cannot sample the latents (``ppgen compare``), or None: it can
+    nuts_refusal: ClassVar[str | None] = None
     #: whether ``guide`` is a point mass q(z|x) = δ(z − z(x)): every draw of it is the same z(x)
     point_mass_guide: ClassVar[bool] = False
     #: the config field with the number of sampling steps, for a family that samples in steps (else None)
@@ -360,6 +374,16 @@ class GenerativeModel(nn.Module):
         return self._overrides("closed_form_elbo")
 
     @property
+    def svi_engines(self) -> tuple[str, ...]:
+        """The SVI engines that can train the pair: ``engine_preference`` less those an option in use cannot run."""
+        return tuple(e for e in self.engine_preference if not self.unsupported_options(e))
+
+    def unsupported_options(self, engine: str) -> list[tuple[str, str]]:
+        """(option, reason) for every option of the pair's config in use that the SVI ``engine`` cannot run (its
+        declaration: :func:`ppgen.declare.supported`)."""
+        return unsupported(self.config, engine) if dataclasses.is_dataclass(self.config) else []
+
+    @property
     def who(self) -> str:
         """The family's name for messages."""
         return self.name or type(self).__name__
@@ -377,7 +401,10 @@ class GenerativeModel(nn.Module):
         return json.loads(json.dumps(dataclasses.asdict(self.config)))
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> GenerativeModel:
+    def from_config(cls, config: dict[str, Any], written: bool = True) -> GenerativeModel:
+        """The pair of the JSON options ``config``: by default what a run wrote (a field it lacks was added later and
+        takes its declared ``absent`` value); ``written=False``: options given now (a field not given takes its
+        default)."""
         if not isinstance(config, dict):
             raise UserError(f"{cls.name}: the model options must be a JSON object, got {type(config).__name__}")
         fields = {f.name for f in dataclasses.fields(cls.Config)}
@@ -386,7 +413,7 @@ class GenerativeModel(nn.Module):
             raise UserError(f"{cls.name}: unknown option(s) {sorted(unknown)}; known: {sorted(fields)}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
         # a field added after runs were written may declare the value those runs had ("absent" in its metadata)
-        for f in dataclasses.fields(cls.Config):
+        for f in dataclasses.fields(cls.Config) if written else ():
             if f.name not in values and "absent" in f.metadata:
                 values[f.name] = f.metadata["absent"]
         return cls(**values)
@@ -406,6 +433,9 @@ class GenerativeModel(nn.Module):
 
     def check_data(self, x: torch.Tensor, what: str = "data") -> None:
         """Raise :class:`UserError` if ``x`` cannot be observed by this pair."""
+        if isinstance(x, SparseCounts) and not self.observes_word_counts:
+            raise UserError(f"{what} is a text corpus (word counts), which {self.who} does not model; the families "
+                            f"that take text data: {', '.join(text_families())} (see `ppgen models`)")
         check_observations(x, self.x_shape, self.likelihood, what)
 
     def check_inputs(self, x: torch.Tensor, inputs: tuple[torch.Tensor, ...], what: str = "data") -> None:
@@ -439,6 +469,11 @@ def _owning(method: Callable) -> Callable:
 
 def _make_room_hook(module: GenerativeModel, state: dict, prefix: str, *args: Any) -> None:
     module.make_room(state, prefix)
+
+
+def text_families() -> list[str]:
+    """The names of the registered families that observe word counts (take a text corpus)."""
+    return sorted(name for name, cls in REGISTRY.items() if cls.observes_word_counts)
 
 
 def check_observations(x: torch.Tensor, x_shape: tuple[int, ...], likelihood: str, what: str = "data") -> None:

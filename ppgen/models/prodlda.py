@@ -36,7 +36,17 @@ import torch
 from torch.distributions.utils import lazy_property
 
 from ppgen.data.text import SparseCounts
-from ppgen.declare import fraction, on_off, one_of, option, positive_float, sizes, validate, whole_at_least
+from ppgen.declare import (
+    fraction,
+    on_off,
+    one_of,
+    option,
+    positive_float,
+    sizes,
+    supported,
+    validate,
+    whole_at_least,
+)
 from ppgen.errors import UserError
 from ppgen.models.base import GenerativeModel, x_shape_option
 from ppgen.nn.topics import DECODERS, BowEncoder, TopicDecoder
@@ -137,7 +147,11 @@ class ProdLDAConfig:
     hidden: tuple[int, ...] = option((100, 100), sizes, "encoder hidden layer sizes")
     alpha: float = option(1.0, positive_float, ALPHA_HELP)
     dropout: float = option(0.2, fraction, DROPOUT_HELP)
-    batch_norm: str = option("on", on_off, BATCH_NORM_HELP)
+    batch_norm: str = supported(option("on", on_off, BATCH_NORM_HELP), engines=("torch",),
+                                feature="batch normalization",
+                                why="its running statistics change as a side effect of each training step, which "
+                                    "a compiled JAX epoch cannot have (batch_norm='off' trains on both)",
+                                active=lambda value: value == "on")
     decoder: str = option("poe", one_of(DECODERS, "decoder"), DECODER_HELP)
 
     def __post_init__(self) -> None:
@@ -150,6 +164,7 @@ class ProdLDA(GenerativeModel):
     name = "prodlda"
     Config = ProdLDAConfig
     likelihood = "multinomial"
+    observes_word_counts = True
 
     def __init__(self, *args: Any, **options: Any):
         super().__init__(*args, **options)
@@ -159,8 +174,6 @@ class ProdLDA(GenerativeModel):
         self.encoder = BowEncoder(vocab, c.topics, c.hidden, c.dropout, batch_norm, kind=self._encoder_kind)
         self.decoder = TopicDecoder(c.topics, vocab, c.decoder, c.dropout, batch_norm,
                                     softmax_input=self._encoder_kind == "normal")
-        if batch_norm:
-            self.svi_engines = ("torch",)
 
     _encoder_kind = "normal"
 

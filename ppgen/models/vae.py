@@ -68,6 +68,7 @@ from ppgen.declare import (
     option,
     positive_int,
     sizes,
+    supported,
     validate,
 )
 from ppgen.errors import UserError
@@ -114,8 +115,10 @@ class VAEConfig:
     net: str = option("mlp", one_of(NETS, "network"), "decoder network: mlp, conv, or pixelcnn (autoregressive, with "
                       "an MLP encoder)")
     skip: bool = option(False, boolean, "Skip-VAE decoder: z enters every layer")
-    flows: int = option(0, nonnegative_int, "inverse autoregressive flows on q(z|x) (Kingma et al. 2016), conditioned "
-                        "on the encoder's hidden state; torch engine only")
+    flows: int = supported(option(0, nonnegative_int, "inverse autoregressive flows on q(z|x) (Kingma et al. 2016), "
+                                  "conditioned on the encoder's hidden state; torch engine only"),
+                           engines=("torch",), feature="a guide with inverse autoregressive flows",
+                           why="Pyro's flows do not lower to JAX")
     ar_channels: int = option(16, positive_int, "channels of the PixelCNN decoder (net pixelcnn)")
     ar_layers: int = option(3, nonnegative_int, "residual masked 3x3 layers of the PixelCNN decoder (net pixelcnn)")
     committed_rate: float = option(0.0, nonnegative_float, "delta-VAE (Razavi et al. 2019): fix the guide's scale so "
@@ -168,12 +171,10 @@ class VAE(GenerativeModel):
         self.flows = nn.ModuleList(_iaf_step(c.z_dim, c.hidden[-1], reverse=k % 2 == 1) for k in range(c.flows))
 
     @property
-    def svi_engines(self) -> tuple[str, ...]:
-        """Pyro's flows do not lower to JAX: with them the VAE trains on the torch engine. The PixelCNN decoder
-        lowers, but its masked convolutions ran ~10x slower per epoch on the JAX engine than on torch (CPU), so
-        ``engine="auto"`` prefers torch for it."""
-        if self.config.flows:
-            return ("torch",)
+    def engine_preference(self) -> tuple[str, ...]:
+        """The PixelCNN decoder lowers, but its masked convolutions ran ~10x slower per epoch on the JAX engine than
+        on torch (CPU), so ``engine="auto"`` prefers torch for it. (Flows rule out JAX by their declaration:
+        Pyro's flows do not lower.)"""
         return ("torch", "jax") if self.config.net == "pixelcnn" else ("jax", "torch")
 
     def model(self, x: torch.Tensor) -> None:

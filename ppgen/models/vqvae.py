@@ -330,6 +330,8 @@ class VQVAE(GenerativeModel):
     name = "vqvae"
     Config = VQVAEConfig
     svi_engines = ("torch",)  # the EMA codebook update is a side effect of the training step
+    nuts_refusal = ("its latents are discrete codes (a grid of codebook indices), and NUTS samples continuous "
+                    "latents by the gradient of log p(x, z); `ppgen evaluate` gives its ELBO and codebook usage")
     point_mass_guide = True  # q(k | x) = δ_{k(x)}: IWAE_K = ELBO for every K, one draw is exact
 
     def __init__(self, *args: Any, **options: Any):

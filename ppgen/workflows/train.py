@@ -13,6 +13,7 @@ import torch
 
 from ppgen import data as datasets
 from ppgen import models, plots, runs
+from ppgen.declare import check_values
 from ppgen.errors import UserError
 from ppgen.evaluation.likelihood import validation_callback
 from ppgen.inference import distributed
@@ -53,6 +54,7 @@ def make_config(model: str, model_options: dict, data_options: dict, train_optio
     Every training option is validated here (:mod:`ppgen.inference.options`), before anything is written.
     """
     cls = models.get(model)
+    check_values(cls.Config, model_options)  # a bad model option is refused before the data are read
     train_options = dict(train_options)
     backend = train_options.pop("backend", None) or cls.default_backend
     if backend not in BACKENDS:
@@ -79,7 +81,8 @@ def make_config(model: str, model_options: dict, data_options: dict, train_optio
 
 def _build(config: dict, data: datasets.Dataset):
     cls = models.get(config["model"])
-    options = dict(config["model_options"])
+    stored = config.get("model_config") if isinstance(config.get("model_config"), dict) else {}
+    options = {**stored, **config["model_options"]}  # a resumed run: every value it was trained with
     trained = config.get("model_config", {}).get("x_shape") if isinstance(config.get("model_config"), dict) else None
     options.setdefault("x_shape", trained or data.x_shape)  # a resumed run keeps the shape it was trained on
     if tuple(options["x_shape"]) != data.x_shape:
@@ -87,7 +90,7 @@ def _build(config: dict, data: datasets.Dataset):
                         f"{data.x_shape}; give data of that shape (a resumed run needs the data it was trained on)")
     if "num_data" in {f.name for f in dataclasses.fields(cls.Config)}:  # a family scaled by the training-set size
         options.setdefault("num_data", (config.get("model_config") or {}).get("num_data") or len(data.train))
-    pair = cls.from_config(options)
+    pair = cls.from_config(options, written=bool(stored))  # a new run: what was not given takes its default
     config["model_config"] = pair.config_dict()
     config["inputs"] = list(pair.inputs)  # the data set's columns the pair takes beside x
     return pair
