@@ -8,11 +8,14 @@ stderr and exit code 2; nothing half-written is left.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import warnings
 
 from ppgen.commands import COMMANDS
-from ppgen.errors import UserError
+from ppgen.errors import Terminated, UserError, interrupt_status
 from ppgen.inference.options import OptionError, flag_of
 
 EPILOG = """examples (MODEL: a family of `ppgen models`; RUN: a run directory):
@@ -56,6 +59,25 @@ def _shown(value) -> str:
     return ",".join(str(v) for v in value) if isinstance(value, tuple | list) else str(value)
 
 
+def _terminate(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM handled as Ctrl-C while a command runs: it raises :class:`~ppgen.errors.Terminated`, so a run keeps its
+    last checkpoint, prints one line and exits 143 (a KeyboardInterrupt, exit 130)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = _parse(parser, argv)  # a mistake: one line and SystemExit(2), as argparse does
@@ -64,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), sigterm_as_interrupt():
             # Pyro warns on a NaN loss; the training loop stops there and ppgen reports it on one line
             warnings.filterwarnings("ignore", message="Encountered NaN")
             return args.func(args)
@@ -79,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print("ppgen: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        print(f"ppgen: {'terminated (SIGTERM)' if isinstance(err, Terminated) else 'interrupted'}", file=sys.stderr)
+        return interrupt_status(err)
 
 
 if __name__ == "__main__":

@@ -7,3 +7,13 @@ class UserError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The objective became NaN or infinite; the last good state was kept."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, ``timeout``, a container stop) received: handled as Ctrl-C (a run keeps its last
+    checkpoint), but the process exits with 143 (128 + 15, what a shell reports for SIGTERM) instead of 130."""
+
+
+def interrupt_status(err: KeyboardInterrupt) -> int:
+    """The conventional exit status of an interrupted command: 143 after SIGTERM, 130 after SIGINT (128 + signal)."""
+    return 143 if isinstance(err, Terminated) else 130

@@ -171,6 +171,7 @@ def _config_problem(config: Any) -> str | None:
 def read_config(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     path = run_dir / CONFIG
+    remove_stale_staging(run_dir)  # a dead process's hidden build of this path goes with the next look at it
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a directory; give a run directory written by `ppgen train`")
     if not path.exists():
@@ -257,15 +258,46 @@ def build_pair(config: dict, path: Path | str = CONFIG):
                         ) from None
 
 
+def is_finished(run_dir: Path) -> bool:
+    """Whether the run's final stage (selected weights, pictures, posterior, then ``metrics.json``) is complete:
+    ``ppgen train`` writes metrics.json last, so a run killed after its last epoch has a checkpoint and no metrics."""
+    return (Path(run_dir) / METRICS).is_file()
+
+
+def selected_weights(run_dir: Path, config: dict | None = None) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The run's selected weights and the file they come from: ``model.pt``; for a run without one (stopped before
+    its final stage), the checkpoint's weights as the run's ``select`` would choose them (the best validation
+    epoch's where it kept them, else the last epoch's)."""
+    run_dir = Path(run_dir)
+    if (run_dir / MODEL).exists():
+        return run_dir / MODEL, load_weights(run_dir / MODEL)
+    checkpoint = load_checkpoint(run_dir)
+    train = (config or read_config(run_dir)).get("train") or {}
+    best = checkpoint["state"].get("best")
+    if train.get("select", "best") == "best" and _is_weights(best) and best:
+        return run_dir / CHECKPOINT, best
+    return run_dir / CHECKPOINT, checkpoint["model"]
+
+
+def unfinished_note(run_dir: Path) -> str | None:
+    """One line for a command that reads a run without ``model.pt``: which weights it uses and how to finish the run;
+    None for a finished run."""
+    run_dir = Path(run_dir)
+    if (run_dir / MODEL).exists():
+        return None
+    config = read_config(run_dir)
+    epoch = load_checkpoint(run_dir)["state"].get("epoch", 0)
+    return (f"ppgen: note: {run_dir} has no {MODEL} (its training stopped before its final stage); using the weights "
+            f"{CHECKPOINT} selects after epoch {epoch}; finish the run with `ppgen train {config['model']} --resume "
+            f"{run_dir}`")
+
+
 def load_pair(run_dir: Path):
-    """The trained pair of ``run_dir``: selected weights (model.pt), else the last checkpoint."""
+    """The trained pair of ``run_dir``: selected weights (model.pt), else those the last checkpoint selects."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     pair = build_pair(config, run_dir / CONFIG)
-    if (run_dir / MODEL).exists():
-        path, state = run_dir / MODEL, load_weights(run_dir / MODEL)
-    else:
-        path, state = run_dir / CHECKPOINT, load_checkpoint(run_dir)["model"]
+    path, state = selected_weights(run_dir, config)
     check_weights(pair, state, path)
     pair.load_state_dict(state)
     pair.eval()

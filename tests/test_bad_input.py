@@ -510,3 +510,50 @@ def test_ctrl_c_advice_matches_what_exists(tmp_path, capsys, monkeypatch, epochs
     assert needle in one_error_line(capsys)
     assert runs.is_run_dir(out) == (epochs > 0)
     assert [p.name for p in tmp_path.iterdir()] == (["run"] if epochs else [])
+
+
+# -- the Python API (ppgen.api, ppgen.models.arguments): arguments of the wrong kind are one-line UserErrors ------------
+
+
+def _api_calls():
+    from support import binary, tiny_vae
+
+    import ppgen
+    from ppgen.models import VAE
+
+    return [
+        (lambda: ppgen.fit("vae", binary(8)), "ppgen.models.get('vae')"),
+        (lambda: ppgen.fit(VAE, binary(8)), "an instance, not the class"),
+        (lambda: ppgen.fit(tiny_vae(), [[0, 1]]), "not a list"),
+        (lambda: ppgen.fit(tiny_vae(), np.array(["a", "b"])), "tensor or NumPy array of numbers"),
+        (lambda: ppgen.fit(tiny_vae(), torch.tensor(1.0)), "at least one example"),
+        (lambda: ppgen.fit(tiny_vae(), binary(8), backend=3), "backend must be a name"),
+        (lambda: ppgen.load(3), "str or pathlib.Path"),
+        (lambda: ppgen.evaluation.elbo("vae", binary(4)), "ppgen.evaluation.elbo expects a ppgen model/guide pair"),
+        (lambda: ppgen.evaluation.iwae(tiny_vae(), "x", k=2), "ppgen.evaluation.iwae: x must be a tensor"),
+        (lambda: ppgen.evaluation.ais(None, binary(4)), "ppgen.evaluation.ais expects"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(10))
+def test_the_python_api_checks_its_arguments(index):
+    from ppgen.errors import UserError
+
+    call, needle = _api_calls()[index]
+    with pytest.raises(UserError) as err:
+        call()
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_ppgen_fit_takes_a_data_set_name_as_the_cli_does():
+    import ppgen
+    from ppgen.models import VAE
+
+    torch.manual_seed(0)
+    by_name = ppgen.fit(VAE(x_shape=(1, 8, 8), z_dim=2, hidden=(8,)), "digits", epochs=1, batch_size=256,
+                        engine="torch", progress=False)
+    torch.manual_seed(0)
+    by_dataset = ppgen.fit(VAE(x_shape=(1, 8, 8), z_dim=2, hidden=(8,)), ppgen.data.load("digits"), epochs=1,
+                           batch_size=256, engine="torch", progress=False)
+    assert by_name.history[-1]["elbo"] == by_dataset.history[-1]["elbo"]
+    assert "val_elbo" in by_name.history[-1]  # the named data set's validation split is used

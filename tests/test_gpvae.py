@@ -343,3 +343,61 @@ def test_nuts_over_a_latent_with_the_gp_fixed_samples_its_exact_posterior(small_
     se_mean, se_sd = sd / math.sqrt(ess), sd / math.sqrt(2 * ess)  # the latter: a Gaussian's sd, ESS draws
     assert abs(float(draws.mean()) - mean) < 4 * se_mean, (float(draws.mean()), mean, se_mean)
     assert abs(float(draws.std()) - sd) < 4 * se_sd, (float(draws.std()), sd, se_sd)
+
+
+# -- a numerically singular K_uu: the linear kernel's rank is Q, far below M inducing points ---------------------------
+
+
+def _rank_deficient_pair() -> GPVAE:
+    """A float32 linear-kernel decoder with Q = 2 and M = 32 inducing points: K_uu has rank 2, and with the kernel's
+    variances at 100 its largest eigenvalue (~3e3) puts float32 rounding (~M ε λ_max ≈ 1e-2) far above the fixed
+    jitter 1e-5 (Pyro's Cholesky raised "not positive-definite" here)."""
+    torch.manual_seed(0)
+    pair = GPVAE((6,), 2, 32, "linear", (16,), "gaussian")
+    pair.gp.kernel.variance = torch.full((2,), 100.0)
+    pair.gp.u_loc.data.normal_()
+    return pair
+
+
+def test_a_rank_deficient_linear_kernel_gets_the_smallest_jitter_that_factors_it(capsys):
+    from ppgen.models.gpvae import JITTER, RELATIVE_JITTERS
+
+    pair = _rank_deficient_pair()
+    z = torch.randn(50, 2)
+    with torch.no_grad():
+        loc, var = pair.predictive(z)
+        pair.predictive(z)
+        kuu = pair.k(pair.gp.Xu)
+    jitter = pair.stable_jitter()
+    eye = torch.eye(32)
+    assert jitter > JITTER and int(torch.linalg.cholesky_ex(kuu + jitter * eye).info) == 0
+    rung = RELATIVE_JITTERS.index(round(jitter / float(kuu.diagonal().mean()), 12))
+    lower = RELATIVE_JITTERS[rung - 1] * float(kuu.diagonal().mean()) if rung else JITTER
+    assert int(torch.linalg.cholesky_ex(kuu + lower * eye).info) != 0  # the rung below does not factor it
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and "jitter" in said[0] and "32 inducing points" in said[0]  # once, for three calls
+    # the same predictive in float64 with the same jitter: float32's Cholesky has backward error ~ M ε |K| (Higham,
+    # Thm 10.3) and the whitened solve L⁻¹k_u amplifies it by at most √cond(K_uu + jI) ≈ 4e3: 32 · 6e-8 · 4e3 ≈ 8e-3
+    exact = GPVAE((6,), 2, 32, "linear", (16,), "gaussian").double()
+    exact.load_state_dict({k: v.double() for k, v in pair.state_dict().items()})
+    exact.jitter = jitter
+    with torch.no_grad():
+        loc64, var64 = exact.predictive(z.double())
+    assert float((loc - loc64).abs().max()) <= 1e-2 * float(loc64.abs().max())
+    assert float((var - var64).abs().max()) <= 1e-2 * float(var64.abs().max())
+    assert exact.stable_jitter() == jitter and capsys.readouterr().err == ""  # float64 factors it as it is
+
+
+def test_a_rank_deficient_linear_kernel_trains(capsys):
+    pair = _rank_deficient_pair()
+    x = torch.randn(64, 2) @ torch.randn(2, 6)  # rank-2 data
+    fit = ppgen.fit(pair, x, epochs=1, batch_size=32, engine="torch", progress=False)
+    assert fit.stopped is None and math.isfinite(fit.history[-1]["elbo"])
+
+
+def test_a_kernel_matrix_no_jitter_makes_positive_definite_is_one_line_with_the_fix():
+    from ppgen.models.gpvae import jitter_for
+
+    with pytest.raises(UserError, match="at most 2 inducing points") as err:
+        jitter_for(torch.diag(torch.tensor([1.0, -1.0, 1.0])), what="3 inducing points, linear kernel", rank=2)
+    assert "\n" not in str(err.value) and "--inducing" in str(err.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ppgen.commands.args import (
@@ -44,7 +45,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ppgen import workflows
+    from ppgen import runs, workflows
 
     if args.rejection:
         check_rejection(args)
@@ -57,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
         result["rejection"] = workflows.evaluate_rejection(args.run, wanted, steps=args.rejection_steps,
                                                            quantile=args.quantile, n=args.samples, seed=args.seed)
     write_result(Path(args.run) / f"evaluation_{args.split}.json", result)
+    note = runs.unfinished_note(args.run)  # the weights came from the checkpoint: say so, and how to finish
+    if note:
+        print(note, file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

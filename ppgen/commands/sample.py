@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ppgen.commands.args import add_rejection, check_rejection, non_negative, positive
@@ -36,7 +37,7 @@ def labels(text: str) -> int | list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ppgen import workflows
+    from ppgen import runs, workflows
 
     rejection = None
     if args.rejection:
@@ -45,4 +46,7 @@ def run(args: argparse.Namespace) -> int:
     workflows.sample_run(args.run, args.n, args.out, seed=args.seed, steps=args.steps, rejection=rejection,
                          labels=args.label)
     print(f"wrote {args.out}")
+    note = runs.unfinished_note(args.run)  # the weights came from the checkpoint: say so, and how to finish
+    if note:
+        print(note, file=sys.stderr)
     return 0

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ppgen.commands.args import add_flag, add_option_flags, choices_of, modes_line, non_negative, positive
-from ppgen.errors import UserError
+from ppgen.errors import Terminated, UserError, interrupt_status
 from ppgen.inference.options import AdversarialOptions, SVIOptions, cli_flags
 
 #: the run's options that are not a family's (a family's config field of the same name is not offered twice)
@@ -116,10 +116,10 @@ def run(args: argparse.Namespace) -> int:
                                       progress=progress)
     except distributed.PeerLost as err:
         raise distributed.PeerLost(f"{err}; continue with `ppgen train {args.model} --resume {out}`") from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if distributed.is_writer():
-            print(interrupted_message(args.model, out), file=sys.stderr)
-        return 130
+            print(interrupted_message(args.model, out, terminated=isinstance(err, Terminated)), file=sys.stderr)
+        return interrupt_status(err)
     finally:
         distributed.leave()
     if not distributed.is_writer():
@@ -192,10 +192,11 @@ def column_names(text: str) -> list[str]:
     return names
 
 
-def interrupted_message(model: str, out: Path) -> str:
-    """What to do after Ctrl-C, as the run directory now stands."""
+def interrupted_message(model: str, out: Path, terminated: bool = False) -> str:
+    """What to do after Ctrl-C (or SIGTERM, ``terminated``), as the run directory now stands."""
     from ppgen import runs
 
+    what = "terminated (SIGTERM)" if terminated else "interrupted"
     if runs.is_run_dir(out) and (out / runs.CHECKPOINT).exists():
-        return f"ppgen: interrupted; continue with `ppgen train {model} --resume {out}`"
-    return f"ppgen: interrupted before the first checkpoint; nothing was written to {out} (start the run again)"
+        return f"ppgen: {what}; continue with `ppgen train {model} --resume {out}`"
+    return f"ppgen: {what} before the first checkpoint; nothing was written to {out} (start the run again)"

@@ -55,6 +55,7 @@ from pyro.poutine.util import site_is_subsample
 
 from ppgen.errors import UserError
 from ppgen.inference.hmc import LatentTarget, hmc_step, is_latent
+from ppgen.models.arguments import check_estimator_args, check_pair
 
 SCHEDULES = ("sigmoid", "linear")
 
@@ -170,6 +171,7 @@ def ais(pair, x: torch.Tensor, steps: int = 1000, chains: int = 16, leapfrog: in
     chains per point adapt the step size and carry no weight (``tune=0``: fixed step size).
     A stochastic lower bound on log p(x) (Jensen), exact as ``steps`` → ∞.
     """
+    x = check_estimator_args(pair, x, "ppgen.evaluation.ais")
     _check(steps, chains, leapfrog, tune)
     betas = schedule(steps, schedule_kind)
     results = []
@@ -217,6 +219,7 @@ def bdmc(pair, n: int = 100, steps: int = 1000, chains: int = 16, leapfrog: int 
     The forward chain is :func:`ais`; the reverse chain starts every chain at the exact
     posterior sample that generated x and anneals β from 1 to 0.
     """
+    check_pair(pair, "ppgen.evaluation.bdmc")
     _check(steps, chains, leapfrog, tune)
     x, latents = simulate(pair, n, seed, inputs)
     inputs = tuple(c[:n] for c in inputs)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ppgen.errors import UserError
+from ppgen.models.arguments import check_estimator_args
 from ppgen.sites import log_weights
 
 if TYPE_CHECKING:  # annotations only
@@ -53,6 +54,7 @@ def iwae(pair, x: torch.Tensor, k: int = 1000, budget: int = 8_000_000,
     A pair with a point-mass guide is evaluated with one draw: its IWAE_k equals its ELBO exactly for
     every k (:meth:`~ppgen.models.base.GenerativeModel.guide_draws`).
     """
+    x = check_estimator_args(pair, x, "ppgen.evaluation.iwae")
     if k < 1:
         raise ValueError("k must be at least 1")
     k = pair.guide_draws(k)
@@ -101,6 +103,7 @@ def elbo(pair, x: torch.Tensor, num_samples: int = 1, budget: int = 8_000_000,
     """Monte Carlo ELBO per example, averaged over ``num_samples`` draws of q (one for a point-mass q: exact); for a
     pair that declares ``closed_form_elbo`` (DDPM's bound, every KL in closed form), the mean of that many of its
     estimates. ``inputs``: the pair's input columns beside ``x`` (one row per example)."""
+    x = check_estimator_args(pair, x, "ppgen.evaluation.elbo")
     if pair.has_closed_form_elbo:
         rows = max(1, budget // 8 // math.prod(pair.x_shape))  # a denoiser call holds a few such batches
         with torch.no_grad():

@@ -289,16 +289,27 @@ def launch(nproc: int, argv: list[str], grace_s: float = 30.0) -> int:
             if failed_at is None and any(p.returncode not in (None, 0) for p in procs):
                 failed_at = time.monotonic()
             if failed_at is not None and time.monotonic() - failed_at > grace_s:
-                for p in procs:
-                    if p.poll() is None:
-                        p.terminate()
+                _stop(procs, grace_s)
             time.sleep(0.05)
-    except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: each process keeps what it has and ends
+        _stop(procs, grace_s)
         raise
     codes = [p.wait() for p in procs]
     return next((c for c in codes if c != 0), 0)
+
+
+def _stop(procs: list[subprocess.Popen], grace_s: float) -> None:
+    """SIGTERM to the processes still running (each ends as after Ctrl-C); SIGKILL to any still running
+    ``grace_s`` seconds later (one blocked in a collective cannot run its handler)."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
 
 
 __all__ = ["Group", "PeerLost", "ShardScale", "check_batch", "device_of", "is_writer", "join", "launch", "launched", "leave",

@@ -47,6 +47,7 @@ NumPyro backend and ppgen falls back, with a notice). Pyro's linear kernel has o
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,8 @@ from ppgen.ppl import pyro as ppl_pyro
 KERNELS = ("rbf", "matern52", "linear")
 GP_LIKELIHOODS = ("gaussian", "bernoulli")
 JITTER = 1e-5
+#: the jitters tried, relative to K_uu's mean diagonal, where JITTER does not make K_uu positive-definite
+RELATIVE_JITTERS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 #: Gauss–Hermite nodes for the Bernoulli likelihood's expectation under q(f)
 GH_NODES = 20
 
@@ -144,13 +147,31 @@ class GPVAE(GenerativeModel):
     def predictive(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of q(f_n | z_n) for every output dimension, each shaped (*z.shape[:-1], D)."""
         flat = z.reshape(-1, z.shape[-1])
+        jitter = self.stable_jitter()
         # the means of every output dimension, then the variance once (S is shared: a single latent with zero mean)
         loc, _ = gp.util.conditional(flat, self.gp.Xu, self.k, self.gp.u_loc, None, full_cov=False, whiten=True,
-                                     jitter=self.jitter)
+                                     jitter=jitter)
         _, var = gp.util.conditional(flat, self.gp.Xu, self.k, self.gp.u_loc.new_zeros(1, self.config.inducing),
-                                     self.gp.u_scale_tril.unsqueeze(0), full_cov=False, whiten=True, jitter=self.jitter)
+                                     self.gp.u_scale_tril.unsqueeze(0), full_cov=False, whiten=True, jitter=jitter)
         shape = (*z.shape[:-1], loc.shape[0])
         return loc.T.reshape(shape) + self.mean, var.T.expand(-1, loc.shape[0]).reshape(shape)
+
+    def stable_jitter(self) -> float:
+        """The jitter added to K_uu's diagonal before its Cholesky factor: ``self.jitter`` where that factors it,
+        else the smallest of :data:`RELATIVE_JITTERS` x mean diag K_uu that does (said once per pair). K_uu of the
+        linear kernel has rank Q, so with M > Q inducing points its M − Q zero eigenvalues rest on the jitter alone,
+        and in float32 a fixed 1e-5 is below the rounding error of the large ones (~ M ε λ_max). A function of the
+        current weights only, so a resumed run adds what the uninterrupted one adds."""
+        with torch.no_grad():
+            kuu = self.k(self.gp.Xu)
+        jitter = jitter_for(kuu, self.jitter, f"{self.config.inducing} inducing points, {self.config.kernel} kernel",
+                            self.config.z_dim if self.config.kernel == "linear" else None)
+        if jitter != self.jitter and not getattr(self, "_said_jitter", False):
+            self._said_jitter = True
+            print(f"ppgen: note: the GP decoder's K_uu ({self.config.inducing} inducing points, {self.config.kernel} "
+                  f"kernel, {str(kuu.dtype).removeprefix('torch.')}) is numerically singular; adding jitter "
+                  f"{jitter:.2g} (not {self.jitter:g}) to its diagonal where needed", file=sys.stderr)
+        return jitter
 
     def k(self, x: torch.Tensor, y: torch.Tensor | None = None, diag: bool = False) -> torch.Tensor:
         """The kernel's ``forward``: called outside a PyroModule context, its parameters are the module's own
@@ -245,6 +266,27 @@ class GPVAE(GenerativeModel):
         own sites: Σ_n E_{q(f_n)} log p(y_n | f_n) − KL(q(u) ‖ p(u)) (the latents' prior is left out)."""
         trace = pyro.poutine.trace(pyro.poutine.condition(self.model, {"z": z})).get_trace(y)
         return sum(site["log_prob_sum"] for name, site in _sites(trace).items() if name != "z")
+
+
+def _factors(matrix: torch.Tensor, jitter: float) -> bool:
+    eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+    return int(torch.linalg.cholesky_ex(matrix + jitter * eye).info) == 0
+
+
+def jitter_for(kuu: torch.Tensor, base: float = JITTER, what: str = "K_uu", rank: int | None = None) -> float:
+    """The smallest jitter that makes the Cholesky factorization of ``kuu`` + jitter I succeed: ``base``, else
+    :data:`RELATIVE_JITTERS` times its mean diagonal, in turn; a UserError naming the fix where none does (a kernel
+    matrix with a non-finite entry is left to the training loop, which stops on the non-finite loss). ``rank``: the
+    kernel's rank, where it has one (the linear kernel's Q), for the advice."""
+    if _factors(kuu, base) or not bool(torch.isfinite(kuu).all()):
+        return base
+    scale = float(kuu.diagonal().mean().abs())
+    for relative in RELATIVE_JITTERS:
+        if _factors(kuu, relative * scale):
+            return relative * scale
+    fewer = f"at most {rank} inducing points (the kernel's rank) " if rank else "fewer inducing points "
+    raise UserError(f"the GP decoder's K_uu ({what}) is not positive-definite even with jitter "
+                    f"{RELATIVE_JITTERS[-1] * scale:.2g}; use {fewer}(--inducing) or another kernel (--kernel rbf)")
 
 
 def _bernoulli_log_prob(y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

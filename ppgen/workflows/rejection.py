@@ -32,7 +32,8 @@ def ratio_sampler(run_dir: Path, steps: int | None = None, quantile: float = 0.9
     pair = runs.load_pair(run_dir)
     data = run_data(runs.read_config(run_dir), grey_levels=True)
     steps = steps or (2_000 if len(pair.x_shape) == 3 else 10_000)
-    digest = hashlib.sha256((run_dir / runs.MODEL).read_bytes()).hexdigest()
+    weights_file, _ = runs.selected_weights(run_dir)  # model.pt, or the checkpoint of a run not finished
+    digest = hashlib.sha256(weights_file.read_bytes()).hexdigest()
     key = {"model_sha256": digest, "steps": steps, "seed": seed}
     classifier = None
     cache = run_dir / REJECTION

@@ -53,7 +53,7 @@ def stage_run(run_dir: Path, name: str, options: dict[str, Any], resume: bool = 
     pair = runs.load_pair(run_dir)
     stage = next(s for s in type(pair).stages if s.name == name)
     checkpoint = runs.load_checkpoint(run_dir)  # refused here, before the stage is fitted, if it is damaged
-    resume_from = _resumable(run_dir, pair, stage, options) if resume else None
+    resume_from = _resumable(run_dir, pair, stage, options, log) if resume else None
     chosen = stage_options(stage, options)  # validated before the data are read
     data = run_data(config)
     torch.manual_seed(chosen.seed)
@@ -77,18 +77,18 @@ def stage_run(run_dir: Path, name: str, options: dict[str, Any], resume: bool = 
     weights = {k: v.detach().clone() for k, v in pair.state_dict().items() if k.startswith(stage.weights)}
     runs.save_torch(run_dir / runs.CHECKPOINT, with_stage_weights(checkpoint, weights, result.get("val_elbo")))
     runs.save_torch(run_dir / runs.MODEL, pair.state_dict())
-    metrics = read_metrics(run_dir)
-    metrics[name] = result
-    runs.write_json(run_dir / runs.METRICS, metrics)
     runs.write_history(run_dir, fit.history, name=f"{name}_history.csv")
     if pair.can_generate:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(chosen.seed)
             plots.sample_grid(pair.generate(64).cpu(), run_dir / "samples.png", f"{pair.name} samples ({stage.samples})")
+    metrics = read_metrics(run_dir)
+    metrics[name] = result
+    runs.write_json(run_dir / runs.METRICS, metrics)  # last: the stage is finished (stage_finished)
     return result
 
 
-def _resumable(run_dir: Path, pair, stage, options: dict[str, Any]) -> dict:
+def _resumable(run_dir: Path, pair, stage, options: dict[str, Any], log=print) -> dict:
     """The stage's own checkpoint in ``run_dir``, its weights loaded into ``pair``, checked against the new total."""
     path = run_dir / stage_checkpoint(stage.name)
     if not path.exists():
@@ -100,9 +100,18 @@ def _resumable(run_dir: Path, pair, stage, options: dict[str, Any]) -> dict:
     pair.load_state_dict(saved["model"])
     done = saved["state"].get("epoch", 0)
     total = stage_options(stage, options).epochs
-    if done >= total:
+    if done > total or (done == total and stage_finished(run_dir, stage.name, done)):
         raise UserError(f"{path.name} already holds {done} epochs; nothing to resume: give --epochs above {done}")
+    if done == total:
+        log(f"{run_dir}: `ppgen {stage.name}` ended at epoch {done} but was stopped before writing its results; "
+            "finishing it (model.pt, metrics, samples)")
     return saved
+
+
+def stage_finished(run_dir: Path, name: str, epochs: int) -> bool:
+    """Whether the stage's results after ``epochs`` epochs are written: its entry in metrics.json, written last."""
+    entry = read_metrics(run_dir).get(name)
+    return isinstance(entry, dict) and entry.get("epochs") == epochs
 
 
 def with_stage_weights(checkpoint: dict, weights: dict[str, torch.Tensor], val_elbo: float | None) -> dict:

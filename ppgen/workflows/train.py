@@ -121,6 +121,9 @@ def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = F
     if not distributed.is_writer():  # data-parallel: the other processes train their shards and write nothing
         return _train_shard(pair, data, backend, config, checkpoint)
     log(data.describe())
+    if _finishing(checkpoint, train):
+        log(f"{out}: training ended at epoch {train['epochs']} but the run was stopped before its final stage; "
+            "finishing it (selected weights, metrics, pictures)")
     start = time.perf_counter()
 
     def body(run: runs.RunWriter) -> dict:
@@ -147,9 +150,16 @@ def _resumable_checkpoint(run_dir: Path, pair, backend: str, train: dict) -> dic
                         "with its own backend")
     runs.check_weights(pair, checkpoint["model"], run_dir / runs.CHECKPOINT)
     done = checkpoint["state"].get("epoch", 0)
-    if isinstance(train.get("epochs"), int) and done >= train["epochs"]:
+    epochs = train.get("epochs")
+    if isinstance(epochs, int) and (done > epochs or (done == epochs and runs.is_finished(run_dir))):
         raise UserError(f"{run_dir} already trained {done} epochs; nothing to resume: give --epochs above {done}")
     return checkpoint
+
+
+def _finishing(checkpoint: dict | None, train: dict) -> bool:
+    """Whether a resume only finishes the run: its training ended (the checkpoint holds every epoch) but its final
+    stage (selected weights, metrics, pictures) was cut short."""
+    return checkpoint is not None and checkpoint["state"].get("epoch", 0) == train.get("epochs")
 
 
 def _train(pair, data: datasets.Dataset, backend: str, select: str, checkpoint: dict | None, run: runs.RunWriter,
@@ -174,7 +184,8 @@ def _train(pair, data: datasets.Dataset, backend: str, select: str, checkpoint: 
 
     fit = backend_fit(pair, data, backend=backend, options=options, progress=progress, resume=checkpoint,
                       callback=callback, on_epoch_end=on_epoch_end, **svi_only)
-    run.require_checkpoint(fit.stopped)
+    if not (_finishing(checkpoint, config["train"]) and fit.stopped is None):
+        run.require_checkpoint(fit.stopped)
     if fit.stopped:
         log(f"training stopped: {fit.stopped}")
     if select == "best":
@@ -189,11 +200,11 @@ def _train(pair, data: datasets.Dataset, backend: str, select: str, checkpoint: 
     metrics.update(epochs=fit.state.epoch, train_seconds=round(time.perf_counter() - start, 2), stopped=fit.stopped)
     if backend == "svi":
         metrics.update(best_epoch=fit.state.best_epoch, engine=fit.options.get("engine"))
-    runs.write_json(run_dir / runs.METRICS, metrics)
     pictures(pair, data, fit.history, run_dir)
     if density and backend == "svi" and posterior_fits(pair, data.train[:1], log=log,
                                                        inputs=split_inputs(pair, data, "train", limit=1)):
         write_posterior(fit, data, run_dir, log=log)
+    runs.write_json(run_dir / runs.METRICS, metrics)  # last: a run with metrics.json is finished (runs.is_finished)
     return metrics
 
 

@@ -1,0 +1,203 @@
+"""A run's life cycle under real kills (SIGKILL, SIGTERM) at every stage: before the first checkpoint, mid-epoch,
+during a checkpoint write, after the last epoch, during the final evaluation. Each leaves no run (and no hidden
+folder once the path is next touched) or one that ``--resume`` completes with weights bit-identical to an
+uninterrupted run's; a run without model.pt is still read (the checkpoint's selected weights) with a line saying
+how to finish it.
+
+The kills come from tests/kill_worker.py (a ``ppgen`` process that signals itself at the chosen moment). The whole
+matrix (VAE on both engines, GAN, DDPM, VQ-VAE with its prior stage) is marked slow; ``make test`` runs the fast
+representatives: the VAE killed after its last epoch and during its final evaluation, SIGTERM, and the fallbacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from support import VQVAE_FLAGS, run_cli
+
+from ppgen import runs
+
+WORKER = Path(__file__).resolve().parent / "kill_worker.py"
+VAE = ["vae", "--data", "digits", "--z-dim", "2", "--hidden", "16", "--batch-size", "128", "--epochs", "3",
+       "--no-progress"]
+FAMILIES = {
+    "vae-torch": [*VAE, "--engine", "torch"],
+    "vae-jax": [*VAE, "--engine", "jax"],
+    "gan": ["gan", "--data", "ring8", "--hidden", "16,16", "--critic-hidden", "16,16", "--batch-size", "1000",
+            "--epochs", "3", "--no-progress"],
+    "ddpm": ["ddpm", "--data", "digits", "--timesteps", "10", "--hidden", "16", "--time-dim", "8", "--batch-size",
+             "256", "--epochs", "3", "--ema", "0.9", "--no-progress"],
+}
+MOMENTS = ("first-epoch", "mid-epoch", "checkpoint-write", "after-last-epoch", "final-evaluation")
+FAST = {("vae-torch", "after-last-epoch"), ("vae-torch", "final-evaluation")}
+
+
+def kill_run(moment: str, signal: str, args: list[str]) -> subprocess.CompletedProcess:
+    """``ppgen ARGS`` in a process that sends itself ``signal`` (KILL or TERM) at ``moment``."""
+    return subprocess.run([sys.executable, str(WORKER), moment, signal, *map(str, args)], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+#: history columns that measure time, not training
+TIMINGS = {"seconds", "wall", "images_per_s", "examples_per_s", "extract_seconds"}
+
+
+def training_columns(run: Path) -> list[dict]:
+    """The run's history (from its checkpoint) without the timings: what an uninterrupted run must repeat exactly."""
+    return [{k: v for k, v in row.items() if k not in TIMINGS} for row in runs.load_checkpoint(run)["history"]]
+
+
+def visible(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory) -> dict[str, Path]:
+    """The uninterrupted runs, trained once per family when a test first asks (in-process)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+
+    class Lazy(dict):
+        def __missing__(self, family: str) -> Path:
+            out = self[family] = root / family
+            assert run_cli("train", *FAMILIES[family], "--out", out) == 0
+            return out
+
+    return Lazy()
+
+
+def _case(family: str, moment: str):
+    marks = () if (family, moment) in FAST else (pytest.mark.slow,)
+    return pytest.param(family, moment, marks=marks, id=f"{family}-{moment}")
+
+
+@pytest.mark.parametrize("family, moment", [_case(f, m) for f in FAMILIES for m in MOMENTS])
+def test_a_sigkill_at_any_moment_leaves_no_run_or_one_resume_completes(tmp_path, capsys, references, family,
+                                                                        moment):
+    out = tmp_path / "run"
+    killed = kill_run(moment, "KILL", ["train", *FAMILIES[family], "--out", out])
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert visible(tmp_path) in ([], ["run"])
+    if not out.exists():  # killed before the first checkpoint: the next command on the path removes the leftovers
+        assert moment == "first-epoch" and hidden(tmp_path)
+        assert run_cli("evaluate", out) == 2
+        assert "not a directory" in capsys.readouterr().err
+        assert hidden(tmp_path) == []
+        return
+    assert runs.is_run_dir(out) and not runs.is_finished(out)
+    assert run_cli("train", FAMILIES[family][0], "--resume", out, "--no-progress") == 0
+    assert_same_weights(references[family] / runs.MODEL, out / runs.MODEL)
+    assert runs.is_finished(out) and (out / "samples.png").exists() and (out / "loss.png").exists()
+    assert hidden(out) == [] and hidden(tmp_path) == []  # the half-written checkpoint's temp file is gone
+    assert training_columns(out) == training_columns(references[family])
+
+
+def test_a_finished_run_still_has_nothing_to_resume(tmp_path, capsys, references):
+    run = references["vae-torch"]
+    assert run_cli("train", "vae", "--resume", run, "--no-progress") == 2
+    assert "already trained 3 epochs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("moment, code_line", [("first-epoch", "nothing was written"), ("mid-epoch", "--resume")])
+def test_sigterm_is_handled_as_ctrl_c(tmp_path, references, moment, code_line):
+    """SIGTERM (a scheduler, `timeout`, a container stop): one line, exit 143 (128 + 15), the last checkpoint kept
+    (or, before the first, nothing at all); the resumed run equals the uninterrupted one."""
+    out = tmp_path / "run"
+    terminated = kill_run(moment, "TERM", ["train", *FAMILIES["vae-torch"], "--out", out])
+    assert terminated.returncode == 143
+    lines = terminated.stderr.strip().splitlines()
+    assert len(lines) == 1 and "terminated (SIGTERM)" in lines[0] and code_line in lines[0], lines
+    assert "Traceback" not in terminated.stderr
+    if moment == "first-epoch":
+        assert list(tmp_path.iterdir()) == []
+        return
+    assert runs.load_checkpoint(out)["state"]["epoch"] == 1
+    assert run_cli("train", "vae", "--resume", out, "--no-progress") == 0
+    assert_same_weights(references["vae-torch"] / runs.MODEL, out / runs.MODEL)
+
+
+def _unfinished_copy(reference: Path, tmp_path: Path) -> Path:
+    """The reference run as a run killed after its last epoch leaves it: no model.pt, metrics.json or pictures."""
+    import shutil
+
+    run = tmp_path / "unfinished"
+    shutil.copytree(reference, run)
+    for name in (runs.MODEL, runs.METRICS, "samples.png", "reconstructions.png", "loss.png", "latents.png",
+                 "posterior.nc"):
+        (run / name).unlink(missing_ok=True)
+    return run
+
+
+def test_commands_on_a_run_without_model_pt_use_the_checkpoint_and_say_how_to_finish(tmp_path, capsys, references):
+    """evaluate, sample and their --rejection read the checkpoint's selected weights (the same numbers as the
+    finished run's model.pt) and add one line: how to finish the run."""
+    finished = references["vae-torch"]
+    run = _unfinished_copy(finished, tmp_path)
+    assert run_cli("evaluate", finished, "--iwae", "5", "--limit", "50", "--json") == 0
+    expected = json.loads(capsys.readouterr().out)
+    assert run_cli("evaluate", run, "--iwae", "5", "--limit", "50", "--json") == 0
+    captured = capsys.readouterr()
+    got = json.loads(captured.out)
+    assert {k: got[k] for k in ("elbo", "iwae_5")} == {k: expected[k] for k in ("elbo", "iwae_5")}
+    note = captured.err.strip().splitlines()
+    assert len(note) == 1 and f"ppgen train vae --resume {run}" in note[0]
+    for command in (["sample", run, "-n", "4", "--out", tmp_path / "s.npy"],
+                    ["sample", run, "-n", "4", "--rejection", "--rejection-steps", "20", "--out", tmp_path / "r.npy"],
+                    ["evaluate", run, "--iwae", "2", "--limit", "20", "--rejection", "--rejection-steps", "20"]):
+        assert run_cli(*command) == 0, command
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--resume" in err[0] and "Traceback" not in err[0], err
+    import ppgen
+
+    pair = ppgen.load(run)
+    assert all(torch.equal(v, weights(finished / runs.MODEL)[k]) for k, v in pair.state_dict().items())
+
+
+def test_a_stage_needs_stage_one_finished_and_says_how_then_runs_on_it(tmp_path, capsys):
+    run = tmp_path / "vq"
+    assert run_cli("train", "vqvae", *VQVAE_FLAGS, "--epochs", "1", "--out", run) == 0
+    (run / runs.MODEL).unlink()
+    (run / runs.METRICS).unlink()
+    assert run_cli("prior", run, "--epochs", "1", "--no-progress") == 2
+    assert f"ppgen train vqvae --resume {run}" in capsys.readouterr().err
+    assert run_cli("train", "vqvae", "--resume", run, "--no-progress") == 0  # what it says finishes stage one
+    assert runs.is_finished(run) and run_cli("prior", run, "--epochs", "1", "--no-progress") == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["after-last-epoch", "final-evaluation"])
+def test_a_killed_prior_stage_is_finished_by_its_resume(tmp_path, moment):
+    """`ppgen prior RUN` killed after its last epoch or while drawing its samples: `ppgen prior RUN --resume`
+    finishes it, with the model.pt and metrics of the uninterrupted stage."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    for out in (straight, killed):
+        assert run_cli("train", "vqvae", *VQVAE_FLAGS, "--epochs", "2", "--out", out) == 0
+    assert run_cli("prior", straight, "--epochs", "2", "--no-progress") == 0
+    dead = kill_run(moment, "KILL", ["prior", killed, "--epochs", "2", "--no-progress"])
+    assert dead.returncode == -9, dead.stderr[-2000:]
+    assert "prior" not in json.loads((killed / runs.METRICS).read_text())
+    assert run_cli("prior", killed, "--epochs", "2", "--resume", "--no-progress") == 0
+    assert_same_weights(straight / runs.MODEL, killed / runs.MODEL)
+    a, b = (json.loads((run / runs.METRICS).read_text())["prior"] for run in (straight, killed))
+    assert a["epochs"] == b["epochs"] == 2 and a["val_elbo"] == b["val_elbo"]
+    assert run_cli("prior", killed, "--epochs", "2", "--resume", "--no-progress") == 2  # now finished
