@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ppgen.errors import UserError
-from ppgen.inference import loop
+from ppgen.inference import compile_cache, loop
 from ppgen.inference.options import SVIOptions, beta_at, unsupported
 
 
@@ -264,6 +264,7 @@ def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
     if ruled_out:
         raise CannotLower(ruled_out[0][1])
     _check_device(options.device)
+    compile_cache.enable()
     pair.to("cpu")
     if resume is not None:
         try:
