@@ -50,3 +50,13 @@ def test_unknown_attribute_is_an_attribute_error():
 
     with pytest.raises(AttributeError, match="no_such_name"):
         ppgen.no_such_name  # noqa: B018
+
+
+def test_the_command_skips_the_collectors_passes_at_exit():
+    # an exit hook registered before main() runs after main's (hooks run last-in first-out): the objects are frozen
+    code = ("import atexit, contextlib, gc, io\n"
+            "atexit.register(lambda: print('frozen', gc.get_freeze_count()))\n"
+            "from ppgen.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n    main(['data'])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert int(out.split()[-1]) > 1000
