@@ -8,7 +8,9 @@ stderr and exit code 2; nothing half-written is left.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import gc
 import signal
 import sys
 import threading
@@ -78,7 +80,25 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _freeze_at_exit() -> None:
+    """Spare the process the garbage collector's passes over every object when it ends (registered once).
+
+    At exit Python tears the modules down with full cyclic collections, and with torch, JAX, NumPyro and Pyro
+    loaded each pass walks about half a million objects: ~1 s after the last line on a 2-core machine. Freezing the
+    objects (:func:`gc.freeze`) in an exit hook skips those passes; objects are still freed by reference count
+    and the other exit hooks still run, so nothing written is lost (ppgen closes its files as it writes).
+    """
+    global _FREEZE_REGISTERED
+    if not _FREEZE_REGISTERED:
+        atexit.register(gc.freeze)
+        _FREEZE_REGISTERED = True
+
+
+_FREEZE_REGISTERED = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    _freeze_at_exit()
     parser = build_parser()
     args = _parse(parser, argv)  # a mistake: one line and SystemExit(2), as argparse does
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import math
+import os
+import shutil
+import tempfile
 
 import numpy as np
 import pyro
 import pytest
 import torch
+
+# JAX's compiled executables go to a folder of this session, never the user's cache (ppgen.inference.compile_cache)
+os.environ["PPGEN_COMPILE_CACHE_DIR"] = tempfile.mkdtemp(prefix="ppgen-test-jax-cache-")
+atexit.register(shutil.rmtree, os.environ["PPGEN_COMPILE_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

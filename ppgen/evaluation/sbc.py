@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import stats
 
 from ppgen import sites
 from ppgen.errors import UserError
@@ -51,6 +50,8 @@ def histogram(ranks_: np.ndarray, draws: int, bins: int = 10) -> np.ndarray:
 
 def uniformity_pvalues(ranks_: np.ndarray, draws: int, bins: int = 10) -> np.ndarray:
     """χ² p-value of uniform ranks per column of ``ranks_`` (N, m), the expected counts exact for 0..L."""
+    from scipy import stats  # SciPy's statistics take ~0.7 s to import: loaded when a test is run
+
     counts = histogram(ranks_, draws, bins)
     expected = bin_probabilities(draws, bins)[:, None] * counts.sum(0, keepdims=True)
     return stats.chisquare(counts, expected, axis=0).pvalue

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from ppgen.errors import UserError
+from ppgen.inference import compile_cache
 from ppgen.inference.fit import Fit, SamplerState, register
 
 CHAIN_METHODS = ("auto", "vectorized", "parallel")
@@ -295,6 +296,7 @@ def sampler(pair, x_example, params, **options) -> _Sampler:
     The key is the pair's class and config, not the object: weights are arguments,
     so a freshly trained or reloaded pair of the same architecture reuses the code.
     """
+    compile_cache.enable()
     structure = _structure(pair)
     if structure is None:
         return _Sampler(pair, x_example, params, **options)

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from ppgen.errors import UserError
-from ppgen.inference import loop
+from ppgen.inference import compile_cache, loop
 from ppgen.inference.options import SVIOptions, beta_at, unsupported
 
 
@@ -261,7 +261,6 @@ def _check_device(device: str) -> None:
 def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
     """Build NumPyro's SVI for the pair and trace it once (this is where a pair that does not lower is found)."""
     import jax
-    import jax.numpy as jnp
     import numpyro
     from numpyro.infer import SVI
 
@@ -272,6 +271,7 @@ def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
     if ruled_out:
         raise CannotLower(ruled_out[0][1])
     _check_device(options.device)
+    compile_cache.enable()
     pair.to("cpu")
     if resume is not None:
         try:
@@ -282,7 +282,7 @@ def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
     batch, steps = loop.batching(len(data.train), options.batch_size)
     x0_torch = data.train_epoch(0)[:batch].cpu()
     inputs_torch = tuple(c[:batch].cpu() for c in data.train_epoch_inputs(0, pair.inputs))
-    inputs0 = tuple(jnp.asarray(c.numpy()) for c in inputs_torch)
+    inputs0 = tuple(jax.device_put(c.numpy()) for c in inputs_torch)
     # one Pyro run makes what the pair creates on first call (pyro.param values with their constraints, an
     # autoguide's parameters); NumPyro then starts from the values the pair keeps: every pyro.param and
     # autoguide site is initialised at them (ppgen.ppl), as the networks are at their torch weights
@@ -299,7 +299,8 @@ def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
         with recording_modules() as sites, warnings.catch_warnings():
             # a discrete site left to sampling: ppgen prints its own line naming it (ppgen.inference.svi)
             warnings.filterwarnings("ignore", message=".*does not support models with discrete latent variables")
-            svi_state = svi.init(jax.random.PRNGKey(options.seed), jnp.asarray(x0_torch.numpy()), 1.0, *inputs0)
+            svi_state = traced_init(svi, jax.random.PRNGKey(options.seed), jax.device_put(x0_torch.numpy()), 1.0,
+                                    *inputs0)
         check_covered(pair, sites, svi.get_params(svi_state))
         check_buffers(svi_state, options)
     except CannotLower:
@@ -333,6 +334,23 @@ def check_enumerable(discrete: Any, options: SVIOptions) -> None:
                           "enumerated sites train on the torch engine")
 
 
+def traced_init(svi, *args):
+    """NumPyro's ``SVI.init(*args)`` traced and compiled as one function.
+
+    Run eagerly, ``init`` dispatches every operation of the model and the guide on its own, and XLA compiles each
+    new (operation, shape) as a small program: ~30 compilations for an MLP VAE before the first epoch. Traced, it
+    is one. Eager where tracing fails (a constraint holding a traced value, Python control flow on values).
+    """
+    import jax
+
+    try:
+        state = jax.jit(svi.init)(*args)
+        svi.get_params(state)  # a parameter's constraint that kept a traced value fails here
+        return state
+    except Exception:  # noqa: BLE001 - whatever tracing raised, the eager run either works or reports it
+        return svi.init(*args)
+
+
 def _cannot_run(pair, err: Exception) -> str:
     first = (str(err).strip().splitlines() or [""])[0][:160]
     return f"cannot run {type(pair).__name__} on NumPyro ({type(err).__name__}: {first})"
@@ -349,14 +367,20 @@ def trial(pair, model: Callable, guide: Callable, epoch_fn: Callable, svi_state,
     import jax.numpy as jnp
     from numpyro import handlers
 
-    xj = jnp.asarray(x0.numpy())
+    xj = jax.device_put(x0.numpy())
     try:
         if not pair.has_objective:
-            guide_tr = handlers.trace(handlers.seed(guide, 0)).get_trace(xj, 1.0, *inputs0)
-            model_tr = handlers.trace(handlers.replay(handlers.seed(model, 1), guide_tr)).get_trace(xj, 1.0, *inputs0)
-            missing = [name for name, site in model_tr.items()
-                       if site["type"] == "sample" and not site["is_observed"] and name not in guide_tr
-                       and name not in summed]
+            missing: list[str] = []
+
+            def latent_sites_missing(x, *inputs):  # traced for shapes only: nothing is compiled
+                guide_tr = handlers.trace(handlers.seed(guide, 0)).get_trace(x, 1.0, *inputs)
+                model_tr = handlers.trace(handlers.replay(handlers.seed(model, 1), guide_tr)).get_trace(x, 1.0, *inputs)
+                missing.extend(name for name, site in model_tr.items()
+                               if site["type"] == "sample" and not site["is_observed"] and name not in guide_tr
+                               and name not in summed)
+                return 0
+
+            jax.eval_shape(latent_sites_missing, xj, *inputs0)
             if missing:
                 raise CannotLower(f"its guide draws no value of the model's latent site {', '.join(missing)} on "
                                   "NumPyro (a guide written with Pyro's own primitives, such as a Pyro autoguide, "
@@ -380,10 +404,10 @@ def _epoch(state: JaxState, plan: loop.EpochPlan) -> tuple[JaxState, loop.EpochR
     perm_key, sample_key = jax.random.split(jax.random.PRNGKey(plan.seed))
     betas = [beta_at(plan.index, step, plan.steps, o.beta, o.anneal_epochs) for step in range(plan.steps)]
     if plan.x is not state.x_cache[0]:  # a fresh draw (dynamic binarization), else the same tensor as before
-        state.x_cache = (plan.x, jnp.asarray(plan.x.cpu().numpy()))
+        state.x_cache = (plan.x, jax.device_put(plan.x.cpu().numpy()))
     seen = state.inputs_cache[0]
     if seen is None or len(seen) != len(plan.inputs) or any(a is not b for a, b in zip(seen, plan.inputs)):
-        state.inputs_cache = (plan.inputs, tuple(jnp.asarray(c.cpu().numpy()) for c in plan.inputs))
+        state.inputs_cache = (plan.inputs, tuple(jax.device_put(c.cpu().numpy()) for c in plan.inputs))
     new_state, losses, finite = state.epoch_fn(state.svi_state._replace(rng_key=sample_key), state.x_cache[1],
                                                perm_key, jnp.asarray(betas, dtype=jnp.float32), state.inputs_cache[1])
     losses = np.asarray(losses, dtype=np.float64)

@@ -32,9 +32,10 @@ class NotLowerable(Exception):
 
 def jax_params(module: nn.Module) -> dict[str, Any]:
     """The module's current weights (parameters and buffers) as JAX arrays."""
-    import jax.numpy as jnp
+    import jax
 
-    return {name: jnp.asarray(t.detach().cpu().numpy()) for name, t in module.state_dict().items()}
+    # device_put copies; jnp.asarray would compile a small XLA program per shape to do the same
+    return {name: jax.device_put(t.detach().cpu().numpy()) for name, t in module.state_dict().items()}
 
 
 def _jnp():

@@ -1,0 +1,62 @@
+"""What ``import ppgen`` and ``ppgen --help`` load: the slow libraries wait until a command needs them.
+
+Each check runs in a fresh interpreter (this test process has long since imported everything) and reads its
+``sys.modules`` afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: imported only by the commands that use them (statistics, diagnostics, figures, the JAX engine)
+HEAVY = ["scipy.stats", "arviz", "matplotlib", "jax", "numpyro"]
+
+
+def loaded_after(code: str) -> set[str]:
+    """The modules of :data:`HEAVY` (and torch, pyro) a fresh interpreter holds after running ``code``."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    modules = set(json.loads(out.strip().splitlines()[-1]))
+    return {name for name in HEAVY + ["torch", "pyro"] if name in modules}
+
+
+def test_import_ppgen_loads_no_heavy_library():
+    assert loaded_after("import ppgen") == set()
+
+
+def test_help_loads_no_heavy_library():
+    code = ("import contextlib, io\nfrom ppgen.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n    main([])")
+    assert not loaded_after(code) & set(HEAVY)
+
+
+def test_public_names_load_on_first_use():
+    code = ("import ppgen\nfrom ppgen import fit, load, models\n"
+            "assert callable(fit) and callable(load) and ppgen.fit is fit and 'vae' in models.REGISTRY\n"
+            "assert ppgen.inference.Fit and ppgen.data.load and ppgen.evaluation.iwae\n"
+            "assert set(ppgen.__all__) <= set(dir(ppgen))")
+    assert {"torch", "pyro"} <= loaded_after(code)
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    import ppgen
+
+    with pytest.raises(AttributeError, match="no_such_name"):
+        ppgen.no_such_name  # noqa: B018
+
+
+def test_the_command_skips_the_collectors_passes_at_exit():
+    # an exit hook registered before main() runs after main's (hooks run last-in first-out): the objects are frozen
+    code = ("import atexit, contextlib, gc, io\n"
+            "atexit.register(lambda: print('frozen', gc.get_freeze_count()))\n"
+            "from ppgen.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n    main(['data'])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert int(out.split()[-1]) > 1000
