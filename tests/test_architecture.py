@@ -27,7 +27,7 @@ LAYERS = [
     {"ppgen.sites", "ppgen.ppl"},
 ]
 #: leaves anyone may use; they import only each other (``runs`` rebuilds pairs, so it may also use models)
-LEAVES = {"ppgen.data": set(), "ppgen.plots": set(), "ppgen.errors": set(), "ppgen.declare": set(),
+LEAVES = {"ppgen.data": set(), "ppgen.plots": set(), "ppgen.errors": set(), "ppgen.declare": set(), "ppgen.progress": set(),
           "ppgen.runs": {"ppgen.models"}}
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ppgen.errors import UserError
+from ppgen.progress import track
 from ppgen.sites import log_weights
 
 if TYPE_CHECKING:  # annotations only
@@ -61,7 +62,7 @@ def iwae(pair, x: torch.Tensor, k: int = 1000, budget: int = 8_000_000,
     k_chunk, b_chunk = _budget(pair, k, budget)
     options = {} if k == 1 else {"globals": "raise"}  # IWAE_1 is the ELBO: linear, global sites split 1/N
     out = []
-    for rows in _chunks(x.shape[0], b_chunk):
+    for rows in track(list(_chunks(x.shape[0], b_chunk)), f"IWAE-{k} on {x.shape[0]} examples"):
         parts = [torch.logsumexp(log_weights(pair, x[rows], len(range(*ks.indices(k))), **options,
                                              inputs=tuple(c[rows] for c in inputs)), 0)
                  for ks in _chunks(k, k_chunk)]
