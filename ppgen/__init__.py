@@ -1,10 +1,11 @@
 """ppgen: deep generative models as probabilistic programs (Pyro model/guide pairs)."""
 
 from ppgen import data, evaluation, inference, models
-from ppgen.api import fit, load
+from ppgen import tracking
+from ppgen.api import fit, load, save
 
 __version__ = "0.1.0"
-__all__ = ["data", "diagnostics", "evaluation", "fit", "inference", "load", "models"]
+__all__ = ["data", "diagnostics", "evaluation", "fit", "inference", "load", "models", "save", "tracking"]
 
 
 def __getattr__(name: str):

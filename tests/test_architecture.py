@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent / "ppgen"
 #: DESIGN.md's arrows, top to bottom: a module may import its own layer and the layers below it
 LAYERS = [
     {"ppgen.cli", "ppgen.commands", "ppgen.demo", "ppgen", "ppgen.api", "ppgen.__main__"},
-    {"ppgen.workflows"},
+    {"ppgen.workflows", "ppgen.tracking"},
     {"ppgen.evaluation", "ppgen.diagnostics"},
     {"ppgen.inference"},
     {"ppgen.models"},

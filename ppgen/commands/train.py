@@ -15,7 +15,7 @@ from ppgen.inference.options import AdversarialOptions, SVIOptions, cli_flags
 TRAIN_KEYS = tuple(dict.fromkeys([f.name for _, f in cli_flags(SVIOptions) + cli_flags(AdversarialOptions)]
                                  + ["select", "backend"]))
 #: options a resumed run takes from its config (only --epochs, the new total, may be given)
-RESUME_ALLOWED = ("command", "func", "model", "model_keys", "resume", "epochs", "no_progress", "nproc", "argv")
+RESUME_ALLOWED = ("command", "func", "model", "model_keys", "resume", "epochs", "no_progress", "nproc", "argv", "log")
 #: how many declaring families a model flag's help names (a field most families declare names none)
 NAMED_FAMILIES = 4
 
@@ -54,6 +54,10 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="training backend (default: the family's own, svi for most)")
     add_option_flags(a, AdversarialOptions, skip={f.name for _, f in cli_flags(SVIOptions)}, defaults=CLI_DEFAULTS)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--log", action="append", metavar="BACKEND[=WHERE]",
+                   help="track the run: tensorboard (event files in RUN/tensorboard, or tensorboard=DIR) or mlflow (a "
+                        "file store in RUN/mlruns, or mlflow=URI); per-epoch figures, options, sample grids, final "
+                        "metrics. Repeatable. Needs pip install 'ppgen[track]'")
     p.add_argument("--nproc", type=positive, help="data-parallel: train in this many processes on this machine "
                    "(torch.distributed, as `torchrun --nproc-per-node N -m ppgen train ...`; --batch-size is the "
                    "whole batch, split between them)")
@@ -113,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         out = args.out or Path("runs") / args.model.lower()
     try:
         metrics = workflows.train_run(config, out, resume=args.resume is not None, overwrite=args.overwrite,
-                                      progress=progress)
+                                      progress=progress, track=tuple(args.log or ()))
     except distributed.PeerLost as err:
         raise distributed.PeerLost(f"{err}; continue with `ppgen train {args.model} --resume {out}`") from None
     except KeyboardInterrupt:
