@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ppgen.errors import UserError
+from ppgen.models.base import GenerativeModel
 
 #: the validation examples the per-epoch KL and active units are computed on
 DIAGNOSTIC_EXAMPLES = 500
@@ -207,10 +208,10 @@ def from_spec(spec: str, run_dir: Path) -> TensorBoard | MLflow:
     return MLflow(where or Path(run_dir) / "mlruns")
 
 
-def sample_picture(pair: Any, images: bool, seed: int = 0) -> np.ndarray | None:
+def sample_picture(pair: GenerativeModel, images: bool, seed: int = 0) -> np.ndarray | None:
     """The samples grid of :func:`ppgen.plots.sample_grid` as an (H, W, 3) array in [0, 1]; None for a pair that
     cannot generate."""
-    if not getattr(pair, "can_generate", False):
+    if not pair.can_generate:
         return None
     from matplotlib.image import imread
 
@@ -230,10 +231,10 @@ def sample_picture(pair: Any, images: bool, seed: int = 0) -> np.ndarray | None:
     return np.ascontiguousarray(picture[..., :3])
 
 
-def encoder_figures(pair: Any, x: torch.Tensor, inputs: Sequence[torch.Tensor] = ()) -> dict[str, float]:
+def encoder_figures(pair: GenerativeModel, x: torch.Tensor, inputs: Sequence[torch.Tensor] = ()) -> dict[str, float]:
     """KL(q(z|x) || p(z)) summed over dimensions and the active units, on ``x``, for a pair with one encoded
     latent; {} otherwise (or where the family cannot say)."""
-    if not getattr(pair, "has_encoder", False) or len(getattr(pair, "latent_sites", ())) != 1 or len(x) < 2:
+    if not pair.has_encoder or len(pair.latent_sites) != 1 or len(x) < 2:
         return {}
     from ppgen.evaluation import active_units, kl_per_dim
 
