@@ -174,16 +174,19 @@ def _tracking_uri(uri: str | Path) -> str:
     return Path(text).resolve().as_uri()
 
 
-INSTALL = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+#: the module each backend imports, and the smallest distribution that provides it (MLflow's client and stores come
+#: in mlflow-skinny, without the server, UI and SQL stack; ``pip install mlflow`` adds those)
+INSTALL = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow-skinny")}
 
 
 def require(backend: str) -> None:
     """A one-line :class:`UserError` if ``backend``'s package is not installed."""
     import importlib.util
 
-    if importlib.util.find_spec(INSTALL[backend]) is None:
-        raise UserError(f"--log {backend} needs the {INSTALL[backend]} package: pip install 'ppgen[track]' "
-                        f"(or pip install {INSTALL[backend]})")
+    module, distribution = INSTALL[backend]
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f"--log {backend} needs the {module} package: pip install 'ppgen[track]' "
+                        f"(or pip install {distribution})")
 
 
 def parse(spec: str) -> tuple[str, str | None]:
