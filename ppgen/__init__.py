@@ -1,7 +1,6 @@
 """ppgen: deep generative models as probabilistic programs (Pyro model/guide pairs)."""
 
-from ppgen import data, evaluation, inference, models
-from ppgen import tracking
+from ppgen import data, evaluation, inference, models, tracking
 from ppgen.api import fit, load, save
 
 __version__ = "0.1.0"

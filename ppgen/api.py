@@ -114,6 +114,8 @@ def save(pair: GenerativeModel, path: str | Path, fit: Fit | None = None, *, dat
         config["train"] = {**runs.standard_json(fit.options), "backend": fit.backend}
     if data is not None:
         config["data"] = _data_section(data)
+    if Path(path).exists() and not overwrite:
+        raise UserError(f"{path} exists; choose another path or pass overwrite=True to replace it")
     state = {k: v.detach().cpu() for k, v in pair.state_dict().items()}
 
     def write(folder: Path) -> None:

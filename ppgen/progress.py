@@ -51,7 +51,7 @@ def _in_notebook() -> bool:
 
 def _has_widgets() -> bool:
     try:
-        import ipywidgets  # noqa: F401
+        import ipywidgets  # type: ignore[import-untyped]  # noqa: F401
     except ImportError:
         return False
     return True
@@ -163,11 +163,11 @@ def progress(total: int | None, what: str, enabled: bool | None = None, stream: 
         return Silent()
     stream = sys.stderr if stream is None else stream
     if _in_notebook() and stream is sys.stderr and _has_widgets():
-        from tqdm.notebook import tqdm as notebook_tqdm
+        from tqdm.notebook import tqdm as notebook_tqdm  # type: ignore[import-untyped]
 
         return _Bar(notebook_tqdm(total=total, desc=what, leave=False))
     if _isatty(stream):
-        from tqdm import tqdm
+        from tqdm import tqdm  # type: ignore[import-untyped]
 
         return _Bar(tqdm(total=total, desc=what, leave=False, mininterval=0.5, file=stream,
                          disable=total is not None and total < MIN_STEPS_FOR_BAR))
