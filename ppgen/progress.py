@@ -201,10 +201,12 @@ def track(items: Iterable[T], what: str, total: int | None = None, enabled: bool
 def heartbeat(what: str, enabled: bool | None = None, stream: TextIO | None = None) -> Iterator[None]:
     """While the block runs, a line every :func:`interval` seconds saying that ``what`` is still running and for how
     long (off a terminal; on one, tqdm's elapsed-time counter), for work whose steps cannot be counted."""
-    report = progress(None, what, enabled, stream)
-    if isinstance(report, Silent):
+    if enabled is False or os.environ.get(SWITCH_ENV, "1") == "0":
         yield
         return
+    stream = sys.stderr if stream is None else stream
+    # off a terminal (a notebook too: no widget updated from the beating thread) the plain lines
+    report = progress(None, what, True, stream) if _isatty(stream) else Lines(None, what, stream, interval())
     stop = threading.Event()
     every = report.every if isinstance(report, Lines) else 0.5
 
@@ -212,7 +214,7 @@ def heartbeat(what: str, enabled: bool | None = None, stream: TextIO | None = No
         while not stop.wait(every):
             if isinstance(report, Lines):
                 report._write(f"ppgen: {what}: running, {_duration(time.monotonic() - report.start)}")
-            else:
+            elif isinstance(report, _Bar):
                 report.bar.refresh()
 
     thread = threading.Thread(target=beat, name="ppgen-heartbeat", daemon=True)
