@@ -4,8 +4,8 @@ Every loop that can run longer than a few seconds (training epochs, AIS and BDMC
 passes, NUTS, ancestral and DDPM/DDIM sampling, a VQ-VAE prior's pixels) counts its steps with
 :func:`progress` (or wraps its iterable in :func:`track`). Where the report goes follows stderr:
 
-* a terminal: a tqdm bar that erases itself when done;
-* a Jupyter kernel with ipywidgets installed: tqdm's notebook bar (without ipywidgets, the plain lines
+* a terminal: a tqdm bar that erases itself when done (shown after 2 s: quick work shows none);
+* a Jupyter kernel with ipywidgets installed: tqdm's notebook bar, after 2 s (without ipywidgets, the plain lines
   below, never tqdm's "IProgress not found" warning);
 * anything else (a pipe, a job log, a file): one plain line every :func:`interval` seconds,
   ``ppgen: AIS: 120/500 (24%), 31 s, about 98 s left``, and a closing line when at least one was printed.
@@ -33,6 +33,8 @@ SWITCH_ENV = "PPGEN_PROGRESS"
 DEFAULT_INTERVAL = 10.0
 #: work shorter than this many steps gets no bar on a terminal (a line off one still comes after the interval)
 MIN_STEPS_FOR_BAR = 2
+#: seconds before a bar appears (terminal and notebook): quick work leaves no trace in a notebook's outputs
+BAR_DELAY = 2.0
 
 
 def interval() -> float:
@@ -165,11 +167,11 @@ def progress(total: int | None, what: str, enabled: bool | None = None, stream: 
     if _in_notebook() and stream is sys.stderr and _has_widgets():
         from tqdm.notebook import tqdm as notebook_tqdm  # type: ignore[import-untyped]
 
-        return _Bar(notebook_tqdm(total=total, desc=what, leave=False))
+        return _Bar(notebook_tqdm(total=total, desc=what, leave=False, delay=BAR_DELAY))
     if _isatty(stream):
         from tqdm import tqdm  # type: ignore[import-untyped]
 
-        return _Bar(tqdm(total=total, desc=what, leave=False, mininterval=0.5, file=stream,
+        return _Bar(tqdm(total=total, desc=what, leave=False, mininterval=0.5, file=stream, delay=BAR_DELAY,
                          disable=total is not None and total < MIN_STEPS_FOR_BAR))
     return Lines(total, what, stream, interval())
 
