@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["data", "diagnostics", "evaluation", "fit", "inference", "load", "models"]
+__all__ = ["data", "diagnostics", "evaluation", "fit", "inference", "load", "models", "save", "tracking"]
 
 #: public name -> (module, attribute or None for the module itself), imported on first access
 _LAZY = {
@@ -21,6 +21,8 @@ _LAZY = {
     "models": ("ppgen.models", None),
     "fit": ("ppgen.api", "fit"),
     "load": ("ppgen.api", "load"),
+    "save": ("ppgen.api", "save"),
+    "tracking": ("ppgen.tracking", None),
 }
 
 

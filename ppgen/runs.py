@@ -37,7 +37,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,8 @@ import torch
 from ppgen.errors import UserError
 
 CONFIG, CHECKPOINT, MODEL, METRICS, HISTORY = "config.json", "checkpoint.pt", "model.pt", "metrics.json", "history.csv"
+#: what a training run printed, line by line (every run directory has one)
+TRAIN_LOG = "train.log"
 #: hidden sibling folders of a run being built (``new``) or replaced (``old``): ``.NAME.ppgen-new-PID-XXXX``
 STAGING = re.compile(r"^\.(?P<name>.+)\.ppgen-(?:new|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
 #: temporary files of :func:`atomic_write_bytes` (``.NAME.XXXX.tmp``) and of the posterior (``.posterior.nc.tmp``)
@@ -505,6 +507,25 @@ def new_run(out: Path, config: dict, overwrite: bool = False) -> Iterator[RunWri
                 with contextlib.suppress(OSError):
                     folder.rmdir()
         raise
+
+
+def write_new_run(out: Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """A complete run at ``out`` at once: ``write(folder)`` fills a hidden sibling, which is then renamed into place
+    (an old run at ``out`` replaced only with ``overwrite``); if ``write`` fails, ``out`` is untouched."""
+    out = Path(out)
+    check_new_run_dir(out, overwrite)
+    remove_stale_staging(out)
+    created = _make_parents(out.parent)
+    staging = _make_staging(out, "new")
+    try:
+        write(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    return _swap_into_place(staging, out)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent / "ppgen"
 #: DESIGN.md's arrows, top to bottom: a module may import its own layer and the layers below it
 LAYERS = [
     {"ppgen.cli", "ppgen.commands", "ppgen.demo", "ppgen", "ppgen.api", "ppgen.__main__"},
-    {"ppgen.workflows"},
+    {"ppgen.workflows", "ppgen.tracking"},
     {"ppgen.evaluation", "ppgen.diagnostics"},
     {"ppgen.inference"},
     {"ppgen.models"},
@@ -27,7 +27,7 @@ LAYERS = [
     {"ppgen.sites", "ppgen.ppl"},
 ]
 #: leaves anyone may use; they import only each other (``runs`` rebuilds pairs, so it may also use models)
-LEAVES = {"ppgen.data": set(), "ppgen.plots": set(), "ppgen.errors": set(), "ppgen.declare": set(),
+LEAVES = {"ppgen.data": set(), "ppgen.plots": set(), "ppgen.errors": set(), "ppgen.declare": set(), "ppgen.progress": set(),
           "ppgen.runs": {"ppgen.models"}}
 
 

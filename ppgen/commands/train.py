@@ -15,28 +15,61 @@ from ppgen.inference.options import AdversarialOptions, SVIOptions, cli_flags
 TRAIN_KEYS = tuple(dict.fromkeys([f.name for _, f in cli_flags(SVIOptions) + cli_flags(AdversarialOptions)]
                                  + ["select", "backend"]))
 #: options a resumed run takes from its config (only --epochs, the new total, may be given)
-RESUME_ALLOWED = ("command", "func", "model", "model_keys", "resume", "epochs", "no_progress", "nproc", "argv")
+RESUME_ALLOWED = ("command", "func", "model", "model_keys", "resume", "epochs", "no_progress", "nproc", "argv", "log")
 #: how many declaring families a model flag's help names (a field most families declare names none)
 NAMED_FAMILIES = 4
 
 
+DESCRIPTION = ("Train a model/guide pair by SVI (Pyro), or adversarially against a critic (--backend adversarial, the "
+               "default of an implicit generator), and write a run directory: config.json, checkpoint.pt, model.pt, "
+               "metrics.json, history.csv, train.log and pictures.")
+
+
 def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model (SVI, or adversarially) and write a run directory",
+                       description=DESCRIPTION + " `ppgen train MODEL --help` lists that family's flags only.",
+                       add_help=False)
+    fill(p)
+
+
+class FamilyHelp(argparse.Action):
+    """``-h``: after a family's name (``ppgen train vae --help``), the common flags and that family's own only."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from ppgen.models import REGISTRY
+
+        family = str(getattr(namespace, "model", None) or "").lower()
+        if family in REGISTRY:
+            own = argparse.ArgumentParser(prog=f"{parser.prog} {family}", add_help=False,
+                                          description=f"{DESCRIPTION} The flags of {family} and those every family "
+                                                      "shares (`ppgen train --help`: every family's).")
+            fill(own, family)
+            parser = own
+        parser.print_help()
+        parser.exit()
+
+
+def fill(p: argparse.ArgumentParser, family: str | None = None) -> None:
+    """The flags of ``ppgen train``: all families' (``family`` None) or the common ones and ``family``'s own."""
+    from ppgen.models import REGISTRY
     from ppgen.workflows import CLI_DEFAULTS
 
-    p = sub.add_parser("train", help="train a model (SVI, or adversarially) and write a run directory",
-                       description="Train a model/guide pair by SVI (Pyro), or adversarially against a critic "
-                                   "(--backend adversarial, the default of an implicit generator), and write a run "
-                                   "directory: config.json, checkpoint.pt, model.pt, metrics.json, history.csv and "
-                                   "pictures.")
-    p.add_argument("model", help="model family (see `ppgen models`)")
+    p.add_argument("-h", "--help", action=FamilyHelp, help="show this help and exit (after MODEL: that family's "
+                   "flags only)")
+    if family is None:
+        p.add_argument("model", help="model family (see `ppgen models`)")
     p.add_argument("--data", help="bundled name (see `ppgen data`) or a path: IDX folder/file, .npz, .npy "
                    "(default mnist)")
     p.add_argument("--out", type=Path, help="run directory to create (default runs/<model>)")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in RUN (its config is reused; "
                    "--epochs sets the new total)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    m = p.add_argument_group("model (the flags come from the families' Config fields; see `ppgen models`)")
-    p.set_defaults(model_keys=add_model_flags(m))
+    m = p.add_argument_group("model (the flags come from the families' Config fields; see `ppgen models`)"
+                             if family is None else f"model ({family}'s Config fields)")
+    p.set_defaults(model_keys=add_model_flags(m, family))
     d = p.add_argument_group("data")
     d.add_argument("--binarize", choices=["dynamic", "static", "threshold", "none"],
                    help="binarization for Bernoulli likelihoods (default: dynamic for mnist/digits, none otherwise)")
@@ -48,42 +81,51 @@ def add(sub: argparse._SubParsersAction) -> None:
     add_option_flags(t, SVIOptions, defaults=CLI_DEFAULTS)
     t.add_argument("--select", choices=["best", "last"], help="keep the best-validation epoch (default) or the last")
     adversarial_lr = AdversarialOptions.__dataclass_fields__["lr"].default
+    adversarial = family is None or REGISTRY[family].default_backend == "adversarial"
     a = p.add_argument_group(f"adversarial (--backend adversarial; --lr sets both players' rates, default "
-                             f"{adversarial_lr:g})")
+                             f"{adversarial_lr:g})" if adversarial else "backend")
     a.add_argument("--backend", choices=["svi", "adversarial"],
                    help="training backend (default: the family's own, svi for most)")
-    add_option_flags(a, AdversarialOptions, skip={f.name for _, f in cli_flags(SVIOptions)}, defaults=CLI_DEFAULTS)
+    if adversarial:
+        add_option_flags(a, AdversarialOptions, skip={f.name for _, f in cli_flags(SVIOptions)}, defaults=CLI_DEFAULTS)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--log", action="append", metavar="BACKEND[=WHERE]",
+                   help="track the run: tensorboard (event files in RUN/tensorboard, or tensorboard=DIR) or mlflow (a "
+                        "file store in RUN/mlruns, or mlflow=URI); per-epoch figures, options, sample grids, final "
+                        "metrics. Repeatable. Needs pip install 'ppgen[track]'")
     p.add_argument("--nproc", type=positive, help="data-parallel: train in this many processes on this machine "
                    "(torch.distributed, as `torchrun --nproc-per-node N -m ppgen train ...`; --batch-size is the "
                    "whole batch, split between them)")
     p.set_defaults(func=run)
 
 
-def model_fields() -> dict[str, list[tuple[str, dataclasses.Field]]]:
-    """Every field a registered family's ``Config`` declares (but the data's shape) -> (family, field) pairs."""
+def model_fields(only: str | None = None) -> dict[str, list[tuple[str, dataclasses.Field]]]:
+    """Every field a registered family's ``Config`` declares (but the data's shape) -> (family, field) pairs; those
+    of the family ``only`` where given."""
     from ppgen.models import REGISTRY
 
     fields: dict[str, list[tuple[str, dataclasses.Field]]] = {}
     for family, cls in sorted(REGISTRY.items()):
+        if only is not None and family != only:
+            continue
         for f in dataclasses.fields(cls.Config):
             if f.name != "x_shape" and f.name not in TRAIN_KEYS:
                 fields.setdefault(f.name, []).append((family, f))
     return fields
 
 
-def add_model_flags(group) -> tuple[str, ...]:
+def add_model_flags(group, family: str | None = None) -> tuple[str, ...]:
     """A flag for every option the registered families' ``Config`` fields declare, so a family's options need no edit
     here: the type from the annotation (int, float, str, bool, tuple of ints), the help from ``metadata["help"]``,
     the flag name from ``metadata["flag"]`` (else the field's name), and the choices, where every family declaring
     the field declares them (``metadata["choices"]`` or its check's ``choices``), their union."""
-    fields = model_fields()
+    fields = model_fields(family)
     for key, declared in fields.items():
-        families = [family for family, _ in declared]
+        families = [name for name, _ in declared]
         first = declared[0][1]
         described = next((f for _, f in declared if f.metadata.get("help")), first)
         help_text = described.metadata.get("help", key.replace("_", " "))
-        if len(families) <= NAMED_FAMILIES:
+        if len(families) <= NAMED_FAMILIES and family is None:
             help_text = f"{'/'.join(families)}: {help_text}"
         defaults = {_shown(f.default) for _, f in declared if f.default is not dataclasses.MISSING}
         help_text += f" (default {defaults.pop()})" if len(defaults) == 1 else " (default: the family's own)"
@@ -113,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         out = args.out or Path("runs") / args.model.lower()
     try:
         metrics = workflows.train_run(config, out, resume=args.resume is not None, overwrite=args.overwrite,
-                                      progress=progress)
+                                      progress=progress, track=tuple(args.log or ()))
     except distributed.PeerLost as err:
         raise distributed.PeerLost(f"{err}; continue with `ppgen train {args.model} --resume {out}`") from None
     except KeyboardInterrupt as err:

@@ -56,6 +56,7 @@ from pyro.poutine.util import site_is_subsample
 from ppgen.errors import UserError
 from ppgen.inference.hmc import LatentTarget, hmc_step, is_latent
 from ppgen.models.arguments import check_estimator_args, check_pair
+from ppgen.progress import progress
 
 SCHEDULES = ("sigmoid", "linear")
 
@@ -108,7 +109,7 @@ def schedule(steps: int, kind: str = "sigmoid", delta: float = 4.0) -> torch.Ten
 
 
 def _anneal(target: LatentTarget, z, betas: torch.Tensor, step_size: float, leapfrog: int, target_accept: float,
-            tune: int):
+            tune: int, report=None):
     """Run the chains along ``betas`` (increasing: forward; decreasing: reverse); log w of every chain.
 
     The step size is one per point, adapted from the acceptance of the last ``tune`` chains
@@ -128,6 +129,8 @@ def _anneal(target: LatentTarget, z, betas: torch.Tensor, step_size: float, leap
                 rate = prob[-tune:].mean(0)
                 eps = (eps * torch.where(rate > target_accept, 1.02, 0.98)[None, :, None]).clamp(1e-4, 1.0)
         log_w = log_w + (betas[t] - betas[t - 1]) * b.double()
+        if report is not None:
+            report.update(1)
     return log_w[: target.shape[0] - tune], (sum(accepted) / len(accepted) if accepted else float("nan"))
 
 
@@ -179,11 +182,14 @@ def ais(pair, x: torch.Tensor, steps: int = 1000, chains: int = 16, leapfrog: in
         if seed is not None:
             torch.manual_seed(seed)
         size = _chunk_size(pair, chains + tune, budget)
-        for start in range(0, x.shape[0], size):
+        starts = range(0, x.shape[0], size)
+        report = progress(len(starts) * (len(betas) - 1), f"AIS ({x.shape[0]} points, {steps} steps)")
+        for start in starts:
             target = _target(pair, x[start:start + size], chains + tune, init,
                              tuple(c[start:start + size] for c in inputs))
-            log_w, acc = _anneal(target, target.z0, betas, step_size, leapfrog, target_accept, tune)
+            log_w, acc = _anneal(target, target.z0, betas, step_size, leapfrog, target_accept, tune, report)
             results.append((log_w, acc))
+        report.close()
     log_w = torch.cat([r[0] for r in results], 1)
     return _summarize(log_w, 1.0, sum(r[1] for r in results) / len(results), steps)
 
@@ -230,7 +236,9 @@ def bdmc(pair, n: int = 100, steps: int = 1000, chains: int = 16, leapfrog: int 
         torch.manual_seed(seed + 2)
         target = _target(pair, x, chains + tune, init, inputs)
         z = target.flatten({name: v.expand(target.shape + v.shape[1:]) for name, v in latents.items()})
-        log_w, acc = _anneal(target, z, betas, step_size, leapfrog, target_accept, tune)
+        report = progress(len(betas) - 1, f"BDMC reverse chains ({n} points, {steps} steps)")
+        log_w, acc = _anneal(target, z, betas, step_size, leapfrog, target_accept, tune, report)
+        report.close()
     return BDMCResult(x=x, lower=lower, upper=_summarize(log_w, -1.0, acc, steps))
 
 

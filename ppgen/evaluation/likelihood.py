@@ -36,6 +36,7 @@ import torch
 from ppgen.errors import UserError
 from ppgen.models.arguments import check_estimator_args
 from ppgen.ppl import discrete_sites
+from ppgen.progress import track
 from ppgen.sites import enumerated_log_weights, log_weights
 
 if TYPE_CHECKING:  # annotations only
@@ -92,7 +93,7 @@ def iwae(pair, x: torch.Tensor, k: int = 1000, budget: int = 8_000_000,
     options = {} if k == 1 else {"globals": "raise"}  # IWAE_1 is the ELBO: linear, global sites split 1/N
     weights_of = _weights_fn(pair, x, inputs, 0)
     out = []
-    for rows in _chunks(x.shape[0], b_chunk):
+    for rows in track(list(_chunks(x.shape[0], b_chunk)), f"IWAE-{k} on {x.shape[0]} examples"):
         parts = [torch.logsumexp(weights_of(pair, x[rows], len(range(*ks.indices(k))), **options,
                                              inputs=tuple(c[rows] for c in inputs)), 0)
                  for ks in _chunks(k, k_chunk)]

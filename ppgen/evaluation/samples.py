@@ -26,6 +26,7 @@ features and ``classifier(x)`` the logits.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ from torch import nn
 
 from ppgen.errors import UserError
 from ppgen.models.base import samples_from
+from ppgen.progress import progress, track
 
 METRICS = ("fid", "kid", "is", "pr")
 _VERSION = 2
@@ -206,6 +208,7 @@ def _train_classifier(net, x, y, epochs, batch_size, lr, seed) -> None:
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     net.train()
+    report = progress(epochs * math.ceil(len(x) / batch_size), "training the feature classifier (cached after)")
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=g)
         for s in range(0, len(x), batch_size):
@@ -214,6 +217,8 @@ def _train_classifier(net, x, y, epochs, batch_size, lr, seed) -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            report.update(1)
+    report.close()
     net.eval()
 
 
@@ -222,7 +227,7 @@ def embed(classifier: nn.Module, x: torch.Tensor, batch: int = 500) -> tuple[tor
     """(features, logits) of ``x`` under ``classifier``: ``classifier.features(x)`` and ``classifier(x)``."""
     classifier.eval()
     feats, logits = [], []
-    for s in range(0, len(x), batch):
+    for s in track(range(0, len(x), batch), f"classifier features of {len(x)} examples"):
         xb = x[s : s + batch].float()
         f = classifier.features(xb)
         feats.append(f)
@@ -249,7 +254,8 @@ def sample_quality(samples, data, metrics: Sequence[str] = METRICS, *, n: int | 
     if samples_from(samples):
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(seed)
-            samples = torch.cat([samples.generate(min(500, n - s)).cpu() for s in range(0, n, 500)])
+            samples = torch.cat([samples.generate(min(500, n - s)).detach().cpu()
+                                 for s in track(range(0, n, 500), f"generating {n} samples")])
     samples = torch.as_tensor(samples).float()
     if tuple(samples.shape[1:]) != tuple(real.shape[1:]):
         raise UserError(f"samples are shaped {tuple(samples.shape[1:])} but the data {tuple(real.shape[1:])}")

@@ -16,7 +16,7 @@ plain values. The loop owns everything around it, once for all engines:
   the ``callback`` for held-out metrics, the best epoch by ``monitor``;
 * a NaN or infinite loss or weight: the last good epoch's weights come back and
   ``fit.stopped`` says what happened and what to do;
-* the progress bar (stderr, when it is a terminal, or ``progress=True``), and
+* the progress report (stderr: a bar on a terminal, a line every ~10 s off one; :mod:`ppgen.progress`), and
   ``on_epoch_end(fit)``, where a run writes its checkpoint;
 * data parallelism: under ``torchrun`` (or ``ppgen train --nproc N``) the loop joins the process
   group and hands the engine a :class:`~ppgen.inference.distributed.Group` in the plan: the engine
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -146,11 +145,12 @@ def objective_row(pair, loss_per_example: float) -> dict[str, float]:
     return {"objective": loss_per_example} if pair.has_objective else {"elbo": -loss_per_example}
 
 
-def progress_bar(total: int, desc: str, enabled: bool):
-    """A tqdm bar on stderr (a no-op object when ``enabled`` is false)."""
-    from tqdm import tqdm
+def progress_bar(total: int, desc: str, enabled: bool | None):
+    """The progress report of ``total`` steps on stderr (:func:`ppgen.progress.progress`; silent when ``enabled`` is
+    false)."""
+    from ppgen.progress import progress
 
-    return tqdm(total=total, desc=desc, leave=False, disable=not enabled, mininterval=0.5, file=sys.stderr)
+    return progress(total, desc, enabled)
 
 
 def check_torch_device(device: str) -> torch.device:
@@ -209,7 +209,7 @@ def run(engine: Engine, pair, data, options: Any, *, backend: str, resume: dict 
         fit.state = state_from_checkpoint(resume)
     fit.state.engine = engine.checkpoint(state)
     monitor = getattr(options, "monitor", None)
-    show = (sys.stderr.isatty() if progress is None else progress) and group.rank == 0
+    show = progress is not False and group.rank == 0
     wall = fit.history[-1]["wall"] if fit.history else 0.0
     device = next(iter(pair.parameters()), torch.empty(0)).device
     last_good = engine.snapshot(state)

@@ -54,6 +54,7 @@ import torch
 from ppgen.errors import UserError
 from ppgen.inference import compile_cache
 from ppgen.inference.fit import Fit, SamplerState, register
+from ppgen.progress import heartbeat, progress
 
 CHAIN_METHODS = ("auto", "vectorized", "parallel")
 #: compiled samplers, most recently used last; at most CACHE_SIZE are kept
@@ -498,7 +499,9 @@ def _numpyro_nuts(pair, x: torch.Tensor, per_point: bool, *, chains, warmup, sam
     s = sampler(pair, first, params, warmup=warmup, samples=samples, dense_mass=dense_mass,
                 target_accept=target_accept, max_tree_depth=max_tree_depth, devices=devices)
     xs = jax.tree.map(lambda a: jnp.repeat(a, chains, axis=0), units)  # (unit, chain) flattened, unit-major
-    values, stats, inv_mass = s(jax.random.PRNGKey(seed), xs, params)
+    with heartbeat(f"NUTS on NumPyro ({chains} chain(s) x {len(x) if per_point else 1} unit(s), {warmup} warmup + "
+                   f"{samples} draws)"):
+        values, stats, inv_mass = s(jax.random.PRNGKey(seed), xs, params)
     n_units = len(x) if per_point else 1
 
     def arrange(a, site=None):
@@ -547,6 +550,7 @@ def _pyro_nuts(pair, x: torch.Tensor, per_point: bool, *, chains, warmup, sample
     draws: dict[str, list] = {}
     diverging = np.zeros((chains, samples, len(units)), dtype=bool)
     step = np.zeros((chains, samples, len(units)), dtype=np.float32)
+    report = progress(len(units) * chains, f"Pyro's NUTS ({warmup} warmup + {samples} draws per chain)")
     for u, xu in enumerate(units):
         for c in range(chains):
             pyro.set_rng_seed(seed * 7919 + u * 104_729 + c)
@@ -561,6 +565,8 @@ def _pyro_nuts(pair, x: torch.Tensor, per_point: bool, *, chains, warmup, sample
                 draws.setdefault(name, [[None] * chains for _ in units])[u][c] = v[:, 0] if per_point else v
             diverging[c, np.asarray(kernel._divergences, dtype=np.int64), u] = True
             step[c, :, u] = float(kernel.step_size)
+            report.update(1)
+    report.close()
     out = {}
     for name, per_unit in draws.items():
         a = np.stack([np.stack(chs) for chs in per_unit], 2)  # (chain, draw, unit, ...)

@@ -30,7 +30,6 @@ implicit generator lacks), hence the loop here.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -109,7 +108,7 @@ def _train_classifier(pair, clf, x, steps, batch_size, lr, seed, progress) -> No
     g = torch.Generator().manual_seed(seed)
     half = batch_size // 2
     x = x.to(_device(pair))  # once, not per step
-    bar = _progress_bar(steps, "density-ratio classifier", sys.stderr.isatty() if progress is None else progress)
+    bar = _progress_bar(steps, "density-ratio classifier", progress)
     for step in range(steps):
         for group in opt.param_groups:  # linear decay to 0: the ratio must be sharp at the modes' edges
             group["lr"] = lr * (1 - step / steps)

@@ -120,6 +120,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
+from pyro.poutine.runtime import _PYRO_STACK
 from torch import nn
 
 from ppgen import ppl
@@ -217,6 +218,10 @@ class GenerativeModel(nn.Module):
             fn = cls.__dict__.get(method)
             if callable(fn) and not getattr(fn, "_owns_params", False):
                 setattr(cls, method, _owning(fn))
+        for method in RESULT_METHODS:
+            fn = cls.__dict__.get(method)
+            if callable(fn) and not getattr(fn, "_detached", False):
+                setattr(cls, method, _detached(fn))
 
     def __init__(self, *args: Any, **options: Any):
         """``Family(**options)`` is ``Family(Family.Config(**options))``: the config checks every option against its
@@ -452,6 +457,33 @@ class GenerativeModel(nn.Module):
 
 #: the methods that run with the pair owning its ``pyro.param`` values
 OWNING_METHODS = ("model", "guide", "objective", "closed_form_elbo", "generate")
+
+
+#: what a caller keeps rather than trains through: called from outside a Pyro model/guide run, these run without
+#: autograd and return detached tensors (``pair.generate(8).numpy()`` works); inside one they are left alone
+RESULT_METHODS = ("generate", "encode", "reconstruct", "sample_proportions")
+
+
+def _detached(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        if _PYRO_STACK:  # a model or guide being traced may need the gradients
+            return method(self, *args, **kwargs)
+        with torch.no_grad():
+            return _detach(method(self, *args, **kwargs))
+
+    run._detached = True
+    return run
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return type(value)(*(_detach(v) for v in value))
+    if isinstance(value, tuple | list):
+        return type(value)(_detach(v) for v in value)
+    return value
 
 
 def _owning(method: Callable) -> Callable:

@@ -74,7 +74,6 @@ Song et al. do (the bound never clips).
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -643,9 +642,8 @@ class DDPM(GenerativeModel):
 
 
 def _bar(steps: Any, what: str) -> Any:
-    """``steps`` with a progress bar on stderr when it is a terminal and the chain is long."""
-    from tqdm import tqdm
+    """``steps`` counted in a progress report on stderr (:mod:`ppgen.progress`) when the chain is long."""
+    from ppgen.progress import track
 
     steps = list(steps)
-    return tqdm(steps, desc=what, leave=False, file=sys.stderr, mininterval=0.5,
-                disable=len(steps) < 50 or not sys.stderr.isatty())
+    return track(steps, what, enabled=None if len(steps) >= 50 else False)

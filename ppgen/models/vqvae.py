@@ -88,6 +88,7 @@ from ppgen.models.base import (
 )
 from ppgen.nn import parallel
 from ppgen.ppl import dist, pyro
+from ppgen.progress import progress
 
 CODEBOOKS = ("ema", "loss")
 
@@ -219,10 +220,13 @@ class PixelCNNPrior(nn.Module):
     def sample(self, n: int, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
         """Ancestral draws, position by position in raster order: (n, h, w)."""
         k = torch.zeros((n, *grid), dtype=torch.long, device=device)
+        report = progress(grid[0] * grid[1], f"PixelCNN prior: {n} code grid(s), position by position")
         for i in range(grid[0]):
             for j in range(grid[1]):
                 probs = F.softmax(self.logits(k)[:, :, i, j], -1)
                 k[:, i, j] = torch.multinomial(probs, 1).squeeze(-1)
+                report.update(1)
+        report.close()
         return k
 
 

@@ -10,6 +10,7 @@ import torch
 
 from ppgen import data as datasets
 from ppgen import evaluation, runs
+from ppgen.progress import heartbeat
 
 
 def run_data(config: dict, grey_levels: bool = False) -> datasets.Dataset:
@@ -61,7 +62,7 @@ def quick_metrics(pair, data: datasets.Dataset, seed: int = 0) -> dict:
     """Single-sample ELBO on train/validation/test (seeded), each split with its input columns."""
     out: dict[str, Any] = {}
     pair.eval()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), heartbeat("ELBO on the train, validation and test splits"):
         torch.manual_seed(seed)
         for split in ("train", "val", "test"):
             x = data.train_epoch(0) if split == "train" else getattr(data, split)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ppgen import data as datasets
-from ppgen import models, plots, runs
+from ppgen import models, plots, runs, tracking
 from ppgen.declare import check_values
 from ppgen.errors import UserError
 from ppgen.evaluation.likelihood import validation_callback
@@ -21,6 +21,7 @@ from ppgen.inference import fit as backend_fit
 from ppgen.inference.loop import restore_best
 from ppgen.inference.options import AdversarialOptions, OptionError, SVIOptions, as_dict, flag_of
 from ppgen.inference.options import make as make_options
+from ppgen.progress import heartbeat
 from ppgen.workflows.common import (
     check_split_inputs,
     device_of,
@@ -97,13 +98,17 @@ def _build(config: dict, data: datasets.Dataset):
 
 
 def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = False, progress: bool | None = None,
-              log=print) -> dict:
+              log=print, track: tuple[str, ...] = ()) -> dict:
     """Train the run described by ``config`` into ``out`` (or continue it); return its metrics.
 
-    Every check (output folder, data, model, checkpoint) runs before anything is written; a new run
-    appears at ``out`` only with its first checkpoint, and a resumed one changes only from then on.
+    Every check (output folder, data, model, checkpoint, tracking backends) runs before anything is written; a new
+    run appears at ``out`` only with its first checkpoint, and a resumed one changes only from then on. What is
+    logged is also written to ``out/train.log`` (a resumed run's lines follow the earlier ones). ``track``: the
+    ``--log`` values (``tensorboard[=DIR]``, ``mlflow[=URI]``, :mod:`ppgen.tracking`).
     """
     out = Path(out)
+    for spec in track:
+        tracking.parse(spec)
     if resume:
         runs.open_run(out)
     else:
@@ -120,6 +125,7 @@ def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = F
     checkpoint = _resumable_checkpoint(out, pair, backend, train) if resume else None
     if not distributed.is_writer():  # data-parallel: the other processes train their shards and write nothing
         return _train_shard(pair, data, backend, config, checkpoint)
+    log = Transcript(log, _earlier_log(out) if resume else "")
     log(data.describe())
     if _finishing(checkpoint, train):
         log(f"{out}: training ended at epoch {train['epochs']} but the run was stopped before its final stage; "
@@ -127,7 +133,7 @@ def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = F
     start = time.perf_counter()
 
     def body(run: runs.RunWriter) -> dict:
-        return _train(pair, data, backend, select, checkpoint, run, progress, log, start)
+        return _train(pair, data, backend, select, checkpoint, run, progress, log, start, track)
 
     opened = runs.resumed_run(out, config) if resume else runs.new_run(out, config, overwrite=overwrite)
     with opened as run:
@@ -162,8 +168,30 @@ def _finishing(checkpoint: dict | None, train: dict) -> bool:
     return checkpoint is not None and checkpoint["state"].get("epoch", 0) == train.get("epochs")
 
 
+class Transcript:
+    """``log`` that also keeps the lines, to be written as the run's train.log after ``earlier`` (a resumed run's)."""
+
+    def __init__(self, echo, earlier: str = "") -> None:
+        self.echo = echo
+        self.lines = [earlier.rstrip("\n")] if earlier.strip() else []
+
+    def __call__(self, text: str) -> None:
+        self.echo(text)
+        self.lines.append(str(text))
+
+    def write(self, run_dir: Path) -> None:
+        runs.atomic_write_bytes(Path(run_dir) / runs.TRAIN_LOG, ("\n".join(self.lines) + "\n").encode())
+
+
+def _earlier_log(run_dir: Path) -> str:
+    try:
+        return (Path(run_dir) / runs.TRAIN_LOG).read_text()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 def _train(pair, data: datasets.Dataset, backend: str, select: str, checkpoint: dict | None, run: runs.RunWriter,
-           progress, log, start: float) -> dict:
+           progress, log, start: float, track: tuple[str, ...] = ()) -> dict:
     """Train on either backend with a checkpoint per epoch; then the selected weights, metrics and pictures."""
     config = run.config
     options = backend_options(backend, config["train"])
@@ -174,6 +202,9 @@ def _train(pair, data: datasets.Dataset, backend: str, select: str, checkpoint: 
         svi_only["announce"] = log
         callback = with_family_metrics(validation_callback(data, options.seed), data)
 
+    loggers: list = []
+    tracked: list = []
+
     def on_epoch_end(fit) -> None:
         if backend == "svi" and config["train"].get("engine") != fit.options.get("engine"):
             config["train"]["engine"] = fit.options["engine"]  # what `auto` chose: a resume uses the same
@@ -181,6 +212,13 @@ def _train(pair, data: datasets.Dataset, backend: str, select: str, checkpoint: 
                 runs.write_json(run.path / runs.CONFIG, config)
         run.save_checkpoint(fit)
         _log_epoch(fit, log)
+        if track and not loggers:  # opened once the run is in place (its first checkpoint published it)
+            loggers.extend(tracking.from_spec(spec, run.path) for spec in track)
+            tracked.append(tracking.epoch_logger(loggers, config["model"], _tracked_params(config), data))
+        for hook in tracked:
+            hook(fit)
+        if isinstance(log, Transcript):
+            log.write(run.path)
 
     fit = backend_fit(pair, data, backend=backend, options=options, progress=progress, resume=checkpoint,
                       callback=callback, on_epoch_end=on_epoch_end, **svi_only)
@@ -204,8 +242,16 @@ def _train(pair, data: datasets.Dataset, backend: str, select: str, checkpoint: 
     if density and backend == "svi" and posterior_fits(pair, data.train[:1], log=log,
                                                        inputs=split_inputs(pair, data, "train", limit=1)):
         write_posterior(fit, data, run_dir, log=log)
+    tracking.finish(loggers, metrics)
+    if isinstance(log, Transcript):
+        log.write(run_dir)
     runs.write_json(run_dir / runs.METRICS, metrics)  # last: a run with metrics.json is finished (runs.is_finished)
     return metrics
+
+
+def _tracked_params(config: dict) -> dict:
+    """A run's hyper-parameters for the trackers: its data, training options and the model's config."""
+    return {key: config[key] for key in ("model", "data", "train", "model_config") if key in config}
 
 
 #: the most latent values posterior.nc holds (16 points x 1,000 draws x the latents per example)
@@ -239,7 +285,7 @@ def write_posterior(fit, data: datasets.Dataset, run_dir: Path, points: int = 16
     split = "test" if len(data.test) else "train"
     x = getattr(data, split)[:points].to(device_of(fit.pair))
     inputs = split_inputs(fit.pair, data, split, device_of(fit.pair), limit=points)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), heartbeat(f"posterior.nc: 4 x 250 draws of q(z | x) for {len(x)} examples"):
         idata = to_inference_data(fit, x=x, num_samples=1000, chains=4, seed=seed, inputs=inputs)
     runs.write_netcdf(run_dir / "posterior.nc", idata)
 
