@@ -319,7 +319,7 @@ def test_train_evaluate_topics_and_resume(tmp_path, capsys, small_csv):
     assert "perplexity" in capsys.readouterr().out
     assert main(["topics", str(out), "--words", "5"]) == 0
     shown = capsys.readouterr().out.splitlines()
-    assert len(shown) == 5 and "NPMI" in shown[0]  # a header and 4 topics
+    assert len(shown) == 6 and "NPMI" in shown[0] and "C_V" in shown[1]  # a summary, a header and 4 topics
     assert (out / "topics.png").exists() and (out / "topics.json").exists()
     import arviz as az
 

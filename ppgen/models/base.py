@@ -69,10 +69,14 @@ The protocol
 ``check_data(x)``
     Raises :class:`~ppgen.errors.UserError` (one line, what to do) when ``x`` cannot
     be observed.
-``topic_words()`` / ``sample_proportions(x, n)`` / ``has_topics``
+``topic_words()`` / ``sample_proportions(x, n)`` / ``word_distribution(theta)`` / ``has_topics``
     A topic model's topic-word scores (topics × vocabulary: β for a product of experts, log p(w | topic) for a
-    mixture) and ``n`` draws of the topic proportions θ ~ q(θ | x) per document, (n, documents, topics);
-    ``ppgen topics`` and the topic figures of ``ppgen evaluate`` work on any pair that has them.
+    mixture), ``n`` draws of the topic proportions θ ~ q(θ | x) per document, (n, documents, topics), and
+    p(w | θ); ``ppgen topics`` and the topic figures of ``ppgen evaluate`` work on any pair that has them.
+``select_by`` / ``select_by_words``
+    The validation figure (a history column, larger is better) by which ``ppgen train --select best`` keeps an
+    epoch: ``"val_elbo"`` by default; a topic model keeps the epoch of the most coherent topics. ``None``: the
+    family keeps the last epoch.
 ``sample_steps_option`` / ``sample_steps_config`` / ``in_steps(steps)`` / ``samples_in_steps``
     For a family that samples in a chosen number of steps: the config field that sets it and any other
     config values sampling in steps needs (a DDIM sampler); ``in_steps(S)`` is the pair rebuilt with them, the
@@ -177,6 +181,11 @@ class GenerativeModel(nn.Module):
     default_backend: ClassVar[str] = "svi"
     #: the SVI engines that can train it
     svi_engines: ClassVar[tuple[str, ...]] = ("jax", "torch")
+    #: the validation figure ``ppgen train --select best`` keeps the epoch by: a history column, larger is better
+    #: (``val_`` + a key of ``family_metrics``, or ``val_elbo``); ``None``: the family keeps the last epoch
+    select_by: ClassVar[str | None] = "val_elbo"
+    #: what ``select_by`` measures, in words, for the final line of ``ppgen train``
+    select_by_words: ClassVar[str] = "validation ELBO"
     #: whether ``guide`` is a q(z|x) (an implicit generator without an encoder has none)
     has_guide: bool = True
     #: whether ``guide`` is a point mass q(z|x) = δ(z − z(x)): every draw of it is the same z(x)
@@ -316,6 +325,10 @@ class GenerativeModel(nn.Module):
         """``n`` draws of the topic proportions θ ~ q(θ | x), (n, documents, topics), for a topic model."""
         raise NotImplementedError(f"{self.name or type(self).__name__} has no topics")
 
+    def word_distribution(self, theta: torch.Tensor) -> torch.Tensor:  # pragma: no cover - optional
+        """p(w | θ), (…, vocabulary), at topic proportions ``theta`` (…, topics), for a topic model."""
+        raise NotImplementedError(f"{self.name or type(self).__name__} has no topics")
+
     # -- what a caller may ask ------------------------------------------------------
     @classmethod
     def declares(cls, method: str) -> bool:
@@ -339,7 +352,7 @@ class GenerativeModel(nn.Module):
 
     @property
     def has_topics(self) -> bool:
-        return self._overrides("topic_words") and self._overrides("sample_proportions")
+        return all(self._overrides(m) for m in ("topic_words", "sample_proportions", "word_distribution"))
 
     @property
     def has_objective(self) -> bool:

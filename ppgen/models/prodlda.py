@@ -163,6 +163,10 @@ class ProdLDA(GenerativeModel):
             self.svi_engines = ("torch",)
 
     _encoder_kind = "normal"
+    #: keep the epoch of the most coherent topics: a validation ELBO peaks within the first epochs, long before
+    #: the topics are trained (benchmarks/topics.py --selection)
+    select_by = "val_npmi"
+    select_by_words = "validation NPMI (top-10 words on the validation documents)"
 
     @property
     def topics(self) -> int:

@@ -29,6 +29,7 @@ from ppgen.workflows.common import (
     run_data,
     split_inputs,
 )
+from ppgen.workflows.topics import with_topic_coherence
 
 #: what ``ppgen train`` sets differently from the library's defaults (a run trains longer than a quick fit)
 CLI_DEFAULTS = {"epochs": 30}
@@ -157,9 +158,9 @@ def _train(pair, data: datasets.Dataset, backend: str, select: str, checkpoint: 
     svi_only = {}
     callback = None
     if backend == "svi":
-        options = dataclasses.replace(options, monitor="val_elbo" if select == "best" else None)
+        options = dataclasses.replace(options, monitor=pair.select_by if select == "best" else None)
         svi_only["announce"] = log
-        callback = with_family_metrics(validation_callback(data, options.seed), data)
+        callback = with_topic_coherence(with_family_metrics(validation_callback(data, options.seed), data), data)
 
     def on_epoch_end(fit) -> None:
         if backend == "svi" and config["train"].get("engine") != fit.options.get("engine"):
@@ -186,6 +187,7 @@ def _train(pair, data: datasets.Dataset, backend: str, select: str, checkpoint: 
     metrics.update(epochs=fit.state.epoch, train_seconds=round(time.perf_counter() - start, 2), stopped=fit.stopped)
     if backend == "svi":
         metrics.update(best_epoch=fit.state.best_epoch, engine=fit.options.get("engine"))
+    metrics.update(kept_epoch(fit, select, pair))
     runs.write_json(run_dir / runs.METRICS, metrics)
     pictures(pair, data, fit.history, run_dir)
     if density and backend == "svi" and posterior_fits(pair, data.train[:1], log=log,
@@ -279,3 +281,14 @@ def with_family_metrics(callback, data: datasets.Dataset):
     return callback_and_family_metrics
 
 
+
+def kept_epoch(fit, select: str, pair) -> dict:
+    """Which epoch's weights model.pt holds and why: ``kept_epoch``, ``epochs`` trained, ``kept_by`` in words and,
+    for the best epoch, ``kept_score`` (the figure it was best by)."""
+    epochs = fit.state.epoch
+    if select == "best" and pair.select_by and fit.state.best_epoch is not None:
+        return {"kept_epoch": fit.state.best_epoch, "epochs": epochs, "kept_by": f"best {pair.select_by_words}",
+                "kept_score": fit.state.best_score}
+    why = ("--select last" if select == "last" else
+           "the family keeps its last epoch" if not pair.select_by else "no validation figure to select by")
+    return {"kept_epoch": epochs, "epochs": epochs, "kept_by": f"last epoch ({why})"}
