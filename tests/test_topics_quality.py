@@ -148,23 +148,29 @@ def zipf_lda_csv(path, vocab: int = 300, documents: int = 500, topics: int = 5, 
     return f"{path}:body"
 
 
-def test_a_topic_model_keeps_the_epoch_of_best_validation_npmi_not_elbo(tmp_path, capsys):
-    """The validation ELBO peaks at epoch 1 of 8; `ppgen train` keeps the epoch of the best validation NPMI, says
-    so on its final line, and model.pt holds that epoch's topics (their NPMI on the validation documents, scored
-    again by `ppgen topics`, is the history's figure of that epoch)."""
-    from ppgen.cli import main
-
-    corpus, out = zipf_lda_csv(tmp_path / "docs.csv"), tmp_path / "run"
-    assert main(["train", "prodlda", "--data", corpus, "--topics", "5", "--hidden", "32", "--batch-size", "50",
-                 "--epochs", "8", "--lr", "0.003", "--no-progress", "--out", str(out)]) == 0
-    final = capsys.readouterr().out.strip().splitlines()[-1]
-    history = pd.read_csv(out / "history.csv")
-    assert int(history.loc[history["val_elbo"].idxmax(), "epoch"]) == 1  # the ELBO would have kept epoch 1
-    kept = int(history.loc[history["val_npmi"].idxmax(), "epoch"])
-    assert kept > 1
-    assert f"kept epoch {kept} of 8: best validation NPMI" in final
-    assert main(["topics", str(out), "--split", "val", "--json"]) == 0
+def test_a_topic_model_keeps_its_last_epoch_or_the_best_validation_npmi_never_the_best_elbo(tmp_path, capsys):
+    """The validation ELBO peaks at epoch 1 of 8. `ppgen train` keeps the last epoch by default and, with --select
+    best, the epoch of the best validation NPMI; its final line says which and why, and model.pt holds that
+    epoch's topics (their NPMI on the validation documents, scored again by `ppgen topics`, is the history's)."""
     import json
 
-    shown = json.loads(capsys.readouterr().out)
-    assert shown["npmi"] == pytest.approx(float(history["val_npmi"].max()), rel=1e-12)
+    from ppgen.cli import main
+
+    corpus = zipf_lda_csv(tmp_path / "docs.csv")
+    args = ["train", "prodlda", "--data", corpus, "--topics", "5", "--hidden", "32", "--batch-size", "50",
+            "--epochs", "8", "--lr", "0.003", "--no-progress"]
+    for select, out in ((None, tmp_path / "last"), ("best", tmp_path / "best")):
+        assert main([*args, "--out", str(out), *(["--select", select] if select else [])]) == 0
+        final = capsys.readouterr().out.strip().splitlines()[-1]
+        history = pd.read_csv(out / "history.csv")
+        assert int(history.loc[history["val_elbo"].idxmax(), "epoch"]) == 1  # the ELBO would have kept epoch 1
+        if select is None:
+            kept = 8
+            assert final.endswith("kept epoch 8 of 8: last epoch (prodlda's default; --select best keeps the best "
+                                  "validation NPMI (top-10 words on the validation documents))")
+        else:
+            kept = int(history.loc[history["val_npmi"].idxmax(), "epoch"])
+            assert kept > 1 and f"kept epoch {kept} of 8: best validation NPMI" in final
+        assert main(["topics", str(out), "--split", "val", "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["npmi"] == pytest.approx(float(history.loc[kept - 1, "val_npmi"]), rel=1e-12)

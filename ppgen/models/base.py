@@ -75,8 +75,12 @@ The protocol
     p(w | θ); ``ppgen topics`` and the topic figures of ``ppgen evaluate`` work on any pair that has them.
 ``select_by`` / ``select_by_words``
     The validation figure (a history column, larger is better) by which ``ppgen train --select best`` keeps an
-    epoch: ``"val_elbo"`` by default; a topic model keeps the epoch of the most coherent topics. ``None``: the
-    family keeps the last epoch.
+    epoch: ``"val_elbo"`` by default; a topic model's is its validation NPMI. ``None``: the family keeps the last
+    epoch.
+``default_select`` / ``train_defaults``
+    What ``ppgen train`` keeps without ``--select`` ("best" by default; "last" for the topic models, measured
+    to give topics as coherent as the best validation NPMI does and never an untrained early epoch), and
+    training options the family trains well with over the command's defaults (the topic models: 100 epochs).
 ``sample_steps_option`` / ``sample_steps_config`` / ``in_steps(steps)`` / ``samples_in_steps``
     For a family that samples in a chosen number of steps: the config field that sets it and any other
     config values sampling in steps needs (a DDIM sampler); ``in_steps(S)`` is the pair rebuilt with them, the
@@ -186,6 +190,10 @@ class GenerativeModel(nn.Module):
     select_by: ClassVar[str | None] = "val_elbo"
     #: what ``select_by`` measures, in words, for the final line of ``ppgen train``
     select_by_words: ClassVar[str] = "validation ELBO"
+    #: the epoch ``ppgen train`` keeps unless ``--select`` says: "best" (by ``select_by``) or "last"
+    default_select: ClassVar[str] = "best"
+    #: training options the family is measured to train well with, over ``ppgen train``'s defaults (a flag wins)
+    train_defaults: ClassVar[dict[str, Any]] = {}
     #: whether ``guide`` is a q(z|x) (an implicit generator without an encoder has none)
     has_guide: bool = True
     #: whether ``guide`` is a point mass q(z|x) = δ(z − z(x)): every draw of it is the same z(x)

@@ -66,7 +66,8 @@ def make_config(model: str, model_options: dict, data_options: dict, train_optio
         raise OptionError(wrong[0], train_options[wrong[0]], f"only for --backend {other}, not {backend}; drop "
                           f"{'it' if len(wrong) == 1 else 'it (and ' + ', '.join(flag_of(k) for k in wrong[1:]) + ')'}"
                           f" or choose --backend {other}")
-    train = {**CLI_DEFAULTS, **({} if adversarial else RUN_OPTIONS), **train_options}
+    run_options = {} if adversarial else {**RUN_OPTIONS, "select": cls.default_select}
+    train = {**CLI_DEFAULTS, **cls.train_defaults, **run_options, **train_options}
     options = backend_options(backend, train)  # validates; the config records every value
     train = {**as_dict(options), **{k: train[k] for k in RUN_OPTIONS if k in train}}
     train.pop("monitor", None)  # set by --select
@@ -289,6 +290,10 @@ def kept_epoch(fit, select: str, pair) -> dict:
     if select == "best" and pair.select_by and fit.state.best_epoch is not None:
         return {"kept_epoch": fit.state.best_epoch, "epochs": epochs, "kept_by": f"best {pair.select_by_words}",
                 "kept_score": fit.state.best_score}
-    why = ("--select last" if select == "last" else
-           "the family keeps its last epoch" if not pair.select_by else "no validation figure to select by")
+    if select == "last" and pair.default_select == "last" and pair.select_by:
+        why = f"{pair.name}'s default; --select best keeps the best {pair.select_by_words}"
+    elif select == "last":
+        why = "--select last"
+    else:
+        why = "the family keeps its last epoch" if not pair.select_by else "no validation figure to select by"
     return {"kept_epoch": epochs, "epochs": epochs, "kept_by": f"last epoch ({why})"}
