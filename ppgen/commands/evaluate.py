@@ -84,8 +84,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"  perplexity (words)  {result['perplexity_sequence']:10.1f} (ELBO)" + (
             f"   {result[f'perplexity_sequence_iwae_{k}']:.1f} (IWAE-{k})"
             if f"perplexity_sequence_iwae_{k}" in result else "") + "   word sequence: without log(N!/Π x!)")
-        print(f"  topics              NPMI {result['npmi']:.3f} (top 10 words, {args.split} documents);"
-              f" diversity {result['diversity']:.3f} (top 25)")
+        if "perplexity_unigram" in result:
+            print(f"  per-word perplexity {result['perplexity_iwae_bound']:10.1f} (IWAE-{k}: an upper bound)   "
+                  f"{result['perplexity_completion']:.1f} (document completion: an estimate)   "
+                  f"{result['perplexity_unigram']:.1f} (unigram baseline, exact)")
+        print(f"  topics              NPMI {result['npmi']:.3f}, C_V {result['c_v']:.3f}, UMass {result['umass']:.3f}"
+              f" (top 10 words, on the {result['coherence_reference']}); diversity {result['diversity']:.3f} "
+              f"(top 25), inverted RBO {result['inverted_rbo']:.3f}")
     if f"ais_{args.ais}" in result:
         a = args.ais
         print(f"  AIS-{a:<15d}{result[f'ais_{a}']:10.2f} ± {result[f'ais_{a}_se']:.2f} nats"

