@@ -8,6 +8,7 @@ import configparser
 import hashlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -140,9 +141,12 @@ def test_a_failed_download_is_one_line(tmp_path, monkeypatch):
 def test_the_wheel_installs_and_runs_outside_the_repository(tmp_path):
     """Build the wheel, install it (no dependencies) into a fresh venv that sees this environment's packages but not
     the repository, and run ``ppgen --version``, ``ppgen data`` and one epoch of ``ppgen train`` from elsewhere."""
+    source = tmp_path / "source"  # a copy, so that building leaves nothing (build/, egg-info) in the checkout
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "site", "build", ".cache",
+                                                               "*.egg-info", "__pycache__", ".*_cache", "notebooks"))
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-                    str(ROOT)], check=True, cwd=tmp_path)
+                    str(source)], check=True, cwd=tmp_path)
     wheel = next(wheels.glob("ppgen-*.whl"))
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
