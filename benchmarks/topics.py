@@ -1,4 +1,4 @@
-"""Topic models on the bundled news corpus: ProdLDA, the Dirichlet-VAE and scikit-learn's LDA (issue 12).
+"""Topic models on the bundled news corpus: ProdLDA, the Dirichlet-VAE and scikit-learn's LDA.
 
 The same vectorized corpus for all (``ppgen.data.load("news")``: 3,824 articles, 2,000-word vocabulary fitted on
 the training documents, 80/10/10 split by documents). For each number of topics and seed:
