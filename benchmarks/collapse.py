@@ -1,4 +1,4 @@
-"""The collapse table (issue 15): a VAE with an autoregressive (PixelCNN) decoder, trained plain and with each cure,
+"""The collapse table: a VAE with an autoregressive (PixelCNN) decoder, trained plain and with each cure,
 beside the MLP-decoder VAE — equal epochs, data, encoder and seeds.
 
 Rows (all ``ppgen.fit`` on the bundled binarized digits, ``ppgen.data.load("mnist")``):

@@ -1,4 +1,4 @@
-"""DDPM (issue 11): training speed beside a plain PyTorch DDPM loop, sampling speed, and mode coverage.
+"""DDPM: training speed beside a plain PyTorch DDPM loop, sampling speed, and mode coverage.
 
 ``speed``: one process, one denoiser, one batch size. Images per second of
 

@@ -1,4 +1,4 @@
-"""DDPM on the bundled MNIST digits: sample quality at multiples of the VAE's wall time (issue 11).
+"""DDPM on the bundled MNIST digits: sample quality at multiples of the VAE's wall time.
 
 In one process:
 

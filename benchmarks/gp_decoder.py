@@ -1,4 +1,4 @@
-"""Issue 14: the GPLVM papers' figure on the 8x8 digits — 1-nearest-neighbour classification error in a 2-D latent
+"""The GPLVM papers' figure on the 8x8 digits — 1-nearest-neighbour classification error in a 2-D latent
 space (Lawrence 2005; Titsias & Lawrence 2010 report it on oil flow) — and held-out log-likelihood, for PCA, PPCA,
 a VAE tuned on the validation split and the GP decoder (``gpvae``), all on the same split (1,257 / 180 / 360) of
 the grey levels in [0, 1] (not binarized), Gaussian likelihoods throughout.

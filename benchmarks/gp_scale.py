@@ -1,4 +1,4 @@
-"""Issue 14: speed and scale of the GP decoder — ppgen's amortized, minibatched training beside Pyro's GPLVM
+"""Speed and scale of the GP decoder — ppgen's amortized, minibatched training beside Pyro's GPLVM
 tutorial loop (full batch, non-amortized), in one process, at several N.
 
     PYTHONPATH=. python benchmarks/gp_scale.py [--sizes 500 1797 20000] [--inducing 64] [--repeats 3]

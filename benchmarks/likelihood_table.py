@@ -1,4 +1,4 @@
-"""The log-likelihood leaderboard (issue 4): VAE, DLGM, hierarchical VAE, Ladder VAE and NADE.
+"""The log-likelihood leaderboard: VAE, DLGM, hierarchical VAE, Ladder VAE and NADE.
 
 Every model is trained by the same SVI backend (``ppgen.fit(pair, data, backend="svi")``,
 Trace_ELBO, Adam, the same epochs, batch size and learning rate) on the dynamically
@@ -22,7 +22,7 @@ ppgen VAE's images/s relative to it.
     python benchmarks/likelihood_table.py --models ddpm-unet --epochs 20 --ddpm-steps 100 --ddpm-k 10 \
         --ddpm-iw-points 100 --ddpm-timestep-sampling importance --ais-models none --baseline-epochs 0 [--grey]
 
-DDPM rows (issue 11): the bound L_vlb on the test digits (every term in closed form) with its terms by t, and the
+DDPM rows: the bound L_vlb on the test digits (every term in closed form) with its terms by t, and the
 importance-weighted bound over --ddpm-k forward trajectories on a stratified subset; ``--grey`` trains them on the
 8-bit grey levels with the discretized decoder and adds bits/dim.
 """
@@ -58,11 +58,11 @@ MODELS = {
     "lvae_td": lambda shape: LadderVAE(shape, z_dims=Z, hidden=HIDDEN, batch_norm_top_down="on"),
     "lvae3": lambda shape: LadderVAE(shape, z_dims=(50, 20, 10), hidden=((400,), (200,), (100,))),
     "nade": lambda shape: NADE(shape, hidden=500),
-    # VQ-VAE (issue 13): K = 64 codes on a 7x7 grid (MNIST) or 4x4 (8x8 digits); its bound uses the PixelCNN prior
+    # VQ-VAE: K = 64 codes on a 7x7 grid (MNIST) or 4x4 (8x8 digits); its bound uses the PixelCNN prior
     # fitted after stage one (--prior-epochs), and IWAE-K = its ELBO for every K (a point-mass guide: iwae uses one draw)
     "vqvae": lambda shape: VQVAE(shape, codes=64, code_dim=16, downsample=2 if shape[-1] >= 28 else 1, channels=64),
 }
-# DDPM (issue 11; not in the default --models): T = --ddpm-steps, trained on --ddpm-objective (default the bound
+# DDPM (not in the default --models): T = --ddpm-steps, trained on --ddpm-objective (default the bound
 # L_vlb, its sampled-timestep estimator); "IWAE" is the importance-weighted bound over --ddpm-k forward trajectories.
 # ddpm: MLP 512-512 on flattened pixels; ddpm-learned: the same with learned reverse-step variances (Nichol &
 # Dhariwal, 2021); ddpm-unet: the U-Net denoiser (--ddpm-channels, levels (1, 2)). With --grey all three observe

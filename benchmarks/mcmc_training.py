@@ -1,4 +1,4 @@
-"""Issue 15: MCMC inside training (Hoffman 2017) and IAF guides (Kingma et al. 2016) beside plain SVI.
+"""MCMC inside training (Hoffman 2017) and IAF guides (Kingma et al. 2016) beside plain SVI.
 
     PYTHONPATH=. MPLBACKEND=Agg python benchmarks/mcmc_training.py --epochs 30 --seeds 3
 

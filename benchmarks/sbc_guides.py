@@ -1,4 +1,4 @@
-"""Issue 15: simulation-based calibration (Talts et al. 2018) of amortized guides on PPCA with a correlated posterior.
+"""Simulation-based calibration (Talts et al. 2018) of amortized guides on PPCA with a correlated posterior.
 
     PYTHONPATH=. MPLBACKEND=Agg python benchmarks/sbc_guides.py --out sbc_guides.png
 

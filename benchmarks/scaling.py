@@ -1,4 +1,4 @@
-"""Data-parallel scaling on this machine (issue 16): images/s of 1 vs 2 processes, all-reduce time per step, NUTS
+"""Data-parallel scaling on this machine: images/s of 1 vs 2 processes, all-reduce time per step, NUTS
 over 1 vs 2 JAX devices.
 
 ``svi``: the 784-400-50 MLP VAE (Bernoulli, batch 256 in all, Adam 1e-3, torch engine) on the bundled MNIST

@@ -1,4 +1,4 @@
-"""Speed of ppgen's SVI training beside plain Pyro, PyTorch and NumPyro loops (issue 2, "Speed").
+"""Speed of ppgen's SVI training beside plain Pyro, PyTorch and NumPyro loops.
 
 One process, one model: the 784-400-50 MLP VAE (softplus hidden units, Bernoulli
 likelihood), batch 256, Adam 1e-3, on the bundled MNIST training split binarized at

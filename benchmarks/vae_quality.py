@@ -1,4 +1,4 @@
-"""Quality of ppgen's SVI-trained VAE beside Pyro's tutorial loop (issue 2, "Quality").
+"""Quality of ppgen's SVI-trained VAE beside Pyro's tutorial loop.
 
 Same architecture (784-400-50, softplus hidden units, Bernoulli), batch 256, Adam 1e-3,
 30 epochs, on the bundled MNIST digits with the same seeded stratified split:

@@ -1,4 +1,4 @@
-"""Index collapse of the VQ-VAE codebook (issue 13): usage, perplexity and reconstruction for K in {16, 64, 512}.
+"""Index collapse of the VQ-VAE codebook: usage, perplexity and reconstruction for K in {16, 64, 512}.
 
 For each K, three ways of learning the codebook, everything else equal (same networks, seed, data, epochs):
 

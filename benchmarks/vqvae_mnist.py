@@ -1,4 +1,4 @@
-"""VQ-VAE on the bundled MNIST (issue 13): sample quality under both priors and the leaderboard row, one training.
+"""VQ-VAE on the bundled MNIST: sample quality under both priors and the leaderboard row, one training.
 
 Stage one is trained once, with the settings of the likelihood leaderboard (``likelihood_table.py``: its
 ``vqvae`` pair, K = 64 on a 7x7 grid, D = 16, 64 channels; SVI on the torch engine, Adam ``--lr``, batch

@@ -1,4 +1,4 @@
-"""VQ-VAE training speed (issue 13): ppgen's training step beside a plain PyTorch VQ-VAE loop; the prior likewise.
+"""VQ-VAE training speed: ppgen's training step beside a plain PyTorch VQ-VAE loop; the prior likewise.
 
 Stage one. ppgen: ``ppgen.fit(VQVAE(...), data, engine="torch")`` — the one training loop, the pair's
 ``objective`` (straight-through, commitment, EMA codebook with restarts as buffers), Adam. Plain: the loop

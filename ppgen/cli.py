@@ -38,10 +38,23 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def installed_version() -> str:
+    """ppgen's version as installed (the package metadata); the source's ``__version__`` where it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ppgen")
+    except PackageNotFoundError:
+        from ppgen import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="ppgen", description="Deep generative models as probabilistic programs: "
                                      "Pyro model/guide pairs trained by SVI and checked by NUTS.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.add(sub)

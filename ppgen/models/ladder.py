@@ -23,13 +23,13 @@ up over the first quarter of the epochs). Without batch normalization the precis
 guide, which starts halfway to the prior, lost the race against the KL term: on the bundled
 digits (3,500 training digits, 50 epochs) the top layer collapsed (KL 0.03 nats, no active unit)
 and the test NLL was 122.5 nats against the one-layer VAE's 109.0; with it the top layer stays
-active and the Ladder VAE beats the VAE (README, "Log-likelihood leaderboard"). Batch norm
+active and the Ladder VAE beats the VAE (docs/results.md, "Log-likelihood leaderboard"). Batch norm
 normalizes by the batch in training and by its running statistics in evaluation mode
 (``pair.eval()``: every ELBO / IWAE figure is then per example); it lowers to JAX in both modes
 and the JAX engine carries the running statistics as a NumPyro ``mutable`` site (one particle,
 the trace or analytic ELBO; otherwise ``engine="auto"`` trains on torch).
 ``batch_norm_top_down="on"`` also normalizes the hidden layers of the generative networks (the
-prior networks and the decoder) too; off by default (see the README).
+prior networks and the decoder) too; off by default (docs/results.md has its figures).
 ``batch_norm="off"`` is the model as it was before (for checkpoints written by older versions).
 
 Layers are given bottom-up as for ``HierarchicalVAE``: stage l's hidden sizes are the
