@@ -23,6 +23,11 @@ Objectives (``elbo=``):
 * ``free_bits=λ`` (any of the above) — Kingma et al. (2016): per latent dimension,
   the KL term is max(λ, KL_j averaged over the batch), so no unit is pushed all the
   way to the prior. Pyro has no such estimator; ``FreeBitsELBO`` is ppgen's.
+* discrete sites marked for enumeration (``infer={"enumerate": "parallel"}``, ``config_enumerate``;
+  "sequential" on the torch engine) — ``TraceEnum_ELBO`` of Pyro (torch) or NumPyro with funsor (JAX),
+  the sites summed out exactly (:mod:`ppgen.ppl.elbo`), the enumeration dims left of the pair's
+  ``max_plate_nesting`` plates. A discrete site left unmarked is sampled (score-function gradient), with
+  one printed line naming it and how to enumerate it.
 * a family's own estimator: a pair whose class defines ``objective(x)`` (the protocol's
   hook, e.g. DDPM's sampled timestep) is trained on it by both engines.
 
@@ -77,7 +82,7 @@ from ppgen.inference.options import (
     one_process_only,
     unsupported,
 )
-from ppgen.ppl import FreeBitsELBO, ScaleLatents, make_elbo
+from ppgen.ppl import FreeBitsELBO, ScaleLatents, discrete_sites, make_elbo
 
 __all__ = ["ELBOS", "FreeBitsELBO", "ScaleLatents", "beta_at", "choose_engine", "fit_svi", "make_adam", "make_elbo"]
 
@@ -146,11 +151,19 @@ class TorchState:
 def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchState:
     device = loop.check_torch_device(options.device)
     pair.to(device)
-    loss_fn = (ObjectiveLoss(pair) if pair.has_objective
-               else make_elbo(options.elbo, options.num_particles, pair.max_plate_nesting, free_bits=options.free_bits,
-                              data_plate=pair.data_plate, backend_name="pyro"))
     step_size = options.mcmc_step_size
     inputs0 = tuple(c[:2].to(device) for c in data.train_epoch_inputs(0, pair.inputs))
+    discrete = discrete_sites(pair, data.train_epoch(0)[:2].to(device), *inputs0)
+    enumerated = bool(discrete.enumerated) and not pair.has_objective
+    if enumerated:
+        discrete.check_model_side_parallel()
+    if enumerated and (options.mcmc_steps > 0 or options.aggressive_epochs > 0):
+        name = "mcmc_steps" if options.mcmc_steps > 0 else "aggressive_epochs"
+        raise OptionError(name, getattr(options, name), "a pair with sites marked for enumeration trains on the "
+                          "enumerated ELBO alone; leave this option at its default")
+    loss_fn = (ObjectiveLoss(pair) if pair.has_objective
+               else make_elbo(options.elbo, options.num_particles, pair.max_plate_nesting, free_bits=options.free_bits,
+                              data_plate=pair.data_plate, backend_name="pyro", enumerate=enumerated))
     if options.mcmc_steps > 0:
         hmc.check_pair(pair, data.train_epoch(0)[:2].to(device), inputs0)
     engine_state = None
@@ -405,8 +418,20 @@ def fit_svi(pair, data, *, options: SVIOptions | None = None, progress: bool | N
             raise UserError(f"this checkpoint was written by engine='{written_by}'; resume it with "
                             f"engine='{written_by}' (or 'auto')")
     engine, state = start_engine(pair, data, opts, resume, announce)
+    _notice_sampled_discrete(pair, data, announce)
     return loop.run(engine, pair, data, opts, backend="svi", resume=resume, progress=progress, callback=callback,
                     on_epoch_end=on_epoch_end, state=state)
+
+
+def _notice_sampled_discrete(pair, data, announce: Callable[[str], None] | None) -> None:
+    """One line naming the discrete latent sites the pair leaves to sampling and how to enumerate them."""
+    if pair.has_objective or not pair.has_guide or not distributed.is_writer():
+        return
+    device = next((p.device for p in pair.parameters()), torch.device("cpu"))
+    inputs = tuple(c[:2].to(device) for c in data.train_epoch_inputs(0, pair.inputs))
+    message = discrete_sites(pair, data.train_epoch(0)[:2].to(device), *inputs).sampled_notice()
+    if message is not None:
+        (announce or (lambda m: print(f"ppgen: {m}", file=sys.stderr)))(message)
 
 
 def _announce(options: SVIOptions, name: str, why: str, announce: Callable[[str], None] | None) -> None:

@@ -10,7 +10,10 @@ runs its torch.fx lowering (:mod:`ppgen.nn.lower`). One epoch — the minibatch 
 (the first epoch's ``seconds`` include that compilation).
 
 Objectives are NumPyro's: ``"trace"`` ``Trace_ELBO``, ``"analytic"`` ``TraceMeanField_ELBO``,
-``"iwae"`` ``RenyiELBO(alpha=0)`` with K = ``num_particles``; a pair with its own
+``"iwae"`` ``RenyiELBO(alpha=0)`` with K = ``num_particles``; a pair with sites marked
+``infer={"enumerate": "parallel"}`` trains on NumPyro's ``TraceEnum_ELBO`` (funsor), the sites summed out
+exactly, ``max_plate_nesting`` the pair's (sequential marks, β and its warm-up fall back to the torch engine:
+:func:`check_enumerable`); a pair with its own
 ``objective`` is trained on it through a ``numpyro.factor`` site. β and its warm-up scale
 the latent sites (:class:`ppgen.ppl.ScaleLatents`); the per-step β values enter the compiled epoch as
 an array, so annealing is per step, as in the torch engine, without recompiling. Free bits
@@ -30,6 +33,7 @@ epoch, so resuming reproduces an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -96,9 +100,10 @@ def module_sites(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -
     return seen
 
 
-def scaled_model_guide(pair) -> tuple[Callable, Callable]:
+def scaled_model_guide(pair, scaled: bool = True) -> tuple[Callable, Callable]:
     """``model(x, beta, *inputs)`` and ``guide(x, beta, *inputs)`` on NumPyro: the pair's, latent sites scaled by
-    ``beta``, with the pair's input columns after it.
+    ``beta`` (``scaled=False``: ``beta`` is taken and ignored, as for a pair with enumerated sites, whose
+    ``TraceEnum_ELBO`` takes no array-valued scale), with the pair's input columns after it.
 
     A pair with its own ``objective`` becomes a model with one ``numpyro.factor`` site (−objective)
     and an empty guide, so NumPyro's ``Trace_ELBO`` loss is the objective.
@@ -114,12 +119,15 @@ def scaled_model_guide(pair) -> tuple[Callable, Callable]:
 
         return objective_model, lambda x, beta, *inputs: None
 
+    def scale(beta):
+        return ScaleLatents(beta) if scaled else contextlib.nullcontext()
+
     def model(x, beta, *inputs):
-        with backend("numpyro"), ScaleLatents(beta):
+        with backend("numpyro"), scale(beta):
             pair.model(x, *inputs)
 
     def guide(x, beta, *inputs):
-        with backend("numpyro"), ScaleLatents(beta):
+        with backend("numpyro"), scale(beta):
             pair.guide(x, *inputs)
 
     return model, guide
@@ -258,7 +266,7 @@ def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
     from numpyro.infer import SVI
 
     from ppgen.nn import NotLowerable
-    from ppgen.ppl import make_elbo, recording_modules
+    from ppgen.ppl import discrete_sites, make_elbo, recording_modules
 
     ruled_out = unsupported(options, "jax")
     if ruled_out:
@@ -279,11 +287,18 @@ def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
     # autoguide's parameters); NumPyro then starts from the values the pair keeps: every pyro.param and
     # autoguide site is initialised at them (ppgen.ppl), as the networks are at their torch weights
     pair.trial_run(x0_torch, *inputs_torch, seed=options.seed)
-    model, guide = scaled_model_guide(pair)
-    loss_fn = make_elbo(options.elbo, options.num_particles, backend_name="numpyro")
+    discrete = discrete_sites(pair, x0_torch[:2], *(c[:2] for c in inputs_torch))
+    enumerated = bool(discrete.enumerated) and not pair.has_objective
+    if enumerated:
+        check_enumerable(discrete, options)
+    model, guide = scaled_model_guide(pair, scaled=not enumerated)
+    loss_fn = make_elbo(options.elbo, options.num_particles, pair.max_plate_nesting, backend_name="numpyro",
+                        enumerate=enumerated)
     svi = SVI(model, guide, numpyro.optim.Adam(options.lr, b1=options.adam_beta1), loss_fn)
     try:
-        with recording_modules() as sites:
+        with recording_modules() as sites, warnings.catch_warnings():
+            # a discrete site left to sampling: ppgen prints its own line naming it (ppgen.inference.svi)
+            warnings.filterwarnings("ignore", message=".*does not support models with discrete latent variables")
             svi_state = svi.init(jax.random.PRNGKey(options.seed), jnp.asarray(x0_torch.numpy()), 1.0, *inputs0)
         check_covered(pair, sites, svi.get_params(svi_state))
         check_buffers(svi_state, options)
@@ -300,8 +315,22 @@ def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
         svi_state = svi_state._replace(optim_state=unflatten_state(engine_state.get("optimizer"),
                                                                    svi_state.optim_state))
     epoch_fn = make_epoch_fn(svi, len(data.train), steps, batch)
-    trial(pair, model, guide, epoch_fn, svi_state, x0_torch, inputs0, len(data.train), steps)
+    trial(pair, model, guide, epoch_fn, svi_state, x0_torch, inputs0, len(data.train), steps,
+          summed=frozenset(discrete.model_side) if enumerated else frozenset())
     return JaxState(pair, options, svi, svi_state, epoch_fn, sites)
+
+
+def check_enumerable(discrete: Any, options: SVIOptions) -> None:
+    """Raise :class:`CannotLower` where NumPyro's ``TraceEnum_ELBO`` cannot train the pair's enumerated sites as
+    the torch engine does: it enumerates in parallel only, and it takes no array-valued scale, so β and its
+    warm-up (a new β each step of the compiled epoch) stay on the torch engine."""
+    sequential = [name for name, mode in discrete.enumerated.items() if mode != "parallel"]
+    if sequential:
+        raise CannotLower(f"NumPyro enumerates in parallel only, and site {sequential[0]!r} is marked "
+                          "'sequential' (mark it 'parallel')")
+    if options.beta != 1.0 or options.anneal_epochs > 0:
+        raise CannotLower("NumPyro's TraceEnum_ELBO takes no per-step KL weight: beta and anneal_epochs with "
+                          "enumerated sites train on the torch engine")
 
 
 def _cannot_run(pair, err: Exception) -> str:
@@ -310,10 +339,11 @@ def _cannot_run(pair, err: Exception) -> str:
 
 
 def trial(pair, model: Callable, guide: Callable, epoch_fn: Callable, svi_state, x0: torch.Tensor,
-          inputs0: tuple, n: int, steps: int) -> None:
+          inputs0: tuple, n: int, steps: int, summed: frozenset[str] = frozenset()) -> None:
     """Raise :class:`CannotLower` unless the pair runs on NumPyro as it does on Pyro: the guide draws every latent
-    site of the model (a guide written with Pyro's own primitives draws nothing there, and NumPyro would silently
-    take the model's prior instead), and one step of the compiled epoch traces (shapes only: nothing is compiled
+    site of the model but those the ELBO sums out (``summed``: model-side enumerated sites) — a guide written with
+    Pyro's own primitives draws nothing there, and NumPyro would silently take the model's prior instead — and one
+    step of the compiled epoch traces (shapes only: nothing is compiled
     or run). Any error NumPyro or JAX raises counts."""
     import jax
     import jax.numpy as jnp
@@ -325,7 +355,8 @@ def trial(pair, model: Callable, guide: Callable, epoch_fn: Callable, svi_state,
             guide_tr = handlers.trace(handlers.seed(guide, 0)).get_trace(xj, 1.0, *inputs0)
             model_tr = handlers.trace(handlers.replay(handlers.seed(model, 1), guide_tr)).get_trace(xj, 1.0, *inputs0)
             missing = [name for name, site in model_tr.items()
-                       if site["type"] == "sample" and not site["is_observed"] and name not in guide_tr]
+                       if site["type"] == "sample" and not site["is_observed"] and name not in guide_tr
+                       and name not in summed]
             if missing:
                 raise CannotLower(f"its guide draws no value of the model's latent site {', '.join(missing)} on "
                                   "NumPyro (a guide written with Pyro's own primitives, such as a Pyro autoguide, "

@@ -37,7 +37,7 @@ installs ``pyro.param`` for NumPyro into the proxy when imported, which importin
 
 from __future__ import annotations
 
-from ppgen.ppl.elbo import ELBOS, FreeBitsELBO, ScaleLatents, make_elbo
+from ppgen.ppl.elbo import ELBOS, DiscreteSites, FreeBitsELBO, ScaleLatents, discrete_sites, make_elbo
 from ppgen.ppl.guides import NUMPYRO_AUTOGUIDES, AutoGuide, autoguide
 from ppgen.ppl.params import OwnParams, load_numpyro_params, numpyro_param_names, param_owner, trained_tensors
 from ppgen.ppl.params import _decode as _decode  # read by ppgen.models.base (state dict keys)
@@ -57,7 +57,7 @@ from ppgen.ppl.routing import (
 )
 
 __all__ = [
-    "ELBOS", "NUMPYRO_AUTOGUIDES", "AutoGuide", "FreeBitsELBO", "OwnParams", "ScaleLatents", "autoguide", "backend",
-    "bind_weights", "bound_weights", "dist", "get_backend", "is_jax", "load_numpyro_params", "make_elbo", "normal",
+    "ELBOS", "NUMPYRO_AUTOGUIDES", "AutoGuide", "DiscreteSites", "FreeBitsELBO", "OwnParams", "ScaleLatents", "autoguide", "backend",
+    "bind_weights", "bound_weights", "discrete_sites", "dist", "get_backend", "is_jax", "load_numpyro_params", "make_elbo", "normal",
     "numpyro_param_names", "param_owner", "pyro", "randint", "recording_modules", "trained_tensors", "uniform",
 ]

@@ -1,12 +1,24 @@
-"""What both SVI engines train: the ELBO of a name (:func:`make_elbo`, Pyro's or NumPyro's, and ppgen's
+r"""What both SVI engines train: the ELBO of a name (:func:`make_elbo`, Pyro's or NumPyro's, and ppgen's
 :class:`FreeBitsELBO`) and the KL weight β on the latent sites (:class:`ScaleLatents`, on whichever backend runs
-the wrapped code).
+the wrapped code); which discrete latent sites a pair sums out exactly (:func:`discrete_sites`).
+
+Discrete latents. A site marked ``infer={"enumerate": "parallel"}`` (or wrapped in ``config_enumerate``) is summed
+out exactly by ``TraceEnum_ELBO`` (Pyro on torch, NumPyro with funsor on JAX). For a site y in the model only
+(a mixture's component) the model's joint is marginalized, for y drawn by the guide too (M2's label) the guide's
+q(y | x) is summed over::
+
+    model side:  ELBO = E_{q(z|x)} [ log Σ_y p(x, y, z) − log q(z | x) ]
+    guide side:  ELBO = Σ_y q(y | x) E_{q(z|x,y)} [ log p(x, y, z) − log q(y | x) − log q(z | x, y) ]
+
+(Obermeyer et al., 2019, "Tensor variable elimination for plated factor graphs"). A discrete site left unmarked
+is sampled and trained by the score-function (REINFORCE) gradient, as before.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ppgen.errors import UserError
@@ -18,7 +30,7 @@ ELBOS = ("trace", "analytic", "iwae")
 
 
 def _scale_latent_message(msg: dict, factor: Any) -> None:
-    if msg["type"] == "sample" and not msg["is_observed"]:
+    if msg["type"] == "sample" and not msg["is_observed"] and not (msg.get("infer") or {}).get("enumerate"):
         msg["scale"] = factor if msg.get("scale") is None else msg["scale"] * factor
 
 
@@ -61,7 +73,8 @@ class ScaleLatents:
 
         log p(x | z) + log p(z) − log q(z | x)   →   log p(x | z) + β (log p(z) − log q(z | x))
 
-    (wrapped around model and guide; observed sites keep their weight). A context manager
+    (wrapped around model and guide; observed sites keep their weight, and so do sites marked for enumeration:
+    they are summed out with the likelihood, so β weighs the continuous latents' KL only). A context manager
     (``with ScaleLatents(beta): ...``) or a wrapper (``ScaleLatents(beta)(model)``); ``factor`` may be a traced JAX
     value, so a compiled epoch takes a new β each step without recompiling.
     """
@@ -88,8 +101,79 @@ class ScaleLatents:
         return scaled
 
 
+ENUMERATE = ("parallel", "sequential")
+
+
+@dataclass(frozen=True)
+class DiscreteSites:
+    """The pair's discrete latent sites: those marked for enumeration (name → "parallel" or "sequential"; those
+    among them that the guide draws in ``guide_side``) and those left to sampling (``sampled``)."""
+
+    enumerated: dict[str, str]
+    guide_side: frozenset[str]
+    sampled: tuple[str, ...]
+
+    @property
+    def model_side(self) -> tuple[str, ...]:
+        """Enumerated sites of the model that the guide does not draw (a mixture's component)."""
+        return tuple(n for n in self.enumerated if n not in self.guide_side)
+
+    def check_model_side_parallel(self) -> None:
+        """Raise :class:`UserError` for a site of the model only marked "sequential": Pyro's ``TraceEnum_ELBO``
+        sums such a site in parallel only (sequential enumeration is for sites the guide draws)."""
+        sequential = [n for n in self.model_side if self.enumerated[n] != "parallel"]
+        if sequential:
+            raise UserError(f"site {sequential[0]!r} of the model only is marked for sequential enumeration, which "
+                            "Pyro does not sum out in the model: mark it infer={'enumerate': 'parallel'}")
+
+    def sampled_notice(self) -> str | None:
+        """One line naming the discrete sites trained by sampling and how to sum them out, or None."""
+        if not self.sampled:
+            return None
+        names = ", ".join(repr(n) for n in self.sampled)
+        return (f"discrete latent site {names} is sampled (score-function gradient); to sum it out exactly mark it "
+                "infer={'enumerate': 'parallel'} or wrap model and guide in pyro.infer.config_enumerate")
+
+
+def _enumerate_mode(site: dict) -> str | None:
+    mode = (site.get("infer") or {}).get("enumerate")
+    return mode if mode in ENUMERATE else None
+
+
+def discrete_sites(pair: Any, *args: Any) -> DiscreteSites:
+    """Which latent sites of ``pair`` are discrete (their distribution has an enumerable support) and which of
+    them are marked for enumeration, from one Pyro run of the guide and of the model replayed on it, on ``args``
+    (a few examples and their input columns). A site the guide draws takes the guide's marking (as Pyro's
+    ``replay`` does); a site of the model only takes the model's."""
+    import pyro
+    import torch
+    from pyro import poutine
+
+    from ppgen.ppl.routing import backend
+
+    with torch.no_grad(), pyro.validation_enabled(False), backend("pyro"):
+        guide_tr = poutine.trace(pair.guide).get_trace(*args) if pair.has_guide else None
+        model_fn = pair.model if guide_tr is None else poutine.replay(pair.model, trace=guide_tr)
+        model_tr = poutine.trace(model_fn).get_trace(*args)
+    guide_nodes = {} if guide_tr is None else guide_tr.nodes
+    enumerated, guide_side, sampled = {}, set(), []
+    for name, site in model_tr.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or not getattr(site["fn"], "has_enumerate_support",
+                                                                         False):
+            continue
+        drawn_by = guide_nodes.get(name)
+        mode = _enumerate_mode(drawn_by if drawn_by is not None else site)
+        if mode is None:
+            sampled.append(name)
+            continue
+        enumerated[name] = mode
+        if drawn_by is not None:
+            guide_side.add(name)
+    return DiscreteSites(enumerated, frozenset(guide_side), tuple(sampled))
+
+
 def make_elbo(name: str, num_particles: int = 1, max_plate_nesting: int = 1, *, free_bits: float = 0.0,
-              data_plate: str = "data", backend_name: str | None = None) -> Any:
+              data_plate: str = "data", backend_name: str | None = None, enumerate: bool = False) -> Any:
     r"""The ELBO object of ``name`` for ``backend_name`` (default: the active backend), Pyro's or NumPyro's namesake.
 
     * ``"trace"`` — ``Trace_ELBO``: log p(x, z) − log q(z|x) at z ~ q.
@@ -99,11 +183,18 @@ def make_elbo(name: str, num_particles: int = 1, max_plate_nesting: int = 1, *, 
       K = ``num_particles``, vectorized.
     * ``free_bits = λ > 0`` (Pyro) — :class:`FreeBitsELBO`, any name.
 
+    * ``enumerate=True`` (the pair has sites marked for enumeration, :func:`discrete_sites`) — ``TraceEnum_ELBO``
+      for ``"trace"``: the ELBO above with the marked discrete sites summed out exactly (module docs); the
+      enumeration dims sit left of the pair's ``max_plate_nesting`` plates (and of the particle plate). IWAE,
+      the analytic KL and free bits have no enumerated form here: they are refused.
+
     On Pyro, K > 1 particles are vectorized in a plate outside the ``max_plate_nesting`` plates of the pair.
     """
     backend_name = backend_name or get_backend()
     if name not in ELBOS:
         raise UserError(f"unknown ELBO {name!r}; choose one of {', '.join(ELBOS)}")
+    if enumerate:
+        return _enumerated_elbo(name, num_particles, max_plate_nesting, free_bits, backend_name)
     if name == "iwae" and num_particles < 2:
         raise UserError("the IWAE objective needs num_particles >= 2 (e.g. --particles 5)")
     if free_bits > 0:
@@ -121,6 +212,22 @@ def make_elbo(name: str, num_particles: int = 1, max_plate_nesting: int = 1, *, 
     extra = ({} if backend_name == "numpyro"
              else dict(vectorize_particles=num_particles > 1, max_plate_nesting=max_plate_nesting))
     return cls(num_particles=num_particles, **extra)
+
+
+def _enumerated_elbo(name: str, num_particles: int, max_plate_nesting: int, free_bits: float,
+                     backend_name: str) -> Any:
+    if name != "trace" or free_bits > 0:
+        what = "free bits" if free_bits > 0 else f"elbo={name!r}"
+        raise UserError(f"{what} has no enumerated form: a pair with sites marked for enumeration trains with "
+                        "elbo='trace' (TraceEnum_ELBO) and no free bits")
+    if backend_name == "numpyro":
+        from numpyro.infer import TraceEnum_ELBO
+
+        return TraceEnum_ELBO(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+    from pyro.infer import TraceEnum_ELBO
+
+    return TraceEnum_ELBO(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
+                          vectorize_particles=num_particles > 1)
 
 
 class FreeBitsELBO:
