@@ -230,3 +230,19 @@ def test_sample_given_a_label(m2_run, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), expected.numpy())
     styles = pair.style_transfer(datasets.load("digits").test[:4])
     assert styles.shape == (4, 10, 1, 8, 8)
+
+
+def test_gmvae_run_reports_its_clustering_accuracy(tmp_path, capsys):
+    out = tmp_path / "gmvae"
+    assert run_cli("train", "gmvae", "--data", "digits", "--z-dim", 4, "--hidden", 32, "--epochs", 1, "--batch-size",
+                   64, "--no-progress", "--out", out) == 0
+    capsys.readouterr()
+    assert run_cli("evaluate", out, "--iwae", 5, "--limit", 100, "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    pair = runs.load_pair(out).eval()
+    test = datasets.load("digits")
+    with torch.no_grad():
+        clusters = pair.cluster(test.test[:100]).numpy()
+    expected = clustering_accuracy(clusters, test.test_inputs["y"][:100].numpy())
+    assert result["family_metrics"]["cluster_accuracy"] == pytest.approx(expected)
+    assert result["iwae_5"] >= result["elbo"] - 4 * result["elbo_se"]
