@@ -246,3 +246,29 @@ def test_gmvae_run_reports_its_clustering_accuracy(tmp_path, capsys):
     expected = clustering_accuracy(clusters, test.test_inputs["y"][:100].numpy())
     assert result["family_metrics"]["cluster_accuracy"] == pytest.approx(expected)
     assert result["iwae_5"] >= result["elbo"] - 4 * result["elbo_se"]
+
+
+def test_m2_with_unlabelled_digits_beats_the_classifier_on_the_labels_alone():
+    """50 labels of the 1,257 training digits (8x8, seeded balanced set): q(y|x) of M2 trained on all of them against
+    the same classifier network trained on the 50 alone (seeded; 0.811 against 0.767 on the 360 test digits)."""
+    import ppgen
+    from ppgen.models.m2 import Classifier
+
+    digits = datasets.load("digits")
+    few = datasets.keep_labels(digits, 50, seed=0)
+    y = few.train_inputs["y"]
+    known = y >= 0
+    torch.manual_seed(0)
+    net = Classifier(digits.x_shape, 10, (256,))
+    opt = torch.optim.Adam(net.parameters(), 1e-3, weight_decay=1e-4)
+    for _ in range(500):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(torch.bernoulli(few.train[known])), y[known]).backward()
+        opt.step()
+    with torch.no_grad():
+        alone = float((net(digits.test).argmax(-1) == digits.test_inputs["y"]).float().mean())
+    torch.manual_seed(0)
+    pair = M2(x_shape=digits.x_shape, z_dim=10, hidden=(256,), alpha=1.0)
+    ppgen.fit(pair, few, backend="svi", engine="torch", epochs=60, batch_size=64, lr=3e-3, seed=0, progress=False)
+    accuracy = pair.eval().family_metrics(digits.test, digits.test_inputs["y"])["accuracy"]
+    assert accuracy > alone + 0.02, (accuracy, alone)
