@@ -1,8 +1,9 @@
 r"""Gaussian-mixture VAE: a mixture prior over z with the component c summed out, for unsupervised clustering.
 
-The prior of the VAE is a mixture of K Gaussians with learned means and scales (Dilokthanakul et al. 2016,
-"Deep unsupervised clustering with Gaussian mixture variational autoencoders"; the factorization of Shu's GMVAE,
-and of the M2 model of Kingma et al. 2014 with the class never observed and the decoder given z only)::
+The prior of the VAE is a mixture of K Gaussians with learned means and scales: the factorization of Shu's GMVAE
+(2016), which is the M2 model of Kingma et al. (2014) with the class never observed and the decoder given z only; a
+simplification of Dilokthanakul et al. (2016), "Deep unsupervised clustering with Gaussian mixture variational
+autoencoders", whose component means come from a network of a second latent::
 
     p(c) = Cat(1/K),   p(z | c) = N(μ_c, diag σ_c²),   p(x | z) = Bernoulli | ContinuousBernoulli | Normal(decoder(z)),
     q(c | x) = Cat(π(x)),   q(z | x, c) = N(μ(x, c), diag σ²(x, c)).
