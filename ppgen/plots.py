@@ -59,6 +59,19 @@ def sample_grid(samples: torch.Tensor, path: Path, title: str = "samples") -> Pa
     return _save(fig, path)
 
 
+def style_transfer(x: torch.Tensor, styles: torch.Tensor, path: Path, title: str | None = None) -> Path:
+    """Analogies (Kingma et al. 2014, Fig. 1): each row an input image (first column), then the images decoded from
+    its style z under every class y (``styles``: (rows, classes, *image shape))."""
+    plt = _plt()
+    rows, classes = styles.shape[:2]
+    grid = torch.cat([x[:rows].unsqueeze(1), styles], 1).reshape(rows * (classes + 1), *x.shape[1:])
+    fig, ax = plt.subplots(figsize=(0.6 * (classes + 1), 0.6 * rows + 0.5))
+    ax.imshow(tile(grid.detach().cpu(), ncol=classes + 1), cmap="gray", vmin=0, vmax=1)
+    ax.set_title(title or "input, then its style z decoded under y = 0, 1, ...")
+    ax.axis("off")
+    return _save(fig, path)
+
+
 def reconstructions(x: torch.Tensor, recon: torch.Tensor, path: Path, n: int = 16) -> Path:
     """Inputs (top row of each pair) above their reconstructions."""
     plt = _plt()

@@ -77,6 +77,9 @@ def fill(p: argparse.ArgumentParser, family: str | None = None) -> None:
     d.add_argument("--inputs", type=column_names, metavar="NAMES", help="a CSV file's input columns, comma-separated "
                    "(e.g. y,dose): passed to the model beside x, not part of x (default: its y/labels/targets "
                    "column, if any)")
+    d.add_argument("--labels", type=non_negative, metavar="N", help="semi-supervised: keep N labels of the training "
+                   "split (a seeded random set balanced per class), the others missing; validation and test keep theirs")
+    d.add_argument("--label-seed", type=non_negative, help="seed of the label set --labels keeps (default 0)")
     t = p.add_argument_group("training (SVI; the flags come from ppgen.inference.options.SVIOptions)")
     add_option_flags(t, SVIOptions, defaults=CLI_DEFAULTS)
     t.add_argument("--select", choices=["best", "last"], help="keep the best-validation epoch (default) or the last")
@@ -241,6 +244,11 @@ def _new_config(args) -> dict:
     binarize = {"none": None, None: "default"}.get(args.binarize, args.binarize)
     data_options = {"name": args.data or "mnist", "binarize": binarize, "seed": args.seed or 0,
                     "split_seed": args.split_seed or 0, "inputs": args.inputs}
+    if args.labels is not None:
+        data_options.update(labels=args.labels, label_seed=args.label_seed or 0,
+                            label_column=model_options.get("label_column", "y"))
+    elif args.label_seed is not None:
+        raise UserError("--label-seed chooses the label set of --labels: give --labels N too")
     train_options = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k, None) is not None}
     return workflows.make_config(args.model, model_options, data_options, train_options)
 

@@ -42,7 +42,7 @@ all splits once; ``"threshold"`` sets x = 1[grey > 0.5]; ``None`` keeps grey lev
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -368,9 +368,41 @@ def from_tensor(x: torch.Tensor, name: str = "tensor", inputs: Mapping[str, Any]
                    val_inputs={k: c[:0] for k, c in columns.items()}, test_inputs={k: c[:0] for k, c in columns.items()})
 
 
+def keep_labels(data: Dataset, n: int, column: str = "y", seed: int = 0) -> Dataset:
+    """``data`` with ``n`` labels of the training split's integer ``column`` kept and the others missing (−1), for
+    semi-supervised training: a seeded random set balanced per class (⌊n/K⌋ of each of the K classes present, one
+    more in n mod K classes drawn at random); the validation and test splits keep every label. One
+    :class:`UserError` line where the column is missing, is not of class indices, or has too few labels."""
+    if column not in data.train_inputs:
+        have = ", ".join(data.train_inputs) or "none"
+        raise UserError(f"--labels keeps labels of the column {column!r} but {data.name} has {have}; give data with "
+                        "that label column or name the model's --label-column")
+    y = data.train_inputs[column]
+    if y.is_floating_point() or y.dtype == torch.bool or y.ndim != 1:
+        raise UserError(f"--labels needs the column {column!r} to hold class indices (integers), got {y.dtype}")
+    present = y[y != MISSING_LABEL]
+    classes = present.unique()
+    if n > len(present):
+        raise UserError(f"--labels {n} exceeds the {len(present)} labelled training examples of {data.name}; give "
+                        f"at most {len(present)}")
+    g = torch.Generator().manual_seed(_mix(seed, 4_000_037))
+    counts = torch.full((len(classes),), n // max(1, len(classes)), dtype=torch.long)
+    counts[torch.randperm(len(classes), generator=g)[: n - int(counts.sum())]] += 1
+    kept = torch.zeros(len(y), dtype=torch.bool)
+    for label, count in zip(classes.tolist(), counts.tolist()):
+        rows = (y == label).nonzero().squeeze(-1)
+        if count > len(rows):
+            raise UserError(f"--labels {n} keeps {count} labels of class {label} but the training split has only "
+                            f"{len(rows)} of that class; give at most {len(classes) * int(min((y == c).sum() for c in classes))}")
+        kept[rows[torch.randperm(len(rows), generator=g)[:count]]] = True
+    masked = torch.where(kept, y, torch.full_like(y, MISSING_LABEL))
+    return replace(data, train_inputs={**data.train_inputs, column: masked},
+                   info={**data.info, "labels_kept": n})
+
+
 def describe() -> dict[str, str]:
     return dict(BUNDLED)
 
 
-__all__ = ["BINARIZE", "BUNDLED", "MISSING_LABEL", "Dataset", "TextDataset", "observed", "check_examples", "check_same_shape", "check_unit_interval", "describe",
+__all__ = ["BINARIZE", "BUNDLED", "MISSING_LABEL", "Dataset", "TextDataset", "observed", "check_examples", "check_same_shape", "check_unit_interval", "describe", "keep_labels",
            "from_tensor", "load"]

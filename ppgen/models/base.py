@@ -70,9 +70,12 @@ The protocol
     The observation model's name ("bernoulli", "cbernoulli", "gaussian"), which ``check_data`` and the
     commands (binarization) read: the config's ``likelihood`` field, else "gaussian"; a family whose
     config has no such field and observes binary data sets it as a class attribute (as NADE does).
-``family_metrics(x)``
+``family_metrics(x, *columns)`` / ``metric_inputs``
     A family's own held-out figures on examples ``x`` (VQ-VAE: codebook usage and perplexity), shown by
-    ``ppgen evaluate`` and added to each epoch's history row; ``{}`` by default.
+    ``ppgen evaluate`` and added to each epoch's history row; ``{}`` by default. ``metric_inputs`` names the data
+    set's columns it scores against (labels: the accuracy of a classifier, of a clustering), handed to it as
+    ``columns`` where the split has them (and nothing where it lacks one); ``()`` by default. They never reach
+    ``model`` or ``guide``.
 ``check_data(x)`` / ``observes_word_counts``
     Raises :class:`~ppgen.errors.UserError` (one line, what to do) when ``x`` cannot
     be observed. A family whose model observes bags of words (a text corpus's word counts, which reach it as
@@ -221,6 +224,8 @@ class GenerativeModel(nn.Module):
     stages: ClassVar[tuple[Stage, ...]] = ()
     #: the data set's input columns ``model(x, *inputs)`` and ``guide(x, *inputs)`` take beside x
     inputs: tuple[str, ...] = ()
+    #: the data set's columns ``family_metrics(x, *columns)`` scores against (labels), where the split has them
+    metric_inputs: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -340,8 +345,9 @@ class GenerativeModel(nn.Module):
         """The per-example ELBO with closed-form terms (see the module docs)."""
         raise NotImplementedError
 
-    def family_metrics(self, x: torch.Tensor) -> dict[str, float]:
-        """A family's own figures on held-out examples ``x`` (see the module docs); none by default."""
+    def family_metrics(self, x: torch.Tensor, *columns: torch.Tensor) -> dict[str, float]:
+        """A family's own figures on held-out examples ``x`` and its ``metric_inputs`` columns (see the module docs);
+        none by default."""
         return {}
 
     def topic_words(self) -> torch.Tensor:  # pragma: no cover - optional

@@ -15,13 +15,18 @@ from ppgen.progress import heartbeat
 
 def run_data(config: dict, grey_levels: bool = False) -> datasets.Dataset:
     """The data set of a run's ``config`` with the run's split and input columns (``data.inputs``: a CSV file's
-    columns named by ``--inputs``; None: as the loader decides); ``grey_levels``: without binarization (what
+    columns named by ``--inputs``; None: as the loader decides; ``data.labels``: keep that many training labels of
+    ``data.label_column``, :func:`ppgen.data.keep_labels`); ``grey_levels``: without binarization (what
     generated examples are compared with: a Bernoulli pair's samples are its pixel probabilities, E[x|z])."""
     options = config.get("data", {})
     binarize = None if grey_levels else options.get("binarize", "default")
     inputs = options.get("inputs")
-    return datasets.load(options.get("name", "mnist"), binarize=binarize, seed=options.get("seed", 0),
+    data = datasets.load(options.get("name", "mnist"), binarize=binarize, seed=options.get("seed", 0),
                          split_seed=options.get("split_seed", 0), inputs=None if inputs is None else tuple(inputs))
+    if options.get("labels") is not None:  # semi-supervised: keep that many training labels
+        data = datasets.keep_labels(data, options["labels"], options.get("label_column", "y"),
+                                    options.get("label_seed", 0))
+    return data
 
 
 def split_inputs(pair, data: datasets.Dataset, split: str, device: torch.device | None = None,
@@ -29,6 +34,18 @@ def split_inputs(pair, data: datasets.Dataset, split: str, device: torch.device 
     """The pair's input columns (``pair.inputs``) of ``split``, row i beside example i, the first ``limit`` rows, on
     ``device``; ``()`` for a pair without inputs. The training split's are those beside ``train_epoch(0)``."""
     columns = data.train_epoch_inputs(0, pair.inputs) if split == "train" else data.inputs(split, pair.inputs)
+    return tuple((c[:limit] if limit else c).to(device or c.device) for c in columns)
+
+
+def metric_columns(pair, data: datasets.Dataset, split: str, device: torch.device | None = None,
+                   limit: int | None = None) -> tuple[torch.Tensor, ...]:
+    """The columns ``pair.family_metrics`` scores against (``pair.metric_inputs``) of ``split``, as
+    :func:`split_inputs` gives a pair's inputs; ``()`` where the split lacks one of them."""
+    names = pair.metric_inputs
+    have = data.train_inputs if split == "train" else getattr(data, f"{split}_inputs")
+    if not names or any(name not in have for name in names):
+        return ()
+    columns = data.train_epoch_inputs(0, names) if split == "train" else data.inputs(split, names)
     return tuple((c[:limit] if limit else c).to(device or c.device) for c in columns)
 
 

@@ -12,7 +12,7 @@ import torch
 from ppgen import evaluation, runs
 from ppgen.errors import UserError
 from ppgen.evaluation.samples import METRICS
-from ppgen.workflows.common import has_density, mode_metrics, run_data, split_inputs
+from ppgen.workflows.common import has_density, metric_columns, mode_metrics, run_data, split_inputs
 from ppgen.workflows.topics import topic_metrics
 
 
@@ -76,7 +76,7 @@ def evaluate_run(run_dir: Path, iwae_k: int = 1000, split: str = "test", limit: 
         result.update(topic_metrics(pair, data, x, elbo, ll, iwae_k))
     elif pair.has_encoder:
         result.update(evaluation.report(pair, x, inputs))
-    family = pair.family_metrics(x)
+    family = pair.family_metrics(x, *metric_columns(pair, data, split, limit=len(x)))
     if family:
         result["family_metrics"] = family
     return result

@@ -26,6 +26,7 @@ from ppgen.workflows.common import (
     check_split_inputs,
     device_of,
     has_density,
+    metric_columns,
     mode_metrics,
     quick_metrics,
     run_data,
@@ -334,7 +335,8 @@ def with_family_metrics(callback, data: datasets.Dataset):
         if len(data.val):
             fit.pair.eval()
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                family = fit.pair.family_metrics(data.val.to(device_of(fit.pair)))
+                device = device_of(fit.pair)
+                family = fit.pair.family_metrics(data.val.to(device), *metric_columns(fit.pair, data, "val", device))
             fit.pair.train()
             row.update({f"val_{k}": v for k, v in family.items()})
         return row

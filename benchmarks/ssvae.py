@@ -1,0 +1,155 @@
+"""Speed of ppgen's M2 (semi-supervised VAE, y enumerated) per epoch beside a plain Pyro loop after Pyro's ss-vae example.
+
+One process, one model: M2 with ppgen's networks (classifier q(y|x), encoder q(z|x,y), decoder p(x|y,z); MLPs of
+``--hidden`` softplus units, z of ``--z-dim``), Bernoulli likelihood, on the bundled MNIST training split (3,500
+digits, dynamically binarized) with ``--labels`` of them labelled (a class-balanced seeded set), batch ``--batch``,
+Adam at ``--lr``, the classification loss weighted as in ppgen (α N / N_l per labelled example, α = 0.1).
+
+  ppgen       ``ppgen.fit(pair, data, engine="torch")``: the family's own objective, the class summed in one batched
+              pass of the networks over every class of the unlabelled rows (labelled and unlabelled rows mixed in
+              each shuffled batch); fused Adam
+  pyro-loop   written here after the structure of Pyro's ss-vae example (examples/vae/ss_vae_M2.py; not copied):
+              the same networks (the same initial weights) in a model/guide pair of its own, the guide marked with
+              ``config_enumerate``, ``SVI`` with ``TraceEnum_ELBO(max_plate_nesting=1)`` and ``pyro.optim.Adam``;
+              each epoch the labelled examples in their own batches (y observed) and the unlabelled in theirs (y
+              enumerated), and the auxiliary loss a second ``SVI`` (``Trace_ELBO``) on the labelled batches, as the
+              example does
+
+Each round runs both for ``--epochs`` epochs (ppgen: a resumed fit, its first epoch untimed), alternating which goes
+first; the table gives the median epoch time over rounds and the ratio pyro-loop / ppgen.
+
+    nice -n 10 python benchmarks/ssvae.py --threads 1          # a few minutes
+    python benchmarks/ssvae.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import pyro
+import pyro.distributions as pdist
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, config_enumerate
+from pyro.optim import Adam
+
+import ppgen
+from ppgen import data as datasets
+from ppgen.models.m2 import M2
+
+
+class PyroLoopM2:
+    """The M2 model and guide written the way Pyro's ss-vae example writes them (y given or enumerated), on the
+    networks of a ppgen ``M2`` pair."""
+
+    def __init__(self, nets: M2, aux_scale: float):
+        self.nets, self.aux_scale = nets, aux_scale
+        self.z_dim, self.classes = nets.config.z_dim, nets.config.classes
+
+    def model(self, xs: torch.Tensor, ys: torch.Tensor | None = None) -> None:
+        pyro.module("ss_vae", self.nets)
+        with pyro.plate("data", xs.shape[0]):
+            z = pyro.sample("z", pdist.Normal(0.0, 1.0).expand([self.z_dim]).to_event(1))
+            ys = pyro.sample("y", pdist.Categorical(logits=torch.zeros(xs.shape[0], self.classes)), obs=ys)
+            pyro.sample("x", pdist.Bernoulli(logits=self.nets.decoder(z, ys)).to_event(3), obs=xs)
+
+    def guide(self, xs: torch.Tensor, ys: torch.Tensor | None = None) -> None:
+        with pyro.plate("data", xs.shape[0]):
+            if ys is None:
+                ys = pyro.sample("y", pdist.Categorical(logits=self.nets.classifier(xs)))
+            loc, scale = self.nets.encoder(xs, ys)
+            pyro.sample("z", pdist.Normal(loc, scale).to_event(1))
+
+    def model_classify(self, xs: torch.Tensor, ys: torch.Tensor) -> None:
+        pyro.module("ss_vae", self.nets)
+        with pyro.plate("data", xs.shape[0]), poutine.scale(scale=self.aux_scale):
+            pyro.sample("y_aux", pdist.Categorical(logits=self.nets.classifier(xs)), obs=ys)
+
+    def guide_classify(self, xs: torch.Tensor, ys: torch.Tensor) -> None:
+        pass
+
+
+def pyro_loop_runner(data: datasets.Dataset, args) -> callable:
+    torch.manual_seed(0)
+    nets = M2(x_shape=data.x_shape, z_dim=args.z_dim, hidden=(args.hidden,))
+    y = data.train_inputs["y"]
+    known = y >= 0
+    m2 = PyroLoopM2(nets, aux_scale=0.1 * len(y) / int(known.sum()))
+    pyro.clear_param_store()
+    optimizer = Adam({"lr": args.lr})
+    svi = SVI(m2.model, config_enumerate(m2.guide, "parallel"), optimizer, loss=TraceEnum_ELBO(max_plate_nesting=1))
+    aux = SVI(m2.model_classify, m2.guide_classify, optimizer, loss=Trace_ELBO())
+    labelled, unlabelled = known.nonzero().squeeze(-1), (~known).nonzero().squeeze(-1)
+
+    def run(epochs: int) -> list[float]:
+        times = []
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            x = data.train_epoch(epoch)
+            g = torch.Generator().manual_seed(epoch)
+            for rows in labelled[torch.randperm(len(labelled), generator=g)].split(args.batch):
+                svi.step(x[rows], y[rows])
+                aux.step(x[rows], y[rows])
+            for rows in unlabelled[torch.randperm(len(unlabelled), generator=g)].split(args.batch):
+                svi.step(x[rows])
+            times.append(time.perf_counter() - start)
+        return times
+
+    return run
+
+
+def ppgen_runner(data: datasets.Dataset, args) -> callable:
+    torch.manual_seed(0)
+    pair = M2(x_shape=data.x_shape, z_dim=args.z_dim, hidden=(args.hidden,))
+    holder = {"checkpoint": None}
+
+    def run(epochs: int) -> list[float]:
+        done = holder["checkpoint"]["state"]["epoch"] if holder["checkpoint"] else 0
+        fit = ppgen.fit(pair, data, backend="svi", engine="torch", epochs=done + epochs + 1, batch_size=args.batch,
+                        lr=args.lr, progress=False, resume=holder["checkpoint"], announce=lambda message: None)
+        holder["checkpoint"] = fit.checkpoint()
+        return [row["seconds"] for row in fit.history[done + 1:]]
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--hidden", type=int, default=500)
+    parser.add_argument("--z-dim", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per method per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
+    parser.add_argument("--quick", action="store_true", help="1 round of 1 epoch")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.epochs = 1, 1
+    # the labelled batches have no enumerated site: TraceEnum_ELBO says so every step, as in Pyro's example
+    warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = datasets.keep_labels(datasets.load("mnist"), args.labels, seed=0)
+    runners = {"ppgen": ppgen_runner(data, args), "pyro-loop": pyro_loop_runner(data, args)}
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for r in range(args.rounds):
+        order = list(runners) if r % 2 == 0 else list(runners)[::-1]
+        for name in order:
+            times[name] += runners[name](args.epochs)
+        print(f"round {r + 1}: " + ", ".join(f"{n} {statistics.median(t):.2f} s/epoch" for n, t in times.items()),
+              flush=True)
+    n = len(data.train)
+    print(f"\nM2 on the bundled MNIST ({n} train, {args.labels} labelled), batch {args.batch}, hidden {args.hidden}, "
+          f"z {args.z_dim}, {torch.get_num_threads()} thread(s); median over {len(times['ppgen'])} epochs")
+    for name, t in times.items():
+        print(f"  {name:10s} {statistics.median(t):7.2f} s/epoch  {n / statistics.median(t):7.0f} images/s")
+    print(f"  ratio pyro-loop / ppgen: {statistics.median(times['pyro-loop']) / statistics.median(times['ppgen']):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,398 @@
+r"""Semi-supervised VAE M2 (Kingma, Rezende, Mohamed & Welling, 2014): the class y a latent where unlabelled.
+
+"Semi-supervised learning with deep generative models" (NeurIPS 2014). The model and the guide::
+
+    p(y) = Cat(1/K),   p(z) = N(0, I),   p(x | y, z) = Bernoulli | ContinuousBernoulli | Normal(decoder(z, y)),
+    q(y | x) = Cat(π(x)),   q(z | x, y) = N(μ(x, y), diag σ²(x, y)).
+
+For a labelled example (x, y) the bound is that of log p(x, y) with y observed,
+
+    L(x, y) = E_{q(z|x,y)}[log p(x | y, z) + log p(z) − log q(z | x, y)] + log p(y),
+
+and for an unlabelled x the class is summed out exactly (enumerated, not sampled),
+
+    U(x) = Σ_y q(y | x) (L(x, y) − log q(y | x))   ≤ log p(x).
+
+Since q(y | x) appears in U only, Kingma et al. add the classification loss on the labelled examples:
+J^α = Σ_l −L(x_l, y_l) + Σ_u −U(x_u) + α N E_labelled[−log q(y | x)], α = 0.1 (their choice, N the size of the
+training set). Here a minibatch of B examples with B_l labelled ones carries α B / B_l · (−log q(y_l | x_l)) on each
+labelled row, so the batch's terms, scaled to the data set by N / B, are α N times the labelled mean (an
+estimate of Kingma's term; a batch without labels has none).
+
+Labels. The pair takes the data set's label column (``label_column``, default ``y``) as its one input: a class in
+0..K−1, or −1 (:data:`ppgen.data.MISSING_LABEL`) where it is missing (``ppgen train --labels N`` keeps N of the
+training labels, balanced per class). One site ``y`` serves both kinds of rows: the guide's q(y | x) is the point
+mass on the label where there is one, and π(x) where there is none, so Pyro's ``TraceEnum_ELBO`` summing the
+guide's enumerated ``y`` (``infer={"enumerate": "parallel"}``) gives L(x, y) + 0 on a labelled row (the other
+classes have weight 0) and U(x) on an unlabelled one; an estimator that samples ``y`` from the guide (IWAE, AIS)
+sees the same joint.
+
+Training (``y_guide``; the family's own objective, :meth:`M2.objective`, on the torch engine):
+
+* ``enumerate`` — U(x) exactly as above (one pass of the networks over the K classes of every unlabelled row).
+* ``sample`` — one y ~ q(y | x) per unlabelled row; the gradient of q by the score function (REINFORCE, no
+  baseline): the plain Monte Carlo ELBO of a guide that samples y (Kingma et al.'s comparison; Pyro's ss-vae
+  tutorial reports ≈ 0.20 test accuracy with it).
+* ``relaxed`` — the Gumbel-softmax / Concrete relaxation (Jang, Gu & Poole 2017; Maddison, Mnih & Teh 2017):
+  ỹ = softmax((log π(x) + g) / τ), g Gumbel, a point of the simplex that the networks take as a soft one-hot
+  (their first layer is linear in one-hot(y)), reparameterized; with the categorical KL in closed form as Jang et
+  al. use it,
+
+      R_τ(x) = E_{ỹ ~ Concrete(π, τ)}[L_z(x, ỹ)] + Σ_y π_y (log p(y) − log π_y),   L_z = L − log p(y).
+
+  R_τ is not a bound on log p(x); as τ → 0, ỹ → one-hot(argmax(log π + g)), which is a draw of y ~ π (the
+  Gumbel-max trick), so R_τ(x) → U(x) for any networks continuous on the simplex. :meth:`M2.relaxed_elbo` gives
+  R_τ per example and :meth:`M2.gumbel_max_elbo` the same draws at τ = 0 (an unbiased estimate of U): their
+  paired difference is the relaxation's bias.
+
+Held-out figures (``family_metrics``): test accuracy of argmax q(y | x), and the bound U(x) with the labels hidden
+(``ppgen evaluate`` reports the bound given the split's labels, log p(x, y)). ``generate(n, labels)`` draws
+x ~ p(x | y, z), z ~ p(z); :meth:`M2.style_transfer` decodes the z of given digits under every class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ppgen.data import MISSING_LABEL
+from ppgen.declare import (
+    column_name,
+    nonnegative_float,
+    one_of,
+    option,
+    positive_float,
+    positive_int,
+    sizes,
+    validate,
+    whole_at_least,
+)
+from ppgen.errors import UserError
+from ppgen.models.base import GenerativeModel, likelihood_option, observation_dist, observation_mean, x_shape_option
+from ppgen.models.cvae import LabelledMLP
+from ppgen.nn import Network
+from ppgen.ppl import dist, pyro
+
+#: how the guide treats the class of an unlabelled example during training
+Y_GUIDES = ("enumerate", "sample", "relaxed")
+
+
+class ClassMLP(LabelledMLP):
+    """u, y -> an MLP on [u, one-hot(y)]; y a class index, or a point of the simplex (a soft one-hot: a relaxed
+    draw), whose first-layer term is then ỹ W_y, the same linear map."""
+
+    def forward(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        rows = y @ self.label_rows if y.is_floating_point() else self.label_rows[y]
+        h = F.softplus(self.first(u.flatten(-self.in_ndim)) + rows)
+        for layer in self.layers:
+            h = F.softplus(layer(h))
+        return self.out(h)
+
+
+class ClassEncoder(Network):
+    """x, y -> (loc, scale) of q(z | x, y)."""
+
+    def __init__(self, x_shape: Sequence[int], classes: int, z_dim: int, hidden: Sequence[int]):
+        super().__init__()
+        self.net = ClassMLP(x_shape, classes, hidden, 2 * z_dim)
+        self.z_dim = z_dim
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(x, y)
+        return out[..., : self.z_dim], F.softplus(out[..., self.z_dim:]) + 1e-4
+
+
+class ClassDecoder(Network):
+    """z, y -> the likelihood's parameters, shaped like x (Gaussian: (loc, scale), a learned scale per pixel)."""
+
+    def __init__(self, z_dim: int, classes: int, x_shape: Sequence[int], hidden: Sequence[int], n_params: int):
+        super().__init__()
+        self.x_shape = tuple(x_shape)
+        self.net = ClassMLP((z_dim,), classes, hidden, math.prod(x_shape))
+        self.log_scale = nn.Parameter(torch.zeros(math.prod(x_shape))) if n_params == 2 else None
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> Any:
+        h = self.net(z, y)
+        out = h.reshape(h.shape[:-1] + self.x_shape)
+        if self.log_scale is None:
+            return out
+        return out, torch.exp(self.log_scale).reshape(self.x_shape) + 0 * out
+
+
+class Classifier(Network):
+    """x -> the logits of q(y | x): an MLP with softplus hidden layers."""
+
+    def __init__(self, x_shape: Sequence[int], classes: int, hidden: Sequence[int]):
+        super().__init__()
+        self.in_ndim = len(x_shape)
+        widths = [math.prod(x_shape), *hidden]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.out = nn.Linear(widths[-1], classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.flatten(-self.in_ndim)
+        for layer in self.layers:
+            h = F.softplus(layer(h))
+        return self.out(h)
+
+
+@dataclass(frozen=True)
+class M2Config:
+    x_shape: tuple[int, ...] = x_shape_option((1, 28, 28))
+    z_dim: int = option(50, positive_int, "dimension of the latent z (the style the class leaves open)")
+    likelihood: str = likelihood_option()
+    hidden: tuple[int, ...] = option((500,), sizes, "hidden layer sizes of the encoder and the classifier (the "
+                                     "decoder mirrors them)")
+    classes: int = option(10, whole_at_least(2), "number of classes of the label y (0 .. classes-1)")
+    label_column: str = option("y", column_name, "the data set's input column holding the label (bundled digits: y)")
+    alpha: float = option(0.1, nonnegative_float, "weight of the classification loss -log q(y|x) on labelled "
+                          "examples, times N (Kingma et al. 2014: 0.1)")
+    y_guide: str = option("enumerate", one_of(Y_GUIDES, "y_guide"), "how training treats an unlabelled class: "
+                          "enumerate (exact sum), sample (score function), relaxed (Gumbel-softmax)")
+    temperature: float = option(0.5, positive_float, "temperature of the Gumbel-softmax relaxation (y_guide relaxed)")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+class M2(GenerativeModel):
+    """The M2 pair: ``model(x, y)`` is p(y) p(z) p(x | y, z), ``guide(x, y)`` is q(y | x) q(z | x, y), y = −1
+    where the label is missing."""
+
+    name = "m2"
+    Config = M2Config
+    latent_sites = ("y", "z")
+    #: the family's objective is written in torch (the exact sum over classes, the auxiliary loss)
+    svi_engines = ("torch",)
+
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)
+        c = self.config
+        n_params = 2 if c.likelihood == "gaussian" else 1
+        self.classifier = Classifier(c.x_shape, c.classes, c.hidden)
+        self.encoder = ClassEncoder(c.x_shape, c.classes, c.z_dim, c.hidden)
+        self.decoder = ClassDecoder(c.z_dim, c.classes, c.x_shape, c.hidden[::-1], n_params)
+        self.register_buffer("prior_logits", torch.full((c.classes,), -math.log(c.classes)))
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The one input column: the label (−1 where missing)."""
+        return (self.config.label_column,)
+
+    @property
+    def metric_inputs(self) -> tuple[str, ...]:
+        """The label column again: ``family_metrics`` scores q(y | x) against it."""
+        return (self.config.label_column,)
+
+    # -- the pair ---------------------------------------------------------------------------------
+    def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            label = pyro.sample("y", dist.Categorical(logits=self.prior_logits.expand(x.shape[0], -1)))
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([self.config.z_dim]).to_event(1))
+            pyro.sample("x", observation_dist(self.likelihood, self.decoder(z, label), len(self.x_shape)), obs=x)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        pyro.module("classifier", self.classifier)
+        pyro.module("encoder", self.encoder)
+        with pyro.plate("data", x.shape[0]):
+            label = pyro.sample("y", dist.Categorical(probs=self.class_probs(x, y)),
+                                infer={"enumerate": "parallel"})
+            loc, scale = self.encoder(x, label)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def class_probs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The guide's q(y | x) per example: the point mass on the label where there is one, else softmax(π(x))."""
+        probs = F.softmax(self.classifier(x), -1)
+        known = (y != MISSING_LABEL).unsqueeze(-1)
+        return torch.where(known, F.one_hot(y.clamp(min=0), self.config.classes).to(probs.dtype), probs)
+
+    # -- the bound ---------------------------------------------------------------------------------
+    def elbo_given_class(self, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """L_z(x, y) = log p(x | y, z) + log p(z) − log q(z | x, y) at z = μ(x, y) + σ(x, y) ε (one reparameterized
+        draw); ``y`` class indices or soft one-hots, broadcasting against x's rows like ``eps`` does."""
+        loc, scale = self.encoder(x, y)
+        z = loc + scale * eps
+        log_q = torch.distributions.Normal(loc, scale).log_prob(z).sum(-1)
+        log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+        log_lik = observation_dist(self.likelihood, self.decoder(z, y), len(self.x_shape)).log_prob(x)
+        return log_lik + log_prior - log_q
+
+    def labelled_elbo(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """L(x, y) per example, one draw of z."""
+        eps = torch.randn(x.shape[0], self.config.z_dim, device=x.device)
+        return self.elbo_given_class(x, y, eps) + self.prior_logits[y]
+
+    def enumerated_elbo(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """U(x) = Σ_y q(y | x)(L(x, y) − log q(y | x)) per example, the sum over the K classes exact (one draw of z
+        per class: ``eps`` shaped (K, rows, z_dim), standard normal by default)."""
+        k = self.config.classes
+        log_q = F.log_softmax(self.classifier(x), -1)  # (rows, K)
+        if eps is None:
+            eps = torch.randn(k, x.shape[0], self.config.z_dim, device=x.device)
+        every = torch.arange(k, device=x.device).unsqueeze(-1)  # (K, 1): each class beside every row
+        per_class = self.elbo_given_class(x, every, eps).T + self.prior_logits  # (rows, K)
+        return (log_q.exp() * (per_class - log_q)).sum(-1)
+
+    def sampled_elbo(self, x: torch.Tensor) -> torch.Tensor:
+        """One draw y ~ q(y | x): L(x, y) − log q(y | x) per example, as a surrogate whose value is that estimate
+        and whose gradient adds the score-function term (L − log q) ∇ log q(y | x)."""
+        log_q = F.log_softmax(self.classifier(x), -1)
+        y = torch.multinomial(log_q.exp().detach(), 1).squeeze(-1)
+        log_qy = log_q.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        value = self.labelled_elbo(x, y) - log_qy
+        score = value.detach() * log_qy
+        return value + score - score.detach()
+
+    def relaxed_elbo(self, x: torch.Tensor, temperature: float | None = None,
+                     gumbel: torch.Tensor | None = None, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """R_τ(x) (module docs) per example, one reparameterized Concrete draw ỹ = softmax((log π + g)/τ) of
+        temperature τ (default the config's): ``gumbel`` (rows, K) and ``eps`` (rows, z_dim) fix the noise."""
+        tau = self.config.temperature if temperature is None else temperature
+        log_q = F.log_softmax(self.classifier(x), -1)
+        gumbel, eps = self._noise(x, gumbel, eps)
+        soft = F.softmax((log_q + gumbel) / tau, -1)
+        return self.elbo_given_class(x, soft, eps) + self._categorical_terms(log_q)
+
+    def gumbel_max_elbo(self, x: torch.Tensor, gumbel: torch.Tensor | None = None,
+                        eps: torch.Tensor | None = None) -> torch.Tensor:
+        """R_0(x): the relaxed estimate's draws at τ → 0, ỹ = one-hot(argmax(log π + g)), a draw y ~ q(y | x)
+        (Gumbel-max): an unbiased estimate of U(x) (with the categorical terms in closed form)."""
+        log_q = F.log_softmax(self.classifier(x), -1)
+        gumbel, eps = self._noise(x, gumbel, eps)
+        y = (log_q + gumbel).argmax(-1)
+        return self.elbo_given_class(x, y, eps) + self._categorical_terms(log_q)
+
+    def _noise(self, x: torch.Tensor, gumbel: torch.Tensor | None, eps: torch.Tensor | None):
+        k = self.config.classes
+        if gumbel is None:
+            gumbel = -torch.log(-torch.log(torch.rand(x.shape[0], k, device=x.device).clamp(1e-20, 1.0)))
+        if eps is None:
+            eps = torch.randn(x.shape[0], self.config.z_dim, device=x.device)
+        return gumbel, eps
+
+    def _categorical_terms(self, log_q: torch.Tensor) -> torch.Tensor:
+        """Σ_y q(y | x)(log p(y) − log q(y | x)) = −KL(q(y | x) ‖ p(y)), exactly."""
+        return (log_q.exp() * (self.prior_logits - log_q)).sum(-1)
+
+    def unlabelled_elbo(self, x: torch.Tensor) -> torch.Tensor:
+        """The training estimate for unlabelled rows under the configured ``y_guide``."""
+        if self.config.y_guide == "sample":
+            return self.sampled_elbo(x)
+        if self.config.y_guide == "relaxed":
+            return self.relaxed_elbo(x)
+        return self.enumerated_elbo(x)
+
+    def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per example: −L(x, y) + α B/B_l (−log q(y | x)) on a labelled row, minus the ``y_guide`` estimate of
+        U(x) on an unlabelled one (module docs)."""
+        known = y != MISSING_LABEL
+        out = torch.zeros(x.shape[0], device=x.device, dtype=self.prior_logits.dtype)
+        if known.any():
+            xl, yl = x[known], y[known]
+            loss = -self.labelled_elbo(xl, yl)
+            if self.config.alpha > 0:
+                nll = F.cross_entropy(self.classifier(xl), yl, reduction="none")
+                loss = loss + self.config.alpha * x.shape[0] / xl.shape[0] * nll
+            out = out.index_put((known.nonzero().squeeze(-1),), loss)
+        if not known.all():
+            out = out.index_put(((~known).nonzero().squeeze(-1),), -self.unlabelled_elbo(x[~known]))
+        return out
+
+    def closed_form_elbo(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The bound per example with the class summed exactly: L(x, y) where labelled, U(x) where not."""
+        known = y != MISSING_LABEL
+        out = torch.zeros(x.shape[0], device=x.device, dtype=self.prior_logits.dtype)
+        if known.any():
+            out[known] = self.labelled_elbo(x[known], y[known])
+        if not known.all():
+            out[~known] = self.enumerated_elbo(x[~known])
+        return out
+
+    # -- checks, figures ---------------------------------------------------------------------------
+    def check_inputs(self, x: torch.Tensor, inputs: tuple[torch.Tensor, ...], what: str = "data") -> None:
+        """The label column: integers in 0..classes−1, or −1 where missing."""
+        super().check_inputs(x, inputs, what)
+        check_label_column(inputs[0], self.config.label_column, self.config.classes, what)
+
+    def family_metrics(self, x: torch.Tensor, *columns: torch.Tensor) -> dict[str, float]:
+        """Accuracy of argmax q(y | x) on the labelled examples of ``x`` (when given their labels) and the mean
+        bound U(x) with the labels hidden."""
+        out = {}
+        with torch.no_grad():
+            if columns:
+                (y,) = columns
+                known = y != MISSING_LABEL
+                if known.any():
+                    predicted = self.classify(x[known])
+                    out["accuracy"] = float((predicted == y[known]).float().mean())
+            out["elbo_unlabelled"] = float(torch.cat([self.enumerated_elbo(x[r:r + 500])
+                                                      for r in range(0, x.shape[0], 500)]).mean())
+        return out
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """argmax_y q(y | x)."""
+        return self.classifier(x).argmax(-1)
+
+    def labels(self, n: int, labels: Any = None) -> torch.Tensor:
+        """``n`` labels: ``labels`` (an int for all n, or n of them), or 0, 1, ..., classes − 1 repeated."""
+        device = self.prior_logits.device
+        if labels is None:
+            return torch.arange(n, device=device) % self.config.classes
+        y = torch.as_tensor(labels, device=device).long().reshape(-1)
+        if y.numel() == 1:
+            y = y.expand(n)
+        if y.shape != (n,):
+            raise UserError(f"give one label or {n} labels for {n} draws, got {tuple(y.shape)}")
+        if int(y.min()) < 0 or int(y.max()) >= self.config.classes:
+            raise UserError(f"labels must lie in 0..{self.config.classes - 1}, got {y.unique().tolist()}")
+        return y
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """E[x | y, z]."""
+        return observation_mean(self.likelihood, self.decoder(z, y))
+
+    def generate(self, n: int, labels: Any = None) -> torch.Tensor:
+        """n draws of E[x | y, z] at z ~ p(z), for the given label(s) (default: each class in turn)."""
+        y = self.labels(n, labels)
+        return self.decode(torch.randn(n, self.config.z_dim, device=y.device), y)
+
+    def encode(self, x: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of q(z | x, y): y the label where given, else argmax q(y | x)."""
+        y = self.classify(x)
+        if inputs:
+            y = torch.where(inputs[0] != MISSING_LABEL, inputs[0], y)
+        return self.encoder(x, y)
+
+    def reconstruct(self, x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        """E[x | y, z] at the mean of q(z | x, y)."""
+        y = self.classify(x)
+        if inputs:
+            y = torch.where(inputs[0] != MISSING_LABEL, inputs[0], y)
+        return self.decode(self.encoder(x, y)[0], y)
+
+    def style_transfer(self, x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        """Analogies (Kingma et al. 2014, Fig. 1): z = mean of q(z | x, y) of each example (its style), decoded
+        under every class: (examples, classes, *x_shape), row i column k = E[x | y=k, z_i]."""
+        loc, _ = self.encode(x, *inputs)
+        every = torch.arange(self.config.classes, device=x.device)
+        return self.decode(loc.unsqueeze(1).expand(-1, len(every), -1), every)
+
+
+def check_label_column(y: torch.Tensor, name: str, classes: int, what: str = "data") -> None:
+    """A label column: one integer per example, each in 0..classes−1 or −1 (missing); else one line saying what to
+    do."""
+    if y.is_floating_point() or y.dtype == torch.bool or y.ndim != 1:
+        raise UserError(f"{what}: the label column {name!r} must hold one class index per example (integers, -1 "
+                        f"where missing), got {y.dtype} shaped {tuple(y.shape)}; save the labels as integers")
+    present = y[y != MISSING_LABEL]
+    if len(present) and (int(present.min()) < 0 or int(present.max()) >= classes):
+        raise UserError(f"{what}: labels {name!r} run from {int(present.min())} to {int(present.max())} but the model "
+                        f"has classes={classes} (labels 0..{classes - 1}, -1 missing); build it with "
+                        f"--classes {int(present.max()) + 1} or fix the labels")
