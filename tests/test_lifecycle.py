@@ -39,9 +39,10 @@ FAST = {("vae-torch", "after-last-epoch"), ("vae-torch", "final-evaluation")}
 
 
 def kill_run(moment: str, signal: str, args: list[str]) -> subprocess.CompletedProcess:
-    """``ppgen ARGS`` in a process that sends itself ``signal`` (KILL or TERM) at ``moment``."""
+    """``ppgen ARGS`` in a process that sends itself ``signal`` (KILL or TERM) at ``moment``, on one thread as the
+    tests in this process (conftest.single_thread): the GAN's float sums depend on the number of threads."""
     return subprocess.run([sys.executable, str(WORKER), moment, signal, *map(str, args)], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
+                          text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"})
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
