@@ -3,8 +3,8 @@
 ``ppgen.fit`` takes a pair (an instance of a family, ``ppgen.models.VAE(x_shape=(1, 8, 8))``), not a family name:
 the options of a family go to its constructor, the keywords of ``fit`` are the backend's training options, so a name
 would leave no place for them. It takes the data as the CLI's ``--data`` does (a bundled name such as ``"digits"``
-or a file path, loaded with the CLI's defaults), as a :class:`~ppgen.data.Dataset`, or as a tensor, NumPy array or nested list of
-examples. Anything else is a one-line :class:`~ppgen.errors.UserError` saying what is expected.
+or a file path, loaded with the CLI's defaults), as a :class:`~ppgen.data.Dataset`, or as a tensor, NumPy array or
+nested list of examples. Anything else is a one-line :class:`~ppgen.errors.UserError` saying what is expected.
 """
 
 from __future__ import annotations
