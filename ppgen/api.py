@@ -3,8 +3,8 @@
 ``ppgen.fit`` takes a pair (an instance of a family, ``ppgen.models.VAE(x_shape=(1, 8, 8))``), not a family name:
 the options of a family go to its constructor, the keywords of ``fit`` are the backend's training options, so a name
 would leave no place for them. It takes the data as the CLI's ``--data`` does (a bundled name such as ``"digits"``
-or a file path, loaded with the CLI's defaults), as a :class:`~ppgen.data.Dataset`, or as a tensor / NumPy array of
-examples. Anything else is a one-line :class:`~ppgen.errors.UserError` saying what is expected.
+or a file path, loaded with the CLI's defaults), as a :class:`~ppgen.data.Dataset`, or as a tensor, NumPy array or
+nested list of examples. Anything else is a one-line :class:`~ppgen.errors.UserError` saying what is expected.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def fit(pair: GenerativeModel, data: Dataset | torch.Tensor | np.ndarray | str |
         on_epoch_end: Callable[[Fit], None] | None = None, loggers: Sequence[Logger] = (), **options: Any) -> Fit:
     """Train or sample ``pair`` on ``data`` with ``backend`` ("svi" and, where installed, "nuts", "adversarial").
 
-    ``data``: a :class:`~ppgen.data.Dataset`, a tensor or NumPy array of examples (one per row), or a data set name
+    ``data``: a :class:`~ppgen.data.Dataset`, a tensor, NumPy array or nested list of examples (one per row), or a data set name
     or path as ``ppgen train --data`` takes (``"digits"``, ``"mnist"``, a .npz file). The
     backend's options come as keywords or as its options object ``options=`` (``SVIOptions``, ``NUTSOptions``,
     ``AdversarialOptions``; keywords given beside it replace its fields): for SVI ``epochs``, ``batch_size``,
@@ -84,12 +84,12 @@ def fit(pair: GenerativeModel, data: Dataset | torch.Tensor | np.ndarray | str |
 
 def as_dataset(data: Any, call: str) -> Dataset:
     """``data`` as a :class:`~ppgen.data.Dataset`: as it is, loaded by name or path (the CLI's ``--data``), or
-    wrapped (a tensor or NumPy array of examples); anything else is a UserError naming ``call``."""
+    wrapped (a tensor, NumPy array or nested list of examples); anything else is a UserError naming ``call``."""
     if isinstance(data, Dataset):
         return data
     if isinstance(data, (str, os.PathLike)):
         return load_data(os.fspath(data))
-    if isinstance(data, (torch.Tensor, np.ndarray)):
+    if isinstance(data, (torch.Tensor, np.ndarray, list, tuple)):
         return from_tensor(check_examples(data, call, "data"))
     raise UserError(f"{call}: data must be a ppgen.data.Dataset, a tensor or NumPy array of examples, or a data set "
                     f"name or path such as 'digits', not {kind_of(data)}")

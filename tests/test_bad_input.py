@@ -524,7 +524,8 @@ def _api_calls():
     return [
         (lambda: ppgen.fit("vae", binary(8)), "ppgen.models.get('vae')"),
         (lambda: ppgen.fit(VAE, binary(8)), "an instance, not the class"),
-        (lambda: ppgen.fit(tiny_vae(), [[0, 1]]), "not a list"),
+        (lambda: ppgen.fit(tiny_vae(), {"x": binary(8)}), "not a dict"),
+        (lambda: ppgen.fit(tiny_vae(), [[0.0, 1.0], [1.0]]), "ragged"),
         (lambda: ppgen.fit(tiny_vae(), np.array(["a", "b"])), "tensor or NumPy array of numbers"),
         (lambda: ppgen.fit(tiny_vae(), torch.tensor(1.0)), "at least one example"),
         (lambda: ppgen.fit(tiny_vae(), binary(8), backend=3), "backend must be a name"),
@@ -535,7 +536,7 @@ def _api_calls():
     ]
 
 
-@pytest.mark.parametrize("index", range(10))
+@pytest.mark.parametrize("index", range(11))
 def test_the_python_api_checks_its_arguments(index):
     from ppgen.errors import UserError
 

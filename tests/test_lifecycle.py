@@ -39,9 +39,10 @@ FAST = {("vae-torch", "after-last-epoch"), ("vae-torch", "final-evaluation")}
 
 
 def kill_run(moment: str, signal: str, args: list[str]) -> subprocess.CompletedProcess:
-    """``ppgen ARGS`` in a process that sends itself ``signal`` (KILL or TERM) at ``moment``."""
+    """``ppgen ARGS`` in a process that sends itself ``signal`` (KILL or TERM) at ``moment``, on one thread as the
+    tests in this process (conftest.single_thread): the GAN's float sums depend on the number of threads."""
     return subprocess.run([sys.executable, str(WORKER), moment, signal, *map(str, args)], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
+                          text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"})
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -173,15 +174,37 @@ def test_commands_on_a_run_without_model_pt_use_the_checkpoint_and_say_how_to_fi
     assert all(torch.equal(v, weights(finished / runs.MODEL)[k]) for k, v in pair.state_dict().items())
 
 
-def test_a_stage_needs_stage_one_finished_and_says_how_then_runs_on_it(tmp_path, capsys):
-    run = tmp_path / "vq"
+def test_a_stage_needs_stage_one_finished_and_an_interrupted_stage_is_finished_by_its_resume(tmp_path, capsys,
+                                                                                             monkeypatch):
+    """Stage one without model.pt: `ppgen prior` says how to finish it, and that finishes it. A prior stage
+    stopped after its last epoch (here Ctrl-C just before model.pt; the kills are the slow tests below) is finished by
+    `ppgen prior RUN --resume` with the uninterrupted stage's weights."""
+    import shutil
+
+    run, straight = tmp_path / "vq", tmp_path / "straight"
     assert run_cli("train", "vqvae", *VQVAE_FLAGS, "--epochs", "1", "--out", run) == 0
+    shutil.copytree(run, straight)
+    assert run_cli("prior", straight, "--epochs", "1", "--no-progress") == 0
     (run / runs.MODEL).unlink()
     (run / runs.METRICS).unlink()
     assert run_cli("prior", run, "--epochs", "1", "--no-progress") == 2
     assert f"ppgen train vqvae --resume {run}" in capsys.readouterr().err
     assert run_cli("train", "vqvae", "--resume", run, "--no-progress") == 0  # what it says finishes stage one
-    assert runs.is_finished(run) and run_cli("prior", run, "--epochs", "1", "--no-progress") == 0
+    assert runs.is_finished(run)
+    real = runs.save_torch
+
+    def interrupted_before_model_pt(path, obj):
+        if Path(path).name == runs.MODEL:
+            raise KeyboardInterrupt
+        real(path, obj)
+
+    monkeypatch.setattr(runs, "save_torch", interrupted_before_model_pt)
+    assert run_cli("prior", run, "--epochs", "1", "--no-progress") == 130
+    monkeypatch.setattr(runs, "save_torch", real)
+    assert "prior" not in json.loads((run / runs.METRICS).read_text())
+    assert run_cli("prior", run, "--epochs", "1", "--resume", "--no-progress") == 0
+    assert_same_weights(straight / runs.MODEL, run / runs.MODEL)
+    assert json.loads((run / runs.METRICS).read_text())["prior"]["epochs"] == 1
 
 
 @pytest.mark.slow

@@ -36,8 +36,14 @@ def check_pair(pair: Any, call: str) -> GenerativeModel:
 
 
 def check_examples(x: Any, call: str, what: str = "x") -> torch.Tensor:
-    """``x`` as a floating-point tensor of examples (a tensor or NumPy array of numbers, one row per example),
-    else a UserError naming ``call``, ``what`` and what it takes."""
+    """``x`` as a floating-point tensor of examples (a tensor, NumPy array or nested list of numbers, one row per
+    example), else a UserError naming ``call``, ``what`` and what it takes."""
+    if isinstance(x, (list, tuple)):  # nested lists of numbers, as torch.as_tensor takes them
+        try:
+            x = np.asarray(x)
+        except ValueError:  # ragged rows
+            raise UserError(f"{call}: {what} is a ragged list; give rows of one length (a tensor or NumPy array of "
+                            "numbers, one row per example)") from None
     if isinstance(x, torch.Tensor) and not x.is_sparse:
         tensor = x
     elif isinstance(x, np.ndarray) and x.dtype.kind in "biuf":
