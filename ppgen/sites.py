@@ -302,10 +302,12 @@ def summed_log_density(trace: poutine.Trace, data_plate: str = "data", globals: 
     dims = sorted(set(_enumerated_dims(trace, data_plate).values()), reverse=True)
     if not dims:
         return log_density(trace, data_plate, globals, select, where)
-    total = torch.zeros(where.shape + (1,) * len(dims))
+    total = None
     for name, site in sample_sites(trace).items():
         if select is None or select(name, site):
-            total = total + _kept_enum_log_prob(site, where, data_plate, globals, dims).to(total)
+            total = _add(total, _kept_enum_log_prob(site, where, data_plate, globals, dims))
+    if total is None:
+        return torch.zeros(where.shape)
     return torch.logsumexp(total.flatten(len(where.shape)), -1)
 
 
@@ -342,7 +344,7 @@ def enumerated_log_weights(pair: Any, x: torch.Tensor, k: int, globals: str = "s
         axes = {d: len(where.shape) + i for i, d in enumerate(enum_dims)}
 
         def total(trace: poutine.Trace, keep: Callable[[str], bool]) -> torch.Tensor:
-            out = torch.zeros(where.shape + (1,) * len(enum_dims))
+            out = torch.zeros(where.shape + (1,) * len(enum_dims), device=x.device)
             for name, site in sample_sites(trace).items():
                 if keep(name):
                     out = out + _kept_enum_log_prob(site, where, pair.data_plate, globals, enum_dims).to(out)
@@ -359,7 +361,7 @@ def enumerated_log_weights(pair: Any, x: torch.Tensor, k: int, globals: str = "s
         marginal = torch.logsumexp(log_p, model_axes, keepdim=True) if model_axes else log_p
         inner = marginal - log_q_enum - log_q_rest
         weight = log_q_enum.exp()
-        elbo_terms = torch.where(weight > 0, weight * inner, torch.zeros(())).sum(all_axes) if guide_dims else (
+        elbo_terms = torch.where(weight > 0, weight * inner, torch.zeros((), device=x.device)).sum(all_axes) if guide_dims else (
             inner.sum(all_axes))
         return iwae_terms, elbo_terms
 

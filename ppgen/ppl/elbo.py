@@ -141,8 +141,9 @@ def _enumerate_mode(site: dict) -> str | None:
 
 
 def discrete_sites(pair: Any, *args: Any) -> DiscreteSites:
-    """Which latent sites of ``pair`` are discrete (their distribution has an enumerable support) and which of
-    them are marked for enumeration, from one Pyro run of the guide and of the model replayed on it, on ``args``
+    """Which latent sites of ``pair`` are discrete (their distribution has an enumerable support, in the guide too
+    where the guide draws them: a point mass or a relaxed draw there is not one) and which of them are marked for
+    enumeration, from one Pyro run of the guide and of the model replayed on it, on ``args``
     (a few examples and their input columns). A site the guide draws takes the guide's marking (as Pyro's
     ``replay`` does); a site of the model only takes the model's. Run in eval mode; torch's random state is left as it was."""
     import pyro
@@ -169,6 +170,8 @@ def discrete_sites(pair: Any, *args: Any) -> DiscreteSites:
                                                                          False):
             continue
         drawn_by = guide_nodes.get(name)
+        if drawn_by is not None and not getattr(drawn_by["fn"], "has_enumerate_support", False):
+            continue  # the guide's point mass (VQ-VAE's codes) or relaxed draw: nothing to sum out
         mode = _enumerate_mode(drawn_by if drawn_by is not None else site)
         if mode is None:
             sampled.append(name)
