@@ -16,7 +16,8 @@ Adam at ``--lr``, the classification loss weighted as in ppgen (α N / N_l per l
               example does
 
 Each round runs both for ``--epochs`` epochs (ppgen: a resumed fit, its first epoch untimed), alternating which goes
-first; the table gives the median epoch time over rounds and the ratio pyro-loop / ppgen.
+first; the table gives the median epoch time over rounds (wall and this process's CPU time, the steadier on a shared
+machine) and the ratio pyro-loop / ppgen.
 
     nice -n 10 python benchmarks/ssvae.py --threads 1          # a few minutes
     python benchmarks/ssvae.py --quick
@@ -84,10 +85,10 @@ def pyro_loop_runner(data: datasets.Dataset, args) -> callable:
     aux = SVI(m2.model_classify, m2.guide_classify, optimizer, loss=Trace_ELBO())
     labelled, unlabelled = known.nonzero().squeeze(-1), (~known).nonzero().squeeze(-1)
 
-    def run(epochs: int) -> list[float]:
+    def run(epochs: int) -> list[tuple[float, float]]:
         times = []
         for epoch in range(epochs):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             x = data.train_epoch(epoch)
             g = torch.Generator().manual_seed(epoch)
             for rows in labelled[torch.randperm(len(labelled), generator=g)].split(args.batch):
@@ -95,7 +96,7 @@ def pyro_loop_runner(data: datasets.Dataset, args) -> callable:
                 aux.step(x[rows], y[rows])
             for rows in unlabelled[torch.randperm(len(unlabelled), generator=g)].split(args.batch):
                 svi.step(x[rows])
-            times.append(time.perf_counter() - start)
+            times.append((time.perf_counter() - start, time.process_time() - cpu))
         return times
 
     return run
@@ -106,12 +107,18 @@ def ppgen_runner(data: datasets.Dataset, args) -> callable:
     pair = M2(x_shape=data.x_shape, z_dim=args.z_dim, hidden=(args.hidden,))
     holder = {"checkpoint": None}
 
-    def run(epochs: int) -> list[float]:
+    def run(epochs: int) -> list[tuple[float, float]]:
         done = holder["checkpoint"]["state"]["epoch"] if holder["checkpoint"] else 0
+        stamps = []  # (wall, CPU) at the end of every epoch: the first epoch of each call is not timed
+
+        def stamp(fit) -> None:
+            stamps.append((time.perf_counter(), time.process_time()))
+
         fit = ppgen.fit(pair, data, backend="svi", engine="torch", epochs=done + epochs + 1, batch_size=args.batch,
-                        lr=args.lr, progress=False, resume=holder["checkpoint"], announce=lambda message: None)
+                        lr=args.lr, progress=False, resume=holder["checkpoint"], announce=lambda message: None,
+                        callback=stamp)
         holder["checkpoint"] = fit.checkpoint()
-        return [row["seconds"] for row in fit.history[done + 1:]]
+        return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(stamps, stamps[1:])]
 
     return run
 
@@ -136,19 +143,25 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     data = datasets.keep_labels(datasets.load("mnist"), args.labels, seed=0)
     runners = {"ppgen": ppgen_runner(data, args), "pyro-loop": pyro_loop_runner(data, args)}
-    times: dict[str, list[float]] = {name: [] for name in runners}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
+
+    def median(name: str, clock: int) -> float:
+        return statistics.median(t[clock] for t in times[name])
+
     for r in range(args.rounds):
         order = list(runners) if r % 2 == 0 else list(runners)[::-1]
         for name in order:
             times[name] += runners[name](args.epochs)
-        print(f"round {r + 1}: " + ", ".join(f"{n} {statistics.median(t):.2f} s/epoch" for n, t in times.items()),
-              flush=True)
+        print(f"round {r + 1}: " + ", ".join(f"{n} {median(n, 0):.2f} s/epoch (CPU {median(n, 1):.2f})"
+                                             for n in times), flush=True)
     n = len(data.train)
     print(f"\nM2 on the bundled MNIST ({n} train, {args.labels} labelled), batch {args.batch}, hidden {args.hidden}, "
           f"z {args.z_dim}, {torch.get_num_threads()} thread(s); median over {len(times['ppgen'])} epochs")
-    for name, t in times.items():
-        print(f"  {name:10s} {statistics.median(t):7.2f} s/epoch  {n / statistics.median(t):7.0f} images/s")
-    print(f"  ratio pyro-loop / ppgen: {statistics.median(times['pyro-loop']) / statistics.median(times['ppgen']):.2f}")
+    for name in times:
+        print(f"  {name:10s} {median(name, 0):7.2f} s/epoch wall {median(name, 1):7.2f} s CPU  "
+              f"{n / median(name, 0):7.0f} images/s")
+    print(f"  ratio pyro-loop / ppgen: wall {median('pyro-loop', 0) / median('ppgen', 0):.2f}, "
+          f"CPU {median('pyro-loop', 1) / median('ppgen', 1):.2f}")
 
 
 if __name__ == "__main__":

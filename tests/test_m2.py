@@ -272,3 +272,19 @@ def test_m2_with_unlabelled_digits_beats_the_classifier_on_the_labels_alone():
     ppgen.fit(pair, few, backend="svi", engine="torch", epochs=60, batch_size=64, lr=3e-3, seed=0, progress=False)
     accuracy = pair.eval().family_metrics(digits.test, digits.test_inputs["y"])["accuracy"]
     assert accuracy > alone + 0.02, (accuracy, alone)
+
+
+@pytest.mark.parametrize("y_guide", ["sample", "relaxed"])
+def test_the_other_y_guides_train_and_move_the_classifier(y_guide):
+    digits = datasets.keep_labels(datasets.load("digits"), 20, seed=0)
+    x = torch.bernoulli(digits.train[:256], generator=torch.Generator().manual_seed(0))
+    few = datasets.from_tensor(x, inputs={"y": digits.train_inputs["y"][:256]})
+    torch.manual_seed(0)
+    pair = M2(x_shape=digits.x_shape, z_dim=3, hidden=(16,), alpha=0.0, y_guide=y_guide, temperature=0.5)
+    before = [p.detach().clone() for p in pair.classifier.parameters()]
+    import ppgen
+
+    fit = ppgen.fit(pair, few, backend="svi", engine="torch", epochs=2, batch_size=64, seed=0, progress=False)
+    assert all(torch.isfinite(torch.tensor(row["objective"])) for row in fit.history)
+    # with alpha = 0 only the unlabelled rows' estimate reaches q(y|x): by the score function or the relaxation
+    assert any(not torch.equal(a, b) for a, b in zip(before, pair.classifier.parameters()))
