@@ -31,7 +31,7 @@ T = TypeVar("T")
 INTERVAL_ENV = "PPGEN_PROGRESS_INTERVAL"
 SWITCH_ENV = "PPGEN_PROGRESS"
 DEFAULT_INTERVAL = 10.0
-#: work shorter than this many steps gets no bar on a terminal (a line off one still comes after the interval)
+#: work of fewer steps gets no bar, only the plain line if it outlasts the interval
 MIN_STEPS_FOR_BAR = 2
 #: seconds before a bar appears (terminal and notebook): quick work leaves no trace in a notebook's outputs
 BAR_DELAY = 2.0
@@ -164,6 +164,8 @@ def progress(total: int | None, what: str, enabled: bool | None = None, stream: 
     if enabled is False or os.environ.get(SWITCH_ENV, "1") == "0":
         return Silent()
     stream = sys.stderr if stream is None else stream
+    if total is not None and total < MIN_STEPS_FOR_BAR:  # one step: no bar, a line if it outlasts the interval
+        return Lines(total, what, stream, interval())
     if _in_notebook() and stream is sys.stderr and _has_widgets():
         from tqdm.notebook import tqdm as notebook_tqdm  # type: ignore[import-untyped]
 
@@ -171,8 +173,7 @@ def progress(total: int | None, what: str, enabled: bool | None = None, stream: 
     if _isatty(stream):
         from tqdm import tqdm  # type: ignore[import-untyped]
 
-        return _Bar(tqdm(total=total, desc=what, leave=False, mininterval=0.5, file=stream, delay=BAR_DELAY,
-                         disable=total is not None and total < MIN_STEPS_FOR_BAR))
+        return _Bar(tqdm(total=total, desc=what, leave=False, mininterval=0.5, file=stream, delay=BAR_DELAY))
     return Lines(total, what, stream, interval())
 
 
