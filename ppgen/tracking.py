@@ -39,6 +39,7 @@ DIAGNOSTIC_EXAMPLES = 500
 #: how often (in epochs) a sample grid is logged unless a logger says otherwise
 SAMPLES_EVERY = 5
 BACKENDS = ("tensorboard", "mlflow")
+__all__ = ["BACKENDS", "Logger", "MLflow", "TensorBoard", "epoch_logger", "finish", "from_spec", "parse"]
 
 
 class Logger(Protocol):
