@@ -280,13 +280,13 @@ def validate(options: Any) -> None:
 def check_values(cls: type, values: dict[str, Any]) -> None:
     """Check each of ``values`` by its declaration in the options dataclass ``cls`` (its own check; the checks
     involving several fields wait for the whole dataclass), so a bad value is refused before any work; a name
-    ``cls`` does not declare is left to the dataclass."""
+    ``cls`` does not declare with :func:`option` is left to the dataclass."""
     declared = {f.name: f for f in dataclasses.fields(cls)}
     for name, value in values.items():
         f = declared.get(name)
-        if f is None:
+        check = f.metadata.get("check") if f is not None else None
+        if check is None:  # not declared by option() (a user's plain dataclass): the dataclass checks it, or not
             continue
-        check = f.metadata["check"]
         convert = getattr(check, "convert", None)
         value = convert(value) if convert is not None else value
         problem = "must be a finite number (not NaN or infinite)" if non_finite(value) else check(value)

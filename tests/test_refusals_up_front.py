@@ -27,7 +27,8 @@ from ppgen.declare import OptionError
 from ppgen.errors import UserError
 from ppgen.evaluation.amortization import Gaussian
 from ppgen.inference import distributed
-from ppgen.inference.options import SVIOptions
+from ppgen.inference.options import SVIOptions, cli_flags
+from ppgen.inference.stages import StageOptions
 from ppgen.inference.svi import choose_engine
 from ppgen.models import VAE, ProdLDA
 from ppgen.models.base import text_families
@@ -115,9 +116,16 @@ def test_nuts_refuses_a_family_whose_latents_are_discrete_in_one_line():
         ppgen.fit(pair, data, backend="nuts", points=[0], chains=1, warmup=2, samples=2)
 
 
-def test_compare_on_a_vqvae_run_is_one_line_before_any_work(tmp_path, capsys):
-    run = tmp_path / "vq"
+@pytest.fixture(scope="module")
+def vq_run(tmp_path_factory):
+    """A one-epoch VQ-VAE run on the 8x8 digits (small networks)."""
+    run = tmp_path_factory.mktemp("vq") / "run"
     assert run_cli("train", "vqvae", *VQVAE_FLAGS, "--epochs", "1", "--out", run) == 0
+    return run
+
+
+def test_compare_on_a_vqvae_run_is_one_line_before_any_work(vq_run, capsys):
+    run = vq_run
     capsys.readouterr()
     before = sorted(os.listdir(run))
     assert run_cli("compare", run, "--points", "2", "--chains", "1", "--warmup", "5", "--samples", "5") == 2
@@ -162,3 +170,15 @@ def test_the_kl_of_a_badly_conditioned_gaussian_is_exact_from_its_cholesky_facto
                    + 2 * np.log(np.diag(L1)).sum() - 2 * np.log(np.diag(L0)).sum())
     kl = float(q.kl(p)[0])
     assert math.isfinite(kl) and abs(kl - exact) <= 1e-9 * abs(exact)
+
+
+@pytest.mark.parametrize("flag,text", [(f"--{flag}", text) for flag, f in cli_flags(StageOptions)
+                                       for text in (["nan", "inf", "-1"] if f.type in (float, "float") else ["2.5", "-1"])])
+def test_every_stage_option_flag_refuses_bad_values_in_one_line(vq_run, capsys, flag, text):
+    """The stage options (``ppgen prior RUN``), walked on the command line as the training options are."""
+    before = sorted(os.listdir(vq_run))
+    [stage] = [s.name for s in VQVAE.stages]
+    assert run_cli(stage, vq_run, "--no-progress", f"{flag}={text}") == 2
+    line = _one_line(capsys)
+    assert flag in line, line
+    assert sorted(os.listdir(vq_run)) == before

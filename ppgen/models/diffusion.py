@@ -145,7 +145,7 @@ class DDPMConfig:
     timestep_sampling: str = option("uniform", one_of(TIMESTEP_SAMPLING, "timestep sampling"), "timesteps of the "
                                     "bound's term: uniform, or importance-sampled with p_t ~ sqrt(E[L_t^2]) over the "
                                     "last 10 values of each L_t (Nichol & Dhariwal 2021; needs objective vlb or "
-                                    "hybrid; torch engine)")
+                                    "hybrid; both engines)")
     ema: float = option(0.0, fraction, "decay of an exponential moving average of the denoiser's weights, which "
                         "sampling and evaluation use (Ho et al. 0.9999; 0.999 for runs of a few thousand steps; 0: off)")
 

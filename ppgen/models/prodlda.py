@@ -21,8 +21,8 @@ topics are β's rows; a topic's top words are its largest entries.
 
 Batch normalization (affine-free, on both encoder heads and on the decoder's logits, as in the paper) keeps
 the decoder from collapsing every topic onto the most frequent words; with it (``batch_norm="on"``, the default) the pair
-trains on the torch engine only (``svi_engines``), since updating running statistics is a side effect a
-compiled JAX epoch cannot have. ``batch_norm="off"`` gives a pair that lowers and trains on both engines.
+trains on the torch engine only (the option is declared so: ``engine="jax"`` is refused naming it, ``"auto"``
+picks torch saying why), since updating running statistics is a side effect a compiled JAX epoch cannot have. ``batch_norm="off"`` gives a pair that lowers and trains on both engines.
 """
 
 from __future__ import annotations
