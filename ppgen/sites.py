@@ -222,14 +222,27 @@ def trace_pair(pair: Any, x: torch.Tensor, particles: int,
 
 
 def trace_conditioned(fn: Callable, pair: Any, x: torch.Tensor, values: dict[str, torch.Tensor],
-                      particles: int | None, inputs: tuple[torch.Tensor, ...] = ()) -> poutine.Trace:
+                      particles: int | None, inputs: tuple[torch.Tensor, ...] = (),
+                      enumerate: bool = False) -> poutine.Trace:
     """``fn`` (the model or the guide) traced with ``values`` fixed, inside a ``particles`` plate when
-    ``particles`` is given (then every value carries the particle dim in front)."""
+    ``particles`` is given (then every value carries the particle dim in front); with ``enumerate``, under
+    Pyro's ``enum``: the sites marked for enumeration take all their values along dims left of the plates
+    (:func:`summed_log_density` sums them out)."""
+    conditioned = poutine.condition(fn, data=values)
+    if enumerate:
+        first = -(pair.max_plate_nesting + (1 if particles is None else 2))
+        conditioned = poutine.enum(poutine.infer_config(conditioned, _sequential_as_parallel),
+                                   first_available_dim=first)
     with pyro.validation_enabled(False):
         if particles is None:
-            return poutine.trace(poutine.condition(fn, data=values)).get_trace(x, *inputs)
+            return poutine.trace(conditioned).get_trace(x, *inputs)
         with particles_plate(pair, particles):
-            return poutine.trace(poutine.condition(fn, data=values)).get_trace(x, *inputs)
+            return poutine.trace(conditioned).get_trace(x, *inputs)
+
+
+def _sequential_as_parallel(site: dict) -> dict:
+    # a sum over a site's values is the same sum whichever way it is enumerated
+    return {"enumerate": "parallel"} if site["infer"].get("enumerate") == "sequential" else {}
 
 
 def log_joint(pair: Any, x: torch.Tensor, values: dict[str, torch.Tensor], particles: int | None = None,
@@ -250,6 +263,107 @@ def log_weights(pair: Any, x: torch.Tensor, k: int, globals: str = "split",
         where = layout(model_tr, pair.data_plate)
         log_p = log_density(model_tr, pair.data_plate, globals, where=where)
         return log_p - log_density(guide_tr, pair.data_plate, globals, where=where).to(log_p)
+
+
+# -- discrete sites summed out exactly ---------------------------------------------------------------------
+def _enumerated_dims(trace: poutine.Trace, data_plate: str) -> dict[str, int]:
+    """{site: enumeration dim} of the trace's enumerated sites; raise :class:`UserError` for one that is not in
+    the data plate alone (a per-example sum over it must be one sum per example)."""
+    dims = {}
+    for name, site in sample_sites(trace).items():
+        dim = site["infer"].get("_enumerate_dim")
+        if dim is None:
+            continue
+        plates = {f.name for f in site["cond_indep_stack"] if f.vectorized} - {PARTICLES}
+        if plates != {data_plate}:
+            raise UserError(f"enumerated site {name!r} sits in plates {sorted(plates)}: the per-example estimators "
+                            f"sum out a discrete site of the data plate {data_plate!r} alone (one per example)")
+        dims[name] = dim
+    return dims
+
+
+def _kept_enum_log_prob(site: dict, where: Layout, data_plate: str, globals: str, enum_dims: list[int]) -> torch.Tensor:
+    """ℓ_s[p, n, e_1, ..., e_m]: the module's rule with the enumeration dims ``enum_dims`` kept (moved behind the
+    particle and example dims, size 1 where the site does not depend on them)."""
+    lp = site["fn"].log_prob(site["value"])
+    width = max(lp.dim(), -min(enum_dims))
+    lp = lp.reshape((1,) * (width - lp.dim()) + tuple(lp.shape))
+    lp = lp.movedim([width + d for d in enum_dims], list(range(width - len(enum_dims), width)))
+    return per_example(site, lp, where, data_plate, globals, trailing=len(enum_dims))
+
+
+def summed_log_density(trace: poutine.Trace, data_plate: str = "data", globals: str = "split",
+                       select: Callable[[str, dict], bool] | None = None, where: Layout | None = None) -> torch.Tensor:
+    r""":func:`log_density` of a trace made under Pyro's ``enum`` (:func:`trace_conditioned` with ``enumerate``),
+    its enumerated sites summed out exactly: log Σ_{e} exp(Σ_s ℓ_s[p, n, e]) over every joint value e of them,
+    (P, N) or (N,). ``select`` must keep the enumerated sites themselves (their log probabilities weigh the
+    sum); each must sit in the data plate alone."""
+    where = where or layout(trace, data_plate)
+    dims = sorted(set(_enumerated_dims(trace, data_plate).values()), reverse=True)
+    if not dims:
+        return log_density(trace, data_plate, globals, select, where)
+    total = None
+    for name, site in sample_sites(trace).items():
+        if select is None or select(name, site):
+            total = _add(total, _kept_enum_log_prob(site, where, data_plate, globals, dims))
+    if total is None:
+        return torch.zeros(where.shape)
+    return torch.logsumexp(total.flatten(len(where.shape)), -1)
+
+
+def enumerated_log_weights(pair: Any, x: torch.Tensor, k: int, globals: str = "split",
+                           inputs: tuple[torch.Tensor, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""(IWAE terms, ELBO terms), each (k, N), of a pair with discrete sites marked for enumeration, summed out
+    exactly at each of k draws of the continuous latents z_k ~ q.
+
+    The guide runs under Pyro's ``enum`` inside the ``particles`` plate (a "sequential" mark is taken as
+    "parallel": the sum is the same), the model replayed on it; sites of the model only (a mixture's component
+    c) are enumerated after the guide's (a guide-drawn y, M2's label). With ℓ_p, ℓ_q the per-example sums of the
+    module's rule at every value of the enumerated sites::
+
+        log w_k      = log Σ_{y, c} p(x, y, c, z_k) / q(z_k | x, y)        (IWAE term: E w_k = p(x))
+        elbo_k       = Σ_y q(y | x) [ log Σ_c p(x, y, c, z_k) − log q(y | x) − log q(z_k | x, y) ]
+
+    with z_k drawn given each y. The mean of the ELBO terms over k is an unbiased estimate of the enumerated ELBO
+    (what ``TraceEnum_ELBO`` trains); logsumexp_k log w_k − log k is IWAE_k. With nothing drawn by the guide
+    (y absent) both terms coincide, log Σ_c p(x, c, z_k) − log q(z_k | x); with y drawn they differ (IWAE_1 ≥
+    ELBO by Jensen's inequality). Each enumerated site must sit in the data plate alone.
+    """
+    mpn = pair.max_plate_nesting
+    to_parallel = poutine.infer_config(pair.guide, _sequential_as_parallel)
+    with torch.no_grad(), pyro.validation_enabled(False), particles_plate(pair, k):
+        guide_tr = poutine.trace(poutine.enum(to_parallel, first_available_dim=-(mpn + 2))).get_trace(x, *inputs)
+        model = poutine.enum(poutine.replay(pair.model, trace=guide_tr))  # allocates dims left of the guide's
+        model_tr = poutine.trace(model).get_trace(x, *inputs)
+        where = layout(model_tr, pair.data_plate)
+        guide_dims = _enumerated_dims(guide_tr, pair.data_plate)
+        model_dims = {n: d for n, d in _enumerated_dims(model_tr, pair.data_plate).items() if n not in guide_dims}
+        enum_dims = sorted(set(guide_dims.values()) | set(model_dims.values()), reverse=True)
+        if not enum_dims:
+            raise UserError("the pair has no site marked for enumeration to sum out")
+        axes = {d: len(where.shape) + i for i, d in enumerate(enum_dims)}
+
+        def total(trace: poutine.Trace, keep: Callable[[str], bool]) -> torch.Tensor:
+            out = torch.zeros(where.shape + (1,) * len(enum_dims), device=x.device)
+            for name, site in sample_sites(trace).items():
+                if keep(name):
+                    out = out + _kept_enum_log_prob(site, where, pair.data_plate, globals, enum_dims).to(out)
+            return out
+
+        log_p = total(model_tr, lambda name: True)
+        log_q_enum = total(guide_tr, lambda name: name in guide_dims)
+        log_q_rest = total(guide_tr, lambda name: name not in guide_dims)
+        all_axes = list(axes.values())
+        iwae_terms = torch.logsumexp((log_p - log_q_rest).expand(torch.broadcast_shapes(log_p.shape,
+                                                                                       log_q_rest.shape)
+                                                                 ).flatten(len(where.shape)), -1)
+        model_axes = sorted({axes[d] for d in model_dims.values()})
+        marginal = torch.logsumexp(log_p, model_axes, keepdim=True) if model_axes else log_p
+        inner = marginal - log_q_enum - log_q_rest
+        weight = log_q_enum.exp()
+        elbo_terms = torch.where(weight > 0, weight * inner, torch.zeros((), device=x.device)).sum(all_axes) if guide_dims else (
+            inner.sum(all_axes))
+        return iwae_terms, elbo_terms
 
 
 def observed_log_likelihood(trace: poutine.Trace, data_plate: str = "data", exclude: Collection[str] = (),

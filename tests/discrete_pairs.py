@@ -54,11 +54,12 @@ class MixtureEncoder(Network):
 class MixtureConfig:
     x_shape: tuple[int, ...] = (2,)
     enumerate: str = "parallel"  # "parallel", "sequential", or "" (sampled)
+    spread: float = 1.0  # the component means are spread · MEANS
 
 
-def _mixture_model(x, enumerate: str):
+def _mixture_model(x, enumerate: str, spread: float = 1.0):
     weights = pyro.param("weights", torch.tensor(WEIGHTS), constraint=simplex)
-    means = pyro.param("means", torch.tensor(MEANS))
+    means = pyro.param("means", spread * torch.tensor(MEANS))
     infer = {"enumerate": enumerate} if enumerate else {}
     with pyro.plate("data", x.shape[0]):
         c = pyro.sample("c", dist.Categorical(weights), infer=infer)
@@ -78,7 +79,7 @@ class ComponentMixture(GenerativeModel):
         self.encoder = MixtureEncoder(self.config.x_shape[0])
 
     def model(self, x):
-        _mixture_model(x, self.config.enumerate)
+        _mixture_model(x, self.config.enumerate, self.config.spread)
 
     def guide(self, x):
         pyro.module("encoder", self.encoder)
@@ -141,11 +142,12 @@ def log_marginal(x, weights=None, means=None) -> torch.Tensor:
     return torch.logsumexp(component_log_joint(x, weights, means), -1)
 
 
-def posterior_z_mean(x) -> torch.Tensor:
+def posterior_z_mean(x, means=None) -> torch.Tensor:
     """E[z | x] = Σ_c p(c | x) r (x − μ_c), (N, d)."""
+    means = torch.tensor(MEANS) if means is None else means
     r = PRIOR_SCALE**2 / (PRIOR_SCALE**2 + NOISE**2)
-    probs = torch.softmax(component_log_joint(x), -1)
-    return (probs[..., None] * r * (x[:, None, :] - torch.tensor(MEANS))).sum(1)
+    probs = torch.softmax(component_log_joint(x, means=means), -1)
+    return (probs[..., None] * r * (x[:, None, :] - means)).sum(1)
 
 
 def label_guide_elbo(x, temper: float = 1.0, widen: float = 1.0, weights=None, means=None) -> torch.Tensor:

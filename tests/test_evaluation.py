@@ -163,6 +163,7 @@ class _Shape:
     x_shape = (5,)
     has_closed_form_elbo = False
     data_plate = "data"
+    has_guide = False  # nothing to enumerate: the log weights come from the table
 
     def guide_draws(self, k: int) -> int:
         return k

@@ -37,6 +37,12 @@ an annealing path per example cannot share it), so AIS works for every
 pair whose latents are real-valued and whose likelihood can be evaluated — VAEs, the
 layered families, PPCA, a GAN generator with a Gaussian observation model.
 
+Discrete latents marked for enumeration (``infer={"enumerate": "parallel"}``) are summed out of the path exactly
+and never moved: with e those sites and z the continuous latents, f_β(z) = π_0(z)^{1−β} p(x, z)^β with
+p(x, z) = Σ_e p(x, e, z) and, for the prior path, π_0(z) = Σ_e p(e, z) (for the guide path the guide's
+marginal Σ_e q(e, z | x)), so HMC runs on z alone and E[w] = p(x) still holds
+(:meth:`ppgen.inference.hmc.LatentTarget._summed_parts`).
+
 Written by hand, in torch: neither Pyro nor NumPyro ships AIS (Pyro's HMC is a single
 chain with one step size; NumPyro has no annealing), and torch runs any pair directly,
 including networks that do not lower to JAX; the per-step Pyro trace costs about a

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,8 +253,27 @@ def dirichlet_fit(draws: torch.Tensor) -> torch.Tensor:
     return m * total.clamp_min(1e-6)
 
 
-def latent_site(pair) -> str:
+#: pair -> its sites of the model only marked for enumeration (structural: looked at once per pair)
+_SUMMED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def summed_sites(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> frozenset[str]:
+    """The model's sites marked for enumeration that the guide does not draw (a mixture's component): every
+    density here sums them out exactly, log p(x, z) = log Σ_c p(x, c, z) (:func:`ppgen.sites.summed_log_density`),
+    and NUTS does the same (:mod:`ppgen.inference.mcmc`), so z is compared on its marginal posterior."""
+    if pair not in _SUMMED:
+        from ppgen.ppl import discrete_sites
+
+        _SUMMED[pair] = frozenset(discrete_sites(pair, x[:1], *(c[:1] for c in inputs)).model_side)
+    return _SUMMED[pair]
+
+
+def latent_site(pair, x: torch.Tensor | None = None, inputs: tuple[torch.Tensor, ...] = ()) -> str:
+    """The one latent site the guide draws (given examples ``x``, the model's enumerated sites are left out: they
+    are summed out, :func:`summed_sites`)."""
     names = pair.latent_sites
+    if x is not None and len(names) > 1:
+        names = tuple(n for n in names if n not in summed_sites(pair, x, inputs))
     if len(names) != 1:
         raise UserError(f"the amortization gap needs a pair with one latent site; {pair.who} has {names}")
     return names[0]
@@ -269,7 +289,7 @@ def encoder_gaussian(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = (
     import pyro
     from pyro import poutine
 
-    site = latent_site(pair)
+    site = latent_site(pair, x, inputs)
     with pyro.validation_enabled(False), torch.no_grad():
         tr = poutine.trace(pair.guide).get_trace(x, *inputs)
     fn = tr.nodes[site]["fn"]
@@ -296,7 +316,7 @@ def encoder_q(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> G
     import pyro
     from pyro import poutine
 
-    site = latent_site(pair)
+    site = latent_site(pair, x, inputs)
     with pyro.validation_enabled(False), torch.no_grad():
         fn = poutine.trace(pair.guide).get_trace(x, *inputs).nodes[site]["fn"]
     while isinstance(fn, torch.distributions.Independent):
@@ -315,10 +335,13 @@ def log_joint(pair, x: torch.Tensor, z: torch.Tensor, data_dim: int | None = Non
     guide when not given) inside a ``particles`` plate of S draws; nested plates are summed per
     point.
     """
-    site = latent_site(pair)
+    site = latent_site(pair, x, inputs)
     if data_dim is None:
         data_dim = _data_dim(pair, x, site, inputs)
     value = sites.place(z, data_dim, pair.max_plate_nesting)
+    if summed_sites(pair, x, inputs):  # a mixture's component: log Σ_c p(x, c, z), exactly
+        trace = sites.trace_conditioned(pair.model, pair, x, {site: value}, z.shape[0], inputs, enumerate=True)
+        return sites.summed_log_density(trace, pair.data_plate)
     return sites.log_joint(pair, x, {site: value}, particles=z.shape[0], inputs=inputs)
 
 
@@ -331,7 +354,7 @@ def _data_dim(pair, x: torch.Tensor, site: str, inputs: tuple[torch.Tensor, ...]
 
 def _chunked_log_joint(pair, x, z, budget: int = 4_000_000, inputs: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
     per = max(1, budget // max(1, x.numel()))
-    dim = _data_dim(pair, x, latent_site(pair), inputs)
+    dim = _data_dim(pair, x, latent_site(pair, x, inputs), inputs)
     return torch.cat([log_joint(pair, x, z[i : i + per], dim, inputs) for i in range(0, z.shape[0], per)], 0)
 
 
@@ -371,7 +394,7 @@ def optimize_gaussian(pair, x: torch.Tensor, start: Gaussian | None = None, step
     g = torch.Generator(device=x.device).manual_seed(seed)
     k = loc.shape[-1]
     xd = x.double() if x.is_floating_point() else x
-    dim = _data_dim(pair, x, latent_site(pair), inputs)
+    dim = _data_dim(pair, x, latent_site(pair, x, inputs), inputs)
     with _Frozen(pair):
         pair_dtype = next(pair.parameters()).dtype
         for _ in range(steps):
@@ -399,7 +422,7 @@ def optimize_dirichlet(pair, x: torch.Tensor, start: DirichletQ, steps: int = 10
     log_alpha = start.concentration.double().log().clone().requires_grad_(True)
     opt = torch.optim.Adam([log_alpha], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - 0.9 * i / max(1, steps))
-    dim = _data_dim(pair, x, latent_site(pair), inputs)
+    dim = _data_dim(pair, x, latent_site(pair, x, inputs), inputs)
     pair_dtype = next(pair.parameters()).dtype
     with _Frozen(pair), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), \
             pyro.validation_enabled(False):
@@ -521,7 +544,7 @@ def compare(pair, nuts_fit, *, steps: int = 1000, lr: float = 0.02, elbo_samples
                         "for a whole-model fit of a non-amortized pair use compare_global")
     x = nuts_fit.state["x"]
     inputs = nuts_inputs(nuts_fit)  # the points' own input columns, as NUTS was given them
-    draws = nuts_draws(nuts_fit, latent_site(pair))
+    draws = nuts_draws(nuts_fit, latent_site(pair, x, inputs))
     g = gaps(pair, x, steps=steps, lr=lr, elbo_samples=elbo_samples, iwae_k=iwae_k, ais_steps=ais_steps, seed=seed,
              inputs=inputs)
     enc = against_nuts(pair, x, draws, g["encoder"], seed=seed, inputs=inputs)

@@ -14,6 +14,16 @@ attributed 1/N per example). IWAE with K > 1 is not linear in the weights, so a 
 with global latents raises there (its per-example IWAE would bound nothing); the ELBO
 is linear, and its sum over examples is the joint ELBO. Work is chunked over examples
 and particles so K = 1000 on 1,000 digits stays in memory.
+
+Discrete sites marked for enumeration (``infer={"enumerate": "parallel"}``, a sequential mark alike) are summed
+out exactly, not sampled (:func:`ppgen.sites.enumerated_log_weights`): with y drawn by the guide and c a site of
+the model only, at each draw z_k ~ q(z | x, y),
+
+    ELBO   = (1/K) Σ_k Σ_y q(y|x) [ log Σ_c p(x, y, c, z_k) − log q(y|x) − log q(z_k|x, y) ]
+    IWAE_K = log (1/K) Σ_k Σ_{y,c} p(x, y, c, z_k) / q(z_k | x, y)
+
+(each inner sum Σ_{y,c} p/q has expectation p(x), so IWAE_K ≤ log p(x) and it rises to it with K; with no y,
+IWAE_1 is the ELBO, with y IWAE_1 ≥ the ELBO). A pair whose only latents are enumerated gets log p(x) itself.
 """
 
 from __future__ import annotations
@@ -24,7 +34,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from ppgen.errors import UserError
-from ppgen.sites import log_weights
+from ppgen.ppl import discrete_sites
+from ppgen.sites import enumerated_log_weights, log_weights
 
 if TYPE_CHECKING:  # annotations only
     from ppgen.data import Dataset
@@ -45,6 +56,23 @@ def _budget(pair, k: int, budget: int) -> tuple[int, int]:
     return k_chunk, max(1, rows // k_chunk)
 
 
+def enumerates(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> bool:
+    """Whether the pair has discrete sites marked for enumeration (the estimators then sum them out)."""
+    return pair.has_guide and bool(discrete_sites(pair, x[:1], *(c[:1] for c in inputs)).enumerated)
+
+
+def _weights_fn(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...], which: int):
+    """``log_weights``, or for a pair with enumerated sites the IWAE (``which=0``) or ELBO (1) terms of
+    :func:`ppgen.sites.enumerated_log_weights`."""
+    if not enumerates(pair, x, inputs):
+        return log_weights
+
+    def summed(pair, x, k, globals="split", inputs=()):
+        return enumerated_log_weights(pair, x, k, globals, inputs)[which]
+
+    return summed
+
+
 def iwae(pair, x: torch.Tensor, k: int = 1000, budget: int = 8_000_000,
          inputs: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
     """IWAE_k estimate of log p(x) per example (a lower bound that tightens with k); for a pair with input columns
@@ -60,9 +88,10 @@ def iwae(pair, x: torch.Tensor, k: int = 1000, budget: int = 8_000_000,
         refuse_global_latents(pair, x, "IWAE with k > 1", inputs)
     k_chunk, b_chunk = _budget(pair, k, budget)
     options = {} if k == 1 else {"globals": "raise"}  # IWAE_1 is the ELBO: linear, global sites split 1/N
+    weights_of = _weights_fn(pair, x, inputs, 0)
     out = []
     for rows in _chunks(x.shape[0], b_chunk):
-        parts = [torch.logsumexp(log_weights(pair, x[rows], len(range(*ks.indices(k))), **options,
+        parts = [torch.logsumexp(weights_of(pair, x[rows], len(range(*ks.indices(k))), **options,
                                              inputs=tuple(c[rows] for c in inputs)), 0)
                  for ks in _chunks(k, k_chunk)]
         out.append(torch.logsumexp(torch.stack(parts), 0) - math.log(k))
@@ -75,7 +104,8 @@ def global_latents(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ())
 
     from ppgen import sites
 
-    with torch.no_grad():
+    devices = [x.device] if x.is_cuda else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):  # a look at the sites leaves the draws as they were
         trace = poutine.trace(pair.model).get_trace(x[:1], *(c[:1] for c in inputs))
     return [n for n in sites.global_sites(trace, pair.data_plate) if not trace.nodes[n]["is_observed"]]
 
@@ -109,9 +139,10 @@ def elbo(pair, x: torch.Tensor, num_samples: int = 1, budget: int = 8_000_000,
                               for r in _chunks(x.shape[0], rows)])
     num_samples = pair.guide_draws(num_samples)
     k_chunk, b_chunk = _budget(pair, num_samples, budget)
+    weights_of = _weights_fn(pair, x, inputs, 1)
     out = []
     for rows in _chunks(x.shape[0], b_chunk):
-        sums = [log_weights(pair, x[rows], len(range(*ks.indices(num_samples))),
+        sums = [weights_of(pair, x[rows], len(range(*ks.indices(num_samples))),
                             inputs=tuple(c[rows] for c in inputs)).sum(0)
                 for ks in _chunks(num_samples, k_chunk)]
         out.append(torch.stack(sums).sum(0) / num_samples)

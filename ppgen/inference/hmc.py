@@ -7,7 +7,7 @@ accept/reject per chain and example, so each transition leaves its target
 
 invariant (β = 1 with a = log p(z), b = log p(x | z) is the posterior p(z | x) ∝ p(x, z)).
 The latents of a batch are one (C, B, D) tensor — C chains × B examples × the flattened
-latent sites — and the log densities come from the pair's model traced with the latents
+continuous latent sites (discrete sites marked for enumeration are summed out of f exactly, never moved) — and the log densities come from the pair's model traced with the latents
 fixed inside a ``particles`` plate and reduced per example by :mod:`ppgen.sites`. AIS
 (:mod:`ppgen.evaluation.ais`) anneals β along this kernel; training uses it at β = 1.
 
@@ -42,6 +42,7 @@ from pyro.poutine.util import site_is_subsample
 
 from ppgen import sites as site_rules
 from ppgen.errors import UserError
+from ppgen.ppl import discrete_sites
 
 STARTS = ("prior", "guide")
 
@@ -73,8 +74,10 @@ class LatentTarget:
             raise UserError(f"{what} starts from 'prior' or 'guide', got {base!r}/{start!r}")
         self.pair, self.x, self.base, self.inputs = pair, x, base, tuple(inputs)
         self.shape = (chains, x.shape[0])
-        begin = self._trace(pair.guide if start == "guide" else pair.model, {})
-        latent = {name: site for name, site in begin.nodes.items() if is_latent(site)}
+        #: discrete sites marked for enumeration: summed out exactly in f_β, never moved
+        self.summed = frozenset(discrete_sites(pair, x[:1], *(c[:1] for c in self.inputs)).enumerated)
+        begin = self._trace(pair.guide if start == "guide" else pair.model, {}, enumerate=False)
+        latent = {name: site for name, site in begin.nodes.items() if is_latent(site) and name not in self.summed}
         #: (name, traced value shape: particles, plates, event) of every latent, in trace order
         self.sites = [(name, tuple(site["value"].shape)) for name, site in latent.items()]
         if not self.sites:
@@ -87,12 +90,15 @@ class LatentTarget:
                 raise UserError(f"{what} needs every latent inside the data plate; site {name!r} has shape "
                                 f"{tuple(site['value'].shape)}")
             if not _is_real(site["fn"]):
+                hint = (" (mark a discrete site infer={'enumerate': 'parallel'} to sum it out exactly)"
+                        if getattr(site["fn"], "has_enumerate_support", False) else "")
                 raise UserError(f"{what} moves real-valued latents by HMC; site {name!r} has support "
-                                f"{site['fn'].support}")
+                                f"{site['fn'].support}{hint}")
         self.z0 = self.flatten({name: begin.nodes[name]["value"] for name, _ in self.sites})
 
-    def _trace(self, fn, values: dict):
-        return site_rules.trace_conditioned(fn, self.pair, self.x, values, self.shape[0], self.inputs)
+    def _trace(self, fn, values: dict, enumerate: bool | None = None):
+        enumerate = bool(self.summed) if enumerate is None else enumerate
+        return site_rules.trace_conditioned(fn, self.pair, self.x, values, self.shape[0], self.inputs, enumerate)
 
     def flatten(self, values: dict) -> torch.Tensor:
         return torch.cat([values[name].reshape(self.shape + (-1,)) for name, _ in self.sites], -1).detach()
@@ -113,11 +119,30 @@ class LatentTarget:
     def parts(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, b) at z: f_β(z) = a + β b."""
         values = self.unflatten(z)
+        if self.summed:
+            return self._summed_parts(values)
         prior, lik = self._log_probs(self._trace(self.pair.model, values), set(values))
         if self.base == "prior":
             return prior, lik
         log_q, _ = self._log_probs(self._trace(self.pair.guide, values), set(values))
         return log_q, prior + lik - log_q
+
+    def _summed_parts(self, values: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""(a, b) with the enumerated sites e summed out (:func:`ppgen.sites.summed_log_density`)::
+
+            log p(x, z) = log Σ_e p(x, e, z),   log p(z) = log Σ_e p(e, z),   log q(z | x) = log Σ_e q(e, z | x)
+
+        so the chain moves z on its marginal posterior p(z | x) and f_1 is log p(x, z) with e summed out."""
+        data_plate = self.pair.data_plate
+        model_tr = self._trace(self.pair.model, values)
+        where = site_rules.layout(model_tr, data_plate)
+        joint = site_rules.summed_log_density(model_tr, data_plate, "raise", where=where)
+        if self.base == "prior":
+            prior = site_rules.summed_log_density(model_tr, data_plate, "raise", where=where,
+                                                  select=lambda name, site: name in values or name in self.summed)
+            return prior, joint - prior
+        log_q = site_rules.summed_log_density(self._trace(self.pair.guide, values), data_plate, "raise", where=where)
+        return log_q, joint - log_q
 
     def evaluate(self, z: torch.Tensor, beta: float):
         """a, b and ∇_z f_β at z (no gradient reaches the pair's parameters)."""

@@ -27,6 +27,12 @@ potential energy), ``n_steps`` (leapfrog steps), ``tree_depth``,
 ``acceptance_rate`` and ``step_size``; the adapted inverse mass matrices are kept
 in ``fit.state``.
 
+Discrete latents: sites marked ``infer={"enumerate": "parallel"}`` (or "sequential", taken as parallel) are summed
+out of the potential exactly by NumPyro's enumeration through funsor, so NUTS moves only the continuous latents z,
+on their marginal posterior p(z | x) = Σ_e p(z, e | x). Each draw z_s is then completed with a draw of the
+discrete sites from p(e | x, z_s) (NumPyro's ``infer_discrete``, temperature 1), so (z_s, e_s) are draws of the
+joint posterior and ``fit.samples`` (and ArviZ's ``posterior`` group) hold e beside z.
+
 When a network cannot be lowered (:class:`ppgen.nn.NotLowerable`), Pyro's NUTS
 (jit on) samples instead, one point and one chain after another, with a one-line
 notice on stderr; it keeps ``diverging`` and ``step_size``.
@@ -65,10 +71,23 @@ def numpyro_model(pair):
     from ppgen.ppl import backend
 
     def model(x, params):
-        with backend("numpyro"), handlers.substitute(data=params), whole_plate(pair.data_plate):
+        with (backend("numpyro"), handlers.substitute(data=params), whole_plate(pair.data_plate),
+              handlers.infer_config(config_fn=_sequential_as_parallel)):
             pair.model(*x) if isinstance(x, tuple) else pair.model(x)
 
     return model
+
+
+def _sequential_as_parallel(site: dict) -> dict:
+    # NumPyro sums out sites marked "parallel" only; the sum is the same whichever way a site is marked
+    return {"enumerate": "parallel"} if (site.get("infer") or {}).get("enumerate") == "sequential" else {}
+
+
+def enumerated_sites(trace: dict) -> list[str]:
+    """Sites of a NumPyro model trace that NUTS sums out (marked for enumeration, discrete), in order."""
+    return [name for name, site in trace.items() if site["type"] == "sample" and not site["is_observed"]
+            and (site.get("infer") or {}).get("enumerate") == "parallel"
+            and getattr(site["fn"], "has_enumerate_support", False)]
 
 
 def whole_plate(name: str):
@@ -178,13 +197,36 @@ class _Sampler:
         self.find = jax.jit(jax.vmap(self._find, in_axes=(0, 0, None)))
         self.postprocess = jax.jit(jax.vmap(jax.vmap(lambda z, x, p: self.postprocess_gen(x, p)(z),
                                                      in_axes=(0, None, None)), in_axes=(0, 0, None)))
+        eager = _eager_trace(pair, x_example, params)
+        #: discrete sites NUTS sums out (NumPyro's enumeration through funsor), with their eager trace's site
+        self.enumerated = {name: eager[name] for name in enumerated_sites(eager)}
+        self.max_plate_nesting = pair.max_plate_nesting
+        if self.enumerated:
+            self.discrete = jax.jit(jax.vmap(jax.vmap(self._discrete, in_axes=(0, 0, None, None)),
+                                             in_axes=(0, 0, 0, None)))
+
+    def _discrete(self, key, values, x, params):
+        r"""One draw of the enumerated sites e from p(e | x, z) at a posterior draw z of the continuous latents
+        (NumPyro's ``infer_discrete``, temperature 1): (z, e) is then a draw from p(z, e | x)."""
+        from numpyro import handlers
+        from numpyro.contrib.funsor import infer_discrete
+
+        conditioned = handlers.condition(self.model, data=values)
+        tr = handlers.trace(infer_discrete(conditioned, first_available_dim=-self.max_plate_nesting - 1,
+                                           temperature=1, rng_key=key)).get_trace(x, params)
+        return {name: tr[name]["value"] for name in self.enumerated}
 
     def _find(self, key, x, params):
         """A valid starting point drawn as NumPyro does (uniform(−2, 2) in unconstrained space)."""
         from numpyro.infer.util import find_valid_initial_params
 
-        (z, _, _), _ = find_valid_initial_params(key, self.model, model_args=(x, params),
-                                                 prototype_params=self.prototype)
+        model = self.model
+        if self.enumerated:  # the potential sums the enumerated sites out, as initialize_model's does
+            from numpyro.contrib.funsor import enum
+
+            model = enum(model, first_available_dim=-self.max_plate_nesting - 1)
+        (z, _, _), _ = find_valid_initial_params(key, model, model_args=(x, params),
+                                                 prototype_params=self.prototype, enum=bool(self.enumerated))
         return z
 
     def __call__(self, key, xs, params):
@@ -203,7 +245,16 @@ class _Sampler:
             out = self.run(keys, z0, xs, params)
         zs, stats, inv_mass = jax.block_until_ready(out)
         values = self.postprocess(zs, xs, params)
+        if self.enumerated:
+            draws = next(iter(values.values())).shape[1]
+            keys = jax.random.split(jax.random.fold_in(key, 1), b * draws).reshape(b, draws, -1)
+            values = {**values, **self.discrete(keys, {n: values[n] for n in self.latent_names}, xs, params)}
         return values, stats, inv_mass
+
+    @property
+    def latent_names(self) -> list[str]:
+        """The continuous latent sites NUTS moves."""
+        return [n for n in latent_sites(self.trace) if n not in self.enumerated]
 
 
 def _pad_split(a, pad: int, devices: int):
@@ -455,7 +506,7 @@ def _numpyro_nuts(pair, x: torch.Tensor, per_point: bool, *, chains, warmup, sam
         a = np.moveaxis(a, 0, 2)  # (chain, draw, unit, ...)
         return a if per_point else a[:, :, 0]
 
-    sites = latent_sites(s.trace)
+    sites = {**{n: site for n, site in latent_sites(s.trace).items() if n not in s.enumerated}, **s.enumerated}
     out = {name: arrange(values[name], site) for name, site in sites.items()}
     stat_arrays = {k: arrange(v) for k, v in stats.items() if k != "warmup_divergences"}
     warm = np.asarray(stats["warmup_divergences"]).reshape(n_units, chains)

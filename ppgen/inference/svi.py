@@ -153,17 +153,6 @@ def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchSt
     pair.to(device)
     step_size = options.mcmc_step_size
     inputs0 = tuple(c[:2].to(device) for c in data.train_epoch_inputs(0, pair.inputs))
-    discrete = discrete_sites(pair, data.train_epoch(0)[:2].to(device), *inputs0)
-    enumerated = bool(discrete.enumerated) and not pair.has_objective
-    if enumerated:
-        discrete.check_model_side_parallel()
-    if enumerated and (options.mcmc_steps > 0 or options.aggressive_epochs > 0):
-        name = "mcmc_steps" if options.mcmc_steps > 0 else "aggressive_epochs"
-        raise OptionError(name, getattr(options, name), "a pair with sites marked for enumeration trains on the "
-                          "enumerated ELBO alone; leave this option at its default")
-    loss_fn = (ObjectiveLoss(pair) if pair.has_objective
-               else make_elbo(options.elbo, options.num_particles, pair.max_plate_nesting, free_bits=options.free_bits,
-                              data_plate=pair.data_plate, backend_name="pyro", enumerate=enumerated))
     if options.mcmc_steps > 0:
         hmc.check_pair(pair, data.train_epoch(0)[:2].to(device), inputs0)
     engine_state = None
@@ -177,6 +166,18 @@ def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchSt
     params = traced_parameters(pair, data.train_epoch(0)[:batch].to(device), options.seed,
                                tuple(c[:batch].to(device) for c in data.train_epoch_inputs(0, pair.inputs)))
     pair.to(device)  # what the trial run made from the model's (CPU) initial values; the tensors stay the same
+    # (after the trial run, which must be the first to make the parameters a first call makes)
+    discrete = discrete_sites(pair, data.train_epoch(0)[:2].to(device), *inputs0)
+    enumerated = bool(discrete.enumerated) and not pair.has_objective
+    if enumerated:
+        discrete.check_model_side_parallel()
+    if enumerated and (options.mcmc_steps > 0 or options.aggressive_epochs > 0):
+        name = "mcmc_steps" if options.mcmc_steps > 0 else "aggressive_epochs"
+        raise OptionError(name, getattr(options, name), "a pair with sites marked for enumeration trains on the "
+                          "enumerated ELBO alone; leave this option at its default")
+    loss_fn = (ObjectiveLoss(pair) if pair.has_objective
+               else make_elbo(options.elbo, options.num_particles, pair.max_plate_nesting, free_bits=options.free_bits,
+                              data_plate=pair.data_plate, backend_name="pyro", enumerate=enumerated))
     optimizer = make_adam(params, options.lr, options.adam_beta1)
     if engine_state is not None:
         _load_weights(pair, resume["model"])

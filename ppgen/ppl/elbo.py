@@ -141,20 +141,28 @@ def _enumerate_mode(site: dict) -> str | None:
 
 
 def discrete_sites(pair: Any, *args: Any) -> DiscreteSites:
-    """Which latent sites of ``pair`` are discrete (their distribution has an enumerable support) and which of
-    them are marked for enumeration, from one Pyro run of the guide and of the model replayed on it, on ``args``
+    """Which latent sites of ``pair`` are discrete (their distribution has an enumerable support, in the guide too
+    where the guide draws them: a point mass or a relaxed draw there is not one) and which of them are marked for
+    enumeration, from one Pyro run of the guide and of the model replayed on it, on ``args``
     (a few examples and their input columns). A site the guide draws takes the guide's marking (as Pyro's
-    ``replay`` does); a site of the model only takes the model's."""
+    ``replay`` does); a site of the model only takes the model's. Run in eval mode; torch's random state is left as it was."""
     import pyro
     import torch
     from pyro import poutine
 
     from ppgen.ppl.routing import backend
 
-    with torch.no_grad(), pyro.validation_enabled(False), backend("pyro"):
-        guide_tr = poutine.trace(pair.guide).get_trace(*args) if pair.has_guide else None
-        model_fn = pair.model if guide_tr is None else poutine.replay(pair.model, trace=guide_tr)
-        model_tr = poutine.trace(model_fn).get_trace(*args)
+    devices = [a.device for a in args if isinstance(a, torch.Tensor) and a.is_cuda][:1]
+    was_training = pair.training
+    pair.eval()  # a look at the sites: no batch-norm statistics updated, no draw taken from torch's stream
+    try:
+        with (torch.random.fork_rng(devices=devices), torch.no_grad(), pyro.validation_enabled(False),
+              backend("pyro")):
+            guide_tr = poutine.trace(pair.guide).get_trace(*args) if pair.has_guide else None
+            model_fn = pair.model if guide_tr is None else poutine.replay(pair.model, trace=guide_tr)
+            model_tr = poutine.trace(model_fn).get_trace(*args)
+    finally:
+        pair.train(was_training)
     guide_nodes = {} if guide_tr is None else guide_tr.nodes
     enumerated, guide_side, sampled = {}, set(), []
     for name, site in model_tr.nodes.items():
@@ -162,6 +170,8 @@ def discrete_sites(pair: Any, *args: Any) -> DiscreteSites:
                                                                          False):
             continue
         drawn_by = guide_nodes.get(name)
+        if drawn_by is not None and not getattr(drawn_by["fn"], "has_enumerate_support", False):
+            continue  # the guide's point mass (VQ-VAE's codes) or relaxed draw: nothing to sum out
         mode = _enumerate_mode(drawn_by if drawn_by is not None else site)
         if mode is None:
             sampled.append(name)

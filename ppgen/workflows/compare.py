@@ -69,7 +69,7 @@ def _compare_points(pair, data, run_dir: Path, out: Path, *, points: int, chains
     from ppgen import diagnostics
     from ppgen.evaluation.amortization import compare, format_table, latent_site
 
-    latent_site(pair)
+    latent_site(pair, data.train[:1], split_inputs(pair, data, "train", limit=1))
     start = time.perf_counter()
     fit = backend_fit(pair, data, backend="nuts", points=points, split=split, chains=chains, warmup=warmup,
                       samples=samples, seed=seed)
