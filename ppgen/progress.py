@@ -84,7 +84,7 @@ class Lines:
         elapsed = now - self.start
         if self.total:
             left = elapsed * (self.total - self.n) / self.n if self.n else float("nan")
-            eta = f", about {_duration(left)} left" if self.n else ""
+            eta = f", about {_duration(left)} left" if 0 < self.n < self.total else ""
             text = f"{self.n}/{self.total} ({100 * self.n / self.total:.0f}%), {_duration(elapsed)}{eta}"
         else:
             text = f"{self.n} done, {_duration(elapsed)}"
@@ -105,7 +105,7 @@ class Lines:
 
     def close(self) -> None:
         if self.printed:
-            steps = f", {self.n} steps" if self.n else ""
+            steps = f", {self.n} step{'' if self.n == 1 else 's'}" if self.n else ""
             self._write(f"ppgen: {self.what}: done{steps} in {_duration(time.monotonic() - self.start)}")
             self.printed = 0
 
