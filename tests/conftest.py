@@ -28,6 +28,14 @@ def _seed_everything():
 
 
 @pytest.fixture(autouse=True)
+def progress_lines_off(monkeypatch):
+    """No progress line on a test's stderr (tests/test_progress.py sets its own interval): several tests check that
+    an error is the only line, and a loaded machine can stretch their work past the 10 s between lines. The
+    reports still run; they never reach the interval."""
+    monkeypatch.setenv("PPGEN_PROGRESS_INTERVAL", "1e9")
+
+
+@pytest.fixture(autouse=True)
 def single_thread():
     """Run torch on one thread (every test: autouse): the tiny models of these tests gain nothing from more, and on a
     loaded 2-core machine intra-op threads spinning against each other made a 3 ms SVI step 100 ms."""
