@@ -337,8 +337,7 @@ def engine_candidates(pair, options: SVIOptions) -> tuple[list[str], str]:
         refused = pair.unsupported_options(options.engine)
         if refused:  # an option of the pair's config rules the engine out: name it, and the engine that runs it
             name, reason = refused[0]
-            config = pair.config  # a declared option's value (the config dataclass), not a probe of the pair
-            raise OptionError(name, getattr(config, name), reason, fix={"engine": pair.svi_engines[0]})
+            raise OptionError(name, pair.config_dict()[name], reason, fix={"engine": pair.svi_engines[0]})
         if options.engine not in pair.svi_engines:
             raise OptionError("engine", options.engine, f"{pair.who} trains only on engine "
                               f"{' or '.join(pair.svi_engines)} (see its svi_engines)")
