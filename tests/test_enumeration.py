@@ -153,3 +153,22 @@ def test_both_engines_train_the_enumerated_elbo_and_a_sampled_site_is_named(caps
 def test_model_side_sequential_enumeration_is_one_line():
     with pytest.raises(UserError, match="mark it infer=.*parallel"):
         ppgen.fit(ComponentMixture(enumerate="sequential"), X, engine="torch", epochs=1, progress=False)
+
+
+class _HandlerMarked(ComponentMixture):
+    """The mixture with its component left unmarked in pyro.sample and marked by Pyro's config_enumerate wrapper."""
+
+    name = "test_handler_marked_mixture"
+
+    def model(self, x):
+        from pyro.infer import config_enumerate
+
+        config_enumerate(lambda x: ComponentMixture.model(self, x))(x)
+
+
+def test_a_pyro_handler_mark_trains_on_torch_saying_why(capsys):
+    """NumPyro does not see Pyro's config_enumerate: engine='auto' trains on torch (where the mark counts) and the
+    one line says to mark the site in pyro.sample."""
+    fit = ppgen.fit(_HandlerMarked(enumerate=""), X, engine="auto", epochs=1, batch_size=20, progress=False)
+    assert fit.options["engine"] == "torch"
+    assert "infer={'enumerate': 'parallel'}" in capsys.readouterr().err

@@ -317,8 +317,13 @@ def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
                                                                    svi_state.optim_state))
     epoch_fn = make_epoch_fn(svi, len(data.train), steps, batch)
     trial(pair, model, guide, epoch_fn, svi_state, x0_torch, inputs0, len(data.train), steps,
-          summed=frozenset(discrete.model_side) if enumerated else frozenset())
+          summed=frozenset(discrete.model_side) if enumerated else frozenset(),
+          marked=frozenset(discrete.enumerated) if enumerated else frozenset())
     return JaxState(pair, options, svi, svi_state, epoch_fn, sites)
+
+
+def _numpyro_mark(site: dict | None) -> str | None:
+    return None if site is None else (site.get("infer") or {}).get("enumerate")
 
 
 def check_enumerable(discrete: Any, options: SVIOptions) -> None:
@@ -357,12 +362,14 @@ def _cannot_run(pair, err: Exception) -> str:
 
 
 def trial(pair, model: Callable, guide: Callable, epoch_fn: Callable, svi_state, x0: torch.Tensor,
-          inputs0: tuple, n: int, steps: int, summed: frozenset[str] = frozenset()) -> None:
+          inputs0: tuple, n: int, steps: int, summed: frozenset[str] = frozenset(),
+          marked: frozenset[str] = frozenset()) -> None:
     """Raise :class:`CannotLower` unless the pair runs on NumPyro as it does on Pyro: the guide draws every latent
     site of the model but those the ELBO sums out (``summed``: model-side enumerated sites) — a guide written with
     Pyro's own primitives draws nothing there, and NumPyro would silently take the model's prior instead — and one
     step of the compiled epoch traces (shapes only: nothing is compiled
-    or run). Any error NumPyro or JAX raises counts."""
+    or run), and every site marked for enumeration on Pyro (``marked``) is marked on NumPyro too (Pyro's
+    ``config_enumerate`` handler marks nothing NumPyro sees). Any error NumPyro or JAX raises counts."""
     import jax
     import jax.numpy as jnp
     from numpyro import handlers
@@ -371,16 +378,23 @@ def trial(pair, model: Callable, guide: Callable, epoch_fn: Callable, svi_state,
     try:
         if not pair.has_objective:
             missing: list[str] = []
+            unmarked: list[str] = []
 
-            def latent_sites_missing(x, *inputs):  # traced for shapes only: nothing is compiled
+            def look_at_sites(x, *inputs):  # traced for shapes only: nothing is compiled
                 guide_tr = handlers.trace(handlers.seed(guide, 0)).get_trace(x, 1.0, *inputs)
                 model_tr = handlers.trace(handlers.replay(handlers.seed(model, 1), guide_tr)).get_trace(x, 1.0, *inputs)
+                unmarked.extend(name for name in sorted(marked)
+                                if _numpyro_mark(guide_tr.get(name) or model_tr.get(name)) != "parallel")
                 missing.extend(name for name, site in model_tr.items()
                                if site["type"] == "sample" and not site["is_observed"] and name not in guide_tr
                                and name not in summed)
                 return 0
 
-            jax.eval_shape(latent_sites_missing, xj, *inputs0)
+            jax.eval_shape(look_at_sites, xj, *inputs0)
+            if unmarked:
+                raise CannotLower(f"site {unmarked[0]!r} is marked for enumeration by a Pyro handler "
+                                  "(config_enumerate), which NumPyro does not see: mark it in pyro.sample with "
+                                  "infer={'enumerate': 'parallel'}")
             if missing:
                 raise CannotLower(f"its guide draws no value of the model's latent site {', '.join(missing)} on "
                                   "NumPyro (a guide written with Pyro's own primitives, such as a Pyro autoguide, "

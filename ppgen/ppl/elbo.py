@@ -132,7 +132,7 @@ class DiscreteSites:
             return None
         names = ", ".join(repr(n) for n in self.sampled)
         return (f"discrete latent site {names} is sampled (score-function gradient); to sum it out exactly mark it "
-                "infer={'enumerate': 'parallel'} or wrap model and guide in pyro.infer.config_enumerate")
+                "in pyro.sample with infer={'enumerate': 'parallel'}")
 
 
 def _enumerate_mode(site: dict) -> str | None:
