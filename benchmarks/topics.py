@@ -350,19 +350,19 @@ def main() -> None:
                     if args.json:
                         with open(args.json, "w") as f:
                             json.dump({"/".join(map(str, key)): rs for key, rs in rows.items()}, f, indent=2)
-    print(table(rows, len(args.seeds)))
+    print(table(rows))
 
 
-def table(rows: dict, seeds: int) -> str:
+def table(rows: dict) -> str:
     """The markdown table of docs/topics.md: NPMI mean ± sd over seeds, the other columns' means."""
-    lines = [f"| corpus | K | model | NPMI ({seeds} seeds, mean ± sd) | C_V | diversity | inverted RBO | perplexity: "
-             "completion / bound / unigram | seconds |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| corpus | K | model | seeds | NPMI (mean ± sd) | C_V | diversity | inverted RBO | perplexity: "
+             "completion / bound / unigram | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for (corpus, k, name), rs in rows.items():
         def mean(m: str, rs=rs) -> float:
             return statistics.mean(r[m] for r in rs)
 
         bound = "—" if math.isnan(mean("perplexity_bound")) else f"{mean('perplexity_bound'):.0f}"
-        lines.append(f"| {corpus} | {k} | {name} | {mean_sd([r['npmi'] for r in rs])} | {mean('c_v'):.3f} | "
+        lines.append(f"| {corpus} | {k} | {name} | {len(rs)} | {mean_sd([r['npmi'] for r in rs])} | {mean('c_v'):.3f} | "
                      f"{mean('diversity'):.3f} | {mean('inverted_rbo'):.3f} | {mean('perplexity_completion'):.0f} / "
                      f"{bound} / {mean('perplexity_unigram'):.0f} | {mean('seconds'):.0f} |")
     return "\n".join(lines)

@@ -82,7 +82,9 @@ def fill(p: argparse.ArgumentParser, family: str | None = None) -> None:
     d.add_argument("--label-seed", type=non_negative, help="seed of the label set --labels keeps (default 0)")
     t = p.add_argument_group("training (SVI; the flags come from ppgen.inference.options.SVIOptions)")
     add_option_flags(t, SVIOptions, defaults=CLI_DEFAULTS)
-    t.add_argument("--select", choices=["best", "last"], help="keep the best-validation epoch (default) or the last")
+    t.add_argument("--select", choices=["best", "last"], help="keep the epoch of the best validation figure (the "
+                   "validation ELBO; a topic model's validation NPMI) or the last (default: the family's, best for "
+                   "most, last for the topic models)")
     adversarial_lr = AdversarialOptions.__dataclass_fields__["lr"].default
     adversarial = family is None or REGISTRY[family].default_backend == "adversarial"
     a = p.add_argument_group(f"adversarial (--backend adversarial; --lr sets both players' rates, default "

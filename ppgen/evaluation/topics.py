@@ -1,21 +1,38 @@
-r"""Topic-model evaluation: held-out perplexity, NPMI coherence and topic diversity.
+r"""Topic-model evaluation: coherence (NPMI, C_V, UMass), diversity and inverted RBO, and held-out perplexity
+(IWAE bound, document completion, unigram baseline). ``ppgen topics``, ``ppgen evaluate`` and
+benchmarks/topics.py all use :func:`topic_quality` and :func:`perplexities`.
+
+Coherence of a topic's top-n words (n = 10), by document co-occurrence in a reference corpus — the whole
+training corpus by default (gensim's ``CoherenceModel`` and OCTIS's convention), the test split or an external
+corpus by option. p(w) is the share of reference documents holding w, p(wᵢ, wⱼ) the share holding both,
+D(·) the corresponding counts, ε = 10⁻¹² (gensim's):
+
+NPMI (Bouma 2009; Lau et al. 2014)
+    mean over pairs i < j of log[(p(wᵢ, wⱼ) + ε) / (p(wᵢ) p(wⱼ))] / −log(p(wᵢ, wⱼ) + ε); a pair that never
+    co-occurs scores close to −1; a word absent from the reference scores 0 (gensim's convention).
+C_V (Röder et al. 2015)
+    v_i = (NPMI(wᵢ, wⱼ))_j over the top words (the diagonal included: NPMI(w, w) ≈ 1), V = Σ_i v_i, and the
+    mean over i of cos(v_i, V): gensim's ``c_v`` (one-set segmentation, indirect cosine of ``nlr``, γ = 1).
+UMass (Mimno et al. 2011)
+    mean over ordered pairs (later word wᵢ, earlier word wⱼ) of log((D(wᵢ, wⱼ)/D + ε) / (D(wⱼ)/D)).
+
+All three equal gensim 4's ``CoherenceModel`` (``c_npmi`` and ``c_v`` with a sliding window holding a whole
+document, ``u_mass``) to 1e-12 (tests/test_topics_quality.py).
+
+Topic diversity (Dieng et al. 2020)
+    The share of unique words among the top-25 words of all topics: 1 when no two topics share a word.
+Inverted RBO (Terragni et al. 2021)
+    1 − the mean extrapolated rank-biased overlap (Webber et al. 2010, p = 0.9) of every pair of topics'
+    top-10 lists: 1 when no two topics share a word.
 
 Perplexity
     exp(−Σ_d L(x_d) / Σ_d N_d) over held-out documents d with N_d words, where L is a per-document lower
     bound on log p(x_d): the ELBO (:func:`ppgen.evaluation.elbo`), or the tighter IWAE-K bound
     (:func:`ppgen.evaluation.iwae`); a bound on log p gives an upper bound on the perplexity. The
     multinomial's log-probability includes the multinomial coefficient log(N! / Π_w x_w!), which does not
-    depend on the model: two models are comparable on the same documents. The *sequence* perplexity
-    subtracts it (:func:`log_multinomial_coefficient`), the quantity scikit-learn's LDA ``perplexity`` and
-    most topic-model papers report (see benchmarks/topics.py).
-NPMI coherence (Bouma 2009; Lau et al. 2014)
-    For each topic's top-n words (n = 10), the mean over word pairs of
-    NPMI(w_i, w_j) = log[(p(w_i, w_j) + ε) / (p(w_i) p(w_j))] / −log(p(w_i, w_j) + ε), with probabilities
-    the share of reference documents containing the word(s) (document co-occurrence) and ε = 10⁻¹² as
-    in gensim's ``CoherenceModel(coherence="c_npmi")`` (Röder et al. 2015): a pair that never co-occurs scores
-    log(ε / (p_i p_j)) / −log ε, close to −1. The reference corpus is the held-out documents by default.
-Topic diversity (Dieng et al. 2020)
-    The share of unique words among the top-25 words of all topics: 1 when no two topics share a word.
+    depend on the model; the *word-sequence* perplexity subtracts it (:func:`log_multinomial_coefficient`),
+    as LDA papers count. Beside it (:func:`perplexities`): the unigram baseline of the training counts (exact)
+    and document completion (Wallach et al. 2009; an estimate, not a bound).
 """
 
 from __future__ import annotations
