@@ -270,7 +270,7 @@ def summed_sites(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -
     if pair not in _SUMMED:
         from ppgen.ppl import discrete_sites
 
-        _SUMMED[pair] = frozenset(discrete_sites(pair, x[:1], *(c[:1] for c in inputs)).model_side)
+        _SUMMED[pair] = frozenset(discrete_sites(pair, x, *inputs).model_side)
     return _SUMMED[pair]
 
 

@@ -60,7 +60,7 @@ def _budget(pair, k: int, budget: int) -> tuple[int, int]:
 
 def enumerates(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> bool:
     """Whether the pair has discrete sites marked for enumeration (the estimators then sum them out)."""
-    return pair.has_guide and bool(discrete_sites(pair, x[:1], *(c[:1] for c in inputs)).enumerated)
+    return pair.has_guide and bool(discrete_sites(pair, x, *inputs).enumerated)
 
 
 def _weights_fn(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...], which: int):

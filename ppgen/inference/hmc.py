@@ -75,7 +75,7 @@ class LatentTarget:
         self.pair, self.x, self.base, self.inputs = pair, x, base, tuple(inputs)
         self.shape = (chains, x.shape[0])
         #: discrete sites marked for enumeration: summed out exactly in f_β, never moved
-        self.summed = frozenset(discrete_sites(pair, x[:1], *(c[:1] for c in self.inputs)).enumerated)
+        self.summed = frozenset(discrete_sites(pair, x, *self.inputs).enumerated)
         begin = self._trace(pair.guide if start == "guide" else pair.model, {}, enumerate=False)
         latent = {name: site for name, site in begin.nodes.items() if is_latent(site) and name not in self.summed}
         #: (name, traced value shape: particles, plates, event) of every latent, in trace order

@@ -167,7 +167,10 @@ def _torch_init(pair, data, options: SVIOptions, resume: dict | None) -> TorchSt
                                tuple(c[:batch].to(device) for c in data.train_epoch_inputs(0, pair.inputs)))
     pair.to(device)  # what the trial run made from the model's (CPU) initial values; the tensors stay the same
     # (after the trial run, which must be the first to make the parameters a first call makes)
-    discrete = discrete_sites(pair, data.train_epoch(0)[:2].to(device), *inputs0)
+    # the rows the trial run saw: a guide that made its parameters on that first call (an autoguide) is
+    # shaped by them
+    discrete = discrete_sites(pair, data.train_epoch(0)[:batch].to(device),
+                              *(c[:batch].to(device) for c in data.train_epoch_inputs(0, pair.inputs)))
     enumerated = bool(discrete.enumerated) and not pair.has_objective
     if enumerated:
         discrete.check_model_side_parallel()
@@ -424,18 +427,19 @@ def fit_svi(pair, data, *, options: SVIOptions | None = None, progress: bool | N
             raise UserError(f"this checkpoint was written by engine='{written_by}'; resume it with "
                             f"engine='{written_by}' (or 'auto')")
     engine, state = start_engine(pair, data, opts, resume, announce)
-    _notice_sampled_discrete(pair, data, announce)
+    _notice_sampled_discrete(pair, data, opts.batch_size, announce)
     return loop.run(engine, pair, data, opts, backend="svi", resume=resume, progress=progress, callback=callback,
                     on_epoch_end=on_epoch_end, state=state)
 
 
-def _notice_sampled_discrete(pair, data, announce: Callable[[str], None] | None) -> None:
+def _notice_sampled_discrete(pair, data, batch_size: int, announce: Callable[[str], None] | None) -> None:
     """One line naming the discrete latent sites the pair leaves to sampling and how to enumerate them."""
     if pair.has_objective or not pair.has_guide or not distributed.is_writer():
         return
     device = next((p.device for p in pair.parameters()), torch.device("cpu"))
-    inputs = tuple(c[:2].to(device) for c in data.train_epoch_inputs(0, pair.inputs))
-    message = discrete_sites(pair, data.train_epoch(0)[:2].to(device), *inputs).sampled_notice()
+    batch, _ = loop.batching(len(data.train), batch_size)
+    inputs = tuple(c[:batch].to(device) for c in data.train_epoch_inputs(0, pair.inputs))
+    message = discrete_sites(pair, data.train_epoch(0)[:batch].to(device), *inputs).sampled_notice()
     if message is not None:
         (announce or (lambda m: print(f"ppgen: {m}", file=sys.stderr)))(message)
 

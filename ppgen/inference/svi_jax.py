@@ -287,7 +287,7 @@ def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
     # autoguide's parameters); NumPyro then starts from the values the pair keeps: every pyro.param and
     # autoguide site is initialised at them (ppgen.ppl), as the networks are at their torch weights
     pair.trial_run(x0_torch, *inputs_torch, seed=options.seed)
-    discrete = discrete_sites(pair, x0_torch[:2], *(c[:2] for c in inputs_torch))
+    discrete = discrete_sites(pair, x0_torch, *inputs_torch)  # the trial run's rows (an autoguide is shaped by them)
     enumerated = bool(discrete.enumerated) and not pair.has_objective
     if enumerated:
         check_enumerable(discrete, options)

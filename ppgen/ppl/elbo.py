@@ -143,8 +143,8 @@ def _enumerate_mode(site: dict) -> str | None:
 def discrete_sites(pair: Any, *args: Any) -> DiscreteSites:
     """Which latent sites of ``pair`` are discrete (their distribution has an enumerable support, in the guide too
     where the guide draws them: a point mass or a relaxed draw there is not one) and which of them are marked for
-    enumeration, from one Pyro run of the guide and of the model replayed on it, on ``args``
-    (a few examples and their input columns). A site the guide draws takes the guide's marking (as Pyro's
+    enumeration, from one Pyro run of the guide and of the model replayed on it, on the first two rows of ``args``
+    (examples and their input columns; on every row given where two do not run: a pair shaped by its data). A site the guide draws takes the guide's marking (as Pyro's
     ``replay`` does); a site of the model only takes the model's. Run in eval mode; torch's random state is left as it was."""
     import pyro
     import torch
@@ -155,12 +155,19 @@ def discrete_sites(pair: Any, *args: Any) -> DiscreteSites:
     devices = [a.device for a in args if isinstance(a, torch.Tensor) and a.is_cuda][:1]
     was_training = pair.training
     pair.eval()  # a look at the sites: no batch-norm statistics updated, no draw taken from torch's stream
-    try:
+
+    def traces(rows: tuple) -> tuple:
         with (torch.random.fork_rng(devices=devices), torch.no_grad(), pyro.validation_enabled(False),
               backend("pyro")):
-            guide_tr = poutine.trace(pair.guide).get_trace(*args) if pair.has_guide else None
+            guide_tr = poutine.trace(pair.guide).get_trace(*rows) if pair.has_guide else None
             model_fn = pair.model if guide_tr is None else poutine.replay(pair.model, trace=guide_tr)
-            model_tr = poutine.trace(model_fn).get_trace(*args)
+            return guide_tr, poutine.trace(model_fn).get_trace(*rows)
+
+    try:
+        try:  # two examples are enough to see the sites ...
+            guide_tr, model_tr = traces(tuple(a[:2] if isinstance(a, torch.Tensor) and a.dim() else a for a in args))
+        except Exception:  # noqa: BLE001 - ... unless the pair is shaped by every row (an autoguide of a whole plate)
+            guide_tr, model_tr = traces(args)
     finally:
         pair.train(was_training)
     guide_nodes = {} if guide_tr is None else guide_tr.nodes
