@@ -273,7 +273,7 @@ def test_training_learns_the_correlations():
         (lambda: binary(20).index_put_((torch.tensor([3]), torch.tensor([1])), torch.tensor(float("nan"))),
          "NaN or infinite values in 1 example"),
         (lambda: torch.rand(20, 12), "not binary but the likelihood is Bernoulli; binarize it"),
-        (lambda: torch.zeros(0, 12), "empty"),
+        (lambda: torch.zeros(0, 12), "at least one example"),
     ],
     ids=["wrong-width", "wrong-rank", "nan", "grey-under-bernoulli", "empty"],
 )

@@ -20,6 +20,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import fx, nn
 
@@ -34,8 +35,11 @@ def jax_params(module: nn.Module) -> dict[str, Any]:
     """The module's current weights (parameters and buffers) as JAX arrays."""
     import jax
 
-    # device_put copies; jnp.asarray would compile a small XLA program per shape to do the same
-    return {name: jax.device_put(t.detach().cpu().numpy()) for name, t in module.state_dict().items()}
+    # a copy: on the CPU device_put of a NumPy array shares its memory, and torch updates these tensors in place
+    # (running statistics, the optimizer's steps) while JAX takes its arrays as immutable; jnp.asarray would copy
+    # too but compiles a small XLA program per shape to do it
+    return {name: jax.device_put(np.array(t.detach().cpu().numpy(), copy=True))
+            for name, t in module.state_dict().items()}
 
 
 def _jnp():
