@@ -165,3 +165,14 @@ def label_guide_elbo(x, temper: float = 1.0, widen: float = 1.0, weights=None, m
     like = (-0.5 * log_2pi - 0.5 * math.log(n2) - ((x[:, None, :] - means - m) ** 2 + v) / (2 * n2)).sum(-1)
     entropy = x.shape[-1] * 0.5 * (log_2pi + 1 + math.log(v))
     return (log_q.exp() * (weights.log() - log_q + prior + like + entropy)).sum(-1)
+
+
+def ready(pair, x):
+    """``pair`` after its trial run on ``x`` (the parameters a first call makes)."""
+    pair.trial_run(x)
+    return pair
+
+
+def log_normal(x, loc, scale):
+    """log N(x; loc, scale²) summed over the last dimension."""
+    return (-0.5 * math.log(2 * math.pi) - torch.log(torch.as_tensor(scale)) - (x - loc) ** 2 / (2 * scale**2)).sum(-1)

@@ -22,24 +22,21 @@ from tests.discrete_pairs import (
     LabelGuideMixture,
     label_guide_elbo,
     log_marginal,
+    log_normal,
     mixture_data,
+    ready,
 )
 
 X = mixture_data(30)
 
 
 def _ready(pair, x=X):
-    pair.trial_run(x)
-    return pair
-
-
-def _log_normal(x, loc, scale):
-    return (-0.5 * math.log(2 * math.pi) - math.log(scale) - (x - loc) ** 2 / (2 * scale**2)).sum(-1)
+    return ready(pair, x)
 
 
 def _mixture_log_likelihood(z):
     """log Σ_c π_c N(x; μ_c + z, σ² I) for z shaped (..., N, d): the brute-force sum over c."""
-    terms = torch.tensor(WEIGHTS).log() + _log_normal(X[:, None, :], torch.tensor(MEANS) + z[..., None, :], NOISE)
+    terms = torch.tensor(WEIGHTS).log() + log_normal(X[:, None, :], torch.tensor(MEANS) + z[..., None, :], NOISE)
     return torch.logsumexp(terms, -1)
 
 
@@ -64,7 +61,7 @@ def test_model_side_estimators_are_the_brute_force_sum_on_the_same_draws():
     torch.manual_seed(11)
     guide_tr, _ = sites.trace_pair(pair, X, k)
     z, q = guide_tr.nodes["z"]["value"], guide_tr.nodes["z"]["fn"]
-    log_w = (_mixture_log_likelihood(z) + _log_normal(z, 0.0, PRIOR_SCALE) - q.log_prob(z)).detach()  # (K, N)
+    log_w = (_mixture_log_likelihood(z) + log_normal(z, 0.0, PRIOR_SCALE) - q.log_prob(z)).detach()  # (K, N)
     torch.manual_seed(11)
     assert torch.allclose(elbo(pair, X, num_samples=k), log_w.mean(0), atol=1e-4)
     torch.manual_seed(11)
@@ -79,7 +76,7 @@ def test_ais_target_sums_the_component_out_exactly():
     target = LatentTarget(pair, X, 4, base="prior")
     a, b = target.parts(target.z0)
     z = target.unflatten(target.z0)["z"].reshape(4, len(X), 2)
-    assert torch.allclose(a, _log_normal(z, 0.0, PRIOR_SCALE), atol=1e-5)
+    assert torch.allclose(a, log_normal(z, 0.0, PRIOR_SCALE), atol=1e-5)
     assert torch.allclose(b, _mixture_log_likelihood(z), atol=1e-4)
     exact_guide = _ready(LabelGuideMixture(), X[:8])
     result = ais(exact_guide, X[:8], steps=4, chains=3, init="guide", leapfrog=2, seed=0)

@@ -24,19 +24,16 @@ from tests.discrete_pairs import (
     LabelGuideMixture,
     label_guide_elbo,
     log_marginal,
+    log_normal,
     mixture_data,
+    ready,
 )
 
 X = mixture_data(40)
 
 
 def _ready(pair, x=X):
-    pair.trial_run(x)
-    return pair
-
-
-def _log_normal(x, loc, scale):
-    return (-0.5 * math.log(2 * math.pi) - torch.log(torch.as_tensor(scale)) - (x - loc) ** 2 / (2 * scale**2)).sum(-1)
+    return ready(pair, x)
 
 
 def test_discrete_sites_are_found_with_their_marks():
@@ -62,8 +59,8 @@ def test_model_side_enumerated_elbo_is_the_brute_force_sum_on_the_same_draws():
     q = poutine.trace(pair.guide).get_trace(X).nodes["z"]
     z = q["value"].detach()
     means = torch.tensor(MEANS)
-    joint = torch.logsumexp(torch.tensor(WEIGHTS).log() + _log_normal(X[:, None, :], means + z[:, None, :], NOISE), -1)
-    brute = joint + _log_normal(z, 0.0, PRIOR_SCALE) - q["fn"].log_prob(z).detach()
+    joint = torch.logsumexp(torch.tensor(WEIGHTS).log() + log_normal(X[:, None, :], means + z[:, None, :], NOISE), -1)
+    brute = joint + log_normal(z, 0.0, PRIOR_SCALE) - q["fn"].log_prob(z).detach()
     assert loss == pytest.approx(-float(brute.sum()), rel=1e-5)
 
 

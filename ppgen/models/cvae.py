@@ -100,6 +100,20 @@ class LabelledDecoder(Network):
         return out, torch.exp(self.log_scale).reshape(self.x_shape) + 0 * out
 
 
+def class_labels(n: int, labels: Any, classes: int, device: torch.device) -> torch.Tensor:
+    """``n`` class labels on ``device`` for conditional generation: ``labels`` (an int for all n, or n of them), or
+    0, 1, ..., classes − 1 repeated; a wrong count or a label outside 0..classes − 1 is a one-line UserError."""
+    if labels is None:
+        return torch.arange(n, device=device) % classes
+    y = torch.as_tensor(labels, device=device).long().reshape(-1)
+    if y.numel() == 1:
+        y = y.expand(n)
+    if y.shape != (n,):
+        raise UserError(f"give one label or {n} labels for {n} draws, got {tuple(y.shape)}")
+    if int(y.min()) < 0 or int(y.max()) >= classes:
+        raise UserError(f"labels must lie in 0..{classes - 1}, got {y.unique().tolist()}")
+    return y
+
 @dataclass(frozen=True)
 class CVAEConfig:
     x_shape: tuple[int, ...] = x_shape_option((1, 28, 28))
@@ -161,19 +175,8 @@ class CVAE(GenerativeModel):
 
     # -- helpers: conditional generation, encoding -----------------------------------------
     def labels(self, n: int, labels: Any = None) -> torch.Tensor:
-        """``n`` labels on the model's device: ``labels`` (an int for all n, or n of them), or 0, 1, ..., classes − 1
-        repeated."""
-        device = next(self.parameters()).device
-        if labels is None:
-            return torch.arange(n, device=device) % self.config.classes
-        y = torch.as_tensor(labels, device=device).long().reshape(-1)
-        if y.numel() == 1:
-            y = y.expand(n)
-        if y.shape != (n,):
-            raise UserError(f"give one label or {n} labels for {n} draws, got {tuple(y.shape)}")
-        if int(y.min()) < 0 or int(y.max()) >= self.config.classes:
-            raise UserError(f"labels must lie in 0..{self.config.classes - 1}, got {y.unique().tolist()}")
-        return y
+        """``n`` labels on the model's device (:func:`class_labels`)."""
+        return class_labels(n, labels, self.config.classes, next(self.parameters()).device)
 
     def decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """E[x | z, y]."""

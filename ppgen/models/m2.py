@@ -75,7 +75,7 @@ from ppgen.declare import (
 )
 from ppgen.errors import UserError
 from ppgen.models.base import GenerativeModel, likelihood_option, observation_dist, observation_mean, x_shape_option
-from ppgen.models.cvae import LabelledMLP
+from ppgen.models.cvae import LabelledMLP, class_labels
 from ppgen.nn import Network
 from ppgen.ppl import dist, pyro
 
@@ -341,18 +341,8 @@ class M2(GenerativeModel):
         return self.classifier(x).argmax(-1)
 
     def labels(self, n: int, labels: Any = None) -> torch.Tensor:
-        """``n`` labels: ``labels`` (an int for all n, or n of them), or 0, 1, ..., classes − 1 repeated."""
-        device = self.prior_logits.device
-        if labels is None:
-            return torch.arange(n, device=device) % self.config.classes
-        y = torch.as_tensor(labels, device=device).long().reshape(-1)
-        if y.numel() == 1:
-            y = y.expand(n)
-        if y.shape != (n,):
-            raise UserError(f"give one label or {n} labels for {n} draws, got {tuple(y.shape)}")
-        if int(y.min()) < 0 or int(y.max()) >= self.config.classes:
-            raise UserError(f"labels must lie in 0..{self.config.classes - 1}, got {y.unique().tolist()}")
-        return y
+        """``n`` labels on the model's device (:func:`ppgen.models.cvae.class_labels`)."""
+        return class_labels(n, labels, self.config.classes, self.prior_logits.device)
 
     def decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """E[x | y, z]."""
