@@ -163,11 +163,14 @@ def discrete_sites(pair: Any, *args: Any) -> DiscreteSites:
             model_fn = pair.model if guide_tr is None else poutine.replay(pair.model, trace=guide_tr)
             return guide_tr, poutine.trace(model_fn).get_trace(*rows)
 
+    def first(a: Any, n: int | None) -> Any:  # the first n rows (all: None) of a tensor or of sparse counts, dense
+        return a[:n] if hasattr(a, "shape") and len(a.shape) and hasattr(a, "__getitem__") else a
+
     try:
         try:  # two examples are enough to see the sites ...
-            guide_tr, model_tr = traces(tuple(a[:2] if isinstance(a, torch.Tensor) and a.dim() else a for a in args))
+            guide_tr, model_tr = traces(tuple(first(a, 2) for a in args))
         except Exception:  # noqa: BLE001 - ... unless the pair is shaped by every row (an autoguide of a whole plate)
-            guide_tr, model_tr = traces(args)
+            guide_tr, model_tr = traces(tuple(first(a, None) for a in args))
     finally:
         pair.train(was_training)
     guide_nodes = {} if guide_tr is None else guide_tr.nodes
