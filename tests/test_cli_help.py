@@ -34,3 +34,15 @@ def test_a_familys_help_shows_its_own_and_the_common_flags_only(capsys):
 
 def test_help_before_the_family_lists_every_flag(capsys):
     assert flags_of(capsys, "train", "--help") == flags_of(capsys, "train", "--help", "vae")
+
+
+def test_a_familys_help_shows_the_training_defaults_it_trains_with(capsys):
+    """The topic models train 100 epochs by default (their ``train_defaults``); the other families the command's 30."""
+    def epochs_default(*argv: str) -> str:
+        with pytest.raises(SystemExit):
+            main(list(argv))
+        text = " ".join(capsys.readouterr().out.split())
+        return re.search(r"--epochs EPOCHS number of epochs .*?\(default (\d+)\)", text).group(1)
+
+    assert epochs_default("train", "prodlda", "--help") == str(REGISTRY["prodlda"].train_defaults["epochs"]) == "100"
+    assert epochs_default("train", "vae", "--help") == "30"

@@ -81,7 +81,8 @@ def fill(p: argparse.ArgumentParser, family: str | None = None) -> None:
                    "split (a seeded random set balanced per class), the others missing; validation and test keep theirs")
     d.add_argument("--label-seed", type=non_negative, help="seed of the label set --labels keeps (default 0)")
     t = p.add_argument_group("training (SVI; the flags come from ppgen.inference.options.SVIOptions)")
-    add_option_flags(t, SVIOptions, defaults=CLI_DEFAULTS)
+    # a family's own help shows the training defaults it trains with (the topic models: 100 epochs)
+    add_option_flags(t, SVIOptions, defaults={**CLI_DEFAULTS, **(REGISTRY[family].train_defaults if family else {})})
     t.add_argument("--select", choices=["best", "last"], help="keep the epoch of the best validation figure (the "
                    "validation ELBO; a topic model's validation NPMI) or the last (default: the family's, best for "
                    "most, last for the topic models)")
