@@ -260,10 +260,15 @@ def build_pair(config: dict, path: Path | str = CONFIG):
                         ) from None
 
 
-def is_finished(run_dir: Path) -> bool:
-    """Whether the run's final stage (selected weights, pictures, posterior, then ``metrics.json``) is complete:
-    ``ppgen train`` writes metrics.json last, so a run killed after its last epoch has a checkpoint and no metrics."""
-    return (Path(run_dir) / METRICS).is_file()
+def is_finished(run_dir: Path, epochs: int | None = None) -> bool:
+    """Whether the run's final stage (selected weights, pictures, posterior, then ``metrics.json``) is complete, for
+    training that ended at ``epochs`` (the checkpoint's; None: any): ``ppgen train`` writes metrics.json last, so a
+    run killed after its last epoch has a checkpoint and no metrics, or the metrics of the epochs before a resume."""
+    try:
+        metrics = json.loads((Path(run_dir) / METRICS).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and (epochs is None or metrics.get("epochs") == epochs)
 
 
 def selected_weights(run_dir: Path, config: dict | None = None) -> tuple[Path, dict[str, torch.Tensor]]:

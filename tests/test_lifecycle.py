@@ -119,6 +119,29 @@ def test_a_finished_run_still_has_nothing_to_resume(tmp_path, capsys, references
     assert "already trained 3 epochs" in capsys.readouterr().err
 
 
+def test_a_resume_to_more_epochs_stopped_after_its_last_epoch_is_finished_too(tmp_path, capsys, references,
+                                                                              monkeypatch):
+    """The old run's metrics.json (3 epochs) does not make a run whose training went on to 4 look finished."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(references["vae-torch"], run)
+    real = runs.save_torch
+
+    def interrupted_before_model_pt(path, obj):
+        if Path(path).name == runs.MODEL:
+            raise KeyboardInterrupt
+        real(path, obj)
+
+    monkeypatch.setattr(runs, "save_torch", interrupted_before_model_pt)
+    assert run_cli("train", "vae", "--resume", run, "--epochs", "4", "--no-progress") == 130
+    monkeypatch.setattr(runs, "save_torch", real)
+    assert runs.load_checkpoint(run)["state"]["epoch"] == 4 and not runs.is_finished(run, 4)
+    assert run_cli("train", "vae", "--resume", run, "--no-progress") == 0
+    assert "finishing it" in capsys.readouterr().out
+    assert runs.is_finished(run, 4) and json.loads((run / runs.METRICS).read_text())["epochs"] == 4
+
+
 @pytest.mark.parametrize("moment, code_line", [("first-epoch", "nothing was written"), ("mid-epoch", "--resume")])
 def test_sigterm_is_handled_as_ctrl_c(tmp_path, references, moment, code_line):
     """SIGTERM (a scheduler, `timeout`, a container stop): one line, exit 143 (128 + 15), the last checkpoint kept

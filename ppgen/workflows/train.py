@@ -160,7 +160,7 @@ def _resumable_checkpoint(run_dir: Path, pair, backend: str, train: dict) -> dic
     runs.check_weights(pair, checkpoint["model"], run_dir / runs.CHECKPOINT)
     done = checkpoint["state"].get("epoch", 0)
     epochs = train.get("epochs")
-    if isinstance(epochs, int) and (done > epochs or (done == epochs and runs.is_finished(run_dir))):
+    if isinstance(epochs, int) and (done > epochs or (done == epochs and runs.is_finished(run_dir, done))):
         raise UserError(f"{run_dir} already trained {done} epochs; nothing to resume: give --epochs above {done}")
     return checkpoint
 
