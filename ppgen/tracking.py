@@ -200,7 +200,37 @@ def parse(spec: str) -> tuple[str, str | None]:
     if _ == "=" and not where:
         raise UserError(f"--log {spec}: give a place after '=' or drop it (default: inside the run directory)")
     require(backend)
+    if where:
+        _check_writable(spec, where)
     return backend, where or None
+
+
+def _local_folder(where: str) -> Path | None:
+    """The local folder a ``--log`` place names (a path or a ``file:`` URI), None for a remote tracking URI."""
+    if where.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(where).path))
+    return None if "://" in where else Path(where)
+
+
+def _check_writable(spec: str, where: str) -> None:
+    """A one-line :class:`UserError`, before anything is written, if the folder ``where`` names cannot be made or
+    written: a folder is made and removed in its nearest existing ancestor (permissions alone do not say: root may
+    write anywhere but in /proc)."""
+    import tempfile
+
+    folder = _local_folder(where)
+    if folder is None:
+        return
+    existing = folder.expanduser().absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        Path(tempfile.mkdtemp(prefix=".ppgen-log-check-", dir=existing)).rmdir()
+    except OSError:
+        raise UserError(f"--log {spec}: cannot write in {existing}; choose a folder you can write to (or drop "
+                        "'=...': the run directory holds it)") from None
 
 
 def from_spec(spec: str, run_dir: Path) -> TensorBoard | MLflow:

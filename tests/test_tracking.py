@@ -112,6 +112,22 @@ def test_a_backend_not_installed_or_unknown_is_one_line(tmp_path, monkeypatch, c
         tracking.parse("wandb")
 
 
+def test_a_place_that_cannot_be_written_is_one_line_before_anything_is_written(tmp_path, capsys):
+    """--log BACKEND=WHERE with WHERE under a file (no folder can be made there): exit 2, one line, no run, and
+    the check leaves nothing behind; a remote tracking URI is not checked here."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = tmp_path / "run"
+    for spec in (f"tensorboard={blocker / 'tb'}", f"mlflow=file:{blocker / 'ml'}"):
+        assert run_cli("train", "vae", *FAST, "--epochs", "1", "--out", out, "--log", spec) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "cannot write in" in err and spec in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+    assert tracking.parse(f"tensorboard={tmp_path / 'new' / 'tb'}") == ("tensorboard", str(tmp_path / "new" / "tb"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+    assert tracking.parse("mlflow=http://localhost:5000") == ("mlflow", "http://localhost:5000")
+
+
 def test_generated_and_encoded_tensors_are_detached():
     pair = ppgen.models.VAE(x_shape=(1, 8, 8), z_dim=2, hidden=(16,))
     x = torch.rand(3, 1, 8, 8)
