@@ -196,6 +196,8 @@ def test_bad_labels_are_one_line_and_nothing_is_written(tmp_path, capsys):
     one_line_error(capsys, run_cli("train", "m2", *SMALL, "--label-column", "digit", "--labels", 10, "--out", out),
                    "digit")
     one_line_error(capsys, run_cli("train", "m2", *SMALL, "--label-seed", 1, "--out", out), "--labels")
+    one_line_error(capsys, run_cli("train", "vae", "--data", "digits", "--labels", 10, "--out", out),
+                   "vae does not take", "drop --labels")  # a family without a label input has no use for it
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 

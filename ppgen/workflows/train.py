@@ -100,6 +100,15 @@ def _build(config: dict, data: datasets.Dataset):
     return pair
 
 
+def _check_kept_labels(pair, data_options: dict) -> None:
+    """``--labels N`` keeps N labels of a column the pair takes as an input; a pair that takes none has no use for it."""
+    column = data_options.get("label_column", "y")
+    if data_options.get("labels") is not None and column not in pair.inputs:
+        raise UserError(f"--labels keeps labels of the input column {column!r}, which {pair.who} does not take (its "
+                        "model is model(x)); drop --labels, or train a family whose model takes the labels, "
+                        "model(x, y)")
+
+
 def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = False, progress: bool | None = None,
               log=print, track: tuple[str, ...] = ()) -> dict:
     """Train the run described by ``config`` into ``out`` (or continue it); return its metrics.
@@ -119,6 +128,7 @@ def train_run(config: dict, out: Path, resume: bool = False, overwrite: bool = F
     data = run_data(config)
     torch.manual_seed(config["train"].get("seed", 0))  # the networks' initial weights
     pair = _build(config, data)
+    _check_kept_labels(pair, config.get("data", {}))
     train = dict(config["train"])
     backend = train.get("backend", "svi")
     select = train.get("select", "best" if backend == "svi" else "last")
