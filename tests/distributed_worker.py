@@ -1,8 +1,10 @@
 """One process of the data-parallel equivalence tests (tests/test_distributed.py), or the one-process reference.
 
 ``python tests/distributed_worker.py OUT`` trains a VQ-VAE by SVI (a deterministic objective and an EMA codebook
-with restarts, so the shards' result can be compared exactly) and a GAN adversarially (its latent a fixed
-function of the batch, so no draw differs between shards) and saves weights and history under OUT, per rank.
+with restarts, so the shards' result can be compared exactly), a GAN adversarially (its latent a fixed
+function of the batch, so no draw differs between shards) and a VAE on the bundled digits for one epoch (a
+stochastic Normal guide: each rank draws one process's noise for its rows), and saves weights and history under
+OUT, per rank.
 RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT come from the environment (torchrun's variables).
 """
 
@@ -15,25 +17,14 @@ from pathlib import Path
 import torch
 
 import ppgen
-from ppgen.models import GAN
+from ppgen.models import GAN, VAE
 from ppgen.models.vqvae import VQVAE
-from ppgen.ppl import dist, pyro
 
 VQ = dict(codes=16, code_dim=4, downsample=1, channels=16, prior_channels=16, prior_layers=2)
 SVI = dict(epochs=2, batch_size=32, lr=3e-3, engine="torch", progress=False)
+VAE_OPTIONS = dict(x_shape=(1, 8, 8), z_dim=4, hidden=(32,))
+VAE_FIT = dict(epochs=1, batch_size=64, lr=3e-3, engine="torch", progress=False)
 ADVERSARIAL = dict(epochs=2, batch_size=64, loss="ns", x_draw="mean", lr_g=1e-3, lr_d=1e-3, progress=False)
-
-
-class FixedLatentGAN(GAN):
-    """A GAN whose z is a fixed function of the batch it is drawn for (a Delta site), so training is deterministic."""
-
-    name = ""  # not a family
-
-    def model(self, x: torch.Tensor) -> None:
-        pyro.module("generator", self.generator)
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Delta(x.flip(-1) * 0.5, event_dim=1))
-            pyro.sample("x", dist.Delta(self.generator(z), event_dim=1), obs=x)
 
 
 def svi_data():
@@ -66,9 +57,17 @@ def train_svi() -> tuple[dict, list]:
     return pair.state_dict(), fit.history
 
 
+def train_vae() -> tuple[dict, list]:
+    """The digits VAE (Bernoulli likelihood, dynamic binarization, Normal guide), one epoch of 20 steps."""
+    torch.manual_seed(0)
+    pair = VAE(**VAE_OPTIONS)
+    fit = ppgen.fit(pair, ppgen.data.load("digits"), **VAE_FIT)
+    return pair.state_dict(), fit.history
+
+
 def train_adversarial() -> tuple[dict, list]:
     torch.manual_seed(0)
-    pair = FixedLatentGAN(x_shape=(2,), z_dim=2, hidden=(16, 16))
+    pair = GAN(x_shape=(2,), z_dim=2, hidden=(16, 16))
     fit = ppgen.fit(pair, adversarial_data(), backend="adversarial", critic_hidden=(16, 16), **ADVERSARIAL)
     return {"pair": pair.state_dict(), "critic": fit.critic.state_dict()}, fit.history
 
@@ -80,6 +79,6 @@ if __name__ == "__main__":
 
     group = distributed.join("cpu")
     torch.save(svi_gradients(group.rank, group.world), out / f"gradients-rank{rank}.pt")
-    for kind, train in (("svi", train_svi), ("adversarial", train_adversarial)):
+    for kind, train in (("svi", train_svi), ("adversarial", train_adversarial), ("vae", train_vae)):
         weights, history = train()
         torch.save({"weights": weights, "history": history}, out / f"{kind}-rank{rank}.pt")

@@ -1,12 +1,14 @@
 """Data-parallel training on loopback (gloo): 2 processes on shards train as 1 process on the whole batch.
 
 The two-process runs are subprocesses with torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR=127.0.0.1, a free
-port); the one-process reference runs here meanwhile. The models of the equivalence test draw no noise (a VQ-VAE:
-point-mass guide; a GAN whose latent is a fixed function of the batch), so the only differences are float32
-summation orders: over 16 Adam steps of O(1e-3) each, 1e-5 absolute (about 100 float32 ulps of the weights)
-bounds them; a wrong reduction (a rank on its own half, averaged plate terms, an EMA codebook of half a batch)
-moves the weights or the reported loss by far more (checked below on the gradients, whose sum over the plate is
-twice their mean).
+port); the one-process reference runs here meanwhile. A VQ-VAE draws no noise (point-mass guide); a GAN draws
+z ~ N(0, I) and a VAE on the digits its guide's noise, and each rank draws one process's noise for its rows
+(GlobalDraws). So the only differences are float32
+summation orders (the gradients summed over a shard then over the ranks, not over the batch at once): over 16-19
+Adam steps of O(1e-3) each, 1e-5 absolute (about 100 float32 ulps of the weights) bounds them (measured: 3e-8
+VAE, 5e-7 VQ-VAE, 4e-8 GAN); a wrong reduction (a rank on its own half, averaged plate terms, an EMA codebook of
+half a batch) or each rank's own guide noise (6e-2 on the VAE) moves the weights or the reported loss by far more
+(checked below on the gradients, whose sum over the plate is twice their mean).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def _figures(history: list[dict]) -> list[dict]:
 
 def test_two_processes_train_as_one_process_on_the_whole_batch(tmp_path):
     procs = _start([str(ROOT / "tests" / "distributed_worker.py"), str(tmp_path)], 2, distributed.free_port())
-    reference = {"svi": worker.train_svi(), "adversarial": worker.train_adversarial()}
+    reference = {"svi": worker.train_svi(), "adversarial": worker.train_adversarial(), "vae": worker.train_vae()}
     grads = worker.svi_gradients(0, 1)
     for code, err in _finish(procs):
         assert code == 0, err[-2000:]
@@ -91,12 +93,90 @@ def test_two_processes_train_as_one_process_on_the_whole_batch(tmp_path):
                 assert row2[key] == pytest.approx(row1[key], rel=1e-5), f"{kind}: {key}"
 
 
+def _site_values(fn, *args) -> dict[str, torch.Tensor]:
+    from pyro import poutine
+
+    trace = poutine.trace(fn).get_trace(*args)
+    return {name: site["value"] for name, site in trace.nodes.items() if site["type"] == "sample"}
+
+
+@pytest.mark.parametrize("particles", [1, 4])
+@pytest.mark.parametrize("family", ["normal", "lowrank", "mvn", "transformed"])
+def test_each_rank_draws_one_processs_noise_for_its_rows(family, particles):
+    """Three ranks, each on its third of a batch of 24 with its own torch seed, under GlobalDraws draw exactly what
+    one process seeded with the epoch's seed draws for the whole batch (bit for bit: the same noise, the same
+    elementwise maps), for a global site, location-scale guides, a transformed one and the vectorized particle
+    plate; without it, each rank's own stream gives other values."""
+    from ppgen.inference.distributed import GlobalDraws
+    from ppgen.ppl import dist, pyro
+
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(24, 7, generator=g), torch.randn(7, 5, generator=g) * 0.3
+    tril = torch.eye(5) + torch.tril(torch.full((5, 5), 0.1), -1)
+
+    def guide(x):
+        loc = x @ w
+        scale = loc.exp() * 0.1 + 0.5
+        pyro.sample("g", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            q = {"normal": lambda: dist.Normal(loc, scale).to_event(1),
+                 "lowrank": lambda: dist.LowRankMultivariateNormal(loc, scale[..., None] * 0.3, scale),
+                 "mvn": lambda: dist.MultivariateNormal(loc, scale_tril=tril * scale[..., None]),
+                 "transformed": lambda: dist.TransformedDistribution(dist.Normal(loc, scale).to_event(1),
+                                                                     [dist.transforms.SigmoidTransform()])}[family]()
+            pyro.sample("z", q)
+            pyro.sample("w", dist.Normal(loc[..., 0], 1.0))
+
+    run = guide if particles == 1 else pyro.plate("num_particles_vectorized", particles, dim=-2)(guide)
+    torch.manual_seed(7)
+    one = _site_values(run, x)
+    shards, alone = [], []
+    for rank in range(3):
+        torch.manual_seed(100 + rank)
+        alone.append(_site_values(run, x[8 * rank : 8 * rank + 8]))
+        torch.manual_seed(100 + rank)
+        with GlobalDraws(Group(rank, 3), "data", seed=7):
+            shards.append(_site_values(run, x[8 * rank : 8 * rank + 8]))
+    data_dim = 0 if particles == 1 else 1
+    for name in ("z", "w"):
+        assert one[name].shape[data_dim] == 24
+        # the same noise; the sigmoid's vectorized kernel and its scalar tail may round an input 1 ulp apart
+        torch.testing.assert_close(torch.cat([s[name] for s in shards], data_dim), one[name], msg=name,
+                                   **({"rtol": 2.4e-7, "atol": 0} if family == "transformed" else {"rtol": 0, "atol": 0}))
+        assert not torch.allclose(torch.cat([s[name] for s in alone], data_dim), one[name], atol=1e-3)
+    assert all(torch.equal(s["g"], one["g"]) for s in shards)
+
+
+def test_a_site_drawn_per_process_is_said_once(capsys):
+    """A Dirichlet's sampler (per-element rejection) cannot be split draw for draw: it is drawn from the process's own
+    stream, and rank 0 says so once in one line."""
+    from ppgen.inference import distributed as d
+    from ppgen.ppl import dist, pyro
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("theta_dp_test", dist.Dirichlet(torch.ones(x.shape[0], 3)))
+
+    for rank in (0, 1):
+        for _ in range(2):
+            torch.manual_seed(3)
+            with d.GlobalDraws(Group(rank, 2), "data", seed=7):
+                drawn = _site_values(guide, torch.zeros(4, 2))["theta_dp_test"]
+            torch.manual_seed(3)
+            assert torch.equal(drawn, _site_values(guide, torch.zeros(4, 2))["theta_dp_test"])  # the own stream's
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["ppgen: site 'theta_dp_test' (Dirichlet) is drawn by each of the 2 processes from its own "
+                     "stream: they train as one process in distribution, not draw for draw"]
+
+
 def _initial(kind: str) -> dict[str, torch.Tensor]:
     """The weights before training (the generator's, for the adversarial run)."""
     torch.manual_seed(0)
     if kind == "svi":
         return worker.VQVAE((1, 8, 8), **worker.VQ).state_dict()
-    return {"pair." + k: v for k, v in worker.FixedLatentGAN(x_shape=(2,), z_dim=2, hidden=(16, 16)).state_dict().items()}
+    if kind == "vae":
+        return worker.VAE(**worker.VAE_OPTIONS).state_dict()
+    return {"pair." + k: v for k, v in worker.GAN(x_shape=(2,), z_dim=2, hidden=(16, 16)).state_dict().items()}
 
 
 def _child_with_rank(parent: int, rank: int) -> int:

@@ -38,6 +38,7 @@ NaN/inf loss restores the last good epoch (generator and critic) and says so.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable
@@ -279,15 +280,20 @@ def _epoch(state: AdversarialState, plan: loop.EpochPlan) -> tuple[AdversarialSt
     order = torch.randperm(len(plan.x), generator=g).to(plan.x.device)
     sums = {"loss_d": 0.0, "loss_g": 0.0, "w_distance": 0.0}
     counts = {"d": 0, "g": 0}
+    # data-parallel: the model's sites draw what one process draws for the whole batch (this process's rows)
+    draws = (distributed.GlobalDraws(plan.group, state.pair.data_plate, plan.seed, plan.x.device)
+             if plan.group.world > 1 else contextlib.nullcontext())
     for step in range(plan.steps):
         xb = plan.rows(order, step)
-        loss_d, w = _step_critic(state, xb, plan.group)
+        with draws:
+            loss_d, w = _step_critic(state, xb, plan.group)
         sums["loss_d"] += loss_d
         sums["w_distance"] += w
         counts["d"] += 1
         values = [loss_d]
         if (plan.index * plan.steps + step + 1) % o.n_critic == 0:  # counted across epochs
-            loss_g = _step_generator(state, xb, plan.group)
+            with draws:
+                loss_g = _step_generator(state, xb, plan.group)
             sums["loss_g"] += loss_g
             counts["g"] += 1
             values.append(loss_g)

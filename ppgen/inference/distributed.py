@@ -22,8 +22,19 @@ process on the whole batch:
   buffers (batch-norm statistics) are averaged and the others (counters) and parameters without
   gradient are rank 0's. A network whose step changes state outside the gradients reduces its own
   batch statistics (:mod:`ppgen.nn.parallel`; the VQ-VAE's EMA codebook), exactly;
-* each rank reseeds torch with its own stream (rank 0's is the one-process stream), so the guide's
-  noise differs between shards.
+* the draws of the pair's sample sites are one process's, draw for draw (:class:`GlobalDraws`): every rank
+  keeps a copy of the one-process torch stream (seeded by the epoch's seed) and, at each latent site of the
+  data plate, draws from it what one process draws for the whole batch of B — the same call on the same
+  shape, so the stream advances on every rank as it does in one process — and keeps its own B/N rows.
+  The noise of example i is therefore fixed by (run seed, epoch, step, i), whatever N. This covers the
+  sites whose sampler fills its noise in one flat pass independent of the parameters (Normal,
+  MultivariateNormal, LowRankMultivariateNormal, and Independent / masked / transformed versions of these:
+  IAF guides; a point mass draws nothing); the batch dims left of the data plate may only be the ELBO's
+  particle plate. Any other site (a Dirichlet, a Gamma's rejection sampler, a discrete site sampled, a
+  plate outside the data plate) is drawn from the process's own stream, said once in one line: its
+  processes then train as one process in distribution, not draw for draw. Randomness outside the sample
+  sites (dropout, a family's own objective, such as DDPM's timestep; HMC inside training) also comes from
+  the process's own stream, which is seeded apart from the shared one and from the other ranks'.
 
 Only rank 0 writes (run directory, checkpoints, progress bar). A checkpoint holds no trace of N: a
 run resumes with any number of processes. A lost peer (a killed rank, a broken link) stops the others
@@ -34,6 +45,7 @@ at their next collective with one line (:class:`PeerLost`), within ``PPGEN_DIST_
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import re
 import socket
@@ -48,6 +60,7 @@ from pyro.poutine.messenger import Messenger
 from torch import distributed as dist
 
 from ppgen.errors import UserError
+from ppgen.nn import parallel
 
 
 class PeerLost(UserError):
@@ -74,6 +87,13 @@ def is_writer() -> bool:
 def rank_seed(seed: int, rank: int) -> int:
     """Torch's seed on rank ``rank`` for a step seeded ``seed``; rank 0's is ``seed`` itself."""
     return (seed + rank * 0x9E3779B97F4A7C15) % (2**63)
+
+
+def own_seed(seed: int, group: Group) -> int:
+    """The seed of this process's own torch stream in an epoch seeded ``seed``: ``seed`` itself when training alone;
+    in a data-parallel run one per rank and none equal to ``seed``, which seeds the stream every rank shares for the
+    sample sites (:class:`GlobalDraws`)."""
+    return seed if group.world == 1 else rank_seed(seed, group.rank + 1)
 
 
 @dataclass(frozen=True)
@@ -168,6 +188,113 @@ class ShardScale(Messenger):
         frame = next((f for f in msg["cond_indep_stack"] if f.name == self.data_plate), None)
         if frame is None or (frame.full_size is not None and frame.full_size != frame.size):
             msg["scale"] = msg["scale"] / self.world
+
+
+
+#: the samplers that fill their noise in one flat pass, whatever their parameters: a draw of shape (N, ...) holds
+#: the values one draw of shape (N·b, ...) holds, in the same order
+FLAT_NOISE = (torch.distributions.Normal, torch.distributions.MultivariateNormal,
+              torch.distributions.LowRankMultivariateNormal)
+#: the particle plate of Pyro's vectorized ELBOs: its dim is a broadcast of the guide's parameters
+PARTICLE_PLATE = "num_particles_vectorized"
+
+
+def noise_kind(fn: torch.distributions.Distribution) -> str:
+    """How a site's draws split over processes: ``"flat"`` (every leaf sampler in :data:`FLAT_NOISE`, under
+    Independent / masked / transformed wrappers), ``"none"`` (a point mass: nothing drawn) or ``"own"`` (anything
+    else: drawn per process)."""
+    from pyro.distributions import Delta, MaskedDistribution
+
+    if isinstance(fn, (torch.distributions.Independent, MaskedDistribution, torch.distributions.TransformedDistribution)):
+        return noise_kind(fn.base_dist)
+    if isinstance(fn, Delta):
+        return "none"
+    return "flat" if isinstance(fn, FLAT_NOISE) else "own"
+
+
+def draw_rows(fn: torch.distributions.Distribution, position: int, group: Group) -> torch.Tensor:
+    """Rows ``[r·b, (r+1)·b)`` along batch dim ``position`` (counted from the left) of what ``fn`` with that dim
+    grown ``group.world``-fold draws, ``r`` this rank, ``b`` that dim's size in ``fn`` — from torch's current stream,
+    consuming it as the whole draw does.
+
+    A leaf is expanded to ``(N,) + batch_shape`` and drawn in one call: the flat noise of that draw is the flat noise
+    of the whole batch's. Its row ``n·L + l`` of the ``(N·L, b, ...)`` view (``L`` the product of the dims left of
+    ``position``) holds the noise one process puts at left index ``m = n·L + l`` as ``(m // N, (m % N)·b + j)``; so
+    rows ``r, r + N, ...`` are this rank's for every left index, with the parameters of ``l`` in place of those of
+    ``m // N`` — the same wherever the left dims are broadcasts (the particle plate), which the caller checks.
+    Transforms and wrappers act on this rank's rows alone, as they act on each row of the whole draw.
+    """
+    from pyro.distributions import MaskedDistribution
+
+    if isinstance(fn, (torch.distributions.Independent, MaskedDistribution)):
+        return draw_rows(fn.base_dist, position, group)
+    if isinstance(fn, torch.distributions.TransformedDistribution):
+        x = draw_rows(fn.base_dist, position, group)
+        for transform in fn.transforms:
+            x = transform(x)
+        return x
+    grown = fn.expand(torch.Size((group.world,)) + fn.batch_shape)
+    value = grown.rsample() if grown.has_rsample else grown.sample()
+    left = math.prod(fn.batch_shape[:position])
+    rows = value.reshape((group.world * left,) + value.shape[1 + position:])[group.rank :: group.world]
+    return rows.reshape(fn.batch_shape + fn.event_shape)
+
+
+class GlobalDraws(Messenger):
+    """Draw each latent site of the data plate as one process draws it for the whole batch, and keep this rank's rows.
+
+    Used as a context around a step's ELBO on every rank of a data-parallel run (it sits outside the ELBO's own
+    handlers, so it sees each site as finally shaped, particle plate included, and leaves alone a value that replay,
+    enumeration or conditioning has set). The draws come from a :class:`~ppgen.nn.parallel.SharedStream` seeded
+    with the epoch's seed, which one process uses as its only stream: see the module docs for which sites are
+    covered; the others are drawn from the process's own stream, said once (on rank 0) per site. While it is
+    entered, a network's own whole-batch draws (:func:`ppgen.nn.parallel.whole_batch_draws`) use that stream too.
+    """
+
+    def __init__(self, group: Group, data_plate: str, seed: int, device: torch.device | str = "cpu"):
+        super().__init__()
+        self.group, self.data_plate = group, data_plate
+        self.stream = parallel.SharedStream(seed, device)
+
+    def __enter__(self) -> GlobalDraws:
+        parallel.share_stream(self.stream)  # a network's whole-batch draws (the VQ-VAE's restarts) come from it too
+        return super().__enter__()
+
+    def __exit__(self, *exc) -> None:
+        parallel.share_stream(None)
+        super().__exit__(*exc)
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["type"] != "sample" or msg["is_observed"] or msg["value"] is not None or msg["done"]:
+            return
+        frame = next((f for f in msg["cond_indep_stack"] if f.name == self.data_plate), None)
+        fn = msg["fn"]
+        if frame is None:  # a global site: every rank draws what one process draws, from its copy of the stream
+            with self.stream:
+                msg["value"] = fn(*msg["args"], **msg["kwargs"])
+            return
+        kind = noise_kind(fn)
+        if kind == "none":
+            return
+        position = len(fn.batch_shape) + frame.dim if frame.dim is not None else -1
+        outside = {f.dim for f in msg["cond_indep_stack"] if f.name == PARTICLE_PLATE}
+        broadcast_left = all(size == 1 or i - len(fn.batch_shape) in outside
+                             for i, size in enumerate(fn.batch_shape[:max(position, 0)]))
+        if kind == "own" or position < 0 or fn.batch_shape[position] != frame.size or not broadcast_left:
+            self._notice(msg["name"], fn)
+            return
+        with self.stream, torch.set_grad_enabled(torch.is_grad_enabled() and fn.has_rsample):
+            msg["value"] = draw_rows(fn, position, self.group)
+
+    def _notice(self, name: str, fn) -> None:
+        if self.group.rank == 0 and name not in _NOTICED:
+            _NOTICED.add(name)
+            print(f"ppgen: site '{name}' ({type(fn).__name__}) is drawn by each of the {self.group.world} processes "
+                  "from its own stream: they train as one process in distribution, not draw for draw",
+                  file=sys.stderr)
+
+
+_NOTICED: set[str] = set()
 
 
 def _collective(op, *args) -> None:
@@ -312,5 +439,5 @@ def _stop(procs: list[subprocess.Popen], grace_s: float) -> None:
             p.kill()
 
 
-__all__ = ["Group", "PeerLost", "ShardScale", "check_batch", "device_of", "is_writer", "join", "launch", "launched", "leave",
-           "rank_seed"]
+__all__ = ["GlobalDraws", "Group", "PeerLost", "ShardScale", "check_batch", "device_of", "draw_rows",
+           "is_writer", "join", "launch", "launched", "leave", "noise_kind", "own_seed", "rank_seed"]

@@ -22,8 +22,9 @@ plain values. The loop owns everything around it, once for all engines:
   group and hands the engine a :class:`~ppgen.inference.distributed.Group` in the plan: the engine
   takes ``plan.rows(order, step)`` (its shard of the step's batch) and reduces its gradients with
   ``plan.group.reduce_step``; the loop gives every process rank 0's weights at the start, its own
-  torch seed, and reduces buffers after every epoch (:mod:`ppgen.inference.distributed`). An
-  engine without ``modules`` (the JAX engine) is single-process.
+  torch seed (the epoch's seed itself is that of the stream the ranks share for the sample sites,
+  :class:`~ppgen.inference.distributed.GlobalDraws`), and reduces buffers after every epoch
+  (:mod:`ppgen.inference.distributed`). An engine without ``modules`` (the JAX engine) is single-process.
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def run(engine: Engine, pair, data, options: Any, *, backend: str, resume: dict 
     with pyro.validation_enabled(False):
         for index in range(fit.state.epoch, options.epochs):
             seed = epoch_seed(options.seed, index)
-            torch.manual_seed(distributed.rank_seed(seed, group.rank))
+            torch.manual_seed(distributed.own_seed(seed, group))
             start = time.perf_counter()
             bar = progress_bar(steps, f"epoch {index + 1}/{options.epochs}", show)
 

@@ -57,6 +57,7 @@ training is the plain joint update. The guide-only optimizer is a second Adam, n
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -266,6 +267,9 @@ def _torch_epoch(state: TorchState, plan: loop.EpochPlan) -> tuple[TorchState, l
     g = torch.Generator().manual_seed(plan.seed)
     order = torch.randperm(len(plan.x), generator=g).to(plan.x.device)
     total, b, accepted = 0.0, o.beta, []
+    # data-parallel: the sample sites draw what one process draws for the whole batch (this process's rows)
+    draws = (distributed.GlobalDraws(plan.group, pair.data_plate, plan.seed, plan.x.device) if plan.group.world > 1
+             else contextlib.nullcontext())
     for step in range(plan.steps):
         xb, inputs_b = plan.rows(order, step), plan.input_rows(order, step)
         b = beta_at(plan.index, step, plan.steps, o.beta, o.anneal_epochs)
@@ -278,11 +282,12 @@ def _torch_epoch(state: TorchState, plan: loop.EpochPlan) -> tuple[TorchState, l
         if aggressive and not _aggressive_inner(state, plan.x, model, guide, g, plan.batch, plan.inputs):
             return state, loop.EpochResult(stop="loss became non-finite in an aggressive guide step", stop_step=step)
         state.optimizer.zero_grad(set_to_none=True)
-        if o.mcmc_steps > 0:  # (data-parallel: each process adapts its own HMC step size on its shard)
-            value, acceptance = _mcmc_loss_and_grads(state, model, guide, xb, inputs_b)
-            accepted.append(acceptance)
-        else:
-            value = _loss_and_grads(state.loss_fn, model, guide, xb, *inputs_b)
+        with draws:
+            if o.mcmc_steps > 0:  # (data-parallel: each process adapts its own HMC step size on its shard)
+                value, acceptance = _mcmc_loss_and_grads(state, model, guide, xb, inputs_b)
+                accepted.append(acceptance)
+            else:
+                value = _loss_and_grads(state.loss_fn, model, guide, xb, *inputs_b)
         # data-parallel: the ELBO sums over the plate, so the gradients (and loss) of the shards add up to one
         # process's on the whole batch
         (value,) = plan.group.reduce_step(pair.parameters(), [value], mean=False)

@@ -317,8 +317,9 @@ class Codebook(nn.Module):
         S_k = N_k e_k): it stays while it is used at least that often. Returns how many moved."""
         dead = (self.corrected_count() < self.restart_below).nonzero().squeeze(-1)
         if len(dead):
-            z = parallel.gather_rows(z)  # data-parallel: rank 0 draws from the whole batch; all take its draw
-            rows = torch.randint(len(z), (len(dead),), device=z.device)
+            z = parallel.gather_rows(z)  # data-parallel: the draw one process makes from the whole batch, the same
+            with parallel.whole_batch_draws():  # on every rank (rank 0's is taken, should they differ)
+                rows = torch.randint(len(z), (len(dead),), device=z.device)
             parallel.broadcast_(rows)
             self.embed.data[dead] = z[rows]
             t = int(self.steps)
