@@ -271,12 +271,30 @@ def is_finished(run_dir: Path, epochs: int | None = None) -> bool:
     return isinstance(metrics, dict) and (epochs is None or metrics.get("epochs") == epochs)
 
 
+def stale_model(run_dir: Path) -> tuple[int, int] | None:
+    """(epochs, trained): the epochs ``model.pt`` was selected after and the epochs the checkpoint holds, when
+    ``model.pt`` is left from before a resume that trained more epochs and stopped before its own final stage
+    (``metrics.json``, written after ``model.pt``, names fewer epochs than the checkpoint); None otherwise."""
+    run_dir = Path(run_dir)
+    if not (run_dir / MODEL).exists() or not (run_dir / CHECKPOINT).exists():
+        return None
+    try:
+        epochs = json.loads((run_dir / METRICS).read_text()).get("epochs")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(epochs, int):
+        return None
+    trained = load_checkpoint(run_dir)["state"].get("epoch", 0)
+    return (epochs, trained) if isinstance(trained, int) and trained > epochs else None
+
+
 def selected_weights(run_dir: Path, config: dict | None = None) -> tuple[Path, dict[str, torch.Tensor]]:
     """The run's selected weights and the file they come from: ``model.pt``; for a run without one (stopped before
-    its final stage), the checkpoint's weights as the run's ``select`` would choose them (the best validation
-    epoch's where it kept them, else the last epoch's)."""
+    its final stage), or whose ``model.pt`` is older than its checkpoint (:func:`stale_model`), the checkpoint's
+    weights as the run's ``select`` would choose them (the best validation epoch's where it kept them, else the
+    last epoch's)."""
     run_dir = Path(run_dir)
-    if (run_dir / MODEL).exists():
+    if (run_dir / MODEL).exists() and stale_model(run_dir) is None:
         return run_dir / MODEL, load_weights(run_dir / MODEL)
     checkpoint = load_checkpoint(run_dir)
     train = (config or read_config(run_dir)).get("train") or {}
@@ -287,16 +305,22 @@ def selected_weights(run_dir: Path, config: dict | None = None) -> tuple[Path, d
 
 
 def unfinished_note(run_dir: Path) -> str | None:
-    """One line for a command that reads a run without ``model.pt``: which weights it uses and how to finish the run;
-    None for a finished run."""
+    """One line for a command that reads a run without a current ``model.pt`` (none, or one older than the
+    checkpoint: :func:`stale_model`): which weights it uses and how to finish the run; None for a finished run."""
     run_dir = Path(run_dir)
-    if (run_dir / MODEL).exists():
+    stale = stale_model(run_dir)
+    if (run_dir / MODEL).exists() and stale is None:
         return None
     config = read_config(run_dir)
-    epoch = load_checkpoint(run_dir)["state"].get("epoch", 0)
-    return (f"ppgen: note: {run_dir} has no {MODEL} (its training stopped before its final stage); using the weights "
-            f"{CHECKPOINT} selects after epoch {epoch}; finish the run with `ppgen train {config['model']} --resume "
-            f"{run_dir}`")
+    if stale is not None:
+        epochs, epoch = stale
+        why = (f"{run_dir}'s {MODEL} is from its first {epochs} epochs (its resume to {epoch} epochs stopped before "
+               "its final stage)")
+    else:
+        epoch = load_checkpoint(run_dir)["state"].get("epoch", 0)
+        why = f"{run_dir} has no {MODEL} (its training stopped before its final stage)"
+    return (f"ppgen: note: {why}; using the weights {CHECKPOINT} selects after epoch {epoch}; finish the run with "
+            f"`ppgen train {config['model']} --resume {run_dir}`")
 
 
 def load_pair(run_dir: Path):

@@ -142,6 +142,62 @@ def test_a_resume_to_more_epochs_stopped_after_its_last_epoch_is_finished_too(tm
     assert runs.is_finished(run, 4) and json.loads((run / runs.METRICS).read_text())["epochs"] == 4
 
 
+def test_a_model_pt_older_than_the_checkpoint_is_not_used_and_the_commands_say_how_to_finish(tmp_path, capsys,
+                                                                                              references,
+                                                                                              monkeypatch):
+    """A run finished at 3 epochs, resumed to 4 and stopped before its final stage keeps its old model.pt: ppgen.load,
+    evaluate and sample use the checkpoint's selection of epoch 4 — the weights the finished run's model.pt will hold
+    — and evaluate and sample say so in one line, with how to finish the run."""
+    import shutil
+
+    import ppgen
+
+    run = tmp_path / "run"
+    shutil.copytree(references["vae-torch"], run)
+    real = runs.save_torch
+
+    def interrupted_before_model_pt(path, obj):
+        if Path(path).name == runs.MODEL:
+            raise KeyboardInterrupt
+        real(path, obj)
+
+    monkeypatch.setattr(runs, "save_torch", interrupted_before_model_pt)
+    assert run_cli("train", "vae", "--resume", run, "--epochs", "4", "--no-progress") == 130
+    monkeypatch.setattr(runs, "save_torch", real)
+    capsys.readouterr()
+    old = weights(run / runs.MODEL)
+    assert runs.load_checkpoint(run)["state"]["best_epoch"] == 4
+    loaded = ppgen.load(run).state_dict()
+    assert any(not torch.equal(loaded[k], old[k]) for k in old)  # not the model.pt of 3 epochs
+    assert runs.stale_model(run) == (3, 4)
+    for command in (["evaluate", run, "--iwae", "2", "--limit", "20"], ["sample", run, "-n", "4", "--out",
+                                                                        tmp_path / "s.npy"]):
+        assert run_cli(*command) == 0, command
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"ppgen: note: {run}'s {runs.MODEL} is from its first 3 epochs (its resume to 4 epochs stopped "
+                       f"before its final stage); using the weights {runs.CHECKPOINT} selects after epoch 4; finish "
+                       f"the run with `ppgen train vae --resume {run}`"], err
+    assert run_cli("train", "vae", "--resume", run, "--no-progress") == 0
+    assert runs.stale_model(run) is None and runs.unfinished_note(run) is None
+    finished = weights(run / runs.MODEL)
+    assert all(torch.equal(loaded[k], finished[k]) for k in finished)
+
+
+def test_compare_and_topics_on_a_run_without_model_pt_say_how_to_finish(tmp_path, capsys, references, monkeypatch):
+    """compare and topics read a run without model.pt from its checkpoint, as evaluate and sample do, and print the
+    same one-line note (their own work is replaced here by a stand-in that records the pair it was given)."""
+    from ppgen import workflows
+
+    run = _unfinished_copy(references["vae-torch"], tmp_path)
+    expected = runs.unfinished_note(run)
+    assert expected is not None and f"ppgen train vae --resume {run}" in expected
+    monkeypatch.setattr(workflows, "compare_run", lambda *args, **kwargs: None)
+    monkeypatch.setattr(workflows, "topics_run", lambda *args, **kwargs: {"topics": []})
+    for command in (["compare", run, "--points", "1"], ["topics", run, "--json"]):
+        assert run_cli(*command) == 0, command
+        assert capsys.readouterr().err.strip().splitlines() == [expected], command
+
+
 @pytest.mark.parametrize("moment, code_line", [("first-epoch", "nothing was written"), ("mid-epoch", "--resume")])
 def test_sigterm_is_handled_as_ctrl_c(tmp_path, references, moment, code_line):
     """SIGTERM (a scheduler, `timeout`, a container stop): one line, exit 143 (128 + 15), the last checkpoint kept

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ppgen.commands.args import non_negative
@@ -38,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     if (args.points is not None and args.points < 1) or args.chains < 1 or args.samples < 1 or args.warmup < 0 or args.steps < 0 or args.iwae < 1:
         raise UserError("--points, --chains, --samples and --iwae must be at least 1, --warmup and --steps at least 0")
     pair = runs.load_pair(args.run)
+    note = runs.unfinished_note(args.run)  # the weights came from the checkpoint: say so, and how to finish
+    if note:
+        print(note, file=sys.stderr)
     if pair.nuts_refusal:
         raise UserError(f"ppgen compare runs NUTS on the latents, which cannot sample {pair.who}: {pair.nuts_refusal}")
     if not pair.has_guide:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ppgen.commands.args import positive
@@ -27,9 +28,12 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ppgen import workflows
+    from ppgen import runs, workflows
 
     result = workflows.topics_run(args.run, n=args.words, split=args.split, reference=args.reference)
+    note = runs.unfinished_note(args.run)  # the weights came from the checkpoint: say so, and how to finish
+    if note:
+        print(note, file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -47,8 +47,8 @@ def stage_run(run_dir: Path, name: str, options: dict[str, Any], resume: bool = 
     if config.get("model") not in families:
         raise UserError(f"{run_dir} holds a {config.get('model')} run; `ppgen {name}` is for "
                         f"{' and '.join(families)} runs")
-    if not (run_dir / runs.MODEL).exists():
-        raise UserError(f"stage one of {run_dir} has not finished (no {runs.MODEL}): finish it first "
+    if not (run_dir / runs.MODEL).exists() or runs.stale_model(run_dir) is not None:
+        raise UserError(f"stage one of {run_dir} has not finished (no current {runs.MODEL}): finish it first "
                         f"(ppgen train {config['model']} --resume {run_dir}), then run `ppgen {name}`")
     pair = runs.load_pair(run_dir)
     stage = next(s for s in type(pair).stages if s.name == name)
