@@ -26,7 +26,8 @@ process on the whole batch:
   keeps a copy of the one-process torch stream (seeded by the epoch's seed) and, at each latent site of the
   data plate, draws from it what one process draws for the whole batch of B — the same call on the same
   shape, so the stream advances on every rank as it does in one process — and keeps its own B/N rows.
-  The noise of example i is therefore fixed by (run seed, epoch, step, i), whatever N. This covers the
+  A global site (outside the data plate) is drawn from it whole, the same on every rank. The noise of
+  example i is therefore fixed by (run seed, epoch, step, i), whatever N. This covers the
   sites whose sampler fills its noise in one flat pass independent of the parameters (Normal,
   MultivariateNormal, LowRankMultivariateNormal, and Independent / masked / transformed versions of these:
   IAF guides; a point mass draws nothing); the batch dims left of the data plate may only be the ELBO's
@@ -34,7 +35,9 @@ process on the whole batch:
   plate outside the data plate) is drawn from the process's own stream, said once in one line: its
   processes then train as one process in distribution, not draw for draw. Randomness outside the sample
   sites (dropout, a family's own objective, such as DDPM's timestep; HMC inside training) also comes from
-  the process's own stream, which is seeded apart from the shared one and from the other ranks'.
+  the process's own stream, which is seeded apart from the shared one and from the other ranks'; one
+  process interleaves such draws with the sites' in its one stream, so a pair that has them also trains
+  as one process in distribution only.
 
 Only rank 0 writes (run directory, checkpoints, progress bar). A checkpoint holds no trace of N: a
 run resumes with any number of processes. A lost peer (a killed rank, a broken link) stops the others
