@@ -100,19 +100,24 @@ def _site_values(fn, *args) -> dict[str, torch.Tensor]:
     return {name: site["value"] for name, site in trace.nodes.items() if site["type"] == "sample"}
 
 
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
 @pytest.mark.parametrize("particles", [1, 4])
-@pytest.mark.parametrize("family", ["normal", "lowrank", "mvn", "transformed"])
-def test_each_rank_draws_one_processs_noise_for_its_rows(family, particles):
+@pytest.mark.parametrize("family, device", [("normal", "cpu"), ("lowrank", "cpu"), ("mvn", "cpu"),
+                                            ("transformed", "cpu"), pytest.param("normal", "cuda", marks=GPU)])
+def test_each_rank_draws_one_processs_noise_for_its_rows(family, device, particles):
     """Three ranks, each on its third of a batch of 24 with its own torch seed, under GlobalDraws draw exactly what
     one process seeded with the epoch's seed draws for the whole batch (bit for bit: the same noise, the same
     elementwise maps), for a global site, location-scale guides, a transformed one and the vectorized particle
-    plate; without it, each rank's own stream gives other values."""
+    plate, on the CPU (and a GPU's generator where there is one); without it, each rank's own stream gives other
+    values."""
     from ppgen.inference.distributed import GlobalDraws
     from ppgen.ppl import dist, pyro
 
     g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(24, 7, generator=g), torch.randn(7, 5, generator=g) * 0.3
-    tril = torch.eye(5) + torch.tril(torch.full((5, 5), 0.1), -1)
+    x, w = torch.randn(24, 7, generator=g).to(device), (torch.randn(7, 5, generator=g) * 0.3).to(device)
+    tril = (torch.eye(5) + torch.tril(torch.full((5, 5), 0.1), -1)).to(device)
 
     def guide(x):
         loc = x @ w
@@ -135,7 +140,7 @@ def test_each_rank_draws_one_processs_noise_for_its_rows(family, particles):
         torch.manual_seed(100 + rank)
         alone.append(_site_values(run, x[8 * rank : 8 * rank + 8]))
         torch.manual_seed(100 + rank)
-        with GlobalDraws(Group(rank, 3), "data", seed=7):
+        with GlobalDraws(Group(rank, 3), "data", seed=7, device=device):
             shards.append(_site_values(run, x[8 * rank : 8 * rank + 8]))
     data_dim = 0 if particles == 1 else 1
     for name in ("z", "w"):
