@@ -152,6 +152,31 @@ def test_each_rank_draws_one_processs_noise_for_its_rows(family, device, particl
     assert all(torch.equal(s["g"], one["g"]) for s in shards)
 
 
+def test_a_family_objectives_draws_are_one_processs_too():
+    """DDPM's own estimator draws t and the noise per example (ppgen.ppl.randint / normal): three ranks under
+    GlobalDraws, each with its own seed, get per-example objectives equal to one process's on the whole batch (the
+    same t and noise; the denoiser's float sums over 8 rows or 24 may differ in the last bits, hence rtol 1e-5),
+    and other values without it."""
+    from ppgen import models
+    from ppgen.inference.distributed import GlobalDraws
+
+    torch.manual_seed(0)
+    pair = models.get("ddpm")(x_shape=(1, 8, 8), timesteps=10, hidden=(16,), time_dim=8)
+    x = (torch.rand(24, 1, 8, 8, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    with torch.no_grad():
+        torch.manual_seed(7)
+        one = pair.objective(x)
+        shards, alone = [], []
+        for rank in range(3):
+            torch.manual_seed(100 + rank)
+            alone.append(pair.objective(x[8 * rank : 8 * rank + 8]))
+            torch.manual_seed(100 + rank)
+            with GlobalDraws(Group(rank, 3), "data", seed=7):
+                shards.append(pair.objective(x[8 * rank : 8 * rank + 8]))
+    torch.testing.assert_close(torch.cat(shards), one, rtol=1e-5, atol=0)
+    assert not torch.allclose(torch.cat(alone), one, rtol=1e-2)
+
+
 def test_a_site_drawn_per_process_is_said_once(capsys):
     """A Dirichlet's sampler (per-element rejection) cannot be split draw for draw: it is drawn from the process's own
     stream, and rank 0 says so once in one line."""

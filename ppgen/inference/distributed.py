@@ -33,11 +33,13 @@ process on the whole batch:
   IAF guides; a point mass draws nothing); the batch dims left of the data plate may only be the ELBO's
   particle plate. Any other site (a Dirichlet, a Gamma's rejection sampler, a discrete site sampled, a
   plate outside the data plate) is drawn from the process's own stream, said once in one line: its
-  processes then train as one process in distribution, not draw for draw. Randomness outside the sample
-  sites (dropout, a family's own objective, such as DDPM's timestep; HMC inside training) also comes from
-  the process's own stream, which is seeded apart from the shared one and from the other ranks'; one
-  process interleaves such draws with the sites' in its one stream, so a pair that has them also trains
-  as one process in distribution only.
+  processes then train as one process in distribution, not draw for draw. A family objective's draws
+  (``ppgen.ppl.uniform`` / ``normal`` / ``randint``, one row per example: DDPM's timestep and noise) are
+  drawn the same way, whole batch from the shared stream, own rows kept; so is a network's whole-batch
+  draw (:func:`ppgen.nn.parallel.whole_batch_draws`: the VQ-VAE's restarts). Other randomness (dropout,
+  HMC inside training) comes from the process's own stream, seeded apart from the shared one and from
+  the other ranks'; one process interleaves such draws with the sites' in its one stream, so a pair that
+  has them trains as one process in distribution only.
 
 Only rank 0 writes (run directory, checkpoints, progress bar). A checkpoint holds no trace of N: a
 run resumes with any number of processes. A lost peer (a killed rank, a broken link) stops the others
@@ -64,6 +66,7 @@ from torch import distributed as dist
 
 from ppgen.errors import UserError
 from ppgen.nn import parallel
+from ppgen.ppl.routing import example_draws
 
 
 class PeerLost(UserError):
@@ -261,11 +264,22 @@ class GlobalDraws(Messenger):
 
     def __enter__(self) -> GlobalDraws:
         parallel.share_stream(self.stream)  # a network's whole-batch draws (the VQ-VAE's restarts) come from it too
+        self._examples = example_draws(self.example_rows)  # and a family objective's per-example draws
+        self._examples.__enter__()
         return super().__enter__()
 
     def __exit__(self, *exc) -> None:
         parallel.share_stream(None)
+        self._examples.__exit__(None, None, None)
         super().__exit__(*exc)
+
+    def example_rows(self, draw, shape: tuple[int, ...]) -> torch.Tensor:
+        """This rank's rows of ``draw`` for the whole batch (``shape[0]`` rows here, N times that in all), drawn
+        from the shared stream as one process draws them."""
+        n = shape[0]
+        with self.stream:
+            whole = draw((n * self.group.world,) + tuple(shape[1:]))
+        return whole[self.group.rank * n : (self.group.rank + 1) * n]
 
     def _process_message(self, msg: dict) -> None:
         if msg["type"] != "sample" or msg["is_observed"] or msg["value"] is not None or msg["done"]:

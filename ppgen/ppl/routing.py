@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 _BACKENDS = {
@@ -194,9 +194,26 @@ def is_jax(x: Any) -> bool:
     return isinstance(x, jax.Array)
 
 
+#: how a data-parallel step draws per-example rows on torch: ``rows(draw, shape)`` (None: ``draw(shape)`` here)
+_example_rows: list[Callable[[Callable[[tuple[int, ...]], Any], tuple[int, ...]], Any]] = []
+
+
+@contextlib.contextmanager
+def example_draws(rows: Callable[[Callable[[tuple[int, ...]], Any], tuple[int, ...]], Any]) -> Iterator[None]:
+    """Inside, the torch draws of :func:`uniform`, :func:`normal` and :func:`randint` (one row per example along
+    their first dim) are ``rows(draw, shape)``: a data-parallel step draws the whole batch's rows as one process
+    does and keeps its own (:class:`ppgen.inference.distributed.GlobalDraws`)."""
+    _example_rows.append(rows)
+    try:
+        yield
+    finally:
+        _example_rows.pop()
+
+
 def _standard_draws(kind: str, shape: tuple[int, ...], like: Any, low: int = 0, high: int = 0) -> Any:
     """``kind`` ("uniform", "normal" or "randint") standard draws on the active backend: torch's generator on Pyro
-    (on ``like``'s device); on NumPyro the key of the enclosing ``seed`` handler, so SVI's seeding covers them."""
+    (on ``like``'s device; inside :func:`example_draws`, through its ``rows``); on NumPyro the key of the enclosing
+    ``seed`` handler, so SVI's seeding covers them."""
     if get_backend() == "numpyro":
         import jax
         import numpyro
@@ -210,14 +227,20 @@ def _standard_draws(kind: str, shape: tuple[int, ...], like: Any, low: int = 0, 
     import torch
 
     device = None if like is None else like.device
-    if kind == "randint":
-        return torch.randint(low, high, tuple(shape), device=device)
-    draw = torch.rand if kind == "uniform" else torch.randn
-    return draw(tuple(shape), device=device)
+
+    def draw(size: tuple[int, ...]) -> Any:
+        if kind == "randint":
+            return torch.randint(low, high, size, device=device)
+        return (torch.rand if kind == "uniform" else torch.randn)(size, device=device)
+
+    if _example_rows and len(shape) > 0:
+        return _example_rows[-1](draw, tuple(shape))
+    return draw(tuple(shape))
 
 
 def uniform(shape: tuple[int, ...], like: Any = None) -> Any:
-    """Draws of U(0, 1) on the active backend, for a family's own ``objective`` (see ``GenerativeModel``)."""
+    """Draws of U(0, 1) on the active backend, for a family's own ``objective`` (see ``GenerativeModel``): one row
+    per example along the first dim of ``shape``, so that a data-parallel run can draw them as one process does."""
     return _standard_draws("uniform", shape, like)
 
 
