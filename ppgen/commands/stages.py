@@ -5,6 +5,8 @@ built from the declaration: its name, help and description, and flags from
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
 from pathlib import Path
 
 from ppgen.commands.args import add_option_flags
@@ -24,6 +26,24 @@ def add(sub: argparse._SubParsersAction) -> None:
                        "the new total)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.set_defaults(func=run, stage=name)
+
+
+def declared_lines() -> dict[str, str]:
+    """Every stage the family modules declare -> its one-line help, read from their source without importing them
+    (``ppgen --help`` lists the stages without loading torch): each ``Stage(name=..., help=...)`` call of a module
+    of :mod:`ppgen.models` with both as plain strings. A test checks it against the registered families' stages."""
+    folders = importlib.util.find_spec("ppgen.models").submodule_search_locations or []
+    lines: dict[str, str] = {}
+    for path in sorted(p for folder in folders for p in Path(folder).glob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        if "Stage(" not in source:
+            continue
+        for node in ast.walk(ast.parse(source, str(path))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "Stage":
+                given = {k.arg: k.value.value for k in node.keywords if isinstance(k.value, ast.Constant)}
+                if isinstance(given.get("name"), str) and isinstance(given.get("help"), str):
+                    lines.setdefault(given["name"], given["help"])
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
