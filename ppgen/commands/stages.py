@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import sys
 from pathlib import Path
 
 from ppgen.commands.args import add_option_flags
@@ -29,9 +30,23 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def declared_lines() -> dict[str, str]:
-    """Every stage the family modules declare -> its one-line help, read from their source without importing them
-    (``ppgen --help`` lists the stages without loading torch): each ``Stage(name=..., help=...)`` call of a module
-    of :mod:`ppgen.models` with both as plain strings. A test checks it against the registered families' stages."""
+    """Every stage the families declare -> its one-line help, without importing a family: the registered families'
+    own declarations where :mod:`ppgen.models` is already loaded (a family defined in this process counts too),
+    else :func:`scanned_lines` of the family modules' source (``ppgen --help`` lists the stages without torch)."""
+    models = sys.modules.get("ppgen.models")
+    if models is None:
+        return scanned_lines()
+    lines: dict[str, str] = {}
+    for _, cls in sorted(models.REGISTRY.items()):  # the order of ppgen.workflows.declared_stages
+        for stage in cls.stages:
+            lines.setdefault(stage.name, stage.help)
+    return lines
+
+
+def scanned_lines() -> dict[str, str]:
+    """The stages the modules of :mod:`ppgen.models` declare, read from their source without importing them: each
+    ``Stage(name=..., help=...)`` call with both as plain strings. A test checks it against the registered families'
+    stages, so a declaration this cannot read fails there."""
     folders = importlib.util.find_spec("ppgen.models").submodule_search_locations or []
     lines: dict[str, str] = {}
     for path in sorted(p for folder in folders for p in Path(folder).glob("*.py")):
