@@ -52,3 +52,28 @@ def test_the_quick_help_is_the_full_parsers_help(monkeypatch):
     assert quick == build_parser().format_help()
     assert scanned_lines() == {name: pairs[0][1].help for name, pairs in declared_stages().items()}
     assert "prior" in scanned_lines()  # the VQ-VAE's stage two: the scan finds a declaration
+
+
+def test_public_names_load_on_first_use():
+    code = ("import ppgen\nfrom ppgen import fit, load, models\n"
+            "assert callable(fit) and callable(load) and ppgen.fit is fit and 'vae' in models.REGISTRY\n"
+            "assert ppgen.inference.Fit and ppgen.data.load and ppgen.evaluation.iwae\n"
+            "assert set(ppgen.__all__) <= set(dir(ppgen))")
+    assert {"torch", "pyro"} <= loaded_after(code)
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    import ppgen
+
+    with pytest.raises(AttributeError, match="no_such_name"):
+        ppgen.no_such_name  # noqa: B018
+
+
+def test_the_command_skips_the_collectors_passes_at_exit():
+    # an exit hook registered before main() runs after main's (hooks run last-in first-out): the objects are frozen
+    code = ("import atexit, contextlib, gc, io\n"
+            "atexit.register(lambda: print('frozen', gc.get_freeze_count()))\n"
+            "from ppgen.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n    main(['data'])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert int(out.split()[-1]) > 1000
