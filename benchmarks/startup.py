@@ -11,7 +11,8 @@ the spread of the per-round ratios, ppgen / Pyro: below 1 ppgen is quicker):
 (b) ``ppgen.fit`` of a 64-128-8 VAE on scikit-learn's 8x8 digits for 1, 10 and 100 epochs against a plain Pyro
     loop over the same networks (warm compilation cache). Each is timed inside a fresh process from the call
     to the trained pair, so ppgen's tracing and compiling count and the imports do not.
-(c) ``import ppgen`` and ``ppgen --help`` as whole processes, beside ``import torch`` for scale.
+(c) ``import ppgen``, ``ppgen --help``, ``ppgen train --help`` and ``ppgen train vae --help`` as whole processes,
+    beside ``import torch`` and a bare ``python -c pass`` for scale (the load average before and after printed).
 
     nice -n 10 python benchmarks/startup.py                    # the full set: tens of minutes on 2 cores
     nice -n 10 python benchmarks/startup.py --rounds 2 --train-epochs 5 --fit-epochs 1 10
@@ -95,12 +96,17 @@ def part_b(rounds: int, epochs_list: list[int], work: Path) -> dict:
 def part_c(rounds: int) -> dict:
     py = sys.executable
     commands = {"import ppgen": [py, "-c", "import ppgen"], "ppgen --help": [py, "-m", "ppgen", "--help"],
-                "import torch": [py, "-c", "import torch"]}
+                "ppgen train --help": [py, "-m", "ppgen", "train", "--help"],
+                "ppgen train vae --help": [py, "-m", "ppgen", "train", "vae", "--help"],
+                "import torch": [py, "-c", "import torch"], "python": [py, "-c", "pass"]}
     times: dict[str, list[float]] = {name: [] for name in commands}
+    load = [os.getloadavg()]
     for r in range(rounds):
         for name in (list(commands) if r % 2 == 0 else list(commands)[::-1]):
             times[name].append(wall(commands[name]))
-    return {name: {"median_s": statistics.median(t), "min_s": min(t), "raw": t} for name, t in times.items()}
+    load.append(os.getloadavg())
+    rows = {name: {"median_s": statistics.median(t), "min_s": min(t), "raw": t} for name, t in times.items()}
+    return {**rows, "load_average": load}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -117,7 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
         if "c" in args.parts:
             results["c"] = part_c(max(args.rounds, 5))
             for name, row in results["c"].items():
-                print(f"(c) {name:13s} median {row['median_s']:.2f} s  best {row['min_s']:.2f} s", flush=True)
+                if name != "load_average":
+                    print(f"(c) {name:22s} median {row['median_s']:.2f} s  best {row['min_s']:.2f} s", flush=True)
+            print(f"(c) load average before and after: {results['c']['load_average']}", flush=True)
         if "b" in args.parts:
             results["b"] = part_b(args.rounds, args.fit_epochs, work)
             for epochs, row in results["b"].items():

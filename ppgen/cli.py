@@ -17,8 +17,8 @@ import threading
 import warnings
 
 from ppgen.commands import COMMANDS
+from ppgen.declare import OptionError
 from ppgen.errors import Terminated, UserError, interrupt_status
-from ppgen.inference.options import OptionError, flag_of
 
 EPILOG = """examples (MODEL: a family of `ppgen models`; RUN: a run directory):
   ppgen train MODEL --data mnist --z-dim 50 --epochs 30 --out runs/a
@@ -50,14 +50,23 @@ def installed_version() -> str:
         return __version__
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``ppgen`` parser with every subcommand's flags; given the command line ``argv``, only the command it names
+    gets its flags (and imports its module): the others are listed by their line of :data:`COMMANDS`, so
+    ``ppgen --help`` and ``ppgen data`` load neither torch nor Pyro."""
     parser = ArgumentParser(prog="ppgen", description="Deep generative models as probabilistic programs: "
                                      "Pyro model/guide pairs trained by SVI and checked by NUTS.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    named = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     for command in COMMANDS:
-        command.add(sub)
+        lines = command.lines()
+        if named is None or named in lines:
+            command.load().add(sub)
+        else:
+            for name, line in lines.items():
+                sub.add_parser(name, help=line, add_help=False)
     return parser
 
 
@@ -112,9 +121,10 @@ _FREEZE_REGISTERED = False
 
 def main(argv: list[str] | None = None) -> int:
     _freeze_at_exit()
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = _parse(parser, argv)  # a mistake: one line and SystemExit(2), as argparse does
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.argv = argv
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -124,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             warnings.filterwarnings("ignore", message="Encountered NaN")
             return args.func(args)
     except OptionError as err:  # the library names the option; the command names its flag
+        from ppgen.inference.options import flag_of
+
         fix = "; use " + " ".join(f"{flag_of(k)} {_shown(v)}" for k, v in err.fix.items()) if err.fix else ""
         print(f"ppgen: error: {flag_of(err.option)} {_shown(err.value)}: {err.problem}{fix} "
               f"(see ppgen {args.command} --help)", file=sys.stderr)

@@ -45,6 +45,16 @@ def single_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def auto_at_any_size(monkeypatch):
+    """``engine="auto"`` as it decides for a job of any size: the small-job rule (a job of fewer steps than
+    ``AUTO_TORCH_BELOW_STEPS`` goes to torch first; tests/test_auto_rule.py) left out, so a test's tiny fit still
+    reaches what it checks: JAX chosen for a pair that lowers, or the fall back to torch after the JAX trial."""
+    from ppgen.inference import svi
+
+    monkeypatch.setattr(svi, "AUTO_TORCH_BELOW_STEPS", 0)
+
+
 @pytest.fixture(scope="session")
 def mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 bundled digits, read once per session (reading them takes seconds)."""

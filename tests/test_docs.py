@@ -125,8 +125,7 @@ def test_backend_options_and_cli_blocks_come_from_the_code():
         hooks.backend_options_block("nosuch")
     cli = hooks.cli_block()
     for command in COMMANDS:
-        name = command.__name__.rsplit(".", 1)[1]
-        assert f"## ppgen {name}\n" in cli or name == "stages", name
+        assert f"## ppgen {command.name}\n" in cli or command.name == "stages", command.name
     assert "## ppgen prior\n" in cli  # a stage the VQ-VAE declares
     assert "--version" in cli
     assert hooks.expand("a\n<!-- ppgen:cli -->\nb").startswith("a\n## ppgen\n")

@@ -163,7 +163,7 @@ class _HandlerMarked(ComponentMixture):
         config_enumerate(lambda x: ComponentMixture.model(self, x))(x)
 
 
-def test_a_pyro_handler_mark_trains_on_torch_saying_why(capsys):
+def test_a_pyro_handler_mark_trains_on_torch_saying_why(capsys, auto_at_any_size):
     """NumPyro does not see Pyro's config_enumerate: engine='auto' trains on torch (where the mark counts) and the
     one line says to mark the site in pyro.sample."""
     fit = ppgen.fit(_HandlerMarked(enumerate=""), X, engine="auto", epochs=1, batch_size=20, progress=False)

@@ -31,10 +31,27 @@ def test_import_ppgen_loads_no_heavy_library():
     assert loaded_after("import ppgen") == set()
 
 
-def test_help_loads_no_heavy_library():
+@pytest.mark.parametrize("argv", [[], ["--help"]])
+def test_help_loads_neither_torch_nor_pyro(argv):
     code = ("import contextlib, io\nfrom ppgen.cli import main\n"
-            "with contextlib.redirect_stdout(io.StringIO()):\n    main([])")
-    assert not loaded_after(code) & set(HEAVY)
+            f"with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n    main({argv!r})")
+    assert loaded_after(code) == set()
+
+
+def test_the_quick_help_is_the_full_parsers_help(monkeypatch):
+    """``ppgen --help`` in a fresh process lists the commands from their table and the stages from the family
+    modules' source; the parser with every command's flags (each module's own ``add``, the stages the registered
+    families declare) shows the same page, so neither list can drift from what it stands for."""
+    from ppgen.cli import build_parser
+    from ppgen.commands.stages import scanned_lines
+    from ppgen.workflows import declared_stages
+
+    code = "import contextlib, sys\nfrom ppgen.cli import main\nwith contextlib.suppress(SystemExit):\n    main(['--help'])"
+    monkeypatch.setenv("COLUMNS", "100")  # argparse wraps to this width in both
+    quick = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert quick == build_parser().format_help()
+    assert scanned_lines() == {name: pairs[0][1].help for name, pairs in declared_stages().items()}
+    assert "prior" in scanned_lines()  # the VQ-VAE's stage two: the scan finds a declaration
 
 
 def test_public_names_load_on_first_use():

@@ -184,7 +184,7 @@ def test_svi_trains_on_both_engines_to_the_same_range(fits, digits):
     assert abs(mt - mj) < 1.5 + 4 * math.hypot(st, sj), (mt, mj, st, sj)
 
 
-def test_auto_engine_picks_jax_for_the_new_family(digits):
+def test_auto_engine_picks_jax_for_the_new_family(digits, auto_at_any_size):
     said = []
     torch.manual_seed(0)
     fit = ppgen.fit(LaplaceVAE(digits.x_shape, Z_DIM, HIDDEN), digits, engine="auto", announce=said.append,

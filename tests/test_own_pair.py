@@ -289,7 +289,7 @@ def test_autoguide_pair_survives_a_run_directory(tmp_path):
     assert all(torch.equal(v, pair.state_dict()[k]) for k, v in loaded.state_dict().items())
 
 
-def test_jax_engine_refuses_an_autoguide_it_cannot_map():
+def test_jax_engine_refuses_an_autoguide_it_cannot_map(auto_at_any_size):
     """An autoguide without a NumPyro mapping is one line naming it; ``auto`` falls back to torch."""
     x, _, _ = regression_data()
     with pytest.raises(ppgen.errors.UserError, match="AutoLowRankMultivariateNormal runs on Pyro only"):
@@ -310,7 +310,7 @@ class RawAutoNormal(Regression):
         self.auto = pyro.infer.autoguide.AutoNormal(self.model)
 
 
-def test_pyros_own_autoguide_trains_on_torch_and_auto_says_how_to_reach_jax():
+def test_pyros_own_autoguide_trains_on_torch_and_auto_says_how_to_reach_jax(auto_at_any_size):
     """Pyro's own autoguide is trained by the torch engine and reloads into a fresh pair; ``auto`` picks torch and
     says to write it with ``ppgen.ppl.autoguide`` for the JAX engine."""
     x, mean, _ = regression_data()

@@ -216,7 +216,7 @@ def test_fit_jax(name):
 
 
 @pytest.mark.parametrize("name", cells("auto"))
-def test_auto_picks_an_engine_that_runs_the_pair(name):
+def test_auto_picks_an_engine_that_runs_the_pair(name, auto_at_any_size):
     def run() -> str:
         case, messages = CASES[name], []
         fit = ppgen.inference.fit(case.make(), data_of(name), backend="svi", epochs=1, batch_size=case.batch_size,
@@ -227,7 +227,7 @@ def test_auto_picks_an_engine_that_runs_the_pair(name):
     record(name, "auto", run)
 
 
-def test_a_torch_function_in_the_guide_is_one_line_on_jax_and_auto_falls_back_to_torch():
+def test_a_torch_function_in_the_guide_is_one_line_on_jax_and_auto_falls_back_to_torch(auto_at_any_size):
     """The conditional VAE with the scale's softplus written in the guide (torch code NumPyro cannot run):
     engine="jax" is one line naming engine='torch'; auto picks torch and says why."""
     import torch.nn.functional as F

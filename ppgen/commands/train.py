@@ -7,6 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from ppgen.commands import help_of
 from ppgen.commands.args import add_flag, add_option_flags, choices_of, modes_line, non_negative, positive
 from ppgen.errors import Terminated, UserError, interrupt_status
 from ppgen.inference.options import AdversarialOptions, SVIOptions, cli_flags
@@ -26,7 +27,7 @@ DESCRIPTION = ("Train a model/guide pair by SVI (Pyro), or adversarially against
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model (SVI, or adversarially) and write a run directory",
+    p = sub.add_parser("train", help=help_of("train"),
                        description=DESCRIPTION + " `ppgen train MODEL --help` lists that family's flags only.",
                        add_help=False)
     fill(p)

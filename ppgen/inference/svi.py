@@ -9,7 +9,9 @@ declares its engines: :func:`~ppgen.inference.options.unsupported`), tried in or
 the engine's initialization, a trial on the pair (the JAX engine checks that its guide draws the
 model's latents on NumPyro and traces one step of the compiled epoch); an engine that fails it is
 skipped for the next, and the choice, with the failure that caused it, is printed once on stderr and
-recorded in ``fit.options["engine"]``. An engine asked for by name that cannot run the pair is one
+recorded in ``fit.options["engine"]``. A job too small for compiling to pay — fewer SVI steps in all (epochs × steps
+an epoch) than :data:`AUTO_TORCH_BELOW_STEPS`, on the CPU — goes to the torch engine first, and the line says so.
+An engine asked for by name that cannot run the pair is one
 :class:`~ppgen.errors.UserError` line saying why. Both run inside the one training loop
 (:mod:`ppgen.inference.loop`).
 
@@ -334,10 +336,38 @@ TORCH_ENGINE = loop.Engine(
 
 
 # -- the backend ----------------------------------------------------------------------------------
-def engine_candidates(pair, options: SVIOptions) -> tuple[list[str], str]:
+#: ``engine="auto"`` trains a job of fewer SVI steps than this (epochs × steps an epoch) on the torch engine first:
+#: there, tracing, lowering and compiling the JAX epoch cost more than the JAX engine's steps save. Measured by
+#: benchmarks/auto_rule.py (``ppgen.fit`` of a 64-128-8 VAE on the 8x8 digits, 4 steps an epoch, and of the
+#: 784-400-50 VAE on the bundled MNIST, 13 an epoch; fresh processes; 2-core machine, load average 10-14):
+#:
+#: * torch's and XLA's own threads (the default), wall seconds: at 4 steps (digits, 1 epoch) torch finished first,
+#:   2.8 s against JAX's 4.6 s (warm compilation cache) and 4.8 s (cold); at 13 steps (MNIST, 1 epoch) JAX did,
+#:   6.4 s (warm) and 11.2 s (cold) against 19.5 s, and from 40 steps on both networks.
+#: * one thread each, CPU seconds (what a quiet core gives): torch first at every size measured, up to 400 steps
+#:   on the digits (2.8 s against 5.7 s) and 390 on MNIST (7.3 s against 7.8 s warm, 10.3 s cold); the line fits
+#:   give JAX a fixed cost of 1.9-2.0 s warm and 4.5-4.7 s cold against torch's 1.1-1.2 s, and a step no quicker
+#:   than torch's (MNIST 14.9 ms against 15.7 ms), so on a quiet core JAX pays only after ~1,000 steps.
+#:
+#: The threshold sits where every measurement agrees that torch finishes first (below the 13 steps at which JAX
+#: already won with the default threads), so ``auto`` keeps JAX wherever any measurement favoured it.
+AUTO_TORCH_BELOW_STEPS = 10
+
+
+def small_job(steps: int | None) -> str | None:
+    """Why a job of ``steps`` SVI steps in all trains sooner on the torch engine (``None``: it does not, or the
+    number is not known)."""
+    if steps is None or steps >= AUTO_TORCH_BELOW_STEPS:
+        return None
+    return (f"auto: {steps} steps in all, fewer than the {AUTO_TORCH_BELOW_STEPS} it takes for compiling the JAX "
+            "epoch to pay; engine='jax' compiles anyway")
+
+
+def engine_candidates(pair, options: SVIOptions, steps: int | None = None) -> tuple[list[str], str]:
     """The engines to try for ``options.engine``, in order, and why the first: "auto" prefers jax unless an
-    option, the pair's ``svi_engines`` or the device rules it out; the next is tried when the one before cannot
-    run the pair (:func:`fit_svi`)."""
+    option, the pair's ``svi_engines`` or the device rules it out, or the job (``steps``, the SVI steps of the whole
+    fit, where known) is too small for compiling to pay (:func:`small_job`, on the CPU); the next is tried when
+    the one before cannot run the pair (:func:`fit_svi`)."""
     if distributed.launched() > 1 and options.engine != "torch" and "torch" in pair.svi_engines:
         return ["torch"], (f"data-parallel over {distributed.launched()} processes runs on the torch engine; the "
                            "JAX engine trains in one process")
@@ -363,13 +393,21 @@ def engine_candidates(pair, options: SVIOptions) -> tuple[list[str], str]:
 
         if jax.default_backend() != "gpu":
             return ["torch"], "JAX sees no GPU"
+    elif small_job(steps) and "torch" in pair.svi_engines:  # measured on the CPU
+        return ["torch"] + [e for e in pair.svi_engines if e != "torch"], small_job(steps)
     return list(pair.svi_engines), "the pair lowers to JAX"
 
 
-def choose_engine(pair, options: SVIOptions) -> tuple[str, str]:
-    """(engine, why): the first engine :func:`fit_svi` tries (it falls back to the next if that one's trial fails)."""
-    names, why = engine_candidates(pair, options)
+def choose_engine(pair, options: SVIOptions, steps: int | None = None) -> tuple[str, str]:
+    """(engine, why): the first engine :func:`fit_svi` tries (it falls back to the next if that one's trial fails)
+    for a fit of ``steps`` SVI steps in all (``None``: not known, the job's size not counted)."""
+    names, why = engine_candidates(pair, options, steps)
     return names[0], why
+
+
+def total_steps(data, options: SVIOptions) -> int:
+    """The SVI steps a fit takes in all: ``epochs`` × the steps of an epoch (:func:`ppgen.inference.loop.batching`)."""
+    return options.epochs * loop.batching(len(data.train), options.batch_size)[1]
 
 
 def _engine(name: str) -> loop.Engine:
@@ -385,7 +423,7 @@ def start_engine(pair, data, options: SVIOptions, resume: dict | None,
     """The first engine of :func:`engine_candidates` whose initialization — its trial: the JAX engine traces one
     step of the compiled epoch — runs the pair, and its state. Falling back is said in the one announced line; an
     engine chosen by hand that cannot run the pair is one :class:`UserError` line naming the reason."""
-    names, why = engine_candidates(pair, options)  # at least one
+    names, why = engine_candidates(pair, options, total_steps(data, options))  # at least one
     for name in names:
         engine = _engine(name)
         try:
