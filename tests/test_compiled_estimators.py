@@ -143,9 +143,11 @@ def test_pairs_that_cannot_compile_run_on_torch(monkeypatch):
 
 
 def test_validation_callback_compiles_once_after_the_jax_engine(ppca_truth, monkeypatch):
-    """Validation after a JAX-trained epoch runs compiled, once compiled for the run: new weights, same code;
-    with the exact posterior as guide its ELBO is the mean log p(x) of the validation split."""
+    """Validation after a JAX-trained epoch runs compiled when the run's validation work is large, once compiled
+    for the run: new weights, same code; with the exact posterior as guide its ELBO is the mean log p(x) of the
+    validation split."""
     monkeypatch.delenv(likelihood_module.ENGINE_VARIABLE, raising=False)
+    monkeypatch.setattr(likelihood_module, "AUTO_MIN_WORK", 40 * 5 * 100)  # 40 examples x 5 values x 100 epochs
     pair = _ppca(ppca_truth).set_guide_to_posterior()
     val = ppca_sample(ppca_truth, 40, seed=8)
     data = SimpleNamespace(val=val, inputs=lambda split, names: ())
@@ -153,13 +155,27 @@ def test_validation_callback_compiles_once_after_the_jax_engine(ppca_truth, monk
     real = compiled.estimate
     monkeypatch.setattr(compiled, "estimate", lambda *a, **kw: calls.append(a[2]) or real(*a, **kw))
     callback = likelihood_module.validation_callback(data, seed=0)
-    first = callback(SimpleNamespace(pair=pair, options={"engine": "jax"}))["val_elbo"]
+    assert callback(SimpleNamespace(pair=pair, options={"engine": "jax", "epochs": 99})) and calls == []  # too small
+    first = callback(SimpleNamespace(pair=pair, options={"engine": "jax", "epochs": 100}))["val_elbo"]
     assert first == pytest.approx(float(pair.log_marginal(val).detach().mean()), abs=1e-4)
     pair.set_params(ppca_truth["W"] * 1.1, ppca_truth["mu"], ppca_truth["sigma"]).set_guide_to_posterior()
-    second = callback(SimpleNamespace(pair=pair, options={"engine": "jax"}))["val_elbo"]
+    second = callback(SimpleNamespace(pair=pair, options={"engine": "jax", "epochs": 100}))["val_elbo"]
     assert second == pytest.approx(float(pair.log_marginal(val).detach().mean()), abs=1e-4)
     assert calls == ["elbo", "elbo"]
     estimators = [fn for key, fn in compiled._PAIRS[pair].items() if key[0] == "elbo"]
     assert len(estimators) == 1 and estimators[0]._cache_size() == 1  # one compilation for both epochs
-    callback(SimpleNamespace(pair=pair, options={"engine": "torch"}))
+    callback(SimpleNamespace(pair=pair, options={"engine": "torch", "epochs": 100}))
     assert calls == ["elbo", "elbo"]  # a torch-trained run validates on torch
+
+
+def test_a_compiled_pair_is_freed_when_dropped(ppca_truth):
+    import gc
+    import weakref
+
+    pair = _ppca(ppca_truth)
+    iwae(pair, ppca_sample(ppca_truth, 4, seed=1), k=3, engine="jax")
+    assert pair in compiled._PAIRS
+    gone = weakref.ref(pair)
+    del pair
+    gc.collect()
+    assert gone() is None  # what is kept for it (its probe, its compiled estimators) does not hold it

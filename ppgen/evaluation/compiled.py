@@ -286,10 +286,11 @@ def _build(pair, which: str, k: int, k_chunk: int, row_chunk: int) -> Callable:
 
     k_chunks, k_size = balanced(k, k_chunk)
     log_k = math.log(k)
+    owner = weakref.ref(pair)  # kept in _PAIRS under the pair: a strong reference would keep the pair alive
 
     def rows_estimate(params, key, x, inputs):
         def particle_chunk(_, c):
-            log_w, _draws = chunk_log_weights(pair, params, jax.random.fold_in(key, c), x, inputs, k_size)
+            log_w, _draws = chunk_log_weights(owner(), params, jax.random.fold_in(key, c), x, inputs, k_size)
             real = (c * k_size + jnp.arange(k_size) < k)[:, None]  # the last chunk's padding drops out
             if which == IWAE:
                 return None, jax.nn.logsumexp(jnp.where(real, log_w, -jnp.inf), axis=0)

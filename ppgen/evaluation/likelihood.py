@@ -32,7 +32,7 @@ same ``budget``), log-sum-exp pooled in float32 as above; it takes a pair that l
 sites, no objective or closed-form ELBO of its own, no global or mutable sites
 (:func:`ppgen.evaluation.compiled.why_not`). ``"auto"`` (the default) compiles where the pair can take it and
 the job is large enough that compiling pays: examples × draws × values per example ≥ :data:`AUTO_MIN_WORK`
-(IWAE-1000 on 1,000 MNIST digits is 7.8 × 10⁸; one ELBO draw on 10,000 digits 7.8 × 10⁶), else it runs on torch.
+(IWAE-1000 on 1,000 MNIST digits is 7.8 × 10⁸ and compiles; one ELBO draw on 10,000 digits, 7.8 × 10⁶, does not), else it runs on torch.
 The environment variable ``PPGEN_ESTIMATOR_ENGINE`` (``auto``, ``jax`` or ``torch``) replaces the default
 ``"auto"``, so ``PPGEN_ESTIMATOR_ENGINE=torch`` runs every estimate on torch for comparison; an ``engine`` given
 in the call wins. Both paths draw from torch's generator (the JAX key is drawn from it), so ``torch.manual_seed``
@@ -52,7 +52,7 @@ import torch
 from ppgen.errors import UserError
 from ppgen.models.arguments import check_estimator_args
 from ppgen.ppl import discrete_sites
-from ppgen.progress import track
+from ppgen.progress import heartbeat, track
 from ppgen.sites import enumerated_log_weights, log_weights
 
 if TYPE_CHECKING:  # annotations only
@@ -65,9 +65,10 @@ __all__ = ["bits_per_dim", "elbo", "iwae", "global_latents", "log_weights", "ref
 ENGINES = ("auto", "jax", "torch")
 #: names the default engine in place of ``auto`` (``torch`` forces the torch path for comparison)
 ENGINE_VARIABLE = "PPGEN_ESTIMATOR_ENGINE"
-#: examples × draws × values per example from which ``auto`` compiles: compiling costs about a second on a
-#: 2-core machine, the torch path about 2 ns per value (benchmarks/iwae_speed.py)
-AUTO_MIN_WORK = 500_000_000
+#: examples × draws × values per example from which ``auto`` compiles: tracing and compiling cost 1-5 s on a
+#: loaded 2-core machine (0.3-0.7 s from a warm compilation cache), the torch path ~70 ns per value and the
+#: compiled one about half that (benchmarks/iwae_speed.py), so compiling pays from ~1.5 × 10⁸ values cold
+AUTO_MIN_WORK = 200_000_000
 
 
 def _chunks(n: int, size: int):
@@ -128,7 +129,9 @@ def _compiled(pair, x: torch.Tensor, which: str, k: int, budget: int, inputs: tu
     from ppgen.evaluation import compiled
 
     k_chunk, b_chunk = _budget(pair, k, budget)
-    return compiled.estimate(pair, x, which, k, k_chunk, b_chunk, inputs)
+    what = f"IWAE-{k}" if which == "iwae" else f"ELBO ({k} draws)"
+    with heartbeat(f"{what} on {x.shape[0]} examples, compiled"):  # one call: no steps to count
+        return compiled.estimate(pair, x, which, k, k_chunk, b_chunk, inputs)
 
 
 def iwae(pair, x: torch.Tensor, k: int = 1000, budget: int = 8_000_000,
@@ -223,10 +226,10 @@ def bits_per_dim(log_px: torch.Tensor, x_shape) -> torch.Tensor:
 def validation_callback(data: Dataset, seed: int = 0, engine: str | None = None):
     """Held-out ELBO per example on the validation split, after every epoch (one seeded draw).
 
-    ``engine`` (None: the training engine's choice) is the estimator's: a run that trains on the JAX engine
-    validates compiled (``"jax"`` where the pair compiles, :func:`choose_engine`; compiled once for the run, the
-    weights passed in each epoch), a torch-trained run on torch (no JAX imported for it), each unless
-    ``PPGEN_ESTIMATOR_ENGINE`` says otherwise.
+    ``engine`` (None: chosen per run) is the estimator's: a run that trains on the JAX engine validates
+    compiled where the pair compiles and its validation work over all epochs (examples × values per example ×
+    epochs) reaches :data:`AUTO_MIN_WORK` — compiled once for the run, the weights passed in each epoch — and on
+    torch otherwise; a torch-trained run on torch; each unless ``PPGEN_ESTIMATOR_ENGINE`` says otherwise.
     """
     def callback(fit: Fit) -> dict:
         if len(data.val) == 0:
@@ -245,11 +248,16 @@ def validation_callback(data: Dataset, seed: int = 0, engine: str | None = None)
 
 
 def _validation_engine(fit: Fit, x: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> str:
-    """``"torch"`` after the torch engine (or where ``PPGEN_ESTIMATOR_ENGINE`` says), else ``"jax"`` where the
-    pair compiles and ``"auto"`` where it does not."""
+    """The validation ELBO's engine: ``PPGEN_ESTIMATOR_ENGINE`` where set; ``"torch"`` after the torch engine;
+    after the JAX engine ``"jax"`` where the pair compiles and the run's validation work (examples × values per
+    example × epochs: it compiles once for them all) reaches :data:`AUTO_MIN_WORK`, else ``"torch"``."""
     chosen = os.environ.get(ENGINE_VARIABLE, "").strip().lower()
-    if chosen or (fit.options or {}).get("engine") != "jax":
+    options = fit.options or {}
+    if chosen or options.get("engine") != "jax":
         return chosen or "torch"
+    work = x.shape[0] * math.prod(fit.pair.x_shape) * max(1, int(options.get("epochs") or 1))
+    if work < AUTO_MIN_WORK:
+        return "torch"
     from ppgen.evaluation import compiled
 
     return "jax" if compiled.why_not(fit.pair, x, inputs) is None else "torch"
