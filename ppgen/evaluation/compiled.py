@@ -296,7 +296,10 @@ def _build(pair, which: str, k: int, k_chunk: int, row_chunk: int) -> Callable:
                 return None, jax.nn.logsumexp(jnp.where(real, log_w, -jnp.inf), axis=0)
             return None, jnp.where(real, log_w, 0.0).sum(0)
 
-        _, parts = jax.lax.scan(particle_chunk, None, jnp.arange(k_chunks))
+        if k_chunks == 1:  # every particle at once: no loop to compile (about 10% of the compile time)
+            parts = particle_chunk(None, 0)[1][None]
+        else:
+            _, parts = jax.lax.scan(particle_chunk, None, jnp.arange(k_chunks))
         if which == IWAE:
             return jax.nn.logsumexp(parts, axis=0) - log_k
         return parts.sum(0) / k
