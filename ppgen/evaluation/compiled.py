@@ -146,7 +146,7 @@ def _trace_sites(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> dic
     found: dict[str, Any] = {}
 
     def look(x, *inputs):
-        with handlers.block(), _particles(pair, 2):
+        with _particles(pair, 2):
             g = handlers.trace(handlers.seed(guide, 0)).get_trace(x, *inputs)
             m = handlers.trace(handlers.replay(handlers.seed(model, 1), g)).get_trace(x, *inputs)
         found["guide"] = _describe(g)
