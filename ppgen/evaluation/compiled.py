@@ -6,7 +6,7 @@ NumPyro inside a vectorized ``particles`` plate at dim −(max_plate_nesting + 1
 draws, and every sample site is reduced per example by :mod:`ppgen.sites`' rule, written again for NumPyro
 traces (scale and mask applied, every batch dim but the particle and data dims summed)::
 
-    log w_{k,n} = Σ_{s ∈ model} ℓ_s[k, n] − Σ_{s ∈ guide} ℓ_s[k, n]
+    log w_{k,n} = Σ_{s ∈ model} ℓ_s[k, n] − Σ_{s ∈ guide} ℓ_s[k, n],   IWAE_K = log (1/K) Σ_k w_k   (Burda et al., 2016)
 
 The whole estimate is one ``jax.jit`` function: ``lax.map`` over chunks of examples, inside it ``lax.scan`` over
 chunks of particles, chunk sizes from the same memory budget as the torch path (rows × particles × D floats).
