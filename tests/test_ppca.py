@@ -60,25 +60,31 @@ def poor(ppca_truth):
     return imperfect_pair(ppca_truth, 0.04, [[0.35, 0.0], [0.3, -0.2]])
 
 
+#: the estimators' engines: every exact check below runs on the torch path and compiled (ppgen.evaluation.compiled)
+ENGINES = pytest.mark.parametrize("engine", ["torch", "jax"])
+
+
+@ENGINES
 @torch.no_grad()
-def test_elbo_equals_log_px_minus_exact_kl(mild, ppca_truth):
+def test_elbo_equals_log_px_minus_exact_kl(mild, ppca_truth, engine):
     x = ppca_sample(ppca_truth, 400, seed=1)
     log_px = mild.log_marginal(x)
     kl = kl_divergence(guide_distribution(mild, x), mild.posterior(x))
     assert float(kl.mean()) > 0.5  # the guide really is imperfect
     torch.manual_seed(0)
-    estimate = elbo(mild, x, num_samples=10)
+    estimate = elbo(mild, x, num_samples=10, engine=engine)
     m, se = mean_se(estimate - (log_px - kl))
     assert abs(m) < Z * se, (m, se)
     assert se < 0.05
 
 
+@ENGINES
 @torch.no_grad()
-def test_iwae_ordering_and_convergence_to_exact_log_px(mild, ppca_truth):
+def test_iwae_ordering_and_convergence_to_exact_log_px(mild, ppca_truth, engine):
     x = ppca_sample(ppca_truth, 400, seed=1)
     log_px = mild.log_marginal(x)
     torch.manual_seed(0)
-    estimates = {k: iwae(mild, x, k=k) for k in (1, 10, 100, 1000)}
+    estimates = {k: iwae(mild, x, k=k, engine=engine) for k in (1, 10, 100, 1000)}
     for k, est in estimates.items():  # IWAE_K ≤ log p(x): the mean gap is never significantly positive
         m, se = mean_se(est - log_px)
         assert m < Z * se, (k, m, se)
@@ -94,12 +100,13 @@ def test_iwae_ordering_and_convergence_to_exact_log_px(mild, ppca_truth):
     assert m1 < -Z * se1
 
 
+@ENGINES
 @torch.no_grad()
-def test_iwae_strictly_increasing_in_k_for_a_poor_guide(poor, ppca_truth):
+def test_iwae_strictly_increasing_in_k_for_a_poor_guide(poor, ppca_truth, engine):
     x = ppca_sample(ppca_truth, 1500, seed=2)
     log_px = poor.log_marginal(x)
     torch.manual_seed(1)
-    estimates = [iwae(poor, x, k=k) for k in (1, 10, 100, 1000)]
+    estimates = [iwae(poor, x, k=k, engine=engine) for k in (1, 10, 100, 1000)]
     # z-scores of the three gains in pilot runs with 3 other seeds: 18-20, 8-11 and 6.5-9.3
     for small, large in zip(estimates, estimates[1:]):
         m, se = mean_se(large - small)
@@ -108,8 +115,9 @@ def test_iwae_strictly_increasing_in_k_for_a_poor_guide(poor, ppca_truth):
     assert m < -3 * se  # with this guide even K = 1000 is measurably below log p(x): a bound, not an estimate
 
 
+@ENGINES
 @torch.no_grad()
-def test_exact_posterior_guide_gives_log_px_with_zero_variance(ppca_truth):
+def test_exact_posterior_guide_gives_log_px_with_zero_variance(ppca_truth, engine):
     pair = true_pair(ppca_truth).set_guide_to_posterior()
     x = ppca_sample(ppca_truth, 50, seed=3)
     log_px = pair.log_marginal(x)
@@ -117,8 +125,8 @@ def test_exact_posterior_guide_gives_log_px_with_zero_variance(ppca_truth):
     assert lw.shape == (200, 50)
     torch.testing.assert_close(lw, log_px.expand_as(lw), atol=2e-4, rtol=1e-5)
     assert float(lw.std(0).max()) < 1e-4
-    torch.testing.assert_close(elbo(pair, x, num_samples=3), log_px, atol=2e-4, rtol=1e-5)
-    torch.testing.assert_close(iwae(pair, x, k=30), log_px, atol=2e-4, rtol=1e-5)
+    torch.testing.assert_close(elbo(pair, x, num_samples=3, engine=engine), log_px, atol=2e-4, rtol=1e-5)
+    torch.testing.assert_close(iwae(pair, x, k=30, engine=engine), log_px, atol=2e-4, rtol=1e-5)
 
 
 def test_analytic_kl_and_monte_carlo_elbo_agree():
