@@ -231,7 +231,7 @@ def still_falling(curve: list[float], window: int = 10) -> float:
 
 def markdown(records: list[dict]) -> str:
     lines = ["| row | model | test NLL (nats) | paper | difference | epochs (paper) | train CPU s | train wall s | "
-             "load avg | final val ELBO | val gain, last 10 epochs (nats/epoch) |",
+             "load avg | final val ELBO | val −ELBO drop per epoch, last 10 |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         diff = f"{r['nll'] - r['paper']:+.2f}" if r["paper"] else "—"
@@ -239,10 +239,24 @@ def markdown(records: list[dict]) -> str:
                      f"{r['paper']:.2f} ({r['paper_source']}) | {diff} | {r['epochs_run']} ({r['paper_epochs']}) | "
                      f"{r['train_cpu_s']:.0f} | {r['train_wall_s']:.0f} | {r['load_mean']:.1f} | "
                      f"{r['curve_val_elbo'][-1]:.2f} | {still_falling(r['curve_val_elbo']):.3f} |")
+    lines += ["", curves(records)]
     ks = {(r["k"], r["test_digits"]) for r in records}
     lines.append("")
     lines.append("Test NLL: −IWAE-K on " + "; ".join(f"{n:,} test digits, K = {k:,}" for k, n in sorted(ks)) +
                  " (± one standard error over the digits).")
+    return "\n".join(lines)
+
+
+def curves(records: list[dict], marks: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)) -> str:
+    """The learning curves as a table: validation −ELBO (nats) after selected epochs and after the last."""
+    longest = max(r["epochs_run"] for r in records)
+    cols = [m for m in marks if m < longest]
+    lines = ["| row | " + " | ".join(f"epoch {m}" for m in cols) + " | last epoch |",
+             "|---|" + "---|" * (len(cols) + 1)]
+    for r in records:
+        v = r["curve_val_elbo"]
+        cells = [f"{-v[m - 1]:.2f}" if m <= len(v) and v[m - 1] is not None else "" for m in cols]
+        lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {-v[-1]:.2f} ({len(v)}) |")
     return "\n".join(lines)
 
 
