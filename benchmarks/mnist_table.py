@@ -27,6 +27,7 @@ load average during training, and writes ``ROW.json`` (and the weights ``ROW.pt`
     python benchmarks/mnist_table.py train --rows vae-k1,iwae-k5,iwae-k50,vae2-k1,iwae2-k50,lvae --epochs paper \\
         --device cuda --out runs/mnist_table                                           # the papers' budget, GPU
     python benchmarks/mnist_table.py report runs/mnist_table --markdown docs/mnist_table.md --figure curves.png
+    python benchmarks/mnist_table.py paired runs/mnist_table --rows vae-k1,iwae-k5,lvae --test-points 2000
 """
 
 from __future__ import annotations
@@ -117,6 +118,15 @@ def parse(argv=None) -> argparse.Namespace:
     t.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", type=Path, default=Path("runs/mnist_table"))
+    q = sub.add_parser("paired", help="re-score saved rows on the same digits: paired differences of their NLLs")
+    q.add_argument("folder", type=Path)
+    q.add_argument("--rows", required=True)
+    q.add_argument("--data", default="mnist-full")
+    q.add_argument("--k", type=int, default=5000)
+    q.add_argument("--test-points", type=int, default=0)
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--threads", type=int, default=None)
+    q.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("report", help="the Markdown table and the learning-curve figure from the rows' JSON files")
     r.add_argument("folder", type=Path)
     r.add_argument("--markdown", type=Path, default=None)
@@ -149,6 +159,37 @@ def test_subset(data, n: int, seed: int) -> tuple[torch.Tensor, list[int] | None
     return data.test[idx], idx.tolist()
 
 
+def score(pair, data, args) -> tuple[torch.Tensor, list[int] | None]:
+    """IWAE-K log p̂(x) of every scored test digit (seeded: the same draws for the same weights), and their indices."""
+    x, idx = test_subset(data, args.test_points, args.seed)
+    pair.eval()
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        return iwae(pair, x.to(args.device), k=args.k).double().cpu(), idx
+
+
+def paired(args) -> int:
+    """Re-score the rows' saved weights (ROW.pt) on the same digits with the same seed (the figures ``train``
+    recorded) and print every pair's mean difference of −log p̂ with its paired standard error."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = args.rows.split(",")
+    data = load(args.data, binarize="dynamic" if args.data == "mnist-full" else None, seed=args.seed)
+    logp = {}
+    for name in names:
+        pair = ROWS[name].build(data.x_shape)
+        pair.load_state_dict(torch.load(args.folder / f"{name}.pt", weights_only=True))
+        logp[name], _ = score(pair, data, args)
+        print(f"{name}: test NLL {-float(logp[name].mean()):.2f} ± {float(logp[name].std()) / math.sqrt(len(logp[name])):.2f}",
+              flush=True)
+    print("\n| row A | row B | NLL A − NLL B | paired SE |\n|---|---|---|---|")
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            d = logp[b] - logp[a]
+            print(f"| {a} | {b} | {float(d.mean()):+.2f} | {float(d.std()) / math.sqrt(len(d)):.2f} |")
+    return 0
+
+
 def train_row(name: str, epochs: int, minutes: float, data, args) -> dict:
     """Train row ``name`` for ``epochs`` (or until ``minutes`` of wall time have passed at the end of an epoch), score
     it by IWAE-K on the test digits, and return its record."""
@@ -178,12 +219,8 @@ def train_row(name: str, epochs: int, minutes: float, data, args) -> dict:
         stopped = f"wall budget of {minutes:g} min"
     train_cpu, train_wall = time.process_time() - cpu, time.perf_counter() - wall
     torch.save(pair.state_dict(), args.out / f"{name}.pt")
-    x, idx = test_subset(data, args.test_points, args.seed)
-    pair.eval()
-    torch.manual_seed(args.seed)
     cpu, wall = time.process_time(), time.perf_counter()
-    with torch.no_grad():
-        ll = iwae(pair, x.to(args.device), k=args.k).double().cpu()
+    ll, idx = score(pair, data, args)
     n = len(ll)
     return {"row": name, "about": row.about, "data": args.data, "epochs": epochs, "epochs_run": len(history),
             "stopped_by": stopped, "engine": args.engine, "options": row.options,
@@ -297,7 +334,7 @@ def report(args) -> int:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    return train(args) if args.command == "train" else report(args)
+    return {"train": train, "paired": paired, "report": report}[args.command](args)
 
 
 if __name__ == "__main__":
