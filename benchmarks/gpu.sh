@@ -6,6 +6,8 @@
 #   3. NUTS ESS/s on VAE latents (JAX on its default device: the GPU with jax[cuda12])  [benchmarks/nuts_latents.py]
 #   4. with 2+ GPUs: data-parallel images/s and the NCCL all-reduce per step            [benchmarks/scaling.py]
 #   5. every family and backend trains one epoch with --device cuda                     [ppgen train]
+#   6. with LEADERBOARD=1 only (hours, not minutes): the full-MNIST leaderboard at the papers' epochs (Burda et al.'s
+#      3,280; the Ladder VAE 2,000), test NLL by IWAE-5000 on all 10,000 test digits   [benchmarks/mnist_table.py]
 # Usage: bash benchmarks/gpu.sh [OUT_DIR]   (default runs/gpu; PYTHON=... picks the interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,4 +73,14 @@ train gan-ns gan --data ring8
 train gan-wgan-gp gan --data ring8 --loss wgan-gp
 train bigan-ali gan --data ring8 --encoder --loss ali
 train vae-adversarial vae --data mnist --backend adversarial --likelihood gaussian --binarize none
+
+if [ "${LEADERBOARD:-0}" = 1 ]; then
+    log "6. full-MNIST leaderboard at the papers' epochs"
+    $PY benchmarks/mnist_table.py train --rows vae-k1,iwae-k5,iwae-k50,vae2-k1,iwae2-k50,lvae --epochs paper \
+        --device cuda --k 5000 --test-points 0 --out "$OUT/mnist_table" | tee "$OUT/mnist_table.txt"
+    $PY benchmarks/mnist_table.py report "$OUT/mnist_table" --figure "$OUT/mnist_table/curves.png" \
+        | tee -a "$OUT/mnist_table.txt"
+else
+    log "6. full-MNIST leaderboard: skipped (LEADERBOARD=1 runs it, hours)"
+fi
 exit $FAILED

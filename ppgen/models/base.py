@@ -138,8 +138,10 @@ from ppgen import ppl
 from ppgen.data.text import SparseCounts
 from ppgen.declare import one_of, option, shape, unsupported
 from ppgen.errors import UserError
+from ppgen.nn.networks import ACTIVATIONS
 
 LIKELIHOODS = ("bernoulli", "cbernoulli", "gaussian")
+ACTIVATION_NAMES = tuple(ACTIVATIONS)
 
 
 def x_shape_option(default: tuple[int, ...]) -> Any:
@@ -150,6 +152,12 @@ def x_shape_option(default: tuple[int, ...]) -> Any:
 def likelihood_option(default: str = "bernoulli", choices: tuple[str, ...] = LIKELIHOODS) -> Any:
     """The observation model p(x | z), one of ``choices``."""
     return option(default, one_of(choices, "likelihood"), "observation model p(x|z): " + ", ".join(choices))
+
+
+def activation_option() -> Any:
+    """The hidden-layer nonlinearity of a family's MLP networks: softplus, or tanh as in Burda et al. (2016)."""
+    return option("softplus", one_of(ACTIVATION_NAMES, "activation"), "hidden-layer nonlinearity of the MLP networks: "
+                  "softplus, or tanh (Burda et al. 2016's 784-200-200-50 nets)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,7 +33,14 @@ import torch
 from torch import nn
 
 from ppgen.declare import OptionError, as_sizes, boolean, option, sizes, validate, with_convert
-from ppgen.models.base import GenerativeModel, likelihood_option, observation_dist, observation_mean, x_shape_option
+from ppgen.models.base import (
+    GenerativeModel,
+    activation_option,
+    likelihood_option,
+    observation_dist,
+    observation_mean,
+    x_shape_option,
+)
 from ppgen.nn import GaussianMLP, MLPDecoder
 from ppgen.ppl import dist, pyro
 
@@ -110,14 +117,16 @@ class LayeredModel(GenerativeModel):
     def n_layers(self) -> int:
         return len(self.z_dims)
 
-    def _make_decoder(self, x_shape, hidden: tuple[int, ...], skip: bool, batch_norm: bool = False) -> MLPDecoder:
+    def _make_decoder(self, x_shape, hidden: tuple[int, ...], skip: bool, batch_norm: bool = False,
+                      activation: str = "softplus") -> MLPDecoder:
         n_params = 2 if self.likelihood == "gaussian" else 1
-        return MLPDecoder(self.z_dims[0], x_shape, hidden[::-1], skip=skip, n_params=n_params, batch_norm=batch_norm)
+        return MLPDecoder(self.z_dims[0], x_shape, hidden[::-1], skip=skip, n_params=n_params, batch_norm=batch_norm,
+                          activation=activation)
 
-    def _make_prior_nets(self, stages, batch_norm: bool = False) -> nn.ModuleList:
+    def _make_prior_nets(self, stages, batch_norm: bool = False, activation: str = "softplus") -> nn.ModuleList:
         """p(z_l | z_{l+1}) for l = 1..L−1, mirroring stage l+1 of the guide."""
-        return nn.ModuleList(GaussianMLP(self.z_dims[i + 1], self.z_dims[i], stages[i + 1][::-1], batch_norm)
-                             for i in range(self.n_layers - 1))
+        return nn.ModuleList(GaussianMLP(self.z_dims[i + 1], self.z_dims[i], stages[i + 1][::-1], batch_norm,
+                                         activation) for i in range(self.n_layers - 1))
 
     def top_down_model(self, x) -> None:
         """The generative chain p(z_L) Π p(z_l | z_{l+1}) p(x | z_1), shared by the layered families."""
@@ -162,7 +171,10 @@ class LayeredModel(GenerativeModel):
 
 @dataclass(frozen=True)
 class HierarchicalVAEConfig(LayeredConfig):
-    """The layered options (:class:`LayeredConfig`), at least two layers."""
+    """The layered options (:class:`LayeredConfig`), at least two layers, and the hidden layers' nonlinearity
+    (tanh with ``z_dims=(100, 50), hidden=((200, 200), (100, 100))`` is Burda et al.'s two-layer net)."""
+
+    activation: str = activation_option()
 
 
 class HierarchicalVAE(LayeredModel):
@@ -175,10 +187,11 @@ class HierarchicalVAE(LayeredModel):
         super().__init__(*args, **options)
         c = self.config
         self._set_layers(c.z_dims)
-        self.decoder = self._make_decoder(c.x_shape, c.hidden[0], c.skip)
-        self.prior_nets = self._make_prior_nets(c.hidden)
+        self.decoder = self._make_decoder(c.x_shape, c.hidden[0], c.skip, activation=c.activation)
+        self.prior_nets = self._make_prior_nets(c.hidden, activation=c.activation)
         inputs = [c.x_shape, *((d,) for d in c.z_dims[:-1])]
-        self.encoders = nn.ModuleList(GaussianMLP(i, d, h) for i, d, h in zip(inputs, c.z_dims, c.hidden))
+        self.encoders = nn.ModuleList(GaussianMLP(i, d, h, activation=c.activation)
+                                      for i, d, h in zip(inputs, c.z_dims, c.hidden))
 
     def model(self, x: torch.Tensor) -> None:
         pyro.module("decoder", self.decoder)

@@ -74,6 +74,7 @@ from ppgen.declare import (
 from ppgen.errors import UserError
 from ppgen.models.base import (
     GenerativeModel,
+    activation_option,
     likelihood_option,
     observation_dist,
     observation_mean,
@@ -112,6 +113,7 @@ class VAEConfig:
     z_dim: int = option(50, positive_int, "latent dimensions")
     likelihood: str = likelihood_option()
     hidden: tuple[int, ...] = option((400,), sizes, "hidden layer sizes of the encoder (the decoder mirrors them)")
+    activation: str = activation_option()
     net: str = option("mlp", one_of(NETS, "network"), "decoder network: mlp, conv, or pixelcnn (autoregressive, with "
                       "an MLP encoder)")
     skip: bool = option(False, boolean, "Skip-VAE decoder: z enters every layer")
@@ -129,6 +131,9 @@ class VAEConfig:
         if self.flows and self.committed_rate:
             raise OptionError("committed_rate", self.committed_rate, "flows reshape q(z|x) and committed_rate fixes "
                               "its scale: use one of them (flows=0 or committed_rate=0)")
+        if self.net == "conv" and self.activation != "softplus":
+            raise OptionError("activation", self.activation, "applies to the MLP networks; the conv networks use "
+                              "relu: use activation='softplus' with net='conv'")
         if self.net != "mlp" and len(self.x_shape) != 3:
             raise OptionError("net", self.net, f"needs images shaped (C, H, W), got x_shape={self.x_shape}; "
                               "use net='mlp'")
@@ -156,12 +161,13 @@ class VAE(GenerativeModel):
         self.autoregressive = c.net == "pixelcnn"
         n_params = 2 if c.likelihood == "gaussian" else 1
         if c.net == "pixelcnn":
-            self.encoder = MLPEncoder(c.x_shape, c.z_dim, c.hidden)
+            self.encoder = MLPEncoder(c.x_shape, c.z_dim, c.hidden, c.activation)
             self.decoder = PixelCNNDecoder(c.z_dim, c.x_shape, c.ar_channels, c.ar_layers, skip=c.skip,
                                            n_params=n_params)
         elif c.net == "mlp":
-            self.encoder = MLPEncoder(c.x_shape, c.z_dim, c.hidden)
-            self.decoder = MLPDecoder(c.z_dim, c.x_shape, c.hidden[::-1], skip=c.skip, n_params=n_params)
+            self.encoder = MLPEncoder(c.x_shape, c.z_dim, c.hidden, c.activation)
+            self.decoder = MLPDecoder(c.z_dim, c.x_shape, c.hidden[::-1], skip=c.skip, n_params=n_params,
+                                      activation=c.activation)
         else:
             try:
                 self.encoder = ConvEncoder(c.x_shape, c.z_dim, c.hidden)

@@ -147,12 +147,24 @@ def _mlp(sizes: Sequence[int]) -> nn.ModuleList:
     return nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
 
 
-class MLPEncoder(Network):
-    """x -> (loc, scale) of a diagonal Gaussian q(z|x); hidden layers use softplus."""
+#: hidden-layer nonlinearities of the MLP networks: softplus (ppgen's default) or tanh (Burda et al. 2016's nets)
+ACTIVATIONS = {"softplus": F.softplus, "tanh": torch.tanh}
 
-    def __init__(self, x_shape: Sequence[int], z_dim: int, hidden: Sequence[int] = (400,)):
+
+def _activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class MLPEncoder(Network):
+    """x -> (loc, scale) of a diagonal Gaussian q(z|x); hidden layers use ``activation`` (softplus or tanh)."""
+
+    def __init__(self, x_shape: Sequence[int], z_dim: int, hidden: Sequence[int] = (400,),
+                 activation: str = "softplus"):
         super().__init__()
         self.x_ndim = len(x_shape)
+        self.activation = _activation(activation)
         self.layers = _mlp([math.prod(x_shape), *hidden])
         self.loc = nn.Linear(hidden[-1], z_dim)
         self.raw_scale = nn.Linear(hidden[-1], z_dim)
@@ -161,7 +173,7 @@ class MLPEncoder(Network):
         """The last hidden layer h(x) (the context of a flow on q(z|x))."""
         h = x.flatten(-self.x_ndim)
         for layer in self.layers:
-            h = F.softplus(layer(h))
+            h = self.activation(layer(h))
         return h
 
     def head(self, h: torch.Tensor):
@@ -179,13 +191,14 @@ class MLPDecoder(Network):
     to the input of every layer, so the decoder cannot ignore it as easily.
     ``n_params`` outputs: 1 for Bernoulli logits, 2 for Gaussian (loc, scale with
     a learned per-pixel log-scale). ``batch_norm=True`` normalizes each hidden pre-activation
-    (:class:`ppgen.nn.norm.BatchNorm`).
+    (:class:`ppgen.nn.norm.BatchNorm`); hidden layers use ``activation`` (softplus or tanh).
     """
 
     def __init__(self, z_dim: int, x_shape: Sequence[int], hidden: Sequence[int] = (400,), skip: bool = False,
-                 n_params: int = 1, batch_norm: bool = False):
+                 n_params: int = 1, batch_norm: bool = False, activation: str = "softplus"):
         super().__init__()
         self.x_shape = tuple(x_shape)
+        self.activation = _activation(activation)
         self.skip = skip
         d = math.prod(x_shape)
         ins = [z_dim] + [h + (z_dim if skip else 0) for h in hidden]
@@ -203,7 +216,7 @@ class MLPDecoder(Network):
             if i < len(self.layers) - 1:
                 if self.norms is not None:
                     h = self.norms[i](h)
-                h = F.softplus(h)
+                h = self.activation(h)
         out = h.reshape(h.shape[:-1] + self.x_shape)
         if self.log_scale is None:
             return out
@@ -280,12 +293,14 @@ class GaussianMLP(Network):
 
     With ``hidden=()`` the map is affine: loc = A u + a, scale = softplus(B u + b) + 1e-4.
     Used by the multi-layer families for p(z_l | z_{l+1}) and q(z_{l+1} | z_l). ``batch_norm=True``
-    normalizes each hidden pre-activation (:class:`ppgen.nn.norm.BatchNorm`).
+    normalizes each hidden pre-activation (:class:`ppgen.nn.norm.BatchNorm`); hidden layers use ``activation``
+    (softplus or tanh; the scale's softplus is not a hidden layer and stays).
     """
 
     def __init__(self, in_shape: Sequence[int] | int, out_dim: int, hidden: Sequence[int] = (),
-                 batch_norm: bool = False):
+                 batch_norm: bool = False, activation: str = "softplus"):
         super().__init__()
+        self.activation = _activation(activation)
         in_shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
         self.in_ndim = len(in_shape)
         sizes = [math.prod(in_shape), *hidden]
@@ -300,7 +315,7 @@ class GaussianMLP(Network):
             h = layer(h)
             if self.norms is not None:
                 h = self.norms[i](h)
-            h = F.softplus(h)
+            h = self.activation(h)
         return self.loc(h), F.softplus(self.raw_scale(h)) + 1e-4
 
 

@@ -1,0 +1,341 @@
+"""The likelihood leaderboard on full MNIST (50,000 / 10,000 / 10,000), beside the papers' figures.
+
+Each row is one architecture of a paper, trained by ppgen's SVI backend on the dynamically binarized
+50,000 training digits (a new Bernoulli draw of every image each epoch; ``--data mnist-full``), then
+scored on the test digits (binarized once) by
+
+  test NLL   −IWAE-K (Burda et al., 2016), K = ``--k`` (5,000 as in the papers), on all 10,000 test digits or on
+             a seeded random subset of ``--test-points`` of them; ± its standard error sd(log p̂(x_n)) / √n
+             over the digits (the spread of the digits, not only of the estimator)
+
+beside the paper's number at the paper's epochs. Rows (``--rows``):
+
+  vae-k1     one stochastic layer, Burda et al.'s 784-200-200-50 tanh nets, ELBO (k = 1)     paper 86.76
+  iwae-k5    the same net, IWAE bound with k = 5                                             paper 85.54
+  iwae-k50   the same net, IWAE bound with k = 50                                            paper 84.78
+  vae2-k1    two stochastic layers (hvae), 784-(200-200)-100-(100-100)-50 tanh, ELBO         paper 85.33
+  iwae2-k50  the same two-layer net, IWAE bound with k = 50                                  paper 82.90
+  lvae       Ladder VAE, 2 layers 64-32 over 512-256 (batch norm, KL warm-up, softplus)     paper ≈ 81.7 (5 layers)
+
+Burda et al. trained 3,280 epochs (Adam, lr 1e-3·10^(−i/7) over 3^i epochs, batch 20); ppgen uses constant
+Adam lr ``--lr`` and batch ``--batch-size``, and ``--epochs`` per row (``--epochs paper`` = the paper's 3,280).
+Every row records its validation ELBO per epoch (the learning curve), process CPU seconds, wall seconds, the
+load average during training, and writes ``ROW.json`` (and the weights ``ROW.pt``) into ``--out``;
+``report`` turns the JSON files into the Markdown table and a figure of the curves.
+
+    python benchmarks/mnist_table.py train --rows vae-k1 --epochs 300 --test-points 2000 --out runs/mnist_table
+    python benchmarks/mnist_table.py train --rows vae-k1,iwae-k5,iwae-k50,vae2-k1,iwae2-k50,lvae --epochs paper \\
+        --device cuda --out runs/mnist_table                                           # the papers' budget, GPU
+    python benchmarks/mnist_table.py report runs/mnist_table --markdown docs/mnist_table.md --figure curves.png
+    python benchmarks/mnist_table.py paired runs/mnist_table --rows vae-k1,iwae-k5,lvae --test-points 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import ppgen  # noqa: E402
+from ppgen.data import load  # noqa: E402
+from ppgen.evaluation import iwae  # noqa: E402
+from ppgen.models import VAE, HierarchicalVAE, LadderVAE  # noqa: E402
+
+#: Burda et al. (2016) trained every model for this many passes over the 50,000 training digits
+PAPER_EPOCHS = 3280
+BURDA = "Burda et al. 2016, Table 1"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One leaderboard row: the pair it builds, its training options, the paper's NLL (nats) and where it is from."""
+
+    build: Callable[[tuple[int, ...]], Any]
+    options: dict = field(default_factory=dict)
+    paper: float | None = None
+    source: str = BURDA
+    paper_epochs: int = PAPER_EPOCHS
+    about: str = ""
+
+
+def burda_one_layer(shape) -> VAE:
+    """784-200-200-50 with tanh hidden layers: Burda et al.'s one-stochastic-layer net (the decoder mirrors it)."""
+    return VAE(shape, z_dim=50, hidden=(200, 200), activation="tanh")
+
+
+def burda_two_layer(shape) -> HierarchicalVAE:
+    """784-(200-200)-100-(100-100)-50, tanh: Burda et al.'s two-stochastic-layer net."""
+    return HierarchicalVAE(shape, z_dims=(100, 50), hidden=((200, 200), (100, 100)), activation="tanh")
+
+
+def ladder(shape) -> LadderVAE:
+    """A two-layer Ladder VAE, 512-256 deterministic and 64-32 stochastic units: the first two of Sønderby et al.'s
+    five layers (512-256-128-64-32 / 64-32-16-8-4), batch norm in the bottom-up pass."""
+    return LadderVAE(shape, z_dims=(64, 32), hidden=((512, 512), (256, 256)))
+
+
+IWAE = {"elbo": "iwae"}
+ROWS: dict[str, Row] = {
+    "vae-k1": Row(burda_one_layer, {}, 86.76, about="1 stochastic layer, ELBO"),
+    "iwae-k5": Row(burda_one_layer, IWAE | {"num_particles": 5}, 85.54, about="1 stochastic layer, IWAE k = 5"),
+    "iwae-k50": Row(burda_one_layer, IWAE | {"num_particles": 50}, 84.78, about="1 stochastic layer, IWAE k = 50"),
+    "vae2-k1": Row(burda_two_layer, {}, 85.33, about="2 stochastic layers, ELBO"),
+    "iwae2-k50": Row(burda_two_layer, IWAE | {"num_particles": 50}, 82.90, about="2 stochastic layers, IWAE k = 50"),
+    "lvae": Row(ladder, {"warmup_fraction": 0.25}, 81.74, "Sønderby et al. 2016, Table 1, best 5-layer row", 2000,
+                "Ladder VAE, 2 layers, batch norm, KL warm-up"),
+}
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train and score rows, one JSON file per row")
+    t.add_argument("--rows", default="vae-k1,iwae-k5,iwae-k50", help=f"comma-separated, of {', '.join(ROWS)}")
+    t.add_argument("--epochs", default="100",
+                   help="epochs per row: N for every row, ROW=N,ROW=N for each, or 'paper' (each row's paper epochs)")
+    t.add_argument("--minutes", default="0",
+                   help="wall-clock budget per row, N or ROW=N: training stops after the first epoch that ends past "
+                        "it (0: none; the row records the epochs run)")
+    t.add_argument("--data", default="mnist-full", help="mnist-full (dynamic binarization) or mnist-full-static")
+    t.add_argument("--batch-size", type=int, default=100)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--engine", default="auto", choices=["auto", "torch", "jax"])
+    t.add_argument("--k", type=int, default=5000, help="IWAE samples per test digit")
+    t.add_argument("--test-points", type=int, default=0, help="a seeded random subset of this many test digits "
+                   "(0: all 10,000)")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", type=Path, default=Path("runs/mnist_table"))
+    q = sub.add_parser("paired", help="re-score saved rows on the same digits: paired differences of their NLLs")
+    q.add_argument("folder", type=Path)
+    q.add_argument("--rows", required=True)
+    q.add_argument("--data", default="mnist-full")
+    q.add_argument("--k", type=int, default=5000)
+    q.add_argument("--test-points", type=int, default=0)
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--threads", type=int, default=None)
+    q.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser("report", help="the Markdown table and the learning-curve figure from the rows' JSON files")
+    r.add_argument("folder", type=Path)
+    r.add_argument("--markdown", type=Path, default=None)
+    r.add_argument("--figure", type=Path, default=None)
+    return p.parse_args(argv)
+
+
+def per_row(spec: str, names: list[str], flag: str, kind=int) -> dict:
+    """``--epochs`` / ``--minutes``: one number for every row, ``ROW=N`` pairs, or (epochs) ``paper``."""
+    if spec == "paper" and flag == "--epochs":
+        return {n: ROWS[n].paper_epochs for n in names}
+    if "=" not in spec:
+        return {n: kind(spec) for n in names}
+    given = dict(item.split("=") for item in spec.split(","))
+    missing = set(names) - set(given)
+    if missing:
+        raise SystemExit(f"{flag}: no value for {', '.join(sorted(missing))}")
+    return {n: kind(given[n]) for n in names}
+
+
+class OutOfTime(Exception):
+    """The row's wall-clock budget ran out at the end of an epoch (the pair holds that epoch's weights)."""
+
+
+def test_subset(data, n: int, seed: int) -> tuple[torch.Tensor, list[int] | None]:
+    """All test digits (n = 0) or a seeded random subset of n of them, with its indices."""
+    if not n or n >= len(data.test):
+        return data.test, None
+    idx = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return data.test[idx], idx.tolist()
+
+
+def score(pair, data, args) -> tuple[torch.Tensor, list[int] | None]:
+    """IWAE-K log p̂(x) of every scored test digit (seeded: the same draws for the same weights), and their indices."""
+    x, idx = test_subset(data, args.test_points, args.seed)
+    pair.eval()
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        return iwae(pair, x.to(args.device), k=args.k).double().cpu(), idx
+
+
+def paired(args) -> int:
+    """Re-score the rows' saved weights (ROW.pt) on the same digits with the same seed (the figures ``train``
+    recorded) and print every pair's mean difference of −log p̂ with its paired standard error."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = args.rows.split(",")
+    data = load(args.data, binarize="dynamic" if args.data == "mnist-full" else None, seed=args.seed)
+    logp = {}
+    for name in names:
+        pair = ROWS[name].build(data.x_shape)
+        pair.load_state_dict(torch.load(args.folder / f"{name}.pt", weights_only=True))
+        logp[name], _ = score(pair, data, args)
+        print(f"{name}: test NLL {-float(logp[name].mean()):.2f} ± {float(logp[name].std()) / math.sqrt(len(logp[name])):.2f}",
+              flush=True)
+    print("\n| row A | row B | NLL A − NLL B | paired SE |\n|---|---|---|---|")
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            d = logp[b] - logp[a]
+            print(f"| {a} | {b} | {float(d.mean()):+.2f} | {float(d.std()) / math.sqrt(len(d)):.2f} |")
+    return 0
+
+
+def train_row(name: str, epochs: int, minutes: float, data, args) -> dict:
+    """Train row ``name`` for ``epochs`` (or until ``minutes`` of wall time have passed at the end of an epoch), score
+    it by IWAE-K on the test digits, and return its record."""
+    row = ROWS[name]
+    pair = row.build(data.x_shape)
+    options = dict(row.options)
+    if "warmup_fraction" in options:
+        options["anneal_epochs"] = options.pop("warmup_fraction") * epochs
+    loads, history = [], []
+    cpu, wall = time.process_time(), time.perf_counter()
+
+    def progress(fit) -> None:
+        h = fit.history[-1]
+        history[:] = fit.history
+        loads.append(os.getloadavg()[0])
+        print(f"  {name} epoch {len(fit.history)}/{epochs}: train {h.get('elbo', float('nan')):.2f}  val ELBO "
+              f"{h.get('val_elbo', float('nan')):.2f}  {h.get('images_per_s', 0):.0f} img/s  load {loads[-1]:.1f}",
+              flush=True)
+        if minutes and time.perf_counter() - wall > 60 * minutes and len(fit.history) < epochs:
+            raise OutOfTime
+
+    try:
+        ppgen.fit(pair, data, backend="svi", epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                  device=args.device, engine=args.engine, progress=False, on_epoch_end=progress, **options)
+        stopped = None
+    except OutOfTime:
+        stopped = f"wall budget of {minutes:g} min"
+    train_cpu, train_wall = time.process_time() - cpu, time.perf_counter() - wall
+    torch.save(pair.state_dict(), args.out / f"{name}.pt")
+    cpu, wall = time.process_time(), time.perf_counter()
+    ll, idx = score(pair, data, args)
+    n = len(ll)
+    return {"row": name, "about": row.about, "data": args.data, "epochs": epochs, "epochs_run": len(history),
+            "stopped_by": stopped, "engine": args.engine, "options": row.options,
+            "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+            "nll": -float(ll.mean()), "nll_se": float(ll.std() / math.sqrt(n)), "k": args.k, "test_digits": n,
+            "test_subset_seed": args.seed if idx is not None else None,
+            "train_cpu_s": train_cpu, "train_wall_s": train_wall, "eval_cpu_s": time.process_time() - cpu,
+            "eval_wall_s": time.perf_counter() - wall, "load_mean": sum(loads) / max(1, len(loads)),
+            "load_max": max(loads, default=float("nan")), "cores": os.cpu_count(),
+            "paper": row.paper, "paper_source": row.source, "paper_epochs": row.paper_epochs,
+            "curve_val_elbo": [h.get("val_elbo") for h in history],
+            "curve_train_elbo": [h.get("elbo") for h in history],
+            "params": sum(p.numel() for p in pair.parameters())}
+
+
+def train(args) -> int:
+    names = args.rows.split(",")
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise SystemExit(f"--rows: unknown {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    epochs = per_row(args.epochs, names, "--epochs")
+    minutes = per_row(args.minutes, names, "--minutes", float)
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = load(args.data, binarize="dynamic" if args.data == "mnist-full" else None, seed=args.seed)
+    print(data.describe(), flush=True)
+    for name in names:
+        record = train_row(name, epochs[name], minutes[name], data, args)
+        (args.out / f"{name}.json").write_text(json.dumps(record, indent=1))
+        print(f"{name}: test NLL {record['nll']:.2f} ± {record['nll_se']:.2f} (IWAE-{args.k}, {record['test_digits']} "
+              f"digits), {record['epochs_run']} epochs, train {record['train_cpu_s']:.0f} CPU s / "
+              f"{record['train_wall_s']:.0f} wall s, load {record['load_mean']:.1f}", flush=True)
+    return 0
+
+
+def still_falling(curve: list[float], window: int = 10) -> float:
+    """Mean validation −ELBO gain per epoch over the last ``window`` epochs (nats/epoch; > 0: still improving)."""
+    v = [c for c in curve if c is not None]
+    if len(v) < 2:
+        return float("nan")
+    w = min(window, len(v) - 1)
+    return (v[-1] - v[-1 - w]) / w
+
+
+def markdown(records: list[dict]) -> str:
+    lines = ["| row | model | test NLL (nats) | paper | difference | epochs (paper) | train CPU s | train wall s | "
+             "load avg | final val ELBO | val −ELBO drop per epoch, last 10 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        diff = f"{r['nll'] - r['paper']:+.2f}" if r["paper"] else "—"
+        lines.append(f"| {r['row']} | {r['about']} | {r['nll']:.2f} ± {r['nll_se']:.2f} | "
+                     f"{r['paper']:.2f} ({r['paper_source']}) | {diff} | {r['epochs_run']} ({r['paper_epochs']}) | "
+                     f"{r['train_cpu_s']:.0f} | {r['train_wall_s']:.0f} | {r['load_mean']:.1f} | "
+                     f"{r['curve_val_elbo'][-1]:.2f} | {still_falling(r['curve_val_elbo']):.3f} |")
+    lines += ["", curves(records)]
+    ks = {(r["k"], r["test_digits"]) for r in records}
+    lines.append("")
+    lines.append("Test NLL: −IWAE-K on " + "; ".join(f"{n:,} test digits, K = {k:,}" for k, n in sorted(ks)) +
+                 " (± one standard error over the digits).")
+    return "\n".join(lines)
+
+
+def curves(records: list[dict], marks: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)) -> str:
+    """The learning curves as a table: validation −ELBO (nats) after selected epochs and after the last."""
+    longest = max(r["epochs_run"] for r in records)
+    cols = [m for m in marks if m < longest]
+    lines = ["| row | " + " | ".join(f"epoch {m}" for m in cols) + " | last epoch |",
+             "|---|" + "---|" * (len(cols) + 1)]
+    for r in records:
+        v = r["curve_val_elbo"]
+        cells = [f"{-v[m - 1]:.2f}" if m <= len(v) and v[m - 1] is not None else "" for m in cols]
+        lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {-v[-1]:.2f} ({len(v)}) |")
+    return "\n".join(lines)
+
+
+def figure(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in records:
+        curve = [-v for v in r["curve_val_elbo"] if v is not None]
+        ax.plot(range(1, len(curve) + 1), curve, label=f"{r['row']} (test NLL {r['nll']:.1f})")
+        if r["paper"]:
+            ax.axhline(r["paper"], ls=":", lw=0.8, color=ax.lines[-1].get_color())
+    ax.set_xscale("log")
+    ax.set_ylim(80, 130)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation −ELBO (nats)")
+    ax.set_title("full MNIST: validation −ELBO per epoch (dotted: the paper's test NLL)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def report(args) -> int:
+    records = [json.loads(p.read_text()) for p in sorted(args.folder.glob("*.json"))]
+    order = list(ROWS)
+    records.sort(key=lambda r: order.index(r["row"]) if r["row"] in order else len(order))
+    text = markdown(records)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
+    if args.figure:
+        figure(records, args.figure)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    return {"train": train, "paired": paired, "report": report}[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
