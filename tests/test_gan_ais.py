@@ -143,3 +143,19 @@ def test_cli_evaluates_a_gan_by_ais_with_a_given_or_fitted_sigma(tmp_path, capsy
     assert not (run / "evaluation_test.json").exists()
     assert main(["evaluate", str(run), "--ais", "4", "--limit", "2"]) == 0
     assert "--ais N --sigma S|fit" in capsys.readouterr().out
+
+
+def test_cli_evaluates_a_bernoulli_vae_on_grey_levels_around_its_decoder_mean(tmp_path, capsys):
+    """The same Gaussian observation model around a VAE's pixel probabilities: its guide still proposes, so ELBO and
+    IWAE bound the same log p_σ(x) that AIS estimates, on grey levels although the VAE trained on binarized data."""
+    from ppgen.cli import main
+
+    run = tmp_path / "vae"
+    assert main(["train", "vae", "--data", "digits", "--z-dim", "3", "--hidden", "16", "--epochs", "1",
+                 "--out", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--ais", "6", "--ais-chains", "3", "--sigma", "0.2", "--iwae", "20",
+                 "--limit", "8", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"elbo", "iwae_20", "ais_6", "sigma"} <= set(result)
+    assert result["elbo"] < result["iwae_20"] + 4 * result["iwae_20_se"]
