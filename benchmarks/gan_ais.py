@@ -19,7 +19,7 @@ This script does the same with ppgen's pieces:
    stochastic lower bound, reverse AIS from the true z an upper bound, on the same schedule as 4; the
    gap bounds AIS's error on simulated data (Grosse et al., 2015).
 
-    nice -n 10 .venv/bin/python benchmarks/gan_ais.py      # ~12 minutes on 2 cores shared at load ~10
+    nice -n 10 .venv/bin/python benchmarks/gan_ais.py      # 19 min on 2 cores shared at load 8-13
     .venv/bin/python benchmarks/gan_ais.py --steps 10000 --chains 16 --leapfrog 10 --test 1000 --val 100 \
         --bdmc 100 --fit-steps 1000 --vae-epochs 100 --gan-epochs 50 --z-dim 50   # Wu et al.'s scale
 
