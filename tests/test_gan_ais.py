@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import pyro
 import pytest
 import torch
 
@@ -98,6 +99,10 @@ def test_refusals_are_one_line_user_errors():
     for bad in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(UserError, match="positive number"):
             GaussianObservation(_linear_gan(), bad)
+    from ppgen.models.observation import _SwapObservation
+
+    with pytest.raises(UserError, match="no finite mean"), _SwapObservation("x", 0.1):  # a Categorical's mean is NaN
+        pyro.sample("x", pyro.distributions.Categorical(logits=torch.zeros(3)), obs=torch.tensor(1))
     x = torch.randn(5, D)
     with pytest.raises(UserError, match="geometric"):
         fit_sigma(_linear_gan(), x, grid=[0.1, 0.2, 0.5])

@@ -46,7 +46,14 @@ class _SwapObservation(Messenger):
         if msg["name"] != self.name or not msg["is_observed"]:
             return
         fn = msg["fn"]
-        mean = fn.mean
+        try:
+            mean = fn.mean
+        except NotImplementedError:
+            mean = None
+        if mean is None or mean.shape[mean.dim() - msg["value"].dim():] != msg["value"].shape or not bool(
+                torch.isfinite(mean).all()):  # the mean carries the particle dims the value broadcasts over
+            raise UserError(f"a Gaussian observation model is centred on the mean of the observed site {self.name!r}, "
+                            f"but its {type(fn).__name__} has no finite mean shaped like x")
         msg["fn"] = pdist.Normal(mean, torch.full_like(mean, self.sigma)).to_event(fn.event_dim)
 
 
