@@ -31,6 +31,12 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ais-chains", type=positive, default=16, metavar="C", help="AIS chains per example (default 16)")
     p.add_argument("--bdmc", type=non_negative, default=0, metavar="M",
                    help="with --ais: BDMC bounds on M examples simulated from the model (default off)")
+    p.add_argument("--sigma", type=sigma_value, metavar="S|fit",
+                   help="with --ais: the likelihood under a Gaussian observation model N(x; E[x|z], S² I) (a GAN's "
+                        "generator, a VAE's decoder mean; Wu et al. 2017), on grey levels dequantized; 'fit': the S "
+                        "that maximizes the AIS estimate on validation examples")
+    p.add_argument("--sigma-points", type=positive, default=100, metavar="M",
+                   help="with --sigma fit: validation examples S is fitted on (default 100)")
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
     p.add_argument("--limit", type=positive, help="evaluate only the first N examples")
     p.add_argument("--seed", type=non_negative, default=0)
@@ -45,13 +51,27 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def sigma_value(text: str) -> float | str:
+    """``fit`` or a positive number (the observation scale)."""
+    if text == "fit":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number or 'fit', got {text!r}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     from ppgen import runs, workflows
 
     if args.rejection:
         check_rejection(args)
     result = workflows.evaluate_run(args.run, iwae_k=args.iwae, split=args.split, limit=args.limit, seed=args.seed,
-                                    ais_steps=args.ais, ais_chains=args.ais_chains, bdmc_points=args.bdmc)
+                                    ais_steps=args.ais, ais_chains=args.ais_chains, bdmc_points=args.bdmc,
+                                    sigma=args.sigma, sigma_points=args.sigma_points)
     wanted = [m for m, on in (("fid", args.fid), ("kid", args.kid), ("is", args.inception), ("pr", args.pr)) if on]
     if wanted:
         result["sample_quality"] = workflows.evaluate_run_samples(args.run, wanted, n=args.samples, seed=args.seed)
@@ -71,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
         print("  mode coverage       " + modes_line(result) + " (2,500 samples)")
     if "note" in result:
         print(f"  {result['note']}")
+    if "sigma" in result:
+        fitted = result.get("sigma_fit")
+        print(f"  Gaussian observations, sigma {result['sigma']:.4g}" + (
+            f" (fitted on {fitted['points']} validation examples, ± {100 * fitted['se_log_sigma']:.1f}%)"
+            if fitted else "") + f"; data {result['data_convention']}")
     if "elbo" in result:
         print(f"  ELBO                {result['elbo']:10.2f} ± {result['elbo_se']:.2f} nats")
     if f"iwae_{k}" in result:

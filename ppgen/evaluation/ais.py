@@ -17,7 +17,13 @@ log p(x) that becomes exact as K grows. The reverse chain (BDMC, Grosse, Ghahram
 Adams, 2015) starts from an exact posterior sample — available for data simulated from
 the model, (x, z) ~ p(x, z) — and anneals from β = 1 to 0; its weights have E[w] =
 1/p(x), so −log((1/C) Σ_c w_c) is a stochastic *upper* bound. The two sandwich log p(x)
-on simulated data and the gap shows how long the schedule must be.
+on simulated data and the gap shows how long the schedule must be (:func:`bdmc`; the reverse chain alone,
+from any exact posterior draws: :func:`reverse_ais`).
+
+A decoder without a density of its own — a GAN's generator, x = G(z) — gets one from a Gaussian
+observation model N(x; G(z), σ² I) (:class:`ppgen.models.observation.GaussianObservation`), σ fitted on
+held-out data by :func:`fit_sigma`, and is evaluated on dequantized grey levels (:func:`dequantize`), as
+Wu et al. (2017) compare GANs, GMMNs and VAEs on continuous MNIST.
 
 HMC (Neal, 2011; the kernel is :mod:`ppgen.inference.hmc`, shared with MCMC inside training):
 unit mass, ``leapfrog`` steps, one transition per intermediate
@@ -237,15 +243,31 @@ def bdmc(pair, n: int = 100, steps: int = 1000, chains: int = 16, leapfrog: int 
     inputs = tuple(c[:n] for c in inputs)
     lower = ais(pair, x, steps, chains, leapfrog, step_size, init, schedule_kind, target_accept, tune, seed=seed + 1,
                 inputs=inputs)
+    upper = reverse_ais(pair, x, latents, steps, chains, leapfrog, step_size, init, schedule_kind, target_accept,
+                        tune, seed=seed + 2, inputs=inputs)
+    return BDMCResult(x=x, lower=lower, upper=upper)
+
+
+def reverse_ais(pair, x: torch.Tensor, latents: dict[str, torch.Tensor], steps: int = 1000, chains: int = 16,
+                leapfrog: int = 10, step_size: float = 0.1, init: str = "prior", schedule_kind: str = "sigmoid",
+                target_accept: float = 0.65, tune: int = 2, seed: int | None = 0,
+                inputs: tuple[torch.Tensor, ...] = ()) -> AISResult:
+    r"""Reverse AIS (Grosse et al., 2015): every chain starts at ``latents``, an exact draw from p(z | x) (for data
+    simulated from the model, the z that generated x: :func:`simulate`), and β runs from 1 down to 0. The weights
+    have E[w] = 1/p(x), so ``log_px`` = −log((1/C) Σ_c w_c) is a stochastic *upper* bound on log p(x), exact as
+    ``steps`` → ∞. ``latents`` maps each latent site to its values, one row per example of ``x``.
+    """
+    _check(steps, chains, leapfrog, tune)
     betas = schedule(steps, schedule_kind).flip(0)
     with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-        torch.manual_seed(seed + 2)
+        if seed is not None:
+            torch.manual_seed(seed)
         target = _target(pair, x, chains + tune, init, inputs)
         z = target.flatten({name: v.expand(target.shape + v.shape[1:]) for name, v in latents.items()})
-        report = progress(len(betas) - 1, f"BDMC reverse chains ({n} points, {steps} steps)")
+        report = progress(len(betas) - 1, f"reverse AIS ({x.shape[0]} points, {steps} steps)")
         log_w, acc = _anneal(target, z, betas, step_size, leapfrog, target_accept, tune, report)
         report.close()
-    return BDMCResult(x=x, lower=lower, upper=_summarize(log_w, -1.0, acc, steps))
+    return _summarize(log_w, -1.0, acc, steps)
 
 
 def check_steps(steps: int) -> None:
@@ -266,3 +288,120 @@ def summary(pair, x: torch.Tensor, steps: int, chains: int = 16, bdmc_points: in
         both = bdmc(pair, n=bdmc_points, steps=steps, chains=chains, seed=seed, inputs=inputs)
         out.update(bdmc_points=bdmc_points, bdmc_lower=both.lower.mean, bdmc_upper=both.upper.mean, bdmc_gap=both.gap)
     return out
+
+
+@dataclass
+class SigmaFit:
+    """σ of a Gaussian observation model fitted on held-out data: the grid, the AIS estimates along it, the pick."""
+
+    sigma: float
+    se_log_sigma: float
+    grid: list[float]
+    log_px: list[float]
+    se: list[float]
+
+
+def fit_sigma(pair, x: torch.Tensor, grid: list[float] | None = None, steps: int = 200, chains: int = 8,
+              leapfrog: int = 10, seed: int = 0, inputs: tuple[torch.Tensor, ...] = (),
+              widen: int = 8) -> SigmaFit:
+    r"""σ maximizing the mean AIS estimate of log p_σ(x) over held-out ``x`` under N(x; E[x | z], σ² I)
+    (:class:`ppgen.models.observation.GaussianObservation`), as Wu et al. (2017) choose it on a validation set.
+
+    ``grid``: geometric, equally spaced in log σ (default std(x)·2^{−k/2}, k = 0..6). Every σ on it gets one AIS
+    run with the same seed (common random numbers, so the curve is smooth in σ); while the best lies at an end
+    the grid is extended by one point past it (at most ``widen`` times). The pick interpolates the best point
+    and its two neighbours by the curve a Gaussian observation model follows once the posterior is concentrated,
+
+        L(σ) = c − D' log σ − R / (2σ²)       (D' = the dimensions G does not explain, R = E‖x − G(z)‖²),
+
+    exact for a linear-Gaussian generator up to its latent directions; its maximum σ*² = R / D' (clipped to the
+    neighbours; where the three points do not fit such a maximum, the best grid point). ``se_log_sigma`` is the
+    Monte Carlo standard error of log σ* by the delta method from the three estimates' standard errors (taken as
+    independent: an overstatement, as the common random numbers correlate them positively). AIS's downward
+    bias grows as σ shrinks (a sharper posterior), so a short schedule leans toward a larger σ.
+    """
+    from ppgen.models.observation import GaussianObservation, check_sigma
+
+    if grid is None:
+        scale = float(x.float().std())
+        if not scale > 0:
+            raise UserError("fitting sigma needs held-out examples that vary (their standard deviation is 0); give "
+                            "--sigma a value")
+        grid = [scale * 2 ** (-k / 2) for k in range(7)]
+    grid = sorted(check_sigma(float(g)) for g in grid)
+    if len(grid) < 3:
+        raise UserError(f"fitting sigma needs a grid of at least 3 values, got {len(grid)}")
+    ratio = grid[1] / grid[0]
+    if any(abs(b / a - ratio) > 1e-6 * ratio for a, b in zip(grid, grid[1:])):
+        raise UserError("the sigma grid must be geometric (a constant ratio between neighbours)")
+
+    estimates: dict[float, AISResult] = {}
+
+    def at(sigma: float) -> AISResult:
+        if sigma not in estimates:
+            estimates[sigma] = ais(GaussianObservation(pair, sigma), x, steps=steps, chains=chains,
+                                   leapfrog=leapfrog, seed=seed, inputs=inputs)
+        return estimates[sigma]
+
+    for sigma in grid:
+        at(sigma)
+    for _ in range(widen):
+        best = max(range(len(grid)), key=lambda i: at(grid[i]).mean)
+        if best == 0:
+            grid.insert(0, grid[0] / ratio)
+        elif best == len(grid) - 1:
+            grid.append(grid[-1] * ratio)
+        else:
+            break
+        at(grid[0] if best == 0 else grid[-1])
+    best = max(range(len(grid)), key=lambda i: at(grid[i]).mean)
+    if best in (0, len(grid) - 1):
+        raise UserError(f"the AIS estimate still rises at sigma={grid[best]:.3g}, the end of the grid; give a grid "
+                        "that brackets its maximum, or --sigma a value")
+    three = grid[best - 1:best + 2]
+    values = [at(g).mean for g in three]
+    ses = [at(g).mean_se for g in three]
+    log_sigma = _peak(values, three)
+    grads = []  # delta method: numerical partial derivatives of log σ* in the three estimates
+    for j in range(3):
+        bumped = list(values)
+        bumped[j] += 1e-3
+        grads.append((_peak(bumped, three) - log_sigma) / 1e-3)
+    se = math.sqrt(sum((g * s) ** 2 for g, s in zip(grads, ses)))
+    return SigmaFit(sigma=math.exp(log_sigma), se_log_sigma=se, grid=list(grid), log_px=[at(g).mean for g in grid],
+                    se=[at(g).mean_se for g in grid])
+
+
+def _peak(values: list[float], sigmas: list[float]) -> float:
+    """log σ* of the curve c − D' log σ − R/(2σ²) through three (σ, L) points (see :func:`fit_sigma`), clipped to
+    [σ_1, σ_3]; log σ_2 where the fitted curve has no maximum (D' ≤ 0 or R ≤ 0)."""
+    basis = torch.tensor([[1.0, -math.log(s), -0.5 / s**2] for s in sigmas], dtype=torch.float64)
+    c, d, r = torch.linalg.solve(basis, torch.tensor(values, dtype=torch.float64)).tolist()
+    if d <= 0 or r <= 0:
+        return math.log(sigmas[1])
+    return min(math.log(sigmas[2]), max(math.log(sigmas[0]), 0.5 * math.log(r / d)))
+
+
+#: the grids of grey levels k/L recognized, coarsest first: divisors of 256 (the MNIST pickle's k/256, the 8x8
+#: digits' k/16) and of 255 (bytes divided by 255)
+LEVELS = (2, 3, 4, 5, 8, 15, 16, 17, 32, 51, 64, 85, 128, 255, 256)
+
+
+def quantization_levels(x: torch.Tensor) -> int | None:
+    """The coarsest L in :data:`LEVELS` with every value of ``x`` equal to k/L for an integer k, else None."""
+    for levels in LEVELS:
+        scaled = x.double() * levels
+        if bool(((scaled - scaled.round()).abs() < 1e-4).all()):
+            return levels
+    return None
+
+
+def dequantize(x: torch.Tensor, levels: int, seed: int = 0) -> torch.Tensor:
+    """Uniform dequantization (Uria et al., 2013; Theis et al., 2016): x + u/L with u ~ U[0, 1), one seeded draw.
+
+    For grey levels k/L the result has a density on the cells [k/L, (k+1)/L), so the log density of a
+    continuous model on it is a lower bound on the discrete model's log-probability plus D log L — and the
+    figure Wu et al. (2017) report for continuous MNIST (their evaluation adds U(0, 1)/256 noise too).
+    """
+    g = torch.Generator().manual_seed(seed)
+    return x + torch.rand(x.shape, generator=g, dtype=x.dtype).to(x.device) / levels

@@ -53,6 +53,11 @@ The protocol
     Why NUTS cannot sample the pair's latents (discrete codes: NUTS follows gradients of log p(x, z) in z), or
     None (the default): it can. ``ppgen compare`` and ``ppgen.fit(..., backend="nuts")`` refuse a pair that
     declares one, in one line, before any work.
+``gaussian_observation_refusal``
+    Why the pair's observed site cannot be replaced by N(E[x | latents], σ² I) for a likelihood under a Gaussian
+    observation model (:class:`ppgen.models.observation.GaussianObservation`, Wu et al. 2017: AIS on a GAN's or a
+    VAE's generator), or None (the default): it can. An autoregressive decoder declares it (its site's mean depends
+    on x itself).
 ``point_mass_guide`` / ``guide_draws(k)``
     True for a guide that is a point mass q(z | x) = δ(z − z(x)) (a deterministic encoder: the VQ-VAE's
     codes). All its draws coincide, so an estimator averaging over K draws of it (IWAE_K, a Monte Carlo
@@ -222,6 +227,8 @@ class GenerativeModel(nn.Module):
     observes_word_counts: ClassVar[bool] = False
     #: why NUTS cannot sample the latents (``ppgen compare``), or None: it can
     nuts_refusal: ClassVar[str | None] = None
+    #: why the observed site cannot be replaced by a Gaussian around its mean E[x | latents], or None: it can
+    gaussian_observation_refusal: str | None = None
     #: whether ``guide`` is a point mass q(z|x) = δ(z − z(x)): every draw of it is the same z(x)
     point_mass_guide: ClassVar[bool] = False
     #: the config field with the number of sampling steps, for a family that samples in steps (else None)

@@ -177,6 +177,14 @@ class VAE(GenerativeModel):
         self.flows = nn.ModuleList(_iaf_step(c.z_dim, c.hidden[-1], reverse=k % 2 == 1) for k in range(c.flows))
 
     @property
+    def gaussian_observation_refusal(self) -> str | None:
+        """The PixelCNN decoder's pixel parameters are conditioned on the pixels before (teacher forcing), so the
+        observed site's mean is not E[x | z]."""
+        if self.autoregressive:
+            return "its PixelCNN decoder's pixel means depend on x itself, so E[x | z] has no closed form"
+        return None
+
+    @property
     def engine_preference(self) -> tuple[str, ...]:
         """The PixelCNN decoder lowers, but its masked convolutions ran ~10x slower per epoch on the JAX engine than
         on torch (CPU), so ``engine="auto"`` prefers torch for it. (Flows rule out JAX by their declaration:

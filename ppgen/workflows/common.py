@@ -61,13 +61,14 @@ def device_of(pair) -> torch.device:
     return next(pair.parameters()).device
 
 
-def has_density(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = ()) -> bool:
+def has_density(pair, x: torch.Tensor, inputs: tuple[torch.Tensor, ...] = (), guide: bool = True) -> bool:
     """Whether ELBO/IWAE apply: the pair has a guide and its observed site is not a Delta (an implicit generator).
-    ``inputs``: the pair's input columns beside ``x``."""
+    ``inputs``: the pair's input columns beside ``x``; ``guide=False``: whether p(x | z) is a density at all (AIS
+    from the prior needs no guide)."""
     from pyro import poutine
     from pyro.distributions import Delta
 
-    if not pair.has_guide:
+    if guide and not pair.has_guide:
         return False
     with torch.no_grad():
         trace = poutine.trace(pair.model).get_trace(x, *inputs)
