@@ -6,6 +6,8 @@
 #   3. NUTS ESS/s on VAE latents (JAX on its default device: the GPU with jax[cuda12])  [benchmarks/nuts_latents.py]
 #   4. with 2+ GPUs: data-parallel images/s and the NCCL all-reduce per step            [benchmarks/scaling.py]
 #   5. every family and backend trains one epoch with --device cuda                     [ppgen train]
+#   6. the M2 table: full MNIST, 100/600/1000/3000 labels x 5 label sets, 50 epochs     [benchmarks/m2_table.py]
+#      (20 trainings; the longest step here)
 # Usage: bash benchmarks/gpu.sh [OUT_DIR]   (default runs/gpu; PYTHON=... picks the interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,4 +73,7 @@ train gan-ns gan --data ring8
 train gan-wgan-gp gan --data ring8 --loss wgan-gp
 train bigan-ali gan --data ring8 --encoder --loss ali
 train vae-adversarial vae --data mnist --backend adversarial --likelihood gaussian --binarize none
+
+log "6. M2 on the full MNIST: 4 label counts x 5 label sets (Pyro's ss-vae tutorial's table)"
+$PY benchmarks/m2_table.py --device cuda --precision bfloat16 --json "$OUT/m2_table.json" | tee "$OUT/m2_table.txt"
 exit $FAILED
