@@ -335,3 +335,33 @@ def test_the_other_y_guides_train_and_move_the_classifier(y_guide):
     assert all(torch.isfinite(torch.tensor(row["objective"])) for row in fit.history)
     # with alpha = 0 only the unlabelled rows' estimate reaches q(y|x): by the score function or the relaxation
     assert any(not torch.equal(a, b) for a, b in zip(before, pair.classifier.parameters()))
+
+
+def test_a_family_epoch_order_is_the_plain_shuffle_by_default():
+    from ppgen.models.gmvae import GMVAE
+
+    pair = GMVAE(x_shape=(5,), z_dim=2, hidden=(4,), components=3)
+    order = pair.epoch_order(50, (), 10, 5, torch.Generator().manual_seed(7))
+    assert torch.equal(order, torch.randperm(50, generator=torch.Generator().manual_seed(7)))
+
+
+def test_m2_batches_hold_their_share_of_labelled_rows():
+    """100 rows, 6 labelled, batch 20 over 5 steps, labelled_share 0.1: every batch holds exactly 2 labelled rows (the
+    6 labelled drawn in turn: 10 visits, each row 1 or 2 times) and 18 distinct unlabelled rows; labels common enough,
+    or labelled_share 0, leave the plain shuffle."""
+    y = torch.full((100,), -1)
+    y[torch.tensor([3, 17, 40, 41, 77, 99])] = torch.tensor([0, 1, 2, 0, 1, 2])
+    pair = M2(x_shape=(5,), z_dim=2, hidden=(4,), classes=3, labelled_share=0.1)
+    order = pair.epoch_order(100, (y,), 20, 5, torch.Generator().manual_seed(0))
+    assert order.shape == (100,)
+    batches = order.view(5, 20)
+    assert ((y[batches] >= 0).sum(1) == 2).all()
+    unlabelled = batches[y[batches] < 0]
+    assert len(unlabelled.unique()) == len(unlabelled) == 90
+    visits = torch.bincount(batches[y[batches] >= 0], minlength=100)[y >= 0]
+    assert visits.sum() == 10 and set(visits.tolist()) <= {1, 2}
+    plain = torch.randperm(100, generator=torch.Generator().manual_seed(0))
+    common = torch.where(torch.arange(100) < 20, torch.arange(100) % 3, torch.tensor(-1))
+    assert torch.equal(pair.epoch_order(100, (common,), 20, 5, torch.Generator().manual_seed(0)), plain)
+    off = M2(x_shape=(5,), z_dim=2, hidden=(4,), classes=3, labelled_share=0.0)
+    assert torch.equal(off.epoch_order(100, (y,), 20, 5, torch.Generator().manual_seed(0)), plain)
