@@ -267,7 +267,7 @@ def _mcmc_loss_and_grads(state: TorchState, model: Callable, guide: Callable, x:
 def _torch_epoch(state: TorchState, plan: loop.EpochPlan) -> tuple[TorchState, loop.EpochResult]:
     o, pair = state.options, state.pair
     g = torch.Generator().manual_seed(plan.seed)
-    order = torch.randperm(len(plan.x), generator=g).to(plan.x.device)
+    order = pair.epoch_order(len(plan.x), plan.inputs, plan.batch, plan.steps, g).to(plan.x.device)
     total, b, accepted = 0.0, o.beta, []
     # data-parallel: the sample sites draw what one process draws for the whole batch (this process's rows)
     draws = (distributed.GlobalDraws(plan.group, pair.data_plate, plan.seed, plan.x.device) if plan.group.world > 1

@@ -282,6 +282,13 @@ class GenerativeModel(nn.Module):
             raise KeyError(f"{self.who} has no pyro.param {name!r} (it has {self.pyro_params.names()})")
         return self.pyro_params.value(name).detach()
 
+    def epoch_order(self, n: int, inputs: tuple[torch.Tensor, ...], batch: int, steps: int,
+                    generator: torch.Generator) -> torch.Tensor:
+        """The training rows of one epoch in step order, taken ``batch`` at a time for ``steps`` steps (the torch SVI
+        engine): a uniformly random permutation of the ``n`` examples. A family may compose its batches from its
+        input columns (M2 puts labelled rows in every batch)."""
+        return torch.randperm(n, generator=generator)
+
     def trial_run(self, *args: Any, seed: int = 0) -> list[torch.Tensor]:
         """Run guide and model once on ``args`` (x and its input columns; eval mode, torch's RNG forked and seeded
         with ``seed``) so that every parameter made on first call exists; keep one example of the arguments if
