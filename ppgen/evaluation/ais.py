@@ -244,18 +244,19 @@ def bdmc(pair, n: int = 100, steps: int = 1000, chains: int = 16, leapfrog: int 
     lower = ais(pair, x, steps, chains, leapfrog, step_size, init, schedule_kind, target_accept, tune, seed=seed + 1,
                 inputs=inputs)
     upper = reverse_ais(pair, x, latents, steps, chains, leapfrog, step_size, init, schedule_kind, target_accept,
-                        tune, seed=seed + 2, inputs=inputs)
+                        tune, seed=seed + 2, inputs=inputs, what="BDMC reverse chains")
     return BDMCResult(x=x, lower=lower, upper=upper)
 
 
 def reverse_ais(pair, x: torch.Tensor, latents: dict[str, torch.Tensor], steps: int = 1000, chains: int = 16,
                 leapfrog: int = 10, step_size: float = 0.1, init: str = "prior", schedule_kind: str = "sigmoid",
                 target_accept: float = 0.65, tune: int = 2, seed: int | None = 0,
-                inputs: tuple[torch.Tensor, ...] = ()) -> AISResult:
+                inputs: tuple[torch.Tensor, ...] = (), what: str = "reverse AIS") -> AISResult:
     r"""Reverse AIS (Grosse et al., 2015): every chain starts at ``latents``, an exact draw from p(z | x) (for data
     simulated from the model, the z that generated x: :func:`simulate`), and β runs from 1 down to 0. The weights
     have E[w] = 1/p(x), so ``log_px`` = −log((1/C) Σ_c w_c) is a stochastic *upper* bound on log p(x), exact as
-    ``steps`` → ∞. ``latents`` maps each latent site to its values, one row per example of ``x``.
+    ``steps`` → ∞. ``latents`` maps each latent site to its values, one row per example of ``x``; ``what`` names
+    the work on the progress line.
     """
     _check(steps, chains, leapfrog, tune)
     betas = schedule(steps, schedule_kind).flip(0)
@@ -264,7 +265,7 @@ def reverse_ais(pair, x: torch.Tensor, latents: dict[str, torch.Tensor], steps: 
             torch.manual_seed(seed)
         target = _target(pair, x, chains + tune, init, inputs)
         z = target.flatten({name: v.expand(target.shape + v.shape[1:]) for name, v in latents.items()})
-        report = progress(len(betas) - 1, f"reverse AIS ({x.shape[0]} points, {steps} steps)")
+        report = progress(len(betas) - 1, f"{what} ({x.shape[0]} points, {steps} steps)")
         log_w, acc = _anneal(target, z, betas, step_size, leapfrog, target_accept, tune, report)
         report.close()
     return _summarize(log_w, -1.0, acc, steps)
