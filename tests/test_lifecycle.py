@@ -119,13 +119,8 @@ def test_a_finished_run_still_has_nothing_to_resume(tmp_path, capsys, references
     assert "already trained 3 epochs" in capsys.readouterr().err
 
 
-def test_a_resume_to_more_epochs_stopped_after_its_last_epoch_is_finished_too(tmp_path, capsys, references,
-                                                                              monkeypatch):
-    """The old run's metrics.json (3 epochs) does not make a run whose training went on to 4 look finished."""
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(references["vae-torch"], run)
+def resume_to_4_epochs_stopped_before_model_pt(run, monkeypatch) -> None:
+    """Resume ``run`` (finished at 3 epochs) to 4 and stop it, as Ctrl-C would, just before model.pt is written."""
     real = runs.save_torch
 
     def interrupted_before_model_pt(path, obj):
@@ -136,6 +131,16 @@ def test_a_resume_to_more_epochs_stopped_after_its_last_epoch_is_finished_too(tm
     monkeypatch.setattr(runs, "save_torch", interrupted_before_model_pt)
     assert run_cli("train", "vae", "--resume", run, "--epochs", "4", "--no-progress") == 130
     monkeypatch.setattr(runs, "save_torch", real)
+
+
+def test_a_resume_to_more_epochs_stopped_after_its_last_epoch_is_finished_too(tmp_path, capsys, references,
+                                                                              monkeypatch):
+    """The old run's metrics.json (3 epochs) does not make a run whose training went on to 4 look finished."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(references["vae-torch"], run)
+    resume_to_4_epochs_stopped_before_model_pt(run, monkeypatch)
     assert runs.load_checkpoint(run)["state"]["epoch"] == 4 and not runs.is_finished(run, 4)
     assert run_cli("train", "vae", "--resume", run, "--no-progress") == 0
     assert "finishing it" in capsys.readouterr().out
@@ -154,16 +159,7 @@ def test_a_model_pt_older_than_the_checkpoint_is_not_used_and_the_commands_say_h
 
     run = tmp_path / "run"
     shutil.copytree(references["vae-torch"], run)
-    real = runs.save_torch
-
-    def interrupted_before_model_pt(path, obj):
-        if Path(path).name == runs.MODEL:
-            raise KeyboardInterrupt
-        real(path, obj)
-
-    monkeypatch.setattr(runs, "save_torch", interrupted_before_model_pt)
-    assert run_cli("train", "vae", "--resume", run, "--epochs", "4", "--no-progress") == 130
-    monkeypatch.setattr(runs, "save_torch", real)
+    resume_to_4_epochs_stopped_before_model_pt(run, monkeypatch)
     capsys.readouterr()
     old = weights(run / runs.MODEL)
     assert runs.load_checkpoint(run)["state"]["best_epoch"] == 4
