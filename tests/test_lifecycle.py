@@ -119,8 +119,9 @@ def test_a_finished_run_still_has_nothing_to_resume(tmp_path, capsys, references
     assert "already trained 3 epochs" in capsys.readouterr().err
 
 
-def resume_to_4_epochs_stopped_before_model_pt(run, monkeypatch) -> None:
-    """Resume ``run`` (finished at 3 epochs) to 4 and stop it, as Ctrl-C would, just before model.pt is written."""
+def resume_stopped_before_model_pt(run, monkeypatch, family: str = "vae", epochs: int = 4) -> None:
+    """Resume a finished ``run`` of ``family`` to ``epochs`` and stop it, as Ctrl-C would, just before model.pt is
+    written."""
     real = runs.save_torch
 
     def interrupted_before_model_pt(path, obj):
@@ -129,7 +130,7 @@ def resume_to_4_epochs_stopped_before_model_pt(run, monkeypatch) -> None:
         real(path, obj)
 
     monkeypatch.setattr(runs, "save_torch", interrupted_before_model_pt)
-    assert run_cli("train", "vae", "--resume", run, "--epochs", "4", "--no-progress") == 130
+    assert run_cli("train", family, "--resume", run, "--epochs", str(epochs), "--no-progress") == 130
     monkeypatch.setattr(runs, "save_torch", real)
 
 
@@ -140,7 +141,7 @@ def test_a_resume_to_more_epochs_stopped_after_its_last_epoch_is_finished_too(tm
 
     run = tmp_path / "run"
     shutil.copytree(references["vae-torch"], run)
-    resume_to_4_epochs_stopped_before_model_pt(run, monkeypatch)
+    resume_stopped_before_model_pt(run, monkeypatch)
     assert runs.load_checkpoint(run)["state"]["epoch"] == 4 and not runs.is_finished(run, 4)
     assert run_cli("train", "vae", "--resume", run, "--no-progress") == 0
     assert "finishing it" in capsys.readouterr().out
@@ -159,7 +160,7 @@ def test_a_model_pt_older_than_the_checkpoint_is_not_used_and_the_commands_say_h
 
     run = tmp_path / "run"
     shutil.copytree(references["vae-torch"], run)
-    resume_to_4_epochs_stopped_before_model_pt(run, monkeypatch)
+    resume_stopped_before_model_pt(run, monkeypatch)
     capsys.readouterr()
     old = weights(run / runs.MODEL)
     assert runs.load_checkpoint(run)["state"]["best_epoch"] == 4
@@ -299,3 +300,23 @@ def test_a_killed_prior_stage_is_finished_by_its_resume(tmp_path, moment):
     a, b = (json.loads((run / runs.METRICS).read_text())["prior"] for run in (straight, killed))
     assert a["epochs"] == b["epochs"] == 2 and a["val_elbo"] == b["val_elbo"]
     assert run_cli("prior", killed, "--epochs", "2", "--resume", "--no-progress") == 2  # now finished
+
+
+def test_a_stage_on_a_run_whose_model_pt_is_older_than_its_checkpoint_says_how_to_finish_it(tmp_path, capsys,
+                                                                                         monkeypatch):
+    """Stage one finished at 1 epoch, resumed to 2 and stopped before its new model.pt: the old model.pt is not
+    stage one's result, so `ppgen prior` is refused in one line (nothing written) saying how to finish stage one,
+    and runs once that is done."""
+    run = tmp_path / "vq"
+    assert run_cli("train", "vqvae", *VQVAE_FLAGS, "--epochs", "1", "--out", run) == 0
+    resume_stopped_before_model_pt(run, monkeypatch, "vqvae", 2)
+    assert (run / runs.MODEL).exists() and runs.stale_model(run) is not None
+    before = sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*"))
+    capsys.readouterr()
+    assert run_cli("prior", run, "--epochs", "1", "--no-progress") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"ppgen train vqvae --resume {run}" in err
+    assert sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*")) == before
+    assert run_cli("train", "vqvae", "--resume", run, "--no-progress") == 0
+    assert runs.stale_model(run) is None
+    assert run_cli("prior", run, "--epochs", "1", "--no-progress") == 0
