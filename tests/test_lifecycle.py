@@ -119,9 +119,8 @@ def test_a_finished_run_still_has_nothing_to_resume(tmp_path, capsys, references
     assert "already trained 3 epochs" in capsys.readouterr().err
 
 
-def resume_stopped_before_model_pt(run, monkeypatch, family: str = "vae", epochs: int = 4) -> None:
-    """Resume a finished ``run`` of ``family`` to ``epochs`` and stop it, as Ctrl-C would, just before model.pt is
-    written."""
+def stopped_before_model_pt(monkeypatch, *command) -> None:
+    """Run ``ppgen COMMAND`` and stop it, as Ctrl-C would, just before model.pt is written: exit 130."""
     real = runs.save_torch
 
     def interrupted_before_model_pt(path, obj):
@@ -130,8 +129,13 @@ def resume_stopped_before_model_pt(run, monkeypatch, family: str = "vae", epochs
         real(path, obj)
 
     monkeypatch.setattr(runs, "save_torch", interrupted_before_model_pt)
-    assert run_cli("train", family, "--resume", run, "--epochs", str(epochs), "--no-progress") == 130
+    assert run_cli(*command) == 130
     monkeypatch.setattr(runs, "save_torch", real)
+
+
+def resume_stopped_before_model_pt(run, monkeypatch, family: str = "vae", epochs: int = 4) -> None:
+    """Resume a finished ``run`` of ``family`` to ``epochs`` and stop it just before model.pt is written."""
+    stopped_before_model_pt(monkeypatch, "train", family, "--resume", run, "--epochs", str(epochs), "--no-progress")
 
 
 def test_a_resume_to_more_epochs_stopped_after_its_last_epoch_is_finished_too(tmp_path, capsys, references,
@@ -267,16 +271,7 @@ def test_a_stage_needs_stage_one_finished_and_an_interrupted_stage_is_finished_b
     assert f"ppgen train vqvae --resume {run}" in capsys.readouterr().err
     assert run_cli("train", "vqvae", "--resume", run, "--no-progress") == 0  # what it says finishes stage one
     assert runs.is_finished(run)
-    real = runs.save_torch
-
-    def interrupted_before_model_pt(path, obj):
-        if Path(path).name == runs.MODEL:
-            raise KeyboardInterrupt
-        real(path, obj)
-
-    monkeypatch.setattr(runs, "save_torch", interrupted_before_model_pt)
-    assert run_cli("prior", run, "--epochs", "1", "--no-progress") == 130
-    monkeypatch.setattr(runs, "save_torch", real)
+    stopped_before_model_pt(monkeypatch, "prior", run, "--epochs", "1", "--no-progress")
     assert "prior" not in json.loads((run / runs.METRICS).read_text())
     assert run_cli("prior", run, "--epochs", "1", "--resume", "--no-progress") == 0
     assert_same_weights(straight / runs.MODEL, run / runs.MODEL)
