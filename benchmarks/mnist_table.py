@@ -16,6 +16,15 @@ beside the paper's number at the paper's epochs. Rows (``--rows``):
   vae2-k1    two stochastic layers (hvae), 784-(200-200)-100-(100-100)-50 tanh, ELBO         paper 85.33
   iwae2-k50  the same two-layer net, IWAE bound with k = 50                                  paper 82.90
   lvae       Ladder VAE, 2 layers 64-32 over 512-256 (batch norm, KL warm-up, softplus)     paper ≈ 81.7 (5 layers)
+  dlgm       Rezende et al.'s DLGM, 2 Gaussian layers 100-50 over 200-200 / 100-100 (softplus)  paper ≈ 86.60
+  nade       NADE, 500 hidden units, raster order: its exact log p(x)                          paper 88.86
+  vqvae      VQ-VAE, 64 codes on a 7x7 grid, then its PixelCNN prior over the codes           no paper figure
+  ddpm       DDPM, T = 100, MLP 512-512, learned variances, L_vlb with importance-sampled t   no paper figure
+
+The VQ-VAE's guide is a point mass at the nearest codes k(x), so IWAE-K = its ELBO for every K: the bound
+log p(x) ≥ log p(x | k(x)) + log p_prior(k(x)) with the fitted PixelCNN prior (the stage ``prior``, ``--prior-minutes``).
+The DDPM's figure is its bound L_vlb = −ELBO (every term a closed-form KL at one x_t per t and digit, ≥ −log p(x)),
+not an IWAE-5000: the row says so (``bound``), and its validation curve is on the first 200 validation digits.
 
 Burda et al. trained 3,280 epochs (Adam, lr 1e-3·10^(−i/7) over 3^i epochs, batch 20); ppgen uses constant
 Adam lr ``--lr`` and batch ``--batch-size``, and ``--epochs`` per row (``--epochs paper`` = the paper's 3,280).
@@ -33,6 +42,7 @@ load average during training, and writes ``ROW.json`` (and the weights ``ROW.pt`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -50,7 +60,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ppgen  # noqa: E402
 from ppgen.data import load  # noqa: E402
 from ppgen.evaluation import iwae  # noqa: E402
-from ppgen.models import VAE, HierarchicalVAE, LadderVAE  # noqa: E402
+from ppgen.inference.stages import fit_stage, stage_named  # noqa: E402
+from ppgen.models import DLGM, NADE, VAE, HierarchicalVAE, LadderVAE  # noqa: E402
+from ppgen.models.diffusion import DDPM  # noqa: E402
+from ppgen.models.vqvae import VQVAE  # noqa: E402
 
 #: Burda et al. (2016) trained every model for this many passes over the 50,000 training digits
 PAPER_EPOCHS = 3280
@@ -65,8 +78,15 @@ class Row:
     options: dict = field(default_factory=dict)
     paper: float | None = None
     source: str = BURDA
-    paper_epochs: int = PAPER_EPOCHS
+    #: the paper's epochs (None: it states none; ``--epochs paper`` then runs Burda et al.'s 3,280)
+    paper_epochs: int | None = PAPER_EPOCHS
     about: str = ""
+    #: the same pair from the command line: ``ppgen train`` + these words (tests/test_mnist_rows.py builds both)
+    cli: str = ""
+    #: what the test NLL is: "iwae" (−IWAE-K; exact for NADE, the point-mass bound for the VQ-VAE) or "vlb" (DDPM)
+    bound: str = "iwae"
+    #: a second stage fitted after training (the VQ-VAE's prior)
+    stage: str | None = None
 
 
 def burda_one_layer(shape) -> VAE:
@@ -85,15 +105,55 @@ def ladder(shape) -> LadderVAE:
     return LadderVAE(shape, z_dims=(64, 32), hidden=((512, 512), (256, 256)))
 
 
+def dlgm(shape) -> DLGM:
+    """Rezende et al.'s DLGM with Burda et al.'s two-layer sizes: 100-50 Gaussian layers over 200-200 (recognition,
+    decoder) and 100-100 (the mean network T_1), softplus."""
+    return DLGM(shape, z_dims=(100, 50), hidden=((200, 200), (100, 100)))
+
+
+def nade(shape) -> NADE:
+    """Larochelle & Murray's NADE with 500 hidden units (their MNIST model), raster order."""
+    return NADE(shape, hidden=500)
+
+
+def vqvae(shape) -> VQVAE:
+    """A VQ-VAE with 64 codes of size 16 on a 7x7 grid (two stride-2 convolutions of 32 channels) and a PixelCNN
+    prior over the grid (4 masked layers, 64 channels), fitted after the VQ-VAE."""
+    return VQVAE(shape, codes=64, code_dim=16, downsample=2, channels=32)
+
+
+def ddpm(shape) -> DDPM:
+    """A DDPM on the binary pixels (Bernoulli decoder), T = 100, an MLP denoiser 512-512, learned reverse variances
+    (Nichol & Dhariwal 2021), trained on L_vlb with importance-sampled timesteps."""
+    return DDPM(shape, timesteps=100, hidden=(512, 512), variance="learned", objective="vlb",
+                timestep_sampling="importance")
+
+
 IWAE = {"elbo": "iwae"}
+BURDA_ONE = "vae --z-dim 50 --hidden 200,200 --activation tanh"
+BURDA_TWO = "hvae --z-dims 100,50 --hidden 200,200 100,100 --activation tanh"
 ROWS: dict[str, Row] = {
-    "vae-k1": Row(burda_one_layer, {}, 86.76, about="1 stochastic layer, ELBO"),
-    "iwae-k5": Row(burda_one_layer, IWAE | {"num_particles": 5}, 85.54, about="1 stochastic layer, IWAE k = 5"),
-    "iwae-k50": Row(burda_one_layer, IWAE | {"num_particles": 50}, 84.78, about="1 stochastic layer, IWAE k = 50"),
-    "vae2-k1": Row(burda_two_layer, {}, 85.33, about="2 stochastic layers, ELBO"),
-    "iwae2-k50": Row(burda_two_layer, IWAE | {"num_particles": 50}, 82.90, about="2 stochastic layers, IWAE k = 50"),
+    "vae-k1": Row(burda_one_layer, {}, 86.76, about="1 stochastic layer, ELBO", cli=BURDA_ONE),
+    "iwae-k5": Row(burda_one_layer, IWAE | {"num_particles": 5}, 85.54, about="1 stochastic layer, IWAE k = 5",
+                   cli=BURDA_ONE + " --elbo iwae --particles 5"),
+    "iwae-k50": Row(burda_one_layer, IWAE | {"num_particles": 50}, 84.78, about="1 stochastic layer, IWAE k = 50",
+                    cli=BURDA_ONE + " --elbo iwae --particles 50"),
+    "vae2-k1": Row(burda_two_layer, {}, 85.33, about="2 stochastic layers, ELBO", cli=BURDA_TWO),
+    "iwae2-k50": Row(burda_two_layer, IWAE | {"num_particles": 50}, 82.90, about="2 stochastic layers, IWAE k = 50",
+                     cli=BURDA_TWO + " --elbo iwae --particles 50"),
     "lvae": Row(ladder, {"warmup_fraction": 0.25}, 81.74, "Sønderby et al. 2016, Table 1, best 5-layer row", 2000,
-                "Ladder VAE, 2 layers, batch norm, KL warm-up"),
+                "Ladder VAE, 2 layers, batch norm, KL warm-up",
+                cli="lvae --z-dims 64,32 --hidden 512,512 256,256"),
+    "dlgm": Row(dlgm, {}, 86.60, "Rezende et al. 2014 (as quoted by Gregor et al. 2015, Table 2)", None,
+                "DLGM, 2 Gaussian layers 100-50, ELBO", cli="dlgm --z-dims 100,50 --hidden 200,200 100,100"),
+    "nade": Row(nade, {}, 88.86, "Larochelle & Murray 2011, Table 2 (static binarization)", None,
+                "NADE, 500 hidden units, exact log p(x)", cli="nade --hidden 500"),
+    "vqvae": Row(vqvae, {}, None, "no binarized-MNIST figure", None, "VQ-VAE 64 codes 7x7, PixelCNN prior; its bound",
+                 cli="vqvae --codes 64 --code-dim 16 --downsample 2 --channels 32  # then ppgen prior RUN",
+                 stage="prior"),
+    "ddpm": Row(ddpm, {}, None, "no binarized-MNIST figure", None, "DDPM T = 100, learned variances; L_vlb",
+                cli="ddpm --timesteps 100 --hidden 512,512 --variance learned --objective vlb "
+                    "--timestep-sampling importance", bound="vlb"),
 }
 
 
@@ -107,6 +167,8 @@ def parse(argv=None) -> argparse.Namespace:
     t.add_argument("--minutes", default="0",
                    help="wall-clock budget per row, N or ROW=N: training stops after the first epoch that ends past "
                         "it (0: none; the row records the epochs run)")
+    t.add_argument("--prior-epochs", type=int, default=100, help="vqvae: epochs of its PixelCNN prior (at most)")
+    t.add_argument("--prior-minutes", type=float, default=0, help="vqvae: wall-clock budget of its prior (0: none)")
     t.add_argument("--data", default="mnist-full", help="mnist-full (dynamic binarization) or mnist-full-static")
     t.add_argument("--batch-size", type=int, default=100)
     t.add_argument("--lr", type=float, default=1e-3)
@@ -137,7 +199,7 @@ def parse(argv=None) -> argparse.Namespace:
 def per_row(spec: str, names: list[str], flag: str, kind=int) -> dict:
     """``--epochs`` / ``--minutes``: one number for every row, ``ROW=N`` pairs, or (epochs) ``paper``."""
     if spec == "paper" and flag == "--epochs":
-        return {n: ROWS[n].paper_epochs for n in names}
+        return {n: ROWS[n].paper_epochs or PAPER_EPOCHS for n in names}
     if "=" not in spec:
         return {n: kind(spec) for n in names}
     given = dict(item.split("=") for item in spec.split(","))
@@ -159,13 +221,17 @@ def test_subset(data, n: int, seed: int) -> tuple[torch.Tensor, list[int] | None
     return data.test[idx], idx.tolist()
 
 
-def score(pair, data, args) -> tuple[torch.Tensor, list[int] | None]:
-    """IWAE-K log p̂(x) of every scored test digit (seeded: the same draws for the same weights), and their indices."""
+def score(pair, data, args, bound: str = "iwae") -> tuple[torch.Tensor, list[int] | None]:
+    """IWAE-K log p̂(x) of every scored test digit (seeded: the same draws for the same weights), and their indices;
+    ``bound="vlb"`` (DDPM): −L_vlb per digit instead, every term a closed-form KL at one x_t per t."""
     x, idx = test_subset(data, args.test_points, args.seed)
     pair.eval()
     torch.manual_seed(args.seed)
     with torch.no_grad():
-        return iwae(pair, x.to(args.device), k=args.k).double().cpu(), idx
+        x = x.to(args.device)
+        if bound == "vlb":
+            return -torch.cat([pair.vlb_terms(x[r:r + 100]).sum(-1) for r in range(0, len(x), 100)]).double().cpu(), idx
+        return iwae(pair, x, k=args.k).double().cpu(), idx
 
 
 def paired(args) -> int:
@@ -174,12 +240,12 @@ def paired(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.rows.split(",")
-    data = load(args.data, binarize="dynamic" if args.data == "mnist-full" else None, seed=args.seed)
+    data = load(args.data, binarize=None if args.data == "mnist-full-static" else "dynamic", seed=args.seed)
     logp = {}
     for name in names:
         pair = ROWS[name].build(data.x_shape)
         pair.load_state_dict(torch.load(args.folder / f"{name}.pt", weights_only=True))
-        logp[name], _ = score(pair, data, args)
+        logp[name], _ = score(pair, data, args, ROWS[name].bound)
         print(f"{name}: test NLL {-float(logp[name].mean()):.2f} ± {float(logp[name].std()) / math.sqrt(len(logp[name])):.2f}",
               flush=True)
     print("\n| row A | row B | NLL A − NLL B | paired SE |\n|---|---|---|---|")
@@ -212,18 +278,21 @@ def train_row(name: str, epochs: int, minutes: float, data, args) -> dict:
             raise OutOfTime
 
     try:
-        ppgen.fit(pair, data, backend="svi", epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                  device=args.device, engine=args.engine, progress=False, on_epoch_end=progress, **options)
+        ppgen.fit(pair, train_data(data, row), backend="svi", epochs=epochs, batch_size=args.batch_size, lr=args.lr,
+                  seed=args.seed, device=args.device, engine=args.engine, progress=False, on_epoch_end=progress,
+                  **options)
         stopped = None
     except OutOfTime:
         stopped = f"wall budget of {minutes:g} min"
     train_cpu, train_wall = time.process_time() - cpu, time.perf_counter() - wall
+    stage = fit_second_stage(pair, name, data, args) if row.stage else {}
     torch.save(pair.state_dict(), args.out / f"{name}.pt")
     cpu, wall = time.process_time(), time.perf_counter()
-    ll, idx = score(pair, data, args)
+    ll, idx = score(pair, data, args, row.bound)
     n = len(ll)
     return {"row": name, "about": row.about, "data": args.data, "epochs": epochs, "epochs_run": len(history),
-            "stopped_by": stopped, "engine": args.engine, "options": row.options,
+            "stopped_by": stopped, "engine": args.engine, "options": row.options, "bound": row.bound,
+            "command": command(row, len(history), args), **stage,
             "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
             "nll": -float(ll.mean()), "nll_se": float(ll.std() / math.sqrt(n)), "k": args.k, "test_digits": n,
             "test_subset_seed": args.seed if idx is not None else None,
@@ -236,6 +305,48 @@ def train_row(name: str, epochs: int, minutes: float, data, args) -> dict:
             "params": sum(p.numel() for p in pair.parameters())}
 
 
+def command(row: Row, epochs: int, args) -> str:
+    """The ``ppgen train`` line that trains the row's pair for ``epochs`` as this script did (and fits the VQ-VAE's
+    prior after it)."""
+    model, _, then = row.cli.partition("#")
+    line = (f"ppgen train {model.strip()} --data {args.data} --epochs {epochs} --batch-size {args.batch_size} "
+            f"--lr {args.lr:g} --seed {args.seed}")
+    if "warmup_fraction" in row.options:
+        line += f" --anneal-epochs {row.options['warmup_fraction'] * epochs:g}"
+    return line + (f"; {then.strip()}" if then else "")
+
+
+def train_data(data, row: Row):
+    """The data set a row trains on: the DDPM's validation bound costs T denoiser passes per digit, so its curve is
+    on the first 200 validation digits (the others validate on all 10,000)."""
+    if row.bound != "vlb":
+        return data
+    return dataclasses.replace(data, val=data.val[:200], val_labels=None, val_inputs={})
+
+
+def fit_second_stage(pair, name: str, data, args) -> dict:
+    """Fit the row's second stage (the VQ-VAE's PixelCNN prior over its codes) for ``--prior-epochs`` or until
+    ``--prior-minutes`` of wall time have passed at the end of an epoch; its record."""
+    cpu, wall, curve = time.process_time(), time.perf_counter(), []
+
+    def progress(fit) -> None:
+        curve[:] = [h.get("val_prior_nll") for h in fit.history]
+        print(f"  {name} prior epoch {len(fit.history)}: val prior NLL {curve[-1]}", flush=True)
+        if args.prior_minutes and time.perf_counter() - wall > 60 * args.prior_minutes:
+            raise OutOfTime
+
+    try:
+        fit_stage(pair, ROWS[name].stage, data, epochs=args.prior_epochs, batch_size=args.batch_size, seed=args.seed,
+                  on_epoch_end=progress)
+        stopped = None
+    except OutOfTime:  # the stage's weights are those of its last finished epoch: make the pair use them
+        stage_named(pair, ROWS[name].stage).finish(pair)
+        stopped = f"wall budget of {args.prior_minutes:g} min"
+    return {"stage": ROWS[name].stage, "stage_epochs_run": len(curve), "stage_stopped_by": stopped,
+            "stage_cpu_s": time.process_time() - cpu, "stage_wall_s": time.perf_counter() - wall,
+            "curve_stage_val": curve}
+
+
 def train(args) -> int:
     names = args.rows.split(",")
     unknown = [n for n in names if n not in ROWS]
@@ -246,12 +357,13 @@ def train(args) -> int:
     epochs = per_row(args.epochs, names, "--epochs")
     minutes = per_row(args.minutes, names, "--minutes", float)
     args.out.mkdir(parents=True, exist_ok=True)
-    data = load(args.data, binarize="dynamic" if args.data == "mnist-full" else None, seed=args.seed)
+    data = load(args.data, binarize=None if args.data == "mnist-full-static" else "dynamic", seed=args.seed)
     print(data.describe(), flush=True)
     for name in names:
         record = train_row(name, epochs[name], minutes[name], data, args)
         (args.out / f"{name}.json").write_text(json.dumps(record, indent=1))
-        print(f"{name}: test NLL {record['nll']:.2f} ± {record['nll_se']:.2f} (IWAE-{args.k}, {record['test_digits']} "
+        what = "L_vlb" if record["bound"] == "vlb" else f"IWAE-{args.k}"
+        print(f"{name}: test NLL {record['nll']:.2f} ± {record['nll_se']:.2f} ({what}, {record['test_digits']} "
               f"digits), {record['epochs_run']} epochs, train {record['train_cpu_s']:.0f} CPU s / "
               f"{record['train_wall_s']:.0f} wall s, load {record['load_mean']:.1f}", flush=True)
     return 0
@@ -272,8 +384,10 @@ def markdown(records: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         diff = f"{r['nll'] - r['paper']:+.2f}" if r["paper"] else "—"
-        lines.append(f"| {r['row']} | {r['about']} | {r['nll']:.2f} ± {r['nll_se']:.2f} | "
-                     f"{r['paper']:.2f} ({r['paper_source']}) | {diff} | {r['epochs_run']} ({r['paper_epochs']}) | "
+        paper = f"{r['paper']:.2f} ({r['paper_source']})" if r["paper"] else r["paper_source"]
+        nll = f"{r['nll']:.2f} ± {r['nll_se']:.2f}" + (" (L_vlb)" if r.get("bound") == "vlb" else "")
+        lines.append(f"| {r['row']} | {r['about']} | {nll} | {paper} | {diff} | "
+                     f"{r['epochs_run']} ({r['paper_epochs'] or '—'}) | "
                      f"{r['train_cpu_s']:.0f} | {r['train_wall_s']:.0f} | {r['load_mean']:.1f} | "
                      f"{r['curve_val_elbo'][-1]:.2f} | {still_falling(r['curve_val_elbo']):.3f} |")
     lines += ["", curves(records)]

@@ -40,6 +40,14 @@ def ints(text: str) -> tuple[int, ...]:
     return values
 
 
+class StageGroups(argparse.Action):
+    """Several comma-separated groups (``--hidden 200,200 100,100``): one tuple of sizes per stage of a layered
+    family; one group alone stays a flat tuple (one size per stage, e.g. ``--hidden 400,200``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values[0] if len(values) == 1 else tuple(values))
+
+
 def kind_of(f: dataclasses.Field) -> str:
     """The base type name of a field's annotation: ``int``, ``float``, ``str``, ``bool`` or ``tuple``."""
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
@@ -52,11 +60,16 @@ def choices_of(f: dataclasses.Field) -> tuple | None:
     return tuple(declared) if declared else None
 
 
-def add_flag(group, flag: str, f: dataclasses.Field, help_text: str, choices: tuple | None = None) -> None:
-    """One flag for the field ``f`` (dest = its name): its type from the annotation, unset (None) by default."""
+def add_flag(group, flag: str, f: dataclasses.Field, help_text: str, choices: tuple | None = None,
+             groups: bool = False) -> None:
+    """One flag for the field ``f`` (dest = its name): its type from the annotation, unset (None) by default;
+    ``groups``: one or more comma-separated groups of sizes (:class:`StageGroups`)."""
     kind = kind_of(f)
     if kind == "bool":
         group.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
+    elif groups:
+        group.add_argument(flag, dest=f.name, type=ints, nargs="+", action=StageGroups, metavar="SIZES",
+                           help=help_text)
     elif kind == "tuple":
         group.add_argument(flag, dest=f.name, type=ints, help=help_text)
     else:

@@ -138,12 +138,19 @@ def add_model_flags(group, family: str | None = None) -> tuple[str, ...]:
         help_text += f" (default {defaults.pop()})" if len(defaults) == 1 else " (default: the family's own)"
         each = [choices_of(f) for _, f in declared]
         choices = tuple(dict.fromkeys(c for cs in each for c in cs)) if all(each) else None
+        grouped = [(name, f.metadata["check"].groups) for name, f in declared
+                   if getattr(f.metadata.get("check"), "groups", None)]
+        if grouped and not getattr(described.metadata.get("check"), "groups", None):
+            help_text += f"; {'/'.join(name for name, _ in grouped)}: {grouped[0][1]}"
         flag = "--" + (first.metadata.get("flag") or key.replace("_", "-"))
-        add_flag(group, flag, first, help_text.replace("%", "%%"), choices)
+        add_flag(group, flag, first, help_text.replace("%", "%%"), choices, groups=bool(grouped))
     return tuple(fields)
 
 
 def _shown(value) -> str:
+    """A default as its flag takes it: 400,200 for sizes, 400 200 for one group per stage."""
+    if isinstance(value, tuple | list) and value and all(isinstance(v, tuple | list) for v in value):
+        return " ".join(_shown(v) for v in value)
     return ",".join(str(v) for v in value) if isinstance(value, tuple | list) else str(value)
 
 

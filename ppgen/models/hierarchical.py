@@ -64,6 +64,9 @@ def stages(v: Any) -> str | None:
 
 
 with_convert(stages, as_stages)
+#: how the command line gives one list per stage (``ppgen.commands.args.add_flag``): space-separated groups
+stages.groups = ("several hidden layers per stage: one comma-separated group per stage, space-separated, bottom "
+                 "first (e.g. 200,200 100,100); one group alone is one size per stage")
 
 
 def latent_sizes(v: Any) -> str | None:
@@ -84,7 +87,8 @@ class LayeredConfig:
     x_shape: tuple[int, ...] = x_shape_option((1, 28, 28))
     z_dims: tuple[int, ...] = option((50, 20), latent_sizes, "latent sizes per layer, bottom first, e.g. 50,20")
     hidden: tuple[tuple[int, ...], ...] = option(((400,), (200,)), stages, "hidden sizes per stage, bottom first: "
-                                                 "one per stage (400,200) or a list per stage")
+                                                 "one size per stage (400,200), or one comma-separated group per stage, "
+                                                 "space-separated (200,200 100,100: two layers in each of two stages)")
     likelihood: str = likelihood_option()
     skip: bool = option(False, boolean, "Skip-VAE decoder: z_1 enters every layer of p(x | z_1)")
 
