@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ppgen  # noqa: E402
 from ppgen.data import load  # noqa: E402
-from ppgen.evaluation import iwae  # noqa: E402
+from ppgen.evaluation import ais, bdmc, iwae  # noqa: E402
 from ppgen.inference.stages import fit_stage, stage_named  # noqa: E402
 from ppgen.models import DLGM, NADE, VAE, HierarchicalVAE, LadderVAE  # noqa: E402
 from ppgen.models.diffusion import DDPM  # noqa: E402
@@ -189,6 +189,22 @@ def parse(argv=None) -> argparse.Namespace:
     q.add_argument("--device", default="cpu")
     q.add_argument("--threads", type=int, default=None)
     q.add_argument("--seed", type=int, default=0)
+    a = sub.add_parser("ais", help="AIS with BDMC beside IWAE-K on the first --points of the table's seeded test "
+                       "digits, from the rows' saved weights (ROW.pt); writes FOLDER/ais/ROW.json")
+    a.add_argument("folder", type=Path)
+    a.add_argument("--rows", required=True)
+    a.add_argument("--points", type=int, default=10, help="the first N digits of the --test-points subset")
+    a.add_argument("--steps", type=int, default=500, help="AIS intermediate distributions")
+    a.add_argument("--chains", type=int, default=4)
+    a.add_argument("--leapfrog", type=int, default=5)
+    a.add_argument("--init", default="prior", choices=["prior", "guide"], help="AIS's initial distribution")
+    a.add_argument("--bdmc", type=int, default=5, help="digits simulated from the model for BDMC (0: none)")
+    a.add_argument("--data", default="mnist-full")
+    a.add_argument("--k", type=int, default=5000)
+    a.add_argument("--test-points", type=int, default=1000)
+    a.add_argument("--device", default="cpu")
+    a.add_argument("--threads", type=int, default=None)
+    a.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("report", help="the Markdown table and the learning-curve figure from the rows' JSON files")
     r.add_argument("folder", type=Path)
     r.add_argument("--markdown", type=Path, default=None)
@@ -254,6 +270,57 @@ def paired(args) -> int:
             d = logp[b] - logp[a]
             print(f"| {a} | {b} | {float(d.mean()):+.2f} | {float(d.std()) / math.sqrt(len(d)):.2f} |")
     return 0
+
+
+def ais_rows(args) -> int:
+    """AIS (Neal, 2001; Wu et al., 2017) from ``--init`` to the posterior, HMC transitions, on the first ``--points``
+    digits of the table's seeded test subset, beside IWAE-K on the same digits (paired difference: AIS − IWAE), and
+    BDMC (Grosse et al., 2015) on ``--bdmc`` digits simulated from the model: forward AIS ≤ log p(x) ≤ reverse AIS,
+    the gap bounding forward AIS's error on such digits."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = load(args.data, binarize=None if args.data == "mnist-full-static" else "dynamic", seed=args.seed)
+    x, _ = test_subset(data, args.test_points, args.seed)
+    x = x[:args.points].to(args.device)
+    (args.folder / "ais").mkdir(exist_ok=True)
+    for name in args.rows.split(","):
+        pair = ROWS[name].build(data.x_shape).to(args.device)
+        pair.load_state_dict(torch.load(args.folder / f"{name}.pt", weights_only=True))
+        pair.eval()
+        cpu, wall = time.process_time(), time.perf_counter()
+        torch.manual_seed(args.seed)
+        with torch.no_grad():
+            ll = iwae(pair, x, k=args.k).double().cpu()
+        result = ais(pair, x, steps=args.steps, chains=args.chains, leapfrog=args.leapfrog, init=args.init,
+                     seed=args.seed)
+        diff = result.log_px.double().cpu() - ll
+        record = {"row": name, "points": len(x), "test_subset_seed": args.seed, "steps": args.steps,
+                  "chains": args.chains, "leapfrog": args.leapfrog, "init": args.init, "k": args.k,
+                  "ais_nll": -result.mean, "ais_mc_se": result.mean_se, "ais_acceptance": result.acceptance,
+                  "iwae_nll": -float(ll.mean()), "ais_minus_iwae": float(diff.mean()),
+                  "ais_minus_iwae_se": float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else float("nan")}
+        if args.bdmc:
+            both = bdmc(pair, n=args.bdmc, steps=args.steps, chains=args.chains, leapfrog=args.leapfrog,
+                        init=args.init, seed=args.seed)
+            record.update(bdmc_points=args.bdmc, bdmc_lower=both.lower.mean, bdmc_upper=both.upper.mean,
+                          bdmc_gap=both.gap)
+        record.update(cpu_s=time.process_time() - cpu, wall_s=time.perf_counter() - wall, load=os.getloadavg()[0])
+        (args.folder / "ais" / f"{name}.json").write_text(json.dumps(record, indent=1))
+        print(json.dumps(record), flush=True)
+    return 0
+
+
+def ais_markdown(records: list[dict]) -> str:
+    """The AIS table: AIS beside IWAE-K on the same digits, and BDMC's sandwich on simulated digits."""
+    lines = ["| row | digits | −AIS (steps × chains × leapfrog) | −IWAE-K same digits | AIS − IWAE (paired) | "
+             "BDMC on simulated digits: lower, upper (gap) | CPU s |", "|---|---|---|---|---|---|---|"]
+    for r in records:
+        sandwich = (f"{r['bdmc_lower']:.2f}, {r['bdmc_upper']:.2f} ({r['bdmc_gap']:.2f}), {r['bdmc_points']} digits"
+                    if "bdmc_gap" in r else "—")
+        lines.append(f"| {r['row']} | {r['points']} | {r['ais_nll']:.2f} ± {r['ais_mc_se']:.2f} ({r['steps']} × "
+                     f"{r['chains']} × {r['leapfrog']}, from the {r['init']}) | {r['iwae_nll']:.2f} (K = {r['k']:,}) | "
+                     f"{r['ais_minus_iwae']:+.2f} ± {r['ais_minus_iwae_se']:.2f} | {sandwich} | {r['cpu_s']:.0f} |")
+    return "\n".join(lines)
 
 
 def train_row(name: str, epochs: int, minutes: float, data, args) -> dict:
@@ -438,6 +505,9 @@ def report(args) -> int:
     order = list(ROWS)
     records.sort(key=lambda r: order.index(r["row"]) if r["row"] in order else len(order))
     text = markdown(records)
+    sampled = [json.loads(p.read_text()) for p in sorted((args.folder / "ais").glob("*.json"))]
+    if sampled:
+        text += "\n\n" + ais_markdown(sampled)
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")
@@ -448,7 +518,7 @@ def report(args) -> int:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    return {"train": train, "paired": paired, "report": report}[args.command](args)
+    return {"train": train, "paired": paired, "report": report, "ais": ais_rows}[args.command](args)
 
 
 if __name__ == "__main__":
