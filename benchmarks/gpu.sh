@@ -7,7 +7,8 @@
 #   4. with 2+ GPUs: data-parallel images/s and the NCCL all-reduce per step            [benchmarks/scaling.py]
 #   5. every family and backend trains one epoch with --device cuda                     [ppgen train]
 #   6. with LEADERBOARD=1 only (hours, not minutes): the full-MNIST leaderboard at the papers' epochs (Burda et al.'s
-#      3,280; the Ladder VAE 2,000), test NLL by IWAE-5000 on all 10,000 test digits   [benchmarks/mnist_table.py]
+#      3,280; the Ladder VAE 2,000; the rows whose paper states none, 3,280), test NLL by IWAE-5000 on all 10,000
+#      test digits (the DDPM: L_vlb), then AIS with BDMC on the best two rows   [benchmarks/mnist_table.py]
 #   7. with M2TABLE=1 only: the M2 table: full MNIST, 100/600/1000/3000 labels x 5 label sets, 50 epochs     [benchmarks/m2_table.py]
 #      (20 trainings; the longest step here)
 # Usage: bash benchmarks/gpu.sh [OUT_DIR]   (default runs/gpu; PYTHON=... picks the interpreter)
@@ -78,8 +79,11 @@ train vae-adversarial vae --data mnist --backend adversarial --likelihood gaussi
 
 if [ "${LEADERBOARD:-0}" = 1 ]; then
     log "6. full-MNIST leaderboard at the papers' epochs"
-    $PY benchmarks/mnist_table.py train --rows vae-k1,iwae-k5,iwae-k50,vae2-k1,iwae2-k50,lvae --epochs paper \
-        --device cuda --k 5000 --test-points 0 --out "$OUT/mnist_table" | tee "$OUT/mnist_table.txt"
+    $PY benchmarks/mnist_table.py train --rows vae-k1,iwae-k5,iwae-k50,vae2-k1,iwae2-k50,lvae,dlgm,nade,vqvae,ddpm \
+        --epochs paper --prior-epochs 100 --device cuda --k 5000 --test-points 0 --out "$OUT/mnist_table" \
+        | tee "$OUT/mnist_table.txt"
+    $PY benchmarks/mnist_table.py ais "$OUT/mnist_table" --rows lvae,iwae2-k50 --points 100 --steps 10000 \
+        --chains 16 --leapfrog 10 --bdmc 20 --device cuda | tee -a "$OUT/mnist_table.txt"
     $PY benchmarks/mnist_table.py report "$OUT/mnist_table" --figure "$OUT/mnist_table/curves.png" \
         | tee -a "$OUT/mnist_table.txt"
 else

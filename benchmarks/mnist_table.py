@@ -149,7 +149,7 @@ ROWS: dict[str, Row] = {
     "nade": Row(nade, {}, 88.86, "Larochelle & Murray 2011, Table 2 (static binarization)", None,
                 "NADE, 500 hidden units, exact log p(x)", cli="nade --hidden 500"),
     "vqvae": Row(vqvae, {}, None, "no binarized-MNIST figure", None, "VQ-VAE 64 codes 7x7, PixelCNN prior; its bound",
-                 cli="vqvae --codes 64 --code-dim 16 --downsample 2 --channels 32  # then ppgen prior RUN",
+                 cli="vqvae --codes 64 --code-dim 16 --downsample 2 --channels 32",
                  stage="prior"),
     "ddpm": Row(ddpm, {}, None, "no binarized-MNIST figure", None, "DDPM T = 100, learned variances; L_vlb",
                 cli="ddpm --timesteps 100 --hidden 512,512 --variance learned --objective vlb "
@@ -359,7 +359,7 @@ def train_row(name: str, epochs: int, minutes: float, data, args) -> dict:
     n = len(ll)
     return {"row": name, "about": row.about, "data": args.data, "epochs": epochs, "epochs_run": len(history),
             "stopped_by": stopped, "engine": args.engine, "options": row.options, "bound": row.bound,
-            "command": command(row, len(history), args), **stage,
+            "command": command(row, len(history), args, stage.get("stage_epochs_run")), **stage,
             "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
             "nll": -float(ll.mean()), "nll_se": float(ll.std() / math.sqrt(n)), "k": args.k, "test_digits": n,
             "test_subset_seed": args.seed if idx is not None else None,
@@ -372,15 +372,16 @@ def train_row(name: str, epochs: int, minutes: float, data, args) -> dict:
             "params": sum(p.numel() for p in pair.parameters())}
 
 
-def command(row: Row, epochs: int, args) -> str:
-    """The ``ppgen train`` line that trains the row's pair for ``epochs`` as this script did (and fits the VQ-VAE's
-    prior after it)."""
-    model, _, then = row.cli.partition("#")
-    line = (f"ppgen train {model.strip()} --data {args.data} --epochs {epochs} --batch-size {args.batch_size} "
+def command(row: Row, epochs: int, args, stage_epochs: int | None = None) -> str:
+    """The ``ppgen train`` line that trains the row's pair for ``epochs`` as this script did, and for a row with a
+    second stage the ``ppgen STAGE RUN`` line after it (the VQ-VAE's prior, ``stage_epochs``)."""
+    line = (f"ppgen train {row.cli} --data {args.data} --epochs {epochs} --batch-size {args.batch_size} "
             f"--lr {args.lr:g} --seed {args.seed}")
     if "warmup_fraction" in row.options:
         line += f" --anneal-epochs {row.options['warmup_fraction'] * epochs:g}"
-    return line + (f"; {then.strip()}" if then else "")
+    if row.stage:
+        line += f"; ppgen {row.stage} RUN --epochs {stage_epochs or args.prior_epochs} --batch-size {args.batch_size}"
+    return line
 
 
 def train_data(data, row: Row):

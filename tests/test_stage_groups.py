@@ -95,7 +95,7 @@ def load_table():
 def test_every_leaderboard_row_is_a_plain_ppgen_train_line():
     table = load_table()
     for name, row in table.ROWS.items():
-        words = shlex.split(row.cli, comments=True)
+        words = shlex.split(row.cli)
         pair, api = cli_pair(*words), row.build(MNIST)
         assert type(pair) is type(api) and pair.config == api.config, name
         assert shapes(pair) == shapes(api), name
@@ -103,3 +103,19 @@ def test_every_leaderboard_row_is_a_plain_ppgen_train_line():
         for option, value in row.options.items():
             if option != "warmup_fraction":  # the Ladder VAE's warm-up: a quarter of the epochs run
                 assert config[option] == value, (name, option)
+
+
+def test_every_recorded_command_parses_with_the_rows_training_options():
+    from types import SimpleNamespace
+
+    table = load_table()
+    args = SimpleNamespace(data="mnist-full", batch_size=100, lr=1e-3, seed=0, prior_epochs=100)
+    for name, row in table.ROWS.items():
+        line = table.command(row, 30, args, stage_epochs=4)
+        first, _, then = line.partition("; ")
+        assert first.startswith("ppgen train "), name
+        assert then == ("ppgen prior RUN --epochs 4 --batch-size 100" if row.stage == "prior" else ""), name
+        train = cli_config(*shlex.split(first)[2:])["train"]
+        assert (train["epochs"], train["batch_size"], train["lr"], train["seed"]) == (30, 100, 1e-3, 0), name
+        if "warmup_fraction" in row.options:
+            assert train["anneal_epochs"] == 7.5  # a quarter of the 30 epochs
