@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from support import run_cli
 
 from ppgen import models
@@ -119,3 +120,31 @@ def test_every_recorded_command_parses_with_the_rows_training_options():
         assert (train["epochs"], train["batch_size"], train["lr"], train["seed"]) == (30, 100, 1e-3, 0), name
         if "warmup_fraction" in row.options:
             assert train["anneal_epochs"] == 7.5  # a quarter of the 30 epochs
+
+
+def test_the_tables_ais_step_scores_the_tables_own_digits(tmp_path, capsys):
+    """``mnist_table.py ais``: AIS beside IWAE-K on the first --points of the seeded --test-points subset, from
+    ROW.pt; its IWAE figure is exactly the estimator's on those digits with the table's seed."""
+    import json
+
+    from ppgen.data import load
+    from ppgen.evaluation import iwae
+
+    table = load_table()
+    data = load("digits", binarize="dynamic", seed=0)
+    pair = table.ROWS["dlgm"].build(data.x_shape)
+    torch.save(pair.state_dict(), tmp_path / "dlgm.pt")
+    assert table.main(["ais", str(tmp_path), "--rows", "dlgm", "--data", "digits", "--points", "3", "--steps", "4",
+                       "--chains", "2", "--leapfrog", "1", "--bdmc", "2", "--k", "10", "--test-points", "50"]) == 0
+    record = json.loads((tmp_path / "ais" / "dlgm.json").read_text())
+    x, idx = table.test_subset(data, 50, 0)
+    assert len(idx) == 50 and record["points"] == 3
+    pair.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        expected = -float(iwae(pair, x[:3], k=10).double().mean())
+    assert record["iwae_nll"] == pytest.approx(expected, abs=1e-9)
+    # the AIS mean is float32 (≈ 2e-6 relative), the paired difference float64
+    assert record["ais_minus_iwae"] == pytest.approx(record["iwae_nll"] - record["ais_nll"], abs=1e-4)
+    assert record["bdmc_gap"] == pytest.approx(record["bdmc_upper"] - record["bdmc_lower"], abs=1e-9)
+    assert "| dlgm | 3 |" in table.ais_markdown([record])
