@@ -148,3 +148,19 @@ def test_the_tables_ais_step_scores_the_tables_own_digits(tmp_path, capsys):
     assert record["ais_minus_iwae"] == pytest.approx(record["iwae_nll"] - record["ais_nll"], abs=1e-4)
     assert record["bdmc_gap"] == pytest.approx(record["bdmc_upper"] - record["bdmc_lower"], abs=1e-9)
     assert "| dlgm | 3 |" in table.ais_markdown([record])
+
+
+def test_a_stage_derives_its_examples_in_chunks_with_the_same_result():
+    """The VQ-VAE prior's codes of a whole training set come chunk by chunk (full MNIST at once needs > 5 GB): the
+    codes of 10 digits in chunks of 3 are exactly those of all 10 at once."""
+    from types import SimpleNamespace
+
+    from ppgen.inference.stages import StageExamples, stage_named
+    from ppgen.models.vqvae import VQVAE
+
+    torch.manual_seed(0)
+    pair = VQVAE((1, 8, 8), codes=8, code_dim=4, downsample=1, channels=8)
+    x = torch.bernoulli(torch.full((10, 1, 8, 8), 0.3))
+    derive = StageExamples(pair, stage_named(pair, "prior"), SimpleNamespace(train=x))
+    assert torch.equal(derive.examples(x, chunk=3), derive.examples(x, chunk=1000))
+    assert derive.examples(x, chunk=3).shape == (10, 4, 4)

@@ -70,14 +70,16 @@ class StageExamples:
         self.seconds = 0.0  # how long the last ``train_epoch`` took to derive its examples
         self._derived: tuple[torch.Tensor, torch.Tensor] | None = None  # (data, examples) of the last epoch
 
-    def examples(self, x: torch.Tensor) -> torch.Tensor:
-        """``stage.examples`` of ``x`` with the pair in evaluation mode and no gradient (the pair is fixed)."""
+    def examples(self, x: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+        """``stage.examples`` of ``x`` with the pair in evaluation mode and no gradient (the pair is fixed), ``chunk``
+        examples at a time (the VQ-VAE's encoder on all 50,000 full-MNIST digits at once needs > 5 GB)."""
         was_training = self.pair.training
         self.pair.eval()
         try:
             with torch.no_grad():
                 weight = next(self.pair.parameters(), None)
-                return self.stage.examples(self.pair, x.to(weight.device if weight is not None else "cpu"))
+                x = x.to(weight.device if weight is not None else "cpu")
+                return torch.cat([self.stage.examples(self.pair, x[i:i + chunk]) for i in range(0, len(x), chunk)])
         finally:
             self.pair.train(was_training)
 
