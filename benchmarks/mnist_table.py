@@ -200,7 +200,7 @@ def parse(argv=None) -> argparse.Namespace:
     q.add_argument("--threads", type=int, default=None)
     q.add_argument("--seed", type=int, default=0)
     a = sub.add_parser("ais", help="AIS with BDMC beside IWAE-K on the first --points of the table's seeded test "
-                       "digits, from the rows' saved weights (ROW.pt); writes FOLDER/ais/ROW.json")
+                       "digits, from the rows' saved weights (ROW.pt); writes FOLDER/ais/ROW-INIT.json")
     a.add_argument("folder", type=Path)
     a.add_argument("--rows", required=True)
     a.add_argument("--points", type=int, default=10, help="the first N digits of the --test-points subset")
@@ -315,7 +315,7 @@ def ais_rows(args) -> int:
             record.update(bdmc_points=args.bdmc, bdmc_lower=both.lower.mean, bdmc_upper=both.upper.mean,
                           bdmc_gap=both.gap)
         record.update(cpu_s=time.process_time() - cpu, wall_s=time.perf_counter() - wall, load=os.getloadavg()[0])
-        (args.folder / "ais" / f"{name}.json").write_text(json.dumps(record, indent=1))
+        (args.folder / "ais" / f"{name}-{args.init}.json").write_text(json.dumps(record, indent=1))
         print(json.dumps(record), flush=True)
     return 0
 

@@ -136,7 +136,7 @@ def test_the_tables_ais_step_scores_the_tables_own_digits(tmp_path, capsys):
     torch.save(pair.state_dict(), tmp_path / "dlgm.pt")
     assert table.main(["ais", str(tmp_path), "--rows", "dlgm", "--data", "digits", "--points", "3", "--steps", "4",
                        "--chains", "2", "--leapfrog", "1", "--bdmc", "2", "--k", "10", "--test-points", "50"]) == 0
-    record = json.loads((tmp_path / "ais" / "dlgm.json").read_text())
+    record = json.loads((tmp_path / "ais" / "dlgm-prior.json").read_text())
     x, idx = table.test_subset(data, 50, 0)
     assert len(idx) == 50 and record["points"] == 3
     pair.eval()
