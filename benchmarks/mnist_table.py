@@ -322,8 +322,8 @@ def ais_rows(args) -> int:
 
 def ais_markdown(records: list[dict]) -> str:
     """The AIS table: AIS beside IWAE-K on the same digits, and BDMC's sandwich on simulated digits."""
-    lines = ["| row | digits | −AIS (steps × chains × leapfrog) | −IWAE-K same digits | AIS − IWAE (paired) | "
-             "BDMC on simulated digits: lower, upper (gap) | CPU s |", "|---|---|---|---|---|---|---|"]
+    lines = ["| row | digits | −AIS (steps × chains × leapfrog) | −IWAE-K same digits | log p̂: AIS − IWAE (paired; > 0: AIS tighter) | "
+             "BDMC on simulated digits: log p lower, upper (gap) | CPU s |", "|---|---|---|---|---|---|---|"]
     for r in records:
         sandwich = (f"{r['bdmc_lower']:.2f}, {r['bdmc_upper']:.2f} ({r['bdmc_gap']:.2f}), {r['bdmc_points']} digits"
                     if "bdmc_gap" in r else "—")
