@@ -431,3 +431,15 @@ def test_m2_grey_levels_score_the_bernoulli_cross_entropy_of_grey_pixels():
     with pytest.raises(UserError, match=r"outside \[0, 1\]"):
         pair.check_data(x + 1)
     assert tiny_m2().likelihood_note is None
+
+
+def test_a_grey_level_run_trains_on_grey_digits_and_evaluate_says_its_bound_is_no_likelihood(tmp_path, capsys):
+    out = tmp_path / "grey"
+    assert run_cli("train", "m2", *SMALL, "--labels", 50, "--epochs", 1, "--grey-levels", "--labelled-batches",
+                   "apart", "--out", out) == 0
+    config = runs.read_config(out)
+    assert config["data"]["binarize"] is None  # the data left grey by default
+    assert config["model_config"]["grey_levels"] and config["model_config"]["labelled_batches"] == "apart"
+    capsys.readouterr()
+    assert run_cli("evaluate", out, "--iwae", 2, "--limit", 20) == 0
+    assert "no log-likelihood of binary data" in capsys.readouterr().out

@@ -26,7 +26,16 @@ MNIST with 100 labels the test accuracy was 0.18 / 0.50 / 0.56 after 1 / 2 / 3 e
 every batch takes at least ``labelled_share`` (10%) labelled rows, the labelled examples drawn in turn (each 50 times
 an epoch at batch 200), beside unlabelled rows each seen at most once an epoch: 0.725 / 0.717 / 0.709 after 1 / 2 / 3
 epochs (the classifier on the 100 labels alone: 0.744; docs/m2.md has the curves). This weighs the labelled terms
-more than J^α does (as Pyro's example does by its separate labelled batches).
+more than J^α does (as Pyro's example does by its separate labelled batches). ``labelled_batches="apart"`` is Pyro's
+ss-vae example's schedule instead: the labelled rows in batches of their own, each seen once an epoch, one such
+batch every ⌊N / N_l⌋ steps (:func:`labelled_apart`).
+
+Grey levels (``grey_levels``). Pyro's example feeds grey pixels x ∈ [0, 1] to the networks and scores them as
+Bernoulli targets, log p(x | y, z) = Σ_d x_d log σ(l_d) + (1 − x_d) log(1 − σ(l_d)) (its support check off). That
+cross-entropy is no normalized density of grey levels (it integrates to less than 1 over [0, 1]^D) and no
+likelihood of binary digits, so the bound it gives is no log-likelihood: ``ppgen evaluate`` says so beside it
+(``likelihood_note``). Train such a pair on data that are not binarized (``--binarize none``); by default
+(``False``) the Bernoulli takes binary pixels only, the normalized protocol the leaderboard uses.
 
 Labels. The pair takes the data set's label column (``label_column``, default ``y``) as its one input: a class in
 0..K−1, or −1 (:data:`ppgen.data.MISSING_LABEL`) where it is missing (``ppgen train --labels N`` keeps N of the
