@@ -286,7 +286,8 @@ class M2(GenerativeModel):
         shuffle); rows in random order within a batch. Otherwise (labels common enough, all or none of the rows
         labelled, ``labelled_share`` 0) the plain shuffle. With 100 labels of 50,000 digits at batch 200 each
         labelled digit is seen 50 times an epoch instead of once, every step has its classification term, and
-        q(y | x) learns from the labels from the first epoch (module docs)."""
+        q(y | x) learns from the labels from the first epoch (module docs). ``labelled_batches="apart"``: Pyro's
+        schedule instead (:func:`labelled_apart`)."""
         y = inputs[0].cpu()
         labelled = (y != MISSING_LABEL).nonzero().squeeze(-1)
         unlabelled = (y == MISSING_LABEL).nonzero().squeeze(-1)
