@@ -196,7 +196,7 @@ class M2Config:
                                    "in batches of their own, each row once an epoch, one such batch every N/N_l steps)",
                                    absent="mixed")
     grey_levels: bool = option(False, boolean, "Bernoulli targets of grey levels in [0, 1] (Pyro's ss-vae; train on "
-                               "--binarize none): the cross-entropy is then no normalized likelihood, the bound no "
+                               "data not binarized): the cross-entropy is then no normalized likelihood, the bound no "
                                "log-likelihood", absent=False)
     precision: str = option("float32", one_of(PRECISIONS, "precision"), "arithmetic of the networks' matrix products "
                             "in training: float32, or bfloat16 (autocast; the densities and the weights stay float32; "
