@@ -61,8 +61,14 @@ def train_m2(data: datasets.Dataset, guide: str, args, tag: str) -> dict:
     torch.manual_seed(0)
     pair = M2(x_shape=data.x_shape, y_guide=guide, precision=args.precision,
               **{k: v for k, v in (("hidden", args.hidden), ("z_dim", args.z_dim), ("alpha", args.alpha),
-                                            ("labelled_share", args.labelled_share))
+                                            ("labelled_share", args.labelled_share),
+                                            ("labelled_batches", args.labelled_batches),
+                                            ("grey_levels", args.grey_levels or None))
                  if v is not None})
+    if args.init == "pyro":
+        from m2_recipe import pyro_init  # benchmarks/ beside this script
+
+        pyro_init(pair)
     val, test = (data.val.to(args.device), data.val_inputs["y"].to(args.device)), \
         (data.test.to(args.device), data.test_inputs["y"].to(args.device))
     curve = []
@@ -104,6 +110,11 @@ def main() -> None:
     parser.add_argument("--z-dim", type=int, default=None)
     parser.add_argument("--alpha", type=float, default=None)
     parser.add_argument("--labelled-share", type=float, default=None, help="default: the family's (0.1)")
+    parser.add_argument("--labelled-batches", default=None, help="mixed or apart; default: the family's")
+    parser.add_argument("--grey-levels", action="store_true", help="grey pixels in the networks and as the "
+                        "Bernoulli targets (the data not binarized; the bound then no log-likelihood)")
+    parser.add_argument("--init", default="torch", help="torch, or pyro: the hidden layers N(0, 0.001^2) as in "
+                        "Pyro's ss-vae example")
     parser.add_argument("--precision", default="float32", help="float32 or bfloat16 (the networks' products)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
@@ -112,7 +123,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    full = datasets.load(args.data)
+    full = datasets.load(args.data, binarize=None) if args.grey_levels else datasets.load(args.data)
     print(f"{full.describe()}; M2 {args.precision}, {torch.get_num_threads()} thread(s), device {args.device}",
           flush=True)
     runs, rows = [], []

@@ -197,7 +197,7 @@ WRITTEN = {
              "skip": False, "batch_norm": "off", "batch_norm_top_down": "on"},
     "m2": {"x_shape": [1, 8, 8], "z_dim": 3, "likelihood": "bernoulli", "hidden": [16], "classes": 4,
            "label_column": "y", "alpha": 0.5, "y_guide": "relaxed", "temperature": 0.3, "labelled_share": 0.1,
-           "precision": "float32"},
+           "labelled_batches": "mixed", "grey_levels": False, "precision": "float32"},
     "nade": {"x_shape": [1, 4, 4], "hidden": 7},
     "ppca": {"x_shape": [3], "z_dim": 3},
     "prodlda": {"x_shape": [30], "topics": 4, "hidden": [100, 100], "alpha": 0.7, "dropout": 0.2, "batch_norm": "off",

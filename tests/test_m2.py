@@ -19,6 +19,7 @@ from support import mean_se, run_cli
 
 from ppgen import data as datasets
 from ppgen import runs
+from ppgen.errors import UserError
 from ppgen.models.gmvae import GMVAE, clustering_accuracy
 from ppgen.models.m2 import M2
 
@@ -365,3 +366,80 @@ def test_m2_batches_hold_their_share_of_labelled_rows():
     assert torch.equal(pair.epoch_order(100, (common,), 20, 5, torch.Generator().manual_seed(0)), plain)
     off = M2(x_shape=(5,), z_dim=2, hidden=(4,), classes=3, labelled_share=0.0)
     assert torch.equal(off.epoch_order(100, (y,), 20, 5, torch.Generator().manual_seed(0)), plain)
+
+
+def test_m2_labelled_batches_apart_follow_pyros_schedule():
+    """1,000 rows, 30 labelled, batch 20 over 50 steps, labelled_batches apart: ⌈30/20⌉ = 2 labelled batches at steps
+    1 and 1 + ⌊1000/30⌋ = 34, the first all labelled, the second 10 labelled + 10 unlabelled; no labelled row
+    elsewhere; the order a permutation of the 1,000 rows (each at most once an epoch)."""
+    y = torch.full((1000,), -1)
+    y[torch.randperm(1000, generator=torch.Generator().manual_seed(1))[:30]] = torch.arange(30) % 3
+    pair = M2(x_shape=(5,), z_dim=2, hidden=(4,), classes=3, labelled_batches="apart")
+    order = pair.epoch_order(1000, (y,), 20, 50, torch.Generator().manual_seed(0))
+    assert torch.equal(order.sort().values, torch.arange(1000))
+    per_step = (y[order[:1000].view(50, 20)] >= 0).sum(1)
+    expected = torch.zeros(50, dtype=torch.long)
+    expected[1], expected[34] = 20, 10
+    assert torch.equal(per_step, expected)
+    # where ⌊N/N_l⌋ steps run past the epoch, the last free steps take the labelled batches
+    # (11 labels of 100 at batch 10: steps 1 and 1 + 9 = 10 of 0..9, so 1 and 9)
+    crowded = torch.where(torch.arange(100) < 11, torch.arange(100) % 3, torch.tensor(-1))
+    steps = (crowded[pair.epoch_order(100, (crowded,), 10, 10, torch.Generator().manual_seed(0)).view(10, 10)] >= 0)
+    assert steps.sum(1).tolist() == [0, 10, 0, 0, 0, 0, 0, 0, 0, 1]
+
+
+def test_m2_grey_levels_score_the_bernoulli_cross_entropy_of_grey_pixels():
+    """grey_levels: the enumerated bound of a grey-level x is the hand-computed sum over classes of
+    q(k|x)(Σ_d [x_d log σ(l_d) + (1 − x_d) log(1 − σ(l_d))] + log p(z) − log q(z|x,k) + log p(k) − log q(k|x)),
+    and Pyro's TraceEnum_ELBO on the pair gives the same; grey data are refused without the option, in one line."""
+    pair = tiny_m2(grey_levels=True)
+    x = torch.rand(6, 5, generator=torch.Generator().manual_seed(3), dtype=torch.double)
+    y = torch.tensor([0, -1, 2, -1, -1, 1])
+    eps = torch.randn(K, len(x), Z, generator=torch.Generator().manual_seed(4), dtype=torch.double)
+    log_q = torch.log_softmax(pair.classifier(x), -1).detach()
+    expected = torch.zeros(len(x), dtype=torch.double)
+    with torch.no_grad():
+        for n in range(len(x)):
+            for k in range(K):
+                loc, scale = pair.encoder(x[n], torch.tensor(k))
+                z = loc + scale * eps[k, n]
+                p = torch.sigmoid(pair.decoder(z, torch.tensor(k)))
+                log_px = (x[n] * torch.log(p) + (1 - x[n]) * torch.log1p(-p)).sum()
+                log_pz = (-0.5 * z ** 2 - 0.5 * torch.log(torch.tensor(2 * torch.pi, dtype=torch.double))).sum()
+                log_qz = torch.distributions.Normal(loc, scale).log_prob(z).sum()
+                term = log_px + log_pz - log_qz + pair.prior_logits[k]  # log(1/K), as the pair stores it
+                if y[n] >= 0:
+                    expected[n] += term if k == y[n] else 0.0
+                else:
+                    expected[n] += log_q[n, k].exp() * (term - log_q[n, k])
+        unlabelled = y < 0
+        torch.testing.assert_close(pair.enumerated_elbo(x[unlabelled], eps[:, unlabelled]), expected[unlabelled],
+                                   rtol=0, atol=1e-10)
+    assert torch.allclose(brute_force_m2(pair, x, y, eps), expected, rtol=0, atol=1e-10)
+    loc, scale = pair.encoder(x, torch.arange(K).unsqueeze(-1))
+
+    def guide(x, y):
+        with FixZ(loc + scale * eps):
+            pair.guide(x, y)
+
+    loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(pair.model, guide, x, y)
+    assert float(loss.detach()) == pytest.approx(-float(expected.sum()), abs=1e-5)
+    pair.check_data(x)  # grey levels taken
+    assert pair.likelihood_note and "no log-likelihood" in pair.likelihood_note
+    with pytest.raises(UserError, match="not binary"):
+        tiny_m2().check_data(x)
+    with pytest.raises(UserError, match=r"outside \[0, 1\]"):
+        pair.check_data(x + 1)
+    assert tiny_m2().likelihood_note is None
+
+
+def test_a_grey_level_run_trains_on_grey_digits_and_evaluate_says_its_bound_is_no_likelihood(tmp_path, capsys):
+    out = tmp_path / "grey"
+    assert run_cli("train", "m2", *SMALL, "--labels", 50, "--epochs", 1, "--grey-levels", "--labelled-batches",
+                   "apart", "--out", out) == 0
+    config = runs.read_config(out)
+    assert config["data"]["binarize"] is None  # the data left grey by default
+    assert config["model_config"]["grey_levels"] and config["model_config"]["labelled_batches"] == "apart"
+    capsys.readouterr()
+    assert run_cli("evaluate", out, "--iwae", 2, "--limit", 20) == 0
+    assert "no log-likelihood of binary data" in capsys.readouterr().out

@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
               f"   ({result['bits_per_dim']:.4f} bits/dim)")
     if "iwae_note" in result:
         print(f"  ({result['iwae_note']})")
+    if "likelihood_note" in result:
+        print(f"  ({result['likelihood_note']})")
     if "perplexity" in result:
         print(f"  perplexity (counts) {result['perplexity']:10.1f} (ELBO)" + (
             f"   {result[f'perplexity_iwae_{k}']:.1f} (IWAE-{k})" if f"perplexity_iwae_{k}" in result else "")

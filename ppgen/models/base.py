@@ -75,6 +75,8 @@ The protocol
     The observation model's name ("bernoulli", "cbernoulli", "gaussian"), which ``check_data`` and the
     commands (binarization) read: the config's ``likelihood`` field, else "gaussian"; a family whose
     config has no such field and observes binary data sets it as a class attribute (as NADE does).
+    ``likelihood_note``: what ``ppgen evaluate`` prints beside the bound where it is not a log-likelihood of the
+    data (M2's Bernoulli on grey levels); ``None`` by default.
 ``family_metrics(x, *columns)`` / ``metric_inputs``
     A family's own held-out figures on examples ``x`` (VQ-VAE: codebook usage and perplexity), shown by
     ``ppgen evaluate`` and added to each epoch's history row; ``{}`` by default. ``metric_inputs`` names the data
@@ -450,6 +452,9 @@ class GenerativeModel(nn.Module):
     @property
     def likelihood(self) -> str:
         return getattr(self.config, "likelihood", "gaussian")
+
+    #: what ``ppgen evaluate`` says beside the bound where it is not a log-likelihood of the data (module docs)
+    likelihood_note: str | None = None
 
     def config_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self.config)))

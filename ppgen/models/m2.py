@@ -26,7 +26,16 @@ MNIST with 100 labels the test accuracy was 0.18 / 0.50 / 0.56 after 1 / 2 / 3 e
 every batch takes at least ``labelled_share`` (10%) labelled rows, the labelled examples drawn in turn (each 50 times
 an epoch at batch 200), beside unlabelled rows each seen at most once an epoch: 0.725 / 0.717 / 0.709 after 1 / 2 / 3
 epochs (the classifier on the 100 labels alone: 0.744; docs/m2.md has the curves). This weighs the labelled terms
-more than J^α does (as Pyro's example does by its separate labelled batches).
+more than J^α does (as Pyro's example does by its separate labelled batches). ``labelled_batches="apart"`` is Pyro's
+ss-vae example's schedule instead: the labelled rows in batches of their own, each seen once an epoch, one such
+batch every ⌊N / N_l⌋ steps (:func:`labelled_apart`).
+
+Grey levels (``grey_levels``). Pyro's example feeds grey pixels x ∈ [0, 1] to the networks and scores them as
+Bernoulli targets, log p(x | y, z) = Σ_d x_d log σ(l_d) + (1 − x_d) log(1 − σ(l_d)) (its support check off). That
+cross-entropy is no normalized density of grey levels (it integrates to less than 1 over [0, 1]^D) and no
+likelihood of binary digits, so the bound it gives is no log-likelihood: ``ppgen evaluate`` says so beside it
+(``likelihood_note``). Train such a pair on data that are not binarized (``--binarize none``); by default
+(``False``) the Bernoulli takes binary pixels only, the normalized protocol the leaderboard uses.
 
 Labels. The pair takes the data set's label column (``label_column``, default ``y``) as its one input: a class in
 0..K−1, or −1 (:data:`ppgen.data.MISSING_LABEL`) where it is missing (``ppgen train --labels N`` keeps N of the
@@ -72,6 +81,7 @@ from torch.nn import functional as F
 
 from ppgen.data import MISSING_LABEL
 from ppgen.declare import (
+    boolean,
     column_name,
     fraction,
     nonnegative_float,
@@ -84,7 +94,14 @@ from ppgen.declare import (
     whole_at_least,
 )
 from ppgen.errors import UserError
-from ppgen.models.base import GenerativeModel, likelihood_option, observation_dist, observation_mean, x_shape_option
+from ppgen.models.base import (
+    GenerativeModel,
+    check_observations,
+    likelihood_option,
+    observation_dist,
+    observation_mean,
+    x_shape_option,
+)
 from ppgen.models.cvae import LabelledMLP, class_labels
 from ppgen.nn import Network
 from ppgen.ppl import dist, pyro
@@ -93,6 +110,8 @@ from ppgen.ppl import dist, pyro
 Y_GUIDES = ("enumerate", "sample", "relaxed")
 #: the arithmetic of the networks' matrix products during training (``precision``)
 PRECISIONS = ("float32", "bfloat16")
+#: how a training epoch places the labelled rows (``labelled_batches``)
+LABELLED_BATCHES = ("mixed", "apart")
 
 
 class ClassMLP(LabelledMLP):
@@ -172,6 +191,13 @@ class M2Config:
     labelled_share: float = option(0.1, fraction, "least share of labelled rows in every training batch: where "
                                    "labels are rarer, each batch takes that many labelled rows, the labelled examples "
                                    "drawn again in turn; 0: batches are plain shuffles", absent=0.0)
+    labelled_batches: str = option("mixed", one_of(LABELLED_BATCHES, "labelled_batches"), "where an epoch puts the "
+                                   "labelled rows: mixed (into every batch, labelled_share), or apart (Pyro's ss-vae: "
+                                   "in batches of their own, each row once an epoch, one such batch every N/N_l steps)",
+                                   absent="mixed")
+    grey_levels: bool = option(False, boolean, "Bernoulli targets of grey levels in [0, 1] (Pyro's ss-vae; train on "
+                               "data not binarized): the cross-entropy is then no normalized likelihood, the bound no "
+                               "log-likelihood", absent=False)
     precision: str = option("float32", one_of(PRECISIONS, "precision"), "arithmetic of the networks' matrix products "
                             "in training: float32, or bfloat16 (autocast; the densities and the weights stay float32; "
                             "several times faster on CPUs with AMX and on recent GPUs)")
@@ -220,7 +246,22 @@ class M2(GenerativeModel):
         with pyro.plate("data", x.shape[0]):
             label = pyro.sample("y", dist.Categorical(logits=self.prior_logits.expand(x.shape[0], -1)))
             z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([self.config.z_dim]).to_event(1))
-            pyro.sample("x", observation_dist(self.likelihood, self.decoder(z, label), len(self.x_shape)), obs=x)
+            pyro.sample("x", self.observation(self.decoder(z, label)), obs=x)
+
+    def observation(self, params: Any) -> Any:
+        """p(x | y, z) as an event distribution; with ``grey_levels`` the Bernoulli scores grey levels in [0, 1] (its
+        support check off): log p = Σ x log σ(l) + (1 − x) log(1 − σ(l))."""
+        if self.config.grey_levels and self.likelihood == "bernoulli":
+            return dist.Bernoulli(logits=params, validate_args=False).to_event(len(self.x_shape))
+        return observation_dist(self.likelihood, params, len(self.x_shape))
+
+    @property
+    def likelihood_note(self) -> str | None:
+        """What ``ppgen evaluate`` says beside the bound: with ``grey_levels`` it is not a log-likelihood."""
+        if self.config.grey_levels and self.likelihood == "bernoulli":
+            return ("Bernoulli cross-entropy on grey levels (grey_levels): the bound is no log-likelihood of binary "
+                    "data and no normalized density of grey levels; compare it only with runs trained the same way")
+        return None
 
     def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
         pyro.module("classifier", self.classifier)
@@ -245,10 +286,13 @@ class M2(GenerativeModel):
         shuffle); rows in random order within a batch. Otherwise (labels common enough, all or none of the rows
         labelled, ``labelled_share`` 0) the plain shuffle. With 100 labels of 50,000 digits at batch 200 each
         labelled digit is seen 50 times an epoch instead of once, every step has its classification term, and
-        q(y | x) learns from the labels from the first epoch (module docs)."""
+        q(y | x) learns from the labels from the first epoch (module docs). ``labelled_batches="apart"``: Pyro's
+        schedule instead (:func:`labelled_apart`)."""
         y = inputs[0].cpu()
         labelled = (y != MISSING_LABEL).nonzero().squeeze(-1)
         unlabelled = (y == MISSING_LABEL).nonzero().squeeze(-1)
+        if self.config.labelled_batches == "apart":
+            return labelled_apart(labelled, unlabelled, batch, steps, generator)
         k = min(batch - 1, math.ceil(self.config.labelled_share * batch))
         if k <= 0 or not len(labelled) or not len(unlabelled) or len(labelled) >= self.config.labelled_share * n:
             return torch.randperm(n, generator=generator)
@@ -372,6 +416,14 @@ class M2(GenerativeModel):
         return out
 
     # -- checks, figures ---------------------------------------------------------------------------
+    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
+        """As every pair's; with ``grey_levels`` a Bernoulli likelihood takes values anywhere in [0, 1]."""
+        if not (self.config.grey_levels and self.likelihood == "bernoulli"):
+            return super().check_data(x, what)
+        check_observations(x, self.x_shape, "gaussian", what)  # shape, finite values
+        if ((x < 0) | (x > 1)).any():
+            raise UserError(f"{what} lies outside [0, 1] but grey_levels scores grey levels in [0, 1]; rescale it")
+
     def check_inputs(self, x: torch.Tensor, inputs: tuple[torch.Tensor, ...], what: str = "data") -> None:
         """The label column: integers in 0..classes−1, or −1 where missing."""
         super().check_inputs(x, inputs, what)
@@ -429,6 +481,32 @@ class M2(GenerativeModel):
         loc, _ = self.encode(x, *inputs)
         every = torch.arange(self.config.classes, device=x.device)
         return self.decode(loc.unsqueeze(1).expand(-1, len(every), -1), every)
+
+
+def labelled_apart(labelled: torch.Tensor, unlabelled: torch.Tensor, batch: int, steps: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """One epoch's rows in step order with the labelled rows in batches of their own, as Pyro's ss-vae example
+    schedules them: the N_l labelled rows (shuffled) fill ⌈N_l / batch⌉ batches (the last one topped up with
+    unlabelled rows), placed at steps 1, 1 + p, 1 + 2p, ... with p = ⌊N / N_l⌋ (N = N_l + N_u; where that runs past
+    the epoch, the last free steps), the shuffled unlabelled rows in the other steps; every row at most once an
+    epoch. Without labelled or without unlabelled rows, a plain shuffle."""
+    n = len(labelled) + len(unlabelled)
+    if not len(labelled) or not len(unlabelled):
+        return torch.randperm(n, generator=generator)
+    k = -(-len(labelled) // batch)
+    period = n // len(labelled)
+    at = [min(1 + j * period, steps - k + j) for j in range(k)]
+    rows = labelled[torch.randperm(len(labelled), generator=generator)]
+    rest = unlabelled[torch.randperm(len(unlabelled), generator=generator)]
+    top_up = k * batch - len(rows)
+    rows, rest = torch.cat([rows, rest[:top_up]]), rest[top_up:]
+    is_labelled = torch.zeros(steps, dtype=torch.bool)
+    is_labelled[at] = True
+    order = torch.empty(steps, batch, dtype=rows.dtype)
+    order[is_labelled] = rows.view(k, batch)
+    free = int((~is_labelled).sum()) * batch
+    order[~is_labelled] = rest[:free].view(-1, batch)
+    return torch.cat([order.flatten(), rest[free:]])
 
 
 def _in_turn(rows: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:

@@ -93,6 +93,8 @@ def evaluate_run(run_dir: Path, iwae_k: int = 1000, split: str = "test", limit: 
             result["iwae_note"] = (f"the guide is a point mass: IWAE-{iwae_k} equals the ELBO exactly, computed "
                                    "from one draw")
         result["seconds"] = round(time.perf_counter() - t, 2)
+        if pair.likelihood_note:
+            result["likelihood_note"] = pair.likelihood_note
     if ais_steps is not None:
         result.update(_ais_rows(pair, x, ais_steps, ais_chains, bdmc_points, seed, inputs))
     if pair.has_topics:  # perplexity, coherence, diversity (no per-dimension KL)
