@@ -70,6 +70,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ppgen import ppl
 from ppgen.data import MISSING_LABEL
 from ppgen.declare import (
     column_name,
@@ -80,6 +81,7 @@ from ppgen.declare import (
     positive_float,
     positive_int,
     sizes,
+    supported,
     validate,
     whole_at_least,
 )
@@ -87,7 +89,7 @@ from ppgen.errors import UserError
 from ppgen.models.base import GenerativeModel, likelihood_option, observation_dist, observation_mean, x_shape_option
 from ppgen.models.cvae import LabelledMLP, class_labels
 from ppgen.nn import Network
-from ppgen.ppl import dist, pyro
+from ppgen.ppl import dist, is_jax, pyro
 
 #: how the guide treats the class of an unlabelled example during training
 Y_GUIDES = ("enumerate", "sample", "relaxed")
@@ -106,6 +108,29 @@ class ClassMLP(LabelledMLP):
             h = F.softplus(layer(h))
         return self.out(h)
 
+    def jax_apply(self, params: dict[str, Any], prefix: str, u: Any, y: Any) -> Any:
+        """:meth:`forward` on JAX arrays with the weights ``params`` (keys ``prefix`` + this module's
+        ``state_dict`` keys); written by hand, as torch.fx cannot trace the branch on y's dtype."""
+        import jax
+        import jax.numpy as jnp
+
+        rows = params[prefix + "label_rows"]
+        u = u.reshape(u.shape[:u.ndim - self.in_ndim] + (-1,))
+        h = _dense(params, prefix + "first", u) + (y @ rows if jnp.issubdtype(y.dtype, jnp.floating) else rows[y])
+        h = jax.nn.softplus(h)
+        for i in range(len(self.layers)):
+            h = jax.nn.softplus(_dense(params, f"{prefix}layers.{i}", h))
+        return _dense(params, prefix + "out", h)
+
+    def jax_function(self):
+        """``fn(params, u, y)``: :meth:`forward` in JAX."""
+        return lambda params, u, y: self.jax_apply(params, "", u, y)
+
+
+def _dense(params: dict[str, Any], name: str, h: Any) -> Any:
+    """An ``nn.Linear`` layer ``name`` on a JAX array: h Wᵀ + b."""
+    return h @ params[name + ".weight"].T + params[name + ".bias"]
+
 
 class ClassEncoder(Network):
     """x, y -> (loc, scale) of q(z | x, y)."""
@@ -118,6 +143,16 @@ class ClassEncoder(Network):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.net(x, y).to(self.net.out.weight.dtype)
         return out[..., : self.z_dim], F.softplus(out[..., self.z_dim:]) + 1e-4
+
+    def jax_function(self):
+        """``fn(params, x, y)``: :meth:`forward` in JAX (float32; the JAX engine has no bfloat16 autocast)."""
+        import jax
+
+        def fn(params, x, y):
+            out = self.net.jax_apply(params, "net.", x, y)
+            return out[..., : self.z_dim], jax.nn.softplus(out[..., self.z_dim:]) + 1e-4
+
+        return fn
 
 
 class ClassDecoder(Network):
@@ -136,6 +171,19 @@ class ClassDecoder(Network):
             return out
         return out, torch.exp(self.log_scale).reshape(self.x_shape) + 0 * out
 
+    def jax_function(self):
+        """``fn(params, z, y)``: :meth:`forward` in JAX."""
+        import jax.numpy as jnp
+
+        def fn(params, z, y):
+            h = self.net.jax_apply(params, "net.", z, y)
+            out = h.reshape(h.shape[:-1] + self.x_shape)
+            if self.log_scale is None:
+                return out
+            return out, jnp.exp(params["log_scale"]).reshape(self.x_shape) + 0 * out
+
+        return fn
+
 
 class Classifier(Network):
     """x -> the logits of q(y | x): an MLP with softplus hidden layers."""
@@ -152,6 +200,18 @@ class Classifier(Network):
         for layer in self.layers:
             h = F.softplus(layer(h))
         return self.out(h).to(self.out.weight.dtype)  # float32 again after bfloat16 autocast
+
+    def jax_function(self):
+        """``fn(params, x)``: :meth:`forward` in JAX."""
+        import jax
+
+        def fn(params, x):
+            h = x.reshape(x.shape[:x.ndim - self.in_ndim] + (-1,))
+            for i in range(len(self.layers)):
+                h = jax.nn.softplus(_dense(params, f"layers.{i}", h))
+            return _dense(params, "out", h)
+
+        return fn
 
 
 @dataclass(frozen=True)
@@ -172,9 +232,12 @@ class M2Config:
     labelled_share: float = option(0.1, fraction, "least share of labelled rows in every training batch: where "
                                    "labels are rarer, each batch takes that many labelled rows, the labelled examples "
                                    "drawn again in turn; 0: batches are plain shuffles", absent=0.0)
-    precision: str = option("float32", one_of(PRECISIONS, "precision"), "arithmetic of the networks' matrix products "
-                            "in training: float32, or bfloat16 (autocast; the densities and the weights stay float32; "
-                            "several times faster on CPUs with AMX and on recent GPUs)")
+    precision: str = supported(option("float32", one_of(PRECISIONS, "precision"), "arithmetic of the networks' matrix "
+                                      "products in training: float32, or bfloat16 (autocast; the densities and the "
+                                      "weights stay float32; several times faster on CPUs with AMX and on recent "
+                                      "GPUs; torch engine only)"),
+                               engines=("torch",), feature="bfloat16 products",
+                               why="they are torch's autocast, which the JAX objective does not have")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -187,8 +250,8 @@ class M2(GenerativeModel):
     name = "m2"
     Config = M2Config
     latent_sites = ("y", "z")
-    #: the family's objective is written in torch (the exact sum over classes, the auxiliary loss)
-    svi_engines = ("torch",)
+    #: the objective runs on both engines (:meth:`objective`, :meth:`jax_objective`); the compiled JAX epoch first
+    engine_preference = ("jax", "torch")
     #: Pyro's ss-vae example's batch, learning rate and epochs (Adam's β1 0.9 is the options' default already)
     train_defaults = {"epochs": 50, "batch_size": 200, "lr": 4.2e-4}
     #: ``ppgen train`` keeps the epoch of the best validation accuracy of q(y|x), as Pyro's example reports it
@@ -342,9 +405,12 @@ class M2(GenerativeModel):
             return self.relaxed_elbo(x)
         return self.enumerated_elbo(x)
 
-    def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def objective(self, x: Any, y: Any) -> Any:
         """Per example: −L(x, y) + α (−log q(y | x)) on a labelled row, minus the ``y_guide`` estimate of U(x) on an
-        unlabelled one (module docs); the networks' products in bfloat16 where ``precision`` says so."""
+        unlabelled one (module docs); the networks' products in bfloat16 where ``precision`` says so. On JAX arrays
+        (the JAX engine) :meth:`jax_objective` at fresh draws."""
+        if is_jax(x):
+            return self.jax_objective(x, y, *self._jax_noise(x))
         with torch.autocast(x.device.type, torch.bfloat16, enabled=self.config.precision == "bfloat16"):
             return self._objective(x, y)
 
@@ -360,6 +426,74 @@ class M2(GenerativeModel):
         if not known.all():
             out = out.index_put(((~known).nonzero().squeeze(-1),), -self.unlabelled_elbo(x[~known]))
         return out
+
+    # -- the objective on JAX ---------------------------------------------------------------------------
+    def _jax_noise(self, x: Any) -> tuple[Any, Any]:
+        """The draws of :meth:`jax_objective` for ``y_guide``, from the NumPyro seed (:func:`ppgen.ppl.normal`):
+        ε shaped (rows, K, z_dim) when enumerating (one z per class), else (rows, z_dim) and Gumbel noise
+        (rows, K)."""
+        import jax.numpy as jnp
+
+        c, rows = self.config, x.shape[0]
+        if c.y_guide == "enumerate":
+            return ppl.normal((rows, c.classes, c.z_dim), like=x), None
+        u = ppl.uniform((rows, c.classes), like=x)
+        return ppl.normal((rows, c.z_dim), like=x), -jnp.log(-jnp.log(jnp.clip(u, 1e-20, 1.0)))
+
+    def jax_objective(self, x: Any, y: Any, eps: Any, gumbel: Any = None) -> Any:
+        """:meth:`objective` per example on JAX arrays at given draws, every row through the same fixed shapes
+        (labelled and unlabelled rows selected with ``where``, not split): ``eps`` (rows, K, z_dim) for
+        ``y_guide="enumerate"`` — class k of row n takes ε[n, k], a labelled row its label's —, else ``eps``
+        (rows, z_dim) with ``gumbel`` (rows, K): ``sample`` draws y = argmax(log π(x) + g) (Gumbel-max, a draw of
+        q(y | x)), ``relaxed`` takes ỹ = softmax((log π(x) + g)/τ); a labelled row takes its label (one-hot). The
+        weights are those ``pyro.module`` binds on NumPyro (the JAX engine's param sites), else the torch ones."""
+        import jax
+        import jax.numpy as jnp
+
+        if ppl.get_backend() != "pyro":  # NumPyro binds the weights here; the torch engine trains pair.parameters()
+            for name in ("classifier", "encoder", "decoder"):
+                pyro.module(name, getattr(self, name))
+        c = self.config
+        prior = jnp.asarray(self.prior_logits.detach().cpu().numpy())
+        known = y != MISSING_LABEL
+        label = jnp.where(known, y, 0)
+        log_q = jax.nn.log_softmax(self.classifier(x), -1)  # (rows, K)
+        loss_labelled = c.alpha * -_at(log_q, label) if c.alpha > 0 else 0.0
+        if c.y_guide == "enumerate":
+            every = jnp.arange(c.classes)[:, None]  # (K, 1): each class beside every row
+            per_class = self._jax_elbo_given_class(x, every, jnp.swapaxes(eps, 0, 1)).T + prior  # (rows, K)
+            unlabelled = (jnp.exp(log_q) * (per_class - log_q)).sum(-1)
+            return jnp.where(known, -_at(per_class, label) + loss_labelled, -unlabelled)
+        if c.y_guide == "sample":
+            drawn = jnp.where(known, label, jnp.argmax(log_q + gumbel, -1))
+            bound = self._jax_elbo_given_class(x, drawn, eps) + prior[drawn]
+            log_qy = _at(log_q, drawn)
+            value = bound - log_qy  # the surrogate: that value, and the score-function term in its gradient
+            score = jax.lax.stop_gradient(value) * log_qy
+            return jnp.where(known, -bound + loss_labelled, -(value + score - jax.lax.stop_gradient(score)))
+        soft = jax.nn.softmax((log_q + gumbel) / c.temperature, -1)
+        soft = jnp.where(known[:, None], jax.nn.one_hot(label, c.classes, dtype=soft.dtype), soft)
+        bound_z = self._jax_elbo_given_class(x, soft, eps)
+        categorical = (jnp.exp(log_q) * (prior - log_q)).sum(-1)
+        return jnp.where(known, -(bound_z + prior[label]) + loss_labelled, -(bound_z + categorical))
+
+    def _jax_elbo_given_class(self, x: Any, y: Any, eps: Any) -> Any:
+        """:meth:`elbo_given_class` on JAX arrays (the same terms, the same order of operations)."""
+        import jax
+        import jax.numpy as jnp
+
+        loc, scale = self.encoder(x, y)
+        z = loc + scale * eps
+        half_log_2pi = 0.5 * math.log(2 * math.pi)
+        log_q = (-((z - loc) ** 2) / (2 * scale**2) - jnp.log(scale) - half_log_2pi).sum(-1)
+        log_prior = (-(z**2) / 2 - half_log_2pi).sum(-1)
+        params = self.decoder(z, y)
+        if self.likelihood == "bernoulli":  # Σ x l − softplus(l), as log_likelihood
+            log_lik = (x * params - jax.nn.softplus(params)).reshape(params.shape[:params.ndim - len(self.x_shape)]
+                                                                     + (-1,)).sum(-1)
+        else:
+            log_lik = observation_dist(self.likelihood, params, len(self.x_shape)).log_prob(x)
+        return log_lik + log_prior - log_q
 
     def closed_form_elbo(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The bound per example with the class summed exactly: L(x, y) where labelled, U(x) where not."""
@@ -429,6 +563,13 @@ class M2(GenerativeModel):
         loc, _ = self.encode(x, *inputs)
         every = torch.arange(self.config.classes, device=x.device)
         return self.decode(loc.unsqueeze(1).expand(-1, len(every), -1), every)
+
+
+def _at(table: Any, index: Any) -> Any:
+    """table[n, index[n]] for every row n of a JAX array."""
+    import jax.numpy as jnp
+
+    return jnp.take_along_axis(table, index[:, None], -1)[:, 0]
 
 
 def _in_turn(rows: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
