@@ -117,3 +117,47 @@ def test_jax_enumerated_objective_is_the_brute_force_sum_over_classes():
             else:
                 expected.append(-sum(float(log_q[n, k].exp()) * (term(k) - float(log_q[n, k])) for k in range(K)))
     np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_short_training_lands_where_the_torch_engine_lands():
+    """15 epochs on the 8x8 digits with 50 labels (z 4, hidden 64, α 25, batch 64, 10% labelled rows a batch: the
+    family's epoch order on both engines), seed 0 on each engine: test accuracy of q(y|x) and the bound U(x) with the
+    labels hidden on the 360 test digits. Tolerances: accuracy within 4 standard errors of the difference of two
+    binomial accuracies on 360 digits; the bound within 0.6 nats, 4 × √2 × 0.10, the spread of the bound over seeds
+    0, 1, 2 on either engine at these settings (jax −25.05 / −24.91 / −25.12, torch −25.01 / −24.99 / −25.18; accuracy
+    0.750 / 0.722 / 0.722 and 0.747 / 0.722 / 0.731)."""
+    import ppgen
+    from ppgen import data as datasets
+
+    digits = datasets.load("digits")
+    few = datasets.keep_labels(digits, 50, seed=0)
+    results = {}
+    for engine in ("jax", "torch"):
+        torch.manual_seed(0)
+        pair = M2(x_shape=digits.x_shape, z_dim=4, hidden=(64,), alpha=25.0)
+        fit = ppgen.fit(pair, few, backend="svi", engine=engine, epochs=15, batch_size=64, lr=3e-3, seed=0,
+                        progress=False)
+        assert fit.options["engine"] == engine
+        torch.manual_seed(0)
+        results[engine] = pair.eval().family_metrics(digits.test, digits.test_inputs["y"])
+    p = results["torch"]["accuracy"]
+    assert p > 0.5  # trained (chance is 0.1)
+    assert abs(results["jax"]["accuracy"] - p) <= 4 * np.sqrt(2 * p * (1 - p) / len(digits.test)), results
+    assert abs(results["jax"]["elbo_unlabelled"] - results["torch"]["elbo_unlabelled"]) <= 0.6, results
+
+
+def test_bfloat16_is_refused_on_the_jax_engine_and_auto_picks_torch():
+    import ppgen
+    from ppgen import data as datasets
+    from ppgen.declare import OptionError
+    from ppgen.inference.options import SVIOptions
+    from ppgen.inference.svi import choose_engine
+
+    pair = tiny_m2(precision="bfloat16")
+    x, y = batch()
+    data = datasets.from_tensor(x.repeat(10, 1), inputs={"y": y.repeat(10)})
+    with pytest.raises(OptionError, match="precision.*bfloat16 products needs engine='torch'"):
+        ppgen.fit(pair, data, backend="svi", engine="jax", epochs=1, batch_size=6, progress=False)
+    engine, why = choose_engine(pair, SVIOptions(epochs=50))
+    assert engine == "torch" and "bfloat16" in why
+    assert tiny_m2().svi_engines == ("torch", "jax")  # float32: both, torch first (the faster on the CPU)

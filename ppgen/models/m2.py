@@ -267,8 +267,9 @@ class M2(GenerativeModel):
     name = "m2"
     Config = M2Config
     latent_sites = ("y", "z")
-    #: the objective runs on both engines (:meth:`objective`, :meth:`jax_objective`); the compiled JAX epoch first
-    engine_preference = ("jax", "torch")
+    #: the objective runs on both engines (:meth:`objective`, :meth:`jax_objective`); ``auto`` takes torch: at the
+    #: paper's size on the CPU its matrix products are faster than XLA's, which decide the time (docs/m2.md, Speed)
+    engine_preference = ("torch", "jax")
     #: Pyro's ss-vae example's batch, learning rate and epochs (Adam's β1 0.9 is the options' default already)
     train_defaults = {"epochs": 50, "batch_size": 200, "lr": 4.2e-4}
     #: ``ppgen train`` keeps the epoch of the best validation accuracy of q(y|x), as Pyro's example reports it
