@@ -146,7 +146,7 @@ def test_a_short_training_lands_where_the_torch_engine_lands():
     assert abs(results["jax"]["elbo_unlabelled"] - results["torch"]["elbo_unlabelled"]) <= 0.6, results
 
 
-def test_bfloat16_is_refused_on_the_jax_engine_and_auto_picks_torch():
+def test_bfloat16_is_refused_on_the_jax_engine_and_auto_picks_by_size():
     import ppgen
     from ppgen import data as datasets
     from ppgen.declare import OptionError
@@ -160,4 +160,8 @@ def test_bfloat16_is_refused_on_the_jax_engine_and_auto_picks_torch():
         ppgen.fit(pair, data, backend="svi", engine="jax", epochs=1, batch_size=6, progress=False)
     engine, why = choose_engine(pair, SVIOptions(epochs=50))
     assert engine == "torch" and "bfloat16" in why
-    assert tiny_m2().svi_engines == ("torch", "jax")  # float32: both, torch first (the faster on the CPU)
+    # float32: both engines; JAX first for small networks, torch first at the paper's size (the faster on the CPU)
+    assert tiny_m2().svi_engines == ("jax", "torch")
+    assert M2(x_shape=(1, 28, 28), hidden=(100,)).svi_engines == ("jax", "torch")
+    assert M2(x_shape=(1, 28, 28), hidden=(500,)).svi_engines == ("torch", "jax")
+    assert choose_engine(M2(x_shape=(1, 28, 28)), SVIOptions(epochs=50))[0] == "torch"

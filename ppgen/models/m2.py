@@ -36,7 +36,8 @@ guide's enumerated ``y`` (``infer={"enumerate": "parallel"}``) gives L(x, y) + 0
 classes have weight 0) and U(x) on an unlabelled one; an estimator that samples ``y`` from the guide (IWAE, AIS)
 sees the same joint.
 
-Training (``y_guide``; the family's own objective, :meth:`M2.objective`, on the torch engine):
+Training (``y_guide``; the family's own objective, :meth:`M2.objective`, on both SVI engines: on JAX arrays
+:meth:`M2.jax_objective`, the same estimator, every row through fixed shapes):
 
 * ``enumerate`` — U(x) exactly as above (one pass of the networks over the K classes of every unlabelled row).
 * ``sample`` — one y ~ q(y | x) per unlabelled row; the gradient of q by the score function (REINFORCE, no
@@ -96,6 +97,9 @@ from ppgen.ppl import dist, is_jax, pyro
 Y_GUIDES = ("enumerate", "sample", "relaxed")
 #: the arithmetic of the networks' matrix products during training (``precision``)
 PRECISIONS = ("float32", "bfloat16")
+#: ``engine="auto"`` trains M2 on the JAX engine up to this many weights in the decoder's output layer (first hidden
+#: width × pixels; measured faster than torch at 78,400 = 100 × 784, slower at 392,000 = 500 × 784)
+JAX_FIRST_UP_TO = 100_000
 
 
 class ClassMLP(LabelledMLP):
@@ -267,9 +271,6 @@ class M2(GenerativeModel):
     name = "m2"
     Config = M2Config
     latent_sites = ("y", "z")
-    #: the objective runs on both engines (:meth:`objective`, :meth:`jax_objective`); ``auto`` takes torch: at the
-    #: paper's size on the CPU its matrix products are faster than XLA's, which decide the time (docs/m2.md, Speed)
-    engine_preference = ("torch", "jax")
     #: Pyro's ss-vae example's batch, learning rate and epochs (Adam's β1 0.9 is the options' default already)
     train_defaults = {"epochs": 50, "batch_size": 200, "lr": 4.2e-4}
     #: ``ppgen train`` keeps the epoch of the best validation accuracy of q(y|x), as Pyro's example reports it
@@ -284,6 +285,16 @@ class M2(GenerativeModel):
         self.encoder = ClassEncoder(c.x_shape, c.classes, c.z_dim, c.hidden)
         self.decoder = ClassDecoder(c.z_dim, c.classes, c.x_shape, c.hidden[::-1], n_params)
         self.register_buffer("prior_logits", torch.full((c.classes,), -math.log(c.classes)))
+
+    @property
+    def engine_preference(self) -> tuple[str, ...]:
+        """Both engines train M2 (:meth:`objective`, :meth:`jax_objective`); ``engine="auto"`` takes the compiled JAX
+        epoch where the decoder's output layer (first hidden width × pixels) is at most :data:`JAX_FIRST_UP_TO`, torch
+        above it: there the float32 matrix products decide the time, and torch's are faster than XLA's on the CPU
+        (CPU s/epoch, one thread, torch / JAX / Pyro loop: digits hidden 64: 0.09 / 0.03 / 0.17; digits hidden 256:
+        0.12 / 0.08 / 0.21; MNIST hidden 100: 0.51 / 0.43 / 0.68; MNIST hidden 500: 1.48 / 1.73 / 1.91; docs/m2.md)."""
+        c = self.config
+        return ("jax", "torch") if c.hidden[0] * math.prod(c.x_shape) <= JAX_FIRST_UP_TO else ("torch", "jax")
 
     @property
     def inputs(self) -> tuple[str, ...]:
