@@ -81,8 +81,8 @@ def jax_objective_and_grads(pair: M2, x: torch.Tensor, y: torch.Tensor, eps: tor
         with backend("numpyro"), handlers.substitute(data=params):
             return pair.jax_objective(*args)
 
-    value = per_example(params)
-    grads = jax.grad(lambda p: per_example(p).sum())(params)
+    # compiled whole: run op by op, JAX compiles every operation on its own (many more compilations)
+    value, grads = jax.jit(lambda p: (per_example(p), jax.grad(lambda q: per_example(q).sum())(p)))(params)
     return np.asarray(value), grads
 
 

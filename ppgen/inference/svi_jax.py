@@ -22,6 +22,9 @@ is torch-only. Buffers (:class:`ppgen.nn.norm.BatchNorm`'s running statistics) a
 NumPyro carries them with one particle and the trace or analytic ELBO only, so other settings
 fall back to the torch engine.
 
+A family that composes its own batches (``epoch_order``: M2's labelled rows in every batch) hands the compiled
+epoch its rows, drawn as the torch engine draws them (the same generator and seed: the same batches on both engines).
+
 The loop (:mod:`ppgen.inference.loop`) is the torch engine's. The weights are copied back
 into the torch modules only when someone looks (a callback, a checkpoint, the end of
 training); a NaN stop keeps the last good NumPyro state, which is immutable, so it costs
