@@ -86,9 +86,10 @@ def jax_objective_and_grads(pair: M2, x: torch.Tensor, y: torch.Tensor, eps: tor
     return np.asarray(value), grads
 
 
-@pytest.mark.parametrize("y_guide", ["enumerate", "sample", "relaxed"])
-def test_jax_objective_equals_the_torch_objective_at_the_same_draws(y_guide):
-    pair, (x, y) = tiny_m2(y_guide=y_guide), batch()
+@pytest.mark.parametrize("y_guide,likelihood", [("enumerate", "bernoulli"), ("sample", "bernoulli"),
+                                                ("relaxed", "bernoulli"), ("enumerate", "gaussian")])
+def test_jax_objective_equals_the_torch_objective_at_the_same_draws(y_guide, likelihood):
+    pair, (x, y) = tiny_m2(y_guide=y_guide, likelihood=likelihood), batch()
     expected, draws = torch_objective_and_its_draws(pair, x, y)
     value, grads = jax_objective_and_grads(pair, x, y, draws["eps"], draws["gumbel"])
     np.testing.assert_allclose(value, expected.numpy(), rtol=1e-5, atol=1e-5)
