@@ -22,6 +22,9 @@ is torch-only. Buffers (:class:`ppgen.nn.norm.BatchNorm`'s running statistics) a
 NumPyro carries them with one particle and the trace or analytic ELBO only, so other settings
 fall back to the torch engine.
 
+A family that composes its own batches (``epoch_order``: M2's labelled rows in every batch) hands the compiled
+epoch its rows, drawn as the torch engine draws them (the same generator and seed: the same batches on both engines).
+
 The loop (:mod:`ppgen.inference.loop`) is the torch engine's. The weights are copied back
 into the torch modules only when someone looks (a callback, a checkpoint, the end of
 training); a NaN stop keeps the last good NumPyro state, which is immutable, so it costs
@@ -214,15 +217,17 @@ def check_buffers(svi_state, options: SVIOptions) -> Any:
 
 
 def make_epoch_fn(svi, n: int, steps: int, batch_size: int):
-    """``epoch(state, x, key, betas, columns=()) -> (state, losses, finite)``: one shuffled pass, ``lax.scan`` over
-    steps, jitted; ``columns`` (the pair's input columns) are indexed with x's rows; ``finite`` says whether every
-    parameter is finite at the end."""
+    """``epoch(state, x, key, betas, columns=(), order=None) -> (state, losses, finite)``: one shuffled pass,
+    ``lax.scan`` over steps, jitted; ``columns`` (the pair's input columns) are indexed with x's rows; ``order``
+    (steps × batch row indices: a family's own :meth:`~ppgen.models.base.GenerativeModel.epoch_order`) replaces the
+    shuffle drawn from ``key``; ``finite`` says whether every parameter is finite at the end."""
     import jax
     import jax.numpy as jnp
 
     @jax.jit
-    def epoch(state, x, key, betas, columns=()):
-        idx = jax.random.permutation(key, n)[: steps * batch_size].reshape(steps, batch_size)
+    def epoch(state, x, key, betas, columns=(), order=None):
+        idx = (jax.random.permutation(key, n)[: steps * batch_size].reshape(steps, batch_size) if order is None
+               else order)
 
         def body(s, inputs):
             i, b = inputs
@@ -423,7 +428,8 @@ def _epoch(state: JaxState, plan: loop.EpochPlan) -> tuple[JaxState, loop.EpochR
     if seen is None or len(seen) != len(plan.inputs) or any(a is not b for a, b in zip(seen, plan.inputs)):
         state.inputs_cache = (plan.inputs, tuple(jax.device_put(c.cpu().numpy()) for c in plan.inputs))
     new_state, losses, finite = state.epoch_fn(state.svi_state._replace(rng_key=sample_key), state.x_cache[1],
-                                               perm_key, jnp.asarray(betas, dtype=jnp.float32), state.inputs_cache[1])
+                                               perm_key, jnp.asarray(betas, dtype=jnp.float32), state.inputs_cache[1],
+                                               _family_order(state.pair, plan))
     losses = np.asarray(losses, dtype=np.float64)
     plan.tick(plan.steps)
     if not np.isfinite(losses).all():
@@ -434,6 +440,19 @@ def _epoch(state: JaxState, plan: loop.EpochPlan) -> tuple[JaxState, loop.EpochR
     state.svi_state, state.synced = new_state, False
     loss = float(losses.sum()) / (plan.steps * plan.step_examples)
     return state, loop.EpochResult({**loop.objective_row(state.pair, loss), "beta": betas[-1]})
+
+
+def _family_order(pair, plan: loop.EpochPlan) -> Any:
+    """The rows of the epoch's steps (steps × batch, a JAX array) where the family composes its own batches
+    (``epoch_order``, drawn as the torch engine draws it: the same generator, the same seed, so both engines see the
+    same batches), else None (the compiled epoch shuffles)."""
+    if not pair.declares("epoch_order"):
+        return None
+    import jax
+
+    g = torch.Generator().manual_seed(plan.seed)
+    order = pair.epoch_order(len(plan.x), plan.inputs, plan.batch, plan.steps, g)[: plan.steps * plan.batch]
+    return jax.device_put(order.view(plan.steps, plan.batch).to(torch.int32).numpy())
 
 
 def _sync(state: JaxState) -> None:
