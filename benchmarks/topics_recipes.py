@@ -33,6 +33,12 @@ RECIPES: dict[str, tuple[dict, dict]] = {
     "bg-hidden200": ({"background": "on", "hidden": (200, 200)}, {}),
     "bg-dropout0": ({"background": "on", "dropout": 0.0}, {}),
     "batch64": ({}, {"batch_size": 64}),
+    "batch32": ({}, {"batch_size": 32}),
+    "bg-batch32": ({"background": "on"}, {"batch_size": 32}),
+    "batch64-lr3e-3": ({}, {"batch_size": 64, "lr": 3e-3}),
+    "batch64-ep200": ({}, {"batch_size": 64, "epochs": 200}),
+    "batch64-anneal20": ({}, {"batch_size": 64, "anneal_epochs": 20.0}),
+    "batch64-dropout0": ({"dropout": 0.0}, {"batch_size": 64}),
     "anneal20": ({}, {"anneal_epochs": 20.0}),
 }
 

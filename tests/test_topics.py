@@ -567,3 +567,21 @@ def test_background_is_set_once_and_never_trained(lda_corpus, engine, tmp_path):
     assert torch.equal(copy.decoder.background, want)
     # without the option the decoder holds no background (old runs' state dicts load unchanged)
     assert "decoder.background" not in ProdLDA((V,), topics=K, hidden=(16,)).state_dict()
+
+
+@pytest.mark.parametrize("model", ["prodlda", "dirvae"])
+def test_the_benchmark_trains_what_the_command_trains(model):
+    """benchmarks/topics.py's neural rows (docs/topics.md's table) train the config ``ppgen train`` makes from the
+    same flags: the command's defaults (epochs, batch, learning rate, background, kept epoch) reach both alike."""
+    import importlib.util
+    from pathlib import Path
+
+    from ppgen.cli import _parse, build_parser
+    from ppgen.commands.train import _new_config
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "topics.py"
+    spec = importlib.util.spec_from_file_location("benchmark_topics", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["train", model, "--data", "speeches", "--topics", "50", "--seed", "3", "--out", "unused"]
+    assert bench.neural_config(model, "speeches", 50, 3) == _new_config(_parse(build_parser(argv), argv))
