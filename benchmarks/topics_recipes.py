@@ -34,6 +34,8 @@ RECIPES: dict[str, tuple[dict, dict]] = {
     "bg-dropout0": ({"background": "on", "dropout": 0.0}, {}),
     "batch64": ({}, {"batch_size": 64}),
     "batch32": ({}, {"batch_size": 32}),
+    "batch16": ({}, {"batch_size": 16}),
+    "batch32-anneal20": ({}, {"batch_size": 32, "anneal_epochs": 20.0}),
     "bg-batch32": ({"background": "on"}, {"batch_size": 32}),
     "batch64-lr3e-3": ({}, {"batch_size": 64, "lr": 3e-3}),
     "batch64-ep200": ({}, {"batch_size": 64, "epochs": 200}),
