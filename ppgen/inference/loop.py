@@ -184,7 +184,7 @@ def initial_state(engine: Engine, pair, data, options: Any, resume: dict | None 
     evaluation left; on a fresh start, what the pair fixes from its training data): what :func:`run` starts from; a
     backend that tries engines in turn calls it itself."""
     pair.train()
-    if resume is None and hasattr(pair, "initialize_from_data"):
+    if resume is None:
         pair.initialize_from_data(data.train)
     return engine.init(pair, data, options, resume)
 
