@@ -66,14 +66,25 @@ MODELS = {"prodlda": ProdLDA, "dirvae": DirVAE}
 QUALITY = ("npmi", "c_v", "umass", "diversity", "inverted_rbo")
 
 
-def neural(name: str, corpus: str, k: int, seed: int, workdir: Path, epochs: int | None = None) -> dict:
-    """Train as ``ppgen train NAME --data CORPUS --topics K --seed SEED`` does, then evaluate as ``ppgen evaluate``."""
+def neural_config(name: str, corpus: str, k: int, seed: int, epochs: int | None = None,
+                  model_options: dict | None = None, train_options: dict | None = None) -> dict:
+    """The run config ``ppgen train NAME --data CORPUS --topics K --seed SEED`` writes (tests/test_topics.py checks
+    that it is the command's)."""
     from ppgen import workflows
 
     data_options = {"name": corpus, "binarize": "default", "seed": seed, "split_seed": 0, "inputs": None}
-    config = workflows.make_config(name, {"topics": k}, data_options,
-                                   {"seed": seed, **({"epochs": epochs} if epochs else {})})
-    out = workdir / f"{corpus}-{name}-{k}-{seed}"
+    return workflows.make_config(name, {"topics": k, **(model_options or {})}, data_options,
+                                 {"seed": seed, **({"epochs": epochs} if epochs else {}), **(train_options or {})})
+
+
+def neural(name: str, corpus: str, k: int, seed: int, workdir: Path, epochs: int | None = None,
+           model_options: dict | None = None, train_options: dict | None = None, tag: str = "") -> dict:
+    """Train as ``ppgen train NAME --data CORPUS --topics K --seed SEED`` does (with ``model_options`` and
+    ``train_options`` as further flags), then evaluate as ``ppgen evaluate``."""
+    from ppgen import workflows
+
+    config = neural_config(name, corpus, k, seed, epochs, model_options, train_options)
+    out = workdir / f"{corpus}-{name}-{k}-{seed}{tag}"
     metrics = workflows.train_run(config, out, overwrite=True, progress=False, log=lambda *a, **kw: None)
     result = workflows.evaluate_run(out, iwae_k=20, split="test", seed=seed)
     return {"perplexity_completion": result["perplexity_completion"], "perplexity_bound": result["perplexity_iwae_bound"],

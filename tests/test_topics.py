@@ -526,3 +526,62 @@ def test_ais_on_a_topic_model_is_per_document():
     assert result.log_px.shape == (3,)
     assert torch.all((result.log_px.double() - exact).abs() < 4 * result.se.double() + 0.01), (result.log_px, exact)
     assert float(exact[1] - exact[2]) < -5  # the documents differ: a per-batch figure could not match all three
+
+
+# -- the background word frequencies (SAGE / Scholar) ------------------------------------------------------------
+@pytest.mark.parametrize("decoder", ["poe", "mixture"])
+@pytest.mark.parametrize("cls", [ProdLDA, DirVAE])
+def test_background_with_zero_topic_weights_is_the_corpus_unigram(lda_corpus, cls, decoder):
+    """β = 0: p(w | θ) = softmax(b) = (c_w + 1) / (Σ c + V), the unigram baseline's distribution, for every θ, in
+    training (batch statistics) and evaluation mode; exact up to float32 rounding (relative 1e-5) and the
+    mixture's 1e-10 added inside its log (absolute 2e-10). No dropout: in training it scales θ, which the mixture's weights then no longer sum to 1."""
+    _, data = lda_corpus
+    pair = cls((V,), topics=K, hidden=(16,), decoder=decoder, background="on", dropout=0.0)
+    pair.initialize_from_data(text.SparseCounts(data.train.numpy()))  # sparse counts, as the loader gives them
+    with torch.no_grad():
+        pair.decoder.beta.weight.zero_()
+    unigram = T.unigram_log_probs(data.train)
+    theta = torch.distributions.Dirichlet(torch.ones(K)).sample((7,))
+    for mode in (pair.train, pair.eval):
+        mode()
+        with torch.no_grad():
+            got = pair.word_distribution(theta).double().numpy()
+        assert np.allclose(got, np.exp(unigram), rtol=1e-5, atol=2e-10)
+
+
+@pytest.mark.parametrize("engine", ["torch", "jax"])
+def test_background_is_set_once_and_never_trained(lda_corpus, engine, tmp_path):
+    """Both engines train a pair with the background (batch norm off, which lowers); the background they end with
+    is the corpus's log frequencies exactly as set, β moved; the state dict carries it (a resumed run keeps it)."""
+    _, data = lda_corpus
+    pyro.clear_param_store()
+    pair = ProdLDA((V,), topics=K, hidden=(16,), batch_norm="off", background="on")
+    before = pair.decoder.beta.weight.detach().clone()
+    fit = ppgen.fit(pair, data, engine=engine, epochs=1, batch_size=300, seed=0, progress=False, callback=None)
+    assert fit.options["engine"] == engine
+    want = torch.from_numpy(T.unigram_log_probs(data.train)).float()
+    assert torch.equal(pair.decoder.background, want)
+    assert not torch.equal(pair.decoder.beta.weight, before)
+    copy = ProdLDA((V,), topics=K, hidden=(16,), batch_norm="off", background="on")
+    copy.load_state_dict(pair.state_dict())
+    assert torch.equal(copy.decoder.background, want)
+    # without the option the decoder holds no background (old runs' state dicts load unchanged)
+    assert "decoder.background" not in ProdLDA((V,), topics=K, hidden=(16,)).state_dict()
+
+
+@pytest.mark.parametrize("model", ["prodlda", "dirvae"])
+def test_the_benchmark_trains_what_the_command_trains(model):
+    """benchmarks/topics.py's neural rows (docs/topics.md's table) train the config ``ppgen train`` makes from the
+    same flags: the command's defaults (epochs, batch, learning rate, background, kept epoch) reach both alike."""
+    import importlib.util
+    from pathlib import Path
+
+    from ppgen.cli import _parse, build_parser
+    from ppgen.commands.train import _new_config
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "topics.py"
+    spec = importlib.util.spec_from_file_location("benchmark_topics", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["train", model, "--data", "speeches", "--topics", "50", "--seed", "3", "--out", "unused"]
+    assert bench.neural_config(model, "speeches", 50, 3) == _new_config(_parse(build_parser(argv), argv))

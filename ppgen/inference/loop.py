@@ -181,8 +181,11 @@ def state_from_checkpoint(checkpoint: dict) -> TrainState:
 
 def initial_state(engine: Engine, pair, data, options: Any, resume: dict | None = None) -> Any:
     """``engine``'s initial state for ``pair`` in training mode (batch statistics in batch norm, whatever an
-    evaluation left): what :func:`run` starts from; a backend that tries engines in turn calls it itself."""
+    evaluation left; on a fresh start, what the pair fixes from its training data): what :func:`run` starts from; a
+    backend that tries engines in turn calls it itself."""
     pair.train()
+    if resume is None:
+        pair.initialize_from_data(data.train)
     return engine.init(pair, data, options, resume)
 
 

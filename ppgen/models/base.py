@@ -291,6 +291,10 @@ class GenerativeModel(nn.Module):
         input columns (M2 puts labelled rows in every batch)."""
         return torch.randperm(n, generator=generator)
 
+    def initialize_from_data(self, train: Any) -> None:
+        """Set what the pair fixes from its training examples before a fresh fit (never on a resume, whose
+        checkpoint holds it): nothing by default; a topic model's background word frequencies."""
+
     def trial_run(self, *args: Any, seed: int = 0) -> list[torch.Tensor]:
         """Run guide and model once on ``args`` (x and its input columns; eval mode, torch's RNG forked and seeded
         with ``seed``) so that every parameter made on first call exists; keep one example of the arguments if

@@ -10,6 +10,12 @@ distribution, with the two decoders Burkhardt & Kramer (2019) compare:
 * ``"poe"`` — product of experts (ProdLDA): p(w | θ) = softmax(BN(βᵀθ))_w, β ∈ ℝ^{K×V} unnormalized;
 * ``"mixture"`` — the LDA mixture of multinomials: p(w | θ) = Σ_k θ_k softmax(β_k)_w.
 
+With ``background=True`` a fixed vector b ∈ ℝ^V joins every topic's word scores (SAGE, Eisenstein et al. 2011;
+Scholar, Card, Tan & Smith 2018): p(w | θ) = softmax(b + BN(βᵀθ))_w, resp. Σ_k θ_k softmax(b + β_k)_w, so that
+a topic is a deviation β_k from the background distribution softmax(b). The family sets b to the training
+corpus's log word frequencies (:func:`log_frequencies`) before training; with β = 0 the decoder then gives the
+corpus unigram distribution exactly. b is a buffer: never trained, kept in the state dict and the checkpoints.
+
 Batch normalization in training mode uses the batch's statistics and updates its running statistics in place:
 a side effect a compiled JAX epoch cannot have, so a pair built with ``batch_norm=True`` trains on the torch
 engine only and its networks do not lower (BatchNorm has no JAX rule); without it both engines train it.
@@ -74,7 +80,7 @@ class TopicDecoder(Network):
     """Topic proportions (…, K) -> word logits (…, V); ``softmax_input`` first maps logits z to θ = softmax(z)."""
 
     def __init__(self, topics: int, vocab: int, decoder: str = "poe", dropout: float = 0.2,
-                 batch_norm: bool = False, softmax_input: bool = False):
+                 batch_norm: bool = False, softmax_input: bool = False, background: bool = False):
         super().__init__()
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
@@ -83,23 +89,36 @@ class TopicDecoder(Network):
         self.drop = nn.Dropout(dropout)
         self.beta = nn.Linear(topics, vocab, bias=False)  # weight (V, K): column k is topic k's word scores
         self.bn = nn.BatchNorm1d(vocab, affine=False) if batch_norm and decoder == "poe" else None
+        if background:  # log word frequencies b (V,), set from the training corpus by the family
+            self.register_buffer("background", torch.zeros(vocab))
+        else:
+            self.background = None
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
         if self.softmax_input:
             theta = F.softmax(theta, -1)
         theta = self.drop(theta)
         if self.decoder == "mixture":
-            words = F.softmax(self.beta.weight, 0)  # (V, K): topic k's word distribution in column k
+            scores = self.beta.weight if self.background is None else self.beta.weight + self.background[:, None]
+            words = F.softmax(scores, 0)  # (V, K): topic k's word distribution in column k
             return torch.log(torch.matmul(theta, torch.transpose(words, 0, 1)) + 1e-10)
         logits = self.beta(theta)
         if self.bn is not None:
             logits = _batch_norm(self.bn, logits)
-        return logits
+        return logits if self.background is None else logits + self.background
 
     def topic_words(self) -> torch.Tensor:
-        """(K, V): each topic's word scores — β's rows for the product of experts, log p(w | k) for the mixture."""
+        """(K, V): each topic's word scores — β's rows for the product of experts, log softmax(β_k) for the mixture
+        (log p(w | k) without a background; with one, the deviations from it, as SAGE and Scholar rank topics)."""
         w = self.beta.weight.detach().t()
         return F.log_softmax(w, -1) if self.decoder == "mixture" else w
+
+
+def log_frequencies(word_totals: torch.Tensor) -> torch.Tensor:
+    """log p(w) = log((c_w + 1) / (Σ_v c_v + V)): the add-one smoothed log frequencies of words whose corpus counts
+    are ``word_totals`` (V,) — the background b of :class:`TopicDecoder` (and the unigram baseline's p(w))."""
+    totals = torch.as_tensor(word_totals, dtype=torch.float64)
+    return torch.log((totals + 1.0) / (totals.sum() + totals.numel())).float()
 
 
 def full(n: int, value: float, like: Any) -> Any:
