@@ -8,7 +8,7 @@ multiples of W (``--w``, CPU seconds; ``--budgets 1,4,30`` gives 1W, 4W, 30W). O
 serves all its budgets: at the end of the first chunk whose clock reads past a budget, a copy of the pair is
 kept (the snapshot) and training goes on to the next budget.
 
-The loop's epochs are **chunks** of ``--chunk`` digits (1,000: a fiftieth of a pass), so a budget is met to within
+The loop's epochs are **chunks** of ``--chunk`` digits (1,000, a fiftieth of a pass; the VAE's 5,000), so a budget is met to within
 one chunk even for a family whose full pass costs more than W; pass p is a fresh seeded permutation of the 50,000
 digits (and, under dynamic binarization, a fresh Bernoulli draw of them, as ``Dataset.train_epoch(p)`` gives), cut
 into ``50,000 // chunk`` chunks. "Epochs reached" is chunks × chunk / 50,000.
@@ -180,6 +180,7 @@ class Family:
     grey: bool
     build: Callable[[], Any]
     fit: Callable[..., Any]
+    chunk: int = 1000  # digits per loop epoch: the budget's granularity (a chunk's fixed cost is paid per chunk)
 
 
 def _svi(**options) -> Callable[..., Any]:
@@ -196,7 +197,7 @@ def _adversarial(**options) -> Callable[..., Any]:
 
 FAMILIES: dict[str, Family] = {
     "vae": Family("VAE 784-400-50, Bernoulli, SVI (engine auto), batch 250, Adam 1e-3", False,
-                  lambda: VAE((1, 28, 28), z_dim=50, hidden=(400,)), _svi(batch_size=250, lr=1e-3)),
+                  lambda: VAE((1, 28, 28), z_dim=50, hidden=(400,)), _svi(batch_size=250, lr=1e-3), chunk=5000),
     "gan": Family("GAN, MLP generator 64-256-512-784, MLP critic 512-256, NS loss, batch 50, Adam 2e-4", True,
                   lambda: GAN(x_shape=(1, 28, 28), z_dim=64, hidden=(256, 512)),
                   _adversarial(loss="ns", batch_size=50, lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999), critic_net="mlp",
@@ -209,6 +210,7 @@ FAMILIES: dict[str, Family] = {
                                 prediction="eps"),
                    _svi(batch_size=100, lr=1e-3, engine="torch")),
 }
+CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
 #: the share of each budget a family with a second stage spends on its first
 STAGE_ONE_SHARE = {"vqvae": 0.5}
 
@@ -295,26 +297,29 @@ def done(records: Iterable[dict], family: str, seed: int, budgets: list[float], 
 # -- commands ------------------------------------------------------------------------------------------------
 def run_family(name: str, seed: int, args, binary: Dataset, grey: Dataset, scorer: Scorer) -> None:
     family = FAMILIES[name]
-    data = ChunkedEpochs(grey if family.grey else binary, args.chunk, seed)
+    chunk = args.chunk or family.chunk
+    data = ChunkedEpochs(grey if family.grey else binary, chunk, seed)
     share = STAGE_ONE_SHARE.get(name, 1.0)
     budgets = [t * args.w for t in args.budgets]
     torch.manual_seed(seed)
     pair = family.build()
     wall, load0 = time.perf_counter(), os.getloadavg()[0]
+    clock = CLOCKS[args.clock]
     watch = train_to_budgets(lambda d, **loop: family.fit(pair, d, seed, device=args.device, **loop), data,
-                             [share * b for b in budgets])
+                             [share * b for b in budgets], clock)
     print(f"{name} seed {seed}: {watch.chunks} chunks ({data.passes(watch.chunks):.2f} epochs), "
           f"{watch.spent():.0f} CPU s, {time.perf_counter() - wall:.0f} wall s, load {os.getloadavg()[0]:.1f}",
           flush=True)
     for times, budget, snap in zip(args.budgets, budgets, watch.snapshots):
         stage_one = snap
         if share < 1.0:
-            snap = fit_prior(snap, data, budget, seed, args.device)
+            snap = fit_prior(snap, data, budget, seed, args.device, clock)
         cpu = time.process_time()
         images = generate(snap.pair, args.n, seed, args.ddim)
         figures = scorer.score(images)
         record = {"family": name, "about": family.about, "seed": seed, "times": times, "w": args.w, "n": args.n,
-                  "budget_cpu_s": budget, "cpu_s": snap.seconds, "chunks": snap.chunks, "chunk": args.chunk,
+                  "clock": args.clock, "device": args.device,
+                  "budget_cpu_s": budget, "cpu_s": snap.seconds, "chunks": snap.chunks, "chunk": chunk,
                   "epochs": data.passes(stage_one.chunks),
                   "prior_epochs": data.passes(snap.chunks - stage_one.chunks) if share < 1.0 else None,
                   "stage_one_cpu_s": stage_one.seconds, "score_cpu_s": time.process_time() - cpu,
@@ -377,18 +382,21 @@ def table(records: list[dict]) -> str:
     """Family × budget: FID mean ± sd over seeds, KID, IS, precision, recall (means), epochs reached, CPU s."""
     lines = ["| family | budget | seeds | FID | KID×10³ | IS | precision | recall | epochs reached | CPU s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    groups: dict[tuple[str, float], list[dict]] = {}
-    for r in records:
-        groups.setdefault((r["family"], r["times"]), []).append(r)
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:  # runs with another W, N or clock are other rows
+        groups.setdefault((r["family"], r["times"], r["w"], r["n"], r.get("clock", "cpu")), []).append(r)
+    settings = {key[2:] for key in groups if key[0] != "real"}
     order = ["real", *FAMILIES]
 
     def cell(rows: list[dict], key: str, scale: float = 1.0, digits: int = 2) -> str:
         m, sd = mean_sd([scale * r[key] for r in rows])
         return f"{m:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}")
 
-    for (family, times), rows in sorted(groups.items(), key=lambda g: (order.index(g[0][0]) if g[0][0] in order
-                                                                       else len(order), g[0][1])):
+    for (family, times, w, n, clock), rows in sorted(
+            groups.items(), key=lambda g: (order.index(g[0][0]) if g[0][0] in order else len(order), g[0][1:])):
         budget = "—" if family == "real" else f"{times:g}W"
+        if len(settings) > 1:
+            budget += f" (W = {w:g} {clock} s, N = {n})" if family != "real" else f" (N = {n})"
         epochs = "—" if rows[0]["epochs"] is None else f"{mean_sd([r['epochs'] for r in rows])[0]:.2f}"
         if rows[0].get("prior_epochs") is not None:
             epochs += f" + prior {mean_sd([r['prior_epochs'] for r in rows])[0]:.2f}"
@@ -419,7 +427,7 @@ def figure(grids: Path, records: list[dict], path: Path) -> None:
         ax.set_title(f"{name}, {r['times']:g}W ({r['cpu_s']:.0f} CPU s)\nFID {r['fid']:.1f}", fontsize=9)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
 
 
 def report(args) -> int:
@@ -444,12 +452,15 @@ def parse(argv=None) -> argparse.Namespace:
     t.add_argument("--seeds", default="0,1,2")
     t.add_argument("--budgets", default="1,4", help="multiples of W, ascending (e.g. 1,4,30)")
     t.add_argument("--w", type=float, default=10.0, help="W, in process CPU seconds")
-    t.add_argument("--chunk", type=int, default=1000, help="digits per loop epoch (the budget's granularity)")
+    t.add_argument("--chunk", type=int, default=0, help="digits per loop epoch, the budget's granularity (0: the "
+                   "family's: 5,000 for the VAE, whose chunk costs ~0.25 CPU s, 1,000 for the others)")
     t.add_argument("--n", type=int, default=2000, help="generated images per row (and test digits in the floor)")
     t.add_argument("--reference", type=int, default=10000, help="training digits in the reference set")
     t.add_argument("--ddim", type=int, default=50, help="DDPM's DDIM steps")
     t.add_argument("--threads", type=int, default=1, help="torch threads")
     t.add_argument("--device", default="cpu", help="cpu (cuda: see benchmarks/gpu.sh)")
+    t.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                   help="the budget's clock: process CPU seconds (a shared CPU machine) or wall seconds (a GPU)")
     for q in (t, sub.add_parser("report", help="the table (and the sample-grid figure) from the records")):
         q.add_argument("--results", type=Path, default=RESULTS)
         q.add_argument("--grids", type=Path, default=Path("runs/mnist_quality"), help="where the 64-image grids go")
