@@ -87,15 +87,18 @@ class BudgetWatch:
 
     ``clock`` is ``time.process_time`` (process CPU seconds, every thread) unless a test passes a fake one.
     Call :meth:`start` before training and :meth:`after_chunk` at the end of every chunk (the loop's
-    ``on_epoch_end``): a snapshot is kept for every budget the clock has passed, and :class:`BudgetReached`
-    is raised once the last one is.
+    ``on_epoch_end``): a snapshot is kept for every budget the clock has passed and handed to ``on_snapshot``
+    (scoring it; the clock's advance while it runs is not training time and is left out), and
+    :class:`BudgetReached` is raised once the last budget is passed.
     """
 
     budgets: list[float]
     clock: Callable[[], float] = time.process_time
+    on_snapshot: Callable[[Snapshot], None] | None = None
     snapshots: list[Snapshot] = field(default_factory=list)
     chunks: int = 0
     _start: float = 0.0
+    _paused: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.budgets or any(b <= 0 for b in self.budgets) or sorted(self.budgets) != list(self.budgets):
@@ -106,13 +109,20 @@ class BudgetWatch:
         return self
 
     def spent(self) -> float:
-        return self.clock() - self._start
+        """Training time so far: the clock's advance since :meth:`start`, less the time in ``on_snapshot``."""
+        return self.clock() - self._start - self._paused
 
     def after_chunk(self, pair) -> None:
         self.chunks += 1
         spent = self.spent()
         while len(self.snapshots) < len(self.budgets) and spent >= self.budgets[len(self.snapshots)]:
-            self.snapshots.append(Snapshot(self.budgets[len(self.snapshots)], copy.deepcopy(pair), spent, self.chunks))
+            snapshot = Snapshot(self.budgets[len(self.snapshots)], copy.deepcopy(pair), spent, self.chunks)
+            self.snapshots.append(snapshot)
+            if self.on_snapshot is not None:
+                paused = self.clock()
+                with torch.random.fork_rng(devices=[]):
+                    self.on_snapshot(snapshot)
+                self._paused += self.clock() - paused
         if len(self.snapshots) == len(self.budgets):
             raise BudgetReached
 
@@ -157,10 +167,12 @@ class ChunkedEpochs(Dataset):
 
 
 def train_to_budgets(fit: Callable[..., Any], data: ChunkedEpochs, budgets: list[float],
-                     clock: Callable[[], float] = time.process_time, max_chunks: int = 10**7) -> BudgetWatch:
+                     clock: Callable[[], float] = time.process_time, max_chunks: int = 10**7,
+                     on_snapshot: Callable[[Snapshot], None] | None = None) -> BudgetWatch:
     """Run ``fit(data, epochs=max_chunks, on_epoch_end=...)`` (``ppgen.fit`` or ``fit_stage`` with the pair and its
-    options bound) until the last of ``budgets`` CPU seconds; the watch holds a snapshot per budget."""
-    watch = BudgetWatch(list(budgets), clock).start()
+    options bound) until the last of ``budgets`` CPU seconds; the watch holds a snapshot per budget, each handed
+    to ``on_snapshot`` as it is taken."""
+    watch = BudgetWatch(list(budgets), clock, on_snapshot).start()
     try:
         result = fit(data, epochs=max_chunks, on_epoch_end=lambda f: watch.after_chunk(f.pair))
     except BudgetReached:
@@ -296,45 +308,51 @@ def done(records: Iterable[dict], family: str, seed: int, budgets: list[float], 
 
 # -- commands ------------------------------------------------------------------------------------------------
 def run_family(name: str, seed: int, args, binary: Dataset, grey: Dataset, scorer: Scorer) -> None:
+    """Train family ``name`` with ``seed`` to the last budget; score and record each budget's snapshot as it is
+    taken (a budget recorded already is skipped; scoring time is not training time)."""
     family = FAMILIES[name]
     chunk = args.chunk or family.chunk
     data = ChunkedEpochs(grey if family.grey else binary, chunk, seed)
     share = STAGE_ONE_SHARE.get(name, 1.0)
-    budgets = [t * args.w for t in args.budgets]
-    torch.manual_seed(seed)
-    pair = family.build()
-    wall, load0 = time.perf_counter(), os.getloadavg()[0]
     clock = CLOCKS[args.clock]
-    watch = train_to_budgets(lambda d, **loop: family.fit(pair, d, seed, device=args.device, **loop), data,
-                             [share * b for b in budgets], clock)
-    print(f"{name} seed {seed}: {watch.chunks} chunks ({data.passes(watch.chunks):.2f} epochs), "
-          f"{watch.spent():.0f} CPU s, {time.perf_counter() - wall:.0f} wall s, load {os.getloadavg()[0]:.1f}",
-          flush=True)
-    for times, budget, snap in zip(args.budgets, budgets, watch.snapshots):
-        stage_one = snap
-        if share < 1.0:
-            snap = fit_prior(snap, data, budget, seed, args.device, clock)
+    times_of = {share * t * args.w: t for t in args.budgets}
+    recorded = {r["times"] for r in read_records(args.results) if (r.get("family"), r.get("seed"), r.get("w"),
+                                                                   r.get("n")) == (name, seed, args.w, args.n)}
+
+    def record(stage_one: Snapshot) -> None:
+        times = times_of[stage_one.budget]
+        if times in recorded:
+            return
+        snap = fit_prior(stage_one, data, times * args.w, seed, args.device, clock) if share < 1.0 else stage_one
         cpu = time.process_time()
         images = generate(snap.pair, args.n, seed, args.ddim)
         figures = scorer.score(images)
-        record = {"family": name, "about": family.about, "seed": seed, "times": times, "w": args.w, "n": args.n,
-                  "clock": args.clock, "device": args.device,
-                  "budget_cpu_s": budget, "cpu_s": snap.seconds, "chunks": snap.chunks, "chunk": chunk,
-                  "epochs": data.passes(stage_one.chunks),
-                  "prior_epochs": data.passes(snap.chunks - stage_one.chunks) if share < 1.0 else None,
-                  "stage_one_cpu_s": stage_one.seconds, "score_cpu_s": time.process_time() - cpu,
-                  "load": os.getloadavg()[0], "load_at_start": load0, "cores": os.cpu_count(),
-                  "threads": torch.get_num_threads(), "classifier_accuracy": scorer.accuracy,
-                  "reference": len(scorer.reference), "ddim_steps": args.ddim if name == "ddpm" else None,
-                  **figures}
-        append_record(args.results, record)
+        entry = {"family": name, "about": family.about, "seed": seed, "times": times, "w": args.w, "n": args.n,
+                 "clock": args.clock, "device": args.device,
+                 "budget_cpu_s": times * args.w, "cpu_s": snap.seconds, "chunks": snap.chunks, "chunk": chunk,
+                 "epochs": data.passes(stage_one.chunks),
+                 "prior_epochs": data.passes(snap.chunks - stage_one.chunks) if share < 1.0 else None,
+                 "stage_one_cpu_s": stage_one.seconds, "score_cpu_s": time.process_time() - cpu,
+                 "load": os.getloadavg()[0], "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+                 "classifier_accuracy": scorer.accuracy, "reference": len(scorer.reference),
+                 "ddim_steps": args.ddim if name == "ddpm" else None, **figures}
+        append_record(args.results, entry)
         if args.grids:
             grid = args.grids / f"{name}_seed{seed}_{times:g}W.pt"
             grid.parent.mkdir(parents=True, exist_ok=True)
             torch.save(images[:64].clone(), grid)
         print(f"  {name} {times:g}W seed {seed}: FID {figures['fid']:.2f}  KID {figures['kid']:.4f}  IS "
               f"{figures['is']:.2f}  P {figures['precision']:.3f}  R {figures['recall']:.3f}  "
-              f"({record['epochs']:.2f} epochs, {snap.seconds:.0f} CPU s)", flush=True)
+              f"({entry['epochs']:.2f} epochs, {snap.seconds:.0f} CPU s, load {entry['load']:.1f})", flush=True)
+
+    torch.manual_seed(seed)
+    pair = family.build()
+    wall = time.perf_counter()
+    watch = train_to_budgets(lambda d, **loop: family.fit(pair, d, seed, device=args.device, **loop), data,
+                             sorted(times_of), clock, on_snapshot=record)
+    print(f"{name} seed {seed}: {watch.chunks} chunks ({data.passes(watch.chunks):.2f} epochs), "
+          f"{watch.spent():.0f} CPU s of training, {time.perf_counter() - wall:.0f} wall s with scoring, load "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
 
 
 def floor(args, grey: Dataset, scorer: Scorer) -> None:

@@ -59,6 +59,26 @@ def test_one_chunk_past_two_budgets_keeps_both(bench):
     assert [(s.budget, s.chunks) for s in watch.snapshots] == [(1.0, 1), (2.0, 1)]
 
 
+def test_time_spent_scoring_a_snapshot_is_not_training_time(bench):
+    now = [0.0]
+    seen = []
+
+    def score(snapshot):  # scoring takes 100 s of the clock
+        seen.append((snapshot.budget, snapshot.seconds))
+        now[0] += 100.0
+
+    watch = bench.BudgetWatch([1.0, 3.0], lambda: now[0], on_snapshot=score).start()
+    pair = torch.nn.Linear(1, 1)
+    for _ in range(2):
+        now[0] += 1.0
+        watch.after_chunk(pair)
+    assert seen == [(1.0, 1.0)] and watch.spent() == 2.0
+    now[0] += 1.0
+    with pytest.raises(bench.BudgetReached):
+        watch.after_chunk(pair)
+    assert seen == [(1.0, 1.0), (3.0, 3.0)] and watch.chunks == 3
+
+
 @pytest.mark.parametrize("budgets", [[], [0.0], [4.0, 2.0]])
 def test_budgets_must_be_positive_and_ascending(bench, budgets):
     with pytest.raises(ValueError, match="positive and ascending"):
