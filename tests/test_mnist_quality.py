@@ -177,7 +177,7 @@ def test_a_damaged_cache_is_rebuilt_without_running_it(digits, tmp_path, damage)
     else:
         import pickle
 
-        path.write_bytes(pickle.dumps({"weights": _Payload(), "test_accuracy": 1.0}))
+        path.write_bytes(pickle.dumps({"weights": _Payload(), "test_accuracy": 1.0}, protocol=2))
     _, rebuilt = samples.feature_classifier(digits, epochs=1, cache_dir=tmp_path)
     assert not _Payload.ran  # weights_only=True refused the payload
     assert rebuilt == accuracy  # trained again, with the same seed: the same classifier
