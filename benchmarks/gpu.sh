@@ -11,6 +11,8 @@
 #      test digits (the DDPM: L_vlb), then AIS with BDMC on the best two rows   [benchmarks/mnist_table.py]
 #   7. with M2TABLE=1 only: the M2 table: full MNIST, 100/600/1000/3000 labels x 5 label sets, 50 epochs     [benchmarks/m2_table.py]
 #      (20 trainings; the longest step here)
+#   8. with QUALITY=1 only: sample quality on full MNIST, VAE/GAN/VQ-VAE/DDPM at 1W, 4W, 30W, 3 seeds, 10,000
+#      samples each, the budget on the wall clock (a GPU's time is not the process's CPU time)  [benchmarks/mnist_quality.py]
 # Usage: bash benchmarks/gpu.sh [OUT_DIR]   (default runs/gpu; PYTHON=... picks the interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,5 +97,14 @@ if [ "${M2TABLE:-0}" = 1 ]; then
     $PY benchmarks/m2_table.py --device cuda --precision bfloat16 --grey-levels --json "$OUT/m2_table.json" | tee "$OUT/m2_table.txt"
 else
     log "7. M2 table: skipped (M2TABLE=1 runs it: 20 trainings)"
+fi
+if [ "${QUALITY:-0}" = 1 ]; then
+    log "8. sample quality on full MNIST at equal time: 4 families x 3 seeds to 30W"
+    $PY benchmarks/mnist_quality.py train --seeds 0,1,2 --budgets 1,4,30 --w 10 --n 10000 --device cuda \
+        --clock wall --results "$OUT/mnist_quality.jsonl" --grids "$OUT/mnist_quality" | tee "$OUT/mnist_quality.txt"
+    $PY benchmarks/mnist_quality.py report --results "$OUT/mnist_quality.jsonl" --grids "$OUT/mnist_quality" \
+        --figure "$OUT/mnist_quality/samples.png" | tee -a "$OUT/mnist_quality.txt"
+else
+    log "8. sample quality on full MNIST: skipped (QUALITY=1 runs it)"
 fi
 exit $FAILED
