@@ -154,6 +154,25 @@ def test_a_crash_while_writing_leaves_the_old_cache_intact(digits, tmp_path, mon
     assert path.read_bytes() == before  # the cache file itself was never written in place
 
 
+def test_two_writers_of_the_same_cache_do_not_collide(digits, tmp_path, monkeypatch):
+    """Writer A has written its temporary file when writer B writes the whole cache: with one fixed temporary
+    name, B's rename takes A's file away and A's rename fails; with a temporary file of its own each, both succeed,
+    the cache holds a whole classifier and no temporary file is left."""
+    real_save, targets = torch.save, []
+
+    def save_then_let_another_writer_finish(obj, target):
+        real_save(obj, target)
+        targets.append(Path(target))
+        if len(targets) == 1:  # A's file is written, not yet renamed: B trains and writes the cache meanwhile
+            samples.feature_classifier(digits, epochs=1, cache_dir=tmp_path)
+
+    monkeypatch.setattr(samples, "_load_cached_classifier", lambda net, p: None)  # both train and write
+    monkeypatch.setattr(torch, "save", save_then_let_another_writer_finish)
+    _, accuracy = samples.feature_classifier(digits, epochs=1, cache_dir=tmp_path)
+    assert len(targets) == 2 and targets[0] != targets[1] and {t.parent for t in targets} == {tmp_path}
+    assert torch.load(_cache_file(tmp_path), weights_only=True)["test_accuracy"] == accuracy
+
+
 class _Payload:
     ran = False
 
