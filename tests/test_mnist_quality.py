@@ -110,6 +110,17 @@ def test_a_family_stops_at_its_budget_and_says_the_epochs_reached(bench):
         assert torch.equal(value, watch.snapshots[0].pair.state_dict()[name]), name
 
 
+def test_the_ddpm_family_s_denoiser_can_represent_what_it_predicts(bench):
+    """An MLP's linear output layer puts its 784 outputs in a subspace of dimension h = its last hidden size. An
+    ε-prediction must reach every direction (ε ~ N(0, I) is isotropic: L_simple ≥ 784 − h per digit at every t,
+    and x̂_0's error is that of ε̂ times √(1 − ᾱ_t)/√ᾱ_t, 152 at t = T), so with h < 784 the samples are noise; an
+    x_0-prediction has the digits' few directions to reach."""
+    pair = bench.FAMILIES["ddpm"].build()
+    h, d = pair.denoiser.out.in_features, pair.denoiser.out.out_features
+    assert d == 784
+    assert pair.config.prediction == "x0" or h >= d, (pair.config.prediction, h)
+
+
 def test_chunks_cover_each_pass_once_with_a_fresh_draw_per_pass(bench):
     data = load("digits", binarize="dynamic")
     chunks = bench.ChunkedEpochs(data, 300, seed=1)
