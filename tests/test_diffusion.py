@@ -578,6 +578,43 @@ def test_ddim_with_the_exact_denoiser_recovers_the_data_distribution():
     assert ((x.var(0) / S ** 2 - 1).abs() < 0.10).all(), x.var(0)
 
 
+class PointEps(nn.Module):
+    """ε̂(x_t, t) = E[ε | x_t] = (x_t − √ᾱ_t y_0)/√(1 − ᾱ_t) when the data are the single point y_0 (model space)."""
+
+    def __init__(self, alpha_bar: np.ndarray, y0: torch.Tensor):
+        super().__init__()
+        self.register_buffer("ab", torch.as_tensor(alpha_bar, dtype=torch.float64))
+        self.y0 = y0.double()
+        self.outputs: list[torch.Tensor] = []  # ε̂ at each call, in order
+
+    def forward(self, x, t):
+        ab = self.ab[t.long()].reshape(t.shape + (1,) * self.y0.dim())
+        self.outputs.append(((x.double() - ab.sqrt() * self.y0) / (1 - ab).sqrt()).to(x.dtype))
+        return self.outputs[-1]
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_ddim_and_ancestral_sampling_with_the_exact_denoiser_of_one_point_return_that_point(likelihood):
+    """One data point: x̂_0 = y_0 at every step, so DDIM (η = 0, 50 of T = 1000 steps) and the ancestral chain
+    end at it whatever x_T is — binary pixels exactly (the decoder's Φ(±1/√β_1) = Φ(±100) is 0 or 1 in float32,
+    through the data's scaling y = 2x − 1, the clipping and back), a continuous point to float32 rounding. And
+    DDIM's η = 0 path is x_s = √ᾱ_s y_0 + √(1 − ᾱ_s) ε with the ε of x_T throughout: ε̂ is the same at every step."""
+    torch.manual_seed(0)
+    x0 = torch.bernoulli(torch.full((1, 4, 4), 0.3)) if likelihood == "bernoulli" else torch.randn(1, 4, 4)
+    pair = DDPM((1, 4, 4), likelihood=likelihood, timesteps=1000)
+    pair.denoiser = PointEps(pair.alpha_bar, pair.to_model_space(x0))
+    deterministic = pair.sample_ddim(20, 50, eta=0.0)
+    first, *rest = pair.denoiser.outputs
+    assert len(rest) == 49
+    for eps in rest:
+        torch.testing.assert_close(eps, first, rtol=0, atol=1e-4)  # float32 rounding: 2e-5 measured
+    for x in (deterministic, pair.sample_ddim(20, 50, eta=1.0), pair.generate(20)):
+        if likelihood == "bernoulli":
+            assert torch.equal(x, x0.expand_as(x))
+        else:
+            torch.testing.assert_close(x, x0.expand_as(x), rtol=0, atol=1e-4)
+
+
 # -- the command line ------------------------------------------------------------------------------------------
 CLI_FAST = ["--data", "digits", "--timesteps", "10", "--hidden", "32", "--time-dim", "8", "--batch-size", "128",
             "--no-progress", "--select", "last", "--ema", "0.9"]

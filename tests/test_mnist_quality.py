@@ -110,6 +110,17 @@ def test_a_family_stops_at_its_budget_and_says_the_epochs_reached(bench):
         assert torch.equal(value, watch.snapshots[0].pair.state_dict()[name]), name
 
 
+def test_the_ddpm_family_s_denoiser_can_represent_what_it_predicts(bench):
+    """An MLP's linear output layer puts its 784 outputs in a subspace of dimension h = its last hidden size. An
+    ε-prediction must reach every direction (ε ~ N(0, I) is isotropic: L_simple ≥ 784 − h per digit at every t,
+    and x̂_0's error is that of ε̂ times √(1 − ᾱ_t)/√ᾱ_t, 152 at t = T), so with h < 784 the samples are noise; an
+    x_0-prediction has the digits' few directions to reach."""
+    pair = bench.FAMILIES["ddpm"].build()
+    h, d = pair.denoiser.out.in_features, pair.denoiser.out.out_features
+    assert d == 784
+    assert pair.config.prediction == "x0" or h >= d, (pair.config.prediction, h)
+
+
 def test_chunks_cover_each_pass_once_with_a_fresh_draw_per_pass(bench):
     data = load("digits", binarize="dynamic")
     chunks = bench.ChunkedEpochs(data, 300, seed=1)
@@ -152,6 +163,25 @@ def test_a_crash_while_writing_leaves_the_old_cache_intact(digits, tmp_path, mon
     with pytest.raises(OSError, match="disk full"):
         samples.feature_classifier(digits, epochs=1, cache_dir=tmp_path)
     assert path.read_bytes() == before  # the cache file itself was never written in place
+
+
+def test_two_writers_of_the_same_cache_do_not_collide(digits, tmp_path, monkeypatch):
+    """Writer A has written its temporary file when writer B writes the whole cache: with one fixed temporary
+    name, B's rename takes A's file away and A's rename fails; with a temporary file of its own each, both succeed,
+    the cache holds a whole classifier and no temporary file is left."""
+    real_save, targets = torch.save, []
+
+    def save_then_let_another_writer_finish(obj, target):
+        real_save(obj, target)
+        targets.append(Path(target))
+        if len(targets) == 1:  # A's file is written, not yet renamed: B trains and writes the cache meanwhile
+            samples.feature_classifier(digits, epochs=1, cache_dir=tmp_path)
+
+    monkeypatch.setattr(samples, "_load_cached_classifier", lambda net, p: None)  # both train and write
+    monkeypatch.setattr(torch, "save", save_then_let_another_writer_finish)
+    _, accuracy = samples.feature_classifier(digits, epochs=1, cache_dir=tmp_path)
+    assert len(targets) == 2 and targets[0] != targets[1] and {t.parent for t in targets} == {tmp_path}
+    assert torch.load(_cache_file(tmp_path), weights_only=True)["test_accuracy"] == accuracy
 
 
 class _Payload:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -183,11 +184,22 @@ def feature_classifier(data, *, epochs: int = 8, num_features: int = 128, batch_
             net.feature_scale.fill_(embed(net, data.train.float())[0].pow(2).mean().sqrt().clamp_min(1e-8))
     acc = accuracy(net, data.test.float(), data.test_labels.long())
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"weights": net.state_dict(), "test_accuracy": acc}, tmp)
-        tmp.replace(path)
+        _write_whole({"weights": net.state_dict(), "test_accuracy": acc}, path)
     return net.eval(), acc
+
+
+def _write_whole(saved: dict, path: Path) -> None:
+    """``torch.save`` to a temporary file of its own in ``path``'s folder, then renamed over ``path``: a reader sees
+    the old file or the new one, never a part, and two processes writing the same cache at once do not collide."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(saved, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _load_cached_classifier(net: nn.Module, path: Path) -> float | None:
