@@ -741,3 +741,19 @@ def test_ema_is_carried_by_both_engines_used_in_evaluation_and_resumed_exactly(e
     assert torch.allclose(pair.predict_x0(x, 3), by_hand)
     with pytest.raises(UserError, match="option ema=1.0"):
         DDPM((2,), **{**options, "ema": 1.0})
+
+
+def test_an_mlp_denoiser_narrower_than_what_it_predicts_is_said_before_training(capsys):
+    """ε ~ N(0, I) spans all D values; an MLP whose last (linear-read) hidden layer is narrower spans fewer, so
+    ε cannot be learned: said once before training, naming the fixes; nothing said where the net can represent it."""
+    narrow = DDPM(x_shape=(1, 4, 4), hidden=(8,), timesteps=5)
+    assert "last hidden layer (8)" in narrow.training_notice and "--prediction x0" in narrow.training_notice
+    assert DDPM(x_shape=(1, 4, 4), hidden=(8,), timesteps=5, prediction="v").training_notice is not None
+    assert DDPM(x_shape=(1, 4, 4), hidden=(8,), timesteps=5, prediction="x0").training_notice is None
+    assert DDPM(x_shape=(1, 4, 4), hidden=(8, 16), timesteps=5).training_notice is None
+    assert DDPM(x_shape=(1, 28, 28)).training_notice is not None  # the defaults on MNIST: 256 < 784
+    assert DDPM(x_shape=(1, 8, 8), denoiser="unet", channels=4, timesteps=5).training_notice is None
+    torch.manual_seed(0)
+    ppgen.fit(narrow, from_tensor(torch.rand(32, 1, 4, 4).round()), epochs=1, batch_size=16, engine="torch", progress=False)
+    err = capsys.readouterr().err
+    assert err.count("last hidden layer (8) is narrower than the 16 values") == 1

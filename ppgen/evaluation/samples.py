@@ -189,7 +189,7 @@ def feature_classifier(data, *, epochs: int = 8, num_features: int = 128, batch_
 
 
 def _write_whole(saved: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file of its own in ``path``'s folder, then renamed over ``path``: a reader sees
+    """Saved to a temporary file of its own in ``path``'s folder, then renamed over ``path``: a reader sees
     the old file or the new one, never a part, and two processes writing the same cache at once do not collide."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)

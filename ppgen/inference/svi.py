@@ -471,6 +471,8 @@ def fit_svi(pair, data, *, options: SVIOptions | None = None, progress: bool | N
                             f"engine='{written_by}' (or 'auto')")
     engine, state = start_engine(pair, data, opts, resume, announce)
     _notice_sampled_discrete(pair, data, opts.batch_size, announce)
+    if pair.training_notice is not None and distributed.is_writer():
+        (announce or (lambda m: print(f"ppgen: {m}", file=sys.stderr)))(pair.training_notice)
     return loop.run(engine, pair, data, opts, backend="svi", resume=resume, progress=progress, callback=callback,
                     on_epoch_end=on_epoch_end, state=state)
 

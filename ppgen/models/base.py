@@ -58,6 +58,10 @@ The protocol
     observation model (:class:`ppgen.models.observation.GaussianObservation`, Wu et al. 2017: AIS on a GAN's or a
     VAE's generator), or None (the default): it can. An autoregressive decoder declares it (its site's mean depends
     on x itself).
+``training_notice``
+    One line that ``ppgen train`` (the SVI engines) says before training where the pair's settings are known to
+    train badly, naming what to change (the DDPM's MLP denoiser narrower than the values it predicts), or None (the
+    default).
 ``point_mass_guide`` / ``guide_draws(k)``
     True for a guide that is a point mass q(z | x) = δ(z − z(x)) (a deterministic encoder: the VQ-VAE's
     codes). All its draws coincide, so an estimator averaging over K draws of it (IWAE_K, a Monte Carlo
@@ -231,6 +235,8 @@ class GenerativeModel(nn.Module):
     nuts_refusal: ClassVar[str | None] = None
     #: why the observed site cannot be replaced by a Gaussian around its mean E[x | latents], or None: it can
     gaussian_observation_refusal: str | None = None
+    #: one line said before training where the pair's settings are known to train badly (and what to change), or None
+    training_notice: str | None = None
     #: whether ``guide`` is a point mass q(z|x) = δ(z − z(x)): every draw of it is the same z(x)
     point_mass_guide: ClassVar[bool] = False
     #: the config field with the number of sampling steps, for a family that samples in steps (else None)

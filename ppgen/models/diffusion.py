@@ -287,6 +287,21 @@ class DDPM(GenerativeModel):
         self.ema = WeightAverage(self.denoiser, c.ema) if c.ema > 0 else None
 
     @property
+    def training_notice(self) -> str | None:
+        """An MLP denoiser whose last hidden layer is narrower than the D values it predicts ε (or v) for: its last
+        layer is linear, so its output spans at most that many of the D directions, while ε ~ N(0, I) spreads over
+        all of them; L_simple cannot fall below (D − width) per example, and the x₀ that sampling derives from ε̂ at
+        large t, (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t, multiplies that error many times: the samples stay noise. x₀ has
+        the data's structure and a narrow layer can carry it."""
+        c = self.config
+        values = math.prod(c.x_shape)
+        if c.denoiser != "mlp" or c.prediction == "x0" or not c.hidden or c.hidden[-1] >= values:
+            return None
+        return (f"the MLP denoiser's last hidden layer ({c.hidden[-1]}) is narrower than the {values} values it "
+                f"predicts {c.prediction} for, which it then cannot represent (its samples stay noise); use "
+                f"--prediction x0, a last hidden size of at least {values}, or --denoiser unet")
+
+    @property
     def network(self) -> Any:
         """The denoiser that computes: the weights' moving average in evaluation mode (sampling, the bound) when
         ``ema`` is on, the trained weights otherwise."""
