@@ -292,14 +292,16 @@ class DDPM(GenerativeModel):
         layer is linear, so its output spans at most that many of the D directions, while ε ~ N(0, I) spreads over
         all of them; L_simple cannot fall below (D − width) per example, and the x₀ that sampling derives from ε̂ at
         large t, (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t, multiplies that error many times: the samples stay noise. x₀ has
-        the data's structure and a narrow layer can carry it."""
+        the data's structure and a narrow layer can carry it (measured on the digits: a 512-512 MLP draws digits
+        predicting x₀ and noise predicting ε; a 1024-1024 one predicting ε still drew noise after 2,100 steps, so
+        width alone is not the advice)."""
         c = self.config
         values = math.prod(c.x_shape)
         if c.denoiser != "mlp" or c.prediction == "x0" or not c.hidden or c.hidden[-1] >= values:
             return None
         return (f"the MLP denoiser's last hidden layer ({c.hidden[-1]}) is narrower than the {values} values it "
                 f"predicts {c.prediction} for, which it then cannot represent (its samples stay noise); use "
-                f"--prediction x0, a last hidden size of at least {values}, or --denoiser unet")
+                f"--prediction x0 or --denoiser unet")
 
     @property
     def network(self) -> Any:
