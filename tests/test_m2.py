@@ -38,6 +38,17 @@ class FixZ(Messenger):
             msg["value"], msg["done"] = self.z, True
 
 
+def trace_enum_loss(pair: M2, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> float:
+    """Pyro's TraceEnum_ELBO on the pair itself (y enumerated in the guide), z = μ + σ ε at the given ε per class."""
+    loc, scale = pair.encoder(x, torch.arange(K).unsqueeze(-1))
+
+    def guide(x, y):
+        with FixZ(loc + scale * eps):
+            pair.guide(x, y)
+
+    return float(TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(pair.model, guide, x, y).detach())
+
+
 def tiny_m2(**kw) -> M2:
     torch.manual_seed(0)
     return M2(x_shape=(5,), z_dim=Z, hidden=(7,), classes=K, **kw).double()
@@ -76,14 +87,7 @@ def test_m2_enumerated_bound_is_the_brute_force_sum_over_classes():
         torch.testing.assert_close(pair.elbo_given_class(x[labelled], y[labelled], at_label)
                                    + pair.prior_logits[y[labelled]], expected[labelled], rtol=0, atol=1e-10)
     # Pyro's TraceEnum_ELBO on the pair itself (y enumerated in the guide), z fixed to the same draws
-    loc, scale = pair.encoder(x, torch.arange(K).unsqueeze(-1))
-
-    def guide(x, y):
-        with FixZ(loc + scale * eps):
-            pair.guide(x, y)
-
-    loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(pair.model, guide, x, y)
-    assert float(loss.detach()) == pytest.approx(-float(expected.sum()), abs=1e-5)
+    assert trace_enum_loss(pair, x, y, eps) == pytest.approx(-float(expected.sum()), abs=1e-5)
 
 
 def test_m2_objective_is_the_bound_plus_the_classification_loss():
@@ -416,14 +420,7 @@ def test_m2_grey_levels_score_the_bernoulli_cross_entropy_of_grey_pixels():
         torch.testing.assert_close(pair.enumerated_elbo(x[unlabelled], eps[:, unlabelled]), expected[unlabelled],
                                    rtol=0, atol=1e-10)
     assert torch.allclose(brute_force_m2(pair, x, y, eps), expected, rtol=0, atol=1e-10)
-    loc, scale = pair.encoder(x, torch.arange(K).unsqueeze(-1))
-
-    def guide(x, y):
-        with FixZ(loc + scale * eps):
-            pair.guide(x, y)
-
-    loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(pair.model, guide, x, y)
-    assert float(loss.detach()) == pytest.approx(-float(expected.sum()), abs=1e-5)
+    assert trace_enum_loss(pair, x, y, eps) == pytest.approx(-float(expected.sum()), abs=1e-5)
     pair.check_data(x)  # grey levels taken
     assert pair.likelihood_note and "no log-likelihood" in pair.likelihood_note
     with pytest.raises(UserError, match="not binary"):
