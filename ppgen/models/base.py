@@ -75,6 +75,9 @@ The protocol
     A family's per-example ELBO with its terms in closed form where the traced ELBO would
     sample them (DDPM: all T Gaussian KLs); same expectation, less variance.
     :func:`ppgen.evaluation.elbo` (``ppgen evaluate``, the validation ELBO) uses it.
+``trains_on_grey_levels(options)``
+    Whether a run with these model options is given grey levels where ``ppgen train`` binarizes by default (M2's
+    ``grey_levels``); False by default.
 ``likelihood``
     The observation model's name ("bernoulli", "cbernoulli", "gaussian"), which ``check_data`` and the
     commands (binarization) read: the config's ``likelihood`` field, else "gaussian"; a family whose
@@ -465,6 +468,12 @@ class GenerativeModel(nn.Module):
 
     #: what ``ppgen evaluate`` says beside the bound where it is not a log-likelihood of the data (module docs)
     likelihood_note: str | None = None
+
+    @classmethod
+    def trains_on_grey_levels(cls, options: dict[str, Any]) -> bool:
+        """Whether a run with these model options takes the data's grey levels where the command would binarize
+        them by default (M2 scoring grey pixels by a Bernoulli cross-entropy); False by default."""
+        return False
 
     def config_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self.config)))

@@ -303,6 +303,11 @@ class M2(GenerativeModel):
     select_by = "val_accuracy"
     select_by_words = "validation accuracy of q(y|x)"
 
+    @classmethod
+    def trains_on_grey_levels(cls, options: dict[str, Any]) -> bool:
+        """With ``grey_levels`` the Bernoulli scores grey pixels: ``ppgen train`` leaves them grey."""
+        return bool(options.get("grey_levels", M2Config.grey_levels))
+
     def __init__(self, *args: Any, **options: Any):
         super().__init__(*args, **options)
         c = self.config

@@ -79,8 +79,7 @@ def make_config(model: str, model_options: dict, data_options: dict, train_optio
     likelihood = model_options.get("likelihood", declared.get("likelihood"))
     if adversarial and likelihood != "bernoulli" and data_options.get("binarize", "default") == "default":
         data_options = {**data_options, "binarize": None}  # a generator learns grey levels, not binarized digits
-    if model_options.get("grey_levels", declared.get("grey_levels")) and data_options.get("binarize",
-                                                                                          "default") == "default":
+    if cls.trains_on_grey_levels(model_options) and data_options.get("binarize", "default") == "default":
         data_options = {**data_options, "binarize": None}  # a Bernoulli scoring grey levels (M2) is given them
     return {"model": cls.name, "model_options": model_options, "data": data_options,
             "train": {**train, "backend": backend}}
