@@ -353,6 +353,7 @@ def main() -> None:
                 for name in args.models:
                     r = (neural(name, corpus, k, seed, args.workdir, args.epochs) if name in MODELS
                          else baseline(name, data, k, seed))
+                    r["seed"] = seed
                     rows.setdefault((corpus, k, name), []).append(r)
                     print(f"{corpus} K={k} seed={seed} {name:10s} NPMI {r['npmi']:.3f}  C_V {r['c_v']:.3f}  diversity "
                           f"{r['diversity']:.3f}  perplexity {r['perplexity_completion']:.0f} (completion) "
