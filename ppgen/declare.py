@@ -130,6 +130,11 @@ def decay_rate(v: Any) -> str | None:
     return None if _is_number(v) and 0 <= v < 1 else "must be a number in [0, 1)"
 
 
+def share_of_one(v: Any) -> str | None:
+    """A factor in (0, 1] (1: unchanged)."""
+    return None if _is_number(v) and 0 < v <= 1 else "must be a number in (0, 1]"
+
+
 def fraction(v: Any) -> str | None:
     """A share in [0, 1) (a dropout rate, a moving average's decay)."""
     return decay_rate(v)

@@ -35,6 +35,7 @@ from ppgen.declare import (  # noqa: F401  (the checks and the declaration are i
     probability,
     refuse_unsupported,
     seed_int,
+    share_of_one,
     supported,
     unsupported,
     validate,
@@ -83,6 +84,9 @@ class SVIOptions:
     batch_size: int = _batch_size()
     lr: float = option(1e-3, positive_float, "Adam learning rate")
     adam_beta1: float = option(0.9, decay_rate, "Adam's first-moment decay beta1 (the ProdLDA paper's code: 0.99)")
+    lr_final: float = option(1.0, share_of_one, "learning rate of the last epoch as a share of lr: it falls "
+                             "geometrically epoch by epoch from lr to lr * lr_final (1: constant; 0.1: ten times "
+                             "lower at the end, as Burda et al.'s schedule over its run)")
     elbo: str = supported(option("trace", one_of(ELBOS, "ELBO"), "objective: trace (Trace_ELBO), analytic "
                                  "(closed-form KL), iwae"), shapes_elbo=True)
     num_particles: int = supported(option(1, positive_int, "samples of q per example (the IWAE K)", flag="particles"),
@@ -174,6 +178,15 @@ class AdversarialOptions:
     def critic_lr(self) -> float:
         """The critic's learning rate: ``lr_d``, else ``lr``."""
         return self.lr if self.lr_d is None else self.lr_d
+
+
+def lr_at(epoch: int, epochs: int, lr: float, lr_final: float) -> float:
+    """The learning rate of ``epoch`` (0-based) of ``epochs``: ``lr · lr_final^(epoch / (epochs − 1))``, a geometric
+    fall from ``lr`` at the first epoch to ``lr · lr_final`` at the last (constant within an epoch; epochs past the
+    planned last, as in a resumed run given more, keep falling at the same rate)."""
+    if lr_final == 1.0 or epochs <= 1:
+        return lr
+    return lr * lr_final ** (epoch / (epochs - 1))
 
 
 def beta_at(epoch: int, step: int, steps_per_epoch: int, beta: float, anneal_epochs: float) -> float:

@@ -82,6 +82,7 @@ from ppgen.inference.options import (
     SVIOptions,
     beta_at,
     elbo_options_in_use,
+    lr_at,
     one_process_only,
     unsupported,
 )
@@ -266,6 +267,10 @@ def _mcmc_loss_and_grads(state: TorchState, model: Callable, guide: Callable, x:
 
 def _torch_epoch(state: TorchState, plan: loop.EpochPlan) -> tuple[TorchState, loop.EpochResult]:
     o, pair = state.options, state.pair
+    lr = lr_at(plan.index, plan.epochs, o.lr, o.lr_final)
+    for optimizer in (state.optimizer, state.guide_optimizer):
+        for group in optimizer.param_groups if optimizer is not None else ():
+            group["lr"] = lr
     g = torch.Generator().manual_seed(plan.seed)
     order = pair.epoch_order(len(plan.x), plan.inputs, plan.batch, plan.steps, g).to(plan.x.device)
     total, b, accepted = 0.0, o.beta, []

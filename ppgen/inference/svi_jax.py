@@ -216,6 +216,19 @@ def check_buffers(svi_state, options: SVIOptions) -> Any:
                           "'analytic' (NumPyro's ELBOs drop mutable state otherwise)")
 
 
+def step_size(options: SVIOptions, steps: int):
+    """Adam's step size: ``lr``, or with ``lr_final`` < 1 a schedule of NumPyro's step count ``i`` that equals the
+    torch engine's :func:`~ppgen.inference.options.lr_at` for epoch ``i // steps`` (the count is in the optimizer
+    state, so a resumed run continues the schedule)."""
+    if options.lr_final == 1.0 or options.epochs <= 1:
+        return options.lr
+
+    def schedule(i):
+        return options.lr * options.lr_final ** ((i // steps) / (options.epochs - 1))
+
+    return schedule
+
+
 def make_epoch_fn(svi, n: int, steps: int, batch_size: int):
     """``epoch(state, x, key, betas, columns=(), order=None) -> (state, losses, finite)``: one shuffled pass,
     ``lax.scan`` over steps, jitted; ``columns`` (the pair's input columns) are indexed with x's rows; ``order``
@@ -299,7 +312,7 @@ def _init(pair, data, options: SVIOptions, resume: dict | None) -> JaxState:
     model, guide = scaled_model_guide(pair, scaled=not enumerated)
     loss_fn = make_elbo(options.elbo, options.num_particles, pair.max_plate_nesting, backend_name="numpyro",
                         enumerate=enumerated)
-    svi = SVI(model, guide, numpyro.optim.Adam(options.lr, b1=options.adam_beta1), loss_fn)
+    svi = SVI(model, guide, numpyro.optim.Adam(step_size(options, steps), b1=options.adam_beta1), loss_fn)
     try:
         with recording_modules() as sites, warnings.catch_warnings():
             # a discrete site left to sampling: ppgen prints its own line naming it (ppgen.inference.svi)
