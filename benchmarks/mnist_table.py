@@ -27,8 +27,9 @@ log p(x) ≥ log p(x | k(x)) + log p_prior(k(x)) with the fitted PixelCNN prior 
 The DDPM's figure is its bound L_vlb = −ELBO (every term a closed-form KL at one x_t per t and digit, ≥ −log p(x)),
 not an IWAE-5000: the row says so (``bound``), and its validation curve is on the first 200 validation digits.
 
-Burda et al. trained 3,280 epochs (Adam, lr 1e-3·10^(−i/7) over 3^i epochs, batch 20); ppgen uses constant
-Adam lr ``--lr`` and batch ``--batch-size``, and ``--epochs`` per row (``--epochs paper`` = the paper's 3,280).
+Burda et al. trained 3,280 epochs (Adam, lr 1e-3·10^(−i/7) over 3^i epochs, batch 20, so 10 times lower at the
+end); ppgen uses Adam lr ``--lr`` falling geometrically to ``--lr`` × ``--lr-final`` at the last of ``--epochs``
+(1: constant), batch ``--batch-size``, ``--epochs`` per row (``--epochs paper`` = the paper's 3,280).
 Every row records its validation ELBO per epoch (the learning curve), process CPU seconds, wall seconds, the
 load average during training, and writes ``ROW.json`` (and the weights ``ROW.pt``) into ``--out``;
 ``report`` turns the JSON files into the Markdown table and a figure of the curves.
@@ -182,6 +183,8 @@ def parse(argv=None) -> argparse.Namespace:
     t.add_argument("--data", default="mnist-full", help="mnist-full (dynamic binarization) or mnist-full-static")
     t.add_argument("--batch-size", type=int, default=100)
     t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr-final", type=float, default=1.0,
+                   help="the last epoch's learning rate as a share of --lr (a geometric fall over --epochs; 1: constant)")
     t.add_argument("--engine", default="auto", choices=["auto", "torch", "jax"])
     t.add_argument("--k", type=int, default=5000, help="IWAE samples per test digit")
     t.add_argument("--test-points", type=int, default=0, help="a seeded random subset of this many test digits "
@@ -356,7 +359,7 @@ def train_row(name: str, epochs: int, minutes: float, data, args) -> dict:
 
     try:
         ppgen.fit(pair, train_data(data, row), backend="svi", epochs=epochs, batch_size=args.batch_size, lr=args.lr,
-                  seed=args.seed, device=args.device, engine=args.engine, progress=False, on_epoch_end=progress,
+                  lr_final=args.lr_final, seed=args.seed, device=args.device, engine=args.engine, progress=False, on_epoch_end=progress,
                   **options)
         stopped = None
     except OutOfTime:
@@ -370,7 +373,7 @@ def train_row(name: str, epochs: int, minutes: float, data, args) -> dict:
     return {"row": name, "about": row.about, "data": args.data, "epochs": epochs, "epochs_run": len(history),
             "stopped_by": stopped, "engine": args.engine, "options": row.options, "bound": row.bound,
             "command": command(row, len(history), args, stage.get("stage_epochs_run")), **stage,
-            "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+            "batch_size": args.batch_size, "lr": args.lr, "lr_final": args.lr_final, "seed": args.seed,
             "nll": -float(ll.mean()), "nll_se": float(ll.std() / math.sqrt(n)), "k": args.k, "test_digits": n,
             "test_subset_seed": args.seed if idx is not None else None,
             "train_cpu_s": train_cpu, "train_wall_s": train_wall, "eval_cpu_s": time.process_time() - cpu,
@@ -387,6 +390,8 @@ def command(row: Row, epochs: int, args, stage_epochs: int | None = None) -> str
     second stage the ``ppgen STAGE RUN`` line after it (the VQ-VAE's prior, ``stage_epochs``)."""
     line = (f"ppgen train {row.cli} --data {args.data} --epochs {epochs} --batch-size {args.batch_size} "
             f"--lr {args.lr:g} --seed {args.seed}")
+    if args.lr_final != 1.0:
+        line += f" --lr-final {args.lr_final:g}"
     if "warmup_fraction" in row.options:
         line += f" --anneal-epochs {row.options['warmup_fraction'] * epochs:g}"
     if row.stage:
