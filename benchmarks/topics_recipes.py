@@ -42,6 +42,13 @@ RECIPES: dict[str, tuple[dict, dict]] = {
     "batch64-anneal20": ({}, {"batch_size": 64, "anneal_epochs": 20.0}),
     "batch64-dropout0": ({"dropout": 0.0}, {"batch_size": 64}),
     "anneal20": ({}, {"anneal_epochs": 20.0}),
+    "final0.1": ({}, {"lr_final": 0.1}),
+    "lr3e-3-final0.1": ({}, {"lr": 3e-3, "lr_final": 0.1}),
+    "ep300": ({}, {"epochs": 300}),
+    "ep300-final0.1": ({}, {"epochs": 300, "lr_final": 0.1}),
+    "ep1000-final0.1": ({}, {"epochs": 1000, "lr_final": 0.1}),
+    "batch16-ep300-final0.1": ({}, {"batch_size": 16, "epochs": 300, "lr_final": 0.1}),
+    "bg-final0.1": ({"background": "on"}, {"lr_final": 0.1}),
 }
 
 
