@@ -61,6 +61,8 @@ from ppgen.models.prodlda import ProdLDA
 
 BATCH, LR = 200, 2e-3
 MODELS = {"prodlda": ProdLDA, "dirvae": DirVAE}
+#: a neural model with further ``ppgen train`` flags: name -> (family, model options)
+VARIANTS = {"prodlda-bg": ("prodlda", {"background": "on"}), "dirvae-bg": ("dirvae", {"background": "on"})}
 
 
 QUALITY = ("npmi", "c_v", "umass", "diversity", "inverted_rbo")
@@ -319,7 +321,9 @@ def main() -> None:
     parser.add_argument("--topics", type=int, nargs="+", default=[20, 50])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, help="neural models' epochs (default: ppgen train's, 100)")
-    parser.add_argument("--models", nargs="+", default=["prodlda", "dirvae", "sklearn-10", "sklearn-50", "tomotopy"])
+    parser.add_argument("--models", nargs="+", default=["prodlda", "dirvae", "sklearn-10", "sklearn-50", "tomotopy"],
+                        help="of prodlda, dirvae, prodlda-bg, dirvae-bg (--background on), sklearn-10, sklearn-50, "
+                             "tomotopy")
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench-topics"), help="run directories")
     parser.add_argument("--speed", action="store_true", help="only the speed comparison (ProdLDA, first --topics)")
     parser.add_argument("--speed-engines", action="store_true",
@@ -351,8 +355,13 @@ def main() -> None:
         for k in args.topics:
             for seed in args.seeds:
                 for name in args.models:
-                    r = (neural(name, corpus, k, seed, args.workdir, args.epochs) if name in MODELS
-                         else baseline(name, data, k, seed))
+                    if name in VARIANTS:
+                        family, options = VARIANTS[name]
+                        r = neural(family, corpus, k, seed, args.workdir, args.epochs, options, tag=name[len(family):])
+                    elif name in MODELS:
+                        r = neural(name, corpus, k, seed, args.workdir, args.epochs)
+                    else:
+                        r = baseline(name, data, k, seed)
                     r["seed"] = seed
                     rows.setdefault((corpus, k, name), []).append(r)
                     print(f"{corpus} K={k} seed={seed} {name:10s} NPMI {r['npmi']:.3f}  C_V {r['c_v']:.3f}  diversity "
