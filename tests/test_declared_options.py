@@ -185,7 +185,7 @@ WRITTEN = {
                "decoder": "mixture", "background": "off"},
     "dlgm": {"x_shape": [4], "z_dims": [3], "hidden": [[]], "likelihood": "gaussian", "skip": False},
     "factor_analysis": {"x_shape": [6], "z_dim": 2},
-    "gan": {"x_shape": [1, 8, 8], "z_dim": 4, "hidden": [16], "net": "conv", "output": "sigmoid", "encoder": True,
+    "gan": {"x_shape": [1, 8, 8], "z_dim": 4, "hidden": [16], "net": "conv", "output": "sigmoid", "batch_norm": "off", "encoder": True,
             "noise": 0.1},
     "gmvae": {"x_shape": [1, 8, 8], "z_dim": 3, "likelihood": "cbernoulli", "hidden": [16], "components": 4,
               "label_column": "d"},

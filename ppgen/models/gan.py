@@ -24,7 +24,19 @@ from typing import Any
 
 import torch
 
-from ppgen.declare import OptionError, boolean, nonnegative_float, one_of, option, positive_int, sizes, validate
+from ppgen.declare import (
+    OptionError,
+    as_switch,
+    boolean,
+    nonnegative_float,
+    on_off,
+    one_of,
+    option,
+    positive_int,
+    sizes,
+    validate,
+    with_convert,
+)
 from ppgen.errors import UserError
 from ppgen.models.base import GenerativeModel, x_shape_option
 from ppgen.nn import MLPEncoder
@@ -44,6 +56,15 @@ def _output(v: Any) -> str | None:
 _output.choices = OUTPUTS  # type: ignore[attr-defined]
 
 
+def _auto_switch(v: Any) -> str | None:
+    """on, off, or None (chosen from the data's shape)."""
+    return None if v is None else on_off(v)
+
+
+_auto_switch.choices = on_off.choices  # type: ignore[attr-defined]
+with_convert(_auto_switch, as_switch)
+
+
 @dataclass(frozen=True)
 class GANConfig:
     x_shape: tuple[int, ...] = x_shape_option((2,))
@@ -54,6 +75,10 @@ class GANConfig:
                       "by 4)")
     output: str | None = option(None, _output, "squashing of G's output: sigmoid (the default for images), "
                                 "identity (the default otherwise) or tanh")
+    batch_norm: str | None = option(None, _auto_switch, "batch normalization in the MLP generator's hidden layers "
+                                    "after the first: on (the default for images: without it the MLP generator "
+                                    "collapsed onto one digit on MNIST) or off (the default otherwise)",
+                                    absent="off")
     encoder: bool = option(False, boolean, "add an encoder q(z|x) (BiGAN/ALI)")
     noise: float = option(0.0, nonnegative_float, "standard deviation of Gaussian noise on x (0: x is a Delta site)")
 
@@ -61,6 +86,11 @@ class GANConfig:
         validate(self)
         if self.output is None:
             object.__setattr__(self, "output", "sigmoid" if len(self.x_shape) == 3 else "identity")
+        if self.batch_norm is None:
+            object.__setattr__(self, "batch_norm", "on" if len(self.x_shape) == 3 and self.net == "mlp" else "off")
+        if self.batch_norm == "on" and self.net != "mlp":
+            raise OptionError("batch_norm", self.batch_norm, "is a setting of the MLP generator (net='mlp'); the conv "
+                              "generator has none")
         if self.net == "conv" and (len(self.x_shape) != 3 or self.x_shape[1] % 4 or self.x_shape[2] % 4):
             raise OptionError("net", self.net, f"needs images (C, H, W) with H, W divisible by 4, got "
                               f"x_shape={self.x_shape}; use net='mlp'")
@@ -78,7 +108,7 @@ class GAN(GenerativeModel):
         super().__init__(*args, **options)
         c = self.config
         if c.net == "mlp":
-            self.generator = MLPGenerator(c.z_dim, c.x_shape, c.hidden, c.output)
+            self.generator = MLPGenerator(c.z_dim, c.x_shape, c.hidden, c.output, batch_norm=c.batch_norm == "on")
         else:
             self.generator = ConvGenerator(c.z_dim, c.x_shape, c.hidden[-1], output=c.output)
         self.encoder = MLPEncoder(c.x_shape, c.z_dim, c.hidden[::-1]) if c.encoder else None

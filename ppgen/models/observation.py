@@ -84,6 +84,9 @@ class GaussianObservation(GenerativeModel):
         self.inputs = pair.inputs
         self.has_guide = pair.has_guide
         self._observed: str | None = None
+        # the wrapper takes the pair's mode: a new module is in training mode, and an estimator that restores the
+        # mode it found (``pair.train(was_training)``) would otherwise put a loaded pair's batch norm in training
+        self.train(pair.training)
 
     @property
     def who(self) -> str:

@@ -99,19 +99,28 @@ def critic_for(x_shape: Sequence[int], z_dim: int = 0, pack: int = 1, hidden: Se
 
 
 class MLPGenerator(Network):
-    """z -> x: LeakyReLU(0.2) MLP, then ``output`` ("identity" | "sigmoid" | "tanh"), reshaped to ``x_shape``."""
+    """z -> x: LeakyReLU(0.2) MLP, then ``output`` ("identity" | "sigmoid" | "tanh"), reshaped to ``x_shape``.
+
+    ``batch_norm=True`` normalizes every hidden layer after the first over the batch before its activation (as
+    DCGAN's generator and the usual MNIST MLP GANs do; the running statistics in evaluation mode).
+    """
 
     def __init__(self, z_dim: int, x_shape: Sequence[int], hidden: Sequence[int] = (128, 128, 128),
-                 output: str = "identity"):
+                 output: str = "identity", batch_norm: bool = False):
         super().__init__()
         self.x_shape, self.output = tuple(x_shape), output
         sizes = [z_dim, *hidden, math.prod(x_shape)]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        # keyed by layer index: a generator without batch norm keeps the state dict it always had
+        self.norms = nn.ModuleDict({str(i): nn.BatchNorm1d(sizes[i + 1]) for i in range(1, len(hidden))}
+                                   if batch_norm else {})
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = z
         for i, layer in enumerate(self.layers):
             h = layer(h)
+            if str(i) in self.norms:
+                h = self.norms[str(i)](h.reshape(-1, h.shape[-1])).reshape(h.shape)
             if i < len(self.layers) - 1:
                 h = F.leaky_relu(h, _SLOPE)
         return _squash(h, self.output).reshape(h.shape[:-1] + self.x_shape)
