@@ -372,7 +372,7 @@ def train_row(name: str, epochs: int, minutes: float, data, args) -> dict:
     n = len(ll)
     return {"row": name, "about": row.about, "data": args.data, "epochs": epochs, "epochs_run": len(history),
             "stopped_by": stopped, "engine": args.engine, "options": row.options, "bound": row.bound,
-            "command": command(row, len(history), args, stage.get("stage_epochs_run")), **stage,
+            "command": command(row, len(history), args, stage.get("stage_epochs_run"), planned=epochs), **stage,
             "batch_size": args.batch_size, "lr": args.lr, "lr_final": args.lr_final, "seed": args.seed,
             "nll": -float(ll.mean()), "nll_se": float(ll.std() / math.sqrt(n)), "k": args.k, "test_digits": n,
             "test_subset_seed": args.seed if idx is not None else None,
@@ -385,13 +385,17 @@ def train_row(name: str, epochs: int, minutes: float, data, args) -> dict:
             "params": sum(p.numel() for p in pair.parameters())}
 
 
-def command(row: Row, epochs: int, args, stage_epochs: int | None = None) -> str:
+def command(row: Row, epochs: int, args, stage_epochs: int | None = None, planned: int | None = None) -> str:
     """The ``ppgen train`` line that trains the row's pair for ``epochs`` as this script did, and for a row with a
-    second stage the ``ppgen STAGE RUN`` line after it (the VQ-VAE's prior, ``stage_epochs``)."""
+    second stage the ``ppgen STAGE RUN`` line after it (the VQ-VAE's prior, ``stage_epochs``). A run planned for
+    ``planned`` epochs and stopped by its wall budget after ``epochs`` followed lr · f^(e / (planned − 1)); the
+    line's ``--lr-final`` f^((epochs − 1) / (planned − 1)) gives the same rate at every epoch it ran."""
     line = (f"ppgen train {row.cli} --data {args.data} --epochs {epochs} --batch-size {args.batch_size} "
             f"--lr {args.lr:g} --seed {args.seed}")
     if args.lr_final != 1.0:
-        line += f" --lr-final {args.lr_final:g}"
+        planned = planned or epochs
+        final = args.lr_final ** ((epochs - 1) / (planned - 1)) if planned > 1 else args.lr_final
+        line += f" --lr-final {final:.6g}"
     if "warmup_fraction" in row.options:
         line += f" --anneal-epochs {row.options['warmup_fraction'] * epochs:g}"
     if row.stage:

@@ -110,14 +110,16 @@ def test_every_recorded_command_parses_with_the_rows_training_options():
     from types import SimpleNamespace
 
     table = load_table()
-    args = SimpleNamespace(data="mnist-full", batch_size=100, lr=1e-3, seed=0, prior_epochs=100)
+    args = SimpleNamespace(data="mnist-full", batch_size=100, lr=1e-3, lr_final=0.1, seed=0, prior_epochs=100)
     for name, row in table.ROWS.items():
-        line = table.command(row, 30, args, stage_epochs=4)
+        line = table.command(row, 30, args, stage_epochs=4, planned=40)  # stopped after 30 of 40 epochs
         first, _, then = line.partition("; ")
         assert first.startswith("ppgen train "), name
         assert then == ("ppgen prior RUN --epochs 4 --batch-size 100" if row.stage == "prior" else ""), name
         train = cli_config(*shlex.split(first)[2:])["train"]
         assert (train["epochs"], train["batch_size"], train["lr"], train["seed"]) == (30, 100, 1e-3, 0), name
+        # the rate of the epochs run, as planned for 40: lr · 0.1^(e/39) = lr · f^(e/29)
+        assert train["lr_final"] == pytest.approx(0.1 ** (29 / 39), rel=1e-5), name
         if "warmup_fraction" in row.options:
             assert train["anneal_epochs"] == 7.5  # a quarter of the 30 epochs
 
