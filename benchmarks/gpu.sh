@@ -82,7 +82,7 @@ train vae-adversarial vae --data mnist --backend adversarial --likelihood gaussi
 if [ "${LEADERBOARD:-0}" = 1 ]; then
     log "6. full-MNIST leaderboard at the papers' epochs"
     $PY benchmarks/mnist_table.py train --rows vae-k1,iwae-k5,iwae-k50,vae2-k1,iwae2-k50,lvae,dlgm,nade,vqvae,pixelcnn-vae,ddpm \
-        --epochs paper --prior-epochs 100 --device cuda --k 5000 --test-points 0 --out "$OUT/mnist_table" \
+        --epochs paper --lr-final 0.1 --prior-epochs 100 --device cuda --k 5000 --test-points 0 --out "$OUT/mnist_table" \
         | tee "$OUT/mnist_table.txt"
     $PY benchmarks/mnist_table.py ais "$OUT/mnist_table" --rows lvae,iwae2-k50 --points 100 --steps 10000 \
         --chains 16 --leapfrog 10 --bdmc 20 --device cuda | tee -a "$OUT/mnist_table.txt"
