@@ -163,6 +163,15 @@ on_off.choices = SWITCH  # type: ignore[attr-defined]
 with_convert(on_off, as_switch)
 
 
+def auto_switch(v: Any) -> str | None:
+    """A switch whose default (None) the options resolve from the others: "on", "off" or None."""
+    return None if v is None else on_off(v)
+
+
+auto_switch.choices = SWITCH  # type: ignore[attr-defined]
+with_convert(auto_switch, as_switch)
+
+
 def device_name(v: Any) -> str | None:
     if isinstance(v, str) and re.fullmatch(r"cpu|cuda(:\d+)?", v):
         return None

@@ -168,7 +168,7 @@ OPTIONS = {
     "m2": dict(x_shape=(1, 8, 8), z_dim=3, hidden=(16,), classes=4, alpha=0.5, y_guide="relaxed", temperature=0.3),
     "nade": dict(x_shape=(1, 4, 4), hidden=[7]),
     "ppca": dict(x_shape=3, z_dim=3),
-    "prodlda": dict(x_shape=(30,), topics=4, alpha=0.7, batch_norm="off"),
+    "prodlda": dict(x_shape=(30,), topics=4, alpha=0.7, batch_norm="off", background="off"),
     "vae": dict(x_shape=(1, 8, 8), z_dim=4, likelihood="gaussian", hidden=(16, 8), net="pixelcnn", skip=True,
                 ar_channels=4, ar_layers=1),
     "vqvae": dict(x_shape=(1, 8, 8), codes=8, code_dim=4, downsample=1, channels=8, likelihood="cbernoulli",

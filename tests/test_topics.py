@@ -566,7 +566,7 @@ def test_background_is_set_once_and_never_trained(lda_corpus, engine, tmp_path):
     copy.load_state_dict(pair.state_dict())
     assert torch.equal(copy.decoder.background, want)
     # without the option the decoder holds no background (old runs' state dicts load unchanged)
-    assert "decoder.background" not in ProdLDA((V,), topics=K, hidden=(16,)).state_dict()
+    assert "decoder.background" not in ProdLDA((V,), topics=K, hidden=(16,), background="off").state_dict()
 
 
 @pytest.mark.parametrize("model", ["prodlda", "dirvae"])

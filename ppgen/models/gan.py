@@ -26,16 +26,14 @@ import torch
 
 from ppgen.declare import (
     OptionError,
-    as_switch,
+    auto_switch,
     boolean,
     nonnegative_float,
-    on_off,
     one_of,
     option,
     positive_int,
     sizes,
     validate,
-    with_convert,
 )
 from ppgen.errors import UserError
 from ppgen.models.base import GenerativeModel, x_shape_option
@@ -56,14 +54,6 @@ def _output(v: Any) -> str | None:
 _output.choices = OUTPUTS  # type: ignore[attr-defined]
 
 
-def _auto_switch(v: Any) -> str | None:
-    """on, off, or None (chosen from the data's shape)."""
-    return None if v is None else on_off(v)
-
-
-_auto_switch.choices = on_off.choices  # type: ignore[attr-defined]
-with_convert(_auto_switch, as_switch)
-
 
 @dataclass(frozen=True)
 class GANConfig:
@@ -75,7 +65,7 @@ class GANConfig:
                       "by 4)")
     output: str | None = option(None, _output, "squashing of G's output: sigmoid (the default for images), "
                                 "identity (the default otherwise) or tanh")
-    batch_norm: str | None = option(None, _auto_switch, "batch normalization in the MLP generator's hidden layers "
+    batch_norm: str | None = option(None, auto_switch, "batch normalization in the MLP generator's hidden layers "
                                     "after the first: on (the default for images: without it the MLP generator "
                                     "collapsed onto one digit on MNIST) or off (the default otherwise)",
                                     absent="off")
