@@ -12,7 +12,10 @@ from the model's x site with z ~ p(z) and trains G against a critic; for ALI the
 sees (x, z) from the model joint p(z)p(x|z) against (x, z) from p_data(x)q(z|x)
 (Dumoulin et al., 2017; Donahue et al., 2017).
 
-Networks: an MLP for vector data, or ``net="conv"`` (images, H and W divisible by 4).
+Networks: an MLP for vector data, or ``net="conv"`` (images, H and W divisible by 4). On images the MLP
+generator batch-normalizes its hidden layers after the first by default (``batch_norm``; Radford et al.'s DCGAN
+generator does the same): without it the generator collapsed onto one digit on MNIST at every budget and setting
+tried (docs/results.md, "Sample quality on full MNIST").
 ``output`` squashes G's output: "sigmoid" for images in [0, 1] (the default for
 images), "identity" for points (the default otherwise), or "tanh".
 """
