@@ -182,8 +182,9 @@ class AdversarialOptions:
 
 def lr_at(epoch: int, epochs: int, lr: float, lr_final: float) -> float:
     """The learning rate of ``epoch`` (0-based) of ``epochs``: ``lr · lr_final^(epoch / (epochs − 1))``, a geometric
-    fall from ``lr`` at the first epoch to ``lr · lr_final`` at the last (constant within an epoch; epochs past the
-    planned last, as in a resumed run given more, keep falling at the same rate)."""
+    fall from ``lr`` at the first epoch to ``lr · lr_final`` at the last (constant within an epoch). A run resumed
+    with more epochs than it was planned for follows the schedule of its new total from the epoch it stands at,
+    so its rate steps up there (both engines alike: the JAX engine's schedule reads the same total)."""
     if lr_final == 1.0 or epochs <= 1:
         return lr
     return lr * lr_final ** (epoch / (epochs - 1))
